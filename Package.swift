@@ -1,0 +1,61 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+let package = Package(
+    name: "vsmmud",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "SMMUv3", targets: ["SMMUv3"]),
+        .library(name: "VirtualSMMU", targets: ["VirtualSMMU"]),
+        .library(name: "CommandRing", targets: ["CommandRing"]),
+        .library(name: "PSMMU", targets: ["PSMMU"]),
+        .library(name: "IOMMUFD", targets: ["IOMMUFD"]),
+        .library(name: "InvalidationEngine", targets: ["InvalidationEngine"]),
+        .executable(name: "vsmmud-bench", targets: ["vsmmud-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/x-sheep/swift-property-based", exact: "2.0.1"),
+    ],
+    targets: [
+        // The hardware's formats: commands, STE, CD, event records, CERROR. Pure values, no I/O.
+        .target(name: "SMMUv3"),
+        // One guest SMMU: device table, vSTE table, S1 HWPT/ASID index and the invalidation router. Pure.
+        .target(name: "VirtualSMMU", dependencies: ["SMMUv3"]),
+        // The lock-free per-viommu command ring, its consumer role and CMD_SYNC fences.
+        .target(
+            name: "CommandRing",
+            dependencies: ["SMMUv3", .product(name: "Atomics", package: "swift-atomics")]
+        ),
+        // The pSMMU backend protocol and the simulated pSMMU (TLB and config-cache model).
+        .target(name: "PSMMU", dependencies: ["SMMUv3"]),
+        // The iommufd UAPI structs and ioctl numbers (Linux 6.13+), declared here: Debian 12's headers predate them.
+        .target(name: "CIOMMUFD"),
+        // The pSMMU backend on Linux iommufd (/dev/iommu).
+        .target(
+            name: "IOMMUFD",
+            dependencies: ["SMMUv3", "PSMMU", "CIOMMUFD", .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // Router → per-viommu rings → drain → backends → sync completion: the vSMMU's data path.
+        .target(name: "InvalidationEngine", dependencies: ["SMMUv3", "VirtualSMMU", "CommandRing", "PSMMU"]),
+        // Release-mode benchmarks, each beside its baseline measured in the same run.
+        .executableTarget(
+            name: "vsmmud-bench",
+            dependencies: ["SMMUv3", "VirtualSMMU", "CommandRing", "PSMMU", "InvalidationEngine"]
+        ),
+        .testTarget(name: "SMMUv3Tests", dependencies: ["SMMUv3"]),
+        .testTarget(
+            name: "VirtualSMMUTests",
+            dependencies: ["VirtualSMMU", "SMMUv3", .product(name: "PropertyBased", package: "swift-property-based")]
+        ),
+        .testTarget(name: "CommandRingTests", dependencies: ["CommandRing", "SMMUv3"]),
+        .testTarget(name: "PSMMUTests", dependencies: ["PSMMU", "SMMUv3"]),
+        .testTarget(name: "IOMMUFDTests", dependencies: ["IOMMUFD", "CIOMMUFD", "PSMMU", "SMMUv3"]),
+        .testTarget(
+            name: "InvalidationEngineTests",
+            dependencies: ["InvalidationEngine", "VirtualSMMU", "CommandRing", "PSMMU", "SMMUv3"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

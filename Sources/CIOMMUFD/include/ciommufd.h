@@ -1,0 +1,1 @@
+// iommufd UAPI declarations

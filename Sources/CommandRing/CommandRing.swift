@@ -1,0 +1,1 @@
+/// The lock-free per-viommu command ring (being built).

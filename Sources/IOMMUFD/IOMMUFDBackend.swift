@@ -1,0 +1,1 @@
+/// The iommufd pSMMU backend (being built).

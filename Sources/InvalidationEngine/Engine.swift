@@ -1,0 +1,1 @@
+/// The vSMMU data path (being built).

@@ -1,0 +1,113 @@
+/// A stage-1 Context Descriptor: 64 bytes, eight little-endian words. It carries the ASID that tags
+/// the TLB entries its translation tables fill, which is what routes a `TLBI_NH_ASID`/`TLBI_NH_VA`.
+public struct ContextDescriptor: Hashable, Sendable, SMMUWords {
+    public static let wordCount = 8
+    /// The eight words, `w0`…`w7`.
+    public var words: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
+
+    /// An all-zero CD: V = 0.
+    public init() { words = (0, 0, 0, 0, 0, 0, 0, 0) }
+
+    /// A CD from its first words; the rest are zero.
+    public init(w0: UInt64, w1: UInt64 = 0, w2: UInt64 = 0, w3: UInt64 = 0) {
+        words = (w0, w1, w2, w3, 0, 0, 0, 0)
+    }
+
+    /// A valid AArch64 CD for `asid` with translation table `ttb0`: the shape Linux writes.
+    public static func valid(asid: ASID, ttb0: UInt64 = 0) -> ContextDescriptor {
+        var cd = ContextDescriptor()
+        cd.isValid = true
+        cd[Field.aa64] = 1
+        cd.asid = asid
+        cd.ttb0 = ttb0
+        return cd
+    }
+
+    /// Decodes 64 little-endian bytes.
+    public init<C: Collection>(bytes: C) throws(WrongLengthError) where C.Element == UInt8 {
+        guard bytes.count == Self.byteCount else {
+            throw WrongLengthError(structure: "CD", expected: Self.byteCount, actual: bytes.count)
+        }
+        self.init()
+        load(littleEndian: bytes)
+    }
+
+    public func word(_ index: Int) -> UInt64 {
+        switch index {
+        case 0: return words.0
+        case 1: return words.1
+        case 2: return words.2
+        case 3: return words.3
+        case 4: return words.4
+        case 5: return words.5
+        case 6: return words.6
+        default: return words.7
+        }
+    }
+
+    public mutating func setWord(_ index: Int, _ value: UInt64) {
+        switch index {
+        case 0: words.0 = value
+        case 1: words.1 = value
+        case 2: words.2 = value
+        case 3: words.3 = value
+        case 4: words.4 = value
+        case 5: words.5 = value
+        case 6: words.6 = value
+        default: words.7 = value
+        }
+    }
+
+    public static func == (a: Self, b: Self) -> Bool {
+        (0..<wordCount).allSatisfy { a.word($0) == b.word($0) }
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        for i in 0..<Self.wordCount { hasher.combine(word(i)) }
+    }
+
+    /// Every CD field, declared by word and bit range (`CTXDESC_CD_*`).
+    public enum Field {
+        public static let t0sz = BitField(word: 0, high: 5, low: 0)
+        public static let tg0 = BitField(word: 0, high: 7, low: 6)
+        public static let irgn0 = BitField(word: 0, high: 9, low: 8)
+        public static let orgn0 = BitField(word: 0, high: 11, low: 10)
+        public static let sh0 = BitField(word: 0, high: 13, low: 12)
+        public static let epd0 = BitField(word: 0, bit: 14)
+        public static let endi = BitField(word: 0, bit: 15)
+        /// Valid, `w0[31]`.
+        public static let valid = BitField(word: 0, bit: 31)
+        public static let ips = BitField(word: 0, high: 34, low: 32)
+        public static let aa64 = BitField(word: 0, bit: 41)
+        public static let hd = BitField(word: 0, bit: 42)
+        public static let ha = BitField(word: 0, bit: 43)
+        public static let s = BitField(word: 0, bit: 44)
+        public static let r = BitField(word: 0, bit: 45)
+        public static let a = BitField(word: 0, bit: 46)
+        public static let aset = BitField(word: 0, bit: 47)
+        /// ASID, `w0[63:48]`.
+        public static let asid = BitField(word: 0, high: 63, low: 48)
+        /// TTB0, `w1[51:4]`.
+        public static let ttb0 = BitField(word: 1, high: 51, low: 4)
+        /// MAIR, `w3[63:0]`.
+        public static let mair = BitField(word: 3, high: 63, low: 0)
+    }
+
+    /// V, `w0[31]`. An invalid CD carries no ASID the SMMU could cache.
+    public var isValid: Bool {
+        get { self[flag: Field.valid] }
+        set { self[flag: Field.valid] = newValue }
+    }
+    /// ASID, `w0[63:48]`.
+    public var asid: ASID {
+        get { ASID(truncatingIfNeeded: self[Field.asid]) }
+        set { self[Field.asid] = UInt64(newValue) }
+    }
+    /// Translation table base 0, `w1[51:4]` in place.
+    public var ttb0: UInt64 {
+        get { self[Field.ttb0] << 4 }
+        set { self[Field.ttb0] = newValue >> 4 }
+    }
+    /// The ASID the SMMU may tag TLB entries with through this CD: `asid` when valid, else `nil`.
+    public var activeASID: ASID? { isValid ? asid : nil }
+}
