@@ -63,67 +63,67 @@ extension Command {
     /// Every command field, declared once by word and bit range (`arm-smmu-v3.h`'s `CMDQ_*` masks).
     public enum Field {
         /// `w0[7:0]`, all commands.
-        public static let opcode = BitField(word: 0, high: 7, low: 0)
+        @inlinable public static var opcode: BitField { BitField(word: 0, high: 7, low: 0) }
         /// Secure StreamID, `w0[10]`: set on a non-secure queue it is illegal.
-        public static let ssec = BitField(word: 0, bit: 10)
+        @inlinable public static var ssec: BitField { BitField(word: 0, bit: 10) }
         /// SubstreamID valid, `w0[11]`.
-        public static let ssv = BitField(word: 0, bit: 11)
+        @inlinable public static var ssv: BitField { BitField(word: 0, bit: 11) }
         /// SubstreamID, `w0[31:12]` (CFGI_CD, ATC_INV, PREFETCH, PRI_RESP).
-        public static let substreamID = BitField(word: 0, high: 31, low: 12)
+        @inlinable public static var substreamID: BitField { BitField(word: 0, high: 31, low: 12) }
         /// StreamID, `w0[63:32]` (CFGI, ATC_INV, PREFETCH, PRI_RESP, RESUME, STALL_TERM).
-        public static let streamID = BitField(word: 0, high: 63, low: 32)
+        @inlinable public static var streamID: BitField { BitField(word: 0, high: 63, low: 32) }
         /// Leaf, `w1[0]` (CFGI_STE, CFGI_CD, TLBI by address).
-        public static let leaf = BitField(word: 1, bit: 0)
+        @inlinable public static var leaf: BitField { BitField(word: 1, bit: 0) }
         /// CFGI_STE_RANGE: the range covers 2^(RANGE+1) StreamIDs, `w1[4:0]`.
-        public static let cfgiRange = BitField(word: 1, high: 4, low: 0)
+        @inlinable public static var cfgiRange: BitField { BitField(word: 1, high: 4, low: 0) }
 
         /// TLBI range NUM, `w0[16:12]`: (NUM+1) × 2^SCALE pages when TG ≠ 0.
-        public static let tlbiNum = BitField(word: 0, high: 16, low: 12)
+        @inlinable public static var tlbiNum: BitField { BitField(word: 0, high: 16, low: 12) }
         /// TLBI range SCALE, `w0[24:20]`.
-        public static let tlbiScale = BitField(word: 0, high: 24, low: 20)
+        @inlinable public static var tlbiScale: BitField { BitField(word: 0, high: 24, low: 20) }
         /// TLBI VMID, `w0[47:32]`.
-        public static let vmid = BitField(word: 0, high: 47, low: 32)
+        @inlinable public static var vmid: BitField { BitField(word: 0, high: 47, low: 32) }
         /// TLBI ASID, `w0[63:48]`.
-        public static let asid = BitField(word: 0, high: 63, low: 48)
+        @inlinable public static var asid: BitField { BitField(word: 0, high: 63, low: 48) }
         /// TLBI translation-table level hint, `w1[9:8]`.
-        public static let tlbiTTL = BitField(word: 1, high: 9, low: 8)
+        @inlinable public static var tlbiTTL: BitField { BitField(word: 1, high: 9, low: 8) }
         /// TLBI translation granule of a range invalidation, `w1[11:10]` (0: not a range).
-        public static let tlbiTG = BitField(word: 1, high: 11, low: 10)
+        @inlinable public static var tlbiTG: BitField { BitField(word: 1, high: 11, low: 10) }
         /// TLBI virtual address bits [63:12], `w1[63:12]`.
-        public static let tlbiVA = BitField(word: 1, high: 63, low: 12)
+        @inlinable public static var tlbiVA: BitField { BitField(word: 1, high: 63, low: 12) }
         /// TLBI_S2_IPA intermediate physical address bits [51:12], `w1[51:12]`.
-        public static let tlbiIPA = BitField(word: 1, high: 51, low: 12)
+        @inlinable public static var tlbiIPA: BitField { BitField(word: 1, high: 51, low: 12) }
 
         /// ATC_INV Global, `w0[9]`.
-        public static let atcGlobal = BitField(word: 0, bit: 9)
+        @inlinable public static var atcGlobal: BitField { BitField(word: 0, bit: 9) }
         /// ATC_INV size: 2^SIZE pages, `w1[5:0]` (52 covers everything).
-        public static let atcSize = BitField(word: 1, high: 5, low: 0)
+        @inlinable public static var atcSize: BitField { BitField(word: 1, high: 5, low: 0) }
         /// ATC_INV / PREFETCH_ADDR address bits [63:12], `w1[63:12]`.
-        public static let address = BitField(word: 1, high: 63, low: 12)
+        @inlinable public static var address: BitField { BitField(word: 1, high: 63, low: 12) }
 
         /// PREFETCH_ADDR size, `w1[4:0]`.
-        public static let prefetchSize = BitField(word: 1, high: 4, low: 0)
+        @inlinable public static var prefetchSize: BitField { BitField(word: 1, high: 4, low: 0) }
 
         /// PRI_RESP page-request group index, `w1[8:0]`.
-        public static let priGroupID = BitField(word: 1, high: 8, low: 0)
+        @inlinable public static var priGroupID: BitField { BitField(word: 1, high: 8, low: 0) }
         /// PRI_RESP response, `w1[13:12]`.
-        public static let priResponse = BitField(word: 1, high: 13, low: 12)
+        @inlinable public static var priResponse: BitField { BitField(word: 1, high: 13, low: 12) }
 
         /// RESUME response, `w0[13:12]`.
-        public static let resumeResponse = BitField(word: 0, high: 13, low: 12)
+        @inlinable public static var resumeResponse: BitField { BitField(word: 0, high: 13, low: 12) }
         /// RESUME stall tag, `w1[15:0]`.
-        public static let resumeSTAG = BitField(word: 1, high: 15, low: 0)
+        @inlinable public static var resumeSTAG: BitField { BitField(word: 1, high: 15, low: 0) }
 
         /// SYNC completion signal, `w0[13:12]` (0 none, 1 IRQ, 2 SEV, 3 reserved).
-        public static let syncCS = BitField(word: 0, high: 13, low: 12)
+        @inlinable public static var syncCS: BitField { BitField(word: 0, high: 13, low: 12) }
         /// SYNC MSI shareability, `w0[23:22]`.
-        public static let syncMSH = BitField(word: 0, high: 23, low: 22)
+        @inlinable public static var syncMSH: BitField { BitField(word: 0, high: 23, low: 22) }
         /// SYNC MSI memory attributes, `w0[27:24]`.
-        public static let syncMSIAttr = BitField(word: 0, high: 27, low: 24)
+        @inlinable public static var syncMSIAttr: BitField { BitField(word: 0, high: 27, low: 24) }
         /// SYNC MSI data, `w0[63:32]`.
-        public static let syncMSIData = BitField(word: 0, high: 63, low: 32)
+        @inlinable public static var syncMSIData: BitField { BitField(word: 0, high: 63, low: 32) }
         /// SYNC MSI address bits [51:2], `w1[51:2]`.
-        public static let syncMSIAddress = BitField(word: 1, high: 51, low: 2)
+        @inlinable public static var syncMSIAddress: BitField { BitField(word: 1, high: 51, low: 2) }
     }
 }
 
@@ -257,14 +257,20 @@ public struct TLBIRange: Hashable, Sendable {
     /// Whether this is a range invalidation (TG ≠ 0).
     @inlinable public var isRange: Bool { granule != 0 }
 
-    /// Number of pages: (NUM+1) × 2^SCALE for a range, 1 otherwise.
-    @inlinable public var pages: UInt64 { isRange ? (UInt64(num) + 1) << UInt64(scale) : 1 }
+    /// Number of pages: (NUM+1) × 2^SCALE for a range, 1 otherwise; saturating at `UInt64.max` for
+    /// values wider than the 5-bit wire fields (a shift would wrap to a too-small count).
+    @inlinable public var pages: UInt64 {
+        guard isRange else { return 1 }
+        let count = UInt64(num) + 1, shift = UInt64(scale)
+        return shift < 64 && count <= UInt64.max >> shift ? count << shift : .max
+    }
 
     /// log2 of the granule: TG×2+10 (12, 14, 16), or 12 when TG = 0 (the smallest granule).
     @inlinable public var granuleShift: UInt64 { isRange ? UInt64(granule) * 2 + 10 : 12 }
 
     /// Bytes covered: ``pages`` × granule, saturating at `UInt64.max`.
     @inlinable public var byteCount: UInt64 {
+        guard granuleShift < 64 else { return .max }
         let (product, overflow) = pages.multipliedReportingOverflow(by: UInt64(1) << granuleShift)
         return overflow ? .max : product
     }

@@ -68,29 +68,29 @@ public struct ContextDescriptor: Hashable, Sendable, SMMUWords {
 
     /// Every CD field, declared by word and bit range (`CTXDESC_CD_*`).
     public enum Field {
-        public static let t0sz = BitField(word: 0, high: 5, low: 0)
-        public static let tg0 = BitField(word: 0, high: 7, low: 6)
-        public static let irgn0 = BitField(word: 0, high: 9, low: 8)
-        public static let orgn0 = BitField(word: 0, high: 11, low: 10)
-        public static let sh0 = BitField(word: 0, high: 13, low: 12)
-        public static let epd0 = BitField(word: 0, bit: 14)
-        public static let endi = BitField(word: 0, bit: 15)
+        @inlinable public static var t0sz: BitField { BitField(word: 0, high: 5, low: 0) }
+        @inlinable public static var tg0: BitField { BitField(word: 0, high: 7, low: 6) }
+        @inlinable public static var irgn0: BitField { BitField(word: 0, high: 9, low: 8) }
+        @inlinable public static var orgn0: BitField { BitField(word: 0, high: 11, low: 10) }
+        @inlinable public static var sh0: BitField { BitField(word: 0, high: 13, low: 12) }
+        @inlinable public static var epd0: BitField { BitField(word: 0, bit: 14) }
+        @inlinable public static var endi: BitField { BitField(word: 0, bit: 15) }
         /// Valid, `w0[31]`.
-        public static let valid = BitField(word: 0, bit: 31)
-        public static let ips = BitField(word: 0, high: 34, low: 32)
-        public static let aa64 = BitField(word: 0, bit: 41)
-        public static let hd = BitField(word: 0, bit: 42)
-        public static let ha = BitField(word: 0, bit: 43)
-        public static let s = BitField(word: 0, bit: 44)
-        public static let r = BitField(word: 0, bit: 45)
-        public static let a = BitField(word: 0, bit: 46)
-        public static let aset = BitField(word: 0, bit: 47)
+        @inlinable public static var valid: BitField { BitField(word: 0, bit: 31) }
+        @inlinable public static var ips: BitField { BitField(word: 0, high: 34, low: 32) }
+        @inlinable public static var aa64: BitField { BitField(word: 0, bit: 41) }
+        @inlinable public static var hd: BitField { BitField(word: 0, bit: 42) }
+        @inlinable public static var ha: BitField { BitField(word: 0, bit: 43) }
+        @inlinable public static var s: BitField { BitField(word: 0, bit: 44) }
+        @inlinable public static var r: BitField { BitField(word: 0, bit: 45) }
+        @inlinable public static var a: BitField { BitField(word: 0, bit: 46) }
+        @inlinable public static var aset: BitField { BitField(word: 0, bit: 47) }
         /// ASID, `w0[63:48]`.
-        public static let asid = BitField(word: 0, high: 63, low: 48)
+        @inlinable public static var asid: BitField { BitField(word: 0, high: 63, low: 48) }
         /// TTB0, `w1[51:4]`.
-        public static let ttb0 = BitField(word: 1, high: 51, low: 4)
+        @inlinable public static var ttb0: BitField { BitField(word: 1, high: 51, low: 4) }
         /// MAIR, `w3[63:0]`.
-        public static let mair = BitField(word: 3, high: 63, low: 0)
+        @inlinable public static var mair: BitField { BitField(word: 3, high: 63, low: 0) }
     }
 
     /// V, `w0[31]`. An invalid CD carries no ASID the SMMU could cache.

@@ -56,14 +56,14 @@ public struct EventRecord: Hashable, Sendable, SMMUWords {
 
     /// Every event field, by word and bit range (`EVTQ_*`).
     public enum Field {
-        public static let id = BitField(word: 0, high: 7, low: 0)
-        public static let ssv = BitField(word: 0, bit: 11)
-        public static let substreamID = BitField(word: 0, high: 31, low: 12)
-        public static let streamID = BitField(word: 0, high: 63, low: 32)
+        @inlinable public static var id: BitField { BitField(word: 0, high: 7, low: 0) }
+        @inlinable public static var ssv: BitField { BitField(word: 0, bit: 11) }
+        @inlinable public static var substreamID: BitField { BitField(word: 0, high: 31, low: 12) }
+        @inlinable public static var streamID: BitField { BitField(word: 0, high: 63, low: 32) }
         /// Input address, `w2`.
-        public static let inputAddress = BitField(word: 2, high: 63, low: 0)
+        @inlinable public static var inputAddress: BitField { BitField(word: 2, high: 63, low: 0) }
         /// IPA or fetch address, `w3`.
-        public static let fetchAddress = BitField(word: 3, high: 63, low: 0)
+        @inlinable public static var fetchAddress: BitField { BitField(word: 3, high: 63, low: 0) }
     }
 
     public var id: EventID {

@@ -62,41 +62,41 @@ public struct StreamTableEntry: Hashable, Sendable, SMMUWords {
     /// Every STE field that vsmmud reads, declared by word and bit range (`STRTAB_STE_*`).
     public enum Field {
         /// Valid, `w0[0]`.
-        public static let valid = BitField(word: 0, bit: 0)
+        @inlinable public static var valid: BitField { BitField(word: 0, bit: 0) }
         /// CONFIG, `w0[3:1]`.
-        public static let config = BitField(word: 0, high: 3, low: 1)
+        @inlinable public static var config: BitField { BitField(word: 0, high: 3, low: 1) }
         /// S1Fmt, `w0[5:4]`.
-        public static let s1Fmt = BitField(word: 0, high: 5, low: 4)
+        @inlinable public static var s1Fmt: BitField { BitField(word: 0, high: 5, low: 4) }
         /// S1ContextPtr, `w0[51:6]`: the CD table's address >> 6.
-        public static let s1ContextPtr = BitField(word: 0, high: 51, low: 6)
+        @inlinable public static var s1ContextPtr: BitField { BitField(word: 0, high: 51, low: 6) }
         /// S1CDMax, `w0[63:59]`: log2 of the number of CDs.
-        public static let s1CDMax = BitField(word: 0, high: 63, low: 59)
+        @inlinable public static var s1CDMax: BitField { BitField(word: 0, high: 63, low: 59) }
         /// S1DSS, `w1[1:0]`.
-        public static let s1DSS = BitField(word: 1, high: 1, low: 0)
+        @inlinable public static var s1DSS: BitField { BitField(word: 1, high: 1, low: 0) }
         /// S1CIR, `w1[3:2]`.
-        public static let s1CIR = BitField(word: 1, high: 3, low: 2)
+        @inlinable public static var s1CIR: BitField { BitField(word: 1, high: 3, low: 2) }
         /// S1COR, `w1[5:4]`.
-        public static let s1COR = BitField(word: 1, high: 5, low: 4)
+        @inlinable public static var s1COR: BitField { BitField(word: 1, high: 5, low: 4) }
         /// S1CSH, `w1[7:6]`.
-        public static let s1CSH = BitField(word: 1, high: 7, low: 6)
+        @inlinable public static var s1CSH: BitField { BitField(word: 1, high: 7, low: 6) }
         /// MEV, `w1[19]`.
-        public static let mev = BitField(word: 1, bit: 19)
+        @inlinable public static var mev: BitField { BitField(word: 1, bit: 19) }
         /// S2FWB, `w1[25]`.
-        public static let s2FWB = BitField(word: 1, bit: 25)
+        @inlinable public static var s2FWB: BitField { BitField(word: 1, bit: 25) }
         /// S1STALLD, `w1[27]`.
-        public static let s1StallD = BitField(word: 1, bit: 27)
+        @inlinable public static var s1StallD: BitField { BitField(word: 1, bit: 27) }
         /// EATS, `w1[29:28]`.
-        public static let eats = BitField(word: 1, high: 29, low: 28)
+        @inlinable public static var eats: BitField { BitField(word: 1, high: 29, low: 28) }
         /// STRW, `w1[31:30]`.
-        public static let strw = BitField(word: 1, high: 31, low: 30)
+        @inlinable public static var strw: BitField { BitField(word: 1, high: 31, low: 30) }
         /// SHCFG, `w1[45:44]`.
-        public static let shcfg = BitField(word: 1, high: 45, low: 44)
+        @inlinable public static var shcfg: BitField { BitField(word: 1, high: 45, low: 44) }
         /// S2VMID, `w2[15:0]`.
-        public static let s2VMID = BitField(word: 2, high: 15, low: 0)
+        @inlinable public static var s2VMID: BitField { BitField(word: 2, high: 15, low: 0) }
         /// VTCR, `w2[50:32]`.
-        public static let vtcr = BitField(word: 2, high: 50, low: 32)
+        @inlinable public static var vtcr: BitField { BitField(word: 2, high: 50, low: 32) }
         /// S2TTB, `w3[51:4]`.
-        public static let s2TTB = BitField(word: 3, high: 51, low: 4)
+        @inlinable public static var s2TTB: BitField { BitField(word: 3, high: 51, low: 4) }
     }
 
     /// Bits of `w0` that user space may set in a nested vSTE (`STRTAB_STE_0_NESTING_ALLOWED`):

@@ -1,0 +1,371 @@
+import SMMUv3
+
+/// Why the router refused a guest command. The vSMMU reports it as the SMMU would: `CERROR_ILL` at the
+/// command's index, so the VMM can set `CMDQ_CONS.ERR` and leave CONS pointing at it.
+public struct RoutingError: Error, Hashable, Sendable, CustomStringConvertible {
+    public enum Reason: Hashable, Sendable {
+        /// The command is illegal on any SMMU.
+        case illegal(IllegalCommandReason)
+        /// A device-scoped command (ATC_INV, CFGI_CD, CFGI_CD_ALL) names a StreamID that is not
+        /// registered: the kernel's `-EIO` for a vSID without a vdevice.
+        case unknownStreamID(StreamID)
+    }
+
+    /// Index of the command in the guest's batch.
+    public var index: Int
+    /// The command as the guest wrote it.
+    public var command: Command
+    public var reason: Reason
+
+    /// The error the guest observes: always `CERROR_ILL`.
+    public var queueError: CommandQueueError { .illegal }
+
+    public var description: String {
+        switch reason {
+        case .illegal(let why): return "command \(index) (\(command.opcode.name)): CERROR_ILL: \(why)"
+        case .unknownStreamID(let sid):
+            return "command \(index) (\(command.opcode.name)): CERROR_ILL: StreamID 0x\(String(sid, radix: 16)) is not registered"
+        }
+    }
+}
+
+/// What the router does with a refused command.
+public enum RoutingPolicy: Hashable, Sendable {
+    /// Stop at the first refused command, as an SMMU's command queue does: nothing after it is consumed.
+    case stopAtFirstError
+    /// Record every refused command and route the rest (replays, diagnostics).
+    case continueAfterErrors
+}
+
+/// The router's output for one guest batch: for each viommu the ordered commands it must execute, the
+/// CMD_SYNC completion points with their per-viommu fences, and the refused commands.
+///
+/// A `RoutedBatch` is a reusable buffer with reference semantics: ``VSMMU/route(_:into:policy:)``
+/// clears it and refills it, keeping its memory, so routing allocates nothing once the buffer has grown
+/// to the largest batch. Each viommu's commands sit in one contiguous region, ready to be copied into
+/// its ring or handed to a backend as they are. Use one buffer per thread: it is not `Sendable`.
+public final class RoutedBatch {
+    /// A fence: viommu `viommu` must have completed its first `end` commands of this batch.
+    public struct Fence: Hashable, Sendable {
+        public var viommu: ViommuIndex
+        public var end: Int
+        public init(viommu: ViommuIndex, end: Int) {
+            self.viommu = viommu
+            self.end = end
+        }
+    }
+
+    /// A CMD_SYNC: complete once every fence in ``RoutedBatch/fences(of:)`` has been reached. It covers
+    /// exactly the viommus that received commands since the previous CMD_SYNC (none: it completes at once).
+    public struct SyncPoint: Hashable, Sendable {
+        /// Index of the CMD_SYNC in the guest's batch.
+        public var index: Int
+        /// The CMD_SYNC itself (its CS/MSI fields say how the guest wants completion signalled).
+        public var command: Command
+        /// Range of this sync's fences in ``RoutedBatch/fences``.
+        public var fenceRange: Range<Int>
+    }
+
+    /// The CMD_SYNCs, in guest order.
+    public var syncPoints: UnsafeBufferPointer<SyncPoint> { UnsafeBufferPointer(start: hot.pointee.syncs, count: hot.pointee.syncCount) }
+    /// The fences of every sync point, concatenated.
+    public var fences: UnsafeBufferPointer<Fence> { UnsafeBufferPointer(start: hot.pointee.fences, count: hot.pointee.fenceCount) }
+    /// The refused commands (at most one under ``RoutingPolicy/stopAtFirstError``).
+    public private(set) var errors: [RoutingError] = []
+    /// How many guest commands were consumed: the batch's count, or the index of the command that
+    /// stopped the queue.
+    public var consumed: Int { hot.pointee.consumed }
+    /// The viommus that received commands after the last sync point.
+    public var unsynced: ViommuSet { hot.pointee.unsynced }
+    /// The viommus that received commands in this batch.
+    public var touched: ViommuSet { hot.pointee.touched }
+
+    /// Everything the hot path writes, behind one pointer: writes through it need no dynamic
+    /// exclusivity check, which a class's stored properties would pay on every access.
+    private struct HotState {
+        var unsynced = ViommuSet()
+        var touched = ViommuSet()
+        var consumed = 0
+        /// Per viommu slot, a region of `regionCapacity` commands and their guest indices.
+        var commands: UnsafeMutablePointer<Command>
+        var guestIndices: UnsafeMutablePointer<UInt32>
+        var regionCapacity = 0
+        var slots = 0
+        var syncs: UnsafeMutablePointer<SyncPoint>
+        var syncCount = 0
+        var syncCapacity = 0
+        var fences: UnsafeMutablePointer<Fence>
+        var fenceCount = 0
+        var fenceCapacity = 0
+    }
+
+    private let hot: UnsafeMutablePointer<HotState>
+    private let counts: UnsafeMutablePointer<Int>
+
+    public init() {
+        hot = .allocate(capacity: 1)
+        hot.initialize(to: HotState(commands: .allocate(capacity: 0), guestIndices: .allocate(capacity: 0),
+                                    syncs: .allocate(capacity: 0), fences: .allocate(capacity: 0)))
+        counts = .allocate(capacity: VSMMU.maximumViommus)
+        counts.initialize(repeating: 0, count: VSMMU.maximumViommus)
+    }
+
+    deinit {
+        hot.pointee.commands.deallocate()
+        hot.pointee.guestIndices.deallocate()
+        hot.pointee.syncs.deallocate()
+        hot.pointee.fences.deallocate()
+        hot.deinitialize(count: 1)
+        hot.deallocate()
+        counts.deallocate()
+    }
+
+    /// The number of commands for one viommu.
+    public func count(for viommu: ViommuIndex) -> Int { viommu.index < hot.pointee.slots ? counts[viommu.index] : 0 }
+
+    /// Calls `body` with the commands for one viommu, in guest order, without copying them.
+    public func withCommands<R>(for viommu: ViommuIndex, _ body: (UnsafeBufferPointer<Command>) throws -> R) rethrows -> R {
+        let n = count(for: viommu)
+        let start = hot.pointee.commands + viommu.index * hot.pointee.regionCapacity
+        return try body(UnsafeBufferPointer(start: n == 0 ? nil : start, count: n))
+    }
+
+    /// Calls `body` with the guest indices of the commands for one viommu.
+    public func withGuestIndices<R>(for viommu: ViommuIndex, _ body: (UnsafeBufferPointer<UInt32>) throws -> R) rethrows -> R {
+        let n = count(for: viommu)
+        let start = hot.pointee.guestIndices + viommu.index * hot.pointee.regionCapacity
+        return try body(UnsafeBufferPointer(start: n == 0 ? nil : start, count: n))
+    }
+
+    /// The commands for one viommu, copied (empty if it received none).
+    public func commands(for viommu: ViommuIndex) -> [Command] { withCommands(for: viommu) { Array($0) } }
+
+    /// The guest indices of the commands for one viommu, copied.
+    public func guestIndices(for viommu: ViommuIndex) -> [UInt32] { withGuestIndices(for: viommu) { Array($0) } }
+
+    /// The fences of a sync point.
+    public func fences(of sync: SyncPoint) -> UnsafeBufferPointer<Fence>.SubSequence { fences[sync.fenceRange] }
+
+    /// The first refused command, the one at which an SMMU's queue would stop.
+    public var firstError: RoutingError? { errors.first }
+
+    /// The total number of commands handed to viommus.
+    public var deliveryCount: Int { touched.reduce(0) { $0 + counts[$1.index] } }
+
+    // MARK: Building (the router's hot path)
+
+    /// Clears the buffer for a batch of `batchCount` commands over `viommuSlots` viommu slots, growing
+    /// the regions when needed (each viommu may receive every command of the batch, each command may
+    /// be a sync with a fence per viommu).
+    func reset(viommuSlots: Int, batchCount: Int) {
+        for v in hot.pointee.touched { counts[v.index] = 0 }
+        hot.pointee.touched = ViommuSet()
+        hot.pointee.unsynced = ViommuSet()
+        hot.pointee.syncCount = 0
+        hot.pointee.fenceCount = 0
+        hot.pointee.consumed = 0
+        if !errors.isEmpty { errors.removeAll(keepingCapacity: true) }
+        if batchCount > hot.pointee.regionCapacity || viommuSlots > hot.pointee.slots {
+            var capacity = max(hot.pointee.regionCapacity, 64)
+            while capacity < batchCount { capacity <<= 1 }
+            let slots = max(hot.pointee.slots, viommuSlots)
+            hot.pointee.commands.deallocate()
+            hot.pointee.guestIndices.deallocate()
+            hot.pointee.commands = .allocate(capacity: capacity * slots)
+            hot.pointee.guestIndices = .allocate(capacity: capacity * slots)
+            hot.pointee.regionCapacity = capacity
+            hot.pointee.slots = slots
+        }
+        if batchCount > hot.pointee.syncCapacity {
+            hot.pointee.syncs.deallocate()
+            hot.pointee.syncs = .allocate(capacity: hot.pointee.regionCapacity)
+            hot.pointee.syncCapacity = hot.pointee.regionCapacity
+        }
+    }
+
+    @inline(__always)
+    func deliver(_ command: Command, to viommu: Int, from index: Int) {
+        let n = counts[viommu]
+        let slot = viommu &* hot.pointee.regionCapacity &+ n
+        (hot.pointee.commands + slot).initialize(to: command)
+        (hot.pointee.guestIndices + slot).initialize(to: UInt32(truncatingIfNeeded: index))
+        counts[viommu] = n &+ 1
+        hot.pointee.unsynced.mask |= 1 << UInt64(viommu)
+    }
+
+    @inline(__always)
+    func sync(_ command: Command, at index: Int) {
+        let unsynced = hot.pointee.unsynced
+        hot.pointee.touched.mask |= unsynced.mask
+        let start = hot.pointee.fenceCount
+        if !unsynced.isEmpty {
+            if start + unsynced.count > hot.pointee.fenceCapacity { growFences(adding: unsynced.count) }
+            var i = start
+            for v in unsynced {
+                (hot.pointee.fences + i).initialize(to: Fence(viommu: v, end: counts[v.index]))
+                i &+= 1
+            }
+            hot.pointee.fenceCount = i
+            hot.pointee.unsynced = ViommuSet()
+        }
+        (hot.pointee.syncs + hot.pointee.syncCount).initialize(
+            to: SyncPoint(index: index, command: command, fenceRange: start..<hot.pointee.fenceCount))
+        hot.pointee.syncCount &+= 1
+    }
+
+    private func growFences(adding n: Int) {
+        let capacity = max(64, (hot.pointee.fenceCount + n) * 2)
+        let grown = UnsafeMutablePointer<Fence>.allocate(capacity: capacity)
+        grown.moveInitialize(from: hot.pointee.fences, count: hot.pointee.fenceCount)
+        hot.pointee.fences.deallocate()
+        hot.pointee.fences = grown
+        hot.pointee.fenceCapacity = capacity
+    }
+
+    func fail(_ error: RoutingError) { errors.append(error) }
+
+    func finish(consumed: Int) {
+        hot.pointee.consumed = consumed
+        hot.pointee.touched.mask |= hot.pointee.unsynced.mask
+    }
+}
+
+extension VSMMU {
+    /// Routes a batch of guest commands, in order, into `output` (cleared first, capacity kept).
+    ///
+    /// Rules (the seed discussion and the kernel's `arm_vsmmu_convert_user_cmd`):
+    /// - ATC_INV, CFGI_CD, CFGI_CD_ALL go to the one viommu of their StreamID; an unregistered StreamID
+    ///   is refused (CERROR_ILL, like the kernel's `-EIO`).
+    /// - CFGI_STE, CFGI_STE_RANGE, CFGI_ALL are counted and not forwarded: the VMM re-reads the STE and
+    ///   relinks it, which is what updates the vSMMU's copy; the command never touches the vSTE table.
+    /// - TLBI_NH_ASID and TLBI_NH_VA go to the viommus in the ASID's target set (``ASIDIndex``), possibly
+    ///   none. A routed TLBI_NH_ASID ends the ASID's retirement on the viommus it reached.
+    /// - TLBI_NH_ALL, TLBI_NH_VAA, TLBI_NSNH_ALL and TLBI_S12_VMALL go to every viommu; all but NH_VAA end
+    ///   every retirement. TLBI_S12_VMALL is forwarded as TLBI_NH_ALL: stage 2 belongs to the host and
+    ///   the kernel refuses S2 TLBIs on a viommu, while NH_ALL is exactly the guest-visible half.
+    /// - CMD_SYNC is never forwarded: it becomes a ``RoutedBatch/SyncPoint`` covering every viommu that
+    ///   received commands since the previous one.
+    /// - PREFETCH_*, EL2/EL3 TLBIs, TLBI_S2_IPA, PRI_RESP, RESUME, STALL_TERM: accepted, counted, not forwarded.
+    /// - Illegal commands (``Command/validate()``) are refused with CERROR_ILL.
+    ///
+    /// Each viommu's commands keep the guest's order. Refused commands follow `policy`.
+    public mutating func route(_ batch: UnsafeBufferPointer<Command>, into output: RoutedBatch,
+                               policy: RoutingPolicy = .stopAtFirstError) {
+        output.reset(viommuSlots: viommus.count, batchCount: batch.count)
+        let all = attachedViommus.mask
+        let allCount = UInt64(all.nonzeroBitCount)
+        var index = 0
+        let n = batch.count
+        while index < n {
+            let command = batch[index]
+            counters.received &+= 1
+            let op = command.opcode.rawValue
+            switch op {
+            case 0x11, 0x12:  // TLBI_NH_ASID, TLBI_NH_VA
+                let asid = command.asid
+                let targets = asidIndex.masks[2 &* Int(asid)] & all
+                counters.asidRouted &+= 1
+                if targets == 0 {
+                    counters.asidWithoutTarget &+= 1
+                    counters.broadcastsAvoided &+= allCount
+                    break
+                }
+                var m = targets
+                var delivered: UInt64 = 0
+                while m != 0 {
+                    let v = m.trailingZeroBitCount
+                    m &= m &- 1
+                    output.deliver(command, to: v, from: index)
+                    delivered &+= 1
+                }
+                counters.asidRoutedDeliveries &+= delivered
+                counters.broadcastsAvoided &+= allCount &- delivered
+                let retiring = targets & ~asidIndex.masks[2 &* Int(asid) &+ 1]
+                if retiring != 0 {
+                    let n = UInt64(retiring.nonzeroBitCount)
+                    counters.retiringDeliveries &+= n
+                    if op == 0x11 {
+                        counters.retirementsEnded &+= n
+                        asidIndex.invalidated(asid: asid, on: ViommuSet(mask: retiring))
+                    }
+                }
+            case 0x46:  // CMD_SYNC
+                if command[Command.Field.syncCS] == 3 {
+                    if refuse(command, at: index, .illegal(.reservedSyncCompletion), into: output, policy) { return }
+                    break
+                }
+                counters.syncs &+= 1
+                output.sync(command, at: index)
+            case 0x10, 0x13, 0x30, 0x28:  // TLBI_NH_ALL, TLBI_NH_VAA, TLBI_NSNH_ALL, TLBI_S12_VMALL
+                counters.broadcast &+= 1
+                let forwarded = op == 0x28 ? Command.tlbiNHAll(vmid: command.vmid) : command
+                var m = all
+                while m != 0 {
+                    let v = m.trailingZeroBitCount
+                    m &= m &- 1
+                    output.deliver(forwarded, to: v, from: index)
+                }
+                if op != 0x13 && !asidIndex.retiringList.isEmpty {
+                    counters.retirementsEnded &+= asidIndex.invalidatedAll(on: ViommuSet(mask: all))
+                }
+            case 0x40, 0x05, 0x06:  // ATC_INV, CFGI_CD, CFGI_CD_ALL
+                if command[flag: Command.Field.ssec] {
+                    let reason = IllegalCommandReason.secureStreamOnNonSecureQueue(command.opcode)
+                    if refuse(command, at: index, .illegal(reason), into: output, policy) { return }
+                    break
+                }
+                let sid = command.streamID
+                guard let v = streamTable.viommu(of: sid) else {
+                    if refuse(command, at: index, .unknownStreamID(sid), into: output, policy) { return }
+                    break
+                }
+                output.deliver(command, to: v.index, from: index)
+                counters.deviceRouted &+= 1
+            default:
+                if let illegal = command.validate() {
+                    if refuse(command, at: index, .illegal(illegal.reason), into: output, policy) { return }
+                    break
+                }
+                // Defined, legal and not forwarded by rule: CFGI_STE*, PREFETCH_*, EL2/EL3 TLBIs,
+                // TLBI_S2_IPA, PRI_RESP, RESUME, STALL_TERM.
+                if op == 0x03 || op == 0x04 { counters.configSTEInvalidations &+= 1 }
+                counters.droppedByOpcode[op, default: 0] &+= 1
+            }
+            index += 1
+        }
+        finish(output, consumed: n)
+    }
+
+    /// Closes a routed batch: records how many commands were consumed and adds its deliveries to the
+    /// per-viommu counters (once per batch, not once per delivery).
+    private mutating func finish(_ output: RoutedBatch, consumed: Int) {
+        output.finish(consumed: consumed)
+        for v in output.touched {
+            let n = UInt64(output.count(for: v))
+            counters.deliveries &+= n
+            counters.deliveriesPerViommu[v.index] &+= n
+        }
+    }
+
+    /// Routes a batch held in an array (see ``route(_:into:policy:)``).
+    public mutating func route(_ batch: [Command], into output: RoutedBatch,
+                               policy: RoutingPolicy = .stopAtFirstError) {
+        batch.withUnsafeBufferPointer { route($0, into: output, policy: policy) }
+    }
+
+    /// Records a refused command. Returns `true` when routing must stop (and has finished `output`).
+    @inline(__always)
+    private mutating func refuse(_ command: Command, at index: Int, _ reason: RoutingError.Reason,
+                                 into output: RoutedBatch, _ policy: RoutingPolicy) -> Bool {
+        switch reason {
+        case .illegal: counters.illegalCommands &+= 1
+        case .unknownStreamID: counters.unknownStreamID &+= 1
+        }
+        output.fail(RoutingError(index: index, command: command, reason: reason))
+        if policy == .stopAtFirstError {
+            finish(output, consumed: index)
+            return true
+        }
+        return false
+    }
+}
