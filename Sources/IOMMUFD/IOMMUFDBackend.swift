@@ -1,1 +1,524 @@
-/// The iommufd pSMMU backend (being built).
+import CIOMMUFD
+import PSMMU
+import SMMUv3
+import Synchronization
+import SystemPackage
+
+/// A physical SMMUv3 driven through Linux iommufd (`/dev/iommu`, Linux 6.13 and later): one viommu
+/// per VM on this pSMMU, vdevices for the VM's devices behind it, nested stage-1 HWPTs from guest
+/// STEs, and guest invalidation commands forwarded in whole batches.
+///
+/// Every syscall goes through an ``IOMMUFDDevice``: ``SystemIOMMUFD`` on a host, a fake in tests.
+/// The iommufd is opened at the first ``attachViommu(_:)``, not at init, so a host without
+/// `/dev/iommu` can build the backend and gets a clear ``BackendError/Kind/unavailable`` error when it
+/// first tries to use it. An iommufd a VMM hands over can be adopted instead (``init(name:adopting:configuration:)``),
+/// which puts vsmmud's objects in the VMM's iommufd context, next to its devices and nest-parent HWPT.
+///
+/// **Invalidation.** ``invalidate(viommu:commands:)`` sends the batch with `IOMMU_HWPT_INVALIDATE` on the
+/// viommu: `data_type` `IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3`, `entry_len` 16, the commands' own
+/// 16 bytes as the entries (no copy on a little-endian host), at most
+/// ``Configuration/maximumEntriesPerCall`` per call. The ioctl returns once the hardware completed
+/// the commands (the kernel syncs every 63). A failed call is read with ``HWPTInvalidateOutcome``:
+/// everything from the last 63-command chunk boundary at or below the reported `entry_num` on is
+/// treated as not done; for `EIO`, which names the one command the kernel refused, the accepted but
+/// never issued commands before it are sent again, so the result stops exactly at the refused
+/// command with `CERROR_ILL`. Other errnos map per ``CommandQueueError/init(iommufdInvalidationErrno:)``.
+///
+/// **Events.** With ``Configuration/eventQueueDepth`` set, each viommu gets a vEVENTQ
+/// (`IOMMU_VEVENTQ_ALLOC`, Linux 6.15); ``takeEvents(viommu:)`` reads it without blocking. On a kernel
+/// without the ioctl (`ENOTTY`) the viommu works without events and ``takeEvents(viommu:)`` returns none.
+///
+/// **Handles.** The backend only destroys objects it allocated itself: an unknown handle is refused with
+/// ``BackendError/Kind/unknownHandle`` before any ioctl, so a wrong handle can never destroy another
+/// object of a shared iommufd.
+///
+/// Thread safety: control-path calls and ``invalidate(viommu:commands:)`` may come from any thread. No
+/// lock is held across an `IOMMU_HWPT_INVALIDATE`, so different viommus are served concurrently.
+public final class IOMMUFDBackend: PSMMUBackend {
+    /// How the backend uses the kernel interface.
+    public struct Configuration: Hashable, Sendable {
+        /// The most commands one `IOMMU_HWPT_INVALIDATE` carries; longer batches are split into several
+        /// calls, in order. The kernel allocates a copy of each call's array, so this bounds that.
+        /// Default 1008: 16 whole kernel chunks of 63.
+        public var maximumEntriesPerCall: Int
+        /// The kernel's chunk, `CMDQ_BATCH_ENTRIES - 1`: 63 wherever `BITS_PER_LONG` is 64 (every
+        /// arm64 kernel). Used to read `entry_num` after a failure.
+        public var kernelChunkEntries: Int
+        /// The depth of the vEVENTQ allocated with each viommu, or `nil` for none.
+        public var eventQueueDepth: UInt32?
+
+        public init(maximumEntriesPerCall: Int = 1008,
+                    kernelChunkEntries: Int = HWPTInvalidateOutcome.kernelChunkEntries,
+                    eventQueueDepth: UInt32? = 64) {
+            self.maximumEntriesPerCall = maximumEntriesPerCall
+            self.kernelChunkEntries = kernelChunkEntries
+            self.eventQueueDepth = eventQueueDepth
+        }
+    }
+
+    public let name: String
+    public let configuration: Configuration
+
+    private let openDevice: @Sendable () throws(BackendError) -> any IOMMUFDDevice
+    private let state = Mutex(State())
+    private let statistics = Mutex(Statistics())
+
+    /// A backend on the iommufd device node at `devicePath`, opened at the first attach.
+    ///
+    /// When the node cannot be opened, every ``attachViommu(_:)`` fails with
+    /// ``BackendError/Kind/unavailable`` and the `open(2)` errno.
+    public convenience init(name: String, devicePath: FilePath = SystemIOMMUFD.defaultPath,
+                            configuration: Configuration = Configuration()) {
+        self.init(name: name, configuration: configuration) { () throws(BackendError) -> any IOMMUFDDevice in
+            do throws(Errno) {
+                return try SystemIOMMUFD.open(devicePath)
+            } catch {
+                throw BackendError(
+                    .unavailable, errno: error.rawValue,
+                    "no \(devicePath): the host kernel lacks iommufd (CONFIG_IOMMUFD) or the device node is not accessible (\(error)); use the simulated backend")
+            }
+        }
+    }
+
+    /// A backend on an iommufd handed over by a VMM. The backend owns the descriptor from now on and
+    /// closes it when released.
+    public convenience init(name: String, adopting iommufd: FileDescriptor,
+                            configuration: Configuration = Configuration()) {
+        self.init(name: name, device: SystemIOMMUFD(adopting: iommufd), configuration: configuration)
+    }
+
+    /// A backend on an already open iommufd: a ``SystemIOMMUFD``, or a test's fake.
+    public convenience init(name: String, device: any IOMMUFDDevice, configuration: Configuration = Configuration()) {
+        self.init(name: name, configuration: configuration) { device }
+    }
+
+    /// A backend that obtains its iommufd from `opening` at the first attach (and again at the next
+    /// attach, if it failed).
+    public init(name: String, configuration: Configuration = Configuration(),
+                opening: @escaping @Sendable () throws(BackendError) -> any IOMMUFDDevice) {
+        self.name = name
+        self.configuration = configuration
+        self.openDevice = opening
+    }
+
+    // MARK: - Counters
+
+    public var counters: BackendCounters { statistics.withLock { $0.counters } }
+
+    /// `IOMMU_HWPT_INVALIDATE` calls made, re-sent chunks included.
+    public var invalidateIoctlCount: UInt64 { statistics.withLock { $0.invalidateIoctls } }
+
+    /// Events the vEVENTQs reported lost (queue overflow).
+    public var lostEventCount: UInt64 { statistics.withLock { $0.lostEvents } }
+
+    /// Whether `viommu` has a vEVENTQ that ``takeEvents(viommu:)`` reads.
+    public func hasEventQueue(_ viommu: ViommuHandle) -> Bool {
+        state.withLock { $0.viommus[viommu]?.eventQueue != nil }
+    }
+
+    // MARK: - viommu
+
+    /// Allocates an ARM SMMUv3 viommu (`IOMMU_VIOMMU_ALLOC`, 24-byte form) through
+    /// `request.hostDeviceID` on the nest-parent HWPT `request.nestParentHWPT`, and its vEVENTQ when
+    /// configured. Opens the iommufd first if this is the first use.
+    /// - Throws: ``BackendError/Kind/unavailable`` when the iommufd cannot be opened or the kernel or the
+    ///   pSMMU lacks nesting; otherwise the kind of the errno (``BackendError/Kind/init(iommufdErrno:)``).
+    public func attachViommu(_ request: ViommuAttachRequest) throws(BackendError) -> ViommuHandle {
+        let device = try openedDevice()
+        var alloc = iommu_viommu_alloc()
+        alloc.size = UInt32(MemoryLayout<iommu_viommu_alloc>.size)
+        alloc.flags = 0
+        alloc.type = UInt32(IOMMU_VIOMMU_TYPE_ARM_SMMUV3)
+        alloc.dev_id = request.hostDeviceID
+        alloc.hwpt_id = request.nestParentHWPT
+        if let errno = perform(.viommuAlloc, &alloc, on: device) {
+            throw failure(.viommuAlloc, errno,
+                          "for dev_id \(request.hostDeviceID) on nest-parent hwpt_id \(request.nestParentHWPT)")
+        }
+        let viommu = ViommuHandle(rawValue: alloc.out_viommu_id)
+
+        var eventQueue: EventQueue?
+        if let depth = configuration.eventQueueDepth {
+            do {
+                eventQueue = try allocateEventQueue(for: viommu, depth: depth, on: device)
+            } catch {
+                _ = destroyObject(viommu.rawValue, on: device)
+                throw error
+            }
+        }
+        state.withLock { $0.viommus[viommu] = ViommuRecord(eventQueue: eventQueue) }
+        statistics.withLock { $0.counters.viommusAttached += 1 }
+        return viommu
+    }
+
+    /// Destroys `viommu`: first its vEVENTQ (descriptor closed, object destroyed: the queue holds a
+    /// reference on the viommu), then the viommu.
+    ///
+    /// Refused with ``BackendError/Kind/busy`` before any ioctl while vdevices or HWPTs this backend
+    /// allocated on it remain. When the kernel refuses the destroy, the handle stays attached; its
+    /// vEVENTQ is allocated again when possible (events in the old queue are lost).
+    public func detachViommu(_ viommu: ViommuHandle) throws(BackendError) {
+        let (record, device) = try state.withLock { (state) throws(BackendError) -> (ViommuRecord, any IOMMUFDDevice) in
+            guard let record = state.viommus[viommu], let device = state.device else {
+                throw unknown(viommu)
+            }
+            let vdevices = state.vdevices.values.count { $0 == viommu }
+            let hwpts = state.hwpts.values.count { $0 == viommu }
+            if vdevices + hwpts > 0 {
+                throw BackendError(.busy, "\(name): \(viommu) still has \(vdevices) vdevice(s) and \(hwpts) HWPT(s): destroy them first")
+            }
+            // Out of the table first, so that invalidate and takeEvents stop using it.
+            state.viommus[viommu] = nil
+            return (record, device)
+        }
+
+        if let queue = record.eventQueue {
+            // The descriptor holds a reference on the vEVENTQ, and the vEVENTQ one on the viommu.
+            device.close(eventQueue: queue.descriptor)
+            if let errno = destroyObject(queue.id, on: device) {
+                var kept = record
+                kept.eventQueue = nil
+                state.withLock { $0.viommus[viommu] = kept }
+                throw failure(.destroy, errno, "of the vEVENTQ \(queue.id) of \(viommu)")
+            }
+        }
+        if let errno = destroyObject(viommu.rawValue, on: device) {
+            var kept = record
+            kept.eventQueue = nil
+            if let depth = configuration.eventQueueDepth, record.eventQueue != nil {
+                kept.eventQueue = try? allocateEventQueue(for: viommu, depth: depth, on: device)
+            }
+            state.withLock { $0.viommus[viommu] = kept }
+            throw failure(.destroy, errno, "of \(viommu)")
+        }
+    }
+
+    // MARK: - vdevice
+
+    public func allocateVDevice(viommu: ViommuHandle, hostDeviceID: UInt32,
+                                virtualStreamID: StreamID) throws(BackendError) -> VDeviceHandle {
+        let device = try device(of: viommu)
+        var alloc = iommu_vdevice_alloc()
+        alloc.size = UInt32(MemoryLayout<iommu_vdevice_alloc>.size)
+        alloc.viommu_id = viommu.rawValue
+        alloc.dev_id = hostDeviceID
+        alloc.virt_id = UInt64(virtualStreamID)
+        if let errno = perform(.vdeviceAlloc, &alloc, on: device) {
+            throw failure(.vdeviceAlloc, errno,
+                          "for dev_id \(hostDeviceID) as vSID 0x\(String(virtualStreamID, radix: 16)) on \(viommu)")
+        }
+        let vdevice = VDeviceHandle(rawValue: alloc.out_vdevice_id)
+        state.withLock { $0.vdevices[vdevice] = viommu }
+        statistics.withLock { $0.counters.vdevicesAllocated += 1 }
+        return vdevice
+    }
+
+    public func destroyVDevice(_ vdevice: VDeviceHandle) throws(BackendError) {
+        let (viommu, device) = try state.withLock { (state) throws(BackendError) -> (ViommuHandle, any IOMMUFDDevice) in
+            guard let viommu = state.vdevices.removeValue(forKey: vdevice), let device = state.device else {
+                throw unknown(vdevice)
+            }
+            return (viommu, device)
+        }
+        if let errno = destroyObject(vdevice.rawValue, on: device) {
+            state.withLock { $0.vdevices[vdevice] = viommu }
+            throw failure(.destroy, errno, "of \(vdevice)")
+        }
+    }
+
+    // MARK: - nested HWPT
+
+    /// Installs a nested stage-1 HWPT from a guest STE.
+    ///
+    /// The STE is checked with ``StreamTableEntry/nestingValidated()`` first: a vSTE the kernel would
+    /// refuse with `EIO` is refused here with ``BackendError/Kind/invalidArgument``, before any ioctl.
+    /// Only words 0 and 1 travel (`iommu_hwpt_arm_smmuv3`); the kernel and the pSMMU read the CDs from
+    /// guest memory through stage 2, so `contextDescriptors` is not used by this backend.
+    public func allocateNestedHWPT(viommu: ViommuHandle, hostDeviceID: UInt32, ste: StreamTableEntry,
+                                   contextDescriptors: [ContextDescriptor]) throws(BackendError) -> HWPTHandle {
+        let validated: StreamTableEntry
+        do {
+            validated = try ste.nestingValidated()
+        } catch {
+            throw BackendError(.invalidArgument, "\(name): vSTE for dev_id \(hostDeviceID) refused before IOMMU_HWPT_ALLOC: \(error)")
+        }
+        let device = try device(of: viommu)
+
+        var data = iommu_hwpt_arm_smmuv3()
+        data.ste = (validated.word(0).littleEndian, validated.word(1).littleEndian)
+        var alloc = iommu_hwpt_alloc()
+        alloc.size = UInt32(MemoryLayout<iommu_hwpt_alloc>.size)
+        alloc.flags = 0
+        alloc.dev_id = hostDeviceID
+        alloc.pt_id = viommu.rawValue
+        alloc.data_type = UInt32(IOMMU_HWPT_DATA_ARM_SMMUV3)
+        alloc.data_len = UInt32(MemoryLayout<iommu_hwpt_arm_smmuv3>.size)
+        let errno = withUnsafeMutableBytes(of: &data) { payload -> Errno? in
+            alloc.data_uptr = UInt64(UInt(bitPattern: payload.baseAddress))
+            return perform(.hwptAlloc, &alloc, on: device)
+        }
+        if let errno {
+            // "EIO is reserved for invalid STE data" (arm_smmu_validate_vste).
+            throw failure(.hwptAlloc, errno, "of a nested HWPT for dev_id \(hostDeviceID) on \(viommu)",
+                          kind: errno == .ioError ? .invalidArgument : nil)
+        }
+        let hwpt = HWPTHandle(rawValue: alloc.out_hwpt_id)
+        state.withLock { $0.hwpts[hwpt] = viommu }
+        statistics.withLock { $0.counters.hwptsAllocated += 1 }
+        return hwpt
+    }
+
+    public func destroyHWPT(_ hwpt: HWPTHandle) throws(BackendError) {
+        let (viommu, device) = try state.withLock { (state) throws(BackendError) -> (ViommuHandle, any IOMMUFDDevice) in
+            guard let viommu = state.hwpts.removeValue(forKey: hwpt), let device = state.device else {
+                throw unknown(hwpt)
+            }
+            return (viommu, device)
+        }
+        if let errno = destroyObject(hwpt.rawValue, on: device) {
+            state.withLock { $0.hwpts[hwpt] = viommu }
+            throw failure(.destroy, errno, "of \(hwpt)")
+        }
+    }
+
+    // MARK: - Invalidation
+
+    /// Executes `commands` on `viommu` with as few `IOMMU_HWPT_INVALIDATE` calls as
+    /// ``Configuration/maximumEntriesPerCall`` allows, in order, stopping at the first failure; see the
+    /// type's documentation for how a failure is read. An empty batch makes no call; a viommu this
+    /// backend did not attach fails with `CERROR_ABT` at command 0, without a call.
+    public func invalidate(viommu: ViommuHandle, commands: UnsafeBufferPointer<Command>) -> InvalidationResult {
+        let result: InvalidationResult
+        if commands.isEmpty {
+            result = InvalidationResult(completed: 0)
+        } else if let device = state.withLock({ $0.viommus[viommu] != nil ? $0.device : nil }) {
+            result = execute(commands, on: viommu, device: device)
+        } else {
+            result = InvalidationResult(completed: 0, failure: InvalidationFailure(
+                queueError: .abort, message: "\(name): \(viommu) is not attached"))
+        }
+        record(result, of: commands)
+        return result
+    }
+
+    /// Runs `commands` in calls of at most ``Configuration/maximumEntriesPerCall``, stopping at the
+    /// first failure.
+    private func execute(_ commands: UnsafeBufferPointer<Command>, on viommu: ViommuHandle,
+                         device: any IOMMUFDDevice) -> InvalidationResult {
+        let limit = min(max(1, configuration.maximumEntriesPerCall), Int(UInt32.max))
+        var done = 0
+        while done < commands.count {
+            let call = UnsafeBufferPointer(rebasing: commands[done ..< min(done + limit, commands.count)])
+            let (errno, reported) = issue(call, on: viommu, device: device)
+            switch HWPTInvalidateOutcome(entryCount: call.count, errno: errno, reportedEntries: reported,
+                                         chunkEntries: configuration.kernelChunkEntries) {
+            case .completed:
+                done += call.count
+            case .refused(let index, let completedBefore):
+                // The kernel accepted call[completedBefore ..< index] but never issued it: send it again,
+                // so that the batch stops exactly at the refused command.
+                if index > completedBefore {
+                    let resent = execute(UnsafeBufferPointer(rebasing: call[completedBefore ..< index]),
+                                         on: viommu, device: device)
+                    if let failure = resent.failure {
+                        return InvalidationResult(completed: done + completedBefore + resent.completed, failure: failure)
+                    }
+                }
+                return InvalidationResult(completed: done + index, failure: refusal(of: call[index], on: viommu))
+            case .failed(let completedBefore, let errno):
+                return InvalidationResult(completed: done + completedBefore, failure: InvalidationFailure(
+                    queueError: CommandQueueError(iommufdInvalidationErrno: errno), errno: errno.rawValue,
+                    message: "\(name): IOMMU_HWPT_INVALIDATE on \(viommu) failed after \(done + completedBefore) command(s): \(errno)"))
+            }
+        }
+        return InvalidationResult(completed: done)
+    }
+
+    /// One `IOMMU_HWPT_INVALIDATE` of `commands` on `viommu`.
+    /// - Returns: the errno, and the `entry_num` the kernel wrote back.
+    private func issue(_ commands: UnsafeBufferPointer<Command>, on viommu: ViommuHandle,
+                       device: any IOMMUFDDevice) -> (Errno?, UInt32) {
+        statistics.withLock { $0.invalidateIoctls += 1 }
+        var request = iommu_hwpt_invalidate()
+        request.size = UInt32(MemoryLayout<iommu_hwpt_invalidate>.size)
+        request.hwpt_id = viommu.rawValue
+        request.data_type = UInt32(IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3)
+        request.entry_len = UInt32(MemoryLayout<iommu_viommu_arm_smmuv3_invalidate>.size)
+        request.entry_num = UInt32(commands.count)
+        let errno: Errno?
+        if Self.commandsAreKernelEntries {
+            // A Command is the entry: two little-endian words, 16 bytes; the kernel reads it in place.
+            request.data_uptr = UInt64(UInt(bitPattern: commands.baseAddress))
+            errno = perform(.hwptInvalidate, &request, on: device)
+        } else {
+            var entries = commands.map { iommu_viommu_arm_smmuv3_invalidate(cmd: ($0.w0.littleEndian, $0.w1.littleEndian)) }
+            errno = entries.withUnsafeMutableBytes { bytes -> Errno? in
+                request.data_uptr = UInt64(UInt(bitPattern: bytes.baseAddress))
+                return perform(.hwptInvalidate, &request, on: device)
+            }
+        }
+        return (errno, request.entry_num)
+    }
+
+    /// Whether a buffer of ``Command`` is, byte for byte, an array of
+    /// `iommu_viommu_arm_smmuv3_invalidate`: a little-endian host and `Command` laid out as `w0`, `w1`.
+    public static let commandsAreKernelEntries: Bool = {
+        #if _endian(little)
+        return MemoryLayout<Command>.size == MemoryLayout<iommu_viommu_arm_smmuv3_invalidate>.size
+            && MemoryLayout<Command>.stride == MemoryLayout<iommu_viommu_arm_smmuv3_invalidate>.stride
+            && MemoryLayout<Command>.offset(of: \Command.w0) == 0
+            && MemoryLayout<Command>.offset(of: \Command.w1) == 8
+        #else
+        return false
+        #endif
+    }()
+
+    /// The commands a viommu takes (`arm_vsmmu_convert_user_cmd`); the kernel answers `EIO` to the rest.
+    public static let opcodesAcceptedOnViommu: Set<Opcode> = [
+        .tlbiNSNHAll, .tlbiNHVA, .tlbiNHVAA, .tlbiNHAll, .tlbiNHASID, .atcInv, .cfgiCD, .cfgiCDAll,
+    ]
+
+    private func refusal(of command: Command, on viommu: ViommuHandle) -> InvalidationFailure {
+        let reason: String
+        if !Self.opcodesAcceptedOnViommu.contains(command.opcode) {
+            reason = "\(command.opcode.name) is not a command a viommu takes"
+        } else if command.opcode == .atcInv || command.opcode == .cfgiCD || command.opcode == .cfgiCDAll {
+            reason = "vSID 0x\(String(command.streamID, radix: 16)) has no vdevice on \(viommu)"
+        } else {
+            reason = "the kernel refused the command"
+        }
+        return InvalidationFailure(queueError: .illegal, errno: Errno.ioError.rawValue,
+                                   message: "\(name): \(command) refused on \(viommu) (EIO): \(reason)")
+    }
+
+    private func record(_ result: InvalidationResult, of commands: UnsafeBufferPointer<Command>) {
+        var byOpcode: [UInt8: UInt64] = [:]
+        for command in commands[..<result.completed] {
+            byOpcode[command.opcode.rawValue, default: 0] += 1
+        }
+        statistics.withLock { statistics in
+            statistics.counters.invalidateCalls += 1
+            statistics.counters.commandsReceived += UInt64(commands.count)
+            statistics.counters.commandsCompleted += UInt64(result.completed)
+            if result.failure != nil { statistics.counters.commandsFailed += 1 }
+            statistics.counters.commandsByOpcode.merge(byOpcode, uniquingKeysWith: +)
+        }
+    }
+
+    // MARK: - Events
+
+    /// Reads what the viommu's vEVENTQ holds, without blocking; `[]` when the viommu has none.
+    public func takeEvents(viommu: ViommuHandle) -> [EventRecord] {
+        let (events, lost) = state.withLock { state -> ([EventRecord], UInt64) in
+            guard var record = state.viommus[viommu], let queue = record.eventQueue, let device = state.device else {
+                return ([], 0)
+            }
+            var events: [EventRecord] = []
+            var lost: UInt64 = 0
+            var buffer = [UInt8](repeating: 0, count: Self.eventReadSize)
+            for _ in 0 ..< Self.maximumEventReads {
+                let read = buffer.withUnsafeMutableBytes { device.read(eventQueue: queue.descriptor, into: $0) }
+                guard case .success(let count) = read, count > 0 else { break }
+                lost += buffer.withUnsafeBytes {
+                    record.decoder.decode(UnsafeRawBufferPointer(rebasing: $0[..<min(count, $0.count)]), into: &events)
+                }
+                // The kernel stops filling only when the queue is empty or the next event does not fit.
+                if Self.eventReadSize - count >= VEventDecoder.maximumEventSize { break }
+            }
+            state.viommus[viommu] = record
+            return (events, lost)
+        }
+        if !events.isEmpty || lost > 0 {
+            statistics.withLock {
+                $0.counters.events += UInt64(events.count)
+                $0.lostEvents += lost
+            }
+        }
+        return events
+    }
+
+    static let eventReadSize = 64 * VEventDecoder.maximumEventSize
+    static let maximumEventReads = 64
+
+    private func allocateEventQueue(for viommu: ViommuHandle, depth: UInt32,
+                                    on device: any IOMMUFDDevice) throws(BackendError) -> EventQueue? {
+        var alloc = iommu_veventq_alloc()
+        alloc.size = UInt32(MemoryLayout<iommu_veventq_alloc>.size)
+        alloc.flags = 0
+        alloc.viommu_id = viommu.rawValue
+        alloc.type = UInt32(IOMMU_VEVENTQ_TYPE_ARM_SMMUV3)
+        alloc.veventq_depth = depth
+        if let errno = perform(.veventqAlloc, &alloc, on: device) {
+            // A kernel before vEVENTQ (6.13, 6.14): the viommu works, without events.
+            if errno == .inappropriateIOCTLForDevice { return nil }
+            throw failure(.veventqAlloc, errno, "of depth \(depth) for \(viommu)")
+        }
+        return EventQueue(id: alloc.out_veventq_id,
+                          descriptor: FileDescriptor(rawValue: Int32(bitPattern: alloc.out_veventq_fd)))
+    }
+
+    // MARK: - Plumbing
+
+    private struct State {
+        var device: (any IOMMUFDDevice)?
+        var viommus: [ViommuHandle: ViommuRecord] = [:]
+        var vdevices: [VDeviceHandle: ViommuHandle] = [:]
+        var hwpts: [HWPTHandle: ViommuHandle] = [:]
+    }
+
+    private struct ViommuRecord {
+        var eventQueue: EventQueue?
+        var decoder = VEventDecoder()
+    }
+
+    private struct EventQueue {
+        var id: UInt32
+        var descriptor: FileDescriptor
+    }
+
+    private struct Statistics {
+        var counters = BackendCounters()
+        var invalidateIoctls: UInt64 = 0
+        var lostEvents: UInt64 = 0
+    }
+
+    /// The iommufd, opened now if this is the first use.
+    private func openedDevice() throws(BackendError) -> any IOMMUFDDevice {
+        try state.withLock { (state) throws(BackendError) -> any IOMMUFDDevice in
+            if let device = state.device { return device }
+            let device = try openDevice()
+            state.device = device
+            return device
+        }
+    }
+
+    /// The iommufd, for an operation on `viommu`, which must be attached.
+    private func device(of viommu: ViommuHandle) throws(BackendError) -> any IOMMUFDDevice {
+        try state.withLock { (state) throws(BackendError) -> any IOMMUFDDevice in
+            guard state.viommus[viommu] != nil, let device = state.device else { throw unknown(viommu) }
+            return device
+        }
+    }
+
+    private func perform<Argument>(_ request: IOMMUFDRequest, _ argument: inout Argument,
+                                   on device: any IOMMUFDDevice) -> Errno? {
+        withUnsafeMutableBytes(of: &argument) { device.ioctl(request: request, argument: $0) }
+    }
+
+    private func destroyObject(_ id: UInt32, on device: any IOMMUFDDevice) -> Errno? {
+        var destroy = iommu_destroy()
+        destroy.size = UInt32(MemoryLayout<iommu_destroy>.size)
+        destroy.id = id
+        return perform(.destroy, &destroy, on: device)
+    }
+
+    private func failure(_ request: IOMMUFDRequest, _ errno: Errno, _ what: String,
+                         kind: BackendError.Kind? = nil) -> BackendError {
+        BackendError(kind ?? BackendError.Kind(iommufdErrno: errno), errno: errno.rawValue,
+                     "\(name): \(request) \(what) failed: \(errno)")
+    }
+
+    private func unknown(_ handle: some CustomStringConvertible) -> BackendError {
+        BackendError(.unknownHandle, "\(name): \(handle) was not allocated by this backend")
+    }
+}

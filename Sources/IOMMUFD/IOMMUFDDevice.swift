@@ -1,0 +1,78 @@
+import CIOMMUFD
+import SystemPackage
+
+/// The syscalls ``IOMMUFDBackend`` makes, and nothing else: `ioctl(2)` on an iommufd, and `read(2)` and
+/// `close(2)` on the vEVENTQ descriptors the kernel hands out.
+///
+/// This is the one seam between the backend and the kernel. ``SystemIOMMUFD`` is the real one; tests
+/// drive the backend with a fake that records each request number and the exact argument bytes, and
+/// scripts the kernel's answers (object ids, `entry_num`, errno).
+public protocol IOMMUFDDevice: AnyObject, Sendable {
+    /// `ioctl(iommufd, request, argument.baseAddress)`.
+    ///
+    /// `argument` holds the request struct (its first `u32` is its size); the kernel writes its outputs
+    /// (object ids, `entry_num`) back into it, `IOMMU_HWPT_INVALIDATE`'s `entry_num` also on failure.
+    /// - Returns: `nil` on success, or the errno the ioctl failed with.
+    func ioctl(request: IOMMUFDRequest, argument: UnsafeMutableRawBufferPointer) -> Errno?
+
+    /// `read(2)` on a vEVENTQ descriptor from `IOMMU_VEVENTQ_ALLOC`. The kernel returns whole events
+    /// only, and 0 bytes (it does not block) when the queue is empty.
+    func read(eventQueue: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer) -> Result<Int, Errno>
+
+    /// `close(2)` of a vEVENTQ descriptor.
+    func close(eventQueue: FileDescriptor)
+}
+
+/// An iommufd file descriptor (`/dev/iommu`) and the syscalls on it.
+///
+/// It owns its descriptor and closes it when released; closing an iommufd destroys every object
+/// allocated through it.
+public final class SystemIOMMUFD: IOMMUFDDevice {
+    /// The iommufd character device.
+    public static let defaultPath: FilePath = "/dev/iommu"
+
+    /// The iommufd.
+    public let descriptor: FileDescriptor
+
+    /// Opens an iommufd (`O_RDWR | O_CLOEXEC`).
+    /// - Throws: the `open(2)` errno: `ENOENT` when the kernel lacks iommufd or the node is missing,
+    ///   `EACCES` when this user may not open it.
+    public static func open(_ path: FilePath = defaultPath) throws(Errno) -> SystemIOMMUFD {
+        do {
+            return SystemIOMMUFD(adopting: try FileDescriptor.open(path, .readWrite, options: [.closeOnExec]))
+        } catch let errno as Errno {
+            throw errno
+        } catch {
+            throw Errno.ioError
+        }
+    }
+
+    /// Takes ownership of an iommufd, e.g. one a VMM handed over (`SCM_RIGHTS`) so that the daemon's
+    /// objects live in the VMM's iommufd context next to its devices and IOAS.
+    public init(adopting descriptor: FileDescriptor) {
+        self.descriptor = descriptor
+    }
+
+    deinit {
+        try? descriptor.close()
+    }
+
+    public func ioctl(request: IOMMUFDRequest, argument: UnsafeMutableRawBufferPointer) -> Errno? {
+        let result = ciommufd_ioctl(descriptor.rawValue, request.rawValue, argument.baseAddress)
+        return result < 0 ? Errno(rawValue: -result) : nil
+    }
+
+    public func read(eventQueue: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer) -> Result<Int, Errno> {
+        do {
+            return .success(try eventQueue.read(into: buffer))
+        } catch let errno as Errno {
+            return .failure(errno)
+        } catch {
+            return .failure(.ioError)
+        }
+    }
+
+    public func close(eventQueue: FileDescriptor) {
+        try? eventQueue.close()
+    }
+}

@@ -1,0 +1,140 @@
+import IOMMUFD
+import Synchronization
+import SystemPackage
+
+/// An iommufd that records every syscall the backend makes, byte for byte, and answers like a scripted
+/// kernel.
+///
+/// By default every ioctl succeeds: allocations write the next object id (from 100 up) into their
+/// `out_*` field, `IOMMU_VEVENTQ_ALLOC` also a descriptor number (from 1000 up), and
+/// `IOMMU_HWPT_INVALIDATE` leaves `entry_num` as it was (all handled). ``script(_:_:)`` queues answers
+/// for a request, consumed in order.
+final class FakeIOMMUFD: IOMMUFDDevice {
+    /// One ioctl as the kernel saw it.
+    struct Call: Hashable, Sendable {
+        var request: IOMMUFDRequest
+        /// The argument struct's bytes on entry.
+        var bytes: [UInt8]
+        /// The bytes `data_uptr` pointed at (`IOMMU_HWPT_ALLOC`: `data_len` bytes; `IOMMU_HWPT_INVALIDATE`:
+        /// `entry_len × entry_num` bytes), empty for other requests.
+        var payload: [UInt8]
+
+        func u32(at offset: Int) -> UInt32 {
+            (0..<4).reduce(0) { $0 | UInt32(bytes[offset + $1]) << UInt32(8 * $1) }
+        }
+        func u64(at offset: Int) -> UInt64 {
+            (0..<8).reduce(0) { $0 | UInt64(bytes[offset + $1]) << UInt64(8 * $1) }
+        }
+    }
+
+    /// A scripted answer to one ioctl.
+    struct Answer: Sendable {
+        var errno: Errno?
+        /// Written to `entry_num` (`IOMMU_HWPT_INVALIDATE`).
+        var entryNum: UInt32?
+        /// Written to the `out_*` id field of an allocation.
+        var objectID: UInt32?
+
+        static func fail(_ errno: Errno, entryNum: UInt32? = nil) -> Answer {
+            Answer(errno: errno, entryNum: entryNum)
+        }
+        static func succeed(objectID: UInt32? = nil) -> Answer { Answer(objectID: objectID) }
+    }
+
+    private struct State {
+        var calls: [Call] = []
+        var journal: [String] = []
+        var scripts: [IOMMUFDRequest: [Answer]] = [:]
+        var nextObjectID: UInt32 = 100
+        var nextDescriptor: Int32 = 1000
+        var eventBytes: [Int32: [[UInt8]]] = [:]
+        var closed: [Int32] = []
+    }
+
+    private let state = Mutex(State())
+
+    var calls: [Call] { state.withLock { $0.calls } }
+    /// Every syscall in order: `IOMMU_VIOMMU_ALLOC`, `close(1000)`, `IOMMU_DESTROY 101`, …
+    var journal: [String] { state.withLock { $0.journal } }
+    var closedDescriptors: [Int32] { state.withLock { $0.closed } }
+
+    func calls(_ request: IOMMUFDRequest) -> [Call] { calls.filter { $0.request == request } }
+
+    /// Queues answers for the next `request`s.
+    func script(_ request: IOMMUFDRequest, _ answers: Answer...) {
+        state.withLock { $0.scripts[request, default: []].append(contentsOf: answers) }
+    }
+
+    /// Queues one `read(2)`'s bytes on a vEVENTQ descriptor.
+    func queueEventRead(descriptor: Int32, _ bytes: [UInt8]) {
+        state.withLock { $0.eventBytes[descriptor, default: []].append(bytes) }
+    }
+
+    func ioctl(request: IOMMUFDRequest, argument: UnsafeMutableRawBufferPointer) -> Errno? {
+        state.withLock { state in
+            var call = Call(request: request, bytes: Array(argument), payload: [])
+            switch request {
+            case .hwptAlloc:
+                call.payload = Self.pointee(address: call.u64(at: 32), count: Int(call.u32(at: 28)))
+            case .hwptInvalidate:
+                call.payload = Self.pointee(address: call.u64(at: 8), count: Int(call.u32(at: 20)) * Int(call.u32(at: 24)))
+            default:
+                break
+            }
+            state.calls.append(call)
+            state.journal.append(request == .destroy ? "\(request) \(call.u32(at: 4))" : "\(request)")
+
+            let answer = state.scripts[request]?.isEmpty == false ? state.scripts[request]!.removeFirst() : Answer()
+            if let entryNum = answer.entryNum, request == .hwptInvalidate {
+                argument.storeBytes(of: entryNum.littleEndian, toByteOffset: 24, as: UInt32.self)
+            }
+            if let errno = answer.errno { return errno }
+
+            func allocateID() -> UInt32 {
+                if let id = answer.objectID { return id }
+                defer { state.nextObjectID += 1 }
+                return state.nextObjectID
+            }
+            switch request {
+            case .viommuAlloc: argument.storeBytes(of: allocateID().littleEndian, toByteOffset: 20, as: UInt32.self)
+            case .vdeviceAlloc: argument.storeBytes(of: allocateID().littleEndian, toByteOffset: 12, as: UInt32.self)
+            case .hwptAlloc: argument.storeBytes(of: allocateID().littleEndian, toByteOffset: 16, as: UInt32.self)
+            case .veventqAlloc:
+                argument.storeBytes(of: allocateID().littleEndian, toByteOffset: 20, as: UInt32.self)
+                argument.storeBytes(of: UInt32(state.nextDescriptor).littleEndian, toByteOffset: 24, as: UInt32.self)
+                state.nextDescriptor += 1
+            default: break
+            }
+            return nil
+        }
+    }
+
+    func read(eventQueue: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer) -> Result<Int, Errno> {
+        state.withLock { state in
+            guard !state.closed.contains(eventQueue.rawValue) else { return .failure(.badFileDescriptor) }
+            guard var pending = state.eventBytes[eventQueue.rawValue], !pending.isEmpty else { return .success(0) }
+            let chunk = pending.removeFirst()
+            state.eventBytes[eventQueue.rawValue] = pending
+            precondition(chunk.count <= buffer.count, "scripted read larger than the backend's buffer")
+            buffer.copyBytes(from: chunk)
+            return .success(chunk.count)
+        }
+    }
+
+    func close(eventQueue: FileDescriptor) {
+        state.withLock {
+            $0.closed.append(eventQueue.rawValue)
+            $0.journal.append("close(\(eventQueue.rawValue))")
+        }
+    }
+
+    private static func pointee(address: UInt64, count: Int) -> [UInt8] {
+        guard count > 0, let pointer = UnsafeRawPointer(bitPattern: UInt(address)) else { return [] }
+        return Array(UnsafeRawBufferPointer(start: pointer, count: count))
+    }
+}
+
+// MARK: - Byte helpers
+
+func le32(_ value: UInt32) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: value >> UInt32(8 * $0)) } }
+func le64(_ value: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: value >> UInt64(8 * $0)) } }
