@@ -154,6 +154,12 @@ public struct VSMMU: Sendable {
         public var current: S1HWPTID?
         /// Whether `current` is a new HWPT (a backend must allocate it).
         public var isNew: Bool
+
+        public init(removed: S1HWPTID?, current: S1HWPTID?, isNew: Bool) {
+            self.removed = removed
+            self.current = current
+            self.isNew = isNew
+        }
     }
 
     /// Links (or relinks) the guest STE of a registered StreamID with the CDs it points at, as the VMM
@@ -184,9 +190,13 @@ public struct VSMMU: Sendable {
             }
             let keep = kept != nil
             let id = kept ?? allocateHWPTID()
-            // Add the new ASIDs before removing the old ones, so an ASID kept across the change never retires.
-            for asid in asids { asidIndex.add(asid: asid, hwpt: id, viommu: device.viommu) }
-            if let old { for asid in old.asids { asidIndex.remove(asid: asid, hwpt: old.id, viommu: device.viommu) } }
+            // Add the new ASIDs before removing the old ones, so an ASID kept across the change never
+            // retires. A kept HWPT only changes by the difference of its ASID sets.
+            let oldASIDs = old?.asids ?? []
+            let added = keep ? asids.filter { !oldASIDs.contains($0) } : asids
+            let dropped = keep ? oldASIDs.filter { !asids.contains($0) } : oldASIDs
+            for asid in added { asidIndex.add(asid: asid, hwpt: id, viommu: device.viommu) }
+            if let old { for asid in dropped { asidIndex.remove(asid: asid, hwpt: old.id, viommu: device.viommu) } }
             if let old, !keep { hwpts[old.id] = nil; change.removed = old.id }
             hwpts[id] = S1HWPT(id: id, streamID: streamID, viommu: device.viommu, asids: asids)
             device.hwpt = id

@@ -140,7 +140,7 @@ private func measure(_ workload: [Command], batchSize: Int, minimumCommands: Int
     return best
 }
 
-struct BenchRNG {
+private struct BenchRNG {
     var state: UInt64
     init(seed: UInt64) { state = seed }
     mutating func next() -> UInt64 {
@@ -152,13 +152,13 @@ struct BenchRNG {
     }
 }
 
-func pad(_ s: String, _ width: Int) -> String {
+private func pad(_ s: String, _ width: Int) -> String {
     s.count >= width ? s + " " : s + String(repeating: " ", count: width - s.count)
 }
 
-func fmt(_ ns: Double) -> String { format1(ns) }
+private func fmt(_ ns: Double) -> String { format1(ns) }
 
-func format1(_ x: Double) -> String {
+private func format1(_ x: Double) -> String {
     let tenths = Int(x * 10 + 0.5)
     return tenths >= 10_000 ? String(tenths / 10) : "\(tenths / 10).\(tenths % 10)"
 }
