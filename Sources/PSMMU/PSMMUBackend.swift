@@ -153,6 +153,11 @@ public protocol PSMMUBackend: AnyObject, Sendable {
     /// Destroys a nested HWPT (`IOMMU_DESTROY`).
     func destroyHWPT(_ hwpt: HWPTHandle) throws(BackendError)
 
+    /// Tells the backend that the guest rewrote CDs of a nested HWPT's table (the STE words are
+    /// unchanged, so the HWPT stays). Real hardware reads CDs from guest memory itself, so the iommufd
+    /// backend has nothing to do (the default); a simulated pSMMU updates its model of guest memory.
+    func updateContextDescriptors(_ hwpt: HWPTHandle, _ contextDescriptors: [ContextDescriptor]) throws(BackendError)
+
     /// Executes a batch of commands on `viommu`, in order, and returns once they completed.
     func invalidate(viommu: ViommuHandle, commands: UnsafeBufferPointer<Command>) -> InvalidationResult
 
@@ -161,4 +166,9 @@ public protocol PSMMUBackend: AnyObject, Sendable {
 
     /// A snapshot of the backend's counters.
     var counters: BackendCounters { get }
+}
+
+extension PSMMUBackend {
+    /// Nothing to do: the pSMMU fetches CDs from guest memory when it needs them.
+    public func updateContextDescriptors(_ hwpt: HWPTHandle, _ contextDescriptors: [ContextDescriptor]) throws(BackendError) {}
 }

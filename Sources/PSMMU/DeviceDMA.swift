@@ -1,0 +1,187 @@
+import SMMUv3
+
+/// What a simulated pSMMU did with one device access
+/// (``SimulatedSMMU/touch(hostDeviceID:substreamID:address:size:mapped:throughATS:)``).
+public enum DMAOutcome: Hashable, Sendable, CustomStringConvertible {
+    /// An ATS access served by the device's ATC: the SMMU was not involved.
+    case atcHit(ATCEntry)
+    /// Translated from a TLB entry already cached. (The SMMU serves a hit whatever the page tables
+    /// now say: a hit on an unmapped page is a stale entry.)
+    case tlbHit(TLBEntry)
+    /// Translated after a walk, which filled this TLB entry.
+    case tlbFill(TLBEntry)
+    /// Stage 1 bypassed (bypass STE, S1DSS = bypass, or no vSTE installed): nothing cached in the
+    /// stage-1 TLB.
+    case bypassed
+    /// Aborted without an event (the STE's CONFIG is abort, as the kernel installs for a V = 0 vSTE).
+    case aborted
+    /// Faulted. The record is as the SMMU wrote it, with the physical StreamID; the viommu's event
+    /// queue receives it with the vSID (``SimulatedSMMU/takeEvents(viommu:)``).
+    case fault(EventRecord)
+
+    /// The TLB entry that translated the access, for a hit or a fill.
+    public var tlbEntry: TLBEntry? {
+        switch self {
+        case .tlbHit(let e), .tlbFill(let e): return e
+        default: return nil
+        }
+    }
+
+    /// The event record of a fault.
+    public var event: EventRecord? {
+        if case .fault(let record) = self { return record }
+        return nil
+    }
+
+    public var description: String {
+        switch self {
+        case .atcHit(let e): return "ATC hit \(e)"
+        case .tlbHit(let e): return "TLB hit \(e)"
+        case .tlbFill(let e): return "TLB fill \(e)"
+        case .bypassed: return "stage-1 bypass"
+        case .aborted: return "abort"
+        case .fault(let r): return "fault \(r.id)"
+        }
+    }
+}
+
+extension SimulatedSMMUState {
+    /// The largest SubstreamID width the simulated SMMU supports (`SMMU_IDR1.SSIDSIZE`).
+    static let substreamIDBits: UInt8 = 20
+
+    /// Models one device access, as an SMMUv3 translates it: device ATC (ATS only), STE (config cache,
+    /// else the installed HWPT), CD (config cache, else the HWPT's CD table), then the TLB tagged
+    /// (VMID of the HWPT's viommu, CD ASID).
+    mutating func touch(hostDeviceID: UInt32, substreamID: SubstreamID?, address: UInt64, size: UInt64,
+                        mapped: Bool, throughATS: Bool, name: String) throws(BackendError) -> DMAOutcome {
+        guard let device = deviceRecords[hostDeviceID] else {
+            throw BackendError(.invalidArgument, errno: Errno.invalid, "device \(hostDeviceID) is not behind \(name)")
+        }
+        guard size >= 4096, size.nonzeroBitCount == 1 else {
+            throw BackendError(.invalidArgument, errno: Errno.invalid, "mapping size 0x\(String(size, radix: 16)) is not a power of two of at least 4 KiB")
+        }
+        model.dmaAccesses += 1
+        let outcome = translate(device: device, substreamID: substreamID, address: address,
+                                shift: UInt8(size.trailingZeroBitCount), mapped: mapped, throughATS: throughATS)
+        switch outcome {
+        case .fault(let record):
+            model.translationFaults += 1
+            // An ATS Translation Request records no event but F_BAD_ATS_TREQ: the device gets a
+            // failed completion instead.
+            if !throughATS || record.id == .badATSTranslationRequest { report(record, hostDeviceID: hostDeviceID) }
+        case .aborted: model.aborts += 1
+        case .bypassed: model.bypasses += 1
+        case .atcHit, .tlbHit, .tlbFill: break
+        }
+        return outcome
+    }
+
+    private mutating func translate(device: DeviceRecord, substreamID: SubstreamID?, address: UInt64,
+                                    shift: UInt8, mapped: Bool, throughATS: Bool) -> DMAOutcome {
+        let sid = device.streamID
+        /// An event with the fields its type records: StreamID always, SubstreamID and input address
+        /// for the ones raised by a transaction's translation.
+        func event(_ id: EventID) -> DMAOutcome {
+            switch id {
+            case .badSTE, .streamDisabled:
+                return .fault(EventRecord(id: id, streamID: sid))
+            case .badCD:
+                return .fault(EventRecord(id: id, streamID: sid, substreamID: substreamID))
+            default:
+                return .fault(EventRecord(id: id, streamID: sid, substreamID: substreamID, inputAddress: address))
+            }
+        }
+
+        if throughATS, let hit = atc.entry(streamID: sid, substreamID: substreamID, covering: address) {
+            model.atcHits += 1
+            return .atcHit(hit)
+        }
+        guard let hwptHandle = device.hwpt, let hwpt = hwpts[hwptHandle],
+              let vmid = viommus[hwpt.viommu]?.vmid else {
+            // No vSTE installed: the device translates through the VM's stage 2 only.
+            return .bypassed
+        }
+
+        // STE
+        let ste: StreamTableEntry
+        if let cached = config.ste(sid) {
+            model.steCacheHits += 1
+            ste = cached
+        } else {
+            model.steCacheFills += 1
+            ste = hwpt.ste
+            config.cache(ste: ste, for: sid)
+        }
+        // The kernel installs a V = 0 vSTE as an abort STE: V = 1, CONFIG = abort, EATS = 0.
+        let streamConfig = ste.isValid ? ste.config : .abort
+        if throughATS, ste.eats == 0 || !ste.isValid || streamConfig == .bypass {
+            return event(.badATSTranslationRequest)
+        }
+        if streamConfig.aborts { return .aborted }
+        guard streamConfig.rawValue & 1 == 1 else {
+            // Stage 1 disabled (bypass, or stage 2 only): a SubstreamID is an error.
+            if let substreamID { return badSubstream(sid, substreamID) }
+            return .bypassed
+        }
+
+        // Which CD
+        let cdMax = ste.s1CDMax
+        if cdMax > 0, ste.s1Fmt.rawValue == 3 || cdMax > Self.substreamIDBits { return event(.badSTE) }
+        let index: SubstreamID
+        if let substreamID {
+            if cdMax == 0 || UInt64(substreamID) >= UInt64(1) << UInt64(cdMax) { return badSubstream(sid, substreamID) }
+            if substreamID == 0, ste.s1DSS == .substream0 { return event(.streamDisabled) }
+            index = substreamID
+        } else if cdMax == 0 {
+            index = 0
+        } else {
+            switch ste.s1DSS {
+            case .terminate: return event(.streamDisabled)
+            case .bypass: return .bypassed
+            case .substream0: index = 0
+            default: return event(.badSTE)
+            }
+        }
+
+        // CD
+        let cd: ContextDescriptor
+        if let cached = self.config.cd(sid, index) {
+            model.cdCacheHits += 1
+            cd = cached
+        } else {
+            let fetched = Int(index) < hwpt.contextDescriptors.count ? hwpt.contextDescriptors[Int(index)] : ContextDescriptor()
+            // An invalid CD is reported, not cached.
+            guard let _ = fetched.activeASID else { return event(.badCD) }
+            model.cdCacheFills += 1
+            self.config.cache(cd: fetched, for: sid, index: index)
+            cd = fetched
+        }
+
+        // TLB
+        let entry: TLBEntry
+        let outcome: DMAOutcome
+        if let hit = tlb.entry(vmid: vmid, asid: cd.asid, covering: address) {
+            model.tlbHits += 1
+            entry = hit
+            outcome = .tlbHit(hit)
+        } else {
+            guard mapped else { return event(.translation) }
+            model.tlbFills += 1
+            entry = tlb.fill(vmid: vmid, asid: cd.asid, covering: address, shift: shift)
+            outcome = .tlbFill(entry)
+        }
+        if throughATS {
+            atc.fill(streamID: sid, substreamID: substreamID, covering: entry.address,
+                     shift: UInt8(entry.size.trailingZeroBitCount))
+            model.atcFills += 1
+        }
+        return outcome
+    }
+
+    /// C_BAD_SUBSTREAMID: its SubstreamID field is always valid (no SSV qualifier).
+    private func badSubstream(_ sid: StreamID, _ substreamID: SubstreamID) -> DMAOutcome {
+        var record = EventRecord(id: .badSubstreamID, streamID: sid)
+        record[EventRecord.Field.substreamID] = UInt64(substreamID)
+        return .fault(record)
+    }
+}

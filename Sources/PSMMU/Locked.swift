@@ -1,0 +1,40 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// A value guarded by a `pthread_mutex_t`. Used by the simulated pSMMU and by the engines that drive
+/// backends, so that every lock on the data path is visible to ThreadSanitizer.
+///
+/// The simulated pSMMU uses this rather than `Synchronization.Mutex`: on Linux (Swift 6.3) `Mutex` is
+/// built on raw futex calls that ThreadSanitizer does not see, so every `withLock` body is reported as
+/// a race under `--sanitize=thread`, and the engine's TSan runs go through this model. TSan intercepts
+/// `pthread_mutex_lock`/`unlock`, and an uncontended pthread mutex costs no more.
+public final class Locked<Value: Sendable>: @unchecked Sendable {
+    // `value` is only accessed between `pthread_mutex_lock` and `pthread_mutex_unlock` of `mutex`.
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private var value: Value
+
+    public init(_ value: Value) {
+        self.value = value
+        mutex = .allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        let status = pthread_mutex_init(mutex, nil)
+        precondition(status == 0, "pthread_mutex_init failed: \(status)")
+    }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deinitialize(count: 1)
+        mutex.deallocate()
+    }
+
+    /// Runs `body` with exclusive access to the value.
+    @inline(__always)
+    public func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body(&value)
+    }
+}

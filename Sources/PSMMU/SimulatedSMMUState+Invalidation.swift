@@ -1,0 +1,117 @@
+import SMMUv3
+
+extension SimulatedSMMUState {
+    /// What one `invalidate` call did, and until when its cost runs.
+    struct InvalidationOutcome {
+        var result: InvalidationResult
+        /// When the call may return; `nil` when the cost model is free.
+        var deadline: ContinuousClock.Instant?
+        var spinNanoseconds: UInt64 = 0
+    }
+
+    /// Processes `commands` on `viommu` in order, as the kernel and the SMMU would: each command is
+    /// converted (``ViommuCommandConversion``), checked against the armed faults and executed; the first
+    /// refused or failed command stops the batch.
+    mutating func invalidate(viommu: ViommuHandle, commands: UnsafeBufferPointer<Command>) -> InvalidationOutcome {
+        tally.calls += 1
+        tally.received += UInt64(commands.count)
+        guard let vi = viommus.index(forKey: viommu) else {
+            tally.failed += commands.isEmpty ? 0 : 1
+            let failure = InvalidationFailure(queueError: .illegal, errno: Errno.noEntry,
+                                              message: "\(viommu) is not a viommu of this pSMMU")
+            return InvalidationOutcome(result: InvalidationResult(completed: 0, failure: commands.isEmpty ? nil : failure))
+        }
+        let vmid = viommus.values[vi].vmid
+        let physicalStreamIDs = viommus.values[vi].physicalStreamIDs
+        let checkFaults = !faults.isEmpty
+        let base = viommus.values[vi].processed
+        var result = InvalidationResult(completed: commands.count)
+
+        commandLoop: for index in commands.indices {
+            let command = commands[index]
+            let position = base &+ UInt64(index)
+            let physical: Command
+            switch ViommuCommandConversion.convert(command, vmid: vmid, physicalStreamIDs: physicalStreamIDs) {
+            case .success(let converted):
+                physical = converted
+            case .failure(let rejection):
+                model.commandsRejected += 1
+                result = InvalidationResult(completed: index, failure: InvalidationFailure(
+                    queueError: .illegal, errno: Errno.io, message: rejection.message(viommu: viommu)))
+                break commandLoop
+            }
+            if checkFaults, let error = fireFault(viommu: viommu, position: position, command: command) {
+                model.faultsInjected += 1
+                result = InvalidationResult(completed: index, failure: InvalidationFailure(
+                    queueError: error,
+                    message: "injected \(error) on \(command.opcode.name), command #\(position) of \(viommu)"))
+                break commandLoop
+            }
+            execute(physical, received: command.opcode.rawValue)
+            tally.byOpcode[Int(command.opcode.rawValue)] &+= 1
+        }
+
+        let processed = result.failure == nil ? commands.count : result.completed + 1
+        viommus.values[vi].processed = base &+ UInt64(processed)
+        tally.completed += UInt64(result.completed)
+        if result.failure != nil { tally.failed += 1 }
+        return InvalidationOutcome(result: result, deadline: chargeCost(commands: processed),
+                                   spinNanoseconds: costModel.spinNanoseconds)
+    }
+
+    /// Applies one physical command to the caches. Only the opcodes ``ViommuCommandConversion`` lets
+    /// through reach here.
+    @inline(__always)
+    private mutating func execute(_ command: Command, received opcode: UInt8) {
+        switch command.opcode {
+        case .tlbiNHAll:
+            tally.tlbInvalidatedByOpcode[Int(opcode)] &+= UInt64(tlb.invalidate(vmid: command.vmid))
+        case .tlbiNHASID:
+            tally.tlbInvalidatedByOpcode[Int(opcode)] &+= UInt64(tlb.invalidate(vmid: command.vmid, asid: command.asid))
+        case .tlbiNHVA:
+            let span = ViommuCommandConversion.tlbiSpan(command)
+            let n = tlb.invalidate(vmid: command.vmid, asid: command.asid, first: span.first, last: span.last)
+            tally.tlbInvalidatedByOpcode[Int(opcode)] &+= UInt64(n)
+        case .tlbiNHVAA:
+            let span = ViommuCommandConversion.tlbiSpan(command)
+            let n = tlb.invalidateAllASIDs(vmid: command.vmid, first: span.first, last: span.last)
+            tally.tlbInvalidatedByOpcode[Int(opcode)] &+= UInt64(n)
+        case .atcInv:
+            let span = ViommuCommandConversion.atcSpan(command)
+            let n = atc.invalidate(streamID: command.streamID, substreamID: command.ssv ? command.substreamID : nil,
+                                   first: span.first, last: span.last)
+            model.atcEntriesInvalidated += UInt64(n)
+        case .cfgiCD:
+            tally.configInvalidatedByOpcode[Int(opcode)] &+= UInt64(config.dropCD(command.streamID, command.substreamID))
+        case .cfgiCDAll:
+            tally.configInvalidatedByOpcode[Int(opcode)] &+= UInt64(config.dropCDs(command.streamID))
+        default:
+            break
+        }
+    }
+
+    /// The error of the first armed fault that fires for `command`, consuming one of its shots.
+    private mutating func fireFault(viommu: ViommuHandle, position: UInt64, command: Command) -> CommandQueueError? {
+        guard let i = faults.firstIndex(where: { $0.fires(viommu: viommu, position: position, command: command) }) else {
+            return nil
+        }
+        let error = faults[i].error
+        if let remaining = faults[i].remaining {
+            if remaining <= 1 { faults.remove(at: i) } else { faults[i].remaining = remaining - 1 }
+        }
+        return error
+    }
+
+    /// Charges a call of `commands` commands to the cost model. - Returns: when the call may return.
+    private mutating func chargeCost(commands: Int) -> ContinuousClock.Instant? {
+        guard !costModel.isFree else { return nil }
+        let now = ContinuousClock.now
+        let callDone = now + .nanoseconds(Int64(clamping: costModel.nanosecondsPerCall))
+        let commandTime = Duration.nanoseconds(Int64(clamping: costModel.nanosecondsPerCommand &* UInt64(commands)))
+        model.costNanoseconds &+= costModel.nanosecondsPerCall &+ costModel.nanosecondsPerCommand &* UInt64(commands)
+        guard costModel.sharesCommandQueue else { return callDone + commandTime }
+        let start = max(callDone, queueBusyUntil ?? callDone)
+        queueBusyUntil = start + commandTime
+        return start + commandTime
+    }
+}

@@ -1,0 +1,76 @@
+import SMMUv3
+
+/// Why a command handed to a viommu is refused before or by the hardware: the guest sees `CERROR_ILL`.
+enum CommandRejection: Error, Sendable {
+    /// An opcode the kernel does not accept on a viommu (`arm_vsmmu_convert_user_cmd` returns -EIO):
+    /// CMD_SYNC, CFGI_STE*, S2/EL2/EL3 TLBIs, PREFETCH, PRI_RESP, RESUME, undefined opcodes.
+    case notAcceptedOnViommu(Opcode)
+    /// ATC_INV / CFGI_CD / CFGI_CD_ALL naming a vSID without a vdevice on the viommu (-EIO).
+    case unknownVirtualStreamID(Opcode, StreamID)
+    /// A command the SMMU itself refuses (SSEC set on the non-secure queue).
+    case illegal(IllegalCommandError)
+
+    func message(viommu: ViommuHandle) -> String {
+        switch self {
+        case .notAcceptedOnViommu(let op):
+            return "\(op.name) is not accepted on a viommu (the kernel returns -EIO); it must never be routed to a pSMMU"
+        case .unknownVirtualStreamID(let op, let vsid):
+            return "\(op.name) names vSID \(vsid), which has no vdevice on \(viommu) (the kernel returns -EIO)"
+        case .illegal(let error):
+            return "\(error)"
+        }
+    }
+}
+
+/// The kernel's rewrite of a guest command for the physical SMMU (`arm_vsmmu_convert_user_cmd`).
+enum ViommuCommandConversion {
+    /// Converts `command`, received on a viommu with `vmid` whose vdevices map vSIDs to pSIDs with
+    /// `physicalStreamIDs`, into the command the pSMMU executes:
+    /// - TLBI_NH_ALL / NH_ASID / NH_VA / NH_VAA: the VMID field overwritten with the viommu's VMID;
+    /// - TLBI_NSNH_ALL: replaced by TLBI_NH_ALL of the viommu's VMID (word 1 cleared);
+    /// - ATC_INV, CFGI_CD, CFGI_CD_ALL: the SID, read as a vSID, replaced by the pSID;
+    /// - anything else refused.
+    @inline(__always)
+    static func convert(_ command: Command, vmid: VMID,
+                        physicalStreamIDs: [StreamID: StreamID]) -> Result<Command, CommandRejection> {
+        var physical = command
+        switch command.opcode {
+        case .tlbiNSNHAll:
+            physical = Command(opcode: .tlbiNHAll)
+            physical.vmid = vmid
+        case .tlbiNHVA, .tlbiNHVAA, .tlbiNHAll, .tlbiNHASID:
+            physical.vmid = vmid
+        case .atcInv, .cfgiCD, .cfgiCDAll:
+            guard let pSID = physicalStreamIDs[command.streamID] else {
+                return .failure(.unknownVirtualStreamID(command.opcode, command.streamID))
+            }
+            physical.streamID = pSID
+        default:
+            return .failure(.notAcceptedOnViommu(command.opcode))
+        }
+        if let illegal = physical.validate() { return .failure(.illegal(illegal)) }
+        return .success(physical)
+    }
+
+    /// The input-address span `[first, last]` a TLBI by address names: with TG = 0 the page holding VA
+    /// (every entry translating VA), with TG ≠ 0 (NUM+1) × 2^SCALE granules from VA aligned down to the
+    /// granule, saturating at the top of the address space.
+    static func tlbiSpan(_ command: Command) -> (first: UInt64, last: UInt64) {
+        let va = command.virtualAddress
+        let range = command.tlbiRange
+        guard range.isRange else { return (va, va) }
+        let start = va & ~((UInt64(1) << range.granuleShift) - 1)
+        let (end, overflow) = start.addingReportingOverflow(range.byteCount - 1)
+        return (start, overflow ? .max : end)
+    }
+
+    /// The span `[first, last]` an ATC_INV names: 2^SIZE 4 KiB pages from ADDR aligned down to the span;
+    /// SIZE ≥ 52 names the whole address space.
+    static func atcSpan(_ command: Command) -> (first: UInt64, last: UInt64) {
+        let size = UInt64(command.atcSize)
+        guard size < 52 else { return (0, .max) }
+        let bytes = UInt64(1) << (size + 12)
+        let start = command.address & ~(bytes - 1)
+        return (start, start + (bytes - 1))
+    }
+}
