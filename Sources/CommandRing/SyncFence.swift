@@ -1,0 +1,170 @@
+import Atomics
+import SMMUv3
+
+/// A CMD_SYNC as a fence over one or more ``ViommuQueue``s.
+///
+/// Submitting a fence places a marker in each covered queue's ring, after everything pushed to it
+/// before. The fence completes when every marker has been reached by its queue's consumer: every
+/// command before it on every covered queue was handed to the sink and the sink returned (the
+/// backend reported completion). A command failure between a queue's previous fence and this one
+/// fails this fence (with the failing command's position and error); fences that cover no failed
+/// command succeed.
+///
+/// Completion is observed in either of two ways, both usable on the same fence:
+/// - ``wait()`` blocks the calling thread: it spins (taking the consumer role and draining the covered
+///   queues itself when it can, under the inline drain policies), then parks;
+/// - the `onComplete` closure given at submission runs exactly once, on whichever thread completed the
+///   fence (the submitter itself on the common inline path, a drain thread, or another submitter),
+///   after that thread released the consumer role. Keep it short and non-blocking (resume a
+///   continuation, schedule a reply on an event loop).
+///
+/// `@unchecked Sendable`: the arrival counter is atomic; each per-queue failure slot is written once,
+/// by that queue's consumer, before its releasing decrement; the outcome is written once, by the
+/// thread whose decrement reached zero, before the releasing store that marks the fence complete, and
+/// read only after an acquiring load saw it complete; `nextCompleted` belongs to the consumer that
+/// completed the fence.
+public final class SyncFence: @unchecked Sendable {
+    /// Called once with the fence's outcome.
+    public typealias Completion = @Sendable (Result<Void, SyncFailure>) -> Void
+
+    private let queues: [ViommuQueue]
+    private let onComplete: Completion?
+    /// Arrivals still expected; ``finalizing`` while the outcome is written; ``complete`` after.
+    private let state: ManagedAtomic<Int>
+    private let reasons: UnsafeMutablePointer<SyncFailure.Reason?>
+    private var outcome: Result<Void, SyncFailure>?
+    private let parker = ManagedAtomicLazyReference<Parker>()
+    /// The consumer's list of fences to notify once it released the consumer role.
+    var nextCompleted: SyncFence?
+
+    private static let complete = -1
+
+    private init(queues: [ViommuQueue], onComplete: Completion?) {
+        self.queues = queues
+        self.onComplete = onComplete
+        self.state = ManagedAtomic(queues.count)
+        self.reasons = .allocate(capacity: max(queues.count, 1))
+        reasons.initialize(repeating: nil, count: max(queues.count, 1))
+    }
+
+    deinit {
+        reasons.deinitialize(count: max(queues.count, 1))
+        reasons.deallocate()
+    }
+
+    // MARK: Submitting
+
+    /// Submits a fence covering `queues` (the order defines ``SyncFailure/QueueFailure/queueIndex``).
+    ///
+    /// Under the inline drain policies the calling thread then drains each queue itself when it can
+    /// take its consumer role, so on an idle queue the fence is usually complete (and `onComplete` has
+    /// run) when this returns. A fence covering no queue, or only stopped ones, completes at once.
+    ///
+    /// - Parameter onComplete: called exactly once with the outcome (see the type's documentation).
+    @discardableResult
+    public static func submit(covering queues: [ViommuQueue], onComplete: Completion? = nil) -> SyncFence {
+        let fence = SyncFence(queues: queues, onComplete: onComplete)
+        if queues.isEmpty {
+            fence.outcome = .success(())
+            fence.state.store(complete, ordering: .releasing)
+            fence.notify()
+            return fence
+        }
+        for (index, queue) in queues.enumerated() {
+            if !queue.placeFence(fence, queueIndex: index), fence.arrive(queueIndex: index, failure: .queueStopped) {
+                fence.notify()
+            }
+        }
+        return fence
+    }
+
+    /// Submits a fence covering `queues` and suspends until it completes.
+    ///
+    /// The submission (and, under the inline drain policies, the draining and sink calls it may do)
+    /// runs on the calling task's thread before it suspends; the sink may block there.
+    /// - Throws: the ``SyncFailure`` the fence completed with.
+    public static func submit(covering queues: [ViommuQueue]) async throws(SyncFailure) {
+        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<Void, SyncFailure>, Never>) in
+            submit(covering: queues, onComplete: { continuation.resume(returning: $0) })
+        }
+        try result.get()
+    }
+
+    // MARK: Observing
+
+    /// Whether the fence completed (successfully or not).
+    public var isComplete: Bool { state.load(ordering: .acquiring) == Self.complete }
+
+    /// The outcome, once complete; `nil` while pending.
+    public var result: Result<Void, SyncFailure>? {
+        isComplete ? outcome : nil
+    }
+
+    /// Blocks until the fence completes.
+    ///
+    /// Spins first, draining the covered queues on this thread whenever their consumer role is free
+    /// (inline drain policies), then yields, then parks until the completing thread wakes it.
+    /// - Throws: the ``SyncFailure`` the fence completed with.
+    public func wait() throws(SyncFailure) {
+        if !isComplete {
+            let tuning = queues.first?.configuration.tuning ?? ViommuQueue.Tuning()
+            var backoff = Backoff(spins: tuning.syncSpins, yields: tuning.syncYields)
+            while !isComplete {
+                for queue in queues { queue.helpDrain() }
+                if !backoff.pause() {
+                    park()
+                    break
+                }
+            }
+        }
+        guard let outcome else { preconditionFailure("a complete SyncFence has an outcome") }
+        try outcome.get()
+    }
+
+    /// Whether a waiter gave up spinning and parked (or is about to): diagnostics and tests.
+    var hasParkedWaiter: Bool { parker.load() != nil }
+
+    private func park() {
+        let parker = parker.storeIfNilThenLoad(Parker())
+        // Dekker with `notify`: we publish the parker, then read the state; the completer writes the
+        // state, then reads the parker. One of us sees the other.
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        parker.withLock {
+            while !isComplete { parker.waitLocked() }
+        }
+    }
+
+    // MARK: Completing (consumer side)
+
+    /// Records that `queueIndex`'s consumer reached the fence's marker, with the failure it saw since
+    /// that queue's previous fence. Returns `true` when this was the last arrival: the fence is now
+    /// complete and the caller must ``notify()`` it (after releasing its consumer role).
+    func arrive(queueIndex: Int, failure: SyncFailure.Reason?) -> Bool {
+        if let failure { reasons[queueIndex] = failure }
+        guard state.loadThenWrappingDecrement(ordering: .acquiringAndReleasing) == 1 else { return false }
+        var failures: [SyncFailure.QueueFailure] = []
+        for index in queues.indices {
+            if let reason = reasons[index] { failures.append(.init(queueIndex: index, reason: reason)) }
+        }
+        outcome = failures.isEmpty ? .success(()) : .failure(SyncFailure(failures: failures))
+        state.store(Self.complete, ordering: .releasing)
+        return true
+    }
+
+    /// Runs the completion closure and wakes parked waiters. Called once, by the completing thread.
+    func notify() {
+        if let onComplete, let outcome { onComplete(outcome) }
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        if let parker = parker.load() { parker.broadcast() }
+    }
+
+    /// Notifies every fence of a consumer's completed list.
+    static func notifyAll(_ head: SyncFence?) {
+        var next = head
+        while let fence = next {
+            next = fence.nextCompleted
+            fence.nextCompleted = nil
+            fence.notify()
+        }
+    }
+}

@@ -1,0 +1,520 @@
+import Atomics
+import SMMUv3
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One viommu's command queue: a ``CommandRing``, the ``CommandSink`` that executes its commands,
+/// an optional drain thread, and ``SyncFence``s.
+///
+/// ## Who drains
+/// The sync path is what a guest vCPU waits on, and on a 2-core KVM host a blocking hand-off between
+/// two threads costs 40-60 µs at the median (milliseconds at p99), several times a whole socket round
+/// trip. So under the default policy, ``DrainPolicy/inlineWithDrainThread``, **the thread that pushes
+/// drains**: after publishing commands or a fence marker it tries to take the ring's consumer role
+/// and, if it gets it, calls the sink itself and completes the fences it passes. A fence on an idle
+/// queue is therefore complete when ``sync(onComplete:)`` returns, with no thread woken.
+///
+/// Plain (non-sync) pushes drain inline too, when the role is free: the sink calls are work the next
+/// sync would wait for anyway, doing them here costs no hand-off, and it keeps the drain thread
+/// asleep. When the role is busy the push returns at once and the holder picks the commands up.
+///
+/// The drain thread only takes what is left under load. A holder releasing the role re-checks the
+/// ring (see ``ConsumerRole/release()``); if commands arrived meanwhile it drains again, up to
+/// ``Tuning/inlineRounds`` passes, then wakes the drain thread rather than keep a submitter from its
+/// own reply. A thread waiting on a fence spins, draining the queue itself whenever the role frees
+/// up, and parks only after that. No published command is ever stranded: a producer publishes, fences,
+/// then tries the role; a holder clears the role, fences, then re-checks; one of them sees the other.
+///
+/// ``DrainPolicy/drainThread`` hands every command to the drain thread instead (the classic design,
+/// kept to measure the difference), and ``DrainPolicy/inline`` has no drain thread at all.
+///
+/// ## Lifetime
+/// ``stop()`` closes the ring, drains everything pushed before (completing or failing the fences in
+/// it) and joins the drain thread. The drain thread keeps the queue alive until then, so a queue with
+/// one must be stopped. Pushes and fences after ``stop()`` fail.
+///
+/// `@unchecked Sendable`: producers only touch the lock-free ring and atomics; `consumer` is only
+/// touched by the holder of the ring's consumer role (whose acquire/release orders successive holders);
+/// the drain thread's wake-up flag is guarded by its parker's mutex; `drainThread` and `stopped`
+/// are written under `stopLock` (and `drainThread` once in `init`, before the queue is shared).
+public final class ViommuQueue: @unchecked Sendable {
+    /// Who calls the sink.
+    public enum DrainPolicy: Hashable, Sendable {
+        /// No drain thread: pushing and syncing threads drain whenever they can take the consumer role;
+        /// a thread that cannot relies on the holder's re-check.
+        case inline
+        /// The default: pushing and syncing threads drain inline when they can; a drain thread picks up
+        /// what is left when they could not, or after ``Tuning/inlineRounds`` passes.
+        case inlineWithDrainThread
+        /// Only the drain thread drains: every push wakes it if it sleeps, every sync waits for it.
+        case drainThread
+    }
+
+    /// Spin budgets of the waiting paths.
+    public struct Tuning: Hashable, Sendable {
+        /// Busy iterations a ``SyncFence/wait()`` spins (helping drain) before it yields.
+        public var syncSpins: Int
+        /// `sched_yield` calls a ``SyncFence/wait()`` makes before it parks.
+        public var syncYields: Int
+        /// Busy iterations the drain thread watches the ring for new commands before it sleeps.
+        public var drainThreadIdleSpins: Int
+        /// Passes an inline drainer makes when commands keep arriving, before it wakes the drain thread.
+        public var inlineRounds: Int
+
+        public init(syncSpins: Int = 20_000, syncYields: Int = 20, drainThreadIdleSpins: Int = 2_000, inlineRounds: Int = 2) {
+            self.syncSpins = syncSpins
+            self.syncYields = syncYields
+            self.drainThreadIdleSpins = drainThreadIdleSpins
+            self.inlineRounds = inlineRounds
+        }
+    }
+
+    /// How a queue is built.
+    public struct Configuration: Hashable, Sendable {
+        /// Ring slots: a power of two (each is a 16-byte command or a fence marker).
+        public var capacity: Int
+        public var drainPolicy: DrainPolicy
+        public var tuning: Tuning
+
+        public init(capacity: Int = 4096, drainPolicy: DrainPolicy = .inlineWithDrainThread, tuning: Tuning = Tuning()) {
+            self.capacity = capacity
+            self.drainPolicy = drainPolicy
+            self.tuning = tuning
+        }
+    }
+
+    /// Counters of what the queue did.
+    public struct Statistics: Hashable, Sendable {
+        /// Sink calls made by pushing or syncing threads (inline drains).
+        public var inlineSinkCalls: Int = 0
+        /// Sink calls made by the drain thread.
+        public var drainThreadSinkCalls: Int = 0
+        /// Commands the sink reported completed.
+        public var commandsCompleted: Int = 0
+        /// Commands the sink reported failed.
+        public var commandsFailed: Int = 0
+        /// Fence markers the consumer reached.
+        public var fencesReached: Int = 0
+        /// Times the drain thread went to sleep and was woken.
+        public var drainThreadWakeups: Int = 0
+        /// Times a producer found the ring full.
+        public var fullRingWaits: Int = 0
+        /// Times a producer parked waiting for room.
+        public var producerParks: Int = 0
+        public init() {}
+    }
+
+    /// The queue's configuration.
+    public let configuration: Configuration
+    /// The ring (its positions are the ones ``push(_:)-(UnsafeBufferPointer<Command>)`` returns).
+    public let ring: CommandRing
+    private let sink: CommandSink
+    private let consumer = ConsumerState()
+    private let counters: UnsafeMutablePointer<Int.AtomicRepresentation>
+    private let drainSleeping = ManagedAtomic<Bool>(false)
+    private let stopRequested = ManagedAtomic<Bool>(false)
+    private let drainParker = Parker()
+    /// Guarded by `drainParker`.
+    private var wakeRequested = false
+    /// Guarded by `drainParker`: the drain thread is inside its condition wait.
+    private var drainThreadParked = false
+    private let stopLock = Parker()
+    /// Whether the policy has a drain thread (constant, unlike `drainThread`, which `stop()` clears).
+    private let hasDrainThread: Bool
+    private var drainThread: JoinableThread?
+    private var stopped = false
+
+    private enum Counter: Int, CaseIterable {
+        case inlineSinkCalls, drainThreadSinkCalls, commandsCompleted, commandsFailed, fencesReached, drainThreadWakeups
+    }
+
+    /// Creates a queue draining into `sink`, and its drain thread when the policy has one.
+    /// - Throws: ``ViommuQueueError``.
+    public init(configuration: Configuration = Configuration(), sink: @escaping CommandSink) throws(ViommuQueueError) {
+        self.configuration = configuration
+        do {
+            ring = try CommandRing(capacity: configuration.capacity)
+        } catch {
+            throw .invalidCapacity(configuration.capacity)
+        }
+        self.sink = sink
+        hasDrainThread = configuration.drainPolicy != .inline
+        counters = .allocate(capacity: Counter.allCases.count)
+        counters.initialize(repeating: Int.AtomicRepresentation(0), count: Counter.allCases.count)
+        if hasDrainThread {
+            do {
+                drainThread = try JoinableThread { [self] in drainThreadMain() }
+            } catch {
+                throw .drainThreadStartFailed(errno: error.errno)
+            }
+        }
+    }
+
+    deinit {
+        // Every fence marker still in the ring holds its fence, which holds this queue: a queue is only
+        // deallocated once its ring holds no fence.
+        counters.deinitialize(count: Counter.allCases.count)
+        counters.deallocate()
+    }
+
+    // MARK: Observing
+
+    /// The first ring position not yet consumed: everything before it was executed (or failed) and
+    /// the sink returned. Monotonically increasing, published with release ordering.
+    public var consumedPosition: UInt64 { ring.consumedPosition }
+
+    /// The next position a push will claim.
+    public var claimedPosition: UInt64 { ring.claimedPosition }
+
+    /// A snapshot of the counters.
+    public var statistics: Statistics {
+        var statistics = Statistics()
+        statistics.inlineSinkCalls = load(.inlineSinkCalls)
+        statistics.drainThreadSinkCalls = load(.drainThreadSinkCalls)
+        statistics.commandsCompleted = load(.commandsCompleted)
+        statistics.commandsFailed = load(.commandsFailed)
+        statistics.fencesReached = load(.fencesReached)
+        statistics.drainThreadWakeups = load(.drainThreadWakeups)
+        statistics.fullRingWaits = ring.fullRingWaits
+        statistics.producerParks = ring.producerParks
+        return statistics
+    }
+
+    private func load(_ counter: Counter) -> Int {
+        UnsafeAtomic(at: counters + counter.rawValue).load(ordering: .relaxed)
+    }
+
+    /// Adds to a counter. Only the consumer-role holder writes these counters, and successive holders
+    /// are ordered by the role flag, so a plain load and store suffice (no locked read-modify-write).
+    private func add(_ counter: Counter, _ amount: Int) {
+        let word = UnsafeAtomic<Int>(at: counters + counter.rawValue)
+        word.store(word.load(ordering: .relaxed) &+ amount, ordering: .relaxed)
+    }
+
+    // MARK: Pushing
+
+    /// Pushes `commands` (see ``CommandRing/push(_:whileFull:)-(UnsafeBufferPointer<Command>,_)``) and
+    /// gets them drained: inline when the consumer role is free under the inline policies, else by the
+    /// role's holder or the drain thread. Returns once they are published, not executed: use
+    /// ``sync(onComplete:)`` to wait for them. Waits while the ring is full (draining inline meanwhile
+    /// under the inline policies).
+    ///
+    /// - Returns: the ring positions of the batch, or of its last piece when it was larger than the
+    ///   ring's capacity and split.
+    /// - Throws: ``CommandRingClosedError`` after ``stop()``.
+    @discardableResult
+    public func push(_ commands: UnsafeBufferPointer<Command>) throws(CommandRingClosedError) -> Range<UInt64> {
+        let positions = try ring.push(commands, whileFull: { whileFull() })
+        afterPublish()
+        return positions
+    }
+
+    /// Pushes `commands` (see ``push(_:)-(UnsafeBufferPointer<Command>)``).
+    @discardableResult
+    public func push(_ commands: [Command]) throws(CommandRingClosedError) -> Range<UInt64> {
+        let result: Result<Range<UInt64>, CommandRingClosedError> = commands.withUnsafeBufferPointer { buffer in
+            do throws(CommandRingClosedError) { return .success(try push(buffer)) }
+            catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+
+    /// Submits a fence covering this queue alone (``SyncFence/submit(covering:onComplete:)``).
+    @discardableResult
+    public func sync(onComplete: SyncFence.Completion? = nil) -> SyncFence {
+        SyncFence.submit(covering: [self], onComplete: onComplete)
+    }
+
+    /// Places `fence`'s marker for `queueIndex` in the ring and gets it drained; `false` when stopped.
+    func placeFence(_ fence: SyncFence, queueIndex: Int) -> Bool {
+        let reference = Unmanaged.passRetained(fence)
+        let marker = Command(w0: UInt64(UInt(bitPattern: reference.toOpaque())), w1: UInt64(queueIndex))
+        do {
+            try ring.pushMarker(marker, whileFull: { whileFull() })
+        } catch {
+            reference.release()
+            return false
+        }
+        afterPublish()
+        return true
+    }
+
+    /// What a producer does after publishing: get the entries drained without stranding them.
+    @inline(__always)
+    private func afterPublish() {
+        // Dekker with `ConsumerRole.release()` and with the drain thread's sleep: our publication is
+        // ordered before our read of the role flag / the sleeping flag.
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        switch configuration.drainPolicy {
+        case .inline, .inlineWithDrainThread:
+            drainOnCallingThread()
+        case .drainThread:
+            if drainSleeping.load(ordering: .relaxed) { wakeDrainThread() }
+        }
+    }
+
+    /// What a producer does each time it finds the ring full.
+    private func whileFull() {
+        switch configuration.drainPolicy {
+        case .inline, .inlineWithDrainThread:
+            drainOnCallingThread()
+        case .drainThread:
+            if drainSleeping.load(ordering: .relaxed) { wakeDrainThread() }
+        }
+    }
+
+    /// A fence waiter's spin step: drain inline if the role is free and work is waiting.
+    func helpDrain() {
+        guard configuration.drainPolicy != .drainThread else { return }
+        if ring.hasPublishedEntries && !ring.isConsumerRoleHeld { drainOnCallingThread() }
+    }
+
+    // MARK: Draining
+
+    /// Drains on the calling thread for as long as it can take the consumer role and work remains,
+    /// bounded by ``Tuning/inlineRounds`` passes when a drain thread can take over.
+    private func drainOnCallingThread() {
+        var rounds = 0
+        while let role = ring.tryAcquireConsumerRole() {
+            // One pass covers what was claimed when it began, so a submitter is not kept draining a
+            // stream that other producers keep feeding.
+            let limit = ring.claimedPosition
+            var visitor = DrainVisitor(queue: self, onDrainThread: false)
+            role.drain(upTo: limit, into: &visitor)
+            let completed = consumer.completed.take()
+            let pending = role.release()
+            SyncFence.notifyAll(completed)
+            guard pending else { return }
+            rounds += 1
+            if hasDrainThread, rounds >= configuration.tuning.inlineRounds {
+                wakeDrainThread()
+                return
+            }
+        }
+        // Another thread holds the role: its release re-check will see what we published.
+    }
+
+    /// Gives back a role taken with ``tryAcquireConsumerRole()`` and makes sure the commands published
+    /// while it was held get drained: by waking the drain thread, or inline when there is none.
+    public func release(_ role: consuming ConsumerRole) {
+        let completed = consumer.completed.take()
+        let pending = role.release()
+        SyncFence.notifyAll(completed)
+        guard pending else { return }
+        if hasDrainThread { wakeDrainThread() } else { drainOnCallingThread() }
+    }
+
+    /// Takes the ring's consumer role if it is free, keeping every other thread (submitters, the drain
+    /// thread) from draining until it is given back with ``release(_:)``. Don't drain through it (the
+    /// ring's markers are the queue's fences); hold it only to pause the queue, e.g. in a test. Give it
+    /// back with ``release(_:)``, not by dropping it: dropping skips the re-check, leaving what was
+    /// pushed meanwhile until the next push or fence.
+    public func tryAcquireConsumerRole() -> ConsumerRole? {
+        ring.tryAcquireConsumerRole()
+    }
+
+    /// Hands a run of commands to the sink; on a failure records it (the first since the last fence)
+    /// and carries on with the next command.
+    fileprivate func execute(_ commands: UnsafeBufferPointer<Command>, at position: UInt64, onDrainThread: Bool) {
+        var offset = 0
+        var calls = 0
+        var completedCount = 0
+        var failedCount = 0
+        while offset < commands.count {
+            let batch = UnsafeBufferPointer(rebasing: commands[offset...])
+            let result = sink(batch)
+            calls += 1
+            let completed = min(max(result.completed, 0), batch.count)
+            completedCount += completed
+            if completed == batch.count { break }
+            let failedIndex = offset + completed
+            let failure = result.failure ?? SinkFailure(
+                queueError: .abort,
+                message: "the sink completed \(completed) of \(batch.count) commands without reporting a failure")
+            if consumer.firstFailure == nil {
+                consumer.firstFailure = CommandFailure(
+                    position: position + UInt64(failedIndex), command: commands[failedIndex],
+                    queueError: failure.queueError, message: failure.message)
+            }
+            failedCount += 1
+            offset = failedIndex + 1
+        }
+        add(onDrainThread ? .drainThreadSinkCalls : .inlineSinkCalls, calls)
+        add(.commandsCompleted, completedCount)
+        if failedCount > 0 { add(.commandsFailed, failedCount) }
+    }
+
+    /// The consumer reached a fence marker: the fence's part for this queue is done.
+    fileprivate func reachFence(_ marker: Command) {
+        add(.fencesReached, 1)
+        let fence = Self.fence(from: marker)
+        let failure = consumer.firstFailure.map(SyncFailure.Reason.commandFailed)
+        consumer.firstFailure = nil
+        if fence.arrive(queueIndex: Int(marker.w1), failure: failure) {
+            consumer.completed.append(fence)
+        }
+    }
+
+    /// The fence a marker refers to, taking over the reference the marker held.
+    fileprivate static func fence(from marker: Command) -> SyncFence {
+        guard let pointer = UnsafeRawPointer(bitPattern: UInt(truncatingIfNeeded: marker.w0)) else {
+            preconditionFailure("a fence marker holds a SyncFence reference")
+        }
+        return Unmanaged<SyncFence>.fromOpaque(pointer).takeRetainedValue()
+    }
+
+    // MARK: The drain thread
+
+    private func drainThreadMain() {
+        let tuning = configuration.tuning
+        while true {
+            if let role = ring.tryAcquireConsumerRole() {
+                var visitor = DrainVisitor(queue: self, onDrainThread: true)
+                let consumed = role.drain(upTo: ring.claimedPosition, into: &visitor)
+                let completed = consumer.completed.take()
+                let pending = role.release()
+                SyncFence.notifyAll(completed)
+                if pending || consumed > 0 { continue }
+            }
+            if stopRequested.load(ordering: .acquiring), ring.consumedPosition == ring.claimedPosition {
+                return  // the ring is closed and everything claimed was drained
+            }
+            var spins = 0
+            while spins < tuning.drainThreadIdleSpins, !workForDrainThread() { spins += 1 }
+            if spins < tuning.drainThreadIdleSpins { continue }
+            sleepUntilWoken()
+        }
+    }
+
+    /// Whether the drain thread is parked on its condition variable until someone wakes it: tests.
+    var isDrainThreadParked: Bool { drainParker.withLock { drainThreadParked } }
+
+    private func workForDrainThread() -> Bool {
+        ring.hasPublishedEntries && !ring.isConsumerRoleHeld
+    }
+
+    private func sleepUntilWoken() {
+        drainSleeping.store(true, ordering: .sequentiallyConsistent)
+        // Dekker with `afterPublish` (drain-thread policy): we announce we sleep, then look at the
+        // ring; a producer publishes, then looks at `drainSleeping`.
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        let stopping = stopRequested.load(ordering: .acquiring)
+        if workForDrainThread() || (stopping && ring.consumedPosition == ring.claimedPosition) {
+            drainSleeping.store(false, ordering: .relaxed)
+            return
+        }
+        drainParker.withLock {
+            if stopping {
+                // Producers that claimed before the ring closed may still publish, and may drain their
+                // entries themselves: poll rather than count on a wake-up.
+                if !wakeRequested { drainParker.waitLocked(nanoseconds: 1_000_000) }
+            } else {
+                drainThreadParked = true
+                while !wakeRequested { drainParker.waitLocked() }
+                drainThreadParked = false
+            }
+            wakeRequested = false
+        }
+        drainSleeping.store(false, ordering: .relaxed)
+        add(.drainThreadWakeups, 1)
+    }
+
+    private func wakeDrainThread() {
+        drainParker.withLock {
+            wakeRequested = true
+            drainParker.broadcastLocked()
+        }
+    }
+
+    // MARK: Stopping
+
+    /// Stops the queue: closes the ring (later pushes and fences fail), drains everything pushed
+    /// before, completing or failing the fences among it, and joins the drain thread. Returns when
+    /// done; idempotent. Without a drain thread the calling thread drains (waiting for any thread that
+    /// holds the consumer role by hand to release it).
+    public func stop() {
+        stopLock.withLock {
+            guard !stopped else { return }
+            ring.close()
+            stopRequested.store(true, ordering: .releasing)
+            if let drainThread {
+                wakeDrainThread()
+                drainThread.join()
+                self.drainThread = nil
+            } else {
+                while ring.consumedPosition != ring.claimedPosition {
+                    if let role = ring.tryAcquireConsumerRole() {
+                        var visitor = DrainVisitor(queue: self, onDrainThread: false)
+                        role.drain(into: &visitor)
+                        let completed = consumer.completed.take()
+                        _ = role.release()
+                        SyncFence.notifyAll(completed)
+                    } else {
+                        sched_yield()
+                    }
+                }
+            }
+            stopped = true
+        }
+    }
+}
+
+/// Why a ``ViommuQueue`` could not be created.
+public enum ViommuQueueError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// The capacity is not a power of two in `2...CommandRing.maximumCapacity`.
+    case invalidCapacity(Int)
+    /// `pthread_create` failed for the drain thread.
+    case drainThreadStartFailed(errno: Int32)
+
+    public var description: String {
+        switch self {
+        case .invalidCapacity(let capacity): return CommandRingError.invalidCapacity(capacity).description
+        case .drainThreadStartFailed(let errno): return "cannot start the drain thread (errno \(errno))"
+        }
+    }
+}
+
+/// What the holder of a queue's consumer role keeps between sink calls.
+///
+/// `@unchecked Sendable`: only the consumer-role holder touches it.
+private final class ConsumerState: @unchecked Sendable {
+    /// The first command failure since the last fence marker.
+    var firstFailure: CommandFailure?
+    /// Fences completed during the current hold, notified once the role is released.
+    var completed = FenceList()
+}
+
+/// An intrusive FIFO of completed fences.
+struct FenceList {
+    private(set) var head: SyncFence?
+    private var tail: SyncFence?
+
+    mutating func append(_ fence: SyncFence) {
+        if let tail { tail.nextCompleted = fence } else { head = fence }
+        tail = fence
+    }
+
+    /// Empties the list and returns its head.
+    mutating func take() -> SyncFence? {
+        defer { head = nil; tail = nil }
+        return head
+    }
+}
+
+/// Feeds a queue's sink and fences from its ring.
+private struct DrainVisitor: CommandRingVisitor {
+    let queue: ViommuQueue
+    let onDrainThread: Bool
+
+    mutating func visit(commands: UnsafeBufferPointer<Command>, at position: UInt64) {
+        queue.execute(commands, at: position, onDrainThread: onDrainThread)
+    }
+
+    mutating func visit(marker: Command, at position: UInt64) {
+        queue.reachFence(marker)
+    }
+}

@@ -1,1 +1,0 @@
-/// The vSMMU data path (being built).

@@ -1,0 +1,228 @@
+import CommandRing
+import SMMUv3
+import PSMMU
+import Synchronization
+import VirtualSMMU
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How a submitted guest batch ended, in the terms the guest's command queue reports: how many
+/// commands were consumed and, if one failed, its index and the CERROR (`CMDQ_CONS.ERR`).
+public struct SubmissionResult: Hashable, Sendable, CustomStringConvertible {
+    /// A command that failed.
+    public struct Failure: Hashable, Sendable, CustomStringConvertible {
+        /// Index of the failing command in the guest's batch (for a failure of a command from an earlier
+        /// batch that no sync covered, the index of the CMD_SYNC that observed it).
+        public var index: Int
+        /// The error the guest observes.
+        public var queueError: CommandQueueError
+        /// Where it came from: the router, or a pSMMU backend.
+        public var origin: Origin
+        public var message: String
+
+        public enum Origin: Hashable, Sendable {
+            case router
+            case backend(ViommuIndex)
+        }
+
+        public init(index: Int, queueError: CommandQueueError, origin: Origin, message: String) {
+            self.index = index
+            self.queueError = queueError
+            self.origin = origin
+            self.message = message
+        }
+
+        public var description: String { "command \(index): \(queueError): \(message)" }
+    }
+
+    public init(consumed: Int, failure: Failure?, syncs: Int) {
+        self.consumed = consumed
+        self.failure = failure
+        self.syncs = syncs
+    }
+
+    /// Commands consumed: the batch's count, or the index of the first failing command (CONS stops
+    /// there, as on an SMMU).
+    public var consumed: Int
+    /// The first failing command, if any.
+    public var failure: Failure?
+    /// CMD_SYNCs the batch contained that completed.
+    public var syncs: Int
+
+    public var description: String {
+        failure.map { "consumed \(consumed), \($0)" } ?? "consumed \(consumed), \(syncs) sync(s)"
+    }
+}
+
+/// A guest batch in flight: its CMD_SYNCs as fences, and how to map a failed ring position back to
+/// the guest command it came from.
+///
+/// Complete when every CMD_SYNC of the batch completed (at once for a batch without CMD_SYNC: its
+/// commands are executed asynchronously and a later sync reports their failures). Observe it with
+/// ``wait()`` or the `onComplete` given to ``VSMMUEngine/submit(_:policy:onComplete:)``.
+///
+/// `@unchecked Sendable`: `pushes` and `syncs` are written only while the engine builds the submission
+/// under its lock, before `sealed()`; afterwards they are only read. `outcome` slots are written by
+/// the completing thread before its releasing decrement of `remaining`, and read after the acquiring
+/// decrement that reached zero, or after the fences completed.
+public final class Submission: @unchecked Sendable {
+    final class PendingSync: @unchecked Sendable {
+        let index: Int
+        let command: Command
+        let covered: [ViommuIndex]
+        var fence: SyncFence?
+        var outcome: Result<Void, SyncFailure>?
+        init(index: Int, command: Command, covered: [ViommuIndex]) {
+            self.index = index
+            self.command = command
+            self.covered = covered
+        }
+    }
+
+    struct Push {
+        var firstPosition: UInt64
+        var guestIndices: [UInt32]
+    }
+
+    let batchCount: Int
+    /// The router's refusals (copied: the engine reuses its routing buffer).
+    let routingErrors: [RoutingError]
+    private var pushes: [ViommuIndex: [Push]] = [:]
+    private var syncs: [PendingSync] = []
+    private let onComplete: (@Sendable (SubmissionResult) -> Void)?
+    /// Pending fences plus one until ``sealed()``; whoever takes it to zero finishes the submission.
+    private let remaining = Atomic<Int>(1)
+    private let finished = Atomic<Bool>(false)
+    private var storedResult: SubmissionResult?
+    /// Tasks waiting in ``completion()``; `nil` once the submission finished.
+    private let asyncWaiters = Locked<[CheckedContinuation<SubmissionResult, Never>]?>([])
+
+    init(batchCount: Int, routed: RoutedBatch, onComplete: (@Sendable (SubmissionResult) -> Void)?) {
+        self.batchCount = batchCount
+        self.routingErrors = routed.errors
+        self.onComplete = onComplete
+    }
+
+    // MARK: Building (engine, under its lock)
+
+    func recordPush(viommu: ViommuIndex, firstPosition: UInt64, guestIndices: [UInt32]) {
+        pushes[viommu, default: []].append(Push(firstPosition: firstPosition, guestIndices: guestIndices))
+    }
+
+    func addSync(index: Int, command: Command, covering covered: [ViommuIndex], queues: [ViommuQueue]) {
+        let pending = PendingSync(index: index, command: command, covered: covered)
+        syncs.append(pending)
+        remaining.add(1, ordering: .relaxed)
+        pending.fence = SyncFence.submit(covering: queues) { [self] result in
+            pending.outcome = result
+            arrive()
+        }
+    }
+
+    /// The submission is complete as far as the engine is concerned; fences may still be pending.
+    func sealed() { arrive() }
+
+    /// The engine was stopped: nothing was pushed.
+    func finishStopped() {
+        storedResult = SubmissionResult(consumed: 0, failure: SubmissionResult.Failure(
+            index: 0, queueError: .abort, origin: .router, message: "the vSMMU is stopping"), syncs: 0)
+        finish()
+    }
+
+    private func arrive() {
+        let (_, now) = remaining.subtract(1, ordering: .acquiringAndReleasing)
+        guard now == 0 else { return }
+        storedResult = computeResult()
+        finish()
+    }
+
+    private func finish() {
+        guard let result = storedResult else { return }
+        finished.store(true, ordering: .releasing)
+        let waiters = asyncWaiters.withLock { waiters -> [CheckedContinuation<SubmissionResult, Never>] in
+            defer { waiters = nil }
+            return waiters ?? []
+        }
+        for waiter in waiters { waiter.resume(returning: result) }
+        onComplete?(result)
+    }
+
+    // MARK: Observing
+
+    /// Whether every CMD_SYNC of the batch completed.
+    public var isComplete: Bool { finished.load(ordering: .acquiring) }
+
+    /// The result, once complete.
+    public var result: SubmissionResult? { isComplete ? storedResult : nil }
+
+    /// Blocks until every CMD_SYNC of the batch completed (helping drain the queues meanwhile) and
+    /// returns the batch's result.
+    public func wait() -> SubmissionResult {
+        for sync in syncs { _ = try? sync.fence?.wait() }
+        // Every fence is complete; their completion callbacks may still be finishing.
+        var spins = 0
+        while !isComplete {
+            spins += 1
+            if spins > 64 { sched_yield() }
+        }
+        guard let storedResult else { preconditionFailure("a complete submission has a result") }
+        return storedResult
+    }
+
+    /// Suspends until the batch completes and returns its result, without blocking a thread.
+    public func completion() async -> SubmissionResult {
+        await withCheckedContinuation { (continuation: CheckedContinuation<SubmissionResult, Never>) in
+            let alreadyFinished = asyncWaiters.withLock { waiters -> Bool in
+                guard waiters != nil else { return true }
+                waiters?.append(continuation)
+                return false
+            }
+            if alreadyFinished, let storedResult { continuation.resume(returning: storedResult) }
+        }
+    }
+
+    // MARK: Result
+
+    private func computeResult() -> SubmissionResult {
+        var failure: SubmissionResult.Failure?
+        func consider(_ candidate: SubmissionResult.Failure) {
+            if let current = failure, current.index <= candidate.index { return }
+            failure = candidate
+        }
+        if let error = routingErrors.first {
+            consider(.init(index: error.index, queueError: error.queueError, origin: .router, message: error.description))
+        }
+        var completedSyncs = 0
+        for sync in syncs {
+            switch sync.outcome ?? sync.fence?.result {
+            case .success?: completedSyncs += 1
+            case .failure(let syncFailure)?:
+                for queueFailure in syncFailure.failures {
+                    let viommu = queueFailure.queueIndex < sync.covered.count ? sync.covered[queueFailure.queueIndex] : ViommuIndex(0)
+                    switch queueFailure.reason {
+                    case .commandFailed(let command):
+                        let index = guestIndex(of: command.position, on: viommu) ?? sync.index
+                        consider(.init(index: index, queueError: command.queueError, origin: .backend(viommu),
+                                       message: "\(command.command.opcode.name) on \(viommu): \(command.message)"))
+                    case .queueStopped:
+                        consider(.init(index: sync.index, queueError: .abort, origin: .backend(viommu),
+                                       message: "\(viommu)'s queue stopped before the CMD_SYNC completed"))
+                    }
+                }
+            case nil: break
+            }
+        }
+        return SubmissionResult(consumed: failure?.index ?? batchCount, failure: failure, syncs: completedSyncs)
+    }
+
+    /// The guest index of the command this submission pushed at `position` on `viommu`, if it did.
+    private func guestIndex(of position: UInt64, on viommu: ViommuIndex) -> Int? {
+        for push in pushes[viommu] ?? [] where position >= push.firstPosition {
+            let offset = position - push.firstPosition
+            if offset < UInt64(push.guestIndices.count) { return Int(push.guestIndices[Int(offset)]) }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,362 @@
+import CommandRing
+import PSMMU
+import SMMUv3
+import VirtualSMMU
+
+/// One vSMMU's data path and control path: the pure ``VSMMU`` state and router, one ``ViommuQueue``
+/// (lock-free ring + drain) per viommu, and the pSMMU backends the queues drain into.
+///
+/// ```
+/// submit(batch) ─▶ VSMMU.route ─▶ ViommuQueue.push (per viommu) ─▶ sink ─▶ PSMMUBackend.invalidate
+///                               └▶ SyncFence per CMD_SYNC ─────────────────▶ Submission completes
+/// ```
+///
+/// Control operations (attach, SET_DEV_ID, link, CD update, unlink, UNSET_DEV_ID, detach) update the
+/// vSMMU and mirror the change into the viommu's backend (vdevices, nested HWPTs); a backend refusal
+/// undoes the vSMMU change, so both always agree. Removals first wait until the viommu's queue has
+/// executed everything pushed before, so no queued command names a vdevice that is gone.
+///
+/// Submissions and control operations of one engine are serialised by one lock; routing, pushing and
+/// fence placement happen under it, so each viommu receives the guest's commands in the guest's order.
+/// Under the inline drain policy the submitting thread also executes the commands (backend calls)
+/// before it returns, which is what keeps a CMD_SYNC round trip free of thread hand-offs. Completion
+/// callbacks may run on that thread while the lock is held: they must not call back into the engine.
+public final class VSMMUEngine: Sendable {
+    /// How the engine builds its queues.
+    public struct Configuration: Hashable, Sendable {
+        /// Per-viommu queue settings (ring capacity, drain policy, spin budgets).
+        public var queue: ViommuQueue.Configuration
+        public init(queue: ViommuQueue.Configuration = .init()) { self.queue = queue }
+    }
+
+    /// A viommu as the engine holds it: its backend, the backend's handle, its queue and the backend
+    /// objects mirrored from the vSMMU.
+    struct AttachedViommu: Sendable {
+        var backend: any PSMMUBackend
+        var handle: ViommuHandle
+        var queue: ViommuQueue
+        var vdevices: [StreamID: VDeviceHandle] = [:]
+        var hwpts: [S1HWPTID: HWPTHandle] = [:]
+    }
+
+    struct State: Sendable {
+        var vsmmu = VSMMU()
+        var viommus: [ViommuIndex: AttachedViommu] = [:]
+        var stopped = false
+    }
+
+    public let configuration: Configuration
+    /// A pthread mutex (``Locked``) rather than `Synchronization.Mutex`, which ThreadSanitizer cannot see.
+    private let state: Locked<State>
+    /// The router's reusable output: only touched while `state` is locked.
+    nonisolated(unsafe) private let routed = RoutedBatch()
+
+    public init(configuration: Configuration = Configuration()) {
+        self.configuration = configuration
+        self.state = Locked(State())
+    }
+
+    deinit { stop() }
+
+    // MARK: Observing
+
+    /// A snapshot of the vSMMU state (device table, vSTEs, HWPTs, ASID index, routing counters).
+    public var vsmmu: VSMMU { state.withLock { $0.vsmmu } }
+
+    /// Per-viommu figures: the backend's counters and the queue's statistics.
+    public struct ViommuStatistics: Sendable {
+        public var index: ViommuIndex
+        public var pSMMU: String
+        public var handle: ViommuHandle
+        public var queue: ViommuQueue.Statistics
+        public var backend: BackendCounters
+        /// Commands pushed and not yet consumed.
+        public var occupancy: UInt64
+    }
+
+    /// The statistics of every attached viommu, by index.
+    public var viommuStatistics: [ViommuStatistics] {
+        state.withLock { state in
+            state.viommus.keys.sorted().compactMap { index -> ViommuStatistics? in
+                guard let attached = state.viommus[index], let viommu = try? state.vsmmu.viommu(index) else { return nil }
+                let queue = attached.queue
+                return ViommuStatistics(index: index, pSMMU: viommu.pSMMU, handle: attached.handle,
+                                        queue: queue.statistics, backend: attached.backend.counters,
+                                        occupancy: queue.claimedPosition &- queue.consumedPosition)
+            }
+        }
+    }
+
+    /// The backend handle of a vdevice / HWPT, for diagnostics and tests.
+    public func backendHandles(of streamID: StreamID) -> (vdevice: VDeviceHandle?, hwpt: HWPTHandle?) {
+        state.withLock { state in
+            guard let device = state.vsmmu.devices[streamID], let attached = state.viommus[device.viommu] else {
+                return (nil, nil)
+            }
+            return (attached.vdevices[streamID], device.hwpt.flatMap { attached.hwpts[$0] })
+        }
+    }
+
+    // MARK: Control path
+
+    /// Attaches a viommu on `backend` (the pSMMU it drives) and creates its queue.
+    /// - Throws: ``EngineError``: the vSMMU's refusal, the backend's, or the queue's.
+    @discardableResult
+    public func attachViommu(pSMMU: String, backend: any PSMMUBackend,
+                             request: ViommuAttachRequest = ViommuAttachRequest()) throws(EngineError) -> ViommuIndex {
+        let configuration = self.configuration
+        return try state.withLock { (state: inout State) throws(EngineError) -> ViommuIndex in
+            guard !state.stopped else { throw .stopped }
+            let index: ViommuIndex
+            do throws(VSMMUError) { index = try state.vsmmu.attachViommu(pSMMU: pSMMU) } catch { throw .vsmmu(error) }
+            let handle: ViommuHandle
+            do throws(BackendError) { handle = try backend.attachViommu(request) } catch {
+                try? state.vsmmu.detachViommu(index)
+                throw .backend(error)
+            }
+            let queue: ViommuQueue
+            do throws(ViommuQueueError) {
+                queue = try ViommuQueue(configuration: configuration.queue) { commands in
+                    SinkResult(backend.invalidate(viommu: handle, commands: commands))
+                }
+            } catch {
+                try? backend.detachViommu(handle)
+                try? state.vsmmu.detachViommu(index)
+                throw .queue(error)
+            }
+            state.viommus[index] = AttachedViommu(backend: backend, handle: handle, queue: queue)
+            return index
+        }
+    }
+
+    /// Detaches a viommu without devices: drains and stops its queue, then destroys it in the backend.
+    public func detachViommu(_ index: ViommuIndex) throws(EngineError) {
+        try state.withLock { (state: inout State) throws(EngineError) in
+            do throws(VSMMUError) { try state.vsmmu.detachViommu(index) } catch { throw .vsmmu(error) }
+            guard let attached = state.viommus.removeValue(forKey: index) else { return }
+            attached.queue.stop()
+            do throws(BackendError) { try attached.backend.detachViommu(attached.handle) } catch { throw .backend(error) }
+        }
+    }
+
+    /// SET_DEV_ID: registers `streamID` for `hostDeviceID` behind `viommu` and allocates its vdevice.
+    public func setDeviceID(viommu: ViommuIndex, hostDeviceID: HostDeviceID, streamID: StreamID) throws(EngineError) {
+        try state.withLock { (state: inout State) throws(EngineError) in
+            do throws(VSMMUError) { try state.vsmmu.setDeviceID(viommu: viommu, hostDeviceID: hostDeviceID, streamID: streamID) }
+            catch { throw .vsmmu(error) }
+            guard let attached = state.viommus[viommu] else { return }
+            do throws(BackendError) {
+                let vdevice = try attached.backend.allocateVDevice(viommu: attached.handle, hostDeviceID: hostDeviceID,
+                                                                   virtualStreamID: streamID)
+                state.viommus[viommu]?.vdevices[streamID] = vdevice
+            } catch {
+                _ = try? state.vsmmu.unsetDeviceID(streamID: streamID)
+                throw .backend(error)
+            }
+        }
+    }
+
+    /// UNSET_DEV_ID: waits until the device's viommu executed what was queued, then unlinks its vSTE
+    /// (destroying its HWPT) and destroys its vdevice.
+    public func unsetDeviceID(streamID: StreamID) throws(EngineError) {
+        try state.withLock { (state: inout State) throws(EngineError) in
+            guard let device = state.vsmmu.devices[streamID] else { throw .vsmmu(.unknownStreamID(streamID)) }
+            let attached = state.viommus[device.viommu]
+            if let attached { Self.quiesce(attached.queue) }
+            let removed: S1HWPTID?
+            do throws(VSMMUError) { removed = try state.vsmmu.unsetDeviceID(streamID: streamID) } catch { throw .vsmmu(error) }
+            guard let attached else { return }
+            var firstError: BackendError?
+            if let removed, let hwpt = state.viommus[device.viommu]?.hwpts.removeValue(forKey: removed) {
+                do throws(BackendError) { try attached.backend.destroyHWPT(hwpt) } catch { firstError = error }
+            }
+            if let vdevice = state.viommus[device.viommu]?.vdevices.removeValue(forKey: streamID) {
+                do throws(BackendError) { try attached.backend.destroyVDevice(vdevice) } catch { firstError = firstError ?? error }
+            }
+            if let firstError { throw .backend(firstError) }
+        }
+    }
+
+    /// Links (or relinks) the guest STE of `streamID` with its CDs (``VSMMU/link(streamID:ste:contextDescriptors:)``)
+    /// and installs the nested HWPT in the backend: a new one when the STE's S1 words changed, the same
+    /// one with new CDs otherwise. A backend refusal restores the previous link.
+    @discardableResult
+    public func link(streamID: StreamID, ste: StreamTableEntry,
+                     contextDescriptors: [ContextDescriptor]) throws(EngineError) -> VSMMU.HWPTChange {
+        try state.withLock { (state: inout State) throws(EngineError) -> VSMMU.HWPTChange in
+            try Self.link(&state, streamID: streamID) { (vsmmu: inout VSMMU) throws(VSMMUError) in
+                try vsmmu.link(streamID: streamID, ste: ste, contextDescriptors: contextDescriptors)
+            }
+        }
+    }
+
+    /// Rewrites one CD of a linked, translating vSTE (``VSMMU/updateContextDescriptor(streamID:substreamID:_:)``).
+    @discardableResult
+    public func updateContextDescriptor(streamID: StreamID, substreamID: SubstreamID,
+                                        _ cd: ContextDescriptor) throws(EngineError) -> VSMMU.HWPTChange {
+        try state.withLock { (state: inout State) throws(EngineError) -> VSMMU.HWPTChange in
+            try Self.link(&state, streamID: streamID) { (vsmmu: inout VSMMU) throws(VSMMUError) in
+                try vsmmu.updateContextDescriptor(streamID: streamID, substreamID: substreamID, cd)
+            }
+        }
+    }
+
+    /// Unlinks the vSTE of `streamID` and destroys its HWPT in the backend.
+    public func unlink(streamID: StreamID) throws(EngineError) {
+        try state.withLock { (state: inout State) throws(EngineError) in
+            _ = try Self.link(&state, streamID: streamID) { (vsmmu: inout VSMMU) throws(VSMMUError) in
+                let removed = try vsmmu.unlink(streamID: streamID)
+                return VSMMU.HWPTChange(removed: removed, current: nil, isNew: false)
+            }
+        }
+    }
+
+    /// Applies a vSTE change to the vSMMU, then mirrors it into the backend; undoes it on refusal.
+    private static func link(_ state: inout State, streamID: StreamID,
+                             _ change: (inout VSMMU) throws(VSMMUError) -> VSMMU.HWPTChange) throws(EngineError) -> VSMMU.HWPTChange {
+        guard let before = state.vsmmu.devices[streamID] else { throw .vsmmu(.unknownStreamID(streamID)) }
+        let result: VSMMU.HWPTChange
+        do throws(VSMMUError) { result = try change(&state.vsmmu) } catch { throw .vsmmu(error) }
+        guard var attached = state.viommus[before.viommu], let after = state.vsmmu.devices[streamID] else { return result }
+        do throws(BackendError) {
+            if let current = result.current, let ste = after.ste {
+                if result.isNew {
+                    attached.hwpts[current] = try attached.backend.allocateNestedHWPT(
+                        viommu: attached.handle, hostDeviceID: after.hostDeviceID, ste: ste,
+                        contextDescriptors: after.contextDescriptors)
+                } else if let handle = attached.hwpts[current] {
+                    try attached.backend.updateContextDescriptors(handle, after.contextDescriptors)
+                }
+            }
+        } catch {
+            // Put the previous link back (its ASIDs were never removed from the backend's view).
+            if let ste = before.ste {
+                _ = try? state.vsmmu.link(streamID: streamID, ste: ste, contextDescriptors: before.contextDescriptors)
+            } else {
+                _ = try? state.vsmmu.unlink(streamID: streamID)
+            }
+            if let restored = state.vsmmu.devices[streamID]?.hwpt, let old = before.hwpt, let handle = attached.hwpts[old], restored != old {
+                attached.hwpts[restored] = handle
+                attached.hwpts[old] = nil
+            }
+            state.viommus[before.viommu] = attached
+            throw .backend(error)
+        }
+        var destroyError: BackendError?
+        if let removed = result.removed, let handle = attached.hwpts.removeValue(forKey: removed) {
+            do throws(BackendError) { try attached.backend.destroyHWPT(handle) } catch { destroyError = error }
+        }
+        state.viommus[before.viommu] = attached
+        if let destroyError { throw .backend(destroyError) }
+        return result
+    }
+
+    /// Blocks until `queue` executed everything pushed to it so far.
+    private static func quiesce(_ queue: ViommuQueue) {
+        _ = try? queue.sync().wait()
+    }
+
+    // MARK: Data path
+
+    /// Routes a guest batch and pushes each viommu's commands into its queue, with a fence per CMD_SYNC.
+    ///
+    /// The returned ``Submission`` completes when every CMD_SYNC of the batch completed; under the
+    /// inline drain policy that is usually before this returns. Its ``SubmissionResult`` says how many
+    /// commands were consumed and, if one failed, which and with what CERROR.
+    public func submit(_ batch: UnsafeBufferPointer<Command>, policy: RoutingPolicy = .stopAtFirstError,
+                       onComplete: (@Sendable (SubmissionResult) -> Void)? = nil) -> Submission {
+        state.withLock { (state: inout State) -> Submission in
+            let routed = self.routed
+            state.vsmmu.route(batch, into: routed, policy: policy)
+            let submission = Submission(batchCount: batch.count, routed: routed, onComplete: onComplete)
+            if state.stopped {
+                submission.finishStopped()
+                return submission
+            }
+            // Push each viommu's commands sync point by sync point, placing each fence after them.
+            var pushedUpTo = [Int](repeating: 0, count: VSMMU.maximumViommus)
+            for sync in routed.syncPoints {
+                var queues: [ViommuQueue] = []
+                var covered: [ViommuIndex] = []
+                for fence in routed.fences(of: sync) {
+                    guard let attached = state.viommus[fence.viommu] else { continue }
+                    Self.push(routed, fence.viommu, from: pushedUpTo[fence.viommu.index], to: fence.end,
+                              into: attached.queue, recording: submission)
+                    pushedUpTo[fence.viommu.index] = fence.end
+                    queues.append(attached.queue)
+                    covered.append(fence.viommu)
+                }
+                submission.addSync(index: sync.index, command: sync.command, covering: covered, queues: queues)
+            }
+            for viommu in routed.touched {
+                let end = routed.count(for: viommu)
+                guard end > pushedUpTo[viommu.index], let attached = state.viommus[viommu] else { continue }
+                Self.push(routed, viommu, from: pushedUpTo[viommu.index], to: end, into: attached.queue, recording: submission)
+            }
+            submission.sealed()
+            return submission
+        }
+    }
+
+    /// Routes and submits a batch held in an array.
+    public func submit(_ batch: [Command], policy: RoutingPolicy = .stopAtFirstError,
+                       onComplete: (@Sendable (SubmissionResult) -> Void)? = nil) -> Submission {
+        batch.withUnsafeBufferPointer { submit($0, policy: policy, onComplete: onComplete) }
+    }
+
+    private static func push(_ routed: RoutedBatch, _ viommu: ViommuIndex, from start: Int, to end: Int,
+                             into queue: ViommuQueue, recording submission: Submission) {
+        guard end > start else { return }
+        routed.withCommands(for: viommu) { commands in
+            let slice = UnsafeBufferPointer(rebasing: commands[start..<end])
+            guard let positions = try? queue.push(slice) else { return }
+            // Only this engine pushes to the queue, under its lock: a split push is contiguous.
+            let first = positions.upperBound &- UInt64(slice.count)
+            routed.withGuestIndices(for: viommu) { indices in
+                submission.recordPush(viommu: viommu, firstPosition: first,
+                                      guestIndices: Array(indices[start..<end]))
+            }
+        }
+    }
+
+    /// Stops every queue: what was pushed is executed, pending syncs complete; later submissions fail.
+    public func stop() {
+        let queues = state.withLock { (state: inout State) -> [ViommuQueue] in
+            state.stopped = true
+            return state.viommus.values.map(\.queue)
+        }
+        for queue in queues { queue.stop() }
+    }
+}
+
+extension SinkResult {
+    /// The ring's view of a backend call's outcome.
+    init(_ result: InvalidationResult) {
+        if let failure = result.failure {
+            self = .failed(completed: result.completed, queueError: failure.queueError, message: failure.message)
+        } else {
+            self = .completed(result.completed)
+        }
+    }
+}
+
+/// A refused control operation.
+public enum EngineError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// The vSMMU refused it (unknown StreamID, conflicting registration, invalid vSTE, …).
+    case vsmmu(VSMMUError)
+    /// The pSMMU backend refused it.
+    case backend(BackendError)
+    /// The viommu's queue could not be created.
+    case queue(ViommuQueueError)
+    /// The engine was stopped.
+    case stopped
+
+    public var description: String {
+        switch self {
+        case .vsmmu(let e): return e.description
+        case .backend(let e): return "backend: \(e)"
+        case .queue(let e): return "queue: \(e)"
+        case .stopped: return "the vSMMU engine is stopped"
+        }
+    }
+}

@@ -1,0 +1,102 @@
+import PSMMU
+import SMMUv3
+
+/// A backend double that records every call and can be told to refuse things. It checks the contract
+/// the engine must keep (no command ever reaches it that a viommu would refuse).
+final class RecordingBackend: PSMMUBackend {
+    struct Record: Sendable {
+        var viommus: [ViommuHandle] = []
+        var vdevices: [VDeviceHandle: (viommu: ViommuHandle, device: UInt32, vsid: StreamID)] = [:]
+        var hwpts: [HWPTHandle: (viommu: ViommuHandle, device: UInt32, ste: StreamTableEntry, cds: [ContextDescriptor])] = [:]
+        var executed: [ViommuHandle: [Command]] = [:]
+        var calls = 0
+        var next: UInt32 = 1
+    }
+
+    let name: String
+    let record = Locked(Record())
+    /// Commands matching this fail with CERROR_ILL (the batch stops there).
+    let failing = Locked<(@Sendable (Command) -> Bool)?>(nil)
+    /// Refuse the next allocation of this kind.
+    let refuseNext = Locked<Set<String>>([])
+
+    init(name: String) { self.name = name }
+
+    private func allocate() -> UInt32 {
+        record.withLock { r in
+            defer { r.next += 1 }
+            return r.next
+        }
+    }
+
+    private func refused(_ what: String) -> Bool {
+        refuseNext.withLock { $0.remove(what) != nil }
+    }
+
+    func attachViommu(_ request: ViommuAttachRequest) throws(BackendError) -> ViommuHandle {
+        if refused("viommu") { throw BackendError(.failed, "refused viommu") }
+        let handle = ViommuHandle(rawValue: allocate())
+        record.withLock { $0.viommus.append(handle) }
+        return handle
+    }
+
+    func detachViommu(_ viommu: ViommuHandle) throws(BackendError) {
+        let busy = record.withLock { r in r.vdevices.values.contains { $0.viommu == viommu } || r.hwpts.values.contains { $0.viommu == viommu } }
+        if busy { throw BackendError(.busy, "viommu busy") }
+        record.withLock { $0.viommus.removeAll { $0 == viommu } }
+    }
+
+    func allocateVDevice(viommu: ViommuHandle, hostDeviceID: UInt32, virtualStreamID: StreamID) throws(BackendError) -> VDeviceHandle {
+        if refused("vdevice") { throw BackendError(.invalidArgument, errno: 22, "device not behind this pSMMU") }
+        let handle = VDeviceHandle(rawValue: allocate())
+        record.withLock { $0.vdevices[handle] = (viommu, hostDeviceID, virtualStreamID) }
+        return handle
+    }
+
+    func destroyVDevice(_ vdevice: VDeviceHandle) throws(BackendError) {
+        let found = record.withLock { $0.vdevices.removeValue(forKey: vdevice) != nil }
+        if !found { throw BackendError(.unknownHandle, "no \(vdevice)") }
+    }
+
+    func allocateNestedHWPT(viommu: ViommuHandle, hostDeviceID: UInt32, ste: StreamTableEntry,
+                            contextDescriptors: [ContextDescriptor]) throws(BackendError) -> HWPTHandle {
+        if refused("hwpt") { throw BackendError(.invalidArgument, errno: 5, "hwpt refused") }
+        let handle = HWPTHandle(rawValue: allocate())
+        record.withLock { $0.hwpts[handle] = (viommu, hostDeviceID, ste, contextDescriptors) }
+        return handle
+    }
+
+    func destroyHWPT(_ hwpt: HWPTHandle) throws(BackendError) {
+        let found = record.withLock { $0.hwpts.removeValue(forKey: hwpt) != nil }
+        if !found { throw BackendError(.unknownHandle, "no \(hwpt)") }
+    }
+
+    func updateContextDescriptors(_ hwpt: HWPTHandle, _ contextDescriptors: [ContextDescriptor]) throws(BackendError) {
+        try record.withLock { (r: inout Record) throws(BackendError) in
+            guard r.hwpts[hwpt] != nil else { throw BackendError(.unknownHandle, "no \(hwpt)") }
+            r.hwpts[hwpt]?.cds = contextDescriptors
+        }
+    }
+
+    func invalidate(viommu: ViommuHandle, commands: UnsafeBufferPointer<Command>) -> InvalidationResult {
+        let failing = self.failing.withLock { $0 }
+        return record.withLock { r in
+            r.calls += 1
+            for (i, command) in commands.enumerated() {
+                let accepted: Set<Opcode> = [.tlbiNHAll, .tlbiNHASID, .tlbiNHVA, .tlbiNHVAA, .tlbiNSNHAll, .atcInv, .cfgiCD, .cfgiCDAll]
+                if !accepted.contains(command.opcode) || failing?(command) == true {
+                    return InvalidationResult(completed: i, failure: InvalidationFailure(
+                        queueError: .illegal, errno: 5, message: "refused \(command.opcode.name)"))
+                }
+                r.executed[viommu, default: []].append(command)
+            }
+            return InvalidationResult(completed: commands.count)
+        }
+    }
+
+    func takeEvents(viommu: ViommuHandle) -> [EventRecord] { [] }
+
+    var counters: BackendCounters { BackendCounters() }
+
+    func executed(on viommu: ViommuHandle) -> [Command] { record.withLock { $0.executed[viommu] ?? [] } }
+}
