@@ -39,22 +39,27 @@ let package = Package(
         ),
         // Router → per-viommu rings → drain → backends → sync completion: the vSMMU's data path.
         .target(name: "InvalidationEngine", dependencies: ["SMMUv3", "VirtualSMMU", "CommandRing", "PSMMU"]),
+        // What tests, workload generators and benchmarks share: a deterministic random generator.
+        .target(name: "VSMMUTestSupport"),
         // Release-mode benchmarks, each beside its baseline measured in the same run.
         .executableTarget(
             name: "vsmmud-bench",
-            dependencies: ["SMMUv3", "VirtualSMMU", "CommandRing", "PSMMU", "InvalidationEngine"]
+            dependencies: ["SMMUv3", "VirtualSMMU", "CommandRing", "PSMMU", "InvalidationEngine", "VSMMUTestSupport"]
         ),
-        .testTarget(name: "SMMUv3Tests", dependencies: ["SMMUv3"]),
+        .testTarget(name: "SMMUv3Tests", dependencies: ["SMMUv3", "VSMMUTestSupport"]),
         .testTarget(
             name: "VirtualSMMUTests",
-            dependencies: ["VirtualSMMU", "SMMUv3", .product(name: "PropertyBased", package: "swift-property-based")]
+            dependencies: [
+                "VirtualSMMU", "SMMUv3", "VSMMUTestSupport",
+                .product(name: "PropertyBased", package: "swift-property-based"),
+            ]
         ),
-        .testTarget(name: "CommandRingTests", dependencies: ["CommandRing", "SMMUv3"]),
-        .testTarget(name: "PSMMUTests", dependencies: ["PSMMU", "SMMUv3"]),
+        .testTarget(name: "CommandRingTests", dependencies: ["CommandRing", "SMMUv3", "VSMMUTestSupport"]),
+        .testTarget(name: "PSMMUTests", dependencies: ["PSMMU", "SMMUv3", "VSMMUTestSupport"]),
         .testTarget(name: "IOMMUFDTests", dependencies: ["IOMMUFD", "CIOMMUFD", "PSMMU", "SMMUv3"]),
         .testTarget(
             name: "InvalidationEngineTests",
-            dependencies: ["InvalidationEngine", "VirtualSMMU", "CommandRing", "PSMMU", "SMMUv3"]
+            dependencies: ["InvalidationEngine", "VirtualSMMU", "CommandRing", "PSMMU", "SMMUv3", "VSMMUTestSupport"]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -123,3 +123,29 @@ public struct WrongLengthError: Error, Hashable, Sendable, CustomStringConvertib
     }
     public var description: String { "\(structure) must be \(expected) bytes, got \(actual)" }
 }
+
+/// Eight little-endian 64-bit words: the storage of the 64-byte structures (STE, CD).
+public struct EightWords: Hashable, Sendable {
+    private var w: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
+
+    /// All zero.
+    public init() {}
+
+    /// Word `index`, `0 ..< 8`.
+    public subscript(index: Int) -> UInt64 {
+        get {
+            precondition(index >= 0 && index < 8, "word index out of range")
+            return withUnsafeBytes(of: w) { $0.load(fromByteOffset: index * 8, as: UInt64.self) }
+        }
+        set {
+            precondition(index >= 0 && index < 8, "word index out of range")
+            withUnsafeMutableBytes(of: &w) { $0.storeBytes(of: newValue, toByteOffset: index * 8, as: UInt64.self) }
+        }
+    }
+
+    public static func == (a: Self, b: Self) -> Bool { (0..<8).allSatisfy { a[$0] == b[$0] } }
+
+    public func hash(into hasher: inout Hasher) {
+        for i in 0..<8 { hasher.combine(self[i]) }
+    }
+}

@@ -6,14 +6,17 @@
 public struct StreamTableEntry: Hashable, Sendable, SMMUWords {
     public static let wordCount = 8
     /// The eight words, `w0`…`w7`.
-    public var words: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
+    public var words = EightWords()
 
     /// An all-zero STE: V = 0, which the SMMU treats as abort.
-    public init() { words = (0, 0, 0, 0, 0, 0, 0, 0) }
+    public init() {}
 
     /// An STE from its first words; the rest are zero. Only `w0` and `w1` matter for a nested vSTE.
     public init(w0: UInt64, w1: UInt64 = 0, w2: UInt64 = 0, w3: UInt64 = 0) {
-        words = (w0, w1, w2, w3, 0, 0, 0, 0)
+        words[0] = w0
+        words[1] = w1
+        words[2] = w2
+        words[3] = w3
     }
 
     /// Decodes 64 little-endian bytes.
@@ -25,39 +28,9 @@ public struct StreamTableEntry: Hashable, Sendable, SMMUWords {
         load(littleEndian: bytes)
     }
 
-    public func word(_ index: Int) -> UInt64 {
-        switch index {
-        case 0: return words.0
-        case 1: return words.1
-        case 2: return words.2
-        case 3: return words.3
-        case 4: return words.4
-        case 5: return words.5
-        case 6: return words.6
-        default: return words.7
-        }
-    }
+    public func word(_ index: Int) -> UInt64 { words[index] }
 
-    public mutating func setWord(_ index: Int, _ value: UInt64) {
-        switch index {
-        case 0: words.0 = value
-        case 1: words.1 = value
-        case 2: words.2 = value
-        case 3: words.3 = value
-        case 4: words.4 = value
-        case 5: words.5 = value
-        case 6: words.6 = value
-        default: words.7 = value
-        }
-    }
-
-    public static func == (a: Self, b: Self) -> Bool {
-        (0..<wordCount).allSatisfy { a.word($0) == b.word($0) }
-    }
-
-    public func hash(into hasher: inout Hasher) {
-        for i in 0..<Self.wordCount { hasher.combine(word(i)) }
-    }
+    public mutating func setWord(_ index: Int, _ value: UInt64) { words[index] = value }
 
     /// Every STE field that vsmmud reads, declared by word and bit range (`STRTAB_STE_*`).
     public enum Field {

@@ -1,5 +1,6 @@
 import SMMUv3
 import VirtualSMMU
+import VSMMUTestSupport
 
 // The router's cost per command, for 1, 8 and 64 viommus with 4096 devices and 65,536 ASIDs, beside a
 // baseline in the same run that routes ASID-tagged TLBIs with a linear scan of every S1 HWPT (what the
@@ -8,7 +9,7 @@ import VirtualSMMU
 /// The workload: a strict-mode guest's mix, as in `../shared/traces/linux-strict-cmdq.bin` — mostly
 /// TLBI_NH_VA + CMD_SYNC — plus some TLBI_NH_ASID, device-cache invalidations and broadcasts.
 private func makeWorkload(devices: Int, asidsPerDevice: Int, count: Int, seed: UInt64) -> [Command] {
-    var rng = BenchRNG(seed: seed)
+    var rng = SplitMix64(seed: seed)
     var batch: [Command] = []
     batch.reserveCapacity(count)
     let asids = devices * asidsPerDevice
@@ -140,17 +141,6 @@ private func measure(_ workload: [Command], batchSize: Int, minimumCommands: Int
     return best
 }
 
-private struct BenchRNG {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 private func pad(_ s: String, _ width: Int) -> String {
     s.count >= width ? s + " " : s + String(repeating: " ", count: width - s.count)

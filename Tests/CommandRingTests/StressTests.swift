@@ -5,6 +5,7 @@ import Testing
 
 #if canImport(Glibc)
 import Glibc
+import VSMMUTestSupport
 #endif
 
 /// Checks that every producer's commands arrive exactly once and in that producer's order.
@@ -41,8 +42,8 @@ extension StreamVerifier: CommandRingVisitor {
 
 /// Pushes `count` tagged commands for `producer` in random batches of 1...64.
 func produce(producer: Int, count: Int, push: (UnsafeBufferPointer<Command>) throws -> Void,
-             afterBatch: (_ pushed: Int, _ rng: inout SplitMix) throws -> Void = { _, _ in }) rethrows {
-    var rng = SplitMix(seed: UInt64(producer) &+ 0x5EED)
+             afterBatch: (_ pushed: Int, _ rng: inout SplitMix64) throws -> Void = { _, _ in }) rethrows {
+    var rng = SplitMix64(seed: UInt64(producer) &+ 0x5EED)
     var batch: [Command] = []
     batch.reserveCapacity(64)
     var sequence = 0

@@ -6,6 +6,7 @@ import Testing
 
 #if canImport(Glibc)
 import Glibc
+import VSMMUTestSupport
 #endif
 
 /// Commands per producer in the stress tests: `VSMMUD_RING_STRESS_COUNT`, 1,000,000 by default.
@@ -29,18 +30,6 @@ func decodeTag(_ command: Command) -> (producer: Int, sequence: Int)? {
     return (Int(command.w0 >> 48), Int(command.w0 & 0xFFFF_FFFF_FFFF))
 }
 
-/// A deterministic pseudo-random generator (SplitMix64).
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// Starts `body` on a new POSIX thread (not a Swift concurrency task: these threads spin and block).
 func startThread(_ body: @escaping @Sendable () -> Void) throws -> JoinableThread {

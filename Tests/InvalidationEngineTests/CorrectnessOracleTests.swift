@@ -8,6 +8,7 @@ import VirtualSMMU
 
 #if canImport(Glibc)
 import Glibc
+import VSMMUTestSupport
 #endif
 
 /// The end-to-end correctness oracle: a generated guest workload runs through the router, the rings and
@@ -153,11 +154,11 @@ struct GuestWorkload {
     var mapped: [ASID: Set<UInt64>] = [:]  // address space of each ASID: mapped page numbers
     var freeASIDs: [ASID] = []
     var pendingOld: [ASID] = []  // left by a device, not yet invalidated by the guest
-    var rng: Xorshift
+    var rng: SplitMix64
     var report = Report()
 
     init(seed: UInt64, dropRetiringDeliveries: Bool = false) throws {
-        rng = Xorshift(seed: seed)
+        rng = SplitMix64(seed: seed)
         engine = VSMMUEngine(configuration: .init(queue: .init(capacity: 1024, drainPolicy: .inline)))
         var sims: [SimulatedSMMU] = []
         var handles: [ViommuHandle] = []
@@ -368,15 +369,3 @@ struct GuestWorkload {
     }
 }
 
-/// A small deterministic generator.
-struct Xorshift: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed | 1 }
-    mutating func next() -> UInt64 {
-        state ^= state << 13
-        state ^= state >> 7
-        state ^= state << 17
-        return state
-    }
-    mutating func next(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-}

@@ -1,19 +1,9 @@
 @testable import PSMMU
 import Testing
+import VSMMUTestSupport
 
 /// The page-indexed range store behind the TLB and the ATC, against a brute-force list.
 @Suite struct PageIndexedRangesTests {
-    /// SplitMix64: a small deterministic generator, so every run checks the same cases.
-    struct SplitMix64: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
 
     struct Reference {
         var entries: Set<[UInt64]> = []   // [start, shift]
@@ -31,7 +21,7 @@ import Testing
     }
 
     @Test func randomInsertionsLookupsAndRangeRemovalsMatchABruteForceList() {
-        var rng = SplitMix64(state: 0x5EED)
+        var rng = SplitMix64(seed: 0x5EED)
         let shifts: [UInt8] = [12, 12, 12, 14, 16, 21, 30]
         for _ in 0..<40 {
             var store = PageIndexedRanges()

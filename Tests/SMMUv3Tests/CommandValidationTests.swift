@@ -1,5 +1,6 @@
 import SMMUv3
 import Testing
+import VSMMUTestSupport
 
 /// The opcode bytes the reference lists, written out independently of ``Opcode/allDefined``.
 private let referenceOpcodes: Set<UInt8> = [

@@ -1,5 +1,6 @@
 import SMMUv3
 import Testing
+import VSMMUTestSupport
 
 /// One STE + CD pair that the Linux 6.1 guest left in its memory (`traces/linux-*-ste-cd.csv`).
 struct RealStreamConfiguration: Sendable, CustomTestStringConvertible {

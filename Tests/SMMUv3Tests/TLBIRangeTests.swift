@@ -1,5 +1,6 @@
 import SMMUv3
 import Testing
+import VSMMUTestSupport
 
 @Suite("TLBI range arithmetic and CFGI_STE_RANGE coverage")
 struct TLBIRangeTests {

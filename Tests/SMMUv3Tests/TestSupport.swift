@@ -1,5 +1,6 @@
 import Foundation
 import SMMUv3
+import VSMMUTestSupport
 
 // Helpers shared by the SMMUv3 tests. Nothing here calls the code under test to produce an expected
 // value: byte layouts and random inputs are built independently.
@@ -20,18 +21,6 @@ func hex(_ value: UInt64) -> String {
     return "0x" + String(repeating: "0", count: max(0, 16 - digits.count)) + digits
 }
 
-/// SplitMix64: a tiny deterministic generator, so that "random" tests replay identically in CI.
-struct SplitMix64: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 // MARK: - The shared folder (reference traces)
 

@@ -1,6 +1,7 @@
 import Testing
 import SMMUv3
 @testable import VirtualSMMU
+import VSMMUTestSupport
 
 @Suite struct DeviceTableTests {
     @Test func aStreamIDIsRegisteredOnceOnTheWholeVSMMU() throws {

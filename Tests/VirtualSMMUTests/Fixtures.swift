@@ -1,5 +1,6 @@
 import SMMUv3
 @testable import VirtualSMMU
+import VSMMUTestSupport
 
 /// A translating guest STE (V=1, CONFIG=S1_TRANS, linear CD table at `cdTable`, 2^cdMax CDs) shaped
 /// like the ones the Linux guest in `../shared/traces` wrote.
@@ -44,15 +45,3 @@ extension RoutedBatch {
 
 let v0 = ViommuIndex(0), v1 = ViommuIndex(1), v2 = ViommuIndex(2)
 
-/// A small deterministic generator (SplitMix64) so that randomised tests replay the same way every run.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

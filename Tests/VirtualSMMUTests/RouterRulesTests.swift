@@ -1,6 +1,7 @@
 import Testing
 import SMMUv3
 @testable import VirtualSMMU
+import VSMMUTestSupport
 
 @Suite struct RouterRulesTests {
     func linked() throws -> VSMMU {
