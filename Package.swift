@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "PSMMU", targets: ["PSMMU"]),
         .library(name: "IOMMUFD", targets: ["IOMMUFD"]),
         .library(name: "InvalidationEngine", targets: ["InvalidationEngine"]),
+        .library(name: "VSMMUProtocol", targets: ["VSMMUProtocol"]),
         .executable(name: "vsmmud-bench", targets: ["vsmmud-bench"]),
     ],
     dependencies: [
@@ -39,6 +40,8 @@ let package = Package(
         ),
         // Router → per-viommu rings → drain → backends → sync completion: the vSMMU's data path.
         .target(name: "InvalidationEngine", dependencies: ["SMMUv3", "VirtualSMMU", "CommandRing", "PSMMU"]),
+        // The wire format between VMMs and the daemon: frames and messages. Pure, shared by daemon and clients.
+        .target(name: "VSMMUProtocol", dependencies: ["SMMUv3"]),
         // What tests, workload generators and benchmarks share: a deterministic random generator.
         .target(name: "VSMMUTestSupport"),
         // Release-mode benchmarks, each beside its baseline measured in the same run.
@@ -57,6 +60,7 @@ let package = Package(
         .testTarget(name: "CommandRingTests", dependencies: ["CommandRing", "SMMUv3", "VSMMUTestSupport"]),
         .testTarget(name: "PSMMUTests", dependencies: ["PSMMU", "SMMUv3", "VSMMUTestSupport"]),
         .testTarget(name: "IOMMUFDTests", dependencies: ["IOMMUFD", "CIOMMUFD", "PSMMU", "SMMUv3"]),
+        .testTarget(name: "VSMMUProtocolTests", dependencies: ["VSMMUProtocol", "SMMUv3", "VSMMUTestSupport"]),
         .testTarget(
             name: "InvalidationEngineTests",
             dependencies: ["InvalidationEngine", "VirtualSMMU", "CommandRing", "PSMMU", "SMMUv3", "VSMMUTestSupport"]

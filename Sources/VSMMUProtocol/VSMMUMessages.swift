@@ -1,0 +1,325 @@
+import SMMUv3
+
+// The requests that build and tear down a vSMMU (PROTOCOL.md §5.2-5.10) and their replies.
+
+/// CREATE_VSMMU (`struct vsmmu_create_vsmmu`, 72 bytes). Reply: ``VSMMUCreated``.
+public struct CreateVSMMU: Hashable, Sendable {
+    /// A label for admin listings (e.g. the VM's name), at most 64 UTF-8 bytes; may be empty.
+    public var name: String
+    public init(name: String = "") { self.name = name }
+}
+
+extension CreateVSMMU: PayloadCoding {
+    static let fixedLength = 72
+    init(from r: inout WireReader) throws(ProtocolError) {
+        _ = try r.flags32()
+        try r.reserved32()
+        self.init(name: try r.name())
+    }
+    func encode(to w: inout WireWriter) throws(ProtocolError) {
+        w.u32(0)
+        w.u32(0)
+        try w.name(name)
+    }
+}
+
+/// CREATE_VSMMU's reply (`struct vsmmu_create_vsmmu_reply`, 8 bytes).
+public struct VSMMUCreated: Hashable, Sendable {
+    public var vsmmu: VSMMUID
+    public init(vsmmu: VSMMUID) { self.vsmmu = vsmmu }
+}
+
+extension VSMMUCreated: PayloadCoding {
+    static let fixedLength = 8
+    init(from r: inout WireReader) throws(ProtocolError) {
+        let id = r.u32()
+        guard id != 0 else { throw .badField(r.type, offset: 0, value: 0, "vsmmu_id 0 is never assigned") }
+        try r.reserved32()
+        self.init(vsmmu: VSMMUID(id))
+    }
+    func encode(to w: inout WireWriter) throws(ProtocolError) {
+        guard vsmmu.rawValue != 0 else { throw .badField(w.type, offset: 0, value: 0, "vsmmu_id 0 is never assigned") }
+        w.u32(vsmmu.rawValue)
+        w.u32(0)
+    }
+}
+
+/// DESTROY_VSMMU (`struct vsmmu_destroy_vsmmu`, 8 bytes): the vSMMU and everything under it. Reply: empty.
+public struct DestroyVSMMU: Hashable, Sendable {
+    public var vsmmu: VSMMUID
+    public init(vsmmu: VSMMUID) { self.vsmmu = vsmmu }
+}
+
+extension DestroyVSMMU: PayloadCoding {
+    static let fixedLength = 8
+    init(from r: inout WireReader) throws(ProtocolError) {
+        let id = r.u32()
+        try r.reserved32()
+        self.init(vsmmu: VSMMUID(id))
+    }
+    func encode(to w: inout WireWriter) throws(ProtocolError) {
+        w.u32(vsmmu.rawValue)
+        w.u32(0)
+    }
+}
+
+/// ATTACH_VIOMMU (`struct vsmmu_attach_viommu`, 80 bytes): a viommu on a named pSMMU. Reply: ``ViommuAttached``.
+public struct AttachViommu: Hashable, Sendable {
+    public var vsmmu: VSMMUID
+    /// The pSMMU's name as the daemon knows it; not empty, at most 64 UTF-8 bytes.
+    public var pSMMU: String
+    /// A device behind the pSMMU, bound to the VMM's iommufd (`dev_id`): the viommu is allocated through it.
+    public var hostDeviceID: UInt32
+    /// The VM's nest-parent (stage-2) HWPT on that pSMMU, in the VMM's iommufd.
+    public var nestParentHWPT: UInt32
+    /// Whether the frame carries the VMM's iommufd (`VSMMU_FRAME_FD_ATTACHED`); the fd itself travels
+    /// in the `sendmsg`'s `SCM_RIGHTS`, outside the codec.
+    public var fileDescriptorAttached: Bool
+
+    public init(vsmmu: VSMMUID, pSMMU: String, hostDeviceID: UInt32, nestParentHWPT: UInt32,
+                fileDescriptorAttached: Bool = false) {
+        self.vsmmu = vsmmu
+        self.pSMMU = pSMMU
+        self.hostDeviceID = hostDeviceID
+        self.nestParentHWPT = nestParentHWPT
+        self.fileDescriptorAttached = fileDescriptorAttached
+    }
+}
+
+extension AttachViommu: PayloadCoding {
+    static let fixedLength = 80
+    init(from r: inout WireReader) throws(ProtocolError) {
+        let id = r.u32(), device = r.u32(), hwpt = r.u32()
+        try r.reserved32()
+        let name = try r.name()
+        guard !name.isEmpty else { throw .badField(r.type, offset: 16, value: 0, "psmmu name is empty") }
+        // The flag is the frame's; ``Request`` sets it.
+        self.init(vsmmu: VSMMUID(id), pSMMU: name, hostDeviceID: device, nestParentHWPT: hwpt)
+    }
+    func encode(to w: inout WireWriter) throws(ProtocolError) {
+        w.u32(vsmmu.rawValue)
+        w.u32(hostDeviceID)
+        w.u32(nestParentHWPT)
+        w.u32(0)
+        guard !pSMMU.isEmpty else { throw .badField(w.type, offset: 16, value: 0, "psmmu name is empty") }
+        try w.name(pSMMU)
+    }
+}
+
+/// ATTACH_VIOMMU's reply (`struct vsmmu_attach_viommu_reply`, 8 bytes).
+public struct ViommuAttached: Hashable, Sendable {
+    /// The viommu's index in the vSMMU, 0-63.
+    public var viommu: UInt32
+    /// The backend's id of the viommu (iommufd viommu object id); informational.
+    public var backendViommuID: UInt32
+    public init(viommu: UInt32, backendViommuID: UInt32) {
+        self.viommu = viommu
+        self.backendViommuID = backendViommuID
+    }
+}
+
+extension ViommuAttached: PayloadCoding {
+    static let fixedLength = 8
+    init(from r: inout WireReader) throws(ProtocolError) {
+        let index = r.u32()
+        guard index < WireProtocol.maximumViommus else {
+            throw .badField(r.type, offset: 0, value: UInt64(index), "viommu index \(index) is not below \(WireProtocol.maximumViommus)")
+        }
+        self.init(viommu: index, backendViommuID: r.u32())
+    }
+    func encode(to w: inout WireWriter) throws(ProtocolError) {
+        guard viommu < WireProtocol.maximumViommus else {
+            throw .badField(w.type, offset: 0, value: UInt64(viommu), "viommu index \(viommu) is not below \(WireProtocol.maximumViommus)")
+        }
+        w.u32(viommu)
+        w.u32(backendViommuID)
+    }
+}
+
+/// DETACH_VIOMMU (`struct vsmmu_detach_viommu`, 8 bytes). Reply: empty.
+public struct DetachViommu: Hashable, Sendable {
+    public var vsmmu: VSMMUID
+    public var viommu: UInt32
+    public init(vsmmu: VSMMUID, viommu: UInt32) {
+        self.vsmmu = vsmmu
+        self.viommu = viommu
+    }
+}
+
+extension DetachViommu: PayloadCoding {
+    static let fixedLength = 8
+    init(from r: inout WireReader) throws(ProtocolError) {
+        self.init(vsmmu: VSMMUID(r.u32()), viommu: r.u32())
+    }
+    func encode(to w: inout WireWriter) throws(ProtocolError) {
+        w.u32(vsmmu.rawValue)
+        w.u32(viommu)
+    }
+}
+
+/// SET_DEV_ID and UNSET_DEV_ID (`struct vsmmu_dev_id`, 16 bytes): a device's vSID behind a viommu.
+/// Reply: empty.
+public struct DeviceRegistration: Hashable, Sendable {
+    public var vsmmu: VSMMUID
+    /// The viommu the device sits behind.
+    public var viommu: UInt32
+    /// The device's iommufd `dev_id`.
+    public var hostDeviceID: UInt32
+    /// The guest's StreamID for the device.
+    public var streamID: StreamID
+
+    public init(vsmmu: VSMMUID, viommu: UInt32, hostDeviceID: UInt32, streamID: StreamID) {
+        self.vsmmu = vsmmu
+        self.viommu = viommu
+        self.hostDeviceID = hostDeviceID
+        self.streamID = streamID
+    }
+}
+
+extension DeviceRegistration: PayloadCoding {
+    static let fixedLength = 16
+    init(from r: inout WireReader) throws(ProtocolError) {
+        self.init(vsmmu: VSMMUID(r.u32()), viommu: r.u32(), hostDeviceID: r.u32(), streamID: r.u32())
+    }
+    func encode(to w: inout WireWriter) throws(ProtocolError) {
+        w.u32(vsmmu.rawValue)
+        w.u32(viommu)
+        w.u32(hostDeviceID)
+        w.u32(streamID)
+    }
+}
+
+/// LINK_STE (`struct vsmmu_link_ste`, 80 + 64 × `cd_count` bytes): a guest STE and the CDs of its
+/// table, CD *i* being SSID *i*. Reply: ``HWPTLinked``.
+public struct LinkSTE: Hashable, Sendable {
+    public var vsmmu: VSMMUID
+    public var streamID: StreamID
+    public var ste: StreamTableEntry
+    public var contextDescriptors: [ContextDescriptor]
+
+    public init(vsmmu: VSMMUID, streamID: StreamID, ste: StreamTableEntry, contextDescriptors: [ContextDescriptor] = []) {
+        self.vsmmu = vsmmu
+        self.streamID = streamID
+        self.ste = ste
+        self.contextDescriptors = contextDescriptors
+    }
+}
+
+extension LinkSTE: PayloadCoding {
+    static let fixedLength = 80
+    static func requiredLength(_ payload: [UInt8]) -> UInt64 {
+        requiredLength(payload, countAt: 8, elementSize: ContextDescriptor.byteCount)
+    }
+    init(from r: inout WireReader) throws(ProtocolError) {
+        let id = r.u32(), sid = r.u32(), count = Int(r.u32())
+        try r.reserved32()
+        var ste = StreamTableEntry()
+        r.words(into: &ste)
+        var cds: [ContextDescriptor] = []
+        cds.reserveCapacity(min(count, r.remaining / ContextDescriptor.byteCount))
+        for _ in 0..<count where r.remaining >= ContextDescriptor.byteCount {
+            var cd = ContextDescriptor()
+            r.words(into: &cd)
+            cds.append(cd)
+        }
+        self.init(vsmmu: VSMMUID(id), streamID: sid, ste: ste, contextDescriptors: cds)
+    }
+    func encode(to w: inout WireWriter) throws(ProtocolError) {
+        w.u32(vsmmu.rawValue)
+        w.u32(streamID)
+        w.u32(UInt32(clamping: contextDescriptors.count))
+        w.u32(0)
+        w.words(ste)
+        for cd in contextDescriptors { w.words(cd) }
+    }
+}
+
+/// The reply of LINK_STE and UPDATE_CD (`struct vsmmu_hwpt_reply`, 8 bytes): the stage-1 HWPT now
+/// serving the vSID.
+public struct HWPTLinked: Hashable, Sendable {
+    /// The vSMMU's id of the S1 HWPT, `nil` when the STE does not translate (0 on the wire).
+    public var s1HWPT: UInt32?
+    /// Whether this request created the HWPT (`VSMMU_HWPT_NEW`).
+    public var isNew: Bool
+
+    public init(s1HWPT: UInt32?, isNew: Bool) {
+        self.s1HWPT = s1HWPT
+        self.isNew = isNew
+    }
+
+    /// `VSMMU_HWPT_NEW`.
+    static let newFlag: UInt32 = 0x1
+}
+
+extension HWPTLinked: PayloadCoding {
+    static let fixedLength = 8
+    init(from r: inout WireReader) throws(ProtocolError) {
+        let id = r.u32()
+        let flags = try r.flags32(known: Self.newFlag)
+        guard id != 0 || flags == 0 else {
+            throw .badField(r.type, offset: 4, value: UInt64(flags), "VSMMU_HWPT_NEW without an HWPT")
+        }
+        self.init(s1HWPT: id == 0 ? nil : id, isNew: flags & Self.newFlag != 0)
+    }
+    func encode(to w: inout WireWriter) throws(ProtocolError) {
+        guard s1HWPT != 0, s1HWPT != nil || !isNew else {
+            throw .badField(w.type, offset: 0, value: UInt64(s1HWPT ?? 0), "an HWPT id is never 0; a new HWPT needs an id")
+        }
+        w.u32(s1HWPT ?? 0)
+        w.u32(isNew ? Self.newFlag : 0)
+    }
+}
+
+/// UNLINK_STE (`struct vsmmu_unlink_ste`, 8 bytes). Reply: empty.
+public struct UnlinkSTE: Hashable, Sendable {
+    public var vsmmu: VSMMUID
+    public var streamID: StreamID
+    public init(vsmmu: VSMMUID, streamID: StreamID) {
+        self.vsmmu = vsmmu
+        self.streamID = streamID
+    }
+}
+
+extension UnlinkSTE: PayloadCoding {
+    static let fixedLength = 8
+    init(from r: inout WireReader) throws(ProtocolError) {
+        self.init(vsmmu: VSMMUID(r.u32()), streamID: r.u32())
+    }
+    func encode(to w: inout WireWriter) throws(ProtocolError) {
+        w.u32(vsmmu.rawValue)
+        w.u32(streamID)
+    }
+}
+
+/// UPDATE_CD (`struct vsmmu_update_cd`, 80 bytes): one rewritten CD. Reply: ``HWPTLinked``.
+public struct UpdateCD: Hashable, Sendable {
+    public var vsmmu: VSMMUID
+    public var streamID: StreamID
+    public var substreamID: SubstreamID
+    public var contextDescriptor: ContextDescriptor
+
+    public init(vsmmu: VSMMUID, streamID: StreamID, substreamID: SubstreamID, contextDescriptor: ContextDescriptor) {
+        self.vsmmu = vsmmu
+        self.streamID = streamID
+        self.substreamID = substreamID
+        self.contextDescriptor = contextDescriptor
+    }
+}
+
+extension UpdateCD: PayloadCoding {
+    static let fixedLength = 80
+    init(from r: inout WireReader) throws(ProtocolError) {
+        let id = r.u32(), sid = r.u32(), ssid = r.u32()
+        try r.reserved32()
+        var cd = ContextDescriptor()
+        r.words(into: &cd)
+        self.init(vsmmu: VSMMUID(id), streamID: sid, substreamID: ssid, contextDescriptor: cd)
+    }
+    func encode(to w: inout WireWriter) throws(ProtocolError) {
+        w.u32(vsmmu.rawValue)
+        w.u32(streamID)
+        w.u32(substreamID)
+        w.u32(0)
+        w.words(contextDescriptor)
+    }
+}

@@ -1,0 +1,519 @@
+/*
+ * check_vectors.c — checks the golden frames of protocol/vectors against the C structures of vsmmu.h.
+ *
+ *   cc -std=c11 -Wall -Wextra -Werror -I protocol -o check_vectors protocol/vectors/check_vectors.c
+ *   ./check_vectors protocol/vectors/ *.hex
+ *
+ * For every file (one frame, hex digits, '#' comments; PROTOCOL.md §7):
+ *   - the frame is 16 + header.payload_length bytes (or just a header announcing a frame over
+ *     VSMMU_MAX_FRAME_SIZE, for an expected FRAME_TOO_LARGE);
+ *   - the payload length is what the C structures say for the type (fixed part + count × element size,
+ *     counts read through the structures), and the flags are allowed for the type;
+ *   - every "#! name = value" assertion holds when the bytes are read through the struct member the
+ *     name designates (offsetof/sizeof of vsmmu.h);
+ *   - "#! expect_error = N" frames are refused by the §2.2 framing checks with exactly code N.
+ * Prints one line per vector and a summary; exits 1 on any failure.
+ */
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "vsmmu.h"
+
+#define HDR ((uint32_t)sizeof(struct vsmmu_frame_header))
+#define MAX_BYTES (64 * 1024)
+
+/* ---- Field table: every assertion name maps to a struct member ---------------------------------- */
+
+enum base { AT_FRAME, AT_PAYLOAD, AT_ELEMENT, AT_MESSAGE };
+
+struct field {
+	const char *name;
+	enum base base;
+	size_t offset; /* from the frame, the payload, or the element */
+	size_t size;
+	size_t item;   /* element size of an array member (e.g. 8 for w[]), 0 for scalars and names */
+	int is_name;   /* char[VSMMU_NAME_SIZE] */
+	size_t stride; /* AT_ELEMENT: sizeof the element struct */
+};
+
+#define MEMBER_SIZE(st, m) sizeof(((struct st *)0)->m)
+#define HEADER(n, m) { "header." n, AT_FRAME, offsetof(struct vsmmu_frame_header, m), MEMBER_SIZE(vsmmu_frame_header, m), 0, 0, 0 }
+#define P(prefix, st, m) { prefix "." #m, AT_PAYLOAD, offsetof(struct st, m), MEMBER_SIZE(st, m), 0, 0, 0 }
+#define PNAME(prefix, st, m) { prefix "." #m, AT_PAYLOAD, offsetof(struct st, m), MEMBER_SIZE(st, m), 0, 1, 0 }
+#define PWORDS(name, st, m) { name, AT_PAYLOAD, offsetof(struct st, m), MEMBER_SIZE(st, m), 8, 0, 0 }
+#define EL(prefix, st, m) { prefix "[]." #m, AT_ELEMENT, offsetof(struct st, m), MEMBER_SIZE(st, m), 0, 0, sizeof(struct st) }
+#define ELNAME(prefix, st, m) { prefix "[]." #m, AT_ELEMENT, offsetof(struct st, m), MEMBER_SIZE(st, m), 0, 1, sizeof(struct st) }
+#define ELWORDS(prefix, st) { prefix "[].w", AT_ELEMENT, offsetof(struct st, w), MEMBER_SIZE(st, w), 8, 0, sizeof(struct st) }
+#define MSG(prefix, st) { prefix ".message", AT_MESSAGE, sizeof(struct st), 0, 0, 0, 0 }
+
+static const struct field fields[] = {
+	HEADER("payload_length", payload_length), HEADER("type", type), HEADER("flags", flags),
+	HEADER("request_id", request_id),
+
+	P("error", vsmmu_error, code), P("error", vsmmu_error, request_type), P("error", vsmmu_error, message_length),
+	P("error", vsmmu_error, detail), P("error", vsmmu_error, reserved), P("error", vsmmu_error, value),
+	MSG("error", vsmmu_error),
+
+	P("hello", vsmmu_hello, magic), P("hello", vsmmu_hello, min_version), P("hello", vsmmu_hello, max_version),
+	P("hello", vsmmu_hello, pid), P("hello", vsmmu_hello, reserved), PNAME("hello", vsmmu_hello, client_name),
+
+	P("hello_reply", vsmmu_hello_reply, magic), P("hello_reply", vsmmu_hello_reply, version),
+	P("hello_reply", vsmmu_hello_reply, reserved), P("hello_reply", vsmmu_hello_reply, max_frame_size),
+	P("hello_reply", vsmmu_hello_reply, max_commands), P("hello_reply", vsmmu_hello_reply, max_vsmmus),
+	P("hello_reply", vsmmu_hello_reply, max_viommus), P("hello_reply", vsmmu_hello_reply, max_context_descriptors),
+	P("hello_reply", vsmmu_hello_reply, server_pid), PNAME("hello_reply", vsmmu_hello_reply, server_name),
+
+	P("create_vsmmu", vsmmu_create_vsmmu, flags), P("create_vsmmu", vsmmu_create_vsmmu, reserved),
+	PNAME("create_vsmmu", vsmmu_create_vsmmu, name),
+	P("create_vsmmu_reply", vsmmu_create_vsmmu_reply, vsmmu_id), P("create_vsmmu_reply", vsmmu_create_vsmmu_reply, reserved),
+	P("destroy_vsmmu", vsmmu_destroy_vsmmu, vsmmu_id), P("destroy_vsmmu", vsmmu_destroy_vsmmu, reserved),
+
+	P("attach_viommu", vsmmu_attach_viommu, vsmmu_id), P("attach_viommu", vsmmu_attach_viommu, host_device_id),
+	P("attach_viommu", vsmmu_attach_viommu, nest_parent_hwpt_id), P("attach_viommu", vsmmu_attach_viommu, reserved),
+	PNAME("attach_viommu", vsmmu_attach_viommu, psmmu),
+	P("attach_viommu_reply", vsmmu_attach_viommu_reply, viommu),
+	P("attach_viommu_reply", vsmmu_attach_viommu_reply, backend_viommu_id),
+	P("detach_viommu", vsmmu_detach_viommu, vsmmu_id), P("detach_viommu", vsmmu_detach_viommu, viommu),
+
+	P("dev_id", vsmmu_dev_id, vsmmu_id), P("dev_id", vsmmu_dev_id, viommu), P("dev_id", vsmmu_dev_id, host_device_id),
+	P("dev_id", vsmmu_dev_id, vsid),
+
+	P("link_ste", vsmmu_link_ste, vsmmu_id), P("link_ste", vsmmu_link_ste, vsid), P("link_ste", vsmmu_link_ste, cd_count),
+	P("link_ste", vsmmu_link_ste, reserved), PWORDS("link_ste.ste.w", vsmmu_link_ste, ste.w),
+	ELWORDS("cd", vsmmu_cd),
+	P("hwpt_reply", vsmmu_hwpt_reply, s1_hwpt_id), P("hwpt_reply", vsmmu_hwpt_reply, flags),
+	P("unlink_ste", vsmmu_unlink_ste, vsmmu_id), P("unlink_ste", vsmmu_unlink_ste, vsid),
+	P("update_cd", vsmmu_update_cd, vsmmu_id), P("update_cd", vsmmu_update_cd, vsid), P("update_cd", vsmmu_update_cd, ssid),
+	P("update_cd", vsmmu_update_cd, reserved), PWORDS("update_cd.cd.w", vsmmu_update_cd, cd.w),
+
+	P("invalidate", vsmmu_invalidate, vsmmu_id), P("invalidate", vsmmu_invalidate, command_count),
+	P("invalidate", vsmmu_invalidate, flags), P("invalidate", vsmmu_invalidate, reserved),
+	ELWORDS("command", vsmmu_command),
+	P("invalidate_reply", vsmmu_invalidate_reply, consumed), P("invalidate_reply", vsmmu_invalidate_reply, error_index),
+	P("invalidate_reply", vsmmu_invalidate_reply, syncs_completed), P("invalidate_reply", vsmmu_invalidate_reply, cerror),
+	P("invalidate_reply", vsmmu_invalidate_reply, reserved), P("invalidate_reply", vsmmu_invalidate_reply, message_length),
+	MSG("invalidate_reply", vsmmu_invalidate_reply),
+
+	P("stats", vsmmu_stats, vsmmu_id), P("stats", vsmmu_stats, reserved),
+	P("stats_reply", vsmmu_stats_reply, entry_count), P("stats_reply", vsmmu_stats_reply, reserved),
+	EL("stat_entry", vsmmu_stat_entry, vsmmu_id), EL("stat_entry", vsmmu_stat_entry, viommu),
+	EL("stat_entry", vsmmu_stat_entry, key), EL("stat_entry", vsmmu_stat_entry, value),
+
+	P("list", vsmmu_list, vsmmu_id), P("list", vsmmu_list, kind), P("list", vsmmu_list, reserved),
+	P("list", vsmmu_list, start), P("list", vsmmu_list, max_entries),
+	P("list_reply", vsmmu_list_reply, kind), P("list_reply", vsmmu_list_reply, entry_size),
+	P("list_reply", vsmmu_list_reply, count), P("list_reply", vsmmu_list_reply, total), P("list_reply", vsmmu_list_reply, start),
+	EL("list_vsmmu", vsmmu_list_vsmmu, vsmmu_id), EL("list_vsmmu", vsmmu_list_vsmmu, owner_pid),
+	EL("list_vsmmu", vsmmu_list_vsmmu, owner_uid), EL("list_vsmmu", vsmmu_list_vsmmu, viommu_count),
+	EL("list_vsmmu", vsmmu_list_vsmmu, device_count), EL("list_vsmmu", vsmmu_list_vsmmu, hwpt_count),
+	EL("list_vsmmu", vsmmu_list_vsmmu, asid_count), EL("list_vsmmu", vsmmu_list_vsmmu, reserved),
+	ELNAME("list_vsmmu", vsmmu_list_vsmmu, name),
+	EL("list_viommu", vsmmu_list_viommu, vsmmu_id), EL("list_viommu", vsmmu_list_viommu, viommu),
+	EL("list_viommu", vsmmu_list_viommu, backend_viommu_id), EL("list_viommu", vsmmu_list_viommu, device_count),
+	ELNAME("list_viommu", vsmmu_list_viommu, psmmu),
+	EL("list_device", vsmmu_list_device, vsmmu_id), EL("list_device", vsmmu_list_device, vsid),
+	EL("list_device", vsmmu_list_device, viommu), EL("list_device", vsmmu_list_device, host_device_id),
+	EL("list_device", vsmmu_list_device, s1_hwpt_id), EL("list_device", vsmmu_list_device, flags),
+	EL("list_hwpt", vsmmu_list_hwpt, vsmmu_id), EL("list_hwpt", vsmmu_list_hwpt, s1_hwpt_id),
+	EL("list_hwpt", vsmmu_list_hwpt, vsid), EL("list_hwpt", vsmmu_list_hwpt, viommu),
+	EL("list_hwpt", vsmmu_list_hwpt, backend_hwpt_id), EL("list_hwpt", vsmmu_list_hwpt, asid_count),
+	EL("list_asid", vsmmu_list_asid, vsmmu_id), EL("list_asid", vsmmu_list_asid, asid),
+	EL("list_asid", vsmmu_list_asid, hwpt_count), EL("list_asid", vsmmu_list_asid, target_mask),
+	EL("list_asid", vsmmu_list_asid, retiring_mask),
+
+	P("health_reply", vsmmu_health_reply, status), P("health_reply", vsmmu_health_reply, connection_count),
+	P("health_reply", vsmmu_health_reply, vsmmu_count), P("health_reply", vsmmu_health_reply, psmmu_count),
+	P("health_reply", vsmmu_health_reply, uptime_ns), P("health_reply", vsmmu_health_reply, server_pid),
+	P("health_reply", vsmmu_health_reply, reserved),
+	EL("psmmu_health", vsmmu_psmmu_health, status), EL("psmmu_health", vsmmu_psmmu_health, backend),
+	EL("psmmu_health", vsmmu_psmmu_health, viommu_count), EL("psmmu_health", vsmmu_psmmu_health, reserved),
+	ELNAME("psmmu_health", vsmmu_psmmu_health, name),
+};
+
+/* ---- Lengths by type, from the structures -------------------------------------------------------- */
+
+static uint64_t rd(const unsigned char *p, size_t n)
+{
+	uint64_t v = 0;
+	for (size_t i = 0; i < n; i++)
+		v |= (uint64_t)p[i] << (8 * i);
+	return v;
+}
+
+/* Size of the fixed part of a frame's payload (where trailing arrays and messages start); -1 if unknown. */
+static int64_t fixed_part(uint16_t type)
+{
+	switch (type) {
+	case VSMMU_MSG_ERROR: return sizeof(struct vsmmu_error);
+	case VSMMU_MSG_HELLO_REPLY: return sizeof(struct vsmmu_hello_reply);
+	case VSMMU_MSG_CREATE_VSMMU_REPLY: return sizeof(struct vsmmu_create_vsmmu_reply);
+	case VSMMU_MSG_ATTACH_VIOMMU_REPLY: return sizeof(struct vsmmu_attach_viommu_reply);
+	case VSMMU_MSG_LINK_STE_REPLY:
+	case VSMMU_MSG_UPDATE_CD_REPLY: return sizeof(struct vsmmu_hwpt_reply);
+	case VSMMU_MSG_DESTROY_VSMMU_REPLY:
+	case VSMMU_MSG_DETACH_VIOMMU_REPLY:
+	case VSMMU_MSG_SET_DEV_ID_REPLY:
+	case VSMMU_MSG_UNSET_DEV_ID_REPLY:
+	case VSMMU_MSG_UNLINK_STE_REPLY: return 0;
+	case VSMMU_MSG_INVALIDATE_REPLY: return sizeof(struct vsmmu_invalidate_reply);
+	case VSMMU_MSG_STATS_REPLY: return sizeof(struct vsmmu_stats_reply);
+	case VSMMU_MSG_LIST_REPLY: return sizeof(struct vsmmu_list_reply);
+	case VSMMU_MSG_HEALTH_REPLY: return sizeof(struct vsmmu_health_reply);
+	case VSMMU_MSG_LINK_STE: return sizeof(struct vsmmu_link_ste);
+	case VSMMU_MSG_INVALIDATE: return sizeof(struct vsmmu_invalidate);
+	default: {
+		unsigned char none[1] = { 0 };
+		return vsmmu_request_payload_length(type, none, 0);
+	}
+	}
+}
+
+static size_t list_entry_size(uint16_t kind)
+{
+	switch (kind) {
+	case VSMMU_LIST_VSMMUS: return sizeof(struct vsmmu_list_vsmmu);
+	case VSMMU_LIST_VIOMMUS: return sizeof(struct vsmmu_list_viommu);
+	case VSMMU_LIST_DEVICES: return sizeof(struct vsmmu_list_device);
+	case VSMMU_LIST_HWPTS: return sizeof(struct vsmmu_list_hwpt);
+	case VSMMU_LIST_ASIDS: return sizeof(struct vsmmu_list_asid);
+	default: return 0;
+	}
+}
+
+/* The payload length a reply needs, read through its structure; -1 for an unknown type. */
+static int64_t reply_payload_length(uint16_t type, const unsigned char *p, uint32_t len)
+{
+	int64_t fixed = fixed_part(type);
+	if (fixed < 0 || len < (uint64_t)fixed)
+		return fixed;
+	switch (type) {
+	case VSMMU_MSG_ERROR: {
+		struct vsmmu_error e;
+		memcpy(&e, p, sizeof e);
+		return fixed + e.message_length;
+	}
+	case VSMMU_MSG_INVALIDATE_REPLY: {
+		struct vsmmu_invalidate_reply r;
+		memcpy(&r, p, sizeof r);
+		return fixed + r.message_length;
+	}
+	case VSMMU_MSG_STATS_REPLY: {
+		struct vsmmu_stats_reply r;
+		memcpy(&r, p, sizeof r);
+		return fixed + (int64_t)r.entry_count * (int64_t)sizeof(struct vsmmu_stat_entry);
+	}
+	case VSMMU_MSG_LIST_REPLY: {
+		struct vsmmu_list_reply r;
+		memcpy(&r, p, sizeof r);
+		size_t size = list_entry_size(r.kind);
+		if (size == 0 || size != r.entry_size)
+			return -1;
+		return fixed + (int64_t)r.count * (int64_t)size;
+	}
+	case VSMMU_MSG_HEALTH_REPLY: {
+		struct vsmmu_health_reply r;
+		memcpy(&r, p, sizeof r);
+		return fixed + (int64_t)r.psmmu_count * (int64_t)sizeof(struct vsmmu_psmmu_health);
+	}
+	default: return fixed;
+	}
+}
+
+/* The first §2.2 framing check the frame fails (1, 3, 4, 8, 7), a HELLO field check (8), or 0. */
+static unsigned framing_error(const unsigned char *frame, size_t n)
+{
+	struct vsmmu_frame_header h;
+	memcpy(&h, frame, sizeof h);
+	if ((uint64_t)HDR + h.payload_length > VSMMU_MAX_FRAME_SIZE)
+		return VSMMU_ERR_FRAME_TOO_LARGE;
+	if (n != (size_t)HDR + h.payload_length)
+		return VSMMU_ERR_TRUNCATED_FRAME;
+	const unsigned char *payload = frame + HDR;
+	int64_t need = vsmmu_request_payload_length(h.type, payload, h.payload_length);
+	if (need < 0)
+		return VSMMU_ERR_UNKNOWN_MESSAGE_TYPE;
+	if (need != (int64_t)h.payload_length)
+		return VSMMU_ERR_BAD_PAYLOAD_LENGTH;
+	if (h.flags & VSMMU_FRAME_RESERVED_FLAGS)
+		return VSMMU_ERR_BAD_FIELD;
+	if ((h.flags & VSMMU_FRAME_FD_ATTACHED) && h.type != VSMMU_MSG_ATTACH_VIOMMU)
+		return VSMMU_ERR_BAD_FILE_DESCRIPTOR;
+	if (h.type == VSMMU_MSG_HELLO) {
+		struct vsmmu_hello hello;
+		memcpy(&hello, payload, sizeof hello);
+		if (hello.magic != VSMMU_MAGIC || hello.min_version == 0 || hello.min_version > hello.max_version)
+			return VSMMU_ERR_BAD_FIELD;
+	}
+	return 0;
+}
+
+/* ---- Vector files -------------------------------------------------------------------------------- */
+
+struct assertion {
+	char name[96];
+	char value[1100];
+};
+
+struct vector {
+	unsigned char bytes[MAX_BYTES];
+	size_t count;
+	struct assertion asserts[256];
+	int nasserts;
+	long expect_error; /* -1: none */
+};
+
+static int hexval(int c)
+{
+	if (c >= '0' && c <= '9') return c - '0';
+	if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+	return -1;
+}
+
+static char *trim(char *s)
+{
+	while (*s == ' ' || *s == '\t') s++;
+	char *e = s + strlen(s);
+	while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n')) *--e = 0;
+	return s;
+}
+
+static int load(const char *path, struct vector *v)
+{
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		printf("FAIL %s: cannot open\n", path);
+		return -1;
+	}
+	char line[4096];
+	int pending = -1, lineno = 0;
+	v->count = 0;
+	v->nasserts = 0;
+	v->expect_error = -1;
+	while (fgets(line, sizeof line, f)) {
+		lineno++;
+		if (line[0] == '#' && line[1] == '!') {
+			char *eq = strchr(line + 2, '=');
+			if (!eq || v->nasserts == 256) {
+				printf("FAIL %s:%d: bad assertion\n", path, lineno);
+				fclose(f);
+				return -1;
+			}
+			*eq = 0;
+			char *name = trim(line + 2), *value = trim(eq + 1);
+			if (strcmp(name, "expect_error") == 0) {
+				v->expect_error = strtol(value, NULL, 0);
+				continue;
+			}
+			struct assertion *a = &v->asserts[v->nasserts++];
+			snprintf(a->name, sizeof a->name, "%s", name);
+			snprintf(a->value, sizeof a->value, "%s", value);
+			continue;
+		}
+		char *hash = strchr(line, '#');
+		if (hash) *hash = 0;
+		for (char *c = line; *c; c++) {
+			if (*c == ' ' || *c == '\t' || *c == '\r' || *c == '\n') continue;
+			int d = hexval((unsigned char)*c);
+			if (d < 0) {
+				printf("FAIL %s:%d: '%c' is not a hex digit\n", path, lineno, *c);
+				fclose(f);
+				return -1;
+			}
+			if (pending < 0) {
+				pending = d;
+			} else {
+				if (v->count == MAX_BYTES) {
+					printf("FAIL %s: more than %d bytes\n", path, MAX_BYTES);
+					fclose(f);
+					return -1;
+				}
+				v->bytes[v->count++] = (unsigned char)(pending << 4 | d);
+				pending = -1;
+			}
+		}
+	}
+	fclose(f);
+	if (pending >= 0) {
+		printf("FAIL %s: odd number of hex digits\n", path);
+		return -1;
+	}
+	return 0;
+}
+
+/* Resolves an assertion name to a byte range of the frame. "x[i].m" is element i of a trailing array;
+ * a trailing "[k]" indexes an array member (the words of an STE, CD or command). */
+static int resolve(const struct vector *v, const char *name, size_t *offset, size_t *size, int *is_name, int *is_message)
+{
+	char key[128];
+	long element = -1, item = -1;
+	const char *bracket = strchr(name, '['), *dot = strchr(name, '.');
+	snprintf(key, sizeof key, "%s", name);
+	if (bracket && dot && bracket < dot) { /* element access: prefix[i].rest */
+		char *end;
+		element = strtol(bracket + 1, &end, 10);
+		if (*end != ']') return -1;
+		snprintf(key, sizeof key, "%.*s[]%s", (int)(bracket - name), name, end + 1);
+	}
+	size_t klen = strlen(key);
+	if (klen > 3 && key[klen - 1] == ']') { /* trailing [k] */
+		char *open = strrchr(key, '[');
+		if (open && open[1] != ']') {
+			item = strtol(open + 1, NULL, 10);
+			*open = 0;
+		}
+	}
+	struct vsmmu_frame_header h;
+	memcpy(&h, v->bytes, sizeof h);
+	for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+		const struct field *f = &fields[i];
+		if (strcmp(f->name, key) != 0) continue;
+		if ((element >= 0) != (f->base == AT_ELEMENT) || (item >= 0) != (f->item != 0)) return -1;
+		*is_name = f->is_name;
+		*is_message = f->base == AT_MESSAGE;
+		*size = f->size;
+		int64_t fixed = fixed_part(h.type);
+		switch (f->base) {
+		case AT_FRAME: *offset = f->offset; break;
+		case AT_PAYLOAD: *offset = HDR + f->offset; break;
+		case AT_ELEMENT:
+			if (fixed < 0) return -1;
+			*offset = HDR + (size_t)fixed + (size_t)element * f->stride + f->offset;
+			break;
+		case AT_MESSAGE: *offset = HDR + f->offset; break;
+		}
+		if (item >= 0) {
+			if ((size_t)item >= f->size / f->item) return -1;
+			*offset += (size_t)item * f->item;
+			*size = f->item;
+		}
+		return 0;
+	}
+	return -1;
+}
+
+static int check_assertion(const char *path, const struct vector *v, const struct assertion *a)
+{
+	size_t offset, size;
+	int is_name, is_message;
+	if (resolve(v, a->name, &offset, &size, &is_name, &is_message) != 0) {
+		printf("FAIL %s: no field \"%s\" in vsmmu.h for this frame\n", path, a->name);
+		return -1;
+	}
+	if (is_message) { /* the rest of the payload, after the fixed part */
+		size = v->count > offset ? v->count - offset : 0;
+	}
+	if (offset + size > v->count) {
+		printf("FAIL %s: %s (offset %zu, %zu bytes) lies past the frame's %zu bytes\n", path, a->name, offset, size, v->count);
+		return -1;
+	}
+	const unsigned char *p = v->bytes + offset;
+	if (a->value[0] == '"') {
+		const char *s = a->value + 1;
+		size_t len = strlen(s);
+		if (len == 0 || s[len - 1] != '"') {
+			printf("FAIL %s: %s: unterminated string\n", path, a->name);
+			return -1;
+		}
+		len--;
+		int ok = is_message ? (size == len && memcmp(p, s, len) == 0)
+		       : is_name ? (len <= size && memcmp(p, s, len) == 0)
+		       : 0;
+		for (size_t i = len; ok && is_name && i < size; i++)
+			ok = p[i] == 0;
+		if (!ok) {
+			printf("FAIL %s: %s is not %s\n", path, a->name, a->value);
+			return -1;
+		}
+		return 0;
+	}
+	if (is_name || is_message || size > 8) {
+		printf("FAIL %s: %s needs a string value\n", path, a->name);
+		return -1;
+	}
+	char *end;
+	unsigned long long want = strtoull(a->value, &end, 0);
+	if (*end) {
+		printf("FAIL %s: %s: bad number %s\n", path, a->name, a->value);
+		return -1;
+	}
+	uint64_t got = rd(p, size);
+	if (got != want) {
+		printf("FAIL %s: %s = 0x%llx, expected %s\n", path, a->name, (unsigned long long)got, a->value);
+		return -1;
+	}
+	return 0;
+}
+
+static int check(const char *path, struct vector *v, int *asserts_checked)
+{
+	if (v->count < HDR) {
+		printf("FAIL %s: %zu bytes, shorter than a header\n", path, v->count);
+		return -1;
+	}
+	struct vsmmu_frame_header h;
+	memcpy(&h, v->bytes, sizeof h);
+	if (v->expect_error >= 0) {
+		unsigned got = framing_error(v->bytes, v->count);
+		if ((long)got != v->expect_error) {
+			printf("FAIL %s: framing checks give error %u, the vector expects %ld\n", path, got, v->expect_error);
+			return -1;
+		}
+	} else {
+		if (v->count != (size_t)HDR + h.payload_length) {
+			printf("FAIL %s: %zu bytes, the header says %u\n", path, v->count, HDR + h.payload_length);
+			return -1;
+		}
+		const unsigned char *payload = v->bytes + HDR;
+		int64_t need = (h.type & VSMMU_MSG_REPLY) ? reply_payload_length(h.type, payload, h.payload_length)
+		                                          : vsmmu_request_payload_length(h.type, payload, h.payload_length);
+		if (need < 0) {
+			printf("FAIL %s: type 0x%04x is not a message of vsmmu.h\n", path, h.type);
+			return -1;
+		}
+		if (need != (int64_t)h.payload_length) {
+			printf("FAIL %s: payload of %u bytes, the structures need %lld\n", path, h.payload_length, (long long)need);
+			return -1;
+		}
+		uint16_t allowed = h.type == VSMMU_MSG_ATTACH_VIOMMU ? VSMMU_FRAME_FD_ATTACHED : 0;
+		if (h.flags & ~allowed) {
+			printf("FAIL %s: flags 0x%04x not allowed on type 0x%04x\n", path, h.flags, h.type);
+			return -1;
+		}
+		if (framing_error(v->bytes, v->count) != 0 && !(h.type & VSMMU_MSG_REPLY)) {
+			printf("FAIL %s: a valid request fails the framing checks\n", path);
+			return -1;
+		}
+	}
+	for (int i = 0; i < v->nasserts; i++) {
+		if (check_assertion(path, v, &v->asserts[i]) != 0)
+			return -1;
+	}
+	*asserts_checked += v->nasserts;
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		fprintf(stderr, "usage: %s VECTOR.hex...\n", argv[0]);
+		return 2;
+	}
+	static struct vector v;
+	int failures = 0, assertions = 0;
+	for (int i = 1; i < argc; i++) {
+		int before = assertions;
+		if (load(argv[i], &v) != 0 || check(argv[i], &v, &assertions) != 0) {
+			failures++;
+			continue;
+		}
+		const char *base = strrchr(argv[i], '/');
+		printf("ok %s (%zu bytes, %d assertions%s)\n", base ? base + 1 : argv[i], v.count, assertions - before,
+		       v.expect_error >= 0 ? ", refused as expected" : "");
+	}
+	printf("check_vectors: %d vectors, %d assertions, %d failures\n", argc - 1, assertions, failures);
+	return failures ? 1 : 0;
+}

@@ -1,0 +1,697 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * vsmmu.h — the vsmmud wire protocol, version 1: every frame and message structure and constant.
+ *
+ * PROTOCOL.md (next to this file) is the specification; this header mirrors it. All integers are
+ * little-endian; the structures below are packed and their layouts pinned with _Static_assert, so on a
+ * little-endian host (x86-64, AArch64 Linux) a client can memcpy them to and from the wire.
+ *
+ * Every frame: struct vsmmu_frame_header, then header.payload_length bytes of payload. Trailing arrays
+ * (commands, CDs, list entries, messages) follow their fixed part directly.
+ *
+ * C11 or later; no dependency beyond <stdint.h>.
+ */
+#ifndef VSMMU_PROTOCOL_H
+#define VSMMU_PROTOCOL_H
+
+#include <stdint.h>
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "vsmmu.h maps wire bytes onto host structures: a little-endian host is required"
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#define VSMMU_STATIC_ASSERT static_assert
+#else
+#define VSMMU_STATIC_ASSERT _Static_assert
+#endif
+
+#define VSMMU_PACKED __attribute__((packed))
+
+/* ---- Protocol constants ---------------------------------------------------------------------- */
+
+/* HELLO magic: the bytes "VSMU". */
+#define VSMMU_MAGIC 0x554D5356u
+/* The version this header describes. */
+#define VSMMU_PROTOCOL_VERSION 1u
+/* No frame, in either direction, is larger (header included): 1 MiB. */
+#define VSMMU_MAX_FRAME_SIZE 1048576u
+/* A server's max_frame_size is at least this. */
+#define VSMMU_MIN_FRAME_SIZE_LIMIT 65536u
+/* Longest UTF-8 message of an ERROR or INVALIDATE reply. */
+#define VSMMU_MAX_MESSAGE_LENGTH 1024u
+/* Size of every name field (UTF-8, NUL-padded). */
+#define VSMMU_NAME_SIZE 64u
+/* Sizes of the SMMUv3 structures carried on the wire. */
+#define VSMMU_COMMAND_SIZE 16u
+#define VSMMU_STE_SIZE 64u
+#define VSMMU_CD_SIZE 64u
+/* viommus per vSMMU. */
+#define VSMMU_MAX_VIOMMUS 64u
+
+/* ---- Frame header ---------------------------------------------------------------------------- */
+
+/* header.flags */
+#define VSMMU_FRAME_FD_ATTACHED 0x0001u /* one fd passed with SCM_RIGHTS in the frame's sendmsg */
+#define VSMMU_FRAME_RESERVED_FLAGS 0xFFFEu
+
+struct vsmmu_frame_header {
+	uint32_t payload_length; /* bytes after this header */
+	uint16_t type;           /* enum vsmmu_message_type */
+	uint16_t flags;          /* VSMMU_FRAME_* */
+	uint64_t request_id;     /* chosen by the client, echoed in the reply */
+} VSMMU_PACKED;
+
+/* ---- Message types --------------------------------------------------------------------------- */
+
+#define VSMMU_MSG_REPLY 0x8000u /* reply type = request type | VSMMU_MSG_REPLY */
+
+enum vsmmu_message_type {
+	VSMMU_MSG_HELLO = 0x0001,
+	VSMMU_MSG_CREATE_VSMMU = 0x0010,
+	VSMMU_MSG_DESTROY_VSMMU = 0x0011,
+	VSMMU_MSG_ATTACH_VIOMMU = 0x0012,
+	VSMMU_MSG_DETACH_VIOMMU = 0x0013,
+	VSMMU_MSG_SET_DEV_ID = 0x0014,
+	VSMMU_MSG_UNSET_DEV_ID = 0x0015,
+	VSMMU_MSG_LINK_STE = 0x0016,
+	VSMMU_MSG_UNLINK_STE = 0x0017,
+	VSMMU_MSG_UPDATE_CD = 0x0018,
+	VSMMU_MSG_INVALIDATE = 0x0020,
+	VSMMU_MSG_STATS = 0x0040,
+	VSMMU_MSG_LIST = 0x0041,
+	VSMMU_MSG_HEALTH = 0x0042,
+
+	VSMMU_MSG_ERROR = 0x8000,
+	VSMMU_MSG_HELLO_REPLY = 0x8001,
+	VSMMU_MSG_CREATE_VSMMU_REPLY = 0x8010,
+	VSMMU_MSG_DESTROY_VSMMU_REPLY = 0x8011,
+	VSMMU_MSG_ATTACH_VIOMMU_REPLY = 0x8012,
+	VSMMU_MSG_DETACH_VIOMMU_REPLY = 0x8013,
+	VSMMU_MSG_SET_DEV_ID_REPLY = 0x8014,
+	VSMMU_MSG_UNSET_DEV_ID_REPLY = 0x8015,
+	VSMMU_MSG_LINK_STE_REPLY = 0x8016,
+	VSMMU_MSG_UNLINK_STE_REPLY = 0x8017,
+	VSMMU_MSG_UPDATE_CD_REPLY = 0x8018,
+	VSMMU_MSG_INVALIDATE_REPLY = 0x8020,
+	VSMMU_MSG_STATS_REPLY = 0x8040,
+	VSMMU_MSG_LIST_REPLY = 0x8041,
+	VSMMU_MSG_HEALTH_REPLY = 0x8042,
+};
+
+/* ---- Errors (ERROR frame) -------------------------------------------------------------------- */
+
+enum vsmmu_error_code {
+	VSMMU_ERR_FRAME_TOO_LARGE = 1,      /* closes the connection */
+	VSMMU_ERR_TRUNCATED_FRAME = 2,      /* closes the connection */
+	VSMMU_ERR_UNKNOWN_MESSAGE_TYPE = 3,
+	VSMMU_ERR_BAD_PAYLOAD_LENGTH = 4,
+	VSMMU_ERR_HANDSHAKE_REQUIRED = 5,
+	VSMMU_ERR_UNSUPPORTED_VERSION = 6,
+	VSMMU_ERR_BAD_FILE_DESCRIPTOR = 7,
+	VSMMU_ERR_BAD_FIELD = 8,
+	VSMMU_ERR_UNKNOWN_VSMMU = 16,
+	VSMMU_ERR_UNKNOWN_VIOMMU = 17,
+	VSMMU_ERR_UNKNOWN_PSMMU = 18,
+	VSMMU_ERR_UNKNOWN_STREAM_ID = 19,
+	VSMMU_ERR_ALREADY_EXISTS = 20,
+	VSMMU_ERR_IN_USE = 21,
+	VSMMU_ERR_INVALID_STE = 22,
+	VSMMU_ERR_NOT_OWNER = 23,
+	VSMMU_ERR_BACKEND_FAILURE = 32,
+	VSMMU_ERR_LIMIT_EXCEEDED = 33,
+	VSMMU_ERR_SHUTTING_DOWN = 34,       /* closes the connection after the reply */
+	VSMMU_ERR_INTERNAL_ERROR = 35,
+};
+
+/* BAD_FIELD's detail for a header field: this plus the field's offset in the header. */
+#define VSMMU_BAD_FIELD_HEADER 0x10000u
+
+/* BAD_FILE_DESCRIPTOR details. */
+#define VSMMU_FD_MISSING 1u
+#define VSMMU_FD_UNEXPECTED 2u
+#define VSMMU_FD_UNUSABLE 3u
+
+/* ALREADY_EXISTS details: what conflicts. */
+#define VSMMU_CONFLICT_PSMMU 1u       /* value: the index of the pSMMU's existing viommu */
+#define VSMMU_CONFLICT_STREAM_ID 2u   /* value: the vSID */
+#define VSMMU_CONFLICT_HOST_DEVICE 3u /* value: the host device id */
+#define VSMMU_CONFLICT_HANDSHAKE 4u   /* a second HELLO */
+
+/* INVALID_STE details. */
+#define VSMMU_STE_DISALLOWED_BITS_W0 1u
+#define VSMMU_STE_DISALLOWED_BITS_W1 2u
+#define VSMMU_STE_DISALLOWED_CONFIG 3u
+#define VSMMU_STE_DISALLOWED_EATS 4u
+#define VSMMU_STE_TOO_MANY_CDS 5u
+#define VSMMU_STE_SSID_OUT_OF_RANGE 6u
+#define VSMMU_STE_NOT_TRANSLATING 7u
+
+/* ERROR payload, followed by message_length bytes of UTF-8. */
+struct vsmmu_error {
+	uint32_t code;           /* enum vsmmu_error_code */
+	uint16_t request_type;   /* the refused request's header type (0 if no header was read) */
+	uint16_t message_length; /* <= VSMMU_MAX_MESSAGE_LENGTH */
+	uint32_t detail;         /* code-specific, see PROTOCOL.md §4 */
+	uint32_t reserved;
+	uint64_t value;          /* code-specific */
+	char message[];
+} VSMMU_PACKED;
+
+/* ---- Handshake ------------------------------------------------------------------------------- */
+
+struct vsmmu_hello {
+	uint32_t magic;       /* VSMMU_MAGIC */
+	uint16_t min_version;
+	uint16_t max_version;
+	uint32_t pid;
+	uint32_t reserved;
+	char client_name[VSMMU_NAME_SIZE];
+} VSMMU_PACKED;
+
+struct vsmmu_hello_reply {
+	uint32_t magic;       /* VSMMU_MAGIC */
+	uint16_t version;
+	uint16_t reserved;
+	uint32_t max_frame_size;
+	uint32_t max_commands;
+	uint32_t max_vsmmus;
+	uint32_t max_viommus;
+	uint32_t max_context_descriptors;
+	uint32_t server_pid;
+	char server_name[VSMMU_NAME_SIZE];
+} VSMMU_PACKED;
+
+/* ---- vSMMU objects --------------------------------------------------------------------------- */
+
+struct vsmmu_create_vsmmu {
+	uint32_t flags;       /* 0 */
+	uint32_t reserved;
+	char name[VSMMU_NAME_SIZE];
+} VSMMU_PACKED;
+
+struct vsmmu_create_vsmmu_reply {
+	uint32_t vsmmu_id;
+	uint32_t reserved;
+} VSMMU_PACKED;
+
+struct vsmmu_destroy_vsmmu {
+	uint32_t vsmmu_id;
+	uint32_t reserved;
+} VSMMU_PACKED;
+
+/* Sent with VSMMU_FRAME_FD_ATTACHED and the VMM's iommufd for the iommufd backend. */
+struct vsmmu_attach_viommu {
+	uint32_t vsmmu_id;
+	uint32_t host_device_id;
+	uint32_t nest_parent_hwpt_id;
+	uint32_t reserved;
+	char psmmu[VSMMU_NAME_SIZE];
+} VSMMU_PACKED;
+
+struct vsmmu_attach_viommu_reply {
+	uint32_t viommu;            /* index, 0-63 */
+	uint32_t backend_viommu_id;
+} VSMMU_PACKED;
+
+struct vsmmu_detach_viommu {
+	uint32_t vsmmu_id;
+	uint32_t viommu;
+} VSMMU_PACKED;
+
+/* SET_DEV_ID and UNSET_DEV_ID. */
+struct vsmmu_dev_id {
+	uint32_t vsmmu_id;
+	uint32_t viommu;
+	uint32_t host_device_id;
+	uint32_t vsid;
+} VSMMU_PACKED;
+
+/* SMMUv3 structures as the guest wrote them: little-endian 64-bit words, word 0 first. */
+struct vsmmu_command {
+	uint64_t w[2];
+} VSMMU_PACKED;
+
+struct vsmmu_ste {
+	uint64_t w[8];
+} VSMMU_PACKED;
+
+struct vsmmu_cd {
+	uint64_t w[8];
+} VSMMU_PACKED;
+
+/* LINK_STE: followed by cd_count CDs (CD i is SSID i). */
+struct vsmmu_link_ste {
+	uint32_t vsmmu_id;
+	uint32_t vsid;
+	uint32_t cd_count;
+	uint32_t reserved;
+	struct vsmmu_ste ste;
+	struct vsmmu_cd cds[];
+} VSMMU_PACKED;
+
+/* Reply of LINK_STE and UPDATE_CD. */
+#define VSMMU_HWPT_NEW 0x1u
+struct vsmmu_hwpt_reply {
+	uint32_t s1_hwpt_id; /* 0: the STE does not translate */
+	uint32_t flags;      /* VSMMU_HWPT_NEW */
+} VSMMU_PACKED;
+
+struct vsmmu_unlink_ste {
+	uint32_t vsmmu_id;
+	uint32_t vsid;
+} VSMMU_PACKED;
+
+struct vsmmu_update_cd {
+	uint32_t vsmmu_id;
+	uint32_t vsid;
+	uint32_t ssid;
+	uint32_t reserved;
+	struct vsmmu_cd cd;
+} VSMMU_PACKED;
+
+/* ---- Invalidation ---------------------------------------------------------------------------- */
+
+/* INVALIDATE: followed by command_count commands. */
+struct vsmmu_invalidate {
+	uint32_t vsmmu_id;
+	uint32_t command_count;
+	uint32_t flags;      /* 0 */
+	uint32_t reserved;
+	struct vsmmu_command commands[];
+} VSMMU_PACKED;
+
+/* CMDQ_CONS.ERR values (SMMUv3 CERROR). */
+#define VSMMU_CERROR_NONE 0u
+#define VSMMU_CERROR_ILL 1u
+#define VSMMU_CERROR_ABT 2u
+#define VSMMU_CERROR_ATC_INV_SYNC 3u
+#define VSMMU_NO_ERROR_INDEX 0xFFFFFFFFu
+
+/* INVALIDATE reply: followed by message_length bytes of UTF-8. */
+struct vsmmu_invalidate_reply {
+	uint32_t consumed;
+	uint32_t error_index;     /* VSMMU_NO_ERROR_INDEX when cerror is NONE */
+	uint32_t syncs_completed;
+	uint8_t cerror;           /* VSMMU_CERROR_* */
+	uint8_t reserved;
+	uint16_t message_length;  /* <= VSMMU_MAX_MESSAGE_LENGTH, 0 when cerror is NONE */
+	char message[];
+} VSMMU_PACKED;
+
+/* ---- Admin: STATS ---------------------------------------------------------------------------- */
+
+struct vsmmu_stats {
+	uint32_t vsmmu_id;   /* 0: the daemon's counters */
+	uint32_t reserved;
+} VSMMU_PACKED;
+
+#define VSMMU_STAT_NO_VIOMMU 0xFFFFu
+
+struct vsmmu_stat_entry {
+	uint32_t vsmmu_id;
+	uint16_t viommu;     /* VSMMU_STAT_NO_VIOMMU for daemon and vSMMU counters */
+	uint16_t key;        /* VSMMU_STAT_* */
+	uint64_t value;
+} VSMMU_PACKED;
+
+struct vsmmu_stats_reply {
+	uint32_t entry_count;
+	uint32_t reserved;
+	struct vsmmu_stat_entry entries[];
+} VSMMU_PACKED;
+
+/* vSMMU keys */
+#define VSMMU_STAT_COMMANDS_RECEIVED 0x0001u
+#define VSMMU_STAT_COMMANDS_DELIVERED 0x0002u
+#define VSMMU_STAT_DEVICE_ROUTED 0x0003u
+#define VSMMU_STAT_ASID_ROUTED 0x0004u
+#define VSMMU_STAT_BROADCAST 0x0005u
+#define VSMMU_STAT_BROADCASTS_AVOIDED 0x0006u
+#define VSMMU_STAT_DROPPED_BY_RULE 0x0007u
+#define VSMMU_STAT_ERRORS 0x0008u
+#define VSMMU_STAT_ILLEGAL_COMMANDS 0x0009u
+#define VSMMU_STAT_UNKNOWN_STREAM_ID 0x000Au
+#define VSMMU_STAT_SYNCS 0x000Bu
+#define VSMMU_STAT_ASID_WITHOUT_TARGET 0x000Cu
+#define VSMMU_STAT_RETIRING_DELIVERIES 0x000Du
+#define VSMMU_STAT_RETIREMENTS_ENDED 0x000Eu
+#define VSMMU_STAT_CONFIG_STE_INVALIDATIONS 0x000Fu
+#define VSMMU_STAT_INVALIDATE_REQUESTS 0x0010u
+#define VSMMU_STAT_VIOMMUS 0x0011u
+#define VSMMU_STAT_DEVICES 0x0012u
+#define VSMMU_STAT_HWPTS 0x0013u
+#define VSMMU_STAT_SYNC_LATENCY_COUNT 0x0014u
+#define VSMMU_STAT_SYNC_LATENCY_SUM_NS 0x0015u
+#define VSMMU_STAT_SYNC_LATENCY_LOG2_NS(b) (0x0200u + (b)) /* b = 0..63 */
+/* viommu keys */
+#define VSMMU_STAT_VIOMMU_COMMANDS_DELIVERED 0x0040u
+#define VSMMU_STAT_VIOMMU_RING_OCCUPANCY 0x0041u
+#define VSMMU_STAT_VIOMMU_RING_HIGH_WATER 0x0042u
+#define VSMMU_STAT_VIOMMU_BACKEND_CALLS 0x0043u
+#define VSMMU_STAT_VIOMMU_BACKEND_COMMANDS 0x0044u
+#define VSMMU_STAT_VIOMMU_BACKEND_COMPLETED 0x0045u
+#define VSMMU_STAT_VIOMMU_BACKEND_FAILED 0x0046u
+#define VSMMU_STAT_VIOMMU_SYNCS 0x0047u
+#define VSMMU_STAT_VIOMMU_RING_FULL_WAITS 0x0048u
+#define VSMMU_STAT_VIOMMU_DEVICES 0x0049u
+#define VSMMU_STAT_VIOMMU_EVENTS 0x004Au
+#define VSMMU_STAT_VIOMMU_BATCH_SIZE_LOG2(b) (0x0300u + (b)) /* b = 0..63 */
+/* daemon keys */
+#define VSMMU_STAT_DAEMON_CONNECTIONS 0x0080u
+#define VSMMU_STAT_DAEMON_VSMMUS 0x0081u
+#define VSMMU_STAT_DAEMON_UPTIME_NS 0x0082u
+#define VSMMU_STAT_DAEMON_FRAMES_RECEIVED 0x0083u
+#define VSMMU_STAT_DAEMON_PROTOCOL_ERRORS 0x0084u
+#define VSMMU_STAT_DAEMON_CONNECTIONS_TOTAL 0x0085u
+
+/* ---- Admin: LIST ----------------------------------------------------------------------------- */
+
+enum vsmmu_list_kind {
+	VSMMU_LIST_VSMMUS = 1,
+	VSMMU_LIST_VIOMMUS = 2,
+	VSMMU_LIST_DEVICES = 3,
+	VSMMU_LIST_HWPTS = 4,
+	VSMMU_LIST_ASIDS = 5,
+};
+
+struct vsmmu_list {
+	uint32_t vsmmu_id;    /* 0: every vSMMU */
+	uint16_t kind;        /* enum vsmmu_list_kind */
+	uint16_t reserved;
+	uint32_t start;
+	uint32_t max_entries; /* 0: as many as fit */
+} VSMMU_PACKED;
+
+/* Followed by count entries of entry_size bytes. */
+struct vsmmu_list_reply {
+	uint16_t kind;
+	uint16_t entry_size;
+	uint32_t count;
+	uint32_t total;
+	uint32_t start;
+} VSMMU_PACKED;
+
+struct vsmmu_list_vsmmu {
+	uint32_t vsmmu_id;
+	uint32_t owner_pid;
+	uint32_t owner_uid;
+	uint32_t viommu_count;
+	uint32_t device_count;
+	uint32_t hwpt_count;
+	uint32_t asid_count;
+	uint32_t reserved;
+	char name[VSMMU_NAME_SIZE];
+} VSMMU_PACKED;
+
+struct vsmmu_list_viommu {
+	uint32_t vsmmu_id;
+	uint32_t viommu;
+	uint32_t backend_viommu_id;
+	uint32_t device_count;
+	char psmmu[VSMMU_NAME_SIZE];
+} VSMMU_PACKED;
+
+#define VSMMU_DEVICE_STE_LINKED 0x1u
+struct vsmmu_list_device {
+	uint32_t vsmmu_id;
+	uint32_t vsid;
+	uint32_t viommu;
+	uint32_t host_device_id;
+	uint32_t s1_hwpt_id;  /* 0: none */
+	uint32_t flags;       /* VSMMU_DEVICE_STE_LINKED */
+} VSMMU_PACKED;
+
+struct vsmmu_list_hwpt {
+	uint32_t vsmmu_id;
+	uint32_t s1_hwpt_id;
+	uint32_t vsid;
+	uint32_t viommu;
+	uint32_t backend_hwpt_id;
+	uint32_t asid_count;
+} VSMMU_PACKED;
+
+struct vsmmu_list_asid {
+	uint32_t vsmmu_id;
+	uint16_t asid;
+	uint16_t hwpt_count;
+	uint64_t target_mask;   /* bit n: viommu n receives this ASID's TLBIs */
+	uint64_t retiring_mask; /* the targets where the ASID is only retiring */
+} VSMMU_PACKED;
+
+/* ---- Admin: HEALTH (request payload is empty) ------------------------------------------------ */
+
+enum vsmmu_health_status {
+	VSMMU_HEALTH_OK = 0,
+	VSMMU_HEALTH_DEGRADED = 1,
+	VSMMU_HEALTH_SHUTTING_DOWN = 2,
+};
+
+enum vsmmu_psmmu_status {
+	VSMMU_PSMMU_OK = 0,
+	VSMMU_PSMMU_FAILED = 1,
+};
+
+enum vsmmu_backend_kind {
+	VSMMU_BACKEND_SIMULATED = 1,
+	VSMMU_BACKEND_IOMMUFD = 2,
+};
+
+struct vsmmu_psmmu_health {
+	uint32_t status;      /* enum vsmmu_psmmu_status */
+	uint32_t backend;     /* enum vsmmu_backend_kind */
+	uint32_t viommu_count;
+	uint32_t reserved;
+	char name[VSMMU_NAME_SIZE];
+} VSMMU_PACKED;
+
+/* Followed by psmmu_count struct vsmmu_psmmu_health. */
+struct vsmmu_health_reply {
+	uint32_t status;      /* enum vsmmu_health_status */
+	uint32_t connection_count;
+	uint32_t vsmmu_count;
+	uint32_t psmmu_count;
+	uint64_t uptime_ns;
+	uint32_t server_pid;
+	uint32_t reserved;
+} VSMMU_PACKED;
+
+/* ---- Layout pins ----------------------------------------------------------------------------- */
+
+#define VSMMU_PIN_SIZE(type, size) VSMMU_STATIC_ASSERT(sizeof(struct type) == (size), #type " size")
+#define VSMMU_PIN(type, field, offset) \
+	VSMMU_STATIC_ASSERT(__builtin_offsetof(struct type, field) == (offset), #type "." #field " offset")
+
+VSMMU_PIN_SIZE(vsmmu_frame_header, 16);
+VSMMU_PIN(vsmmu_frame_header, payload_length, 0);
+VSMMU_PIN(vsmmu_frame_header, type, 4);
+VSMMU_PIN(vsmmu_frame_header, flags, 6);
+VSMMU_PIN(vsmmu_frame_header, request_id, 8);
+
+VSMMU_PIN_SIZE(vsmmu_error, 24);
+VSMMU_PIN(vsmmu_error, code, 0);
+VSMMU_PIN(vsmmu_error, request_type, 4);
+VSMMU_PIN(vsmmu_error, message_length, 6);
+VSMMU_PIN(vsmmu_error, detail, 8);
+VSMMU_PIN(vsmmu_error, reserved, 12);
+VSMMU_PIN(vsmmu_error, value, 16);
+VSMMU_PIN(vsmmu_error, message, 24);
+
+VSMMU_PIN_SIZE(vsmmu_hello, 80);
+VSMMU_PIN(vsmmu_hello, magic, 0);
+VSMMU_PIN(vsmmu_hello, min_version, 4);
+VSMMU_PIN(vsmmu_hello, max_version, 6);
+VSMMU_PIN(vsmmu_hello, pid, 8);
+VSMMU_PIN(vsmmu_hello, reserved, 12);
+VSMMU_PIN(vsmmu_hello, client_name, 16);
+
+VSMMU_PIN_SIZE(vsmmu_hello_reply, 96);
+VSMMU_PIN(vsmmu_hello_reply, magic, 0);
+VSMMU_PIN(vsmmu_hello_reply, version, 4);
+VSMMU_PIN(vsmmu_hello_reply, reserved, 6);
+VSMMU_PIN(vsmmu_hello_reply, max_frame_size, 8);
+VSMMU_PIN(vsmmu_hello_reply, max_commands, 12);
+VSMMU_PIN(vsmmu_hello_reply, max_vsmmus, 16);
+VSMMU_PIN(vsmmu_hello_reply, max_viommus, 20);
+VSMMU_PIN(vsmmu_hello_reply, max_context_descriptors, 24);
+VSMMU_PIN(vsmmu_hello_reply, server_pid, 28);
+VSMMU_PIN(vsmmu_hello_reply, server_name, 32);
+
+VSMMU_PIN_SIZE(vsmmu_create_vsmmu, 72);
+VSMMU_PIN(vsmmu_create_vsmmu, flags, 0);
+VSMMU_PIN(vsmmu_create_vsmmu, reserved, 4);
+VSMMU_PIN(vsmmu_create_vsmmu, name, 8);
+VSMMU_PIN_SIZE(vsmmu_create_vsmmu_reply, 8);
+VSMMU_PIN(vsmmu_create_vsmmu_reply, vsmmu_id, 0);
+VSMMU_PIN_SIZE(vsmmu_destroy_vsmmu, 8);
+VSMMU_PIN(vsmmu_destroy_vsmmu, vsmmu_id, 0);
+
+VSMMU_PIN_SIZE(vsmmu_attach_viommu, 80);
+VSMMU_PIN(vsmmu_attach_viommu, vsmmu_id, 0);
+VSMMU_PIN(vsmmu_attach_viommu, host_device_id, 4);
+VSMMU_PIN(vsmmu_attach_viommu, nest_parent_hwpt_id, 8);
+VSMMU_PIN(vsmmu_attach_viommu, reserved, 12);
+VSMMU_PIN(vsmmu_attach_viommu, psmmu, 16);
+VSMMU_PIN_SIZE(vsmmu_attach_viommu_reply, 8);
+VSMMU_PIN(vsmmu_attach_viommu_reply, viommu, 0);
+VSMMU_PIN(vsmmu_attach_viommu_reply, backend_viommu_id, 4);
+VSMMU_PIN_SIZE(vsmmu_detach_viommu, 8);
+VSMMU_PIN(vsmmu_detach_viommu, vsmmu_id, 0);
+VSMMU_PIN(vsmmu_detach_viommu, viommu, 4);
+
+VSMMU_PIN_SIZE(vsmmu_dev_id, 16);
+VSMMU_PIN(vsmmu_dev_id, vsmmu_id, 0);
+VSMMU_PIN(vsmmu_dev_id, viommu, 4);
+VSMMU_PIN(vsmmu_dev_id, host_device_id, 8);
+VSMMU_PIN(vsmmu_dev_id, vsid, 12);
+
+VSMMU_PIN_SIZE(vsmmu_command, 16);
+VSMMU_PIN_SIZE(vsmmu_ste, 64);
+VSMMU_PIN_SIZE(vsmmu_cd, 64);
+
+VSMMU_PIN_SIZE(vsmmu_link_ste, 80);
+VSMMU_PIN(vsmmu_link_ste, vsmmu_id, 0);
+VSMMU_PIN(vsmmu_link_ste, vsid, 4);
+VSMMU_PIN(vsmmu_link_ste, cd_count, 8);
+VSMMU_PIN(vsmmu_link_ste, reserved, 12);
+VSMMU_PIN(vsmmu_link_ste, ste, 16);
+VSMMU_PIN(vsmmu_link_ste, cds, 80);
+VSMMU_PIN_SIZE(vsmmu_hwpt_reply, 8);
+VSMMU_PIN(vsmmu_hwpt_reply, s1_hwpt_id, 0);
+VSMMU_PIN(vsmmu_hwpt_reply, flags, 4);
+VSMMU_PIN_SIZE(vsmmu_unlink_ste, 8);
+VSMMU_PIN(vsmmu_unlink_ste, vsid, 4);
+VSMMU_PIN_SIZE(vsmmu_update_cd, 80);
+VSMMU_PIN(vsmmu_update_cd, vsmmu_id, 0);
+VSMMU_PIN(vsmmu_update_cd, vsid, 4);
+VSMMU_PIN(vsmmu_update_cd, ssid, 8);
+VSMMU_PIN(vsmmu_update_cd, reserved, 12);
+VSMMU_PIN(vsmmu_update_cd, cd, 16);
+
+VSMMU_PIN_SIZE(vsmmu_invalidate, 16);
+VSMMU_PIN(vsmmu_invalidate, vsmmu_id, 0);
+VSMMU_PIN(vsmmu_invalidate, command_count, 4);
+VSMMU_PIN(vsmmu_invalidate, flags, 8);
+VSMMU_PIN(vsmmu_invalidate, reserved, 12);
+VSMMU_PIN(vsmmu_invalidate, commands, 16);
+VSMMU_PIN_SIZE(vsmmu_invalidate_reply, 16);
+VSMMU_PIN(vsmmu_invalidate_reply, consumed, 0);
+VSMMU_PIN(vsmmu_invalidate_reply, error_index, 4);
+VSMMU_PIN(vsmmu_invalidate_reply, syncs_completed, 8);
+VSMMU_PIN(vsmmu_invalidate_reply, cerror, 12);
+VSMMU_PIN(vsmmu_invalidate_reply, reserved, 13);
+VSMMU_PIN(vsmmu_invalidate_reply, message_length, 14);
+VSMMU_PIN(vsmmu_invalidate_reply, message, 16);
+
+VSMMU_PIN_SIZE(vsmmu_stats, 8);
+VSMMU_PIN_SIZE(vsmmu_stat_entry, 16);
+VSMMU_PIN(vsmmu_stat_entry, vsmmu_id, 0);
+VSMMU_PIN(vsmmu_stat_entry, viommu, 4);
+VSMMU_PIN(vsmmu_stat_entry, key, 6);
+VSMMU_PIN(vsmmu_stat_entry, value, 8);
+VSMMU_PIN_SIZE(vsmmu_stats_reply, 8);
+VSMMU_PIN(vsmmu_stats_reply, entry_count, 0);
+VSMMU_PIN(vsmmu_stats_reply, entries, 8);
+
+VSMMU_PIN_SIZE(vsmmu_list, 16);
+VSMMU_PIN(vsmmu_list, vsmmu_id, 0);
+VSMMU_PIN(vsmmu_list, kind, 4);
+VSMMU_PIN(vsmmu_list, reserved, 6);
+VSMMU_PIN(vsmmu_list, start, 8);
+VSMMU_PIN(vsmmu_list, max_entries, 12);
+VSMMU_PIN_SIZE(vsmmu_list_reply, 16);
+VSMMU_PIN(vsmmu_list_reply, kind, 0);
+VSMMU_PIN(vsmmu_list_reply, entry_size, 2);
+VSMMU_PIN(vsmmu_list_reply, count, 4);
+VSMMU_PIN(vsmmu_list_reply, total, 8);
+VSMMU_PIN(vsmmu_list_reply, start, 12);
+VSMMU_PIN_SIZE(vsmmu_list_vsmmu, 96);
+VSMMU_PIN(vsmmu_list_vsmmu, owner_pid, 4);
+VSMMU_PIN(vsmmu_list_vsmmu, owner_uid, 8);
+VSMMU_PIN(vsmmu_list_vsmmu, viommu_count, 12);
+VSMMU_PIN(vsmmu_list_vsmmu, device_count, 16);
+VSMMU_PIN(vsmmu_list_vsmmu, hwpt_count, 20);
+VSMMU_PIN(vsmmu_list_vsmmu, asid_count, 24);
+VSMMU_PIN(vsmmu_list_vsmmu, reserved, 28);
+VSMMU_PIN(vsmmu_list_vsmmu, name, 32);
+VSMMU_PIN_SIZE(vsmmu_list_viommu, 80);
+VSMMU_PIN(vsmmu_list_viommu, viommu, 4);
+VSMMU_PIN(vsmmu_list_viommu, backend_viommu_id, 8);
+VSMMU_PIN(vsmmu_list_viommu, device_count, 12);
+VSMMU_PIN(vsmmu_list_viommu, psmmu, 16);
+VSMMU_PIN_SIZE(vsmmu_list_device, 24);
+VSMMU_PIN(vsmmu_list_device, vsid, 4);
+VSMMU_PIN(vsmmu_list_device, viommu, 8);
+VSMMU_PIN(vsmmu_list_device, host_device_id, 12);
+VSMMU_PIN(vsmmu_list_device, s1_hwpt_id, 16);
+VSMMU_PIN(vsmmu_list_device, flags, 20);
+VSMMU_PIN_SIZE(vsmmu_list_hwpt, 24);
+VSMMU_PIN(vsmmu_list_hwpt, s1_hwpt_id, 4);
+VSMMU_PIN(vsmmu_list_hwpt, vsid, 8);
+VSMMU_PIN(vsmmu_list_hwpt, viommu, 12);
+VSMMU_PIN(vsmmu_list_hwpt, backend_hwpt_id, 16);
+VSMMU_PIN(vsmmu_list_hwpt, asid_count, 20);
+VSMMU_PIN_SIZE(vsmmu_list_asid, 24);
+VSMMU_PIN(vsmmu_list_asid, asid, 4);
+VSMMU_PIN(vsmmu_list_asid, hwpt_count, 6);
+VSMMU_PIN(vsmmu_list_asid, target_mask, 8);
+VSMMU_PIN(vsmmu_list_asid, retiring_mask, 16);
+
+VSMMU_PIN_SIZE(vsmmu_psmmu_health, 80);
+VSMMU_PIN(vsmmu_psmmu_health, status, 0);
+VSMMU_PIN(vsmmu_psmmu_health, backend, 4);
+VSMMU_PIN(vsmmu_psmmu_health, viommu_count, 8);
+VSMMU_PIN(vsmmu_psmmu_health, name, 16);
+VSMMU_PIN_SIZE(vsmmu_health_reply, 32);
+VSMMU_PIN(vsmmu_health_reply, status, 0);
+VSMMU_PIN(vsmmu_health_reply, connection_count, 4);
+VSMMU_PIN(vsmmu_health_reply, vsmmu_count, 8);
+VSMMU_PIN(vsmmu_health_reply, psmmu_count, 12);
+VSMMU_PIN(vsmmu_health_reply, uptime_ns, 16);
+VSMMU_PIN(vsmmu_health_reply, server_pid, 24);
+
+#undef VSMMU_PIN
+#undef VSMMU_PIN_SIZE
+
+/* ---- Helpers --------------------------------------------------------------------------------- */
+
+/* The payload length a request of this type needs, given its fixed part (for LINK_STE and INVALIDATE
+ * the count is read from the payload); -1 for a type that is not a request. Reply lengths are in
+ * PROTOCOL.md §5-6. */
+static inline int64_t vsmmu_request_payload_length(uint16_t type, const void *payload, uint32_t payload_length)
+{
+	const unsigned char *p = (const unsigned char *)payload;
+	uint32_t count;
+	switch (type) {
+	case VSMMU_MSG_HELLO: return sizeof(struct vsmmu_hello);
+	case VSMMU_MSG_CREATE_VSMMU: return sizeof(struct vsmmu_create_vsmmu);
+	case VSMMU_MSG_DESTROY_VSMMU: return sizeof(struct vsmmu_destroy_vsmmu);
+	case VSMMU_MSG_ATTACH_VIOMMU: return sizeof(struct vsmmu_attach_viommu);
+	case VSMMU_MSG_DETACH_VIOMMU: return sizeof(struct vsmmu_detach_viommu);
+	case VSMMU_MSG_SET_DEV_ID:
+	case VSMMU_MSG_UNSET_DEV_ID: return sizeof(struct vsmmu_dev_id);
+	case VSMMU_MSG_LINK_STE:
+		if (payload_length < sizeof(struct vsmmu_link_ste))
+			return sizeof(struct vsmmu_link_ste);
+		count = (uint32_t)p[8] | (uint32_t)p[9] << 8 | (uint32_t)p[10] << 16 | (uint32_t)p[11] << 24;
+		return (int64_t)sizeof(struct vsmmu_link_ste) + (int64_t)count * VSMMU_CD_SIZE;
+	case VSMMU_MSG_UNLINK_STE: return sizeof(struct vsmmu_unlink_ste);
+	case VSMMU_MSG_UPDATE_CD: return sizeof(struct vsmmu_update_cd);
+	case VSMMU_MSG_INVALIDATE:
+		if (payload_length < sizeof(struct vsmmu_invalidate))
+			return sizeof(struct vsmmu_invalidate);
+		count = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 | (uint32_t)p[7] << 24;
+		return (int64_t)sizeof(struct vsmmu_invalidate) + (int64_t)count * VSMMU_COMMAND_SIZE;
+	case VSMMU_MSG_STATS: return sizeof(struct vsmmu_stats);
+	case VSMMU_MSG_LIST: return sizeof(struct vsmmu_list);
+	case VSMMU_MSG_HEALTH: return 0;
+	default: return -1;
+	}
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* VSMMU_PROTOCOL_H */
