@@ -117,7 +117,9 @@ public struct Opcode: RawRepresentable, Hashable, Sendable, CustomStringConverti
         case 0x44: return "CMD_RESUME"
         case 0x45: return "CMD_STALL_TERM"
         case 0x46: return "CMD_SYNC"
-        default: return "UNKNOWN(0x\(String(rawValue, radix: 16, uppercase: true)))"
+        default:
+            let hex = String(rawValue, radix: 16, uppercase: true)
+            return "UNKNOWN(0x\(hex.count < 2 ? "0" + hex : hex))"
         }
     }
 
