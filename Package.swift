@@ -12,12 +12,19 @@ let package = Package(
         .library(name: "IOMMUFD", targets: ["IOMMUFD"]),
         .library(name: "InvalidationEngine", targets: ["InvalidationEngine"]),
         .library(name: "VSMMUProtocol", targets: ["VSMMUProtocol"]),
+        .library(name: "VSMMUDaemon", targets: ["VSMMUDaemon"]),
+        .library(name: "VSMMUClient", targets: ["VSMMUClient"]),
+        .executable(name: "vsmmud", targets: ["vsmmud"]),
+        .library(name: "CVSMMUClient", targets: ["CVSMMUClient"]),
+        .executable(name: "vmm-sim", targets: ["vmm-sim"]),
         .executable(name: "vsmmud-bench", targets: ["vsmmud-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/x-sheep/swift-property-based", exact: "2.0.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         // The hardware's formats: commands, STE, CD, event records, CERROR. Pure values, no I/O.
@@ -42,6 +49,29 @@ let package = Package(
         .target(name: "InvalidationEngine", dependencies: ["SMMUv3", "VirtualSMMU", "CommandRing", "PSMMU"]),
         // The wire format between VMMs and the daemon: frames and messages. Pure, shared by daemon and clients.
         .target(name: "VSMMUProtocol", dependencies: ["SMMUv3"]),
+        // SCM_RIGHTS, SO_PEERCRED and the CMSG_* macros, which Glibc does not import.
+        .target(name: "CSocketShims"),
+        // The daemon as a library: listener, connections, ownership, one engine per vSMMU, admin. Testable in-process.
+        .target(
+            name: "VSMMUDaemon",
+            dependencies: [
+                "SMMUv3", "VirtualSMMU", "PSMMU", "IOMMUFD", "InvalidationEngine", "VSMMUProtocol", "CSocketShims",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
+        // The daemon's entry point: arguments and lifecycle. Thin.
+        .executableTarget(
+            name: "vsmmud",
+            dependencies: ["VSMMUDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Logging", package: "swift-log")]
+        ),
+        // The Swift client library for VMMs.
+        .target(name: "VSMMUClient", dependencies: ["SMMUv3", "VSMMUProtocol", "CSocketShims"]),
+        // The C client for VMMs written in C: uses only protocol/vsmmu.h and POSIX sockets.
+        .target(name: "CVSMMUClient"),
+        // A QEMU-like VMM on the C client: generates or replays guest command streams against the daemon.
+        .executableTarget(name: "vmm-sim", dependencies: ["CVSMMUClient"]),
         // What tests, workload generators and benchmarks share: a deterministic random generator.
         .target(name: "VSMMUTestSupport"),
         // Release-mode benchmarks, each beside its baseline measured in the same run.
@@ -60,11 +90,16 @@ let package = Package(
         .testTarget(name: "CommandRingTests", dependencies: ["CommandRing", "SMMUv3", "VSMMUTestSupport"]),
         .testTarget(name: "PSMMUTests", dependencies: ["PSMMU", "SMMUv3", "VSMMUTestSupport"]),
         .testTarget(name: "IOMMUFDTests", dependencies: ["IOMMUFD", "CIOMMUFD", "PSMMU", "SMMUv3"]),
+        .testTarget(
+            name: "VSMMUDaemonTests",
+            dependencies: ["VSMMUDaemon", "VSMMUClient", "VSMMUProtocol", "SMMUv3", "PSMMU", "VSMMUTestSupport"]
+        ),
         .testTarget(name: "VSMMUProtocolTests", dependencies: ["VSMMUProtocol", "SMMUv3", "VSMMUTestSupport"]),
         .testTarget(
             name: "InvalidationEngineTests",
             dependencies: ["InvalidationEngine", "VirtualSMMU", "CommandRing", "PSMMU", "SMMUv3", "VSMMUTestSupport"]
         ),
     ],
-    swiftLanguageModes: [.v6]
+    swiftLanguageModes: [.v6],
+    cLanguageStandard: .gnu11
 )

@@ -1,0 +1,248 @@
+import CSocketShims
+import SMMUv3
+import VSMMUProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Why a client call failed.
+public enum VSMMUClientError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// The daemon refused the request (an ERROR reply).
+    case server(ProtocolError)
+    /// A system call failed (connect, send, recv).
+    case transport(call: String, errno: Int32)
+    /// The daemon closed the connection before replying.
+    case connectionClosed
+    /// The reply could not be decoded, or answers another request / type.
+    case badReply(String)
+
+    /// The server's error code, for `.server`.
+    public var code: ProtocolErrorCode? {
+        if case .server(let error) = self { return error.code }
+        return nil
+    }
+
+    public var description: String {
+        switch self {
+        case .server(let e): return "server: \(e)"
+        case .transport(let call, let errno): return "\(call): \(String(cString: strerror(errno))) (errno \(errno))"
+        case .connectionClosed: return "the daemon closed the connection"
+        case .badReply(let why): return "bad reply: \(why)"
+        }
+    }
+}
+
+/// A blocking client of vsmmud (PROTOCOL.md): one connection, one request at a time.
+///
+/// ```swift
+/// let client = try VSMMUClient(socketPath: "/run/vsmmud/vsmmud.sock")
+/// try client.hello(name: "qemu vm42")
+/// let vsmmu = try client.createVSMMU(name: "vm42")
+/// let viommu = try client.attachViommu(vsmmu: vsmmu, pSMMU: "smmu0", hostDeviceID: 0)
+/// ```
+///
+/// Every call sends one request and blocks until its reply; an ERROR reply throws
+/// ``VSMMUClientError/server(_:)``. Not thread-safe: use one client per thread (or a lock).
+/// ``send(_:fileDescriptor:)`` and ``receive()`` give access to pipelining and raw frames.
+public final class VSMMUClient {
+    /// The connected socket.
+    public let fileDescriptor: Int32
+    private var decoder = FrameDecoder()
+    private var nextRequestID: UInt64 = 1
+    private var readBuffer = [UInt8](repeating: 0, count: 64 * 1024)
+    /// The daemon's HELLO_REPLY, after ``hello(name:versions:)``.
+    public private(set) var serverHello: HelloReply?
+
+    /// Connects to the daemon's socket.
+    /// - Throws: ``VSMMUClientError/transport(call:errno:)``.
+    public init(socketPath: String) throws(VSMMUClientError) {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(socketPath.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            throw .transport(call: "connect \(socketPath)", errno: ENAMETOOLONG)
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw .transport(call: "socket", errno: errno) }
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else {
+            let e = errno
+            close(fd)
+            throw .transport(call: "connect \(socketPath)", errno: e)
+        }
+        fileDescriptor = fd
+    }
+
+    deinit { close(fileDescriptor) }
+
+    // MARK: Raw access
+
+    /// Sends raw bytes (e.g. a malformed frame), with `fd` passed by SCM_RIGHTS on the first `sendmsg`.
+    public func sendBytes(_ bytes: [UInt8], fileDescriptor fd: Int32? = nil) throws(VSMMUClientError) {
+        var offset = 0
+        var pendingFD = fd ?? -1
+        repeat {
+            let sent = bytes.withUnsafeBytes { raw in
+                vsmmu_send_with_fd(fileDescriptor, raw.baseAddress.map { $0 + offset }, raw.count - offset, pendingFD)
+            }
+            guard sent >= 0 else { throw .transport(call: "sendmsg", errno: errno) }
+            pendingFD = -1
+            offset += sent
+        } while offset < bytes.count
+    }
+
+    /// Encodes and sends `request` (with `fileDescriptor` by SCM_RIGHTS if given) without waiting.
+    /// - Returns: the request id.
+    @discardableResult
+    public func send(_ request: Request, fileDescriptor fd: Int32? = nil) throws(VSMMUClientError) -> UInt64 {
+        let id = nextRequestID
+        nextRequestID &+= 1
+        let bytes: [UInt8]
+        do throws(ProtocolError) { bytes = try request.encode(requestID: id) } catch { throw .server(error) }
+        try sendBytes(bytes, fileDescriptor: fd)
+        return id
+    }
+
+    /// Blocks for the next reply frame and decodes it.
+    /// - Throws: ``VSMMUClientError/connectionClosed`` at end of stream, `.badReply` for an undecodable frame.
+    public func receive() throws(VSMMUClientError) -> (requestID: UInt64, response: Response) {
+        while true {
+            let frame: Frame?
+            do throws(FrameError) { frame = try decoder.nextFrame() } catch { throw .badReply("\(error)") }
+            if let frame {
+                do throws(ProtocolError) { return (frame.header.requestID, try Response.decode(frame)) } catch {
+                    throw .badReply("\(error)")
+                }
+            }
+            let count = readBuffer.withUnsafeMutableBytes { recv(fileDescriptor, $0.baseAddress, $0.count, 0) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw .transport(call: "recv", errno: errno)
+            }
+            if count == 0 { throw .connectionClosed }
+            decoder.feed(readBuffer[0..<count])
+        }
+    }
+
+    /// Sends `request` and waits for its reply; an ERROR reply throws.
+    public func call(_ request: Request, fileDescriptor fd: Int32? = nil) throws(VSMMUClientError) -> Response {
+        let id = try send(request, fileDescriptor: fd)
+        let (replyID, response) = try receive()
+        guard replyID == id else { throw .badReply("reply to request \(replyID), expected \(id)") }
+        if case .error(let error) = response { throw .server(error) }
+        guard response.answers(request.type) else { throw .badReply("\(response.type.name) answers no \(request.type.name)") }
+        return response
+    }
+
+    // MARK: Requests
+
+    /// HELLO: the handshake. - Returns: the server's reply (also kept in ``serverHello``).
+    @discardableResult
+    public func hello(name: String = "vsmmu-client",
+                      versions: ClosedRange<UInt16> = WireProtocol.supportedVersions) throws(VSMMUClientError) -> HelloReply {
+        guard case .hello(let reply) = try call(.hello(Hello(versions: versions, processID: UInt32(bitPattern: getpid()),
+                                                             clientName: name))) else { throw .badReply("HELLO") }
+        serverHello = reply
+        return reply
+    }
+
+    /// CREATE_VSMMU. - Returns: the new vSMMU's id.
+    public func createVSMMU(name: String = "") throws(VSMMUClientError) -> VSMMUID {
+        guard case .createVSMMU(let reply) = try call(.createVSMMU(CreateVSMMU(name: name))) else { throw .badReply("CREATE_VSMMU") }
+        return reply.vsmmu
+    }
+
+    /// DESTROY_VSMMU.
+    public func destroyVSMMU(_ vsmmu: VSMMUID) throws(VSMMUClientError) {
+        _ = try call(.destroyVSMMU(DestroyVSMMU(vsmmu: vsmmu)))
+    }
+
+    /// ATTACH_VIOMMU, passing `iommufd` with SCM_RIGHTS when given (the iommufd backend needs it).
+    public func attachViommu(vsmmu: VSMMUID, pSMMU: String, hostDeviceID: UInt32, nestParentHWPT: UInt32 = 0,
+                             iommufd: Int32? = nil) throws(VSMMUClientError) -> ViommuAttached {
+        let request = Request.attachViommu(AttachViommu(vsmmu: vsmmu, pSMMU: pSMMU, hostDeviceID: hostDeviceID,
+                                                        nestParentHWPT: nestParentHWPT, fileDescriptorAttached: iommufd != nil))
+        guard case .attachViommu(let reply) = try call(request, fileDescriptor: iommufd) else { throw .badReply("ATTACH_VIOMMU") }
+        return reply
+    }
+
+    /// DETACH_VIOMMU.
+    public func detachViommu(vsmmu: VSMMUID, viommu: UInt32) throws(VSMMUClientError) {
+        _ = try call(.detachViommu(DetachViommu(vsmmu: vsmmu, viommu: viommu)))
+    }
+
+    /// SET_DEV_ID.
+    public func setDeviceID(vsmmu: VSMMUID, viommu: UInt32, hostDeviceID: UInt32, streamID: StreamID) throws(VSMMUClientError) {
+        _ = try call(.setDeviceID(DeviceRegistration(vsmmu: vsmmu, viommu: viommu, hostDeviceID: hostDeviceID, streamID: streamID)))
+    }
+
+    /// UNSET_DEV_ID.
+    public func unsetDeviceID(vsmmu: VSMMUID, viommu: UInt32, hostDeviceID: UInt32, streamID: StreamID) throws(VSMMUClientError) {
+        _ = try call(.unsetDeviceID(DeviceRegistration(vsmmu: vsmmu, viommu: viommu, hostDeviceID: hostDeviceID, streamID: streamID)))
+    }
+
+    /// LINK_STE. - Returns: the stage-1 HWPT now serving the vSID.
+    @discardableResult
+    public func linkSTE(vsmmu: VSMMUID, streamID: StreamID, ste: StreamTableEntry,
+                        contextDescriptors: [ContextDescriptor] = []) throws(VSMMUClientError) -> HWPTLinked {
+        guard case .linkSTE(let reply) = try call(.linkSTE(LinkSTE(vsmmu: vsmmu, streamID: streamID, ste: ste,
+                                                                    contextDescriptors: contextDescriptors))) else {
+            throw .badReply("LINK_STE")
+        }
+        return reply
+    }
+
+    /// UNLINK_STE.
+    public func unlinkSTE(vsmmu: VSMMUID, streamID: StreamID) throws(VSMMUClientError) {
+        _ = try call(.unlinkSTE(UnlinkSTE(vsmmu: vsmmu, streamID: streamID)))
+    }
+
+    /// UPDATE_CD.
+    @discardableResult
+    public func updateCD(vsmmu: VSMMUID, streamID: StreamID, substreamID: SubstreamID,
+                         _ cd: ContextDescriptor) throws(VSMMUClientError) -> HWPTLinked {
+        guard case .updateCD(let reply) = try call(.updateCD(UpdateCD(vsmmu: vsmmu, streamID: streamID, substreamID: substreamID,
+                                                                       contextDescriptor: cd))) else {
+            throw .badReply("UPDATE_CD")
+        }
+        return reply
+    }
+
+    /// INVALIDATE: returns when the batch's last CMD_SYNC completed (or at once without one).
+    public func invalidate(vsmmu: VSMMUID, commands: [Command]) throws(VSMMUClientError) -> InvalidateReply {
+        guard case .invalidate(let reply) = try call(.invalidate(Invalidate(vsmmu: vsmmu, commands: commands))) else {
+            throw .badReply("INVALIDATE")
+        }
+        return reply
+    }
+
+    /// STATS of one vSMMU, or of the daemon (`nil`).
+    public func stats(vsmmu: VSMMUID? = nil) throws(VSMMUClientError) -> StatsReply {
+        guard case .stats(let reply) = try call(.stats(StatsRequest(vsmmu: vsmmu))) else { throw .badReply("STATS") }
+        return reply
+    }
+
+    /// LIST: one page.
+    public func list(_ kind: ListKind, vsmmu: VSMMUID? = nil, start: UInt32 = 0,
+                     maximumEntries: UInt32 = 0) throws(VSMMUClientError) -> ListReply {
+        guard case .list(let reply) = try call(.list(ListRequest(kind: kind, vsmmu: vsmmu, start: start,
+                                                                  maximumEntries: maximumEntries))) else { throw .badReply("LIST") }
+        return reply
+    }
+
+    /// HEALTH.
+    public func health() throws(VSMMUClientError) -> HealthReply {
+        guard case .health(let reply) = try call(.health) else { throw .badReply("HEALTH") }
+        return reply
+    }
+
+    /// Half-closes the connection (`shutdown(SHUT_WR)`): the daemon sees the end of the stream.
+    public func shutdownWrite() { shutdown(fileDescriptor, Int32(SHUT_WR)) }
+}

@@ -1,0 +1,130 @@
+import CSocketShims
+import Logging
+import SystemPackage
+import VSMMUProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One client connection, run on its own thread: read, cut frames, handle each in order, reply.
+struct Connection {
+    /// Unclaimed fds a connection holds at most (PROTOCOL.md §1); more are closed on arrival.
+    static let maximumPendingFileDescriptors = 4
+
+    let id: UInt64
+    let fd: Int32
+    let credentials: PeerCredentials?
+    let server: VSMMUServer
+    var handshakeCompleted = false
+    /// fds received with SCM_RIGHTS and not yet claimed by a frame, oldest first.
+    var pendingFileDescriptors: [Int32] = []
+    var decoder: FrameDecoder
+    var logger: Logger
+
+    init(id: UInt64, fd: Int32, credentials: PeerCredentials?, server: VSMMUServer) {
+        self.id = id
+        self.fd = fd
+        self.credentials = credentials
+        self.server = server
+        decoder = FrameDecoder(maximumFrameSize: Int(server.configuration.limits.maximumFrameSize))
+        logger = server.logger
+        logger[metadataKey: "connection"] = "\(id)"
+    }
+
+    /// Serves the connection until the peer closes it, a fatal framing error, or the server stops.
+    mutating func run() {
+        defer {
+            for fd in pendingFileDescriptors { close(fd) }
+            pendingFileDescriptors = []
+        }
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        var fds = [Int32](repeating: -1, count: 8)
+        while true {
+            var fdCount: Int32 = 0
+            var truncatedControl: Int32 = 0
+            let received = buffer.withUnsafeMutableBytes { raw in
+                fds.withUnsafeMutableBufferPointer { fdBuffer in
+                    vsmmu_receive_with_fds(fd, raw.baseAddress, raw.count, fdBuffer.baseAddress, Int32(fdBuffer.count),
+                                           &fdCount, &truncatedControl)
+                }
+            }
+            for i in 0..<Int(fdCount) {
+                if pendingFileDescriptors.count < Self.maximumPendingFileDescriptors {
+                    pendingFileDescriptors.append(fds[i])
+                } else {
+                    close(fds[i])
+                    logger.warning("closed a file descriptor beyond the unclaimed limit")
+                }
+            }
+            if truncatedControl != 0 { logger.warning("control data truncated: file descriptors lost") }
+            if received < 0 {
+                if !server.isStopping { logger.info("read failed", metadata: ["errno": "\(errno)"]) }
+                return
+            }
+            if received == 0 {
+                endOfStream()
+                return
+            }
+            decoder.feed(buffer[0..<received])
+            while true {
+                let frame: Frame?
+                do throws(FrameError) { frame = try decoder.nextFrame() } catch {
+                    logger.warning("fatal framing error, closing", metadata: ["error": "\(error)"])
+                    server.protocolErrors.add(1, ordering: .relaxed)
+                    try? POSIX.sendAll(fd, error.replyFrame())
+                    return
+                }
+                guard let frame else { break }
+                guard handle(frame) else { return }
+            }
+        }
+    }
+
+    /// The peer closed its writing side: answer TRUNCATED_FRAME if it stopped inside a frame.
+    private func endOfStream() {
+        do throws(FrameError) { try decoder.finish() } catch {
+            server.protocolErrors.add(1, ordering: .relaxed)
+            do throws(SystemCallError) { try POSIX.sendAll(fd, error.replyFrame()) } catch {
+                logger.info("peer vanished inside a frame", metadata: ["error": "\(error)"])
+                return
+            }
+            logger.info("stream ended inside a frame", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Handles one frame and writes its reply. Returns `false` when the connection must end.
+    private mutating func handle(_ frame: Frame) -> Bool {
+        server.framesReceived.add(1, ordering: .relaxed)
+        let header = frame.header
+        // Each complete frame with FD_ATTACHED takes the oldest unclaimed fd (PROTOCOL.md §1).
+        var attachedFD: Int32? = nil
+        if header.flags.contains(.fileDescriptorAttached), !pendingFileDescriptors.isEmpty {
+            attachedFD = pendingFileDescriptors.removeFirst()
+        }
+        let response: Response
+        do throws(ProtocolError) {
+            let request = try Request.decode(frame, handshakeCompleted: handshakeCompleted)
+            response = try server.apply(request, connection: &self, fileDescriptor: &attachedFD)
+        } catch {
+            response = .error(error)
+        }
+        if let fd = attachedFD { close(fd) } // not adopted by the request
+        if case .error(let error) = response {
+            server.protocolErrors.add(1, ordering: .relaxed)
+            logger.debug("request refused", metadata: ["request": "\(header)", "error": "\(error)"])
+        }
+        let bytes: [UInt8]
+        do throws(ProtocolError) { bytes = try response.encode(requestID: header.requestID) } catch {
+            server.protocolErrors.add(1, ordering: .relaxed)
+            bytes = ProtocolError.internalError(type: header.type, "cannot encode the reply: \(error)")
+                .replyFrame(requestID: header.requestID)
+        }
+        do throws(SystemCallError) { try POSIX.sendAll(fd, bytes) } catch {
+            logger.info("cannot write a reply, closing", metadata: ["error": "\(error)"])
+            return false
+        }
+        if case .error(let error) = response, error.closesConnection { return false }
+        return true
+    }
+}

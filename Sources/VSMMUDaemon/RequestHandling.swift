@@ -1,0 +1,250 @@
+import InvalidationEngine
+import PSMMU
+import SMMUv3
+import VirtualSMMU
+import VSMMUProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension VSMMUServer {
+    /// Applies one decoded request for `connection` and returns its reply.
+    ///
+    /// - Parameter fileDescriptor: the fd that came with the frame, if any; set to `nil` when the
+    ///   request took it over (closed or adopted). The caller closes it otherwise.
+    /// - Throws: the ``ProtocolError`` the request is refused with; a refused request has no effect.
+    func apply(_ request: Request, connection: inout Connection,
+               fileDescriptor: inout Int32?) throws(ProtocolError) -> Response {
+        let type = request.type
+        if isStopping { throw .shuttingDown(type: type) }
+        switch request {
+        case .hello(let hello):
+            guard !connection.handshakeCompleted else {
+                throw .alreadyExists(.handshake, value: 0, type: type, "the connection already completed its HELLO")
+            }
+            let version = try WireProtocol.negotiateVersion(client: hello.versions)
+            connection.handshakeCompleted = true
+            connection.logger.info("hello", metadata: [
+                "client": "\(hello.clientName)", "client_pid": "\(hello.processID)", "version": "\(version)",
+            ])
+            return .hello(HelloReply(version: version, limits: configuration.limits,
+                                     serverProcessID: UInt32(bitPattern: getpid()), serverName: configuration.serverName))
+
+        case .createVSMMU(let create):
+            let limit = Int(configuration.limits.maximumVSMMUs)
+            let served = try state.withLock { (s: inout State) throws(ProtocolError) -> ServedVSMMU in
+                let owned = s.vsmmus.values.filter { $0.owner == connection.id }.count
+                guard owned < limit else {
+                    throw .limitExceeded(limit: limit, asked: UInt64(owned + 1), type: type,
+                                         "a connection owns at most \(limit) vSMMUs")
+                }
+                let id = VSMMUID(s.nextVSMMUID)
+                s.nextVSMMUID += 1
+                let served = ServedVSMMU(id: id, name: create.name, owner: connection.id,
+                                         ownerCredentials: connection.credentials,
+                                         engine: VSMMUEngine(configuration: configuration.engine))
+                s.vsmmus[id] = served
+                return served
+            }
+            connection.logger.info("vSMMU created", metadata: ["vsmmu": "\(served.id.rawValue)", "name": "\(create.name)"])
+            return .createVSMMU(VSMMUCreated(vsmmu: served.id))
+
+        case .destroyVSMMU(let destroy):
+            let served = try owned(destroy.vsmmu, by: connection, type: type)
+            let failures = served.tearDown()
+            state.withLock { _ = $0.vsmmus.removeValue(forKey: served.id) }
+            connection.logger.info("vSMMU destroyed", metadata: ["vsmmu": "\(served.id.rawValue)", "failures": "\(failures)"])
+            return .destroyVSMMU
+
+        case .attachViommu(let attach):
+            // §2.2 step 5: a missing fd is refused before the request's meaning is looked at.
+            if attach.fileDescriptorAttached && fileDescriptor == nil {
+                throw .badFileDescriptor(.missing, type: type)
+            }
+            let served = try owned(attach.vsmmu, by: connection, type: type)
+            guard let provider = providers[attach.pSMMU] else { throw .unknownPSMMU(attach.pSMMU, type: type) }
+            let fd = fileDescriptor
+            fileDescriptor = nil
+            let backend = try provider.backend(for: fd, type: type)
+            let index: ViommuIndex
+            do throws(EngineError) {
+                index = try served.engine.attachViommu(
+                    pSMMU: attach.pSMMU, backend: backend,
+                    request: ViommuAttachRequest(hostDeviceID: attach.hostDeviceID, nestParentHWPT: attach.nestParentHWPT))
+            } catch {
+                // The VMM's fd is not an iommufd (no such ioctl on it, or not an open file).
+                if case .iommufd = provider, case .backend(let backendError) = error,
+                   let errno = backendError.errno, errno == ENOTTY || errno == EBADF {
+                    throw .badFileDescriptor(.unusable, type: type, errno: errno, message: "the fd is not a usable iommufd: \(backendError)")
+                }
+                throw Self.protocolError(error, type: type, viommu: nil)
+            }
+            let handle = served.engine.viommuStatistics.first { $0.index == index }?.handle.rawValue ?? 0
+            return .attachViommu(ViommuAttached(viommu: UInt32(index.rawValue), backendViommuID: handle))
+
+        case .detachViommu(let detach):
+            let served = try owned(detach.vsmmu, by: connection, type: type)
+            let index = try viommuIndex(detach.viommu, on: served, type: type)
+            do throws(EngineError) { try served.engine.detachViommu(index) } catch {
+                throw Self.protocolError(error, type: type, viommu: detach.viommu)
+            }
+            return .detachViommu
+
+        case .setDeviceID(let registration):
+            let served = try owned(registration.vsmmu, by: connection, type: type)
+            let index = try viommuIndex(registration.viommu, on: served, type: type)
+            do throws(EngineError) {
+                try served.engine.setDeviceID(viommu: index, hostDeviceID: registration.hostDeviceID,
+                                              streamID: registration.streamID)
+            } catch {
+                throw Self.protocolError(error, type: type, viommu: registration.viommu)
+            }
+            return .setDeviceID
+
+        case .unsetDeviceID(let registration):
+            let served = try owned(registration.vsmmu, by: connection, type: type)
+            guard let device = served.engine.vsmmu.devices[registration.streamID] else {
+                throw .unknownStreamID(registration.streamID, type: type)
+            }
+            guard UInt32(device.viommu.rawValue) == registration.viommu else {
+                throw .badField(type, offset: 4, value: UInt64(registration.viommu),
+                                "StreamID 0x\(String(registration.streamID, radix: 16)) is registered behind viommu \(device.viommu.rawValue)")
+            }
+            guard device.hostDeviceID == registration.hostDeviceID else {
+                throw .badField(type, offset: 8, value: UInt64(registration.hostDeviceID),
+                                "StreamID 0x\(String(registration.streamID, radix: 16)) is registered for host device \(device.hostDeviceID)")
+            }
+            do throws(EngineError) { try served.engine.unsetDeviceID(streamID: registration.streamID) } catch {
+                throw Self.protocolError(error, type: type, viommu: registration.viommu)
+            }
+            return .unsetDeviceID
+
+        case .linkSTE(let link):
+            let served = try owned(link.vsmmu, by: connection, type: type)
+            let limit = Int(configuration.limits.maximumContextDescriptors)
+            guard link.contextDescriptors.count <= limit else {
+                throw .limitExceeded(limit: limit, asked: UInt64(link.contextDescriptors.count), type: type,
+                                     "at most \(limit) CDs per LINK_STE")
+            }
+            let change: VSMMU.HWPTChange
+            do throws(EngineError) {
+                change = try served.engine.link(streamID: link.streamID, ste: link.ste, contextDescriptors: link.contextDescriptors)
+            } catch {
+                throw Self.protocolError(error, type: type, viommu: nil)
+            }
+            return .linkSTE(HWPTLinked(s1HWPT: change.current?.rawValue, isNew: change.current != nil && change.isNew))
+
+        case .unlinkSTE(let unlink):
+            let served = try owned(unlink.vsmmu, by: connection, type: type)
+            do throws(EngineError) { try served.engine.unlink(streamID: unlink.streamID) } catch {
+                throw Self.protocolError(error, type: type, viommu: nil)
+            }
+            return .unlinkSTE
+
+        case .updateCD(let update):
+            let served = try owned(update.vsmmu, by: connection, type: type)
+            let change: VSMMU.HWPTChange
+            do throws(EngineError) {
+                change = try served.engine.updateContextDescriptor(streamID: update.streamID, substreamID: update.substreamID,
+                                                                   update.contextDescriptor)
+            } catch {
+                throw Self.protocolError(error, type: type, viommu: nil)
+            }
+            return .updateCD(HWPTLinked(s1HWPT: change.current?.rawValue, isNew: change.current != nil && change.isNew))
+
+        case .invalidate(let invalidate):
+            let served = try owned(invalidate.vsmmu, by: connection, type: type)
+            let limit = Int(configuration.limits.maximumCommandsPerInvalidate)
+            guard invalidate.commands.count <= limit else {
+                throw .limitExceeded(limit: limit, asked: UInt64(invalidate.commands.count), type: type,
+                                     "at most \(limit) commands per INVALIDATE")
+            }
+            let start = POSIX.monotonicNanoseconds()
+            let result = served.engine.submit(invalidate.commands).wait()
+            let latency = POSIX.monotonicNanoseconds() &- start
+            served.statistics.withLock { stats in
+                stats.invalidateRequests += 1
+                if result.syncs > 0 { stats.recordSync(latencyNanoseconds: latency) }
+            }
+            let failure = result.failure.map {
+                InvalidateReply.Failure(index: UInt32($0.index), queueError: $0.queueError, message: $0.message)
+            }
+            return .invalidate(InvalidateReply(consumed: UInt32(result.consumed), syncsCompleted: UInt32(result.syncs),
+                                               failure: failure))
+
+        case .stats(let stats):
+            try checkAdmin(connection, type: type)
+            return .stats(try statistics(of: stats.vsmmu, type: type))
+
+        case .list(let list):
+            try checkAdmin(connection, type: type)
+            return .list(try listing(list, type: type))
+
+        case .health:
+            try checkAdmin(connection, type: type)
+            return .health(health())
+        }
+    }
+
+    /// The vSMMU `id` if `connection` owns it.
+    /// - Throws: `UNKNOWN_VSMMU`, `NOT_OWNER`.
+    func owned(_ id: VSMMUID, by connection: Connection, type: MessageType) throws(ProtocolError) -> ServedVSMMU {
+        guard let served = state.withLock({ $0.vsmmus[id] }) else { throw .unknownVSMMU(id, type: type) }
+        guard served.owner == connection.id else { throw .notOwner(id, type: type) }
+        return served
+    }
+
+    /// A viommu index on the wire (u32) as the engine's, if that viommu is attached.
+    /// - Throws: `UNKNOWN_VIOMMU`.
+    private func viommuIndex(_ raw: UInt32, on served: ServedVSMMU, type: MessageType) throws(ProtocolError) -> ViommuIndex {
+        guard raw < UInt32(VSMMU.maximumViommus), served.engine.vsmmu.attachedViommus.contains(ViommuIndex(Int(raw))) else {
+            throw .unknownViommu(raw, type: type)
+        }
+        return ViommuIndex(Int(raw))
+    }
+
+    /// Admin requests are served to root and to the daemon's own uid; others get `NOT_OWNER`.
+    private func checkAdmin(_ connection: Connection, type: MessageType) throws(ProtocolError) {
+        guard let uid = connection.credentials?.userID, uid == 0 || uid == getuid() else {
+            throw .notOwner(nil, type: type)
+        }
+    }
+
+    /// The ERROR answering an engine refusal (PROTOCOL.md §4-5).
+    static func protocolError(_ error: EngineError, type: MessageType, viommu: UInt32?) -> ProtocolError {
+        switch error {
+        case .vsmmu(let e):
+            switch e {
+            case .tooManyViommus(let limit):
+                return .limitExceeded(limit: limit, asked: UInt64(limit + 1), type: type, e.description)
+            case .pSMMUAlreadyAttached(_, let index):
+                return .alreadyExists(.pSMMU, value: UInt64(index.rawValue), type: type, e.description)
+            case .unknownViommu(let index):
+                return .unknownViommu(UInt32(index.rawValue), type: type)
+            case .viommuInUse(let index, let streamIDs):
+                return .inUse(UInt64(index.rawValue), dependents: streamIDs.count, type: type, e.description)
+            case .streamIDInUse(let streamID, _, _):
+                return .alreadyExists(.streamID, value: UInt64(streamID), type: type, e.description)
+            case .deviceAlreadyRegistered(let hostDeviceID, _):
+                return .alreadyExists(.hostDevice, value: UInt64(hostDeviceID), type: type, e.description)
+            case .unknownStreamID(let streamID):
+                return .unknownStreamID(streamID, type: type)
+            case .invalidSTE(_, let reason):
+                return .invalidSTE(reason, type: type)
+            case .tooManyContextDescriptors(_, let given, _):
+                return .invalidSTE(.tooManyContextDescriptors, value: UInt64(given), type: type, e.description)
+            case .substreamOutOfRange(_, let substreamID, _):
+                return .invalidSTE(.substreamOutOfRange, value: UInt64(substreamID), type: type, e.description)
+            case .notTranslating(let streamID):
+                return .invalidSTE(.notTranslating, value: UInt64(streamID), type: type, e.description)
+            }
+        case .backend(let e):
+            return .backendFailure(errno: e.errno, viommu: viommu, type: type, e.description)
+        case .queue(let e):
+            return .internalError(type: type, "viommu queue: \(e)")
+        case .stopped:
+            return .shuttingDown(type: type)
+        }
+    }
+}

@@ -1,0 +1,399 @@
+// SPDX-License-Identifier: MIT
+// vmm-sim: a QEMU-like VMM built on the C client (protocol/vsmmu.h + vsmmu_client.h only).
+//
+// It plays a guest's SMMUv3 command queue against vsmmud: registers devices behind one vSMMU spread
+// over the daemon's pSMMUs, links their STEs and CDs, and submits the commands in batches cut after
+// each CMD_SYNC, as the guest's driver publishes them, checking every reply.
+//
+//   vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... replay TRACE.bin STE_CD.csv
+//   vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... generate [--commands N] [--devices D]
+//           [--seed S] [--strict | --lazy]
+//
+// Defaults: socket $VSMMUD_SOCKET or /run/vsmmud/vsmmud.sock; pSMMUs smmu0:0 and smmu1:64 (the daemon's
+// embedded default). Exit status 0 when every reply was what a healthy SMMU would answer.
+
+#include "vsmmu_client.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_PSMMUS 16
+#define MAX_DEVICES 256
+
+struct psmmu {
+	char name[VSMMU_NAME_SIZE];
+	uint32_t first_host_device;
+	uint32_t viommu;
+	uint32_t next_host_device;
+};
+
+struct device {
+	uint32_t vsid;
+	int psmmu;
+	uint32_t host_device;
+	struct vsmmu_ste ste;
+	struct vsmmu_cd cd;
+};
+
+struct run {
+	struct vsmmu_client client;
+	uint32_t vsmmu;
+	struct psmmu psmmus[MAX_PSMMUS];
+	int psmmu_count;
+	struct device devices[MAX_DEVICES];
+	int device_count;
+	uint64_t commands, batches, syncs, errors;
+	double *latencies; /* µs per batch that ended in CMD_SYNC */
+	size_t latency_count, latency_capacity;
+};
+
+static double now_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
+static int fail(struct run *run, const char *what, int rc)
+{
+	if (rc < 0)
+		fprintf(stderr, "vmm-sim: %s: %s\n", what, strerror(-rc));
+	else
+		fprintf(stderr, "vmm-sim: %s: %s: %s\n", what, vsmmu_error_name((uint32_t)rc), run->client.last_message);
+	return 1;
+}
+
+static int setup(struct run *run, const char *socket_path)
+{
+	int rc = vsmmu_client_connect(&run->client, socket_path);
+	if (rc)
+		return fail(run, socket_path, rc);
+	if ((rc = vsmmu_client_hello(&run->client, "vmm-sim", NULL)))
+		return fail(run, "HELLO", rc);
+	if ((rc = vsmmu_client_create_vsmmu(&run->client, "vmm-sim", &run->vsmmu)))
+		return fail(run, "CREATE_VSMMU", rc);
+	for (int i = 0; i < run->psmmu_count; i++) {
+		struct vsmmu_attach_viommu_reply reply;
+		struct psmmu *p = &run->psmmus[i];
+		if ((rc = vsmmu_client_attach_viommu(&run->client, run->vsmmu, p->name, p->first_host_device, 0, -1, &reply)))
+			return fail(run, "ATTACH_VIOMMU", rc);
+		p->viommu = reply.viommu;
+		p->next_host_device = p->first_host_device;
+	}
+	return 0;
+}
+
+/* Registers a device on pSMMU `p` (round robin by the caller) and links its STE and CD. */
+static int add_device(struct run *run, uint32_t vsid, int p, const struct vsmmu_ste *ste, const struct vsmmu_cd *cd)
+{
+	if (run->device_count == MAX_DEVICES)
+		return fail(run, "too many devices", -ENOSPC);
+	struct device *d = &run->devices[run->device_count++];
+	d->vsid = vsid;
+	d->psmmu = p;
+	d->host_device = run->psmmus[p].next_host_device++;
+	d->ste = *ste;
+	d->cd = *cd;
+	int rc = vsmmu_client_set_dev_id(&run->client, run->vsmmu, run->psmmus[p].viommu, d->host_device, vsid);
+	if (rc)
+		return fail(run, "SET_DEV_ID", rc);
+	if ((rc = vsmmu_client_link_ste(&run->client, run->vsmmu, vsid, ste, cd, 1, NULL)))
+		return fail(run, "LINK_STE", rc);
+	return 0;
+}
+
+static void record_latency(struct run *run, double us)
+{
+	if (run->latency_count == run->latency_capacity) {
+		run->latency_capacity = run->latency_capacity ? run->latency_capacity * 2 : 4096;
+		run->latencies = realloc(run->latencies, run->latency_capacity * sizeof(double));
+		if (!run->latencies) {
+			fprintf(stderr, "vmm-sim: out of memory\n");
+			exit(1);
+		}
+	}
+	run->latencies[run->latency_count++] = us;
+}
+
+/* Submits one batch and checks the reply: everything consumed, no CERROR. */
+static int submit(struct run *run, const struct vsmmu_command *commands, uint32_t count)
+{
+	struct vsmmu_invalidate_reply reply;
+	int has_sync = 0;
+	for (uint32_t i = 0; i < count; i++)
+		has_sync |= (commands[i].w[0] & 0xFF) == 0x46;
+	double start = now_us();
+	int rc = vsmmu_client_invalidate(&run->client, run->vsmmu, commands, count, &reply);
+	double elapsed = now_us() - start;
+	if (rc)
+		return fail(run, "INVALIDATE", rc);
+	run->commands += count;
+	run->batches++;
+	run->syncs += reply.syncs_completed;
+	if (has_sync)
+		record_latency(run, elapsed);
+	if (reply.cerror != VSMMU_CERROR_NONE || reply.consumed != count) {
+		run->errors++;
+		if (run->errors <= 10)
+			fprintf(stderr, "vmm-sim: batch %llu: consumed %u of %u, CERROR %u at %u: %s\n",
+				(unsigned long long)run->batches, reply.consumed, count, reply.cerror, reply.error_index,
+				run->client.last_message);
+	}
+	return 0;
+}
+
+static int compare_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+static void report(struct run *run, const char *mode)
+{
+	double p50 = 0, p99 = 0;
+	if (run->latency_count) {
+		qsort(run->latencies, run->latency_count, sizeof(double), compare_double);
+		p50 = run->latencies[run->latency_count / 2];
+		p99 = run->latencies[(size_t)((double)run->latency_count * 0.99)];
+	}
+	printf("vmm-sim %s: %llu commands in %llu batches, %llu syncs completed, %llu errors; "
+	       "sync round trip p50 %.1f us, p99 %.1f us\n",
+	       mode, (unsigned long long)run->commands, (unsigned long long)run->batches,
+	       (unsigned long long)run->syncs, (unsigned long long)run->errors, p50, p99);
+}
+
+/* ---- replay ---------------------------------------------------------------------------------- */
+
+/* Reads the final STE/CD of each StreamID from a trace's ste-cd CSV (rows "ram_dump_final"). */
+static int load_ste_cd(struct run *run, const char *path)
+{
+	FILE *f = fopen(path, "r");
+	if (!f)
+		return fail(run, path, -errno);
+	char line[2048];
+	int p = 0, found = 0;
+	while (fgets(line, sizeof(line), f)) {
+		if (strncmp(line, "ram_dump_final,", 15) != 0)
+			continue;
+		char *fields[32] = { 0 };
+		int n = 0;
+		for (char *s = line, *tok; n < 32 && (tok = strsep(&s, ",")) != NULL;)
+			fields[n++] = tok;
+		if (n < 24)
+			continue;
+		struct vsmmu_ste ste = { 0 };
+		struct vsmmu_cd cd = { 0 };
+		uint32_t vsid = (uint32_t)strtoul(fields[1], NULL, 0);
+		ste.w[0] = strtoull(fields[12], NULL, 0);
+		ste.w[1] = strtoull(fields[13], NULL, 0);
+		cd.w[0] = strtoull(fields[23], NULL, 0);
+		cd.w[1] = strtoull(fields[17], NULL, 0);
+		cd.w[3] = strtoull(fields[22], NULL, 0);
+		if (add_device(run, vsid, p, &ste, &cd)) {
+			fclose(f);
+			return 1;
+		}
+		p = (p + 1) % run->psmmu_count;
+		found++;
+	}
+	fclose(f);
+	if (!found) {
+		fprintf(stderr, "vmm-sim: %s: no ram_dump_final rows\n", path);
+		return 1;
+	}
+	return 0;
+}
+
+static int replay(struct run *run, const char *trace, const char *ste_cd)
+{
+	if (load_ste_cd(run, ste_cd))
+		return 1;
+	FILE *f = fopen(trace, "rb");
+	if (!f)
+		return fail(run, trace, -errno);
+	struct vsmmu_command batch[4096];
+	uint32_t count = 0;
+	while (fread(&batch[count], sizeof(batch[0]), 1, f) == 1) {
+		count++;
+		int is_sync = (batch[count - 1].w[0] & 0xFF) == 0x46;
+		if (is_sync || count == 4096 || count == run->client.max_commands) {
+			if (submit(run, batch, count)) {
+				fclose(f);
+				return 1;
+			}
+			count = 0;
+		}
+	}
+	fclose(f);
+	if (count && submit(run, batch, count))
+		return 1;
+	report(run, "replay");
+	return run->errors ? 1 : 0;
+}
+
+/* ---- generate -------------------------------------------------------------------------------- */
+
+static uint64_t rng_state;
+static uint64_t rng(void)
+{
+	uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+	return z ^ (z >> 31);
+}
+
+static struct vsmmu_command cmd(uint64_t w0, uint64_t w1)
+{
+	struct vsmmu_command c = { { w0, w1 } };
+	return c;
+}
+
+#define CMD_SYNC cmd(0x46, 0)
+static struct vsmmu_command tlbi_nh_va(uint16_t asid, uint64_t va, unsigned num, unsigned scale)
+{
+	/* TLBI_NH_VA: ASID w0[63:48], NUM w0[16:12], SCALE w0[24:20]; LEAF w1[0], TTL 3, TG 1 (4K), VA w1[63:12]. */
+	return cmd(0x12 | (uint64_t)asid << 48 | (uint64_t)num << 12 | (uint64_t)scale << 20,
+		   (va & ~0xFFFull) | 1 | 3u << 8 | 1u << 10);
+}
+static struct vsmmu_command tlbi_nh_asid(uint16_t asid) { return cmd(0x11 | (uint64_t)asid << 48, 0); }
+static struct vsmmu_command atc_inv(uint32_t sid) { return cmd(0x40 | (uint64_t)sid << 32, 52); }
+static struct vsmmu_command cfgi_cd(uint32_t sid) { return cmd(0x05 | (uint64_t)sid << 32, 1); }
+
+static int generate(struct run *run, uint64_t budget, int devices, int strict)
+{
+	uint16_t next_asid = 1;
+	for (int i = 0; i < devices; i++) {
+		struct vsmmu_ste ste = { { (0x4000000000ull + ((uint64_t)i << 12)) | 0xB, 0xD6 } }; /* V, S1_TRANS, SSID0 */
+		struct vsmmu_cd cd = { { (uint64_t)next_asid++ << 48 | 1ull << 41 | 1ull << 31 | 0x3510, 0x43805000 } };
+		if (add_device(run, (uint32_t)(i + 1) << 3, i % run->psmmu_count, &ste, &cd))
+			return 1;
+	}
+	struct vsmmu_command batch[256];
+	while (run->commands < budget) {
+		struct device *d = &run->devices[rng() % (uint64_t)run->device_count];
+		uint16_t asid = (uint16_t)(d->cd.w[0] >> 48);
+		uint32_t n = 0;
+		uint64_t r = rng() % 100;
+		if (r < 85) {
+			/* An unmap: strict mode pays one TLBI_NH_VA range + CMD_SYNC each; lazy mode batches a
+			 * burst and flushes the ASID once. */
+			if (strict) {
+				batch[n++] = tlbi_nh_va(asid, (rng() % (1ull << 24)) << 12, (unsigned)(rng() % 4), (unsigned)(rng() % 3));
+			} else {
+				unsigned burst = 1 + (unsigned)(rng() % 32);
+				for (unsigned i = 0; i < burst; i++)
+					batch[n++] = tlbi_nh_va(asid, (rng() % (1ull << 24)) << 12, 0, 0);
+				batch[n++] = tlbi_nh_asid(asid);
+			}
+		} else if (r < 92) {
+			batch[n++] = atc_inv(d->vsid); /* a device reset */
+		} else {
+			/* The guest gives the device a new address space: rewrite its CD, invalidate the cached CD,
+			 * then the old ASID. */
+			uint16_t old = asid;
+			d->cd.w[0] = (d->cd.w[0] & 0x0000FFFFFFFFFFFFull) | (uint64_t)next_asid++ << 48;
+			if (next_asid == 0)
+				next_asid = 1;
+			int rc = vsmmu_client_update_cd(&run->client, run->vsmmu, d->vsid, 0, &d->cd, NULL);
+			if (rc)
+				return fail(run, "UPDATE_CD", rc);
+			batch[n++] = cfgi_cd(d->vsid);
+			batch[n++] = tlbi_nh_asid(old);
+		}
+		batch[n++] = CMD_SYNC;
+		if (submit(run, batch, n))
+			return 1;
+	}
+	report(run, strict ? "generate (strict)" : "generate (lazy)");
+	return run->errors ? 1 : 0;
+}
+
+/* ---- main ------------------------------------------------------------------------------------ */
+
+static void usage(void)
+{
+	fprintf(stderr,
+		"usage: vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... replay TRACE.bin STE_CD.csv\n"
+		"       vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... generate [--commands N]\n"
+		"               [--devices D] [--seed S] [--strict|--lazy]\n");
+}
+
+int main(int argc, char **argv)
+{
+	static struct run run;
+	const char *socket_path = getenv("VSMMUD_SOCKET") ? getenv("VSMMUD_SOCKET") : "/run/vsmmud/vsmmud.sock";
+	int i = 1;
+	for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
+		if (!strcmp(argv[i], "--socket") && i + 1 < argc) {
+			socket_path = argv[++i];
+		} else if (!strcmp(argv[i], "--psmmu") && i + 1 < argc && run.psmmu_count < MAX_PSMMUS) {
+			char *spec = argv[++i], *colon = strchr(spec, ':');
+			struct psmmu *p = &run.psmmus[run.psmmu_count++];
+			size_t len = colon ? (size_t)(colon - spec) : strlen(spec);
+			if (len >= VSMMU_NAME_SIZE)
+				len = VSMMU_NAME_SIZE - 1;
+			memcpy(p->name, spec, len);
+			p->first_host_device = colon ? (uint32_t)strtoul(colon + 1, NULL, 0) : 0;
+		} else {
+			usage();
+			return 2;
+		}
+	}
+	if (run.psmmu_count == 0) {
+		strcpy(run.psmmus[0].name, "smmu0");
+		strcpy(run.psmmus[1].name, "smmu1");
+		run.psmmus[1].first_host_device = 64;
+		run.psmmu_count = 2;
+	}
+	if (i >= argc) {
+		usage();
+		return 2;
+	}
+	const char *mode = argv[i++];
+	if (!strcmp(mode, "replay")) {
+		if (i + 2 != argc) {
+			usage();
+			return 2;
+		}
+		if (setup(&run, socket_path))
+			return 1;
+		int rc = replay(&run, argv[i], argv[i + 1]);
+		vsmmu_client_close(&run.client);
+		return rc;
+	}
+	if (!strcmp(mode, "generate")) {
+		uint64_t commands = 100000;
+		int devices = 8, strict = 1;
+		rng_state = 1;
+		for (; i < argc; i++) {
+			if (!strcmp(argv[i], "--commands") && i + 1 < argc)
+				commands = strtoull(argv[++i], NULL, 0);
+			else if (!strcmp(argv[i], "--devices") && i + 1 < argc)
+				devices = atoi(argv[++i]);
+			else if (!strcmp(argv[i], "--seed") && i + 1 < argc)
+				rng_state = strtoull(argv[++i], NULL, 0);
+			else if (!strcmp(argv[i], "--strict"))
+				strict = 1;
+			else if (!strcmp(argv[i], "--lazy"))
+				strict = 0;
+			else {
+				usage();
+				return 2;
+			}
+		}
+		if (devices < 1 || devices > MAX_DEVICES) {
+			fprintf(stderr, "vmm-sim: --devices must be 1-%d\n", MAX_DEVICES);
+			return 2;
+		}
+		if (setup(&run, socket_path))
+			return 1;
+		int rc = generate(&run, commands, devices, strict);
+		vsmmu_client_close(&run.client);
+		return rc;
+	}
+	usage();
+	return 2;
+}
