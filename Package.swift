@@ -77,7 +77,10 @@ let package = Package(
         // Release-mode benchmarks, each beside its baseline measured in the same run.
         .executableTarget(
             name: "vsmmud-bench",
-            dependencies: ["SMMUv3", "VirtualSMMU", "CommandRing", "PSMMU", "InvalidationEngine", "VSMMUTestSupport"]
+            dependencies: [
+                "SMMUv3", "VirtualSMMU", "CommandRing", "PSMMU", "InvalidationEngine", "VSMMUTestSupport",
+                "VSMMUDaemon", "VSMMUClient", "VSMMUProtocol", .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .testTarget(name: "SMMUv3Tests", dependencies: ["SMMUv3", "VSMMUTestSupport"]),
         .testTarget(

@@ -1,0 +1,527 @@
+import Foundation
+import Logging
+import PSMMU
+import SMMUv3
+import Synchronization
+import VSMMUClient
+import VSMMUDaemon
+import VSMMUProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// The daemon end to end, in release mode: an in-process `VSMMUServer` on a temporary Unix socket with
+// three simulated pSMMUs (`smmu0`…`smmu2`, 32 host devices each), beside baselines measured in the same run:
+//
+// 1. N clients (1, 4, 16 threads; each its own connection and vSMMU with vSIDs 0x8, 0x10, 0x18 on the three
+//    pSMMUs, ASIDs 1, 2, 3) × batches of 1, 16, 64, 256 TLBI_NH_VA (ASIDs in turn) + one CMD_SYNC: one
+//    blocking INVALIDATE round trip per batch. Commands/s counts the TLBI_NH_VA commands (not the CMD_SYNC);
+//    round trip p50/p99 in µs. Each cell is time-bounded.
+// 2. The transport's limit: a bare Unix-socket echo server (a thread per connection reads a frame — 16-byte
+//    header + payload — and writes back a 32-byte frame, the size of the daemon's INVALIDATE reply: 16-byte
+//    header + 16-byte `vsmmu_invalidate_reply` without message), same frames, same client counts.
+// 3. The QEMU-style path: one backend call per command — `SimulatedSMMU.invalidate(viommu:commands:)` with one
+//    TLBI_NH_VA per call, in-process, on the pSMMU owning the command's ASID (the CMD_SYNC costs no call: the
+//    kernel's ioctl is synchronous) — versus the daemon at batch 64, one client, both with the same cost model
+//    on the three pSMMUs.
+// 4. A replay of `linux-strict-cmdq.bin` (StreamIDs 0x8, 0x10, 0x18 on three pSMMUs, STEs/CDs from the
+//    `ram_dump_final` rows of `linux-strict-ste-cd.csv`), cut after each CMD_SYNC: µs per sync round trip
+//    beside the bare ping-pong (echo of 1-command frames).
+
+// MARK: - Harness
+
+/// Monotonic nanoseconds.
+private func e2eNow() -> UInt64 {
+    var time = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &time)
+    return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
+}
+
+/// A joinable POSIX thread (clients block in `read`, so they must not be Swift concurrency tasks).
+private final class E2EThread: @unchecked Sendable {
+    // `@unchecked Sendable`: `handle` is written in `init` before the object is shared and only read by `join()`.
+    private var handle = pthread_t()
+
+    private final class Box {
+        let body: @Sendable () -> Void
+        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    }
+
+    init(_ body: @escaping @Sendable () -> Void) {
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        let status = pthread_create(&handle, nil, { argument in
+            guard let argument else { return nil }
+            Unmanaged<Box>.fromOpaque(argument).takeRetainedValue().body()
+            return nil
+        }, box)
+        precondition(status == 0, "pthread_create failed: \(status)")
+    }
+
+    func join() { pthread_join(handle, nil) }
+}
+
+/// Hands a non-Sendable object to exactly one thread at a time (the main thread sets up, one client thread
+/// uses it during a cell, joined before the next).
+private final class E2EHandoff<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}
+
+/// One cell's result: commands/s and round-trip percentiles.
+private struct E2ECell {
+    var commandsPerSecond: Double
+    var p50: Double  // µs
+    var p99: Double  // µs
+    var roundTrips: Int
+}
+
+/// The `q`-quantile (0…1) of sorted nanoseconds, in µs.
+private func e2eQuantile(_ sorted: [UInt64], _ q: Double) -> Double {
+    guard !sorted.isEmpty else { return .nan }
+    let index = min(sorted.count - 1, Int((Double(sorted.count) * q).rounded(.up)) - 1)
+    return Double(sorted[max(0, index)]) / 1000
+}
+
+/// Runs `threads` threads that each repeat `roundTrip(thread)` for `seconds` (after a short warm-up),
+/// timing each; `commandsPerRoundTrip` commands count towards the rate.
+private func e2eRunCell(threads: Int, seconds: Double, commandsPerRoundTrip: Int,
+                        _ roundTrip: @escaping @Sendable (Int) -> Void) -> E2ECell {
+    let samples = Mutex<[UInt64]>([])
+    let warmUp = UInt64(0.05e9)
+    let start = e2eNow() + warmUp
+    let end = start + UInt64(seconds * 1e9)
+    let workers = (0..<threads).map { thread in
+        E2EThread {
+            var local: [UInt64] = []
+            local.reserveCapacity(1 << 16)
+            while true {
+                let t0 = e2eNow()
+                if t0 >= end { break }
+                roundTrip(thread)
+                if t0 >= start { local.append(e2eNow() - t0) }
+            }
+            samples.withLock { $0.append(contentsOf: local) }
+        }
+    }
+    for worker in workers { worker.join() }
+    let sorted = samples.withLock { $0 }.sorted()
+    return E2ECell(commandsPerSecond: Double(sorted.count * commandsPerRoundTrip) / seconds,
+                   p50: e2eQuantile(sorted, 0.5), p99: e2eQuantile(sorted, 0.99), roundTrips: sorted.count)
+}
+
+// MARK: - Raw Unix sockets
+
+/// A `sockaddr_un` for `path`.
+private func e2eAddress(_ path: String) -> sockaddr_un {
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    let bytes = Array(path.utf8)
+    precondition(bytes.count < MemoryLayout.size(ofValue: address.sun_path), "socket path too long: \(path)")
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        for (i, byte) in bytes.enumerated() { raw[i] = byte }
+    }
+    return address
+}
+
+/// Writes all of `count` bytes; false on error.
+private func e2eWriteAll(_ fd: Int32, _ base: UnsafeRawPointer, _ count: Int) -> Bool {
+    var done = 0
+    while done < count {
+        let n = write(fd, base + done, count - done)
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { return false }
+        done += n
+    }
+    return true
+}
+
+/// Reads exactly `count` bytes; false on end of stream or error.
+private func e2eReadExactly(_ fd: Int32, _ base: UnsafeMutableRawPointer, _ count: Int) -> Bool {
+    var done = 0
+    while done < count {
+        let n = read(fd, base + done, count - done)
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { return false }
+        done += n
+    }
+    return true
+}
+
+/// Connects to the Unix socket at `path`.
+private func e2eConnect(_ path: String) -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+    precondition(fd >= 0, "socket: errno \(errno)")
+    var address = e2eAddress(path)
+    let status = withUnsafePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+    }
+    precondition(status == 0, "connect \(path): errno \(errno)")
+    return fd
+}
+
+/// The transport's limit: a Unix-socket server that answers every frame (16-byte header with the payload
+/// length in its first 4 bytes, little-endian, + payload) with a 32-byte frame (the header's type and
+/// request id, payload length 16, 16 zero bytes): the size of the daemon's INVALIDATE reply.
+private final class EchoServer: Sendable {
+    static let replySize = 32
+    let path: String
+    private let listener: Int32
+    private let stopping = Atomic<Bool>(false)
+    private let acceptThread = Mutex<E2EThread?>(nil)
+
+    init(path: String) {
+        self.path = path
+        unlink(path)
+        listener = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        precondition(listener >= 0, "socket: errno \(errno)")
+        var address = e2eAddress(path)
+        let status = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        precondition(status == 0 && listen(listener, 64) == 0, "bind/listen \(path): errno \(errno)")
+    }
+
+    func start() {
+        let thread = E2EThread { [self] in
+            while true {
+                let fd = accept(listener, nil, nil)
+                if stopping.load(ordering: .acquiring) { if fd >= 0 { close(fd) }; return }
+                if fd < 0 { continue }
+                _ = E2EThread { EchoServer.serve(fd) }  // detached: ends when the client closes
+            }
+        }
+        acceptThread.withLock { $0 = thread }
+    }
+
+    /// Echoes frames on `fd` until the peer closes.
+    private static func serve(_ fd: Int32) {
+        defer { close(fd) }
+        var header = [UInt8](repeating: 0, count: 16)
+        var payload = [UInt8](repeating: 0, count: WireProtocol.maximumFrameSize)
+        var reply = [UInt8](repeating: 0, count: replySize)
+        while true {
+            guard header.withUnsafeMutableBytes({ e2eReadExactly(fd, $0.baseAddress!, 16) }) else { return }
+            let length = Int(UInt32(header[0]) | UInt32(header[1]) << 8 | UInt32(header[2]) << 16 | UInt32(header[3]) << 24)
+            guard length <= payload.count,
+                  payload.withUnsafeMutableBytes({ e2eReadExactly(fd, $0.baseAddress!, length) }) else { return }
+            reply[0] = 16; reply[1] = 0; reply[2] = 0; reply[3] = 0
+            for i in 4..<16 { reply[i] = header[i] }
+            guard reply.withUnsafeBytes({ e2eWriteAll(fd, $0.baseAddress!, replySize) }) else { return }
+        }
+    }
+
+    func stop() {
+        stopping.store(true, ordering: .releasing)
+        close(e2eConnect(path))  // wakes `accept`
+        acceptThread.withLock { $0?.join() }
+        close(listener)
+        unlink(path)
+    }
+}
+
+/// One echo round trip on `fd`: writes `frame`, reads the 32-byte reply.
+private func e2eEchoRoundTrip(_ fd: Int32, _ frame: [UInt8]) {
+    var reply = (UInt64(0), UInt64(0), UInt64(0), UInt64(0))
+    let ok = frame.withUnsafeBytes { e2eWriteAll(fd, $0.baseAddress!, frame.count) }
+        && withUnsafeMutableBytes(of: &reply) { e2eReadExactly(fd, $0.baseAddress!, EchoServer.replySize) }
+    precondition(ok, "echo round trip failed: errno \(errno)")
+}
+
+// MARK: - Daemon set-up
+
+/// A translating guest STE (V=1, CONFIG=S1_TRANS, one CD).
+private func e2eSTE() -> StreamTableEntry {
+    var ste = StreamTableEntry()
+    ste.isValid = true
+    ste.config = .s1Translate
+    ste.s1ContextPointer = 0x4380_4000
+    ste.s1CDMax = 0
+    ste.s1DSS = .substream0
+    return ste
+}
+
+/// The vSIDs of every benchmark vSMMU, one per pSMMU.
+private let e2eStreamIDs: [StreamID] = [0x8, 0x10, 0x18]
+private let e2eDevicesPerPSMMU: UInt32 = 32
+
+/// A handshaken connection owning one vSMMU with `streamIDs[p]` on pSMMU `p` (host device
+/// `32·p + deviceSlot`), linked with `stes[p]` and `cds[p]`.
+private func e2eDaemonClient(path: String, deviceSlot: UInt32, stes: [StreamTableEntry],
+                             cds: [ContextDescriptor]) throws -> (client: VSMMUClient, vsmmu: VSMMUID) {
+    let client = try VSMMUClient(socketPath: path)
+    try client.hello(name: "e2e-bench-\(deviceSlot)")
+    let vsmmu = try client.createVSMMU(name: "bench\(deviceSlot)")
+    for (p, sid) in e2eStreamIDs.enumerated() {
+        let hostDevice = e2eDevicesPerPSMMU * UInt32(p) + deviceSlot
+        let viommu = try client.attachViommu(vsmmu: vsmmu, pSMMU: "smmu\(p)", hostDeviceID: hostDevice).viommu
+        try client.setDeviceID(vsmmu: vsmmu, viommu: viommu, hostDeviceID: hostDevice, streamID: sid)
+        try client.linkSTE(vsmmu: vsmmu, streamID: sid, ste: stes[p], contextDescriptors: [cds[p]])
+    }
+    return (client, vsmmu)
+}
+
+/// `size` TLBI_NH_VA (ASIDs 1, 2, 3 in turn, one per pSMMU) + CMD_SYNC.
+private func e2eBatch(size: Int) -> [Command] {
+    (0..<size).map { i in Command.tlbiNHVA(asid: ASID(i % 3 + 1), address: UInt64(0x10_0000 + i) << 12) } + [.sync()]
+}
+
+/// One daemon INVALIDATE round trip with a pre-encoded frame; checks the reply.
+private func e2eDaemonRoundTrip(_ client: VSMMUClient, _ frame: [UInt8], expectedConsumed: UInt32) {
+    do {
+        try client.sendBytes(frame)
+        let (_, response) = try client.receive()
+        guard case .invalidate(let reply) = response, reply.failure == nil, reply.consumed == expectedConsumed else {
+            preconditionFailure("unexpected INVALIDATE reply: \(response)")
+        }
+    } catch {
+        preconditionFailure("INVALIDATE failed: \(error)")
+    }
+}
+
+// MARK: - Trace
+
+/// `../shared`: `$VSMMUD_SHARED`, else `../shared` from the current directory or from this source file.
+private func e2eSharedDirectory() -> String? {
+    let environment = ProcessInfo.processInfo.environment
+    var candidates: [String] = []
+    if let shared = environment["VSMMUD_SHARED"] { candidates.append(shared) }
+    let cwd = FileManager.default.currentDirectoryPath
+    candidates += [cwd + "/../shared", cwd + "/shared"]
+    let source = URL(fileURLWithPath: #filePath)
+    candidates.append(source.deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("shared").path)
+    return candidates.first { FileManager.default.fileExists(atPath: $0 + "/traces/linux-strict-cmdq.bin") }
+}
+
+/// The strict trace: its commands and, per StreamID, the STE and CD of the `ram_dump_final` rows (last wins).
+private struct E2ETrace {
+    var commands: [Command]
+    var stes: [StreamID: StreamTableEntry]
+    var cds: [StreamID: ContextDescriptor]
+
+    init?(directory: String) {
+        guard let bin = FileManager.default.contents(atPath: directory + "/traces/linux-strict-cmdq.bin"),
+              let csv = try? String(contentsOfFile: directory + "/traces/linux-strict-ste-cd.csv", encoding: .utf8)
+        else { return nil }
+        let bytes = [UInt8](bin)
+        commands = stride(from: 0, to: bytes.count - 15, by: 16).compactMap { try? Command(bytes: bytes[$0..<$0 + 16]) }
+        stes = [:]
+        cds = [:]
+        let lines = csv.split(whereSeparator: \.isNewline).map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
+        guard let header = lines.first,
+              let source = header.firstIndex(of: "source"), let sid = header.firstIndex(of: "sid"),
+              let steW0 = header.firstIndex(of: "ste_dw0"), let steW1 = header.firstIndex(of: "ste_dw1"),
+              let cdW0 = header.firstIndex(of: "cd_dw0"), let ttb0 = header.firstIndex(of: "ttb0") else { return nil }
+        func hex(_ text: String) -> UInt64? { UInt64(text.hasPrefix("0x") ? String(text.dropFirst(2)) : text, radix: 16) }
+        for row in lines.dropFirst() where row.count == header.count && row[source] == "ram_dump_final" {
+            guard let s = hex(row[sid]), let w0 = hex(row[steW0]), let w1 = hex(row[steW1]),
+                  let c0 = hex(row[cdW0]), let t = hex(row[ttb0]) else { continue }
+            stes[StreamID(s)] = StreamTableEntry(w0: w0, w1: w1)
+            cds[StreamID(s)] = ContextDescriptor(w0: c0, w1: t)
+        }
+    }
+
+    /// The commands cut after each CMD_SYNC (a trailing run without one is its own batch).
+    var batches: [[Command]] {
+        var out: [[Command]] = []
+        var current: [Command] = []
+        for command in commands {
+            current.append(command)
+            if command.opcode == .sync { out.append(current); current = [] }
+        }
+        if !current.isEmpty { out.append(current) }
+        return out
+    }
+}
+
+// MARK: - Formatting
+
+private func e2ePad(_ text: String, _ width: Int) -> String {
+    text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
+}
+private func e2eRate(_ rate: Double) -> String { String(format: "%.2f M/s", rate / 1e6) }
+private func e2eMicros(_ value: Double) -> String { String(format: "%.1f", value) }
+private func e2eRatio(_ value: Double) -> String { String(format: "%.2f×", value) }
+private func e2eAim(_ met: Bool) -> String { met ? "met" : "NOT met" }
+
+// MARK: - Benchmark
+
+func runEndToEndBenchmark() {
+    let began = e2eNow()
+    let cellSeconds = 0.5
+    let clientCounts = [1, 4, 16]
+    let batchSizes = [1, 16, 64, 256]
+    let maxClients = clientCounts.max() ?? 1
+
+    let socketPath = "/tmp/vsmmud-e2e-\(getpid()).sock"
+    let echoPath = "/tmp/vsmmud-e2e-echo-\(getpid()).sock"
+    let pSMMUs = (0..<3).map { p in
+        SimulatedSMMU(name: "smmu\(p)", deviceCount: Int(e2eDevicesPerPSMMU), firstHostDeviceID: e2eDevicesPerPSMMU * UInt32(p),
+                      firstStreamID: StreamID(e2eDevicesPerPSMMU * UInt32(p)))
+    }
+    var logger = Logger(label: "vsmmud-e2e")
+    logger.logLevel = .critical
+    let server = VSMMUServer(configuration: .init(socketPath: socketPath, pSMMUs: pSMMUs.map { .simulated($0) },
+                                                  limits: ServerLimits(maximumVSMMUs: 64)),
+                             logger: logger)
+    let echo = EchoServer(path: echoPath)
+    do {
+        try server.start()
+    } catch {
+        print("e2e: cannot start the daemon on \(socketPath): \(error)")
+        return
+    }
+    echo.start()
+    defer {
+        server.stop()
+        echo.stop()
+    }
+
+    // Connections: one daemon connection + vSMMU and one echo connection per client thread.
+    let cds = (0..<3).map { ContextDescriptor.valid(asid: ASID($0 + 1)) }
+    let daemonClients: [E2EHandoff<(client: VSMMUClient, vsmmu: VSMMUID)>]
+    do {
+        daemonClients = try (0..<maxClients).map { slot in
+            E2EHandoff(try e2eDaemonClient(path: socketPath, deviceSlot: UInt32(slot), stes: Array(repeating: e2eSTE(), count: 3), cds: cds))
+        }
+    } catch {
+        print("e2e: daemon set-up failed: \(error)")
+        return
+    }
+    let echoFDs = (0..<maxClients).map { _ in e2eConnect(echoPath) }
+    defer { for fd in echoFDs { close(fd) } }
+
+    /// Frames per client (the vSMMU id differs), for batch `size`.
+    func frames(size: Int) -> [[UInt8]] {
+        let batch = e2eBatch(size: size)
+        return daemonClients.map { handoff in
+            // The batch is within the default limits: encoding cannot fail.
+            (try? Request.invalidate(Invalidate(vsmmu: handoff.value.vsmmu, commands: batch)).encode(requestID: 1)) ?? []
+        }
+    }
+
+    // 1 + 2: the matrix.
+    print("== End to end: in-process vsmmud, 3 simulated pSMMUs (cost model off), Unix socket; \(cellSeconds) s per cell ==")
+    print("   batch = N × TLBI_NH_VA + CMD_SYNC, one blocking INVALIDATE round trip per batch per client;")
+    print("   echo = bare Unix-socket echo of the same frames (32-byte reply); commands/s counts the TLBI_NH_VA")
+    print(e2ePad("clients", 8) + e2ePad("batch", 6) + e2ePad("daemon cmd/s", 14) + e2ePad("echo cmd/s", 14) + e2ePad("d/e", 7)
+          + e2ePad("daemon p50/p99 µs", 19) + e2ePad("echo p50/p99 µs", 17) + "p50 d/e, p99 d/e")
+    var results: [String: (daemon: E2ECell, echo: E2ECell)] = [:]
+    for clients in clientCounts {
+        for size in batchSizes {
+            let daemonFrames = frames(size: size)
+            let expected = UInt32(size + 1)
+            let daemon = e2eRunCell(threads: clients, seconds: cellSeconds, commandsPerRoundTrip: size) { thread in
+                e2eDaemonRoundTrip(daemonClients[thread].value.client, daemonFrames[thread], expectedConsumed: expected)
+            }
+            let echoCell = e2eRunCell(threads: clients, seconds: cellSeconds, commandsPerRoundTrip: size) { thread in
+                e2eEchoRoundTrip(echoFDs[thread], daemonFrames[thread])
+            }
+            results["\(clients)/\(size)"] = (daemon, echoCell)
+            print(e2ePad("\(clients)", 8) + e2ePad("\(size)", 6) + e2ePad(e2eRate(daemon.commandsPerSecond), 14)
+                  + e2ePad(e2eRate(echoCell.commandsPerSecond), 14)
+                  + e2ePad(e2eRatio(daemon.commandsPerSecond / echoCell.commandsPerSecond), 7)
+                  + e2ePad(e2eMicros(daemon.p50) + " / " + e2eMicros(daemon.p99), 19)
+                  + e2ePad(e2eMicros(echoCell.p50) + " / " + e2eMicros(echoCell.p99), 17)
+                  + e2eRatio(daemon.p50 / echoCell.p50) + ", " + e2eRatio(daemon.p99 / echoCell.p99))
+        }
+    }
+
+    // The bare ping-pong: echo of 1-command (CMD_SYNC) frames, one client.
+    let pingFrame = (try? Request.invalidate(Invalidate(vsmmu: daemonClients[0].value.vsmmu, commands: [.sync()])).encode(requestID: 1)) ?? []
+    let ping = e2eRunCell(threads: 1, seconds: cellSeconds, commandsPerRoundTrip: 1) { _ in e2eEchoRoundTrip(echoFDs[0], pingFrame) }
+    print("bare ping-pong (echo of 1-command frames, 1 client): p50 \(e2eMicros(ping.p50)) µs, p99 \(e2eMicros(ping.p99)) µs")
+
+    print("aims:")
+    for clients in clientCounts {
+        if let cell = results["\(clients)/64"] {
+            let ratio = cell.daemon.commandsPerSecond / cell.echo.commandsPerSecond
+            print("  throughput at batch 64, \(clients) client(s): daemon/echo \(e2eRatio(ratio)) (aim ≥ 0.70×): \(e2eAim(ratio >= 0.7))")
+        }
+    }
+    if let cell = results["1/16"] {
+        let p50 = cell.daemon.p50 / ping.p50, p99 = cell.daemon.p99 / ping.p99
+        print("  sync round trip at batch 16, 1 client, vs bare ping-pong: p50 \(e2eRatio(p50)) (aim ≤ 1.30×): \(e2eAim(p50 <= 1.3)); "
+              + "p99 \(e2eRatio(p99)) (aim ≤ 2.00×): \(e2eAim(p99 <= 2.0))")
+        let sameP50 = cell.daemon.p50 / cell.echo.p50, sameP99 = cell.daemon.p99 / cell.echo.p99
+        print("  (vs the echo of the same 16+1-command frame: p50 \(e2eRatio(sameP50)) \(e2eAim(sameP50 <= 1.3)), "
+              + "p99 \(e2eRatio(sameP99)) \(e2eAim(sameP99 <= 2.0)))")
+    }
+
+    // 3: QEMU-style, one backend call per command, versus the daemon at batch 64, cost model on.
+    print("")
+    print("== One backend call per command (QEMU-style, in-process) vs the daemon at batch 64; 1 client, cost model on ==")
+    let direct: [ViommuHandle]
+    do {
+        direct = try pSMMUs.enumerated().map { p, smmu throws(BackendError) in
+            try smmu.attachViommu(ViommuAttachRequest(hostDeviceID: e2eDevicesPerPSMMU * UInt32(p) + e2eDevicesPerPSMMU - 1))
+        }
+    } catch {
+        print("e2e: direct viommu set-up failed: \(error)")
+        return
+    }
+    let directPairs = E2EHandoff(zip(pSMMUs, direct).map { ($0, $1) })
+    let batch64 = e2eBatch(size: 64)
+    let tlbis = E2EHandoff(Array(batch64.dropLast()))
+    let frame64 = frames(size: 64)
+    for model in [CostModel(nanosecondsPerCall: 2_000, nanosecondsPerCommand: 50),
+                  CostModel(nanosecondsPerCall: 10_000, nanosecondsPerCommand: 50)] {
+        for smmu in pSMMUs { smmu.costModel = model }
+        let perCommand = e2eRunCell(threads: 1, seconds: cellSeconds, commandsPerRoundTrip: 64) { _ in
+            for (i, command) in tlbis.value.enumerated() {
+                let (smmu, viommu) = directPairs.value[i % 3]  // ASID i % 3 + 1 lives on pSMMU i % 3
+                var one = command
+                let result = withUnsafePointer(to: &one) { smmu.invalidate(viommu: viommu, commands: UnsafeBufferPointer(start: $0, count: 1)) }
+                precondition(result.isComplete(of: 1), "direct invalidate failed: \(result)")
+            }
+        }
+        let daemon = e2eRunCell(threads: 1, seconds: cellSeconds, commandsPerRoundTrip: 64) { _ in
+            e2eDaemonRoundTrip(daemonClients[0].value.client, frame64[0], expectedConsumed: 65)
+        }
+        let speedUp = daemon.commandsPerSecond / perCommand.commandsPerSecond
+        print("cost model \(model.nanosecondsPerCall) ns/call + \(model.nanosecondsPerCommand) ns/command (shared queue): "
+              + "one call per command \(e2eRate(perCommand.commandsPerSecond)) (p50 \(e2eMicros(perCommand.p50)) µs per 64), "
+              + "daemon batch 64 \(e2eRate(daemon.commandsPerSecond)) (p50 \(e2eMicros(daemon.p50)) µs); "
+              + "speed-up \(e2eRatio(speedUp)) (aim ≥ 10×): \(e2eAim(speedUp >= 10))")
+    }
+    for smmu in pSMMUs { smmu.costModel = .free }
+    for (smmu, viommu) in directPairs.value { try? smmu.detachViommu(viommu) }
+
+    // 4: the strict Linux trace.
+    print("")
+    guard let shared = e2eSharedDirectory(), let trace = E2ETrace(directory: shared) else {
+        print("== Trace replay: skipped (../shared/traces/linux-strict-cmdq.bin not found; set VSMMUD_SHARED) ==")
+        print("e2e total \(String(format: "%.1f", Double(e2eNow() - began) / 1e9)) s")
+        return
+    }
+    let stes = e2eStreamIDs.map { trace.stes[$0] ?? e2eSTE() }
+    let traceCDs = e2eStreamIDs.enumerated().map { p, sid in trace.cds[sid] ?? .valid(asid: ASID(p + 1)) }
+    let batches = trace.batches
+    print("== Replay of linux-strict-cmdq.bin (\(trace.commands.count) commands, \(batches.count) batches cut after CMD_SYNC), "
+          + "StreamIDs 0x8/0x10/0x18 on smmu0/1/2, cost model off ==")
+    do {
+        let (client, vsmmu) = try e2eDaemonClient(path: socketPath, deviceSlot: UInt32(maxClients), stes: stes, cds: traceCDs)
+        var samples: [UInt64] = []
+        samples.reserveCapacity(batches.count)
+        var failures = 0, syncs = 0
+        let replayStart = e2eNow()
+        for batch in batches {
+            let t0 = e2eNow()
+            let reply = try client.invalidate(vsmmu: vsmmu, commands: batch)
+            let elapsed = e2eNow() - t0
+            if reply.failure != nil { failures += 1 }
+            if batch.last?.opcode == .sync { samples.append(elapsed); syncs += Int(reply.syncsCompleted) }
+        }
+        let replaySeconds = Double(e2eNow() - replayStart) / 1e9
+        samples.sort()
+        let p50 = e2eQuantile(samples, 0.5), p99 = e2eQuantile(samples, 0.99)
+        print("replay: \(samples.count) sync round trips in \(String(format: "%.2f", replaySeconds)) s, \(syncs) syncs completed, "
+              + "\(failures) batches with an error; µs per sync p50 \(e2eMicros(p50)), p99 \(e2eMicros(p99))")
+        print("bare ping-pong p50 \(e2eMicros(ping.p50)), p99 \(e2eMicros(ping.p99)): replay/ping-pong p50 \(e2eRatio(p50 / ping.p50)), "
+              + "p99 \(e2eRatio(p99 / ping.p99))")
+    } catch {
+        print("e2e: replay failed: \(error)")
+    }
+    print("e2e total \(String(format: "%.1f", Double(e2eNow() - began) / 1e9)) s")
+}
