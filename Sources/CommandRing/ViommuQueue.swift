@@ -105,6 +105,10 @@ public final class ViommuQueue: @unchecked Sendable {
         public var fullRingWaits: Int = 0
         /// Times a producer parked waiting for room.
         public var producerParks: Int = 0
+        /// The most commands ever pushed and not yet consumed (ring occupancy's high-water mark).
+        public var occupancyHighWater: UInt64 = 0
+        /// Sink calls by batch size: entry *b* counts calls of *n* commands with 2^*b* ≤ *n* < 2^(*b*+1).
+        public var sinkBatchSizeLog2: [Int] = Array(repeating: 0, count: ViommuQueue.batchSizeBuckets)
         public init() {}
     }
 
@@ -128,6 +132,13 @@ public final class ViommuQueue: @unchecked Sendable {
     private var drainThread: JoinableThread?
     private var stopped = false
 
+    /// Buckets of the sink batch-size histogram (batches up to 2^32 commands).
+    public static let batchSizeBuckets = 33
+    /// Highest occupancy seen after a push; raised by producers with a compare-and-swap.
+    private let highWater = ManagedAtomic<UInt64>(0)
+    /// The batch-size histogram; written only by the consumer-role holder, like `counters`.
+    private let batchSizes: UnsafeMutablePointer<Int.AtomicRepresentation>
+
     private enum Counter: Int, CaseIterable {
         case inlineSinkCalls, drainThreadSinkCalls, commandsCompleted, commandsFailed, fencesReached, drainThreadWakeups
     }
@@ -143,6 +154,8 @@ public final class ViommuQueue: @unchecked Sendable {
         }
         self.sink = sink
         hasDrainThread = configuration.drainPolicy != .inline
+        batchSizes = .allocate(capacity: Self.batchSizeBuckets)
+        batchSizes.initialize(repeating: Int.AtomicRepresentation(0), count: Self.batchSizeBuckets)
         counters = .allocate(capacity: Counter.allCases.count)
         counters.initialize(repeating: Int.AtomicRepresentation(0), count: Counter.allCases.count)
         if hasDrainThread {
@@ -157,6 +170,8 @@ public final class ViommuQueue: @unchecked Sendable {
     deinit {
         // Every fence marker still in the ring holds its fence, which holds this queue: a queue is only
         // deallocated once its ring holds no fence.
+        batchSizes.deinitialize(count: Self.batchSizeBuckets)
+        batchSizes.deallocate()
         counters.deinitialize(count: Counter.allCases.count)
         counters.deallocate()
     }
@@ -181,6 +196,10 @@ public final class ViommuQueue: @unchecked Sendable {
         statistics.drainThreadWakeups = load(.drainThreadWakeups)
         statistics.fullRingWaits = ring.fullRingWaits
         statistics.producerParks = ring.producerParks
+        statistics.occupancyHighWater = highWater.load(ordering: .relaxed)
+        for b in 0..<Self.batchSizeBuckets {
+            statistics.sinkBatchSizeLog2[b] = UnsafeAtomic(at: batchSizes + b).load(ordering: .relaxed)
+        }
         return statistics
     }
 
@@ -209,6 +228,7 @@ public final class ViommuQueue: @unchecked Sendable {
     @discardableResult
     public func push(_ commands: UnsafeBufferPointer<Command>) throws(CommandRingClosedError) -> Range<UInt64> {
         let positions = try ring.push(commands, whileFull: { whileFull() })
+        raiseHighWater(positions.upperBound &- ring.consumedPosition)
         afterPublish()
         return positions
     }
@@ -317,6 +337,24 @@ public final class ViommuQueue: @unchecked Sendable {
         ring.tryAcquireConsumerRole()
     }
 
+    /// Raises the occupancy high-water mark to `occupancy` if it is higher (one load when it is not).
+    private func raiseHighWater(_ occupancy: UInt64) {
+        var seen = highWater.load(ordering: .relaxed)
+        while occupancy > seen {
+            let (exchanged, original) = highWater.weakCompareExchange(
+                expected: seen, desired: occupancy, ordering: .relaxed)
+            if exchanged { return }
+            seen = original
+        }
+    }
+
+    /// Counts one sink call of `count` commands in its log2 bucket (consumer-role holder only).
+    private func recordBatchSize(_ count: Int) {
+        let bucket = min(count <= 1 ? 0 : Int.bitWidth - 1 - count.leadingZeroBitCount, Self.batchSizeBuckets - 1)
+        let word = UnsafeAtomic<Int>(at: batchSizes + bucket)
+        word.store(word.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
+    }
+
     /// Hands a run of commands to the sink; on a failure records it (the first since the last fence)
     /// and carries on with the next command.
     fileprivate func execute(_ commands: UnsafeBufferPointer<Command>, at position: UInt64, onDrainThread: Bool) {
@@ -328,6 +366,7 @@ public final class ViommuQueue: @unchecked Sendable {
             let batch = UnsafeBufferPointer(rebasing: commands[offset...])
             let result = sink(batch)
             calls += 1
+            recordBatchSize(batch.count)
             let completed = min(max(result.completed, 0), batch.count)
             completedCount += completed
             if completed == batch.count { break }

@@ -61,6 +61,10 @@ extension VSMMUServer {
             let delivered = viommu.index.index < c.deliveriesPerViommu.count ? c.deliveriesPerViommu[viommu.index.index] : 0
             add(.viommuCommandsDelivered, delivered, viommu: v)
             add(.viommuRingOccupancy, viommu.occupancy, viommu: v)
+            add(.viommuRingHighWater, viommu.queue.occupancyHighWater, viommu: v)
+            for (bucket, calls) in viommu.queue.sinkBatchSizeLog2.enumerated() where calls > 0 {
+                add(.viommuBatchSizeLog2(bucket: bucket), UInt64(calls), viommu: v)
+            }
             add(.viommuBackendCalls, viommu.backend.invalidateCalls, viommu: v)
             add(.viommuBackendCommands, viommu.backend.commandsReceived, viommu: v)
             add(.viommuBackendCompleted, viommu.backend.commandsCompleted, viommu: v)

@@ -56,6 +56,10 @@ import Glibc
         #expect(buckets == 3)
         #expect(stats.value(.viommuBackendCommands, viommu: 1) == 2)
         #expect(stats.value(.viommuDevices, viommu: 2) == 1)
+        // viommu1 took its two commands in two backend calls of one command, never more than one queued.
+        #expect(stats.value(.viommuRingHighWater, viommu: 1) == 1)
+        #expect(stats.value(.viommuBatchSizeLog2(bucket: 0), viommu: 1) == 2)
+        #expect(stats.value(.viommuBatchSizeLog2(bucket: 1), viommu: 1) == nil)
 
         let devices = try client.list(.devices, vsmmu: vsmmu)
         guard case .devices(let entries) = devices.entries else { Issue.record("not a device list"); return }
