@@ -31,36 +31,6 @@ import Glibc
 
 // MARK: - Harness
 
-/// Monotonic nanoseconds.
-private func e2eNow() -> UInt64 {
-    var time = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &time)
-    return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
-}
-
-/// A joinable POSIX thread (clients block in `read`, so they must not be Swift concurrency tasks).
-private final class E2EThread: @unchecked Sendable {
-    // `@unchecked Sendable`: `handle` is written in `init` before the object is shared and only read by `join()`.
-    private var handle = pthread_t()
-
-    private final class Box {
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
-    }
-
-    init(_ body: @escaping @Sendable () -> Void) {
-        let box = Unmanaged.passRetained(Box(body)).toOpaque()
-        let status = pthread_create(&handle, nil, { argument in
-            guard let argument else { return nil }
-            Unmanaged<Box>.fromOpaque(argument).takeRetainedValue().body()
-            return nil
-        }, box)
-        precondition(status == 0, "pthread_create failed: \(status)")
-    }
-
-    func join() { pthread_join(handle, nil) }
-}
-
 /// Hands a non-Sendable object to exactly one thread at a time (the main thread sets up, one client thread
 /// uses it during a cell, joined before the next).
 private final class E2EHandoff<Value>: @unchecked Sendable {
@@ -77,29 +47,23 @@ private struct E2ECell {
 }
 
 /// The `q`-quantile (0…1) of sorted nanoseconds, in µs.
-private func e2eQuantile(_ sorted: [UInt64], _ q: Double) -> Double {
-    guard !sorted.isEmpty else { return .nan }
-    let index = min(sorted.count - 1, Int((Double(sorted.count) * q).rounded(.up)) - 1)
-    return Double(sorted[max(0, index)]) / 1000
-}
-
 /// Runs `threads` threads that each repeat `roundTrip(thread)` for `seconds` (after a short warm-up),
 /// timing each; `commandsPerRoundTrip` commands count towards the rate.
 private func e2eRunCell(threads: Int, seconds: Double, commandsPerRoundTrip: Int,
                         _ roundTrip: @escaping @Sendable (Int) -> Void) -> E2ECell {
     let samples = Mutex<[UInt64]>([])
     let warmUp = UInt64(0.05e9)
-    let start = e2eNow() + warmUp
+    let start = benchNow() + warmUp
     let end = start + UInt64(seconds * 1e9)
     let workers = (0..<threads).map { thread in
-        E2EThread {
+        BenchThread {
             var local: [UInt64] = []
             local.reserveCapacity(1 << 16)
             while true {
-                let t0 = e2eNow()
+                let t0 = benchNow()
                 if t0 >= end { break }
                 roundTrip(thread)
-                if t0 >= start { local.append(e2eNow() - t0) }
+                if t0 >= start { local.append(benchNow() - t0) }
             }
             samples.withLock { $0.append(contentsOf: local) }
         }
@@ -107,7 +71,7 @@ private func e2eRunCell(threads: Int, seconds: Double, commandsPerRoundTrip: Int
     for worker in workers { worker.join() }
     let sorted = samples.withLock { $0 }.sorted()
     return E2ECell(commandsPerSecond: Double(sorted.count * commandsPerRoundTrip) / seconds,
-                   p50: e2eQuantile(sorted, 0.5), p99: e2eQuantile(sorted, 0.99), roundTrips: sorted.count)
+                   p50: quantileMicroseconds(sorted, 0.5), p99: quantileMicroseconds(sorted, 0.99), roundTrips: sorted.count)
 }
 
 // MARK: - Raw Unix sockets
@@ -168,7 +132,7 @@ private final class EchoServer: Sendable {
     let path: String
     private let listener: Int32
     private let stopping = Atomic<Bool>(false)
-    private let acceptThread = Mutex<E2EThread?>(nil)
+    private let acceptThread = Mutex<BenchThread?>(nil)
 
     init(path: String) {
         self.path = path
@@ -183,12 +147,12 @@ private final class EchoServer: Sendable {
     }
 
     func start() {
-        let thread = E2EThread { [self] in
+        let thread = BenchThread { [self] in
             while true {
                 let fd = accept(listener, nil, nil)
                 if stopping.load(ordering: .acquiring) { if fd >= 0 { close(fd) }; return }
                 if fd < 0 { continue }
-                _ = E2EThread { EchoServer.serve(fd) }  // detached: ends when the client closes
+                _ = BenchThread { EchoServer.serve(fd) }  // detached: ends when the client closes
             }
         }
         acceptThread.withLock { $0 = thread }
@@ -337,9 +301,6 @@ private struct E2ETrace {
 
 // MARK: - Formatting
 
-private func e2ePad(_ text: String, _ width: Int) -> String {
-    text.count >= width ? text + " " : text + String(repeating: " ", count: width - text.count)
-}
 private func e2eRate(_ rate: Double) -> String { String(format: "%.2f M/s", rate / 1e6) }
 private func e2eMicros(_ value: Double) -> String { String(format: "%.1f", value) }
 private func e2eRatio(_ value: Double) -> String { String(format: "%.2f×", value) }
@@ -348,7 +309,7 @@ private func e2eAim(_ met: Bool) -> String { met ? "met" : "NOT met" }
 // MARK: - Benchmark
 
 func runEndToEndBenchmark() {
-    let began = e2eNow()
+    let began = benchNow()
     let cellSeconds = 0.5
     let clientCounts = [1, 4, 16]
     let batchSizes = [1, 16, 64, 256]
@@ -405,8 +366,8 @@ func runEndToEndBenchmark() {
     print("== End to end: in-process vsmmud, 3 simulated pSMMUs (cost model off), Unix socket; \(cellSeconds) s per cell ==")
     print("   batch = N × TLBI_NH_VA + CMD_SYNC, one blocking INVALIDATE round trip per batch per client;")
     print("   echo = bare Unix-socket echo of the same frames (32-byte reply); commands/s counts the TLBI_NH_VA")
-    print(e2ePad("clients", 8) + e2ePad("batch", 6) + e2ePad("daemon cmd/s", 14) + e2ePad("echo cmd/s", 14) + e2ePad("d/e", 7)
-          + e2ePad("daemon p50/p99 µs", 19) + e2ePad("echo p50/p99 µs", 17) + "p50 d/e, p99 d/e")
+    print(column("clients", 8) + column("batch", 6) + column("daemon cmd/s", 14) + column("echo cmd/s", 14) + column("d/e", 7)
+          + column("daemon p50/p99 µs", 19) + column("echo p50/p99 µs", 17) + "p50 d/e, p99 d/e")
     var results: [String: (daemon: E2ECell, echo: E2ECell)] = [:]
     for clients in clientCounts {
         for size in batchSizes {
@@ -419,11 +380,11 @@ func runEndToEndBenchmark() {
                 e2eEchoRoundTrip(echoFDs[thread], daemonFrames[thread])
             }
             results["\(clients)/\(size)"] = (daemon, echoCell)
-            print(e2ePad("\(clients)", 8) + e2ePad("\(size)", 6) + e2ePad(e2eRate(daemon.commandsPerSecond), 14)
-                  + e2ePad(e2eRate(echoCell.commandsPerSecond), 14)
-                  + e2ePad(e2eRatio(daemon.commandsPerSecond / echoCell.commandsPerSecond), 7)
-                  + e2ePad(e2eMicros(daemon.p50) + " / " + e2eMicros(daemon.p99), 19)
-                  + e2ePad(e2eMicros(echoCell.p50) + " / " + e2eMicros(echoCell.p99), 17)
+            print(column("\(clients)", 8) + column("\(size)", 6) + column(e2eRate(daemon.commandsPerSecond), 14)
+                  + column(e2eRate(echoCell.commandsPerSecond), 14)
+                  + column(e2eRatio(daemon.commandsPerSecond / echoCell.commandsPerSecond), 7)
+                  + column(e2eMicros(daemon.p50) + " / " + e2eMicros(daemon.p99), 19)
+                  + column(e2eMicros(echoCell.p50) + " / " + e2eMicros(echoCell.p99), 17)
                   + e2eRatio(daemon.p50 / echoCell.p50) + ", " + e2eRatio(daemon.p99 / echoCell.p99))
         }
     }
@@ -492,7 +453,7 @@ func runEndToEndBenchmark() {
     print("")
     guard let shared = e2eSharedDirectory(), let trace = E2ETrace(directory: shared) else {
         print("== Trace replay: skipped (../shared/traces/linux-strict-cmdq.bin not found; set VSMMUD_SHARED) ==")
-        print("e2e total \(String(format: "%.1f", Double(e2eNow() - began) / 1e9)) s")
+        print("e2e total \(String(format: "%.1f", Double(benchNow() - began) / 1e9)) s")
         return
     }
     let stes = e2eStreamIDs.map { trace.stes[$0] ?? e2eSTE() }
@@ -505,17 +466,17 @@ func runEndToEndBenchmark() {
         var samples: [UInt64] = []
         samples.reserveCapacity(batches.count)
         var failures = 0, syncs = 0
-        let replayStart = e2eNow()
+        let replayStart = benchNow()
         for batch in batches {
-            let t0 = e2eNow()
+            let t0 = benchNow()
             let reply = try client.invalidate(vsmmu: vsmmu, commands: batch)
-            let elapsed = e2eNow() - t0
+            let elapsed = benchNow() - t0
             if reply.failure != nil { failures += 1 }
             if batch.last?.opcode == .sync { samples.append(elapsed); syncs += Int(reply.syncsCompleted) }
         }
-        let replaySeconds = Double(e2eNow() - replayStart) / 1e9
+        let replaySeconds = Double(benchNow() - replayStart) / 1e9
         samples.sort()
-        let p50 = e2eQuantile(samples, 0.5), p99 = e2eQuantile(samples, 0.99)
+        let p50 = quantileMicroseconds(samples, 0.5), p99 = quantileMicroseconds(samples, 0.99)
         print("replay: \(samples.count) sync round trips in \(String(format: "%.2f", replaySeconds)) s, \(syncs) syncs completed, "
               + "\(failures) batches with an error; µs per sync p50 \(e2eMicros(p50)), p99 \(e2eMicros(p99))")
         print("bare ping-pong p50 \(e2eMicros(ping.p50)), p99 \(e2eMicros(ping.p99)): replay/ping-pong p50 \(e2eRatio(p50 / ping.p50)), "
@@ -523,5 +484,5 @@ func runEndToEndBenchmark() {
     } catch {
         print("e2e: replay failed: \(error)")
     }
-    print("e2e total \(String(format: "%.1f", Double(e2eNow() - began) / 1e9)) s")
+    print("e2e total \(String(format: "%.1f", Double(benchNow() - began) / 1e9)) s")
 }

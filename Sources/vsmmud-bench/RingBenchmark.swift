@@ -20,36 +20,6 @@ import Glibc
 
 // MARK: - Harness
 
-/// Monotonic nanoseconds.
-private func ringBenchNow() -> UInt64 {
-    var time = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &time)
-    return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
-}
-
-/// A joinable POSIX thread: producers and consumers spin, so they must not be Swift concurrency tasks.
-private final class RingBenchThread: @unchecked Sendable {
-    // `@unchecked Sendable`: `handle` is written in `init` before the object is shared and only read by `join()`.
-    private var handle = pthread_t()
-
-    private final class Box {
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
-    }
-
-    init(_ body: @escaping @Sendable () -> Void) {
-        let box = Unmanaged.passRetained(Box(body)).toOpaque()
-        let status = pthread_create(&handle, nil, { argument in
-            guard let argument else { return nil }
-            Unmanaged<Box>.fromOpaque(argument).takeRetainedValue().body()
-            return nil
-        }, box)
-        precondition(status == 0, "pthread_create failed: \(status)")
-    }
-
-    func join() { pthread_join(handle, nil) }
-}
-
 /// The batch a producer pushes over and over: distinct, valid-looking TLBI_NH_VA commands.
 private func ringBenchBatch(size: Int, producer: Int) -> [Command] {
     (0..<size).map { index in
@@ -73,10 +43,10 @@ private func measureThroughput(_ subject: RingBenchSubject, producers: Int, tota
     let perProducer = total / producers / batchSize * batchSize
     let expected = perProducer * producers
     let sum = Mutex<UInt64>(0)
-    let start = ringBenchNow()
-    let consumer = RingBenchThread { sum.withLock { $0 = subject.consume(total: expected) } }
+    let start = benchNow()
+    let consumer = BenchThread { sum.withLock { $0 = subject.consume(total: expected) } }
     let threads = (0..<producers).map { producer in
-        RingBenchThread {
+        BenchThread {
             let batch = ringBenchBatch(size: batchSize, producer: producer)
             batch.withUnsafeBufferPointer { buffer in
                 for _ in 0..<(perProducer / batchSize) { subject.push(buffer) }
@@ -85,7 +55,7 @@ private func measureThroughput(_ subject: RingBenchSubject, producers: Int, tota
     }
     threads.forEach { $0.join() }
     consumer.join()
-    let elapsed = ringBenchNow() - start
+    let elapsed = benchNow() - start
     subject.finish()
     precondition(sum.withLock { $0 } != 0, "the consumer saw the commands")
     return Double(expected) / (Double(elapsed) / 1e9)
@@ -283,31 +253,21 @@ private func measureSyncRoundTrips(policy: ViommuQueue.DrainPolicy, idleSpins: I
     batch.withUnsafeBufferPointer { buffer in
         for iteration in 0..<(iterations + iterations / 10) {
             if pauseMicroseconds > 0 { usleep(pauseMicroseconds) }
-            let start = ringBenchNow()
+            let start = benchNow()
             do {
                 try queue.push(buffer)
                 try queue.sync().wait()
             } catch {
                 fatalError("\(error)")
             }
-            let elapsed = ringBenchNow() - start
+            let elapsed = benchNow() - start
             if iteration >= iterations / 10 { samples.append(elapsed) }  // the first 10% warm up
         }
     }
     return samples.sorted()
 }
 
-private func percentile(_ sorted: [UInt64], _ p: Double) -> Double {
-    guard !sorted.isEmpty else { return 0 }
-    let index = min(sorted.count - 1, Int((Double(sorted.count) * p / 100).rounded(.up)) - 1)
-    return Double(sorted[max(index, 0)]) / 1000
-}
-
 // MARK: - Report
-
-private func pad(_ text: String, _ width: Int) -> String {
-    text.count >= width ? text : String(repeating: " ", count: width - text.count) + text
-}
 
 private func millions(_ rate: Double) -> String {
     let tenths = Int((rate / 100_000).rounded())
@@ -331,8 +291,8 @@ func runRingBenchmark() {
     print("== Command ring throughput (commands/s, best of 5): one consumer, no-op sink, ring of \(capacity) ==")
     print("   CommandRing: dedicated consumer thread; ViommuQueue: the same ring behind the queue's push path, drained")
     print("   inline by the producers (default policy) or by the drain thread; mutex: pthread mutex + 2 condition variables")
-    print(pad("batch", 6) + pad("producers", 10) + pad("CommandRing", 13) + pad("queue inline", 14)
-          + pad("queue thread", 14) + pad("mutex", 12) + pad("ring/mutex", 12))
+    print(rightColumn("batch", 6) + rightColumn("producers", 10) + rightColumn("CommandRing", 13) + rightColumn("queue inline", 14)
+          + rightColumn("queue thread", 14) + rightColumn("mutex", 12) + rightColumn("ring/mutex", 12))
     var aims: [(batch: Int, oneProducer: Double, fourProducerRatio: Double)] = []
     for batchSize in [1, 4, 32] {
         for producers in [1, 2, 4] {
@@ -355,8 +315,8 @@ func runRingBenchmark() {
             let ratio = ring / mutex
             if producers == 1 { aims.append((batchSize, ring, 0)) }
             if producers == 4, let last = aims.indices.last { aims[last].fourProducerRatio = ratio }
-            print(pad("\(batchSize)", 6) + pad("\(producers)", 10) + pad(millions(ring), 13) + pad(millions(inline), 14)
-                  + pad(millions(threaded), 14) + pad(millions(mutex), 12) + pad(times(ratio), 12))
+            print(rightColumn("\(batchSize)", 6) + rightColumn("\(producers)", 10) + rightColumn(millions(ring), 13) + rightColumn(millions(inline), 14)
+                  + rightColumn(millions(threaded), 14) + rightColumn(millions(mutex), 12) + rightColumn(times(ratio), 12))
         }
     }
     for aim in aims {
@@ -367,7 +327,7 @@ func runRingBenchmark() {
 
     print("")
     print("== Sync round trip: push 16 commands + CMD_SYNC fence + wait, no-op sink ==")
-    print(pad("design", 44) + pad("samples", 9) + pad("p50", 10) + pad("p99", 10) + pad("p99.9", 11))
+    print(rightColumn("design", 44) + rightColumn("samples", 9) + rightColumn("p50", 10) + rightColumn("p99", 10) + rightColumn("p99.9", 11))
     let designs: [(String, ViommuQueue.DrainPolicy, Int, Int)] = [
         ("inline drain by the submitter (default)", .inlineWithDrainThread, 2_000, 200_000),
         ("inline drain, no drain thread", .inline, 0, 200_000),
@@ -376,7 +336,7 @@ func runRingBenchmark() {
     ]
     for (name, policy, idleSpins, iterations) in designs {
         let samples = measureSyncRoundTrips(policy: policy, idleSpins: idleSpins, iterations: iterations)
-        print(pad(name, 44) + pad("\(samples.count)", 9) + pad(microseconds(percentile(samples, 50)), 10)
-              + pad(microseconds(percentile(samples, 99)), 10) + pad(microseconds(percentile(samples, 99.9)), 11))
+        print(rightColumn(name, 44) + rightColumn("\(samples.count)", 9) + rightColumn(microseconds(quantileMicroseconds(samples, 0.50)), 10)
+              + rightColumn(microseconds(quantileMicroseconds(samples, 0.99)), 10) + rightColumn(microseconds(quantileMicroseconds(samples, 0.999)), 11))
     }
 }

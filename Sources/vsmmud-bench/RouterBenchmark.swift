@@ -97,8 +97,8 @@ func runRouterBenchmark() {
     let devices = 4096, asidsPerDevice = 16
     let batchSize = 64
     print("== router: ns per guest command (\(devices) devices, \(devices * asidsPerDevice) ASIDs, batches of \(batchSize)) ==")
-    print(pad("viommus", 8) + pad("index ns/cmd", 14) + pad("linear-scan ns/cmd", 20) + pad("speed-up", 10)
-          + pad("index, 256 dev", 16) + pad("flatness", 10))
+    print(column("viommus", 8) + column("index ns/cmd", 14) + column("linear-scan ns/cmd", 20) + column("speed-up", 10)
+          + column("index, 256 dev", 16) + column("flatness", 10))
     for viommus in [1, 8, 64] {
         var v = makeVSMMU(viommus: viommus, devices: devices, asidsPerDevice: asidsPerDevice)
         var small = makeVSMMU(viommus: viommus, devices: 256, asidsPerDevice: asidsPerDevice)
@@ -109,8 +109,8 @@ func runRouterBenchmark() {
         let smallIndexed = measure(smallWorkload, batchSize: batchSize, minimumCommands: 20_000_000) { small.route($0, into: out); return out.consumed }
         var baseline = LinearScanRouter(v)
         let scan = measure(workload, batchSize: batchSize, minimumCommands: 20_000) { baseline.route($0) }
-        print(pad("\(viommus)", 8) + pad(fmt(indexed), 14) + pad(fmt(scan), 20) + pad(String(format1(scan / indexed)) + "x", 10)
-              + pad(fmt(smallIndexed), 16) + pad(format1(indexed / smallIndexed), 10))
+        print(column("\(viommus)", 8) + column(fmt(indexed), 14) + column(fmt(scan), 20) + column(String(format1(scan / indexed)) + "x", 10)
+              + column(fmt(smallIndexed), 16) + column(format1(indexed / smallIndexed), 10))
     }
     print("(flatness = ns/cmd with 4096 devices / ns/cmd with 256 devices and 4096 ASIDs: 1.0 is flat)")
 }
@@ -141,10 +141,6 @@ private func measure(_ workload: [Command], batchSize: Int, minimumCommands: Int
     return best
 }
 
-
-private func pad(_ s: String, _ width: Int) -> String {
-    s.count >= width ? s + " " : s + String(repeating: " ", count: width - s.count)
-}
 
 private func fmt(_ ns: Double) -> String { format1(ns) }
 
