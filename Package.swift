@@ -18,6 +18,8 @@ let package = Package(
         .library(name: "CVSMMUClient", targets: ["CVSMMUClient"]),
         .executable(name: "vmm-sim", targets: ["vmm-sim"]),
         .executable(name: "vsmmud-bench", targets: ["vsmmud-bench"]),
+        .executable(name: "vsmmud-cli", targets: ["vsmmud-cli"]),
+        .library(name: "VSMMUConfiguration", targets: ["VSMMUConfiguration"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -25,6 +27,9 @@ let package = Package(
         .package(url: "https://github.com/x-sheep/swift-property-based", exact: "2.0.1"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // The hardware's formats: commands, STE, CD, event records, CERROR. Pure values, no I/O.
@@ -56,15 +61,51 @@ let package = Package(
             name: "VSMMUDaemon",
             dependencies: [
                 "SMMUv3", "VirtualSMMU", "PSMMU", "IOMMUFD", "InvalidationEngine", "VSMMUProtocol", "CSocketShims",
+                "VSMMUConfiguration",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
-        // The daemon's entry point: arguments and lifecycle. Thin.
+        // The daemon's configuration file (TOML): parsed and checked into plain values. No I/O beyond reading it.
+        .target(
+            name: "VSMMUConfiguration",
+            dependencies: [
+                "SMMUv3", "PSMMU", "VSMMUProtocol",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "TOMLKit", package: "TOMLKit"),
+            ]
+        ),
+        // libsystemd (sd_notify, sd_listen_fds, sd_watchdog_enabled), from Debian's libsystemd-dev.
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
+        // The daemon's face to systemd: readiness, status and watchdog notifications, socket activation,
+        // journald-friendly logging.
+        .target(
+            name: "VSMMUSystemd",
+            dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")]
+        ),
+        // The daemon's entry point: arguments, configuration, signals and the service lifecycle. Thin.
         .executableTarget(
             name: "vsmmud",
-            dependencies: ["VSMMUDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                           .product(name: "Logging", package: "swift-log")]
+            dependencies: [
+                "VSMMUDaemon", "VSMMUConfiguration", "VSMMUSystemd",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // What vsmmud-cli shows: STATS/LIST/HEALTH rendered as tables, JSON and Prometheus text exposition.
+        .target(
+            name: "VSMMUCLI",
+            dependencies: [
+                "SMMUv3", "VSMMUProtocol", "VSMMUClient",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        // The operator's command line: stats, list, health.
+        .executableTarget(
+            name: "vsmmud-cli",
+            dependencies: ["VSMMUCLI", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // The Swift client library for VMMs.
         .target(name: "VSMMUClient", dependencies: ["SMMUv3", "VSMMUProtocol", "CSocketShims"]),
@@ -96,6 +137,16 @@ let package = Package(
         .testTarget(
             name: "VSMMUDaemonTests",
             dependencies: ["VSMMUDaemon", "VSMMUClient", "VSMMUProtocol", "SMMUv3", "PSMMU", "VSMMUTestSupport"]
+        ),
+        .testTarget(name: "VSMMUConfigurationTests", dependencies: ["VSMMUConfiguration", "PSMMU", "VSMMUProtocol", "SMMUv3"]),
+        .testTarget(
+            name: "VSMMUCLITests",
+            dependencies: ["VSMMUCLI", "VSMMUDaemon", "VSMMUClient", "VSMMUProtocol", "SMMUv3", "PSMMU", "VSMMUTestSupport"]
+        ),
+        .testTarget(
+            name: "VSMMUSystemdTests",
+            dependencies: ["VSMMUSystemd", "VSMMUDaemon", "VSMMUClient", "VSMMUProtocol", "VSMMUConfiguration", "SMMUv3", "PSMMU",
+                           .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(name: "VSMMUProtocolTests", dependencies: ["VSMMUProtocol", "SMMUv3", "VSMMUTestSupport"]),
         .testTarget(

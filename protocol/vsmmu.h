@@ -119,6 +119,7 @@ enum vsmmu_error_code {
 	VSMMU_ERR_IN_USE = 21,
 	VSMMU_ERR_INVALID_STE = 22,
 	VSMMU_ERR_NOT_OWNER = 23,
+	VSMMU_ERR_PERMISSION_DENIED = 24,   /* peer not on the allow-list; closes the connection after the reply */
 	VSMMU_ERR_BACKEND_FAILURE = 32,
 	VSMMU_ERR_LIMIT_EXCEEDED = 33,
 	VSMMU_ERR_SHUTTING_DOWN = 34,       /* closes the connection after the reply */

@@ -341,6 +341,7 @@ const char *vsmmu_error_name(uint32_t code)
 	case VSMMU_ERR_IN_USE: return "IN_USE";
 	case VSMMU_ERR_INVALID_STE: return "INVALID_STE";
 	case VSMMU_ERR_NOT_OWNER: return "NOT_OWNER";
+	case VSMMU_ERR_PERMISSION_DENIED: return "PERMISSION_DENIED";
 	case VSMMU_ERR_BACKEND_FAILURE: return "BACKEND_FAILURE";
 	case VSMMU_ERR_LIMIT_EXCEEDED: return "LIMIT_EXCEEDED";
 	case VSMMU_ERR_SHUTTING_DOWN: return "SHUTTING_DOWN";

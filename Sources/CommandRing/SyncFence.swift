@@ -22,34 +22,61 @@ import SMMUv3
 /// by that queue's consumer, before its releasing decrement; the outcome is written once, by the
 /// thread whose decrement reached zero, before the releasing store that marks the fence complete, and
 /// read only after an acquiring load saw it complete; `nextCompleted` belongs to the consumer that
-/// completed the fence.
+/// completed the fence; `onComplete` is read and cleared only by the one thread that calls `notify()`.
 public final class SyncFence: @unchecked Sendable {
     /// Called once with the fence's outcome.
     public typealias Completion = @Sendable (Result<Void, SyncFailure>) -> Void
 
     private let queues: [ViommuQueue]
-    private let onComplete: Completion?
-    /// Arrivals still expected; ``finalizing`` while the outcome is written; ``complete`` after.
-    private let state: ManagedAtomic<Int>
+    /// Dropped once called: a completion that captures an owner of the fence (a ``Submission`` keeps its
+    /// fences) would otherwise keep both alive forever.
+    private var onComplete: Completion?
+    /// The fence's atomics, in the same allocation as `reasons` (one `malloc` per fence rather than one
+    /// per `ManagedAtomic` object and one for the reasons: a fence is made per CMD_SYNC).
+    private struct AtomicWords {
+        /// Arrivals still expected; ``SyncFence/complete`` once the outcome is written.
+        var state: Int.AtomicRepresentation
+        var parker: UnsafeAtomicLazyReference<Parker>.Storage
+    }
+    private let storage: UnsafeMutableRawPointer
     private let reasons: UnsafeMutablePointer<SyncFailure.Reason?>
     private var outcome: Result<Void, SyncFailure>?
-    private let parker = ManagedAtomicLazyReference<Parker>()
     /// The consumer's list of fences to notify once it released the consumer role.
     var nextCompleted: SyncFence?
 
     private static let complete = -1
+    /// Where `reasons` start in `storage`.
+    private static let reasonsOffset = (MemoryLayout<AtomicWords>.stride + MemoryLayout<SyncFailure.Reason?>.alignment - 1)
+        / MemoryLayout<SyncFailure.Reason?>.alignment * MemoryLayout<SyncFailure.Reason?>.alignment
+
+    private static let stateOffset = MemoryLayout<AtomicWords>.offset(of: \.state) ?? 0
+    private static let parkerOffset = MemoryLayout<AtomicWords>.offset(of: \.parker) ?? 0
+
+    private var state: UnsafeAtomic<Int> {
+        UnsafeAtomic(at: (storage + Self.stateOffset).assumingMemoryBound(to: Int.AtomicRepresentation.self))
+    }
+    private var parker: UnsafeAtomicLazyReference<Parker> {
+        UnsafeAtomicLazyReference(at: (storage + Self.parkerOffset)
+            .assumingMemoryBound(to: UnsafeAtomicLazyReference<Parker>.Storage.self))
+    }
 
     private init(queues: [ViommuQueue], onComplete: Completion?) {
         self.queues = queues
         self.onComplete = onComplete
-        self.state = ManagedAtomic(queues.count)
-        self.reasons = .allocate(capacity: max(queues.count, 1))
-        reasons.initialize(repeating: nil, count: max(queues.count, 1))
+        let slots = max(queues.count, 1)
+        storage = .allocate(byteCount: Self.reasonsOffset + slots * MemoryLayout<SyncFailure.Reason?>.stride,
+                            alignment: max(MemoryLayout<AtomicWords>.alignment, MemoryLayout<SyncFailure.Reason?>.alignment))
+        storage.initializeMemory(as: AtomicWords.self, repeating: AtomicWords(state: Int.AtomicRepresentation(queues.count),
+                                                                      parker: UnsafeAtomicLazyReference<Parker>.Storage()),
+                                 count: 1)
+        reasons = (storage + Self.reasonsOffset).initializeMemory(as: SyncFailure.Reason?.self, repeating: nil, count: slots)
     }
 
     deinit {
         reasons.deinitialize(count: max(queues.count, 1))
-        reasons.deallocate()
+        _ = storage.assumingMemoryBound(to: AtomicWords.self).pointee.parker.dispose()
+        storage.assumingMemoryBound(to: AtomicWords.self).deinitialize(count: 1)
+        storage.deallocate()
     }
 
     // MARK: Submitting
@@ -153,7 +180,10 @@ public final class SyncFence: @unchecked Sendable {
 
     /// Runs the completion closure and wakes parked waiters. Called once, by the completing thread.
     func notify() {
-        if let onComplete, let outcome { onComplete(outcome) }
+        if let onComplete, let outcome {
+            self.onComplete = nil
+            onComplete(outcome)
+        }
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         if let parker = parker.load() { parker.broadcast() }
     }

@@ -63,41 +63,49 @@ public struct SubmissionResult: Hashable, Sendable, CustomStringConvertible {
 /// commands are executed asynchronously and a later sync reports their failures). Observe it with
 /// ``wait()`` or the `onComplete` given to ``VSMMUEngine/submit(_:policy:onComplete:)``.
 ///
-/// `@unchecked Sendable`: `pushes` and `syncs` are written only while the engine builds the submission
-/// under its lock, before `sealed()`; afterwards they are only read. `outcome` slots are written by
-/// the completing thread before its releasing decrement of `remaining`, and read after the acquiring
-/// decrement that reached zero, or after the fences completed.
+/// `@unchecked Sendable`: `pushes`, `guestIndices`, `syncs` and `coveredViommus` are written only while the engine
+/// builds the submission under its lock, before `sealed()`; afterwards they are only read. Fence
+/// completions touch none of them: they only decrement `remaining`; the fences' outcomes are read
+/// after the acquiring decrement that reached zero (each fence published its outcome before its
+/// completion ran), and `storedResult` is written before the releasing store of `finished`.
 public final class Submission: @unchecked Sendable {
-    final class PendingSync: @unchecked Sendable {
+    /// A CMD_SYNC of the batch and its fence (which keeps the outcome).
+    struct PendingSync {
         let index: Int
         let command: Command
-        let covered: [ViommuIndex]
-        var fence: SyncFence?
-        var outcome: Result<Void, SyncFailure>?
-        init(index: Int, command: Command, covered: [ViommuIndex]) {
-            self.index = index
-            self.command = command
-            self.covered = covered
-        }
+        /// Where the viommus the fence covers (in its queue order) start in `coveredViommus`.
+        let coveredStart: Int
+        let coveredCount: Int
+        let fence: SyncFence
     }
 
+    /// One contiguous push to a viommu: its first ring position and where its guest indices start in
+    /// `guestIndices`.
     struct Push {
+        var viommu: ViommuIndex
         var firstPosition: UInt64
-        var guestIndices: [UInt32]
+        var indexStart: Int
+        var count: Int
     }
 
     let batchCount: Int
     /// The router's refusals (copied: the engine reuses its routing buffer).
     let routingErrors: [RoutingError]
-    private var pushes: [ViommuIndex: [Push]] = [:]
+    /// The pushes in order, and the guest index of every command they pushed, back to back (one buffer
+    /// per submission rather than one per push).
+    private var pushes: [Push] = []
+    private var guestIndices: [UInt32] = []
     private var syncs: [PendingSync] = []
+    /// Every sync's covered viommus, back to back.
+    private var coveredViommus: [ViommuIndex] = []
     private let onComplete: (@Sendable (SubmissionResult) -> Void)?
     /// Pending fences plus one until ``sealed()``; whoever takes it to zero finishes the submission.
     private let remaining = Atomic<Int>(1)
     private let finished = Atomic<Bool>(false)
     private var storedResult: SubmissionResult?
-    /// Tasks waiting in ``completion()``; `nil` once the submission finished.
-    private let asyncWaiters = Locked<[CheckedContinuation<SubmissionResult, Never>]?>([])
+    /// Tasks waiting in ``completion()``, created by the first of them (most submissions are waited for
+    /// with ``wait()`` and never need it); its value is `nil` once the submission finished.
+    private let asyncWaiters = AtomicLazyReference<Locked<[CheckedContinuation<SubmissionResult, Never>]?>>()
 
     init(batchCount: Int, routed: RoutedBatch, onComplete: (@Sendable (SubmissionResult) -> Void)?) {
         self.batchCount = batchCount
@@ -107,18 +115,30 @@ public final class Submission: @unchecked Sendable {
 
     // MARK: Building (engine, under its lock)
 
-    func recordPush(viommu: ViommuIndex, firstPosition: UInt64, guestIndices: [UInt32]) {
-        pushes[viommu, default: []].append(Push(firstPosition: firstPosition, guestIndices: guestIndices))
+    /// Reserves room for `commands` guest indices and `pushes` pushes, so recording does not regrow.
+    func reserve(commands: Int, pushes: Int, syncs: Int, fences: Int) {
+        guestIndices.reserveCapacity(commands)
+        self.pushes.reserveCapacity(pushes)
+        self.syncs.reserveCapacity(syncs)
+        coveredViommus.reserveCapacity(fences)
     }
 
-    func addSync(index: Int, command: Command, covering covered: [ViommuIndex], queues: [ViommuQueue]) {
-        let pending = PendingSync(index: index, command: command, covered: covered)
-        syncs.append(pending)
+    func recordPush(viommu: ViommuIndex, firstPosition: UInt64, guestIndices indices: UnsafeBufferPointer<UInt32>) {
+        pushes.append(Push(viommu: viommu, firstPosition: firstPosition, indexStart: guestIndices.count, count: indices.count))
+        guestIndices.append(contentsOf: indices)
+    }
+
+    /// Adds a CMD_SYNC whose fence covers `queues`, the queues of the viommus `covered` (same order).
+    func addSync(index: Int, command: Command, covering covered: UnsafeBufferPointer<ViommuIndex>, queues: [ViommuQueue]) {
+        let coveredStart = coveredViommus.count
+        coveredViommus.append(contentsOf: covered)
         remaining.add(1, ordering: .relaxed)
-        pending.fence = SyncFence.submit(covering: queues) { [self] result in
-            pending.outcome = result
-            arrive()
-        }
+        // The completion may run before `submit` returns (inline drain) or on another thread; it only
+        // counts the arrival. The outcome is read from the fence once every arrival is in, and
+        // `syncs` is complete by then (the builder's own arrival, `sealed()`, comes after).
+        let fence = SyncFence.submit(covering: queues) { [self] _ in arrive() }
+        syncs.append(PendingSync(index: index, command: command, coveredStart: coveredStart, coveredCount: covered.count,
+                                 fence: fence))
     }
 
     /// The submission is complete as far as the engine is concerned; fences may still be pending.
@@ -140,12 +160,17 @@ public final class Submission: @unchecked Sendable {
 
     private func finish() {
         guard let result = storedResult else { return }
-        finished.store(true, ordering: .releasing)
-        let waiters = asyncWaiters.withLock { waiters -> [CheckedContinuation<SubmissionResult, Never>] in
-            defer { waiters = nil }
-            return waiters ?? []
+        finished.store(true, ordering: .sequentiallyConsistent)
+        // Dekker with `completion()`: we publish `finished`, then look for waiters; a waiter publishes
+        // the waiter list, then looks at `finished`. One of us sees the other.
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        if let list = asyncWaiters.load() {
+            let waiters = list.withLock { waiters -> [CheckedContinuation<SubmissionResult, Never>] in
+                defer { waiters = nil }
+                return waiters ?? []
+            }
+            for waiter in waiters { waiter.resume(returning: result) }
         }
-        for waiter in waiters { waiter.resume(returning: result) }
         onComplete?(result)
     }
 
@@ -160,7 +185,7 @@ public final class Submission: @unchecked Sendable {
     /// Blocks until every CMD_SYNC of the batch completed (helping drain the queues meanwhile) and
     /// returns the batch's result.
     public func wait() -> SubmissionResult {
-        for sync in syncs { _ = try? sync.fence?.wait() }
+        for sync in syncs { _ = try? sync.fence.wait() }
         // Every fence is complete; their completion callbacks may still be finishing.
         var spins = 0
         while !isComplete {
@@ -174,8 +199,13 @@ public final class Submission: @unchecked Sendable {
     /// Suspends until the batch completes and returns its result, without blocking a thread.
     public func completion() async -> SubmissionResult {
         await withCheckedContinuation { (continuation: CheckedContinuation<SubmissionResult, Never>) in
-            let alreadyFinished = asyncWaiters.withLock { waiters -> Bool in
-                guard waiters != nil else { return true }
+            let list = asyncWaiters.storeIfNil(Locked([]))
+            atomicMemoryFence(ordering: .sequentiallyConsistent)
+            let alreadyFinished = list.withLock { waiters -> Bool in
+                guard waiters != nil, !finished.load(ordering: .sequentiallyConsistent) else {
+                    waiters = nil
+                    return true
+                }
                 waiters?.append(continuation)
                 return false
             }
@@ -196,11 +226,12 @@ public final class Submission: @unchecked Sendable {
         }
         var completedSyncs = 0
         for sync in syncs {
-            switch sync.outcome ?? sync.fence?.result {
+            switch sync.fence.result {
             case .success?: completedSyncs += 1
             case .failure(let syncFailure)?:
                 for queueFailure in syncFailure.failures {
-                    let viommu = queueFailure.queueIndex < sync.covered.count ? sync.covered[queueFailure.queueIndex] : ViommuIndex(0)
+                    let viommu = queueFailure.queueIndex < sync.coveredCount
+                        ? coveredViommus[sync.coveredStart + queueFailure.queueIndex] : ViommuIndex(0)
                     switch queueFailure.reason {
                     case .commandFailed(let command):
                         let index = guestIndex(of: command.position, on: viommu) ?? sync.index
@@ -219,9 +250,9 @@ public final class Submission: @unchecked Sendable {
 
     /// The guest index of the command this submission pushed at `position` on `viommu`, if it did.
     private func guestIndex(of position: UInt64, on viommu: ViommuIndex) -> Int? {
-        for push in pushes[viommu] ?? [] where position >= push.firstPosition {
+        for push in pushes where push.viommu == viommu && position >= push.firstPosition {
             let offset = position - push.firstPosition
-            if offset < UInt64(push.guestIndices.count) { return Int(push.guestIndices[Int(offset)]) }
+            if offset < UInt64(push.count) { return Int(guestIndices[push.indexStart + Int(offset)]) }
         }
         return nil
     }

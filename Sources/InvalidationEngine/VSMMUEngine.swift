@@ -16,11 +16,15 @@ import VirtualSMMU
 /// undoes the vSMMU change, so both always agree. Removals first wait until the viommu's queue has
 /// executed everything pushed before, so no queued command names a vdevice that is gone.
 ///
-/// Submissions and control operations of one engine are serialised by one lock; routing, pushing and
-/// fence placement happen under it, so each viommu receives the guest's commands in the guest's order.
-/// Under the inline drain policy the submitting thread also executes the commands (backend calls)
-/// before it returns, which is what keeps a CMD_SYNC round trip free of thread hand-offs. Completion
-/// callbacks may run on that thread while the lock is held: they must not call back into the engine.
+/// Two locks. Submissions and control operations of one engine are serialised by the *submit* lock;
+/// routing, pushing and fence placement happen under it, so each viommu receives the guest's commands in
+/// the guest's order. The *state* lock guards the vSMMU and the attached viommus and is held only for
+/// short steps — routing, a control operation's bookkeeping and backend calls, reading statistics —
+/// never while a queue executes commands: under the inline drain policy the submitting thread executes
+/// the commands (backend invalidations, which may be slow or stall) before it returns, which is what keeps
+/// a CMD_SYNC round trip free of thread hand-offs, and readers (``vsmmu``, ``viommuStatistics``, the
+/// daemon's STATS and watchdog) must not wait behind that. Completion callbacks may run on the submitting
+/// thread while the submit lock is held: they must not call back into the engine.
 public final class VSMMUEngine: Sendable {
     /// How the engine builds its queues.
     public struct Configuration: Hashable, Sendable {
@@ -41,14 +45,27 @@ public final class VSMMUEngine: Sendable {
 
     struct State: Sendable {
         var vsmmu = VSMMU()
-        var viommus: [ViommuIndex: AttachedViommu] = [:]
+        var viommus: [ViommuIndex: AttachedViommu] = [:] {
+            didSet { queueTable = (0..<VSMMU.maximumViommus).map { viommus[ViommuIndex($0)]?.queue } }
+        }
+        /// Each attached viommu's queue by index: what the data path reads, without copying an
+        /// ``AttachedViommu`` (backend existential, handle maps) out of `viommus` per fence.
+        private(set) var queueTable: [ViommuQueue?] = Array(repeating: nil, count: VSMMU.maximumViommus)
         var stopped = false
+
+        /// The queue of `viommu`, if it is attached.
+        @inline(__always)
+        func queue(_ viommu: ViommuIndex) -> ViommuQueue? {
+            viommu.index < queueTable.count ? queueTable[viommu.index] : nil
+        }
     }
 
     public let configuration: Configuration
     /// A pthread mutex (``Locked``) rather than `Synchronization.Mutex`, which ThreadSanitizer cannot see.
     private let state: Locked<State>
-    /// The router's reusable output: only touched while `state` is locked.
+    /// Serialises submissions, control operations and stop, in that order of lock acquisition before `state`.
+    private let submitLock = Locked(())
+    /// The router's reusable output: only touched while `submitLock` is held.
     nonisolated(unsafe) private let routed = RoutedBatch()
 
     public init(configuration: Configuration = Configuration()) {
@@ -105,7 +122,7 @@ public final class VSMMUEngine: Sendable {
     public func attachViommu(pSMMU: String, backend: any PSMMUBackend,
                              request: ViommuAttachRequest = ViommuAttachRequest()) throws(EngineError) -> ViommuIndex {
         let configuration = self.configuration
-        return try state.withLock { (state: inout State) throws(EngineError) -> ViommuIndex in
+        return try serialised { (state: inout State) throws(EngineError) -> ViommuIndex in
             guard !state.stopped else { throw .stopped }
             let index: ViommuIndex
             do throws(VSMMUError) { index = try state.vsmmu.attachViommu(pSMMU: pSMMU) } catch { throw .vsmmu(error) }
@@ -131,7 +148,7 @@ public final class VSMMUEngine: Sendable {
 
     /// Detaches a viommu without devices: drains and stops its queue, then destroys it in the backend.
     public func detachViommu(_ index: ViommuIndex) throws(EngineError) {
-        try state.withLock { (state: inout State) throws(EngineError) in
+        try serialised { (state: inout State) throws(EngineError) in
             do throws(VSMMUError) { try state.vsmmu.detachViommu(index) } catch { throw .vsmmu(error) }
             guard let attached = state.viommus.removeValue(forKey: index) else { return }
             attached.queue.stop()
@@ -141,7 +158,7 @@ public final class VSMMUEngine: Sendable {
 
     /// SET_DEV_ID: registers `streamID` for `hostDeviceID` behind `viommu` and allocates its vdevice.
     public func setDeviceID(viommu: ViommuIndex, hostDeviceID: HostDeviceID, streamID: StreamID) throws(EngineError) {
-        try state.withLock { (state: inout State) throws(EngineError) in
+        try serialised { (state: inout State) throws(EngineError) in
             do throws(VSMMUError) { try state.vsmmu.setDeviceID(viommu: viommu, hostDeviceID: hostDeviceID, streamID: streamID) }
             catch { throw .vsmmu(error) }
             guard let attached = state.viommus[viommu] else { return }
@@ -159,7 +176,7 @@ public final class VSMMUEngine: Sendable {
     /// UNSET_DEV_ID: waits until the device's viommu executed what was queued, then unlinks its vSTE
     /// (destroying its HWPT) and destroys its vdevice.
     public func unsetDeviceID(streamID: StreamID) throws(EngineError) {
-        try state.withLock { (state: inout State) throws(EngineError) in
+        try serialised { (state: inout State) throws(EngineError) in
             guard let device = state.vsmmu.devices[streamID] else { throw .vsmmu(.unknownStreamID(streamID)) }
             let attached = state.viommus[device.viommu]
             if let attached { Self.quiesce(attached.queue) }
@@ -183,7 +200,7 @@ public final class VSMMUEngine: Sendable {
     @discardableResult
     public func link(streamID: StreamID, ste: StreamTableEntry,
                      contextDescriptors: [ContextDescriptor]) throws(EngineError) -> VSMMU.HWPTChange {
-        try state.withLock { (state: inout State) throws(EngineError) -> VSMMU.HWPTChange in
+        try serialised { (state: inout State) throws(EngineError) -> VSMMU.HWPTChange in
             try Self.link(&state, streamID: streamID) { (vsmmu: inout VSMMU) throws(VSMMUError) in
                 try vsmmu.link(streamID: streamID, ste: ste, contextDescriptors: contextDescriptors)
             }
@@ -194,7 +211,7 @@ public final class VSMMUEngine: Sendable {
     @discardableResult
     public func updateContextDescriptor(streamID: StreamID, substreamID: SubstreamID,
                                         _ cd: ContextDescriptor) throws(EngineError) -> VSMMU.HWPTChange {
-        try state.withLock { (state: inout State) throws(EngineError) -> VSMMU.HWPTChange in
+        try serialised { (state: inout State) throws(EngineError) -> VSMMU.HWPTChange in
             try Self.link(&state, streamID: streamID) { (vsmmu: inout VSMMU) throws(VSMMUError) in
                 try vsmmu.updateContextDescriptor(streamID: streamID, substreamID: substreamID, cd)
             }
@@ -203,7 +220,7 @@ public final class VSMMUEngine: Sendable {
 
     /// Unlinks the vSTE of `streamID` and destroys its HWPT in the backend.
     public func unlink(streamID: StreamID) throws(EngineError) {
-        try state.withLock { (state: inout State) throws(EngineError) in
+        try serialised { (state: inout State) throws(EngineError) in
             _ = try Self.link(&state, streamID: streamID) { (vsmmu: inout VSMMU) throws(VSMMUError) in
                 let removed = try vsmmu.unlink(streamID: streamID)
                 return VSMMU.HWPTChange(removed: removed, current: nil, isNew: false)
@@ -251,6 +268,13 @@ public final class VSMMUEngine: Sendable {
         return result
     }
 
+    /// Runs a control operation: after any submission in progress, with the state locked.
+    private func serialised<Result, Failure: Error>(_ body: (inout State) throws(Failure) -> Result) throws(Failure) -> Result {
+        try submitLock.withLock { (_: inout Void) throws(Failure) -> Result in
+            try state.withLock { (state: inout State) throws(Failure) -> Result in try body(&state) }
+        }
+    }
+
     /// Blocks until `queue` executed everything pushed to it so far.
     private static func quiesce(_ queue: ViommuQueue) {
         _ = try? queue.sync().wait()
@@ -265,36 +289,62 @@ public final class VSMMUEngine: Sendable {
     /// commands were consumed and, if one failed, which and with what CERROR.
     public func submit(_ batch: UnsafeBufferPointer<Command>, policy: RoutingPolicy = .stopAtFirstError,
                        onComplete: (@Sendable (SubmissionResult) -> Void)? = nil) -> Submission {
-        state.withLock { (state: inout State) -> Submission in
+        submitLock.withLock { _ -> Submission in
             let routed = self.routed
-            state.vsmmu.route(batch, into: routed, policy: policy)
+            // Route under the state lock; push, place fences and drain with only the submit lock held.
+            let state = state.withLock { (state: inout State) -> QueueSnapshot in
+                state.vsmmu.route(batch, into: routed, policy: policy)
+                return QueueSnapshot(queueTable: state.queueTable, stopped: state.stopped)
+            }
             let submission = Submission(batchCount: batch.count, routed: routed, onComplete: onComplete)
             if state.stopped {
                 submission.finishStopped()
                 return submission
             }
+            let syncPoints = routed.syncPoints
+            submission.reserve(commands: routed.deliveryCount, pushes: routed.fences.count + routed.touched.count,
+                               syncs: syncPoints.count, fences: routed.fences.count)
             // Push each viommu's commands sync point by sync point, placing each fence after them.
-            var pushedUpTo = [Int](repeating: 0, count: VSMMU.maximumViommus)
-            for sync in routed.syncPoints {
-                var queues: [ViommuQueue] = []
-                var covered: [ViommuIndex] = []
-                for fence in routed.fences(of: sync) {
-                    guard let attached = state.viommus[fence.viommu] else { continue }
-                    Self.push(routed, fence.viommu, from: pushedUpTo[fence.viommu.index], to: fence.end,
-                              into: attached.queue, recording: submission)
-                    pushedUpTo[fence.viommu.index] = fence.end
-                    queues.append(attached.queue)
-                    covered.append(fence.viommu)
+            withUnsafeTemporaryAllocation(of: Int.self, capacity: VSMMU.maximumViommus) { pushedUpTo in
+            withUnsafeTemporaryAllocation(of: ViommuIndex.self, capacity: VSMMU.maximumViommus) { covered in
+                pushedUpTo.initialize(repeating: 0)
+                for sync in syncPoints {
+                    let fences = routed.fences(of: sync)
+                    var queues: [ViommuQueue] = []
+                    queues.reserveCapacity(fences.count)
+                    var coveredCount = 0
+                    for fence in fences {
+                        guard let queue = state.queue(fence.viommu) else { continue }
+                        Self.push(routed, fence.viommu, from: pushedUpTo[fence.viommu.index], to: fence.end,
+                                  into: queue, recording: submission)
+                        pushedUpTo[fence.viommu.index] = fence.end
+                        queues.append(queue)
+                        covered.initializeElement(at: coveredCount, to: fence.viommu)
+                        coveredCount += 1
+                    }
+                    submission.addSync(index: sync.index, command: sync.command,
+                                       covering: UnsafeBufferPointer(rebasing: covered[..<coveredCount]), queues: queues)
                 }
-                submission.addSync(index: sync.index, command: sync.command, covering: covered, queues: queues)
+                for viommu in routed.touched {
+                    let end = routed.count(for: viommu)
+                    guard end > pushedUpTo[viommu.index], let queue = state.queue(viommu) else { continue }
+                    Self.push(routed, viommu, from: pushedUpTo[viommu.index], to: end, into: queue, recording: submission)
+                }
             }
-            for viommu in routed.touched {
-                let end = routed.count(for: viommu)
-                guard end > pushedUpTo[viommu.index], let attached = state.viommus[viommu] else { continue }
-                Self.push(routed, viommu, from: pushedUpTo[viommu.index], to: end, into: attached.queue, recording: submission)
             }
             submission.sealed()
             return submission
+        }
+    }
+
+    /// The queues a submission pushes to, read under the state lock with the routing.
+    private struct QueueSnapshot {
+        var queueTable: [ViommuQueue?]
+        var stopped: Bool
+
+        @inline(__always)
+        func queue(_ viommu: ViommuIndex) -> ViommuQueue? {
+            viommu.index < queueTable.count ? queueTable[viommu.index] : nil
         }
     }
 
@@ -310,18 +360,18 @@ public final class VSMMUEngine: Sendable {
         routed.withCommands(for: viommu) { commands in
             let slice = UnsafeBufferPointer(rebasing: commands[start..<end])
             guard let positions = try? queue.push(slice) else { return }
-            // Only this engine pushes to the queue, under its lock: a split push is contiguous.
+            // Only this engine pushes to the queue, under its submit lock: a split push is contiguous.
             let first = positions.upperBound &- UInt64(slice.count)
             routed.withGuestIndices(for: viommu) { indices in
                 submission.recordPush(viommu: viommu, firstPosition: first,
-                                      guestIndices: Array(indices[start..<end]))
+                                      guestIndices: UnsafeBufferPointer(rebasing: indices[start..<end]))
             }
         }
     }
 
     /// Stops every queue: what was pushed is executed, pending syncs complete; later submissions fail.
     public func stop() {
-        let queues = state.withLock { (state: inout State) -> [ViommuQueue] in
+        let queues = serialised { (state: inout State) -> [ViommuQueue] in
             state.stopped = true
             return state.viommus.values.map(\.queue)
         }

@@ -44,7 +44,21 @@ public struct CostModel: Hashable, Sendable {
 }
 
 /// Waits until a deadline on the continuous clock: sleeps while far away, then busy-waits.
+///
+/// Deadlines travel as ``Duration``s since ``origin`` (a `@frozen` value) rather than as
+/// `ContinuousClock.Instant`s, whose layout is resilient: every copy of a value holding one goes
+/// through value witnesses, which the simulated pSMMU's data path paid on every call.
 enum CostWait {
+    /// The instant deadlines are measured from.
+    static let origin = ContinuousClock.now
+
+    /// Now, as a time since ``origin``.
+    static var now: Duration { origin.duration(to: ContinuousClock.now) }
+
+    static func wait(until deadline: Duration, spinNanoseconds: UInt64) {
+        wait(until: origin + deadline, spinNanoseconds: spinNanoseconds)
+    }
+
     static func wait(until deadline: ContinuousClock.Instant, spinNanoseconds: UInt64) {
         let clock = ContinuousClock()
         let remaining = clock.now.duration(to: deadline)

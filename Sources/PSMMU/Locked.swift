@@ -13,8 +13,10 @@ import Darwin
 /// `pthread_mutex_lock`/`unlock`, and an uncontended pthread mutex costs no more.
 public final class Locked<Value: Sendable>: @unchecked Sendable {
     // `value` is only accessed between `pthread_mutex_lock` and `pthread_mutex_unlock` of `mutex`.
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    private var value: Value
+    // `@usableFromInline` so that `withLock` inlines into (and specialises for) its callers in other
+    // modules: the daemon's data path takes several of these locks per request.
+    @usableFromInline let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    @usableFromInline var value: Value
 
     public init(_ value: Value) {
         self.value = value
@@ -31,7 +33,7 @@ public final class Locked<Value: Sendable>: @unchecked Sendable {
     }
 
     /// Runs `body` with exclusive access to the value.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }

@@ -126,32 +126,27 @@ public final class SimulatedSMMU: PSMMUBackend {
     public func invalidate(viommu: ViommuHandle, commands: UnsafeBufferPointer<Command>) -> InvalidationResult {
         var gatesPassed = false
         while true {
-            let step: InvalidationStep = state.withLock { s in
+            var stallOn: [StallGate] = []
+            let outcome: SimulatedSMMUState.InvalidationOutcome? = state.withLock { s in
                 if !gatesPassed, !s.gates.isEmpty {
                     s.gates.removeAll { $0.isReleased }
-                    let covering = s.gates.filter { $0.covers(viommu) }
-                    if !covering.isEmpty { return .stall(covering) }
+                    stallOn = s.gates.filter { $0.covers(viommu) }
+                    if !stallOn.isEmpty { return nil }
                 }
-                return .done(s.invalidate(viommu: viommu, commands: commands))
+                return s.invalidate(viommu: viommu, commands: commands)
             }
-            switch step {
-            case .stall(let gates):
+            guard let outcome else {
                 var stalled = 0
-                for gate in gates where gate.stall() { stalled += 1 }
+                for gate in stallOn where gate.stall() { stalled += 1 }
                 if stalled > 0 { state.withLock { $0.model.callsStalled += 1 } }
                 gatesPassed = true
-            case .done(let outcome):
-                if let deadline = outcome.deadline {
-                    CostWait.wait(until: deadline, spinNanoseconds: outcome.spinNanoseconds)
-                }
-                return outcome.result
+                continue
             }
+            if let deadline = outcome.deadline {
+                CostWait.wait(until: deadline, spinNanoseconds: outcome.spinNanoseconds)
+            }
+            return outcome.result
         }
-    }
-
-    private enum InvalidationStep: Sendable {
-        case stall([StallGate])
-        case done(SimulatedSMMUState.InvalidationOutcome)
     }
 
     /// Takes the event records queued for `viommu` since the last call, oldest first, with vSIDs.

@@ -4,8 +4,8 @@ extension SimulatedSMMUState {
     /// What one `invalidate` call did, and until when its cost runs.
     struct InvalidationOutcome {
         var result: InvalidationResult
-        /// When the call may return; `nil` when the cost model is free.
-        var deadline: ContinuousClock.Instant?
+        /// When the call may return (since `CostWait.origin`); `nil` when the cost model is free.
+        var deadline: Duration?
         var spinNanoseconds: UInt64 = 0
     }
 
@@ -21,17 +21,41 @@ extension SimulatedSMMUState {
                                               message: "\(viommu) is not a viommu of this pSMMU")
             return InvalidationOutcome(result: InvalidationResult(completed: 0, failure: commands.isEmpty ? nil : failure))
         }
-        let vmid = viommus.values[vi].vmid
-        let physicalStreamIDs = viommus.values[vi].physicalStreamIDs
+        // One read of the record (each `values[vi].field` read copies the whole record).
+        let record = viommus.values[vi]
+        let vmid = record.vmid
+        let physicalStreamIDs = record.physicalStreamIDs
         let checkFaults = !faults.isEmpty
-        let base = viommus.values[vi].processed
+        let base = record.processed
         var result = InvalidationResult(completed: commands.count)
 
-        commandLoop: for index in commands.indices {
+        // Per-opcode counts are gathered per run of equal opcodes (guest batches are runs of one kind)
+        // rather than per command: the tally's arrays cost a uniqueness check on every write.
+        var runOpcode: UInt8 = 0
+        var runLength: UInt64 = 0
+        var start = 0
+        if !checkFaults && tlb.count == 0 {
+            // Fast path, same outcome: a stage-1 TLBI always converts (the kernel only writes the VMID)
+            // and removes nothing from an empty TLB, so the leading TLBIs only need counting.
+            let convertsToStage1TLBI = ViommuCommandConversion.convertsToStage1TLBI
+            while start < commands.count {
+                let opcode = commands[start].opcode.rawValue
+                guard convertsToStage1TLBI[Int(opcode)] else { break }
+                if opcode != runOpcode {
+                    if runLength > 0 { tally.byOpcode[Int(runOpcode)] &+= runLength }
+                    runOpcode = opcode
+                    runLength = 0
+                }
+                runLength &+= 1
+                start += 1
+            }
+        }
+        commandLoop: for index in start..<commands.count {
             let command = commands[index]
+            let opcode = command.opcode
             let position = base &+ UInt64(index)
             let physical: Command
-            switch ViommuCommandConversion.convert(command, vmid: vmid, physicalStreamIDs: physicalStreamIDs) {
+            switch ViommuCommandConversion.convert(command, opcode: opcode, vmid: vmid, physicalStreamIDs: physicalStreamIDs) {
             case .success(let converted):
                 physical = converted
             case .failure(let rejection):
@@ -44,12 +68,18 @@ extension SimulatedSMMUState {
                 model.faultsInjected += 1
                 result = InvalidationResult(completed: index, failure: InvalidationFailure(
                     queueError: error,
-                    message: "injected \(error) on \(command.opcode.name), command #\(position) of \(viommu)"))
+                    message: "injected \(error) on \(opcode.name), command #\(position) of \(viommu)"))
                 break commandLoop
             }
-            execute(physical, received: command.opcode.rawValue)
-            tally.byOpcode[Int(command.opcode.rawValue)] &+= 1
+            execute(physical, vmid: vmid, received: opcode.rawValue)
+            if opcode.rawValue != runOpcode {
+                if runLength > 0 { tally.byOpcode[Int(runOpcode)] &+= runLength }
+                runOpcode = opcode.rawValue
+                runLength = 0
+            }
+            runLength &+= 1
         }
+        if runLength > 0 { tally.byOpcode[Int(runOpcode)] &+= runLength }
 
         let processed = result.failure == nil ? commands.count : result.completed + 1
         viommus.values[vi].processed = base &+ UInt64(processed)
@@ -60,21 +90,26 @@ extension SimulatedSMMUState {
     }
 
     /// Applies one physical command to the caches. Only the opcodes ``ViommuCommandConversion`` lets
-    /// through reach here.
+    /// through reach here; TLBIs carry `vmid` (the conversion wrote it). An empty TLB holds nothing a
+    /// TLBI could remove, so the address span is only decoded when there are entries.
     @inline(__always)
-    private mutating func execute(_ command: Command, received opcode: UInt8) {
+    private mutating func execute(_ command: Command, vmid: VMID, received opcode: UInt8) {
         switch command.opcode {
         case .tlbiNHAll:
-            tally.tlbInvalidatedByOpcode[Int(opcode)] &+= UInt64(tlb.invalidate(vmid: command.vmid))
+            guard tlb.count > 0 else { return }
+            tally.tlbInvalidatedByOpcode[Int(opcode)] &+= UInt64(tlb.invalidate(vmid: vmid))
         case .tlbiNHASID:
-            tally.tlbInvalidatedByOpcode[Int(opcode)] &+= UInt64(tlb.invalidate(vmid: command.vmid, asid: command.asid))
+            guard tlb.count > 0 else { return }
+            tally.tlbInvalidatedByOpcode[Int(opcode)] &+= UInt64(tlb.invalidate(vmid: vmid, asid: command.asid))
         case .tlbiNHVA:
+            guard tlb.count > 0 else { return }
             let span = ViommuCommandConversion.tlbiSpan(command)
-            let n = tlb.invalidate(vmid: command.vmid, asid: command.asid, first: span.first, last: span.last)
+            let n = tlb.invalidate(vmid: vmid, asid: command.asid, first: span.first, last: span.last)
             tally.tlbInvalidatedByOpcode[Int(opcode)] &+= UInt64(n)
         case .tlbiNHVAA:
+            guard tlb.count > 0 else { return }
             let span = ViommuCommandConversion.tlbiSpan(command)
-            let n = tlb.invalidateAllASIDs(vmid: command.vmid, first: span.first, last: span.last)
+            let n = tlb.invalidateAllASIDs(vmid: vmid, first: span.first, last: span.last)
             tally.tlbInvalidatedByOpcode[Int(opcode)] &+= UInt64(n)
         case .atcInv:
             let span = ViommuCommandConversion.atcSpan(command)
@@ -103,9 +138,9 @@ extension SimulatedSMMUState {
     }
 
     /// Charges a call of `commands` commands to the cost model. - Returns: when the call may return.
-    private mutating func chargeCost(commands: Int) -> ContinuousClock.Instant? {
+    private mutating func chargeCost(commands: Int) -> Duration? {
         guard !costModel.isFree else { return nil }
-        let now = ContinuousClock.now
+        let now = CostWait.now
         let callDone = now + .nanoseconds(Int64(clamping: costModel.nanosecondsPerCall))
         let commandTime = Duration.nanoseconds(Int64(clamping: costModel.nanosecondsPerCommand &* UInt64(commands)))
         model.costNanoseconds &+= costModel.nanosecondsPerCall &+ costModel.nanosecondsPerCommand &* UInt64(commands)

@@ -57,7 +57,7 @@ struct SimulatedSMMUState: Sendable {
     var gates: [StallGate] = []
     var costModel: CostModel
     /// When the shared command queue finishes the commands already charged to it.
-    var queueBusyUntil: ContinuousClock.Instant?
+    var queueBusyUntil: Duration? // since `CostWait.origin`
 
     var tally = CommandTally()
     var viommusAttached: UInt64 = 0

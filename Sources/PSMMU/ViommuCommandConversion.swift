@@ -33,23 +33,39 @@ enum ViommuCommandConversion {
     @inline(__always)
     static func convert(_ command: Command, vmid: VMID,
                         physicalStreamIDs: [StreamID: StreamID]) -> Result<Command, CommandRejection> {
+        convert(command, opcode: command.opcode, vmid: vmid, physicalStreamIDs: physicalStreamIDs)
+    }
+
+    /// ``convert(_:vmid:physicalStreamIDs:)`` with the command's opcode already read.
+    @inline(__always)
+    static func convert(_ command: Command, opcode: Opcode, vmid: VMID,
+                        physicalStreamIDs: [StreamID: StreamID]) -> Result<Command, CommandRejection> {
         var physical = command
-        switch command.opcode {
+        switch opcode {
         case .tlbiNSNHAll:
             physical = Command(opcode: .tlbiNHAll)
             physical.vmid = vmid
         case .tlbiNHVA, .tlbiNHVAA, .tlbiNHAll, .tlbiNHASID:
             physical.vmid = vmid
+            // `Command.validate()` refuses nothing in the TLBI family (no SSEC, no reserved encoding).
+            return .success(physical)
         case .atcInv, .cfgiCD, .cfgiCDAll:
             guard let pSID = physicalStreamIDs[command.streamID] else {
-                return .failure(.unknownVirtualStreamID(command.opcode, command.streamID))
+                return .failure(.unknownVirtualStreamID(opcode, command.streamID))
             }
             physical.streamID = pSID
         default:
-            return .failure(.notAcceptedOnViommu(command.opcode))
+            return .failure(.notAcceptedOnViommu(opcode))
         }
         if let illegal = physical.validate() { return .failure(.illegal(illegal)) }
         return .success(physical)
+    }
+
+    /// Indexed by opcode byte: whether ``convert(_:vmid:physicalStreamIDs:)`` turns the opcode into a
+    /// stage-1 TLBI of the viommu's VMID (TLBI_NH_ALL, NH_ASID, NH_VA, NH_VAA, NSNH_ALL): a conversion
+    /// that never fails.
+    static let convertsToStage1TLBI: [Bool] = (0...255).map { raw in
+        [Opcode.tlbiNHAll, .tlbiNHASID, .tlbiNHVA, .tlbiNHVAA, .tlbiNSNHAll].contains(Opcode(rawValue: UInt8(raw)))
     }
 
     /// The input-address span `[first, last]` a TLBI by address names: with TG = 0 the page holding VA

@@ -88,7 +88,7 @@ extension VSMMUServer {
             served = state.withLock { $0.vsmmus.values.sorted { $0.id < $1.id } }
         }
         let entrySize = request.kind.entrySize ?? 1
-        let fit = max(1, (Int(configuration.limits.maximumFrameSize) - FrameHeader.byteCount - 16) / entrySize)
+        let fit = max(1, (Int(limits.maximumFrameSize) - FrameHeader.byteCount - 16) / entrySize)
         let pageSize = request.maximumEntries == 0 ? fit : min(fit, Int(request.maximumEntries))
         func page<T>(_ all: [T]) -> (ArraySlice<T>, UInt32) {
             let start = min(Int(request.start), all.count)

@@ -16,18 +16,24 @@ struct Connection {
     let fd: Int32
     let credentials: PeerCredentials?
     let server: VSMMUServer
+    /// The limits in force when the connection was accepted: announced in HELLO_REPLY and enforced for
+    /// the connection's life (a SIGHUP reload changes them for later connections only).
+    let limits: ServerLimits
     var handshakeCompleted = false
     /// fds received with SCM_RIGHTS and not yet claimed by a frame, oldest first.
     var pendingFileDescriptors: [Int32] = []
     var decoder: FrameDecoder
     var logger: Logger
+    /// The reply being written, reused from one request to the next (no allocation per reply).
+    private var replyBuffer: [UInt8] = []
 
     init(id: UInt64, fd: Int32, credentials: PeerCredentials?, server: VSMMUServer) {
         self.id = id
         self.fd = fd
         self.credentials = credentials
         self.server = server
-        decoder = FrameDecoder(maximumFrameSize: Int(server.configuration.limits.maximumFrameSize))
+        limits = server.limits
+        decoder = FrameDecoder(maximumFrameSize: Int(limits.maximumFrameSize))
         logger = server.logger
         logger[metadataKey: "connection"] = "\(id)"
     }
@@ -114,13 +120,13 @@ struct Connection {
             server.protocolErrors.add(1, ordering: .relaxed)
             logger.debug("request refused", metadata: ["request": "\(header)", "error": "\(error)"])
         }
-        let bytes: [UInt8]
-        do throws(ProtocolError) { bytes = try response.encode(requestID: header.requestID) } catch {
+        replyBuffer.removeAll(keepingCapacity: true)
+        do throws(ProtocolError) { try response.encode(requestID: header.requestID, into: &replyBuffer) } catch {
             server.protocolErrors.add(1, ordering: .relaxed)
-            bytes = ProtocolError.internalError(type: header.type, "cannot encode the reply: \(error)")
+            replyBuffer = ProtocolError.internalError(type: header.type, "cannot encode the reply: \(error)")
                 .replyFrame(requestID: header.requestID)
         }
-        do throws(SystemCallError) { try POSIX.sendAll(fd, bytes) } catch {
+        do throws(SystemCallError) { try POSIX.sendAll(fd, replyBuffer) } catch {
             logger.info("cannot write a reply, closing", metadata: ["error": "\(error)"])
             return false
         }

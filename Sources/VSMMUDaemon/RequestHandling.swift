@@ -28,11 +28,11 @@ extension VSMMUServer {
             connection.logger.info("hello", metadata: [
                 "client": "\(hello.clientName)", "client_pid": "\(hello.processID)", "version": "\(version)",
             ])
-            return .hello(HelloReply(version: version, limits: configuration.limits,
+            return .hello(HelloReply(version: version, limits: connection.limits,
                                      serverProcessID: UInt32(bitPattern: getpid()), serverName: configuration.serverName))
 
         case .createVSMMU(let create):
-            let limit = Int(configuration.limits.maximumVSMMUs)
+            let limit = Int(connection.limits.maximumVSMMUs)
             let served = try state.withLock { (s: inout State) throws(ProtocolError) -> ServedVSMMU in
                 let owned = s.vsmmus.values.filter { $0.owner == connection.id }.count
                 guard owned < limit else {
@@ -122,7 +122,7 @@ extension VSMMUServer {
 
         case .linkSTE(let link):
             let served = try owned(link.vsmmu, by: connection, type: type)
-            let limit = Int(configuration.limits.maximumContextDescriptors)
+            let limit = Int(connection.limits.maximumContextDescriptors)
             guard link.contextDescriptors.count <= limit else {
                 throw .limitExceeded(limit: limit, asked: UInt64(link.contextDescriptors.count), type: type,
                                      "at most \(limit) CDs per LINK_STE")
@@ -155,7 +155,7 @@ extension VSMMUServer {
 
         case .invalidate(let invalidate):
             let served = try owned(invalidate.vsmmu, by: connection, type: type)
-            let limit = Int(configuration.limits.maximumCommandsPerInvalidate)
+            let limit = Int(connection.limits.maximumCommandsPerInvalidate)
             guard invalidate.commands.count <= limit else {
                 throw .limitExceeded(limit: limit, asked: UInt64(invalidate.commands.count), type: type,
                                      "at most \(limit) commands per INVALIDATE")

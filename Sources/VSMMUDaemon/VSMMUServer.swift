@@ -1,5 +1,6 @@
 import CSocketShims
 import InvalidationEngine
+import VSMMUConfiguration
 import Logging
 import PSMMU
 import Synchronization
@@ -33,9 +34,20 @@ import Glibc
 /// devices unregistered, viommus detached, engine stopped); nothing else is touched.
 ///
 /// ## Lifecycle
-/// ``start()`` removes a stale socket file, binds and starts the accept thread; ``stop()`` closes the
-/// listener, shuts every connection down (their threads tear down their vSMMUs), joins the threads and
-/// removes the socket file.
+/// ``start()`` removes a stale socket file, binds (or adopts a socket-activated listener) and starts the
+/// accept thread. The accept thread waits in `poll(2)` and wakes at least every
+/// ``Configuration/heartbeatInterval`` to run the heartbeat (``setHeartbeat(_:)``): the daemon's systemd
+/// watchdog pings come from there, so a wedged accept loop — or a wedged viommu, see ``liveness()`` — stops
+/// them. ``stop(gracePeriod:)`` is graceful: it stops accepting, stops reading new data (clients' further
+/// writes fail with `EPIPE`), lets every connection serve what it already received — an INVALIDATE waiting
+/// for its CMD_SYNC is answered when the sync completes — and only after the grace period cuts the
+/// connections that are still busy. Then their vSMMUs are torn down, the threads joined and the socket
+/// file removed (unless it was socket-activated: systemd owns it).
+///
+/// ## Access
+/// With a non-open ``Configuration/access`` list, a peer whose uid and gids (`SO_PEERCRED`,
+/// `SO_PEERGROUPS`) are not on it gets `PERMISSION_DENIED` in reply to its first request and is closed.
+/// The list, like the log level, can change while serving (``reload(access:)``).
 public final class VSMMUServer: Sendable {
     /// What the server serves and where.
     public struct Configuration: Sendable {
@@ -49,15 +61,39 @@ public final class VSMMUServer: Sendable {
         public var serverName: String
         /// How each vSMMU's engine builds its queues.
         public var engine: VSMMUEngine.Configuration
+        /// A listening socket to serve instead of binding ``socketPath`` (socket activation). The server
+        /// neither creates nor removes the socket file then, and never shuts the listener down: systemd
+        /// keeps its own copy to start the service again.
+        public var inheritedListener: Int32?
+        /// Permission bits given to the socket file the server binds (`nil`: as the umask leaves them).
+        public var socketMode: UInt32?
+        /// Group given to the socket file the server binds (`nil`: the daemon's).
+        public var socketGroupID: UInt32?
+        /// Who may connect, checked at accept.
+        public var access: AccessList
+        /// The longest the accept thread sleeps between heartbeats.
+        public var heartbeatInterval: Duration
+        /// A viommu with queued commands and no backend progress for this long makes ``liveness()``
+        /// report the server wedged.
+        public var wedgeTimeout: Duration
 
         public init(socketPath: String, pSMMUs: [PSMMUProvider] = PSMMUProvider.embeddedDefault(),
-                    limits: ServerLimits = ServerLimits(), serverName: String = "vsmmud 0.4.0",
-                    engine: VSMMUEngine.Configuration = VSMMUEngine.Configuration()) {
+                    limits: ServerLimits = ServerLimits(), serverName: String = "vsmmud 0.5.0",
+                    engine: VSMMUEngine.Configuration = VSMMUEngine.Configuration(),
+                    inheritedListener: Int32? = nil, socketMode: UInt32? = nil, socketGroupID: UInt32? = nil,
+                    access: AccessList = .open, heartbeatInterval: Duration = .seconds(1),
+                    wedgeTimeout: Duration = .seconds(10)) {
             self.socketPath = socketPath
             self.pSMMUs = pSMMUs
             self.limits = limits
             self.serverName = serverName
             self.engine = engine
+            self.inheritedListener = inheritedListener
+            self.socketMode = socketMode
+            self.socketGroupID = socketGroupID
+            self.access = access
+            self.heartbeatInterval = heartbeatInterval
+            self.wedgeTimeout = wedgeTimeout
         }
     }
 
@@ -87,6 +123,13 @@ public final class VSMMUServer: Sendable {
         var nextVSMMUID: UInt32 = 1
         var stopping = false
         var started = false
+        /// The write end of the pipe that wakes the accept thread's poll at stop.
+        var wakeFD: Int32 = -1
+        var heartbeat: (@Sendable (VSMMUServer) -> Void)?
+        var access: AccessList = .open
+        var limits = ServerLimits()
+        /// Backend progress seen per viommu at the last liveness check, and since when it is stuck.
+        var progress: [ViommuKey: ProgressMark] = [:]
     }
 
     public let configuration: Configuration
@@ -97,11 +140,14 @@ public final class VSMMUServer: Sendable {
     let framesReceived = Atomic<UInt64>(0)
     let protocolErrors = Atomic<UInt64>(0)
     let connectionsTotal = Atomic<UInt64>(0)
+    let refusalsTotal = Atomic<UInt64>(0)
+    let refusalsInProgress = Atomic<Int>(0)
 
     /// A server for `configuration`; nothing is bound until ``start()``.
     public init(configuration: Configuration, logger: Logger = Logger(label: "vsmmud")) {
         self.configuration = configuration
         self.logger = logger
+        state.withLock { $0.access = configuration.access; $0.limits = configuration.limits }
         var providers: [String: PSMMUProvider] = [:]
         for provider in configuration.pSMMUs where providers[provider.name] == nil { providers[provider.name] = provider }
         self.providers = providers
@@ -113,42 +159,123 @@ public final class VSMMUServer: Sendable {
     /// - Throws: ``SystemCallError`` when the socket cannot be bound.
     public func start() throws(SystemCallError) {
         let path = configuration.socketPath
-        try Self.prepareDirectory(of: path)
-        var st = stat()
-        if lstat(path, &st) == 0 {
-            guard (st.st_mode & S_IFMT) == S_IFSOCK else { throw SystemCallError("\(path) exists and is not a socket", errno: EEXIST) }
-            guard !POSIX.isListening(path) else { throw SystemCallError("another daemon listens on \(path)", errno: EADDRINUSE) }
-            unlink(path)
-            logger.info("removed stale socket file", metadata: ["path": "\(path)"])
+        let fd: Int32
+        if let inherited = configuration.inheritedListener {
+            fd = inherited
+        } else {
+            try Self.prepareDirectory(of: path)
+            var st = stat()
+            if lstat(path, &st) == 0 {
+                guard (st.st_mode & S_IFMT) == S_IFSOCK else { throw SystemCallError("\(path) exists and is not a socket", errno: EEXIST) }
+                guard !POSIX.isListening(path) else { throw SystemCallError("another daemon listens on \(path)", errno: EADDRINUSE) }
+                unlink(path)
+                logger.info("removed stale socket file", metadata: ["path": "\(path)"])
+            }
+            fd = try POSIX.listen(path: path)
+            do throws(SystemCallError) { try applyOwnership(path) } catch {
+                close(fd)
+                unlink(path)
+                throw error
+            }
         }
-        let fd = try POSIX.listen(path: path)
-        state.withLock { $0.listenFD = fd; $0.started = true }
-        let thread = try OSThread { [self] in acceptLoop(fd) }
+        // The accept loop polls; accept itself must never block (a connection that went away between
+        // poll and accept).
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        var pipeFDs: [Int32] = [-1, -1]
+        guard pipe(&pipeFDs) == 0 else { throw SystemCallError("pipe", errno: errno) }
+        for end in pipeFDs { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        state.withLock { $0.listenFD = fd; $0.wakeFD = pipeFDs[1]; $0.started = true }
+        let wakeReadFD = pipeFDs[0]
+        let thread = try OSThread { [self] in
+            acceptLoop(fd, wake: wakeReadFD)
+            close(wakeReadFD)
+        }
         state.withLock { $0.acceptThread = thread }
-        logger.info("listening", metadata: ["socket": "\(path)", "psmmus": "\(configuration.pSMMUs.map(\.name))"])
+        logger.info("listening", metadata: [
+            "socket": "\(path)", "activated": "\(configuration.inheritedListener != nil)",
+            "psmmus": "\(configuration.pSMMUs.map(\.name))", "access": "\(configuration.access.logDescription)",
+        ])
     }
 
-    /// Stops: closes the listener, shuts down every connection (their vSMMUs are torn down), joins the
-    /// threads and removes the socket file. Idempotent.
-    public func stop() {
-        let (listenFD, acceptThread, wasStarted) = state.withLock { s -> (Int32, OSThread?, Bool) in
-            guard !s.stopping else { return (-1, nil, false) }
+    /// Gives the bound socket file its configured mode and group.
+    private func applyOwnership(_ path: String) throws(SystemCallError) {
+        if let group = configuration.socketGroupID, chown(path, uid_t.max, gid_t(group)) != 0 {
+            throw SystemCallError("chown \(path) to group \(group)", errno: errno)
+        }
+        if let mode = configuration.socketMode, chmod(path, mode_t(mode)) != 0 {
+            throw SystemCallError("chmod \(path)", errno: errno)
+        }
+    }
+
+    /// Sets the function the accept thread calls at least every ``Configuration/heartbeatInterval``
+    /// while serving (the daemon sends its watchdog pings and status from it). Runs on the accept thread:
+    /// it must not block.
+    public func setHeartbeat(_ heartbeat: (@Sendable (VSMMUServer) -> Void)?) {
+        state.withLock { $0.heartbeat = heartbeat }
+    }
+
+    /// The limits in force for connections accepted from now on.
+    public var limits: ServerLimits { state.withLock { $0.limits } }
+
+    /// Replaces the limits for connections accepted from now on; established connections keep the limits
+    /// announced in their HELLO_REPLY.
+    public func reload(limits: ServerLimits) {
+        state.withLock { $0.limits = limits }
+        logger.notice("limits reloaded", metadata: ["limits": "\(limits)"])
+    }
+
+    /// The allow-list in force.
+    public var access: AccessList { state.withLock { $0.access } }
+
+    /// Replaces the allow-list; connections accepted from now on are checked against `access`
+    /// (established ones stay).
+    public func reload(access: AccessList) {
+        state.withLock { $0.access = access }
+        logger.notice("allow-list reloaded", metadata: ["access": "\(access.logDescription)"])
+    }
+
+    /// Stops gracefully: stops accepting and reading, lets each connection serve and answer what it had
+    /// already received (pending syncs included), then tears down the vSMMUs, joins the threads and
+    /// removes the socket file (unless socket-activated). Connections still busy after `gracePeriod`
+    /// (e.g. a peer that does not read its replies) are cut. Idempotent; returns when everything is down.
+    public func stop(gracePeriod: Duration = .seconds(30)) {
+        let (listenFD, wakeFD, acceptThread, wasStarted) = state.withLock { s -> (Int32, Int32, OSThread?, Bool) in
+            guard !s.stopping else { return (-1, -1, nil, false) }
             s.stopping = true
             let fd = s.listenFD
+            let wake = s.wakeFD
             s.listenFD = -1
-            for record in s.connections.values { shutdown(record.fd, Int32(SHUT_RDWR)) }
-            if fd >= 0 { shutdown(fd, Int32(SHUT_RDWR)) }
-            return (fd, s.acceptThread, s.started)
+            s.wakeFD = -1
+            // Stop reading: data already queued is still read and served; the peers' further writes fail.
+            for record in s.connections.values { shutdown(record.fd, Int32(SHUT_RD)) }
+            return (fd, wake, s.acceptThread, s.started)
         }
         guard wasStarted else { return }
+        if wakeFD >= 0 {
+            var byte: UInt8 = 1
+            _ = write(wakeFD, &byte, 1)
+        }
         acceptThread?.join()
+        if wakeFD >= 0 { close(wakeFD) }
         if listenFD >= 0 { close(listenFD) }
-        // Every connection thread was shut down; each removes its record when its vSMMUs are torn down
-        // and hands its thread over to `finishedThreads` (exactly once), where it is joined.
-        while state.withLock({ !$0.connections.isEmpty }) { usleep(1000) }
+        // Each connection thread removes its record when its vSMMUs are torn down and hands its thread
+        // over to `finishedThreads` (exactly once), where it is joined.
+        let deadline = POSIX.monotonicNanoseconds() &+ UInt64(max(0, gracePeriod.nanosecondsClamped))
+        while state.withLock({ !$0.connections.isEmpty }) {
+            if POSIX.monotonicNanoseconds() >= deadline {
+                let cut = state.withLock { s -> Int in
+                    for record in s.connections.values { shutdown(record.fd, Int32(SHUT_RDWR)) }
+                    return s.connections.count
+                }
+                if cut > 0 { logger.warning("grace period over: cutting busy connections", metadata: ["connections": "\(cut)"]) }
+                while state.withLock({ !$0.connections.isEmpty }) { usleep(1000) }
+                break
+            }
+            usleep(1000)
+        }
         let threads = state.withLock { s -> [OSThread] in defer { s.finishedThreads = [] }; return s.finishedThreads }
         for thread in threads { thread.join() }
-        unlink(configuration.socketPath)
+        if configuration.inheritedListener == nil { unlink(configuration.socketPath) }
         logger.info("stopped", metadata: ["socket": "\(configuration.socketPath)"])
     }
 
@@ -176,11 +303,33 @@ public final class VSMMUServer: Sendable {
 
     // MARK: Accepting
 
-    private func acceptLoop(_ listenFD: Int32) {
+    private func acceptLoop(_ listenFD: Int32, wake wakeFD: Int32) {
+        let interval = max(1, Int(configuration.heartbeatInterval.nanosecondsClamped / 1_000_000))
+        var lastBeat = POSIX.monotonicNanoseconds()
         while true {
+            var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
+            let remaining = Int32(clamping: max(0, interval - Int((POSIX.monotonicNanoseconds() &- lastBeat) / 1_000_000)))
+            let ready = poll(&fds, 2, remaining)
+            if ready < 0 && errno != EINTR {
+                logger.error("poll failed", metadata: ["errno": "\(errno)"])
+                return
+            }
+            if isStopping || fds[1].revents != 0 { return }
+            if POSIX.monotonicNanoseconds() &- lastBeat >= UInt64(interval) * 1_000_000 {
+                lastBeat = POSIX.monotonicNanoseconds()
+                if let heartbeat = state.withLock({ $0.heartbeat }) { heartbeat(self) }
+            }
+            guard ready > 0, fds[0].revents != 0 else { continue }
             let fd = accept(listenFD, nil, nil)
             if fd < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
+                if errno == EINTR || errno == ECONNABORTED || errno == EAGAIN || errno == EWOULDBLOCK { continue }
+                if errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM {
+                    // Out of fds or memory: back off rather than spin, keep serving the connections we have.
+                    logger.error("accept failed, retrying", metadata: ["errno": "\(errno)"])
+                    usleep(100_000)
+                    continue
+                }
                 if !isStopping { logger.error("accept failed", metadata: ["errno": "\(errno)"]) }
                 return
             }
@@ -190,6 +339,7 @@ public final class VSMMUServer: Sendable {
                 thread.join()
             }
             let credentials = POSIX.peerCredentials(fd)
+            guard admits(fd, credentials: credentials) else { continue }
             let id: UInt64? = state.withLock { s -> UInt64? in
                 guard !s.stopping else { return nil }
                 let id = s.nextConnectionID

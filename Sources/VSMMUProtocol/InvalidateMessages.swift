@@ -132,3 +132,23 @@ extension InvalidateReply: PayloadCoding {
         }
     }
 }
+
+extension InvalidateReply {
+    /// Size of the frame of a reply without failure: header + the 16-byte `vsmmu_invalidate_reply`.
+    static let successFrameSize = FrameHeader.byteCount + fixedLength
+
+    /// Appends the whole frame of this reply, which has no failure, in one append: the bytes
+    /// ``Response/encode(requestID:into:maximumFrameSize:)`` would write field by field (the golden
+    /// vector `invalidate-reply.hex` pins them). This is the reply a guest's CMD_SYNC waits for.
+    func appendSuccessFrame(requestID: UInt64, to buffer: inout [UInt8]) {
+        // Header: payload_length (u32), type (u16), flags (u16 = 0), request_id (u64). Payload:
+        // consumed (u32), error_index (u32 = NONE), syncs_completed (u32), cerror (u8 = NONE),
+        // reserved (u8), message_length (u16 = 0).
+        let words: (UInt64, UInt64, UInt64, UInt64) = (
+            (UInt64(Self.fixedLength) | UInt64(MessageType.invalidate.reply.rawValue) << 32).littleEndian,
+            requestID.littleEndian,
+            (UInt64(consumed) | UInt64(WireProtocol.noErrorIndex) << 32).littleEndian,
+            UInt64(syncsCompleted).littleEndian)
+        Swift.withUnsafeBytes(of: words) { buffer.append(contentsOf: $0) }
+    }
+}

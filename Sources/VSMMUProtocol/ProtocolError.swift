@@ -181,6 +181,12 @@ public struct ProtocolError: Error, Hashable, Sendable, CustomStringConvertible 
         ProtocolError(code: .limitExceeded, requestType: type, detail: UInt32(clamping: limit), value: asked, message: message)
     }
 
+    /// `PERMISSION_DENIED`: detail the peer's uid, value its primary gid.
+    public static func permissionDenied(userID: UInt32, groupID: UInt32, type: MessageType) -> ProtocolError {
+        ProtocolError(code: .permissionDenied, requestType: type, detail: userID, value: UInt64(groupID),
+                      message: "uid \(userID) (gid \(groupID)) is not on the daemon's allow-list ([access] in its configuration)")
+    }
+
     /// `SHUTTING_DOWN`.
     public static func shuttingDown(type: MessageType) -> ProtocolError {
         ProtocolError(code: .shuttingDown, requestType: type, message: "the daemon is shutting down")

@@ -49,6 +49,10 @@ public struct ProtocolErrorCode: RawRepresentable, Hashable, Sendable, CustomStr
     /// The vSMMU belongs to another connection, or an untrusted admin peer.
     /// The corresponding C constant is `VSMMU_ERR_NOT_OWNER` (23).
     public static let notOwner = ProtocolErrorCode(rawValue: 23)
+    /// The peer's uid and gids are not on the daemon's allow-list (`[access]` in vsmmud.toml): sent, with
+    /// the request id of the first request (0 when none arrived), before the daemon closes the connection.
+    /// `detail` is the peer's uid, `value` its primary gid. The C constant is `VSMMU_ERR_PERMISSION_DENIED` (24).
+    public static let permissionDenied = ProtocolErrorCode(rawValue: 24)
     /// The pSMMU backend refused or failed. The corresponding C constant is `VSMMU_ERR_BACKEND_FAILURE` (32).
     public static let backendFailure = ProtocolErrorCode(rawValue: 32)
     /// A limit was exceeded or a resource is busy. The corresponding C constant is `VSMMU_ERR_LIMIT_EXCEEDED` (33).
@@ -63,7 +67,7 @@ public struct ProtocolErrorCode: RawRepresentable, Hashable, Sendable, CustomStr
     public static let allDefined: [ProtocolErrorCode] = [
         .frameTooLarge, .truncatedFrame, .unknownMessageType, .badPayloadLength, .handshakeRequired,
         .unsupportedVersion, .badFileDescriptor, .badField, .unknownVSMMU, .unknownViommu, .unknownPSMMU,
-        .unknownStreamID, .alreadyExists, .inUse, .invalidSTE, .notOwner, .backendFailure, .limitExceeded,
+        .unknownStreamID, .alreadyExists, .inUse, .invalidSTE, .notOwner, .permissionDenied, .backendFailure, .limitExceeded,
         .shuttingDown, .internalError,
     ]
 
@@ -71,9 +75,9 @@ public struct ProtocolErrorCode: RawRepresentable, Hashable, Sendable, CustomStr
     public var isDefined: Bool { Self.allDefined.contains(self) }
 
     /// Whether the server closes the connection after sending this error: `FRAME_TOO_LARGE` and
-    /// `TRUNCATED_FRAME` (the stream cannot be resynchronised) and `SHUTTING_DOWN`.
+    /// `TRUNCATED_FRAME` (the stream cannot be resynchronised), `PERMISSION_DENIED` and `SHUTTING_DOWN`.
     public var closesConnection: Bool {
-        self == .frameTooLarge || self == .truncatedFrame || self == .shuttingDown
+        self == .frameTooLarge || self == .truncatedFrame || self == .permissionDenied || self == .shuttingDown
     }
 
     /// The name in `vsmmu.h` without its `VSMMU_ERR_` prefix, or the number for an undefined code.
@@ -95,6 +99,7 @@ public struct ProtocolErrorCode: RawRepresentable, Hashable, Sendable, CustomStr
         case 21: return "IN_USE"
         case 22: return "INVALID_STE"
         case 23: return "NOT_OWNER"
+        case 24: return "PERMISSION_DENIED"
         case 32: return "BACKEND_FAILURE"
         case 33: return "LIMIT_EXCEEDED"
         case 34: return "SHUTTING_DOWN"

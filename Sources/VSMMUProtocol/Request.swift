@@ -100,6 +100,7 @@ public enum Request: Hashable, Sendable {
     /// - Throws: as ``encode(requestID:into:maximumFrameSize:)``.
     public func encode(requestID: UInt64, maximumFrameSize: Int = WireProtocol.maximumFrameSize) throws(ProtocolError) -> [UInt8] {
         var out: [UInt8] = []
+        out.reserveCapacity(64)
         try encode(requestID: requestID, into: &out, maximumFrameSize: maximumFrameSize)
         return out
     }

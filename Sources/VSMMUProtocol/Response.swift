@@ -63,6 +63,11 @@ public enum Response: Hashable, Sendable {
     ///   exceed `maximumFrameSize` (e.g. a LIST page with too many entries). An ERROR never throws.
     public func encode(requestID: UInt64, into buffer: inout [UInt8],
                        maximumFrameSize: Int = WireProtocol.maximumFrameSize) throws(ProtocolError) {
+        if case .invalidate(let reply) = self, reply.failure == nil,
+           InvalidateReply.successFrameSize <= maximumFrameSize {
+            reply.appendSuccessFrame(requestID: requestID, to: &buffer)
+            return
+        }
         var w = WireWriter()
         let start = w.startFrame(into: &buffer, type: type, flags: [], requestID: requestID)
         var failure: ProtocolError?
@@ -75,6 +80,7 @@ public enum Response: Hashable, Sendable {
     /// - Throws: as ``encode(requestID:into:maximumFrameSize:)``.
     public func encode(requestID: UInt64, maximumFrameSize: Int = WireProtocol.maximumFrameSize) throws(ProtocolError) -> [UInt8] {
         var out: [UInt8] = []
+        out.reserveCapacity(64) // most replies (INVALIDATE's: 32 bytes) fit: no regrowth
         try encode(requestID: requestID, into: &out, maximumFrameSize: maximumFrameSize)
         return out
     }

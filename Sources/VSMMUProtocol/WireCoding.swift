@@ -9,11 +9,7 @@ extension Array where Element == UInt8 {
     /// Appends `value` as little-endian bytes.
     @inlinable
     mutating func appendLittleEndian<T: FixedWidthInteger>(_ value: T) {
-        var v = value
-        for _ in 0..<MemoryLayout<T>.size {
-            append(UInt8(truncatingIfNeeded: v))
-            v >>= 8
-        }
+        Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) }
     }
 }
 

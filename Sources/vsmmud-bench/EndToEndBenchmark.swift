@@ -1,4 +1,5 @@
 import Foundation
+import InvalidationEngine
 import Logging
 import PSMMU
 import SMMUv3
@@ -305,6 +306,91 @@ private func e2eRate(_ rate: Double) -> String { String(format: "%.2f M/s", rate
 private func e2eMicros(_ value: Double) -> String { String(format: "%.1f", value) }
 private func e2eRatio(_ value: Double) -> String { String(format: "%.2f×", value) }
 private func e2eAim(_ met: Bool) -> String { met ? "met" : "NOT met" }
+
+// MARK: - Profiling one side
+
+/// `vsmmud-bench e2e-one daemon|echo CLIENTS BATCH SECONDS [RING-CAPACITY [DRAIN-POLICY]]`: one cell alone, for `strace -f -c`,
+/// `perf` or `valgrind --tool=callgrind`, with the process's context switches per round trip
+/// (`getrusage`: client and server threads together).
+func runEndToEndProfile(_ arguments: [String]) {
+    guard arguments.count >= 4, ["daemon", "echo"].contains(arguments[0]),
+          let clients = Int(arguments[1]), let size = Int(arguments[2]), let seconds = Double(arguments[3]),
+          clients > 0, size >= 0, seconds > 0 else {
+        print("usage: vsmmud-bench e2e-one daemon|echo CLIENTS BATCH SECONDS [RING-CAPACITY [inline|inline+thread|thread]]")
+        return
+    }
+    let socketPath = "/tmp/vsmmud-e2e-\(getpid()).sock"
+    let echoPath = "/tmp/vsmmud-e2e-echo-\(getpid()).sock"
+    let pSMMUs = (0..<3).map { p in
+        SimulatedSMMU(name: "smmu\(p)", deviceCount: Int(e2eDevicesPerPSMMU), firstHostDeviceID: e2eDevicesPerPSMMU * UInt32(p),
+                      firstStreamID: StreamID(e2eDevicesPerPSMMU * UInt32(p)))
+    }
+    var logger = Logger(label: "vsmmud-e2e")
+    logger.logLevel = .critical
+    // Optional 5th argument: the ring capacity of every viommu queue (default: the daemon's).
+    var engine = VSMMUEngine.Configuration()
+    if arguments.count > 4, let capacity = Int(arguments[4]) { engine.queue.capacity = capacity }
+    // Optional 6th argument: the drain policy (inline, inline+thread, thread).
+    if arguments.count > 5 {
+        switch arguments[5] {
+        case "inline": engine.queue.drainPolicy = .inline
+        case "thread": engine.queue.drainPolicy = .drainThread
+        default: engine.queue.drainPolicy = .inlineWithDrainThread
+        }
+    }
+    let server = VSMMUServer(configuration: .init(socketPath: socketPath, pSMMUs: pSMMUs.map { .simulated($0) },
+                                                  limits: ServerLimits(maximumVSMMUs: 64), engine: engine),
+                             logger: logger)
+    let echo = EchoServer(path: echoPath)
+    do { try server.start() } catch {
+        print("e2e: cannot start the daemon on \(socketPath): \(error)")
+        return
+    }
+    echo.start()
+    defer {
+        server.stop()
+        echo.stop()
+    }
+    let cds = (0..<3).map { ContextDescriptor.valid(asid: ASID($0 + 1)) }
+    let batch = e2eBatch(size: size)
+    let cell: E2ECell
+    let before = e2eContextSwitches()
+    if arguments[0] == "daemon" {
+        let daemonClients: [E2EHandoff<(client: VSMMUClient, vsmmu: VSMMUID)>]
+        do {
+            daemonClients = try (0..<clients).map { slot in
+                E2EHandoff(try e2eDaemonClient(path: socketPath, deviceSlot: UInt32(slot), stes: Array(repeating: e2eSTE(), count: 3), cds: cds))
+            }
+        } catch {
+            print("e2e: daemon set-up failed: \(error)")
+            return
+        }
+        let frames = daemonClients.map { (try? Request.invalidate(Invalidate(vsmmu: $0.value.vsmmu, commands: batch)).encode(requestID: 1)) ?? [] }
+        cell = e2eRunCell(threads: clients, seconds: seconds, commandsPerRoundTrip: size) { thread in
+            e2eDaemonRoundTrip(daemonClients[thread].value.client, frames[thread], expectedConsumed: UInt32(size + 1))
+        }
+    } else {
+        let fds = (0..<clients).map { _ in e2eConnect(echoPath) }
+        defer { for fd in fds { close(fd) } }
+        let frame = (try? Request.invalidate(Invalidate(vsmmu: VSMMUID(1), commands: batch)).encode(requestID: 1)) ?? []
+        cell = e2eRunCell(threads: clients, seconds: seconds, commandsPerRoundTrip: size) { thread in
+            e2eEchoRoundTrip(fds[thread], frame)
+        }
+    }
+    let after = e2eContextSwitches()
+    let perRoundTrip = { (a: Int, b: Int) in String(format: "%.2f", Double(b - a) / Double(max(cell.roundTrips, 1))) }
+    print("\(arguments[0]) clients \(clients) batch \(size): \(e2eRate(cell.commandsPerSecond)), \(cell.roundTrips) round trips, "
+          + "p50 \(e2eMicros(cell.p50)) µs, p99 \(e2eMicros(cell.p99)) µs; per round trip (whole process): "
+          + "voluntary context switches \(perRoundTrip(before.voluntary, after.voluntary)), "
+          + "involuntary \(perRoundTrip(before.involuntary, after.involuntary))")
+}
+
+/// The process's voluntary and involuntary context switches so far (`getrusage(RUSAGE_SELF)`).
+private func e2eContextSwitches() -> (voluntary: Int, involuntary: Int) {
+    var usage = rusage()
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    return (usage.ru_nvcsw, usage.ru_nivcsw)
+}
 
 // MARK: - Benchmark
 

@@ -52,6 +52,21 @@ struct ThreePSMMUs {
         #expect(setup.executed(2) == [.tlbiNHVA(asid: 2, address: 0x4000), .tlbiNHAll()])
     }
 
+    @Test func aCompletedSubmissionIsFreedOnceItsLastOwnerLetsGo() throws {
+        // A fence's completion captures its submission, which keeps the fence: the fence must drop the
+        // completion once it ran, or every INVALIDATE with a CMD_SYNC leaks both. (Inline policy: the
+        // completion has returned on this thread when `submit` returns, so the check cannot race it.)
+        let setup = try ThreePSMMUs(policy: .inline)
+        defer { setup.engine.stop() }
+        weak var released: Submission?
+        do {
+            let submission = setup.engine.submit([.tlbiNHVA(asid: 2, address: 0x4000), .tlbiNHAll(), .sync(), .sync()])
+            #expect(submission.wait() == SubmissionResult(consumed: 4, failure: nil, syncs: 2))
+            released = submission
+        }
+        #expect(released == nil)
+    }
+
     @Test func aBackendFailureIsReportedAtTheGuestIndexOfTheFailingCommand() throws {
         let setup = try ThreePSMMUs()
         defer { setup.engine.stop() }

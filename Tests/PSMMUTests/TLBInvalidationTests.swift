@@ -6,6 +6,23 @@ import Testing
 @Suite struct TLBInvalidationTests {
     let smmu = makeSMMU()
 
+    @Test func tlbisOnAnEmptyTLBAreCountedAndARefusedCommandAfterThemStillStopsTheBatch() throws {
+        let guest = try Guest(smmu, devices: [(1, 0x10, [1])])
+        #expect(smmu.tlbEntryCount == 0)
+
+        let result = guest.run([
+            .tlbiNHVA(asid: 1, address: 0x1000), .tlbiNHVA(asid: 1, address: 0x2000), .tlbiNHASID(asid: 1),
+            .tlbiNSNHAll(), .sync(), .tlbiNHAll(),
+        ])
+
+        #expect(result.completed == 4)
+        #expect(result.failure?.queueError == .illegal)
+        #expect(smmu.counters.commandsByOpcode == [0x12: 2, 0x11: 1, 0x30: 1])
+        #expect(smmu.counters.commandsCompleted == 4)
+        #expect(smmu.commandsProcessed(viommu: guest.viommu) == 5)
+        #expect(smmu.simulationCounters.tlbEntriesInvalidated.isEmpty)
+    }
+
     @Test func tlbiNHVAWithoutRangeRemovesOnlyTheEntryOfThatASIDCoveringTheAddress() throws {
         let guest = try Guest(smmu, devices: [(1, 0x10, [1]), (2, 0x11, [2])])
         try guest.fill(1, [0x10000, 0x11000, 0x12000])

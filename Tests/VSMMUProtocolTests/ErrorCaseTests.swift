@@ -317,7 +317,7 @@ struct ErrorCaseTests {
 
     @Test func onlyUnresynchronisableErrorsAndShutdownCloseTheConnection() {
         let closing = ProtocolErrorCode.allDefined.filter(\.closesConnection)
-        #expect(closing == [.frameTooLarge, .truncatedFrame, .shuttingDown])
+        #expect(closing == [.frameTooLarge, .truncatedFrame, .permissionDenied, .shuttingDown])
         #expect(Set(ProtocolErrorCode.allDefined.map(\.name)).count == ProtocolErrorCode.allDefined.count)
         #expect(!ProtocolErrorCode(rawValue: 0).isDefined)
     }

@@ -1,0 +1,99 @@
+import Logging
+import PSMMU
+import SMMUv3
+import VSMMUProtocol
+
+/// Everything vsmmud.toml says, checked. Pure values.
+///
+/// A configuration comes from ``parse(_:file:)`` or ``load(path:)``, which accept a file only when every
+/// key is known, of the right type and in range (see `systemd/vsmmud.toml` for each key and its
+/// default), or is ``embeddedDefault`` when there is no file. A key left out takes its default; a file
+/// without `[[psmmu]]` sections gets the embedded default's pSMMUs, so the empty file is the embedded
+/// default.
+public struct DaemonConfiguration: Sendable, Equatable {
+    /// Where the daemon looks when not given `--config`.
+    public static let defaultPath = "/etc/vsmmud/vsmmud.toml"
+
+    /// `[daemon] log_level` (default `info`): `trace`, `debug`, `info`, `notice`, `warning`, `error` or
+    /// `critical`.
+    public var logLevel: Logger.Level
+    /// `[socket]`.
+    public var socket: SocketSettings
+    /// `[access]`.
+    public var access: AccessList
+    /// `[limits]`: what HELLO_REPLY announces and the daemon enforces (`max_viommus` is the protocol's 64).
+    public var limits: ServerLimits
+    /// `[queue] ring_capacity` (default 4096): slots of each viommu's command ring, a power of two in
+    /// ``ringCapacityRange``.
+    public var ringCapacity: Int
+    /// `[[psmmu]]`: the pSMMUs offered to VMMs, in the file's order; when the file has none, the
+    /// embedded default's (``PSMMUDefinition/embeddedDefault``).
+    public var pSMMUs: [PSMMUDefinition]
+
+    public init(logLevel: Logger.Level = .info, socket: SocketSettings = SocketSettings(), access: AccessList = .open,
+                limits: ServerLimits = ServerLimits(), ringCapacity: Int = DaemonConfiguration.defaultRingCapacity,
+                pSMMUs: [PSMMUDefinition] = PSMMUDefinition.embeddedDefault) {
+        self.logLevel = logLevel
+        self.socket = socket
+        self.access = access
+        self.limits = limits
+        self.ringCapacity = ringCapacity
+        self.pSMMUs = pSMMUs
+    }
+
+    public static let defaultRingCapacity = 4096
+    /// Accepted `ring_capacity` values (powers of two only).
+    public static let ringCapacityRange = 64...1_048_576
+    /// Accepted `max_vsmmus_per_connection` values.
+    public static let maximumVSMMUsRange = 1...1024
+
+    /// The embedded default used with no file: two simulated pSMMUs `smmu0` (host devices 0…63,
+    /// StreamIDs 0…63) and `smmu1` (64…127), free cost model, log level info, no socket override, open
+    /// access, default limits.
+    public static var embeddedDefault: DaemonConfiguration { DaemonConfiguration() }
+
+    /// Parses `text` (the contents of `file`, named in errors).
+    /// - Throws: ``ConfigurationError`` for the first problem found: a TOML syntax error (with its line
+    ///   and column, no key); else, checking the tables in the order daemon, socket, access, limits,
+    ///   queue, psmmu (each table's unknown keys first, the one earliest in the text), an unknown key, a
+    ///   value of the wrong type, out of range, or contradicting another (with its key path, e.g.
+    ///   `psmmu[1].backend`, and the line and column where that key — or, when it is missing, its
+    ///   table's header — is written).
+    public static func parse(_ text: String, file: String) throws(ConfigurationError) -> DaemonConfiguration {
+        try ConfigurationParser.parse(text, file: file)
+    }
+
+    /// Reads and parses the file at `path`.
+    /// - Throws: ``ConfigurationError`` naming `path` with no line when the file is missing, unreadable
+    ///   or not UTF-8 (with the line of the first bad byte), else as ``parse(_:file:)``.
+    public static func load(path: String) throws(ConfigurationError) -> DaemonConfiguration {
+        let text = try ConfigurationFile.contents(ofPath: path)
+        return try parse(text, file: path)
+    }
+
+    /// What a SIGHUP reload from `self` to `new` can apply live (log level, access list, limits) and the
+    /// names of the settings that changed but need a restart (`"socket.path"`, `"socket.mode"`,
+    /// `"socket.group"`, `"queue.ring_capacity"`, `"psmmu"`).
+    public func reloadPlan(to new: DaemonConfiguration) -> ReloadPlan {
+        var plan = ReloadPlan()
+        if logLevel != new.logLevel { plan.applied.append("daemon.log_level") }
+        if access != new.access { plan.applied.append("access") }
+        if limits != new.limits { plan.applied.append("limits") }
+        if socket.path != new.socket.path { plan.needsRestart.append("socket.path") }
+        if socket.mode != new.socket.mode { plan.needsRestart.append("socket.mode") }
+        if socket.group != new.socket.group { plan.needsRestart.append("socket.group") }
+        if ringCapacity != new.ringCapacity { plan.needsRestart.append("queue.ring_capacity") }
+        if pSMMUs != new.pSMMUs { plan.needsRestart.append("psmmu") }
+        return plan
+    }
+
+    /// `self` with what `plan` applies live taken from `new`, and everything needing a restart kept:
+    /// the configuration the daemon runs with after a reload.
+    public func applyingLiveSettings(of new: DaemonConfiguration) -> DaemonConfiguration {
+        var running = self
+        running.logLevel = new.logLevel
+        running.access = new.access
+        running.limits = new.limits
+        return running
+    }
+}

@@ -1,0 +1,44 @@
+import InvalidationEngine
+import PSMMU
+import VSMMUConfiguration
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension PSMMUProvider {
+    /// The pSMMU a configuration file's `[[psmmu]]` table defines.
+    public init(_ definition: PSMMUDefinition) {
+        switch definition.backend {
+        case .simulated(let settings):
+            self = .simulated(settings.makeSMMU(name: definition.name))
+        case .iommufd:
+            self = .iommufd(name: definition.name)
+        }
+    }
+}
+
+extension VSMMUServer.Configuration {
+    /// The server a checked configuration file describes.
+    /// - Parameters:
+    ///   - socketPath: where to listen (the file's `socket.path`, a `--socket` flag or the default,
+    ///     resolved by the caller), or the activated socket's path.
+    ///   - inheritedListener: a socket-activated listener to serve instead of binding `socketPath`.
+    /// - Throws: ``ConfigurationError`` naming `socket.group` when that group does not exist.
+    public init(_ daemon: DaemonConfiguration, socketPath: String, inheritedListener: Int32? = nil,
+                file: String = DaemonConfiguration.defaultPath) throws(ConfigurationError) {
+        var groupID: UInt32?
+        if let group = daemon.socket.group {
+            guard let entry = getgrnam(group) else {
+                throw ConfigurationError(file: file, line: nil, column: nil, key: "socket.group",
+                                         message: "no group named '\(group)' on this host")
+            }
+            groupID = UInt32(entry.pointee.gr_gid)
+        }
+        var engine = VSMMUEngine.Configuration()
+        engine.queue.capacity = daemon.ringCapacity
+        self.init(socketPath: socketPath, pSMMUs: daemon.pSMMUs.map(PSMMUProvider.init), limits: daemon.limits,
+                  engine: engine, inheritedListener: inheritedListener, socketMode: daemon.socket.mode,
+                  socketGroupID: groupID, access: daemon.access)
+    }
+}
