@@ -47,14 +47,48 @@ private struct E2ECell {
     var roundTrips: Int
 }
 
-/// The `q`-quantile (0…1) of sorted nanoseconds, in µs.
+/// One side of a comparison: `threads` threads each repeating `roundTrip(thread)`; each round trip
+/// carries `commandsPerRoundTrip` commands towards the rate.
+private struct E2ESide {
+    var threads: Int
+    var commandsPerRoundTrip: Int
+    var roundTrip: @Sendable (Int) -> Void
+}
+
+/// Runs each side for `seconds` in all, interleaved: `rounds` rounds, in each of which every side runs
+/// for `seconds / rounds` in turn (after a 10 ms warm-up). Sides compared in one cell see the same
+/// machine, which on a shared 2-core host matters more than any single long run: a neighbour's build
+/// slows both, not one.
+private func e2eRunInterleaved(_ sides: [E2ESide], seconds: Double, rounds: Int = 5) -> [E2ECell] {
+    var samples = Array(repeating: [UInt64](), count: sides.count)
+    let slice = seconds / Double(rounds)
+    for _ in 0..<rounds {
+        for (i, side) in sides.enumerated() {
+            samples[i] += e2eRunSlice(threads: side.threads, seconds: slice, side.roundTrip)
+        }
+    }
+    return zip(sides, samples).map { side, raw in
+        let sorted = raw.sorted()
+        return E2ECell(commandsPerSecond: Double(sorted.count * side.commandsPerRoundTrip) / seconds,
+                       p50: quantileMicroseconds(sorted, 0.5), p99: quantileMicroseconds(sorted, 0.99), roundTrips: sorted.count)
+    }
+}
+
 /// Runs `threads` threads that each repeat `roundTrip(thread)` for `seconds` (after a short warm-up),
 /// timing each; `commandsPerRoundTrip` commands count towards the rate.
 private func e2eRunCell(threads: Int, seconds: Double, commandsPerRoundTrip: Int,
                         _ roundTrip: @escaping @Sendable (Int) -> Void) -> E2ECell {
+    let sorted = e2eRunSlice(threads: threads, seconds: seconds, warmUp: 0.05, roundTrip).sorted()
+    return E2ECell(commandsPerSecond: Double(sorted.count * commandsPerRoundTrip) / seconds,
+                   p50: quantileMicroseconds(sorted, 0.5), p99: quantileMicroseconds(sorted, 0.99), roundTrips: sorted.count)
+}
+
+/// The round-trip times (ns) of `threads` threads repeating `roundTrip(thread)` for `seconds` after
+/// `warmUp` seconds.
+private func e2eRunSlice(threads: Int, seconds: Double, warmUp: Double = 0.01,
+                         _ roundTrip: @escaping @Sendable (Int) -> Void) -> [UInt64] {
     let samples = Mutex<[UInt64]>([])
-    let warmUp = UInt64(0.05e9)
-    let start = benchNow() + warmUp
+    let start = benchNow() + UInt64(warmUp * 1e9)
     let end = start + UInt64(seconds * 1e9)
     let workers = (0..<threads).map { thread in
         BenchThread {
@@ -70,9 +104,7 @@ private func e2eRunCell(threads: Int, seconds: Double, commandsPerRoundTrip: Int
         }
     }
     for worker in workers { worker.join() }
-    let sorted = samples.withLock { $0 }.sorted()
-    return E2ECell(commandsPerSecond: Double(sorted.count * commandsPerRoundTrip) / seconds,
-                   p50: quantileMicroseconds(sorted, 0.5), p99: quantileMicroseconds(sorted, 0.99), roundTrips: sorted.count)
+    return samples.withLock { $0 }
 }
 
 // MARK: - Raw Unix sockets
@@ -449,22 +481,34 @@ func runEndToEndBenchmark() {
     }
 
     // 1 + 2: the matrix.
-    print("== End to end: in-process vsmmud, 3 simulated pSMMUs (cost model off), Unix socket; \(cellSeconds) s per cell ==")
+    print("== End to end: in-process vsmmud, 3 simulated pSMMUs (cost model off), Unix socket; \(cellSeconds) s per side "
+          + "and cell, daemon and echo interleaved in 5 slices ==")
     print("   batch = N × TLBI_NH_VA + CMD_SYNC, one blocking INVALIDATE round trip per batch per client;")
     print("   echo = bare Unix-socket echo of the same frames (32-byte reply); commands/s counts the TLBI_NH_VA")
     print(column("clients", 8) + column("batch", 6) + column("daemon cmd/s", 14) + column("echo cmd/s", 14) + column("d/e", 7)
           + column("daemon p50/p99 µs", 19) + column("echo p50/p99 µs", 17) + "p50 d/e, p99 d/e")
     var results: [String: (daemon: E2ECell, echo: E2ECell)] = [:]
+    // The bare ping-pong: echo of 1-command (CMD_SYNC) frames, one client, measured interleaved with the
+    // 1-client batch-16 cell it is compared with.
+    let pingFrame = (try? Request.invalidate(Invalidate(vsmmu: daemonClients[0].value.vsmmu, commands: [.sync()])).encode(requestID: 1)) ?? []
+    var pingCell: E2ECell?
     for clients in clientCounts {
         for size in batchSizes {
             let daemonFrames = frames(size: size)
             let expected = UInt32(size + 1)
-            let daemon = e2eRunCell(threads: clients, seconds: cellSeconds, commandsPerRoundTrip: size) { thread in
-                e2eDaemonRoundTrip(daemonClients[thread].value.client, daemonFrames[thread], expectedConsumed: expected)
-            }
-            let echoCell = e2eRunCell(threads: clients, seconds: cellSeconds, commandsPerRoundTrip: size) { thread in
-                e2eEchoRoundTrip(echoFDs[thread], daemonFrames[thread])
-            }
+            var sides = [
+                E2ESide(threads: clients, commandsPerRoundTrip: size) { thread in
+                    e2eDaemonRoundTrip(daemonClients[thread].value.client, daemonFrames[thread], expectedConsumed: expected)
+                },
+                E2ESide(threads: clients, commandsPerRoundTrip: size) { thread in
+                    e2eEchoRoundTrip(echoFDs[thread], daemonFrames[thread])
+                },
+            ]
+            let withPing = clients == 1 && size == 16
+            if withPing { sides.append(E2ESide(threads: 1, commandsPerRoundTrip: 1) { _ in e2eEchoRoundTrip(echoFDs[0], pingFrame) }) }
+            let cells = e2eRunInterleaved(sides, seconds: cellSeconds)
+            let (daemon, echoCell) = (cells[0], cells[1])
+            if withPing { pingCell = cells[2] }
             results["\(clients)/\(size)"] = (daemon, echoCell)
             print(column("\(clients)", 8) + column("\(size)", 6) + column(e2eRate(daemon.commandsPerSecond), 14)
                   + column(e2eRate(echoCell.commandsPerSecond), 14)
@@ -475,9 +519,9 @@ func runEndToEndBenchmark() {
         }
     }
 
-    // The bare ping-pong: echo of 1-command (CMD_SYNC) frames, one client.
-    let pingFrame = (try? Request.invalidate(Invalidate(vsmmu: daemonClients[0].value.vsmmu, commands: [.sync()])).encode(requestID: 1)) ?? []
-    let ping = e2eRunCell(threads: 1, seconds: cellSeconds, commandsPerRoundTrip: 1) { _ in e2eEchoRoundTrip(echoFDs[0], pingFrame) }
+    let ping = pingCell ?? e2eRunCell(threads: 1, seconds: cellSeconds, commandsPerRoundTrip: 1) { _ in
+        e2eEchoRoundTrip(echoFDs[0], pingFrame)
+    }
     print("bare ping-pong (echo of 1-command frames, 1 client): p50 \(e2eMicros(ping.p50)) µs, p99 \(e2eMicros(ping.p99)) µs")
 
     print("aims:")
@@ -515,17 +559,20 @@ func runEndToEndBenchmark() {
     for model in [CostModel(nanosecondsPerCall: 2_000, nanosecondsPerCommand: 50),
                   CostModel(nanosecondsPerCall: 10_000, nanosecondsPerCommand: 50)] {
         for smmu in pSMMUs { smmu.costModel = model }
-        let perCommand = e2eRunCell(threads: 1, seconds: cellSeconds, commandsPerRoundTrip: 64) { _ in
-            for (i, command) in tlbis.value.enumerated() {
-                let (smmu, viommu) = directPairs.value[i % 3]  // ASID i % 3 + 1 lives on pSMMU i % 3
-                var one = command
-                let result = withUnsafePointer(to: &one) { smmu.invalidate(viommu: viommu, commands: UnsafeBufferPointer(start: $0, count: 1)) }
-                precondition(result.isComplete(of: 1), "direct invalidate failed: \(result)")
-            }
-        }
-        let daemon = e2eRunCell(threads: 1, seconds: cellSeconds, commandsPerRoundTrip: 64) { _ in
-            e2eDaemonRoundTrip(daemonClients[0].value.client, frame64[0], expectedConsumed: 65)
-        }
+        let cells = e2eRunInterleaved([
+            E2ESide(threads: 1, commandsPerRoundTrip: 64) { _ in
+                for (i, command) in tlbis.value.enumerated() {
+                    let (smmu, viommu) = directPairs.value[i % 3]  // ASID i % 3 + 1 lives on pSMMU i % 3
+                    var one = command
+                    let result = withUnsafePointer(to: &one) { smmu.invalidate(viommu: viommu, commands: UnsafeBufferPointer(start: $0, count: 1)) }
+                    precondition(result.isComplete(of: 1), "direct invalidate failed: \(result)")
+                }
+            },
+            E2ESide(threads: 1, commandsPerRoundTrip: 64) { _ in
+                e2eDaemonRoundTrip(daemonClients[0].value.client, frame64[0], expectedConsumed: 65)
+            },
+        ], seconds: cellSeconds)
+        let (perCommand, daemon) = (cells[0], cells[1])
         let speedUp = daemon.commandsPerSecond / perCommand.commandsPerSecond
         print("cost model \(model.nanosecondsPerCall) ns/call + \(model.nanosecondsPerCommand) ns/command (shared queue): "
               + "one call per command \(e2eRate(perCommand.commandsPerSecond)) (p50 \(e2eMicros(perCommand.p50)) µs per 64), "
