@@ -115,7 +115,8 @@ public final class Submission: @unchecked Sendable {
 
     // MARK: Building (engine, under its lock)
 
-    /// Reserves room for `commands` guest indices and `pushes` pushes, so recording does not regrow.
+    /// Reserves room for `commands` guest indices, `pushes` pushes, `syncs` syncs and the viommus their
+    /// `fences` cover, so that recording the batch does not regrow any buffer.
     func reserve(commands: Int, pushes: Int, syncs: Int, fences: Int) {
         guestIndices.reserveCapacity(commands)
         self.pushes.reserveCapacity(pushes)

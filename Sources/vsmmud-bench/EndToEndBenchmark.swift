@@ -29,6 +29,10 @@ import Glibc
 // 4. A replay of `linux-strict-cmdq.bin` (StreamIDs 0x8, 0x10, 0x18 on three pSMMUs, STEs/CDs from the
 //    `ram_dump_final` rows of `linux-strict-ste-cd.csv`), cut after each CMD_SYNC: µs per sync round trip
 //    beside the bare ping-pong (echo of 1-command frames).
+//
+// Sides that are compared (daemon and echo of a cell; the ping-pong with the 1-client batch-16 cell; the
+// one-call-per-command path and the daemon) run interleaved, in 5 slices each, so that a neighbour's load
+// on this shared 2-core machine falls on both sides of a ratio rather than on one.
 
 // MARK: - Harness
 
