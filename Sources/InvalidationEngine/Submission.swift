@@ -67,7 +67,11 @@ public struct SubmissionResult: Hashable, Sendable, CustomStringConvertible {
 /// builds the submission under its lock, before `sealed()`; afterwards they are only read. Fence
 /// completions touch none of them: they only decrement `remaining`; the fences' outcomes are read
 /// after the acquiring decrement that reached zero (each fence published its outcome before its
-/// completion ran), and `storedResult` is written before the releasing store of `finished`.
+/// completion ran), and `storedResult` is written before the releasing store of `finished`; nothing of
+/// the submission is read after that store. A submission handed back with
+/// ``VSMMUEngine/recycle(_:)`` is rewritten by ``prepareForReuse(batchCount:routed:onComplete:)`` only
+/// once the engine holds the only reference to it (no caller, no fence completion, no async waiter) and
+/// has seen `finished` with an acquiring load.
 public final class Submission: @unchecked Sendable {
     /// A CMD_SYNC of the batch and its fence (which keeps the outcome).
     struct PendingSync {
@@ -88,9 +92,9 @@ public final class Submission: @unchecked Sendable {
         var count: Int
     }
 
-    let batchCount: Int
+    private var batchCount: Int
     /// The router's refusals (copied: the engine reuses its routing buffer).
-    let routingErrors: [RoutingError]
+    private var routingErrors: [RoutingError]
     /// The pushes in order, and the guest index of every command they pushed, back to back (one buffer
     /// per submission rather than one per push).
     private var pushes: [Push] = []
@@ -98,7 +102,7 @@ public final class Submission: @unchecked Sendable {
     private var syncs: [PendingSync] = []
     /// Every sync's covered viommus, back to back.
     private var coveredViommus: [ViommuIndex] = []
-    private let onComplete: (@Sendable (SubmissionResult) -> Void)?
+    private var onComplete: (@Sendable (SubmissionResult) -> Void)?
     /// Pending fences plus one until ``sealed()``; whoever takes it to zero finishes the submission.
     private let remaining = Atomic<Int>(1)
     private let finished = Atomic<Bool>(false)
@@ -106,6 +110,9 @@ public final class Submission: @unchecked Sendable {
     /// Tasks waiting in ``completion()``, created by the first of them (most submissions are waited for
     /// with ``wait()`` and never need it); its value is `nil` once the submission finished.
     private let asyncWaiters = AtomicLazyReference<Locked<[CheckedContinuation<SubmissionResult, Never>]?>>()
+    /// Set by ``completion()`` before it creates `asyncWaiters`: the common path (no async waiter) then
+    /// skips the lazy reference's (non-inlined) load.
+    private let hasAsyncWaiters = Atomic<Bool>(false)
 
     init(batchCount: Int, routed: RoutedBatch, onComplete: (@Sendable (SubmissionResult) -> Void)?) {
         self.batchCount = batchCount
@@ -114,6 +121,26 @@ public final class Submission: @unchecked Sendable {
     }
 
     // MARK: Building (engine, under its lock)
+
+    /// Makes a finished submission new again for another batch, keeping its buffers' capacity (no
+    /// allocation for the submission or its bookkeeping). Returns `false`, changing nothing, when it
+    /// cannot be reused: not finished, or an async waiter list was created for it.
+    ///
+    /// The caller must hold the only reference (`isKnownUniquelyReferenced`) and the engine's lock.
+    func prepareForReuse(batchCount: Int, routed: RoutedBatch, onComplete: (@Sendable (SubmissionResult) -> Void)?) -> Bool {
+        guard finished.load(ordering: .acquiring), !hasAsyncWaiters.load(ordering: .relaxed) else { return false }
+        self.batchCount = batchCount
+        routingErrors = routed.errors
+        self.onComplete = onComplete
+        pushes.removeAll(keepingCapacity: true)
+        guestIndices.removeAll(keepingCapacity: true)
+        syncs.removeAll(keepingCapacity: true)
+        coveredViommus.removeAll(keepingCapacity: true)
+        storedResult = nil
+        remaining.store(1, ordering: .relaxed)
+        finished.store(false, ordering: .relaxed)
+        return true
+    }
 
     /// Reserves room for `commands` guest indices, `pushes` pushes, `syncs` syncs and the viommus their
     /// `fences` cover, so that recording the batch does not regrow any buffer.
@@ -161,11 +188,13 @@ public final class Submission: @unchecked Sendable {
 
     private func finish() {
         guard let result = storedResult else { return }
+        // Read before publishing `finished`: from then on the engine may reuse the submission.
+        let onComplete = self.onComplete
         finished.store(true, ordering: .sequentiallyConsistent)
         // Dekker with `completion()`: we publish `finished`, then look for waiters; a waiter publishes
         // the waiter list, then looks at `finished`. One of us sees the other.
         atomicMemoryFence(ordering: .sequentiallyConsistent)
-        if let list = asyncWaiters.load() {
+        if hasAsyncWaiters.load(ordering: .sequentiallyConsistent), let list = asyncWaiters.load() {
             let waiters = list.withLock { waiters -> [CheckedContinuation<SubmissionResult, Never>] in
                 defer { waiters = nil }
                 return waiters ?? []
@@ -200,6 +229,7 @@ public final class Submission: @unchecked Sendable {
     /// Suspends until the batch completes and returns its result, without blocking a thread.
     public func completion() async -> SubmissionResult {
         await withCheckedContinuation { (continuation: CheckedContinuation<SubmissionResult, Never>) in
+            hasAsyncWaiters.store(true, ordering: .sequentiallyConsistent)
             let list = asyncWaiters.storeIfNil(Locked([]))
             atomicMemoryFence(ordering: .sequentiallyConsistent)
             let alreadyFinished = list.withLock { waiters -> Bool in

@@ -67,6 +67,9 @@ public final class VSMMUEngine: Sendable {
     private let submitLock = Locked(())
     /// The router's reusable output: only touched while `submitLock` is held.
     nonisolated(unsafe) private let routed = RoutedBatch()
+    /// A submission handed back with ``recycle(_:)``, reused by the next ``submit(_:policy:onComplete:)``
+    /// once nobody else holds it: only touched while `submitLock` is held.
+    nonisolated(unsafe) private var spareSubmission: Submission?
 
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
@@ -151,6 +154,7 @@ public final class VSMMUEngine: Sendable {
         try serialised { (state: inout State) throws(EngineError) in
             do throws(VSMMUError) { try state.vsmmu.detachViommu(index) } catch { throw .vsmmu(error) }
             guard let attached = state.viommus.removeValue(forKey: index) else { return }
+            spareSubmission = nil // its fences hold the queues they covered
             attached.queue.stop()
             do throws(BackendError) { try attached.backend.detachViommu(attached.handle) } catch { throw .backend(error) }
         }
@@ -296,7 +300,15 @@ public final class VSMMUEngine: Sendable {
                 state.vsmmu.route(batch, into: routed, policy: policy)
                 return QueueSnapshot(queueTable: state.queueTable, stopped: state.stopped)
             }
-            let submission = Submission(batchCount: batch.count, routed: routed, onComplete: onComplete)
+            let submission: Submission
+            var spare = spareSubmission
+            spareSubmission = nil
+            if isKnownUniquelyReferenced(&spare), let reused = spare,
+               reused.prepareForReuse(batchCount: batch.count, routed: routed, onComplete: onComplete) {
+                submission = reused
+            } else {
+                submission = Submission(batchCount: batch.count, routed: routed, onComplete: onComplete)
+            }
             if state.stopped {
                 submission.finishStopped()
                 return submission
@@ -337,6 +349,14 @@ public final class VSMMUEngine: Sendable {
         }
     }
 
+    /// Hands back a submission its caller is done with (it waited for it and drops it), so that a later
+    /// ``submit(_:policy:onComplete:)`` may reuse it rather than allocate one. The engine keeps at most
+    /// one; it reuses it only once it holds the only reference to it and the submission is complete, so
+    /// recycling a submission someone still observes is safe (it is then simply not reused).
+    public func recycle(_ submission: Submission) {
+        submitLock.withLock { _ in spareSubmission = submission }
+    }
+
     /// The queues a submission pushes to, read under the state lock with the routing.
     private struct QueueSnapshot {
         var queueTable: [ViommuQueue?]
@@ -373,6 +393,7 @@ public final class VSMMUEngine: Sendable {
     public func stop() {
         let queues = serialised { (state: inout State) -> [ViommuQueue] in
             state.stopped = true
+            spareSubmission = nil
             return state.viommus.values.map(\.queue)
         }
         for queue in queues { queue.stop() }

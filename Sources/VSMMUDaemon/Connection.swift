@@ -1,5 +1,6 @@
 import CSocketShims
 import Logging
+import SMMUv3
 import SystemPackage
 import VSMMUProtocol
 
@@ -46,6 +47,8 @@ struct Connection {
         }
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         var fds = [Int32](repeating: -1, count: 8)
+        // The commands of the INVALIDATE being handled, reused from one request to the next.
+        var commands: [Command] = []
         while true {
             var fdCount: Int32 = 0
             var truncatedControl: Int32 = 0
@@ -74,6 +77,27 @@ struct Connection {
             }
             decoder.feed(buffer[0..<received])
             while true {
+                // Fast path: a well-formed INVALIDATE is decoded straight from the decoder's buffer into
+                // `commands` (reused), without building a `Frame` or a `Request`; anything else, and every
+                // malformed INVALIDATE, takes the general path below, which answers the error.
+                var target: VSMMUID?
+                if handshakeCompleted,
+                   let header = decoder.takeFrame(ofType: .invalidate, { _, payload in
+                       target = Invalidate.decodeCommands(payload: payload, into: &commands)
+                       return target != nil
+                   }), let vsmmu = target {
+                    server.framesReceived.add(1, ordering: .relaxed)
+                    let response: Response
+                    do throws(ProtocolError) {
+                        response = try commands.withUnsafeBufferPointer { (batch) throws(ProtocolError) -> Response in
+                            try server.invalidate(vsmmu, commands: batch, connection: self)
+                        }
+                    } catch {
+                        response = .error(error)
+                    }
+                    guard reply(response, to: header) else { return }
+                    continue
+                }
                 let frame: Frame?
                 do throws(FrameError) { frame = try decoder.nextFrame() } catch {
                     logger.warning("fatal framing error, closing", metadata: ["error": "\(error)"])
@@ -116,6 +140,11 @@ struct Connection {
             response = .error(error)
         }
         if let fd = attachedFD { close(fd) } // not adopted by the request
+        return reply(response, to: header)
+    }
+
+    /// Writes the reply to the request of `header`. Returns `false` when the connection must end.
+    private mutating func reply(_ response: Response, to header: FrameHeader) -> Bool {
         if case .error(let error) = response {
             server.protocolErrors.add(1, ordering: .relaxed)
             logger.debug("request refused", metadata: ["request": "\(header)", "error": "\(error)"])

@@ -154,24 +154,9 @@ extension VSMMUServer {
             return .updateCD(HWPTLinked(s1HWPT: change.current?.rawValue, isNew: change.current != nil && change.isNew))
 
         case .invalidate(let invalidate):
-            let served = try owned(invalidate.vsmmu, by: connection, type: type)
-            let limit = Int(connection.limits.maximumCommandsPerInvalidate)
-            guard invalidate.commands.count <= limit else {
-                throw .limitExceeded(limit: limit, asked: UInt64(invalidate.commands.count), type: type,
-                                     "at most \(limit) commands per INVALIDATE")
+            return try invalidate.commands.withUnsafeBufferPointer { (commands) throws(ProtocolError) -> Response in
+                try self.invalidate(invalidate.vsmmu, commands: commands, connection: connection)
             }
-            let start = POSIX.monotonicNanoseconds()
-            let result = served.engine.submit(invalidate.commands).wait()
-            let latency = POSIX.monotonicNanoseconds() &- start
-            served.statistics.withLock { stats in
-                stats.invalidateRequests += 1
-                if result.syncs > 0 { stats.recordSync(latencyNanoseconds: latency) }
-            }
-            let failure = result.failure.map {
-                InvalidateReply.Failure(index: UInt32($0.index), queueError: $0.queueError, message: $0.message)
-            }
-            return .invalidate(InvalidateReply(consumed: UInt32(result.consumed), syncsCompleted: UInt32(result.syncs),
-                                               failure: failure))
 
         case .stats(let stats):
             try checkAdmin(connection, type: type)
@@ -185,6 +170,36 @@ extension VSMMUServer {
             try checkAdmin(connection, type: type)
             return .health(health())
         }
+    }
+
+    /// INVALIDATE: submits `commands` to the vSMMU `id` that `connection` owns and waits for the batch's
+    /// CMD_SYNCs. Shared by ``apply(_:connection:fileDescriptor:)`` and the connection's fast path, which
+    /// decodes the commands straight from its receive buffer.
+    /// - Throws: `SHUTTING_DOWN`, `UNKNOWN_VSMMU`, `NOT_OWNER`, `LIMIT_EXCEEDED`.
+    func invalidate(_ id: VSMMUID, commands: UnsafeBufferPointer<Command>,
+                    connection: Connection) throws(ProtocolError) -> Response {
+        let type = MessageType.invalidate
+        if isStopping { throw .shuttingDown(type: type) }
+        let served = try owned(id, by: connection, type: type)
+        let limit = Int(connection.limits.maximumCommandsPerInvalidate)
+        guard commands.count <= limit else {
+            throw .limitExceeded(limit: limit, asked: UInt64(commands.count), type: type,
+                                 "at most \(limit) commands per INVALIDATE")
+        }
+        let start = POSIX.monotonicNanoseconds()
+        let submission = served.engine.submit(commands)
+        let result = submission.wait()
+        served.engine.recycle(submission)
+        let latency = POSIX.monotonicNanoseconds() &- start
+        served.statistics.withLock { stats in
+            stats.invalidateRequests += 1
+            if result.syncs > 0 { stats.recordSync(latencyNanoseconds: latency) }
+        }
+        let failure = result.failure.map {
+            InvalidateReply.Failure(index: UInt32($0.index), queueError: $0.queueError, message: $0.message)
+        }
+        return .invalidate(InvalidateReply(consumed: UInt32(result.consumed), syncsCompleted: UInt32(result.syncs),
+                                           failure: failure))
     }
 
     /// The vSMMU `id` if `connection` owns it.

@@ -137,6 +137,27 @@ public struct FrameDecoder: Sendable {
         return frame
     }
 
+    /// Gives the next frame, if it is complete, within the limit and of `type` with no frame flags, to
+    /// `body` without copying its payload (the bytes are valid only during the call), and consumes the
+    /// frame when `body` returns `true`. Returns the consumed frame's header; `nil` (nothing consumed)
+    /// otherwise, so the caller falls back to ``nextFrame()``, which reports any error.
+    public mutating func takeFrame(ofType type: MessageType,
+                                   _ body: (FrameHeader, UnsafeRawBufferPointer) -> Bool) -> FrameHeader? {
+        guard failure == nil, let header = pendingHeader, header.type == type, header.flags.isEmpty,
+              header.frameLength <= maximumFrameSize, bufferedByteCount >= header.frameLength else { return nil }
+        let payloadStart = readIndex + FrameHeader.byteCount
+        let accepted = buffer.withUnsafeBytes { bytes in
+            body(header, UnsafeRawBufferPointer(rebasing: bytes[payloadStart..<(payloadStart + Int(header.payloadLength))]))
+        }
+        guard accepted else { return nil }
+        readIndex += header.frameLength
+        if readIndex == buffer.count {
+            buffer.removeAll(keepingCapacity: true)
+            readIndex = 0
+        }
+        return header
+    }
+
     /// Declares the end of the stream.
     /// - Throws: ``FrameError/truncated(header:received:)`` when bytes of an incomplete frame are
     ///   buffered, or the sticky ``FrameError/frameTooLarge(_:limit:)``. Call it after ``nextFrame()``

@@ -152,3 +152,43 @@ extension InvalidateReply {
         Swift.withUnsafeBytes(of: words) { buffer.append(contentsOf: $0) }
     }
 }
+
+extension Invalidate {
+    /// A server's fast path for the common request: decodes the payload of an INVALIDATE frame that
+    /// ``Request/decode(_:handshakeCompleted:)`` would accept (given a header without flags), writing its
+    /// commands into `commands` (replacing its contents, keeping its capacity) without allocating, and
+    /// returns the vSMMU it names.
+    ///
+    /// Returns `nil`, leaving `commands` unspecified, for a payload that is not exactly well formed (wrong
+    /// length, flags or reserved bits set): decode that frame with ``Request/decode(_:handshakeCompleted:)``
+    /// for the error it is answered with. `nil` is never a verdict by itself.
+    public static func decodeCommands(payload: UnsafeRawBufferPointer, into commands: inout [Command]) -> VSMMUID? {
+        guard payload.count >= fixedLength else { return nil }
+        let id = UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 0, as: UInt32.self))
+        let count = Int(UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 4, as: UInt32.self)))
+        let flags = UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 8, as: UInt32.self))
+        let reserved = UInt32(littleEndian: payload.loadUnaligned(fromByteOffset: 12, as: UInt32.self))
+        guard flags == 0, reserved == 0, payload.count - fixedLength == count * Command.byteCount else { return nil }
+        #if _endian(little)
+        if MemoryLayout<Command>.stride == Command.byteCount {
+            // The wire's 16 little-endian bytes are the in-memory `Command`: one copy into the reused buffer.
+            if commands.count > count {
+                commands.removeLast(commands.count - count)
+            } else if commands.count < count {
+                commands.append(contentsOf: repeatElement(Command(w0: 0, w1: 0), count: count - commands.count))
+            }
+            commands.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(rebasing: payload[fixedLength...])) }
+            return VSMMUID(id)
+        }
+        #endif
+        commands.removeAll(keepingCapacity: true)
+        commands.reserveCapacity(count)
+        var offset = fixedLength
+        for _ in 0..<count {
+            commands.append(Command(w0: UInt64(littleEndian: payload.loadUnaligned(fromByteOffset: offset, as: UInt64.self)),
+                                    w1: UInt64(littleEndian: payload.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self))))
+            offset += Command.byteCount
+        }
+        return VSMMUID(id)
+    }
+}

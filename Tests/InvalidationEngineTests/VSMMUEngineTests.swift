@@ -67,6 +67,35 @@ struct ThreePSMMUs {
         #expect(released == nil)
     }
 
+    @Test func aRecycledSubmissionIsReusedOnlyOnceNobodyElseHoldsItAndReportsTheNewBatch() throws {
+        // Inline policy: every fence completion has returned on this thread when `wait()` returns, so
+        // nothing but this test and the engine holds a submission afterwards.
+        let setup = try ThreePSMMUs(policy: .inline)
+        defer { setup.engine.stop() }
+        setup.backends[2].failing.withLock { $0 = { $0.opcode == .tlbiNHVA } }
+        let first = setup.engine.submit([.tlbiNHVA(asid: 2, address: 0x4000), .sync()])
+        let firstResult = first.wait()
+        #expect(firstResult.failure?.index == 0)
+        setup.engine.recycle(first)
+        // Still held here: the next submission must be a new one, and `first` keeps its result.
+        let second = setup.engine.submit([.tlbiNHAll(), .sync(), .sync()])
+        #expect(second !== first)
+        #expect(second.wait() == SubmissionResult(consumed: 3, failure: nil, syncs: 2))
+        #expect(first.result == firstResult)
+        setup.engine.recycle(second)
+        weak var recycled = second
+        _ = consume second
+        #expect(recycled != nil) // the engine keeps it
+        // Nobody else holds the recycled one now: it is reused, and reports only the new batch.
+        let third = setup.engine.submit([.tlbiNHVA(asid: 1, address: 0x1000), .tlbiNHVA(asid: 2, address: 0x2000), .sync()])
+        #expect(third === recycled)
+        let thirdResult = third.wait()
+        #expect(thirdResult.consumed == 1)
+        #expect(thirdResult.failure?.index == 1)
+        #expect(thirdResult.syncs == 0)
+        #expect(third.isComplete)
+    }
+
     @Test func aBackendFailureIsReportedAtTheGuestIndexOfTheFailingCommand() throws {
         let setup = try ThreePSMMUs()
         defer { setup.engine.stop() }

@@ -195,3 +195,54 @@ struct FrameDecoderTests {
         #expect(throws: FrameError.truncated(header: nil, received: 3)) { try Frame(bytes: [1, 2, 3]) }
     }
 }
+
+@Suite struct InvalidateFastPathTests {
+    /// Takes the next frame through the fast path, as the daemon's connection does.
+    private func fastPath(_ decoder: inout FrameDecoder, into commands: inout [Command]) -> (FrameHeader, VSMMUID)? {
+        var vsmmu: VSMMUID?
+        let header = decoder.takeFrame(ofType: .invalidate) { _, payload in
+            vsmmu = Invalidate.decodeCommands(payload: payload, into: &commands)
+            return vsmmu != nil
+        }
+        guard let header, let vsmmu else { return nil }
+        return (header, vsmmu)
+    }
+
+    @Test func wellFormedInvalidatesDecodeFromTheBufferExactlyAsRequestDecodeDoes() throws {
+        let batches: [[Command]] = [
+            [], [.sync()],
+            (0..<64).map { Command.tlbiNHVA(asid: UInt16($0 % 3 + 1), address: UInt64($0) << 12) } + [.sync()],
+        ]
+        var decoder = FrameDecoder()
+        for (i, batch) in batches.enumerated() {
+            decoder.feed(try Request.invalidate(Invalidate(vsmmu: VSMMUID(UInt32(7 + i)), commands: batch)).encode(requestID: UInt64(i)))
+        }
+        var commands: [Command] = [.tlbiNHAll()] // replaced, not appended to
+        for (i, batch) in batches.enumerated() {
+            let taken = try #require(fastPath(&decoder, into: &commands))
+            #expect(taken.0.requestID == UInt64(i))
+            #expect(taken.1 == VSMMUID(UInt32(7 + i)))
+            #expect(commands == batch)
+        }
+        #expect(decoder.bufferedByteCount == 0)
+    }
+
+    @Test func malformedOrOtherFramesAreLeftForTheGeneralPathThatAnswersTheirError() throws {
+        let good = try Request.invalidate(Invalidate(vsmmu: VSMMUID(1), commands: [.sync()])).encode(requestID: 5)
+        var variants: [[UInt8]] = []
+        var flagged = good; flagged[FrameHeader.byteCount + 8] = 1 // INVALIDATE flags
+        var reserved = good; reserved[FrameHeader.byteCount + 12] = 1
+        var wrongCount = good; wrongCount[FrameHeader.byteCount + 4] = 2 // says 2 commands, carries 1
+        var frameFlags = good; frameFlags[6] = 1 // FD_ATTACHED on the frame header
+        variants += [flagged, reserved, wrongCount, frameFlags, Array(good.dropLast()),
+                     try Request.health.encode(requestID: 6)]
+        for bytes in variants {
+            var decoder = FrameDecoder()
+            decoder.feed(bytes)
+            var commands: [Command] = []
+            #expect(fastPath(&decoder, into: &commands) == nil)
+            // Nothing was consumed: the general path sees the whole frame (or waits for the rest of it).
+            #expect(decoder.bufferedByteCount == bytes.count)
+        }
+    }
+}
