@@ -120,6 +120,8 @@ let goldenVectors: [GoldenVector] = [
         message: "vSTE CONFIG s2_trans (6) is not abort, bypass or s1_trans")))),
     GoldenVector(file: "error-unknown-stream-id.hex", content: .response(47, .error(ProtocolError(
         code: .unknownStreamID, requestType: .unlinkSTE, value: 0x300, message: "vSID 0x300 is not registered")))),
+    GoldenVector(file: "error-permission-denied.hex", content: .response(52, .error(
+        .permissionDenied(userID: 1000, groupID: 1000, type: .hello)))),
     GoldenVector(file: "error-backend-failure.hex", content: .response(48, .error(ProtocolError(
         code: .backendFailure, requestType: .setDeviceID, detail: 22, value: 1,
         message: "IOMMU_VDEVICE_ALLOC: device not behind this pSMMU")))),

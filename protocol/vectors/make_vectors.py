@@ -407,6 +407,9 @@ def main():
                     "vSTE CONFIG s2_trans (6) is not abort, bypass or s1_trans"))
     add(error_frame("error-unknown-stream-id.hex", "ERROR UNKNOWN_STREAM_ID (§4): vSID 0x300", 47, 19,
                     "UNKNOWN_STREAM_ID", UNLINK_STE, 0, 0x300, "vSID 0x300 is not registered"))
+    add(error_frame("error-permission-denied.hex", "ERROR PERMISSION_DENIED (§4): uid 1000 (gid 1000) is not on "
+                    "the allow-list; the connection is closed after it", 52, 24, "PERMISSION_DENIED", HELLO, 1000, 1000,
+                    "uid 1000 (gid 1000) is not on the daemon's allow-list ([access] in its configuration)"))
     add(error_frame("error-backend-failure.hex", "ERROR BACKEND_FAILURE (§4): errno 22 (EINVAL) on viommu 1", 48, 32,
                     "BACKEND_FAILURE", SET_DEV_ID, 22, 1, "IOMMU_VDEVICE_ALLOC: device not behind this pSMMU"))
 
