@@ -19,6 +19,20 @@ public struct StreamTableEntry: Hashable, Sendable, SMMUWords {
         words[3] = w3
     }
 
+    /// A valid stage-1 STE (V = 1, CONFIG = S1_TRANS) whose linear CD table at `contextTable` holds
+    /// 2^`cdMax` CDs, with `S1DSS` = `defaultSubstream`: the shape a Linux guest writes for a translating
+    /// device.
+    public static func stage1(contextTable: UInt64, cdMax: UInt8 = 0,
+                              defaultSubstream: S1DefaultSubstream = .substream0) -> StreamTableEntry {
+        var ste = StreamTableEntry()
+        ste.isValid = true
+        ste.config = .s1Translate
+        ste.s1ContextPointer = contextTable
+        ste.s1CDMax = cdMax
+        ste.s1DSS = defaultSubstream
+        return ste
+    }
+
     /// Decodes 64 little-endian bytes.
     public init<C: Collection>(bytes: C) throws(WrongLengthError) where C.Element == UInt8 {
         guard bytes.count == Self.byteCount else {

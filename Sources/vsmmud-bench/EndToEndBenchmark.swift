@@ -233,13 +233,7 @@ private func e2eEchoRoundTrip(_ fd: Int32, _ frame: [UInt8]) {
 
 /// A translating guest STE (V=1, CONFIG=S1_TRANS, one CD).
 private func e2eSTE() -> StreamTableEntry {
-    var ste = StreamTableEntry()
-    ste.isValid = true
-    ste.config = .s1Translate
-    ste.s1ContextPointer = 0x4380_4000
-    ste.s1CDMax = 0
-    ste.s1DSS = .substream0
-    return ste
+    .stage1(contextTable: 0x4380_4000)
 }
 
 /// The vSIDs of every benchmark vSMMU, one per pSMMU.

@@ -1,6 +1,7 @@
 // vsmmud-cli: the operator's view of a running vsmmud (STATS, LIST, HEALTH). Argument parsing only:
 // fetching and rendering live in VSMMUCLI.
 import ArgumentParser
+import Foundation
 import VSMMUCLI
 import VSMMUProtocol
 
@@ -15,23 +16,7 @@ struct SocketOption: ParsableArguments {
     var socket: String?
 
     func runner() -> CommandRunner {
-        CommandRunner(socketPath: SocketPath.resolve(option: socket, environment: ProcessInfoEnvironment.current))
-    }
-}
-
-/// The process environment, without Foundation.
-enum ProcessInfoEnvironment {
-    static var current: [String: String] {
-        var out: [String: String] = [:]
-        var pointer = environ
-        while let entry = pointer.pointee {
-            let text = String(cString: entry)
-            if let equals = text.firstIndex(of: "=") {
-                out[String(text[..<equals])] = String(text[text.index(after: equals)...])
-            }
-            pointer += 1
-        }
-        return out
+        CommandRunner(socketPath: SocketPath.resolve(option: socket, environment: ProcessInfo.processInfo.environment))
     }
 }
 

@@ -59,7 +59,7 @@ struct VSMMUDaemonCommand: AsyncParsableCommand {
         sigemptyset(&handled)
         for signal in [SIGHUP, SIGINT, SIGTERM] { sigaddset(&handled, signal) }
         pthread_sigmask(SIG_UNBLOCK, &handled, nil)
-        let environment = ProcessEnvironment.current
+        let environment = ProcessInfo.processInfo.environment
         let (file, daemonConfiguration) = try loadConfiguration()
         if checkConfig {
             print("\(file ?? "embedded default"): configuration OK (\(daemonConfiguration.pSMMUs.count) pSMMUs)")
@@ -155,22 +155,6 @@ struct VSMMUDaemonCommand: AsyncParsableCommand {
                 notifier.notify(.status("wedged: \(why)"))
             }
         }
-    }
-}
-
-/// The environment as a dictionary.
-enum ProcessEnvironment {
-    static var current: [String: String] {
-        var result: [String: String] = [:]
-        var pointer = environ
-        while let entry = pointer.pointee {
-            let text = String(cString: entry)
-            if let equals = text.firstIndex(of: "=") {
-                result[String(text[..<equals])] = String(text[text.index(after: equals)...])
-            }
-            pointer += 1
-        }
-        return result
     }
 }
 

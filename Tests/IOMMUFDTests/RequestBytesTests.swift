@@ -54,12 +54,7 @@ import Testing
     @Test func allocateNestedHWPTSendsTheFirstTwoSTEWordsOnTheViommu() throws {
         let (backend, fake) = makeBackend()
         let viommu = try backend.attachViommu(ViommuAttachRequest(hostDeviceID: 3, nestParentHWPT: 4))
-        var ste = StreamTableEntry()
-        ste.isValid = true
-        ste.config = .s1Translate
-        ste.s1ContextPointer = 0x8_1234_5000
-        ste.s1CDMax = 4
-        ste.s1DSS = .substream0
+        var ste = StreamTableEntry.stage1(contextTable: 0x8_1234_5000, cdMax: 4)
         ste.eats = 1
         ste.setWord(2, 0xDEAD) // not part of a nested vSTE: must not travel
         fake.script(.hwptAlloc, .succeed(objectID: 0x31))

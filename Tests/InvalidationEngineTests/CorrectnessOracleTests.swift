@@ -186,12 +186,7 @@ struct GuestWorkload {
     }
 
     static func ste(_ d: Device) -> StreamTableEntry {
-        var ste = StreamTableEntry()
-        ste.isValid = true
-        ste.config = .s1Translate
-        ste.s1ContextPointer = d.cdTable
-        ste.s1CDMax = 1
-        ste.s1DSS = .substream0
+        var ste = StreamTableEntry.stage1(contextTable: d.cdTable, cdMax: 1)
         ste.eats = 1
         return ste
     }

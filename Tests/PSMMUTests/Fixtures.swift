@@ -12,12 +12,7 @@ func makeSMMU(costModel: CostModel = .free, eventQueueDepth: Int = 1024) -> Simu
 /// A valid stage-1 vSTE linking 2^`cdMax` CDs.
 func s1STE(cdMax: UInt8 = 0, dss: S1DefaultSubstream = .substream0, eats: UInt8 = 0,
            format: S1Format = .linear) -> StreamTableEntry {
-    var ste = StreamTableEntry()
-    ste.isValid = true
-    ste.config = .s1Translate
-    ste.s1ContextPointer = 0x8000_0000
-    ste.s1CDMax = cdMax
-    ste.s1DSS = dss
+    var ste = StreamTableEntry.stage1(contextTable: 0x8000_0000, cdMax: cdMax, defaultSubstream: dss)
     ste.eats = eats
     ste.s1Fmt = format
     return ste

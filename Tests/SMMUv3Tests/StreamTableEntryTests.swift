@@ -111,6 +111,14 @@ struct StreamTableEntryTests {
         }
     }
 
+    @Test func stage1BuilderSetsValidConfigTablePointerCDMaxAndDefaultSubstream() throws {
+        let ste = StreamTableEntry.stage1(contextTable: 0x4380_4000, cdMax: 2)
+        #expect(ste.word(0) == 0x1000_0000_4380_400B) // S1CDMax 2 | S1ContextPtr | CONFIG s1_trans | V
+        #expect(ste.word(1) == 0x2)                    // S1DSS substream0
+        #expect((2...7).allSatisfy { ste.word($0) == 0 })
+        #expect(throws: Never.self) { _ = try ste.nestingValidated() }
+    }
+
     @Test func validCDBuilderMatchesTheShapeLinuxWrites() {
         let cd = ContextDescriptor.valid(asid: 0xBEEF, ttb0: 0x0000_1234_5678_9000)
         #expect(cd.word(0) == 0xBEEF_0200_8000_0000)

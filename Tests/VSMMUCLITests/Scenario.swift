@@ -21,13 +21,7 @@ func uniqueSocketPath(_ label: String) -> String {
 
 /// A translating guest STE (V=1, CONFIG=S1_TRANS, one CD).
 func s1STE() -> StreamTableEntry {
-    var ste = StreamTableEntry()
-    ste.isValid = true
-    ste.config = .s1Translate
-    ste.s1ContextPointer = 0x4380_4000
-    ste.s1CDMax = 0
-    ste.s1DSS = .substream0
-    return ste
+    .stage1(contextTable: 0x4380_4000)
 }
 
 /// An in-process daemon on a fresh socket with pSMMUs `smmu0` (host devices 0…15) and `smmu1`

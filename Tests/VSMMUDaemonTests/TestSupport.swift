@@ -54,13 +54,7 @@ struct TestServer {
 
 /// A translating guest STE (V=1, CONFIG=S1_TRANS, one CD), like those of the Linux guest in ../shared/traces.
 func s1STE(cdTable: UInt64 = 0x4380_4000) -> StreamTableEntry {
-    var ste = StreamTableEntry()
-    ste.isValid = true
-    ste.config = .s1Translate
-    ste.s1ContextPointer = cdTable
-    ste.s1CDMax = 0
-    ste.s1DSS = .substream0
-    return ste
+    .stage1(contextTable: cdTable)
 }
 
 /// A raw frame: header fields as given and `payload`.

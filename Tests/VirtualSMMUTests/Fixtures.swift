@@ -5,13 +5,7 @@ import VSMMUTestSupport
 /// A translating guest STE (V=1, CONFIG=S1_TRANS, linear CD table at `cdTable`, 2^cdMax CDs) shaped
 /// like the ones the Linux guest in `../shared/traces` wrote.
 func s1STE(cdTable: UInt64 = 0x4380_4000, cdMax: UInt8 = 0) -> StreamTableEntry {
-    var ste = StreamTableEntry()
-    ste.isValid = true
-    ste.config = .s1Translate
-    ste.s1ContextPointer = cdTable
-    ste.s1CDMax = cdMax
-    ste.s1DSS = .substream0
-    return ste
+    .stage1(contextTable: cdTable, cdMax: cdMax)
 }
 
 /// A vSMMU with one viommu per named pSMMU and one device per viommu: vSID `sids[i]` behind viommu i,
