@@ -20,6 +20,21 @@ import Glibc
         return (fds[0], fds[1])
     }
 
+    /// A server whose only pSMMU, `smmu3`, has the iommufd backend, and a handshaken client.
+    static func iommufdServerAndClient(_ label: String = #function) throws -> (VSMMUServer, VSMMUClient) {
+        let server = VSMMUServer(configuration: .init(socketPath: uniqueSocketPath(String(label.prefix { $0.isLetter || $0.isNumber }.prefix(20))),
+                                                      pSMMUs: [.iommufd(name: "smmu3")]))
+        try server.start()
+        do {
+            let client = try VSMMUClient(socketPath: server.configuration.socketPath)
+            try client.hello()
+            return (server, client)
+        } catch {
+            server.stop()
+            throw error
+        }
+    }
+
     @Test func attachWithAnFdOnASimulatedPSMMUSucceedsAndTheServerClosesTheFd() throws {
         let t = try TestServer()
         defer { t.stop() }
@@ -65,12 +80,8 @@ import Glibc
     }
 
     @Test func anIommufdPSMMUWithoutAnFdIsRefusedWithDetail1() throws {
-        let path = uniqueSocketPath("iommufd")
-        let server = VSMMUServer(configuration: .init(socketPath: path, pSMMUs: [.iommufd(name: "smmu3")]))
-        try server.start()
+        let (server, client) = try Self.iommufdServerAndClient()
         defer { server.stop() }
-        let client = try VSMMUClient(socketPath: path)
-        try client.hello()
         let vsmmu = try client.createVSMMU()
         let e = refusal("iommufd attach without fd") { _ = try client.attachViommu(vsmmu: vsmmu, pSMMU: "smmu3", hostDeviceID: 1) }
         #expect(e?.code == .badFileDescriptor && e?.detail == FileDescriptorProblem.missing.rawValue)
@@ -78,12 +89,8 @@ import Glibc
     }
 
     @Test func anFdThatIsNotAnIommufdIsRefusedWithDetail3AndTheIoctlsErrno() throws {
-        let path = uniqueSocketPath("notiommufd")
-        let server = VSMMUServer(configuration: .init(socketPath: path, pSMMUs: [.iommufd(name: "smmu3")]))
-        try server.start()
+        let (server, client) = try Self.iommufdServerAndClient()
         defer { server.stop() }
-        let client = try VSMMUClient(socketPath: path)
-        try client.hello()
         let vsmmu = try client.createVSMMU()
         let devNull = open("/dev/null", O_RDWR)
         try #require(devNull >= 0)
