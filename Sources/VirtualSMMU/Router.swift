@@ -183,19 +183,39 @@ public final class RoutedBatch {
         }
     }
 
-    @inline(__always)
-    func deliver(_ command: Command, to viommu: Int, from index: Int) {
-        let n = counts[viommu]
-        let slot = viommu &* hot.pointee.regionCapacity &+ n
-        (hot.pointee.commands + slot).initialize(to: command)
-        (hot.pointee.guestIndices + slot).initialize(to: UInt32(truncatingIfNeeded: index))
-        counts[viommu] = n &+ 1
-        hot.pointee.unsynced.mask |= 1 << UInt64(viommu)
+    /// The router's view of the buffer while it routes one batch: the region pointers in locals, and
+    /// the set of viommus that received commands since the last sync kept in a register rather than
+    /// written back per command. Made by ``cursor()``, handed back by ``sync(_:at:cursor:)`` and
+    /// ``finish(consumed:cursor:)``.
+    struct Cursor {
+        let commands: UnsafeMutablePointer<Command>
+        let guestIndices: UnsafeMutablePointer<UInt32>
+        let regionCapacity: Int
+        let counts: UnsafeMutablePointer<Int>
+        /// The viommus that received commands since the last sync point, as a mask.
+        var unsynced: UInt64 = 0
+
+        /// Appends `command` (the batch's `index`-th) to viommu `viommu`'s region.
+        @inline(__always)
+        mutating func deliver(_ command: Command, to viommu: Int, from index: Int) {
+            let n = counts[viommu]
+            let slot = viommu &* regionCapacity &+ n
+            (commands + slot).initialize(to: command)
+            (guestIndices + slot).initialize(to: UInt32(truncatingIfNeeded: index))
+            counts[viommu] = n &+ 1
+            unsynced |= 1 &<< UInt64(viommu)
+        }
     }
 
-    @inline(__always)
-    func sync(_ command: Command, at index: Int) {
-        let unsynced = hot.pointee.unsynced
+    /// A cursor over the regions ``reset(viommuSlots:batchCount:)`` prepared.
+    func cursor() -> Cursor {
+        Cursor(commands: hot.pointee.commands, guestIndices: hot.pointee.guestIndices,
+               regionCapacity: hot.pointee.regionCapacity, counts: counts, unsynced: hot.pointee.unsynced.mask)
+    }
+
+    /// Closes a sync point at `index`: one fence per viommu the cursor delivered to since the last one.
+    func sync(_ command: Command, at index: Int, cursor: inout Cursor) {
+        let unsynced = ViommuSet(mask: cursor.unsynced)
         hot.pointee.touched.mask |= unsynced.mask
         let start = hot.pointee.fenceCount
         if !unsynced.isEmpty {
@@ -206,7 +226,7 @@ public final class RoutedBatch {
                 i &+= 1
             }
             hot.pointee.fenceCount = i
-            hot.pointee.unsynced = ViommuSet()
+            cursor.unsynced = 0
         }
         (hot.pointee.syncs + hot.pointee.syncCount).initialize(
             to: SyncPoint(index: index, command: command, fenceRange: start..<hot.pointee.fenceCount))
@@ -224,9 +244,10 @@ public final class RoutedBatch {
 
     func fail(_ error: RoutingError) { errors.append(error) }
 
-    func finish(consumed: Int) {
+    func finish(consumed: Int, cursor: Cursor) {
         hot.pointee.consumed = consumed
-        hot.pointee.touched.mask |= hot.pointee.unsynced.mask
+        hot.pointee.unsynced = ViommuSet(mask: cursor.unsynced)
+        hot.pointee.touched.mask |= cursor.unsynced
     }
 }
 
@@ -252,34 +273,37 @@ extension VSMMU {
     public mutating func route(_ batch: UnsafeBufferPointer<Command>, into output: RoutedBatch,
                                policy: RoutingPolicy = .stopAtFirstError) {
         output.reset(viommuSlots: viommus.count, batchCount: batch.count)
+        var cursor = output.cursor()
+        // The per-command counters live in locals for the batch and are added to `counters` once at the
+        // end: `self` may alias the cursor's raw stores, so counters kept there are reloaded and stored
+        // around every delivery.
+        var tally = BatchTally()
         let all = attachedViommus.mask
         let allCount = UInt64(all.nonzeroBitCount)
         var index = 0
         let n = batch.count
-        while index < n {
+        var consumed = n
+        routing: while index < n {
             let command = batch[index]
-            counters.received &+= 1
             let op = command.opcode.rawValue
             switch op {
             case 0x11, 0x12:  // TLBI_NH_ASID, TLBI_NH_VA
                 let asid = command.asid
                 let targets = asidIndex.masks[2 &* Int(asid)] & all
-                counters.asidRouted &+= 1
+                tally.asidRouted &+= 1
                 if targets == 0 {
-                    counters.asidWithoutTarget &+= 1
-                    counters.broadcastsAvoided &+= allCount
+                    tally.asidWithoutTarget &+= 1
+                    tally.broadcastsAvoided &+= allCount
                     break
                 }
                 var m = targets
-                var delivered: UInt64 = 0
                 while m != 0 {
-                    let v = m.trailingZeroBitCount
+                    cursor.deliver(command, to: m.trailingZeroBitCount, from: index)
                     m &= m &- 1
-                    output.deliver(command, to: v, from: index)
-                    delivered &+= 1
                 }
-                counters.asidRoutedDeliveries &+= delivered
-                counters.broadcastsAvoided &+= allCount &- delivered
+                let delivered = UInt64(targets.nonzeroBitCount)
+                tally.asidRoutedDeliveries &+= delivered
+                tally.broadcastsAvoided &+= allCount &- delivered
                 let retiring = targets & ~asidIndex.masks[2 &* Int(asid) &+ 1]
                 if retiring != 0 {
                     let n = UInt64(retiring.nonzeroBitCount)
@@ -291,19 +315,21 @@ extension VSMMU {
                 }
             case 0x46:  // CMD_SYNC
                 if command[Command.Field.syncCS] == 3 {
-                    if refuse(command, at: index, .illegal(.reservedSyncCompletion), into: output, policy) { return }
+                    if refuse(command, at: index, .illegal(.reservedSyncCompletion), into: output, policy) {
+                        consumed = index
+                        break routing
+                    }
                     break
                 }
-                counters.syncs &+= 1
-                output.sync(command, at: index)
+                tally.syncs &+= 1
+                output.sync(command, at: index, cursor: &cursor)
             case 0x10, 0x13, 0x30, 0x28:  // TLBI_NH_ALL, TLBI_NH_VAA, TLBI_NSNH_ALL, TLBI_S12_VMALL
                 counters.broadcast &+= 1
                 let forwarded = op == 0x28 ? Command.tlbiNHAll(vmid: command.vmid) : command
                 var m = all
                 while m != 0 {
-                    let v = m.trailingZeroBitCount
+                    cursor.deliver(forwarded, to: m.trailingZeroBitCount, from: index)
                     m &= m &- 1
-                    output.deliver(forwarded, to: v, from: index)
                 }
                 if op != 0x13 && !asidIndex.retiringList.isEmpty {
                     counters.retirementsEnded &+= asidIndex.invalidatedAll(on: ViommuSet(mask: all))
@@ -311,19 +337,28 @@ extension VSMMU {
             case 0x40, 0x05, 0x06:  // ATC_INV, CFGI_CD, CFGI_CD_ALL
                 if command[flag: Command.Field.ssec] {
                     let reason = IllegalCommandReason.secureStreamOnNonSecureQueue(command.opcode)
-                    if refuse(command, at: index, .illegal(reason), into: output, policy) { return }
+                    if refuse(command, at: index, .illegal(reason), into: output, policy) {
+                        consumed = index
+                        break routing
+                    }
                     break
                 }
                 let sid = command.streamID
                 guard let v = streamTable.viommu(of: sid) else {
-                    if refuse(command, at: index, .unknownStreamID(sid), into: output, policy) { return }
+                    if refuse(command, at: index, .unknownStreamID(sid), into: output, policy) {
+                        consumed = index
+                        break routing
+                    }
                     break
                 }
-                output.deliver(command, to: v.index, from: index)
-                counters.deviceRouted &+= 1
+                cursor.deliver(command, to: v.index, from: index)
+                tally.deviceRouted &+= 1
             default:
                 if let illegal = command.validate() {
-                    if refuse(command, at: index, .illegal(illegal.reason), into: output, policy) { return }
+                    if refuse(command, at: index, .illegal(illegal.reason), into: output, policy) {
+                        consumed = index
+                        break routing
+                    }
                     break
                 }
                 // Defined, legal and not forwarded by rule: CFGI_STE*, PREFETCH_*, EL2/EL3 TLBIs,
@@ -333,13 +368,16 @@ extension VSMMU {
             }
             index += 1
         }
-        finish(output, consumed: n)
+        // Every command up to and including a refused one that stopped the queue was looked at.
+        tally.received = UInt64(consumed < n ? consumed + 1 : n)
+        tally.add(to: &counters)
+        finish(output, consumed: consumed, cursor: cursor)
     }
 
     /// Closes a routed batch: records how many commands were consumed and adds its deliveries to the
     /// per-viommu counters (once per batch, not once per delivery).
-    private mutating func finish(_ output: RoutedBatch, consumed: Int) {
-        output.finish(consumed: consumed)
+    private mutating func finish(_ output: RoutedBatch, consumed: Int, cursor: RoutedBatch.Cursor) {
+        output.finish(consumed: consumed, cursor: cursor)
         for v in output.touched {
             let n = UInt64(output.count(for: v))
             counters.deliveries &+= n
@@ -353,7 +391,7 @@ extension VSMMU {
         batch.withUnsafeBufferPointer { route($0, into: output, policy: policy) }
     }
 
-    /// Records a refused command. Returns `true` when routing must stop (and has finished `output`).
+    /// Records a refused command. Returns `true` when routing must stop there.
     @inline(__always)
     private mutating func refuse(_ command: Command, at index: Int, _ reason: RoutingError.Reason,
                                  into output: RoutedBatch, _ policy: RoutingPolicy) -> Bool {
@@ -362,10 +400,28 @@ extension VSMMU {
         case .unknownStreamID: counters.unknownStreamID &+= 1
         }
         output.fail(RoutingError(index: index, command: command, reason: reason))
-        if policy == .stopAtFirstError {
-            finish(output, consumed: index)
-            return true
-        }
-        return false
+        return policy == .stopAtFirstError
+    }
+}
+
+/// The router's per-command counters for one batch, kept in registers and added to
+/// ``RoutingCounters`` once.
+private struct BatchTally {
+    var received: UInt64 = 0
+    var asidRouted: UInt64 = 0
+    var asidRoutedDeliveries: UInt64 = 0
+    var asidWithoutTarget: UInt64 = 0
+    var broadcastsAvoided: UInt64 = 0
+    var deviceRouted: UInt64 = 0
+    var syncs: UInt64 = 0
+
+    func add(to counters: inout RoutingCounters) {
+        counters.received &+= received
+        counters.asidRouted &+= asidRouted
+        counters.asidRoutedDeliveries &+= asidRoutedDeliveries
+        counters.asidWithoutTarget &+= asidWithoutTarget
+        counters.broadcastsAvoided &+= broadcastsAvoided
+        counters.deviceRouted &+= deviceRouted
+        counters.syncs &+= syncs
     }
 }
