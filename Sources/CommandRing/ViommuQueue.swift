@@ -29,6 +29,13 @@ import Darwin
 /// up, and parks only after that. No published command is ever stranded: a producer publishes, fences,
 /// then tries the role; a holder clears the role, fences, then re-checks; one of them sees the other.
 ///
+/// ## Syncing an idle queue
+/// A CMD_SYNC's commands usually find their queue idle: nothing queued, nobody draining. For that case
+/// ``executeAndSync(_:)`` skips the ring altogether: the caller takes the consumer role, hands the
+/// commands to the sink and reads the sync's outcome, with no copy into the ring, no fence object and
+/// no marker — the same outcome a push and a fence covering this queue alone would have had. When the
+/// queue is not idle it does nothing and the caller pushes and fences as usual.
+///
 /// ``DrainPolicy/drainThread`` hands every command to the drain thread instead (the classic design,
 /// kept to measure the difference), and ``DrainPolicy/inline`` has no drain thread at all.
 ///
@@ -107,6 +114,9 @@ public final class ViommuQueue: @unchecked Sendable {
         public var producerParks: Int = 0
         /// The most commands ever pushed and not yet consumed (ring occupancy's high-water mark).
         public var occupancyHighWater: UInt64 = 0
+        /// Syncs completed by ``ViommuQueue/executeAndSync(_:)`` on an idle queue, without the ring (also
+        /// counted in ``fencesReached``).
+        public var immediateSyncs: Int = 0
         /// Sink calls by batch size: entry *b* counts calls of *n* commands with 2^*b* ≤ *n* < 2^(*b*+1).
         public var sinkBatchSizeLog2: [Int] = Array(repeating: 0, count: ViommuQueue.batchSizeBuckets)
         public init() {}
@@ -141,6 +151,9 @@ public final class ViommuQueue: @unchecked Sendable {
 
     private enum Counter: Int, CaseIterable {
         case inlineSinkCalls, drainThreadSinkCalls, commandsCompleted, commandsFailed, fencesReached, drainThreadWakeups
+        case immediateSyncs
+        /// Commands handed to the sink by ``executeAndSync(_:)`` and not yet returned: part of the occupancy.
+        case immediateInFlight
     }
 
     /// Creates a queue draining into `sink`, and its drain thread when the policy has one.
@@ -185,6 +198,13 @@ public final class ViommuQueue: @unchecked Sendable {
     /// The next position a push will claim.
     public var claimedPosition: UInt64 { ring.claimedPosition }
 
+    /// Commands accepted and not yet executed: pushed and not consumed, plus those an
+    /// ``executeAndSync(_:)`` is handing to the sink right now.
+    public var occupancy: UInt64 {
+        let inFlight = UInt64(max(0, load(.immediateInFlight)))
+        return (ring.claimedPosition &- ring.consumedPosition) &+ inFlight
+    }
+
     /// A snapshot of the counters.
     public var statistics: Statistics {
         var statistics = Statistics()
@@ -194,6 +214,7 @@ public final class ViommuQueue: @unchecked Sendable {
         statistics.commandsFailed = load(.commandsFailed)
         statistics.fencesReached = load(.fencesReached)
         statistics.drainThreadWakeups = load(.drainThreadWakeups)
+        statistics.immediateSyncs = load(.immediateSyncs)
         statistics.fullRingWaits = ring.fullRingWaits
         statistics.producerParks = ring.producerParks
         statistics.occupancyHighWater = highWater.load(ordering: .relaxed)
@@ -247,6 +268,56 @@ public final class ViommuQueue: @unchecked Sendable {
     @discardableResult
     public func sync(onComplete: SyncFence.Completion? = nil) -> SyncFence {
         SyncFence.submit(covering: [self], onComplete: onComplete)
+    }
+
+    /// What ``executeAndSync(_:)`` found when it completed a sync on an idle queue.
+    public struct ImmediateSync: Sendable, Hashable {
+        /// The first command failure on this queue since its previous sync: what a fence covering this
+        /// queue would fail with. `nil` when every such command succeeded.
+        public var failure: CommandFailure?
+        /// When ``failure`` is one of the commands given to ``ViommuQueue/executeAndSync(_:)``, its
+        /// offset among them; `nil` when it is an earlier, unsynced command (or there is no failure).
+        public var failedOffset: Int?
+
+        public init(failure: CommandFailure? = nil, failedOffset: Int? = nil) {
+            self.failure = failure
+            self.failedOffset = failedOffset
+        }
+    }
+
+    /// Executes `commands` and completes a sync covering this queue alone on the calling thread,
+    /// without the ring, if the queue is idle: the drain policy is an inline one, the queue is open,
+    /// nothing is queued and no other thread holds the consumer role.
+    ///
+    /// The outcome is the one `push(commands)` followed by a fence covering only this queue would have
+    /// had: the commands reach the sink in order in one call (more after a failure, which does not stop
+    /// the later ones), and the sync reports the first failure since the queue's previous sync. The
+    /// statistics count the sink calls, the commands, a reached fence and an immediate sync; while the
+    /// sink runs, the commands count in ``occupancy``.
+    ///
+    /// - Returns: `nil`, having done nothing, when the queue is not idle: push and place a fence instead.
+    public func executeAndSync(_ commands: UnsafeBufferPointer<Command>) -> ImmediateSync? {
+        guard configuration.drainPolicy != .drainThread, let role = ring.tryAcquireConsumerRole() else { return nil }
+        // Holding the role, nothing can be consumed; a producer that claims from now on is ordered after
+        // this sync (as if it had pushed after the fence), and our release's re-check drains its entries.
+        let base = role.position
+        guard !ring.isClosed, ring.claimedPosition == base else {
+            release(role)
+            return nil
+        }
+        let inFlight = UnsafeAtomic<Int>(at: counters + Counter.immediateInFlight.rawValue)
+        inFlight.store(commands.count, ordering: .relaxed)
+        raiseHighWater(UInt64(commands.count))
+        execute(commands, at: base, onDrainThread: false)
+        inFlight.store(0, ordering: .relaxed)
+        add(.fencesReached, 1)
+        add(.immediateSyncs, 1)
+        let failure = consumer.firstFailure
+        consumer.firstFailure = nil
+        release(role)
+        // `execute` numbered our commands from `base`; an earlier failure was consumed before `base`.
+        let offset = failure.flatMap { $0.position >= base ? Int($0.position &- base) : nil }
+        return ImmediateSync(failure: failure, failedOffset: offset)
     }
 
     /// Places `fence`'s marker for `queueIndex` in the ring and gets it drained; `false` when stopped.

@@ -63,7 +63,7 @@ public struct SubmissionResult: Hashable, Sendable, CustomStringConvertible {
 /// commands are executed asynchronously and a later sync reports their failures). Observe it with
 /// ``wait()`` or the `onComplete` given to ``VSMMUEngine/submit(_:policy:onComplete:)``.
 ///
-/// `@unchecked Sendable`: `pushes`, `guestIndices`, `syncs` and `coveredViommus` are written only while the engine
+/// `@unchecked Sendable`: `pushes`, `guestIndices`, `syncs`, `coveredViommus` and `immediateFailures` are written only while the engine
 /// builds the submission under its lock, before `sealed()`; afterwards they are only read. Fence
 /// completions touch none of them: they only decrement `remaining`; the fences' outcomes are read
 /// after the acquiring decrement that reached zero (each fence published its outcome before its
@@ -72,15 +72,22 @@ public struct SubmissionResult: Hashable, Sendable, CustomStringConvertible {
 /// ``VSMMUEngine/recycle(_:)`` is rewritten by ``prepareForReuse(batchCount:routed:onComplete:)`` only
 /// once the engine holds the only reference to it (no caller, no fence completion, no async waiter) and
 /// has seen `finished` with an acquiring load.
+///
+/// That discipline is also why the stored properties are `@exclusivity(unchecked)`: no two accesses can
+/// overlap, and the runtime's dynamic exclusivity checks (~200 instructions each, a dozen per
+/// INVALIDATE) only repeated what the ordering above guarantees.
 public final class Submission: @unchecked Sendable {
-    /// A CMD_SYNC of the batch and its fence (which keeps the outcome).
+    /// A CMD_SYNC of the batch: its fence over the viommus whose commands went through their rings
+    /// (which keeps the outcome), if any; the viommus synced at once recorded their failures already.
     struct PendingSync {
         let index: Int
         let command: Command
         /// Where the viommus the fence covers (in its queue order) start in `coveredViommus`.
         let coveredStart: Int
         let coveredCount: Int
-        let fence: SyncFence
+        let fence: SyncFence?
+        /// A viommu synced at once (``ViommuQueue/executeAndSync(_:)``) reported a failure.
+        let failedImmediately: Bool
     }
 
     /// One contiguous push to a viommu: its first ring position and where its guest indices start in
@@ -92,21 +99,23 @@ public final class Submission: @unchecked Sendable {
         var count: Int
     }
 
-    private var batchCount: Int
+    @exclusivity(unchecked) private var batchCount: Int
     /// The router's refusals (copied: the engine reuses its routing buffer).
-    private var routingErrors: [RoutingError]
+    @exclusivity(unchecked) private var routingErrors: [RoutingError]
     /// The pushes in order, and the guest index of every command they pushed, back to back (one buffer
     /// per submission rather than one per push).
-    private var pushes: [Push] = []
-    private var guestIndices: [UInt32] = []
-    private var syncs: [PendingSync] = []
+    @exclusivity(unchecked) private var pushes: [Push] = []
+    @exclusivity(unchecked) private var guestIndices: [UInt32] = []
+    @exclusivity(unchecked) private var syncs: [PendingSync] = []
     /// Every sync's covered viommus, back to back.
-    private var coveredViommus: [ViommuIndex] = []
-    private var onComplete: (@Sendable (SubmissionResult) -> Void)?
+    @exclusivity(unchecked) private var coveredViommus: [ViommuIndex] = []
+    /// Backend failures of commands executed and synced at once, without a fence.
+    @exclusivity(unchecked) private var immediateFailures: [SubmissionResult.Failure] = []
+    @exclusivity(unchecked) private var onComplete: (@Sendable (SubmissionResult) -> Void)?
     /// Pending fences plus one until ``sealed()``; whoever takes it to zero finishes the submission.
     private let remaining = Atomic<Int>(1)
     private let finished = Atomic<Bool>(false)
-    private var storedResult: SubmissionResult?
+    @exclusivity(unchecked) private var storedResult: SubmissionResult?
     /// Tasks waiting in ``completion()``, created by the first of them (most submissions are waited for
     /// with ``wait()`` and never need it); its value is `nil` once the submission finished.
     private let asyncWaiters = AtomicLazyReference<Locked<[CheckedContinuation<SubmissionResult, Never>]?>>()
@@ -136,6 +145,7 @@ public final class Submission: @unchecked Sendable {
         guestIndices.removeAll(keepingCapacity: true)
         syncs.removeAll(keepingCapacity: true)
         coveredViommus.removeAll(keepingCapacity: true)
+        if !immediateFailures.isEmpty { immediateFailures.removeAll(keepingCapacity: true) }
         storedResult = nil
         remaining.store(1, ordering: .relaxed)
         finished.store(false, ordering: .relaxed)
@@ -157,7 +167,15 @@ public final class Submission: @unchecked Sendable {
     }
 
     /// Adds a CMD_SYNC whose fence covers `queues`, the queues of the viommus `covered` (same order).
-    func addSync(index: Int, command: Command, covering covered: UnsafeBufferPointer<ViommuIndex>, queues: [ViommuQueue]) {
+    /// With no queue, the sync is complete already: every viommu it covers was synced at once, and
+    /// `immediateFailure` says whether one of them recorded a failure.
+    func addSync(index: Int, command: Command, covering covered: UnsafeBufferPointer<ViommuIndex>, queues: [ViommuQueue],
+                 immediateFailure: Bool = false) {
+        guard !queues.isEmpty else {
+            syncs.append(PendingSync(index: index, command: command, coveredStart: coveredViommus.count, coveredCount: 0,
+                                     fence: nil, failedImmediately: immediateFailure))
+            return
+        }
         let coveredStart = coveredViommus.count
         coveredViommus.append(contentsOf: covered)
         remaining.add(1, ordering: .relaxed)
@@ -166,7 +184,18 @@ public final class Submission: @unchecked Sendable {
         // `syncs` is complete by then (the builder's own arrival, `sealed()`, comes after).
         let fence = SyncFence.submit(covering: queues) { [self] _ in arrive() }
         syncs.append(PendingSync(index: index, command: command, coveredStart: coveredStart, coveredCount: covered.count,
-                                 fence: fence))
+                                 fence: fence, failedImmediately: immediateFailure))
+    }
+
+    /// Records the failure a viommu synced at once reported, at guest index `index`.
+    func recordBackendFailure(_ command: CommandFailure, on viommu: ViommuIndex, at index: Int) {
+        immediateFailures.append(Self.backendFailure(command, on: viommu, at: index))
+    }
+
+    /// The failure the guest sees for a command a backend failed.
+    private static func backendFailure(_ command: CommandFailure, on viommu: ViommuIndex, at index: Int) -> SubmissionResult.Failure {
+        .init(index: index, queueError: command.queueError, origin: .backend(viommu),
+              message: "\(command.command.opcode.name) on \(viommu): \(command.message)")
     }
 
     /// The submission is complete as far as the engine is concerned; fences may still be pending.
@@ -215,7 +244,7 @@ public final class Submission: @unchecked Sendable {
     /// Blocks until every CMD_SYNC of the batch completed (helping drain the queues meanwhile) and
     /// returns the batch's result.
     public func wait() -> SubmissionResult {
-        for sync in syncs { _ = try? sync.fence.wait() }
+        for sync in syncs { _ = try? sync.fence?.wait() }
         // Every fence is complete; their completion callbacks may still be finishing.
         var spins = 0
         while !isComplete {
@@ -255,10 +284,15 @@ public final class Submission: @unchecked Sendable {
         if let error = routingErrors.first {
             consider(.init(index: error.index, queueError: error.queueError, origin: .router, message: error.description))
         }
+        for immediate in immediateFailures { consider(immediate) }
         var completedSyncs = 0
         for sync in syncs {
-            switch sync.fence.result {
-            case .success?: completedSyncs += 1
+            guard let fence = sync.fence else {
+                if !sync.failedImmediately { completedSyncs += 1 }
+                continue
+            }
+            switch fence.result {
+            case .success?: if !sync.failedImmediately { completedSyncs += 1 }
             case .failure(let syncFailure)?:
                 for queueFailure in syncFailure.failures {
                     let viommu = queueFailure.queueIndex < sync.coveredCount
@@ -266,8 +300,7 @@ public final class Submission: @unchecked Sendable {
                     switch queueFailure.reason {
                     case .commandFailed(let command):
                         let index = guestIndex(of: command.position, on: viommu) ?? sync.index
-                        consider(.init(index: index, queueError: command.queueError, origin: .backend(viommu),
-                                       message: "\(command.command.opcode.name) on \(viommu): \(command.message)"))
+                        consider(Self.backendFailure(command, on: viommu, at: index))
                     case .queueStopped:
                         consider(.init(index: sync.index, queueError: .abort, origin: .backend(viommu),
                                        message: "\(viommu)'s queue stopped before the CMD_SYNC completed"))

@@ -69,7 +69,8 @@ public final class VSMMUEngine: Sendable {
     nonisolated(unsafe) private let routed = RoutedBatch()
     /// A submission handed back with ``recycle(_:)``, reused by the next ``submit(_:policy:onComplete:)``
     /// once nobody else holds it: only touched while `submitLock` is held.
-    nonisolated(unsafe) private var spareSubmission: Submission?
+    /// `@exclusivity(unchecked)`: the submit lock makes every access exclusive.
+    @exclusivity(unchecked) nonisolated(unsafe) private var spareSubmission: Submission?
 
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
@@ -90,7 +91,7 @@ public final class VSMMUEngine: Sendable {
         public var handle: ViommuHandle
         public var queue: ViommuQueue.Statistics
         public var backend: BackendCounters
-        /// Commands pushed and not yet consumed.
+        /// Commands accepted and not yet executed (``ViommuQueue/occupancy``).
         public var occupancy: UInt64
     }
 
@@ -102,9 +103,14 @@ public final class VSMMUEngine: Sendable {
                 let queue = attached.queue
                 return ViommuStatistics(index: index, pSMMU: viommu.pSMMU, handle: attached.handle,
                                         queue: queue.statistics, backend: attached.backend.counters,
-                                        occupancy: queue.claimedPosition &- queue.consumedPosition)
+                                        occupancy: queue.occupancy)
             }
         }
+    }
+
+    /// The queue of an attached viommu (tests: to hold its consumer role and see the ring path).
+    func queue(of viommu: ViommuIndex) -> ViommuQueue? {
+        state.withLock { $0.queue(viommu) }
     }
 
     /// The backend handle of a vdevice / HWPT, for diagnostics and tests.
@@ -316,26 +322,33 @@ public final class VSMMUEngine: Sendable {
             let syncPoints = routed.syncPoints
             submission.reserve(commands: routed.deliveryCount, pushes: routed.fences.count + routed.touched.count,
                                syncs: syncPoints.count, fences: routed.fences.count)
-            // Push each viommu's commands sync point by sync point, placing each fence after them.
+            // Each viommu's commands sync point by sync point: on an idle queue executed and synced at once
+            // (``ViommuQueue/executeAndSync(_:)``), else pushed with the sync's fence placed after them.
             withUnsafeTemporaryAllocation(of: Int.self, capacity: VSMMU.maximumViommus) { pushedUpTo in
             withUnsafeTemporaryAllocation(of: ViommuIndex.self, capacity: VSMMU.maximumViommus) { covered in
                 pushedUpTo.initialize(repeating: 0)
                 for sync in syncPoints {
                     let fences = routed.fences(of: sync)
                     var queues: [ViommuQueue] = []
-                    queues.reserveCapacity(fences.count)
                     var coveredCount = 0
+                    var immediateFailure = false
                     for fence in fences {
                         guard let queue = state.queue(fence.viommu) else { continue }
-                        Self.push(routed, fence.viommu, from: pushedUpTo[fence.viommu.index], to: fence.end,
-                                  into: queue, recording: submission)
+                        let start = pushedUpTo[fence.viommu.index]
                         pushedUpTo[fence.viommu.index] = fence.end
+                        if Self.executeAndSync(routed, fence.viommu, from: start, to: fence.end, on: queue,
+                                               syncIndex: sync.index, recording: submission, failed: &immediateFailure) {
+                            continue
+                        }
+                        Self.push(routed, fence.viommu, from: start, to: fence.end, into: queue, recording: submission)
+                        if queues.isEmpty { queues.reserveCapacity(fences.count) }
                         queues.append(queue)
                         covered.initializeElement(at: coveredCount, to: fence.viommu)
                         coveredCount += 1
                     }
                     submission.addSync(index: sync.index, command: sync.command,
-                                       covering: UnsafeBufferPointer(rebasing: covered[..<coveredCount]), queues: queues)
+                                       covering: UnsafeBufferPointer(rebasing: covered[..<coveredCount]), queues: queues,
+                                       immediateFailure: immediateFailure)
                 }
                 for viommu in routed.touched {
                     let end = routed.count(for: viommu)
@@ -372,6 +385,26 @@ public final class VSMMUEngine: Sendable {
     public func submit(_ batch: [Command], policy: RoutingPolicy = .stopAtFirstError,
                        onComplete: (@Sendable (SubmissionResult) -> Void)? = nil) -> Submission {
         batch.withUnsafeBufferPointer { submit($0, policy: policy, onComplete: onComplete) }
+    }
+
+    /// Executes and syncs `viommu`'s commands `start..<end` at once if its queue is idle, recording a
+    /// failure (at its guest index, or at the sync's for an earlier unsynced command) in `submission`.
+    /// Returns `false`, having done nothing, when the queue is busy.
+    private static func executeAndSync(_ routed: RoutedBatch, _ viommu: ViommuIndex, from start: Int, to end: Int,
+                                       on queue: ViommuQueue, syncIndex: Int, recording submission: Submission,
+                                       failed: inout Bool) -> Bool {
+        let outcome = routed.withCommands(for: viommu) { commands in
+            queue.executeAndSync(UnsafeBufferPointer(rebasing: commands[start..<end]))
+        }
+        guard let outcome else { return false }
+        if let failure = outcome.failure {
+            let index = outcome.failedOffset.map { offset in
+                routed.withGuestIndices(for: viommu) { Int($0[start + offset]) }
+            } ?? syncIndex
+            submission.recordBackendFailure(failure, on: viommu, at: index)
+            failed = true
+        }
+        return true
     }
 
     private static func push(_ routed: RoutedBatch, _ viommu: ViommuIndex, from start: Int, to end: Int,

@@ -15,8 +15,11 @@ public final class Locked<Value: Sendable>: @unchecked Sendable {
     // `value` is only accessed between `pthread_mutex_lock` and `pthread_mutex_unlock` of `mutex`.
     // `@usableFromInline` so that `withLock` inlines into (and specialises for) its callers in other
     // modules: the daemon's data path takes several of these locks per request.
+    // `@exclusivity(unchecked)`: the mutex already makes every access exclusive (a nested `withLock`
+    // on the same lock deadlocks first), so the runtime's dynamic check (a thread-local access-set
+    // insert and removal, ~200 instructions) would only repeat it on every call.
     @usableFromInline let mutex: UnsafeMutablePointer<pthread_mutex_t>
-    @usableFromInline var value: Value
+    @exclusivity(unchecked) @usableFromInline var value: Value
 
     public init(_ value: Value) {
         self.value = value

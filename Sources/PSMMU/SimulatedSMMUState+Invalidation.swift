@@ -15,16 +15,15 @@ extension SimulatedSMMUState {
     mutating func invalidate(viommu: ViommuHandle, commands: UnsafeBufferPointer<Command>) -> InvalidationOutcome {
         tally.calls += 1
         tally.received += UInt64(commands.count)
-        guard let vi = viommus.index(forKey: viommu) else {
+        let cached = lastInvalidated.flatMap { $0.handle == viommu ? $0 : nil }
+        guard let record = cached ?? viommus[viommu] else {
             tally.failed += commands.isEmpty ? 0 : 1
             let failure = InvalidationFailure(queueError: .illegal, errno: Errno.noEntry,
                                               message: "\(viommu) is not a viommu of this pSMMU")
             return InvalidationOutcome(result: InvalidationResult(completed: 0, failure: commands.isEmpty ? nil : failure))
         }
-        // One read of the record (each `values[vi].field` read copies the whole record).
-        let record = viommus.values[vi]
+        lastInvalidated = record
         let vmid = record.vmid
-        let physicalStreamIDs = record.physicalStreamIDs
         let checkFaults = !faults.isEmpty
         let base = record.processed
         var result = InvalidationResult(completed: commands.count)
@@ -50,6 +49,8 @@ extension SimulatedSMMUState {
                 start += 1
             }
         }
+        // Only device-scoped commands need the vSID map (a batch of TLBIs never gets here).
+        let physicalStreamIDs = start < commands.count ? record.physicalStreamIDs : [:]
         commandLoop: for index in start..<commands.count {
             let command = commands[index]
             let opcode = command.opcode
@@ -82,7 +83,7 @@ extension SimulatedSMMUState {
         if runLength > 0 { tally.byOpcode[Int(runOpcode)] &+= runLength }
 
         let processed = result.failure == nil ? commands.count : result.completed + 1
-        viommus.values[vi].processed = base &+ UInt64(processed)
+        record.processed = base &+ UInt64(processed)
         tally.completed += UInt64(result.completed)
         if result.failure != nil { tally.failed += 1 }
         return InvalidationOutcome(result: result, deadline: chargeCost(commands: processed),

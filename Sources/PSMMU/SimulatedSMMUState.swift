@@ -10,7 +10,13 @@ struct DeviceRecord: Sendable {
 }
 
 /// A viommu: one VM on this pSMMU.
-struct ViommuRecord: Sendable {
+///
+/// A class so that the invalidation path reads and updates it where it is (one retain), rather than
+/// copying its maps and sets out of the dictionary and back (eight atomic reference-count operations
+/// per backend call). `@unchecked Sendable`: like all of ``SimulatedSMMUState``, only touched under the
+/// ``SimulatedSMMU``'s mutex, and the state is never copied.
+final class ViommuRecord: @unchecked Sendable {
+    let handle: ViommuHandle
     let vmid: VMID
     /// vSID → pSID of its vdevices.
     var physicalStreamIDs: [StreamID: StreamID] = [:]
@@ -20,6 +26,11 @@ struct ViommuRecord: Sendable {
     var events: [EventRecord] = []
     /// Commands processed (executed or failed) since attach: the position fault injection counts.
     var processed: UInt64 = 0
+
+    init(handle: ViommuHandle, vmid: VMID) {
+        self.handle = handle
+        self.vmid = vmid
+    }
 }
 
 struct VDeviceRecord: Sendable {
@@ -42,6 +53,8 @@ struct HWPTRecord: Sendable {
 struct SimulatedSMMUState: Sendable {
     var deviceRecords: [UInt32: DeviceRecord]
     var viommus: [ViommuHandle: ViommuRecord] = [:]
+    /// The viommu of the last invalidation: consecutive calls for one viommu skip the dictionary's hash.
+    var lastInvalidated: ViommuRecord?
     var vdevices: [VDeviceHandle: VDeviceRecord] = [:]
     var hwpts: [HWPTHandle: HWPTRecord] = [:]
     var usedVMIDs: Set<VMID> = []
@@ -90,7 +103,7 @@ struct SimulatedSMMUState: Sendable {
         }
         usedVMIDs.insert(vmid)
         let handle = ViommuHandle(rawValue: takeObjectID())
-        viommus[handle] = ViommuRecord(vmid: vmid)
+        viommus[handle] = ViommuRecord(handle: handle, vmid: vmid)
         viommusAttached += 1
         return handle
     }
@@ -103,6 +116,7 @@ struct SimulatedSMMUState: Sendable {
             throw BackendError(.busy, errno: Errno.busy, "\(viommu) still has \(record.vdevices.count) vdevice(s) and \(record.hwpts.count) HWPT(s)")
         }
         viommus.removeValue(forKey: viommu)
+        if lastInvalidated?.handle == viommu { lastInvalidated = nil }
         // The kernel invalidates a VMID before freeing it, so its next owner inherits no entry.
         model.tlbEntriesFlushedOnDetach += UInt64(tlb.invalidate(vmid: record.vmid))
         usedVMIDs.remove(record.vmid)

@@ -71,7 +71,8 @@ public final class RoutedBatch {
     /// The fences of every sync point, concatenated.
     public var fences: UnsafeBufferPointer<Fence> { UnsafeBufferPointer(start: hot.pointee.fences, count: hot.pointee.fenceCount) }
     /// The refused commands (at most one under ``RoutingPolicy/stopAtFirstError``).
-    public private(set) var errors: [RoutingError] = []
+    /// (`@exclusivity(unchecked)`: a `RoutedBatch` is used by one thread at a time, like the hot state.)
+    @exclusivity(unchecked) public private(set) var errors: [RoutingError] = []
     /// How many guest commands were consumed: the batch's count, or the index of the command that
     /// stopped the queue.
     public var consumed: Int { hot.pointee.consumed }
@@ -274,45 +275,49 @@ extension VSMMU {
                                policy: RoutingPolicy = .stopAtFirstError) {
         output.reset(viommuSlots: viommus.count, batchCount: batch.count)
         var cursor = output.cursor()
-        // The per-command counters live in locals for the batch and are added to `counters` once at the
-        // end: `self` may alias the cursor's raw stores, so counters kept there are reloaded and stored
-        // around every delivery.
-        var tally = BatchTally()
+        // The ASID-routed commands (nearly every command of a guest's batch) are counted in two locals;
+        // the rest of their counters are derived once at the end (`finish`). Counters kept in `self`
+        // would be reloaded and stored around every delivery, which writes through raw pointers.
+        var asidRouted: UInt64 = 0
+        var asidWithoutTarget: UInt64 = 0
+        let broadcastBefore = counters.broadcast
+        let deviceRoutedBefore = counters.deviceRouted
         let all = attachedViommus.mask
-        let allCount = UInt64(all.nonzeroBitCount)
         var index = 0
         let n = batch.count
         var consumed = n
         routing: while index < n {
             let command = batch[index]
             let op = command.opcode.rawValue
-            switch op {
-            case 0x11, 0x12:  // TLBI_NH_ASID, TLBI_NH_VA
-                let asid = command.asid
-                let targets = asidIndex.masks[2 &* Int(asid)] & all
-                tally.asidRouted &+= 1
+            if op &- 0x11 < 2 {  // TLBI_NH_ASID, TLBI_NH_VA
+                // The run of them starting here goes through a tight loop; it stops before a command
+                // that reaches a viommu its ASID is retiring from, which the code below handles.
+                let end = asidIndex.masks.withUnsafeBufferPointer { masks in
+                    Self.routeASIDRun(batch, from: index, masks: masks, all: all, cursor: &cursor,
+                                      asidRouted: &asidRouted, asidWithoutTarget: &asidWithoutTarget)
+                }
+                if end > index {
+                    index = end
+                    continue
+                }
+                let asid = Int(command.asid)
+                let targets = asidIndex.masks[2 &* asid] & all
+                asidRouted &+= 1
                 if targets == 0 {
-                    tally.asidWithoutTarget &+= 1
-                    tally.broadcastsAvoided &+= allCount
-                    break
+                    asidWithoutTarget &+= 1
+                } else {
+                    var m = targets
+                    repeat {
+                        cursor.deliver(command, to: m.trailingZeroBitCount, from: index)
+                        m &= m &- 1
+                    } while m != 0
+                    let retiring = targets & ~asidIndex.masks[2 &* asid &+ 1]
+                    if retiring != 0 { endRetirement(op: op, asid: command.asid, retiring: retiring) }
                 }
-                var m = targets
-                while m != 0 {
-                    cursor.deliver(command, to: m.trailingZeroBitCount, from: index)
-                    m &= m &- 1
-                }
-                let delivered = UInt64(targets.nonzeroBitCount)
-                tally.asidRoutedDeliveries &+= delivered
-                tally.broadcastsAvoided &+= allCount &- delivered
-                let retiring = targets & ~asidIndex.masks[2 &* Int(asid) &+ 1]
-                if retiring != 0 {
-                    let n = UInt64(retiring.nonzeroBitCount)
-                    counters.retiringDeliveries &+= n
-                    if op == 0x11 {
-                        counters.retirementsEnded &+= n
-                        asidIndex.invalidated(asid: asid, on: ViommuSet(mask: retiring))
-                    }
-                }
+                index &+= 1
+                continue
+            }
+            switch op {
             case 0x46:  // CMD_SYNC
                 if command[Command.Field.syncCS] == 3 {
                     if refuse(command, at: index, .illegal(.reservedSyncCompletion), into: output, policy) {
@@ -321,7 +326,7 @@ extension VSMMU {
                     }
                     break
                 }
-                tally.syncs &+= 1
+                counters.syncs &+= 1
                 output.sync(command, at: index, cursor: &cursor)
             case 0x10, 0x13, 0x30, 0x28:  // TLBI_NH_ALL, TLBI_NH_VAA, TLBI_NSNH_ALL, TLBI_S12_VMALL
                 counters.broadcast &+= 1
@@ -352,7 +357,7 @@ extension VSMMU {
                     break
                 }
                 cursor.deliver(command, to: v.index, from: index)
-                tally.deviceRouted &+= 1
+                counters.deviceRouted &+= 1
             default:
                 if let illegal = command.validate() {
                     if refuse(command, at: index, .illegal(illegal.reason), into: output, policy) {
@@ -368,21 +373,78 @@ extension VSMMU {
             }
             index += 1
         }
-        // Every command up to and including a refused one that stopped the queue was looked at.
-        tally.received = UInt64(consumed < n ? consumed + 1 : n)
-        tally.add(to: &counters)
-        finish(output, consumed: consumed, cursor: cursor)
+        finish(output, consumed: consumed, cursor: cursor, received: UInt64(consumed < n ? consumed + 1 : n),
+               asidRouted: asidRouted, asidWithoutTarget: asidWithoutTarget,
+               broadcast: counters.broadcast &- broadcastBefore, deviceRouted: counters.deviceRouted &- deviceRoutedBefore,
+               viommuCount: UInt64(all.nonzeroBitCount))
     }
 
-    /// Closes a routed batch: records how many commands were consumed and adds its deliveries to the
-    /// per-viommu counters (once per batch, not once per delivery).
-    private mutating func finish(_ output: RoutedBatch, consumed: Int, cursor: RoutedBatch.Cursor) {
+    /// Routes the TLBI_NH_ASID / TLBI_NH_VA commands of `batch` from `start` on, up to the first command
+    /// of another kind or one that reaches a viommu its ASID is retiring from (left undelivered), and
+    /// returns where it stopped. The router's hot loop: kept apart so that its few live values stay in
+    /// registers.
+    @inline(__always)
+    private static func routeASIDRun(_ batch: UnsafeBufferPointer<Command>, from start: Int,
+                                     masks: UnsafeBufferPointer<UInt64>, all: UInt64, cursor: inout RoutedBatch.Cursor,
+                                     asidRouted: inout UInt64, asidWithoutTarget: inout UInt64) -> Int {
+        var index = start
+        let n = batch.count
+        // `masks` has an entry pair for every 16-bit ASID: no index below can be out of bounds.
+        guard masks.count >= 2 << 16, let masks = masks.baseAddress else { return start }
+        while index < n {
+            let command = batch[index]
+            guard command.opcode.rawValue &- 0x11 < 2 else { break }
+            let asid = Int(command.asid)
+            let targets = masks[2 &* asid] & all
+            if targets & ~masks[2 &* asid &+ 1] != 0 { break }  // retiring somewhere
+            if targets == 0 {
+                asidWithoutTarget &+= 1
+            } else {
+                var m = targets
+                repeat {
+                    cursor.deliver(command, to: m.trailingZeroBitCount, from: index)
+                    m &= m &- 1
+                } while m != 0
+            }
+            index &+= 1
+        }
+        asidRouted &+= UInt64(index &- start)
+        return index
+    }
+
+    /// An ASID-routed command reached viommus the ASID is retiring from: count it, and end the
+    /// retirement there if it is a TLBI_NH_ASID.
+    private mutating func endRetirement(op: UInt8, asid: ASID, retiring: UInt64) {
+        let n = UInt64(retiring.nonzeroBitCount)
+        counters.retiringDeliveries &+= n
+        if op == 0x11 {
+            counters.retirementsEnded &+= n
+            asidIndex.invalidated(asid: asid, on: ViommuSet(mask: retiring))
+        }
+    }
+
+    /// Closes a routed batch: records how many commands were consumed (`received` of them looked at,
+    /// counting one that stopped the queue) and adds the batch's counts to ``counters``, deriving
+    /// what the loop did not count: every delivery that was not one of the `broadcast` commands' or the
+    /// `deviceRouted` commands' is an ASID-routed one, and each ASID-routed command avoided a broadcast to the
+    /// `viommuCount` viommus it did not reach.
+    private mutating func finish(_ output: RoutedBatch, consumed: Int, cursor: RoutedBatch.Cursor, received: UInt64,
+                                 asidRouted: UInt64, asidWithoutTarget: UInt64, broadcast: UInt64, deviceRouted: UInt64,
+                                 viommuCount: UInt64) {
         output.finish(consumed: consumed, cursor: cursor)
+        var delivered: UInt64 = 0
         for v in output.touched {
             let n = UInt64(output.count(for: v))
-            counters.deliveries &+= n
+            delivered &+= n
             counters.deliveriesPerViommu[v.index] &+= n
         }
+        counters.deliveries &+= delivered
+        let asidDeliveries = delivered &- broadcast &* viommuCount &- deviceRouted
+        counters.received &+= received
+        counters.asidRouted &+= asidRouted
+        counters.asidWithoutTarget &+= asidWithoutTarget
+        counters.asidRoutedDeliveries &+= asidDeliveries
+        counters.broadcastsAvoided &+= asidRouted &* viommuCount &- asidDeliveries
     }
 
     /// Routes a batch held in an array (see ``route(_:into:policy:)``).
@@ -401,27 +463,5 @@ extension VSMMU {
         }
         output.fail(RoutingError(index: index, command: command, reason: reason))
         return policy == .stopAtFirstError
-    }
-}
-
-/// The router's per-command counters for one batch, kept in registers and added to
-/// ``RoutingCounters`` once.
-private struct BatchTally {
-    var received: UInt64 = 0
-    var asidRouted: UInt64 = 0
-    var asidRoutedDeliveries: UInt64 = 0
-    var asidWithoutTarget: UInt64 = 0
-    var broadcastsAvoided: UInt64 = 0
-    var deviceRouted: UInt64 = 0
-    var syncs: UInt64 = 0
-
-    func add(to counters: inout RoutingCounters) {
-        counters.received &+= received
-        counters.asidRouted &+= asidRouted
-        counters.asidRoutedDeliveries &+= asidRoutedDeliveries
-        counters.asidWithoutTarget &+= asidWithoutTarget
-        counters.broadcastsAvoided &+= broadcastsAvoided
-        counters.deviceRouted &+= deviceRouted
-        counters.syncs &+= syncs
     }
 }

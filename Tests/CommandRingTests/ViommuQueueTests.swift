@@ -369,3 +369,104 @@ struct ViommuQueueTests {
         }
     }
 }
+
+/// ``ViommuQueue/executeAndSync(_:)``: a sync on an idle queue without the ring.
+@Suite("Immediate syncs on an idle queue")
+struct ImmediateSyncTests {
+    @Test(arguments: [ViommuQueue.DrainPolicy.inline, .inlineWithDrainThread])
+    func anIdleQueueExecutesTheCommandsAndCompletesTheSyncOnTheCallingThread(policy: ViommuQueue.DrainPolicy) throws {
+        let log = SinkLog()
+        let queue = try queue(policy, sink: recordingSink(log))
+        defer { queue.stop() }
+        let batch = commands(0..<7)
+        let outcome = batch.withUnsafeBufferPointer { queue.executeAndSync($0) }
+        #expect(outcome == ViommuQueue.ImmediateSync(failure: nil, failedOffset: nil))
+        #expect(log.commands == batch)
+        let statistics = queue.statistics
+        #expect(statistics.immediateSyncs == 1 && statistics.fencesReached == 1)
+        #expect(statistics.inlineSinkCalls == 1 && statistics.commandsCompleted == 7)
+        #expect(statistics.occupancyHighWater == 7, "the commands were accepted and in flight")
+        #expect(queue.claimedPosition == 0, "the ring was not used")
+        #expect(queue.occupancy == 0)
+    }
+
+    @Test func theDrainThreadPolicyNeverSyncsImmediately() throws {
+        let log = SinkLog()
+        let queue = try queue(.drainThread, sink: recordingSink(log))
+        defer { queue.stop() }
+        #expect(commands(0..<3).withUnsafeBufferPointer { queue.executeAndSync($0) } == nil)
+        #expect(log.commands.isEmpty)
+    }
+
+    @Test func aHeldConsumerRoleMakesItDeclineAndChangeNothing() throws {
+        let log = SinkLog()
+        let queue = try queue(.inline, sink: recordingSink(log))
+        defer { queue.stop() }
+        guard let role = queue.tryAcquireConsumerRole() else { Issue.record("the consumer role is held"); return }
+        #expect(commands(0..<3).withUnsafeBufferPointer { queue.executeAndSync($0) } == nil)
+        queue.release(role)
+        #expect(log.commands.isEmpty)
+        #expect(queue.statistics.immediateSyncs == 0 && queue.statistics.fencesReached == 0)
+    }
+
+    @Test func queuedCommandsMakeItDeclineSoThatTheyRunFirst() throws {
+        let log = SinkLog()
+        let queue = try queue(.inline, sink: recordingSink(log))
+        defer { queue.stop() }
+        // Commands pushed while the role is held stay in the ring once it is dropped without release.
+        do {
+            guard let role = queue.tryAcquireConsumerRole() else { Issue.record("the consumer role is held"); return }
+            try queue.push(commands(0..<4))
+            _ = consume role
+        }
+        #expect(queue.occupancy == 4)
+        #expect(commands(4..<6).withUnsafeBufferPointer { queue.executeAndSync($0) } == nil)
+        let fence = queue.sync()
+        try fence.wait()
+        #expect(log.commands == commands(0..<4))
+    }
+
+    @Test func aStoppedQueueDeclines() throws {
+        let queue = try queue(.inline, sink: recordingSink(SinkLog()))
+        queue.stop()
+        #expect(commands(0..<2).withUnsafeBufferPointer { queue.executeAndSync($0) } == nil)
+    }
+
+    @Test func aFailureAmongTheCommandsIsReportedWithItsOffsetAndTheLaterOnesStillRun() throws {
+        let log = SinkLog()
+        let queue = try queue(.inline, sink: recordingSink(log))
+        defer { queue.stop() }
+        let batch = commands(0..<2) + [failingCommand(99)] + commands(2..<4)
+        let outcome = try #require(batch.withUnsafeBufferPointer { queue.executeAndSync($0) })
+        #expect(outcome.failedOffset == 2)
+        #expect(outcome.failure?.command == failingCommand(99) && outcome.failure?.queueError == .illegal)
+        #expect(log.commands == commands(0..<4))
+        #expect(queue.statistics.commandsFailed == 1)
+        // The failure belonged to that sync: the next one is clean.
+        #expect(commands(4..<5).withUnsafeBufferPointer { queue.executeAndSync($0) } == ViommuQueue.ImmediateSync())
+    }
+
+    @Test func anEarlierUnsyncedFailureIsTheOneTheSyncReportsWithoutAnOffset() throws {
+        let log = SinkLog()
+        let queue = try queue(.inline, sink: recordingSink(log))
+        defer { queue.stop() }
+        try queue.push([failingCommand(1)])  // drained inline; no sync covers it yet
+        let outcome = try #require(([failingCommand(2)] + commands(0..<1)).withUnsafeBufferPointer { queue.executeAndSync($0) })
+        #expect(outcome.failure?.command == failingCommand(1), "the first failure since the previous sync")
+        #expect(outcome.failedOffset == nil)
+    }
+
+    @Test func theCommandsCountInTheOccupancyWhileTheSinkRunsThem() throws {
+        let seen = Handoff<UInt64>()
+        let holder = Handoff<ViommuQueue>()
+        let queue = try queue(.inline) { batch in
+            if let queue = holder.take() { seen.put(queue.occupancy) }
+            return .completed(batch.count)
+        }
+        holder.put(queue)
+        defer { queue.stop() }
+        _ = commands(0..<5).withUnsafeBufferPointer { queue.executeAndSync($0) }
+        #expect(seen.take() == 5, "a watchdog looking now sees work in the backend")
+        #expect(queue.occupancy == 0)
+    }
+}
