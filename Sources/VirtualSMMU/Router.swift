@@ -206,6 +206,16 @@ public final class RoutedBatch {
             counts[viommu] = n &+ 1
             unsynced |= 1 &<< UInt64(viommu)
         }
+
+        /// Appends `command` to the region of every viommu in the mask `viommus`.
+        @inline(__always)
+        mutating func deliver(_ command: Command, toEvery viommus: UInt64, from index: Int) {
+            var m = viommus
+            while m != 0 {
+                deliver(command, to: m.trailingZeroBitCount, from: index)
+                m &= m &- 1
+            }
+        }
     }
 
     /// A cursor over the regions ``reset(viommuSlots:batchCount:)`` prepared.
@@ -300,20 +310,14 @@ extension VSMMU {
                     index = end
                     continue
                 }
-                let asid = Int(command.asid)
-                let targets = asidIndex.masks[2 &* asid] & all
+                // The run stopped at once: this command's ASID is retiring from some of its targets.
+                let asid = command.asid
+                let targets = asidIndex.targets(of: asid).mask & all
                 asidRouted &+= 1
-                if targets == 0 {
-                    asidWithoutTarget &+= 1
-                } else {
-                    var m = targets
-                    repeat {
-                        cursor.deliver(command, to: m.trailingZeroBitCount, from: index)
-                        m &= m &- 1
-                    } while m != 0
-                    let retiring = targets & ~asidIndex.masks[2 &* asid &+ 1]
-                    if retiring != 0 { endRetirement(op: op, asid: command.asid, retiring: retiring) }
-                }
+                if targets == 0 { asidWithoutTarget &+= 1 }
+                cursor.deliver(command, toEvery: targets, from: index)
+                let retiring = targets & ~asidIndex.liveViommus(of: asid).mask
+                if retiring != 0 { endRetirement(op: op, asid: asid, retiring: retiring) }
                 index &+= 1
                 continue
             }
@@ -331,11 +335,7 @@ extension VSMMU {
             case 0x10, 0x13, 0x30, 0x28:  // TLBI_NH_ALL, TLBI_NH_VAA, TLBI_NSNH_ALL, TLBI_S12_VMALL
                 counters.broadcast &+= 1
                 let forwarded = op == 0x28 ? Command.tlbiNHAll(vmid: command.vmid) : command
-                var m = all
-                while m != 0 {
-                    cursor.deliver(forwarded, to: m.trailingZeroBitCount, from: index)
-                    m &= m &- 1
-                }
+                cursor.deliver(forwarded, toEvery: all, from: index)
                 if op != 0x13 && !asidIndex.retiringList.isEmpty {
                     counters.retirementsEnded &+= asidIndex.invalidatedAll(on: ViommuSet(mask: all))
                 }
@@ -400,11 +400,7 @@ extension VSMMU {
             if targets == 0 {
                 asidWithoutTarget &+= 1
             } else {
-                var m = targets
-                repeat {
-                    cursor.deliver(command, to: m.trailingZeroBitCount, from: index)
-                    m &= m &- 1
-                } while m != 0
+                cursor.deliver(command, toEvery: targets, from: index)
             }
             index &+= 1
         }
