@@ -47,7 +47,7 @@ ssize_t vsmmu_send_with_fd(int socket_fd, const void *bytes, size_t length, int 
 }
 
 ssize_t vsmmu_receive_with_fds(int socket_fd, void *bytes, size_t capacity, int *fds, int max_fds,
-                               int *fd_count, int *truncated_control) {
+                               int *fd_count, int *truncated_control, int dont_wait) {
     struct iovec iov = { .iov_base = bytes, .iov_len = capacity };
     union { char buffer[CMSG_SPACE(sizeof(int) * 8)]; struct cmsghdr align; } control;
     struct msghdr message;
@@ -59,7 +59,7 @@ ssize_t vsmmu_receive_with_fds(int socket_fd, void *bytes, size_t capacity, int 
         message.msg_iovlen = 1;
         message.msg_control = control.buffer;
         message.msg_controllen = sizeof(control.buffer);
-        ssize_t received = recvmsg(socket_fd, &message, MSG_CMSG_CLOEXEC);
+        ssize_t received = recvmsg(socket_fd, &message, MSG_CMSG_CLOEXEC | (dont_wait ? MSG_DONTWAIT : 0));
         if (received < 0 && errno == EINTR) continue;
         if (received < 0) return received;
         if (message.msg_flags & MSG_CTRUNC) *truncated_control = 1;

@@ -9,7 +9,7 @@ enum ConfigurationParser {
     /// The keys each table may hold (documented in `systemd/vsmmud.toml`).
     enum Keys {
         static let root = ["daemon", "socket", "access", "limits", "queue", "psmmu"]
-        static let daemon = ["log_level"]
+        static let daemon = ["log_level", "request_poll_us"]
         static let socket = ["path", "mode", "group"]
         static let access = ["allowed_uids", "allowed_gids"]
         static let limits = ["max_frame_size", "max_commands_per_invalidate", "max_vsmmus_per_connection",
@@ -74,6 +74,9 @@ enum ConfigurationParser {
         if let daemon = try root.table("daemon") {
             try daemon.refuseUnknownKeys(allowed: Keys.daemon)
             if let level = try logLevel(daemon) { configuration.logLevel = level }
+            if let poll = try daemon.integer("request_poll_us", in: DaemonConfiguration.requestPollRange) {
+                configuration.requestPollMicroseconds = poll
+            }
         }
         if let socket = try root.table("socket") {
             configuration.socket = try socketSettings(socket)

@@ -17,6 +17,10 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// `[daemon] log_level` (default `info`): `trace`, `debug`, `info`, `notice`, `warning`, `error` or
     /// `critical`.
     public var logLevel: Logger.Level
+    /// `[daemon] request_poll_us` (default 30, range ``requestPollRange``): the longest a connection's
+    /// thread polls for the VMM's next request after answering one, before it sleeps (adaptive, like
+    /// KVM's `halt_poll_ns`); 0 disables polling.
+    public var requestPollMicroseconds: Int
     /// `[socket]`.
     public var socket: SocketSettings
     /// `[access]`.
@@ -30,10 +34,13 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// embedded default's (``PSMMUDefinition/embeddedDefault``).
     public var pSMMUs: [PSMMUDefinition]
 
-    public init(logLevel: Logger.Level = .info, socket: SocketSettings = SocketSettings(), access: AccessList = .open,
+    public init(logLevel: Logger.Level = .info,
+                requestPollMicroseconds: Int = DaemonConfiguration.defaultRequestPollMicroseconds,
+                socket: SocketSettings = SocketSettings(), access: AccessList = .open,
                 limits: ServerLimits = ServerLimits(), ringCapacity: Int = DaemonConfiguration.defaultRingCapacity,
                 pSMMUs: [PSMMUDefinition] = PSMMUDefinition.embeddedDefault) {
         self.logLevel = logLevel
+        self.requestPollMicroseconds = requestPollMicroseconds
         self.socket = socket
         self.access = access
         self.limits = limits
@@ -42,6 +49,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
     }
 
     public static let defaultRingCapacity = 4096
+    public static let defaultRequestPollMicroseconds = 30
+    /// Accepted `request_poll_us` values.
+    public static let requestPollRange = 0...1000
     /// Accepted `ring_capacity` values (powers of two only).
     public static let ringCapacityRange = 64...1_048_576
     /// Accepted `max_vsmmus_per_connection` values.
@@ -72,13 +82,14 @@ public struct DaemonConfiguration: Sendable, Equatable {
     }
 
     /// What a SIGHUP reload from `self` to `new` can apply live (log level, access list, limits) and the
-    /// names of the settings that changed but need a restart (`"socket.path"`, `"socket.mode"`,
-    /// `"socket.group"`, `"queue.ring_capacity"`, `"psmmu"`).
+    /// names of the settings that changed but need a restart (`"daemon.request_poll_us"`, `"socket.path"`,
+    /// `"socket.mode"`, `"socket.group"`, `"queue.ring_capacity"`, `"psmmu"`).
     public func reloadPlan(to new: DaemonConfiguration) -> ReloadPlan {
         var plan = ReloadPlan()
         if logLevel != new.logLevel { plan.applied.append("daemon.log_level") }
         if access != new.access { plan.applied.append("access") }
         if limits != new.limits { plan.applied.append("limits") }
+        if requestPollMicroseconds != new.requestPollMicroseconds { plan.needsRestart.append("daemon.request_poll_us") }
         if socket.path != new.socket.path { plan.needsRestart.append("socket.path") }
         if socket.mode != new.socket.mode { plan.needsRestart.append("socket.mode") }
         if socket.group != new.socket.group { plan.needsRestart.append("socket.group") }

@@ -27,6 +27,8 @@ struct Connection {
     var logger: Logger
     /// The reply being written, reused from one request to the next (no allocation per reply).
     private var replyBuffer: [UInt8] = []
+    /// How long to poll for the next request before sleeping.
+    private var poller: RequestPoller
 
     init(id: UInt64, fd: Int32, credentials: PeerCredentials?, server: VSMMUServer) {
         self.id = id
@@ -37,6 +39,39 @@ struct Connection {
         decoder = FrameDecoder(maximumFrameSize: Int(limits.maximumFrameSize))
         logger = server.logger
         logger[metadataKey: "connection"] = "\(id)"
+        poller = RequestPoller(maximum: server.configuration.requestPolling)
+    }
+
+    /// Receives the next bytes (and fds) from the peer: polls for them first while the adaptive window
+    /// (``RequestPoller``) is open and a polling slot is free, then blocks. Returns what `recvmsg`
+    /// returned (-1 with `errno` set on failure, 0 at end of stream).
+    private mutating func receive(into buffer: UnsafeMutableRawBufferPointer, fds: UnsafeMutableBufferPointer<Int32>,
+                                  fdCount: inout Int32, truncatedControl: inout Int32) -> Int {
+        func read(dontWait: Bool) -> Int {
+            vsmmu_receive_with_fds(fd, buffer.baseAddress, buffer.count, fds.baseAddress, Int32(fds.count),
+                                   &fdCount, &truncatedControl, dontWait ? 1 : 0)
+        }
+        guard poller.maximumNanoseconds > 0 else { return read(dontWait: false) }
+        let start = POSIX.monotonicNanoseconds()
+        if poller.windowNanoseconds > 0, server.pollingSlots.tryAcquire() {
+            var received = read(dontWait: true)
+            while received < 0, errno == EAGAIN, POSIX.monotonicNanoseconds() &- start < poller.windowNanoseconds {
+                received = read(dontWait: true)
+            }
+            let caught = !(received < 0 && errno == EAGAIN)
+            server.pollingSlots.release()
+            if caught {
+                server.requestPollHits.add(1, ordering: .relaxed)
+                poller.record(waitedNanoseconds: POSIX.monotonicNanoseconds() &- start, caughtWhilePolling: true)
+                return received
+            }
+            server.requestPollMisses.add(1, ordering: .relaxed)
+        }
+        let received = read(dontWait: false)
+        let failure = errno
+        poller.record(waitedNanoseconds: POSIX.monotonicNanoseconds() &- start, caughtWhilePolling: false)
+        errno = failure
+        return received
     }
 
     /// Serves the connection until the peer closes it, a fatal framing error, or the server stops.
@@ -54,8 +89,7 @@ struct Connection {
             var truncatedControl: Int32 = 0
             let received = buffer.withUnsafeMutableBytes { raw in
                 fds.withUnsafeMutableBufferPointer { fdBuffer in
-                    vsmmu_receive_with_fds(fd, raw.baseAddress, raw.count, fdBuffer.baseAddress, Int32(fdBuffer.count),
-                                           &fdCount, &truncatedControl)
+                    receive(into: raw, fds: fdBuffer, fdCount: &fdCount, truncatedControl: &truncatedControl)
                 }
             }
             for i in 0..<Int(fdCount) {

@@ -36,9 +36,10 @@ extension VSMMUServer.Configuration {
             groupID = UInt32(entry.pointee.gr_gid)
         }
         var engine = VSMMUEngine.Configuration()
+        let requestPolling = Duration.microseconds(daemon.requestPollMicroseconds)
         engine.queue.capacity = daemon.ringCapacity
         self.init(socketPath: socketPath, pSMMUs: daemon.pSMMUs.map(PSMMUProvider.init), limits: daemon.limits,
                   engine: engine, inheritedListener: inheritedListener, socketMode: daemon.socket.mode,
-                  socketGroupID: groupID, access: daemon.access)
+                  socketGroupID: groupID, access: daemon.access, requestPolling: requestPolling)
     }
 }

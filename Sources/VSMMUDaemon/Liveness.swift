@@ -40,6 +40,10 @@ public struct ServerTotals: Sendable, Hashable {
     public var syncs: UInt64
     public var protocolErrors: UInt64
     public var refusedConnections: UInt64
+    /// Requests a connection thread caught while polling for them, and polls that ended without one
+    /// (``VSMMUServer/Configuration/requestPolling``).
+    public var requestPollHits: UInt64 = 0
+    public var requestPollMisses: UInt64 = 0
 }
 
 extension VSMMUServer {
@@ -81,7 +85,9 @@ extension VSMMUServer {
         let (connections, served) = state.withLock { ($0.connections.count, Array($0.vsmmus.values)) }
         var totals = ServerTotals(connections: connections, vsmmus: served.count, viommus: 0, commandsReceived: 0, syncs: 0,
                                   protocolErrors: protocolErrors.load(ordering: .relaxed),
-                                  refusedConnections: refusalsTotal.load(ordering: .relaxed))
+                                  refusedConnections: refusalsTotal.load(ordering: .relaxed),
+                                  requestPollHits: requestPollHits.load(ordering: .relaxed),
+                                  requestPollMisses: requestPollMisses.load(ordering: .relaxed))
         for vsmmu in served {
             let snapshot = vsmmu.engine.vsmmu
             totals.viommus += snapshot.attachedViommus.count

@@ -76,13 +76,19 @@ public final class VSMMUServer: Sendable {
         /// A viommu with queued commands and no backend progress for this long makes ``liveness()``
         /// report the server wedged.
         public var wedgeTimeout: Duration
+        /// The longest a connection's thread polls for the next request after answering one before it
+        /// sleeps (adaptive, like KVM's halt-polling; see `RequestPoller`); `.zero` disables polling.
+        public var requestPolling: Duration
+        /// How many connection threads may poll at once (default: half the online CPUs, 0 on one CPU).
+        public var requestPollingThreads: Int
 
         public init(socketPath: String, pSMMUs: [PSMMUProvider] = PSMMUProvider.embeddedDefault(),
                     limits: ServerLimits = ServerLimits(), serverName: String = "vsmmud 0.5.0",
                     engine: VSMMUEngine.Configuration = VSMMUEngine.Configuration(),
                     inheritedListener: Int32? = nil, socketMode: UInt32? = nil, socketGroupID: UInt32? = nil,
                     access: AccessList = .open, heartbeatInterval: Duration = .seconds(1),
-                    wedgeTimeout: Duration = .seconds(10)) {
+                    wedgeTimeout: Duration = .seconds(10), requestPolling: Duration = .microseconds(30),
+                    requestPollingThreads: Int = RequestPollingSlots.defaultCapacity) {
             self.socketPath = socketPath
             self.pSMMUs = pSMMUs
             self.limits = limits
@@ -94,6 +100,8 @@ public final class VSMMUServer: Sendable {
             self.access = access
             self.heartbeatInterval = heartbeatInterval
             self.wedgeTimeout = wedgeTimeout
+            self.requestPolling = requestPolling
+            self.requestPollingThreads = requestPollingThreads
         }
     }
 
@@ -141,12 +149,18 @@ public final class VSMMUServer: Sendable {
     let protocolErrors = Atomic<UInt64>(0)
     let connectionsTotal = Atomic<UInt64>(0)
     let refusalsTotal = Atomic<UInt64>(0)
+    /// Connection threads polling for their next request now (``Configuration/requestPollingThreads``).
+    let pollingSlots: RequestPollingSlots
+    /// Requests caught while polling, and polls that ended without one (the thread then slept).
+    let requestPollHits = Atomic<UInt64>(0)
+    let requestPollMisses = Atomic<UInt64>(0)
     let refusalsInProgress = Atomic<Int>(0)
 
     /// A server for `configuration`; nothing is bound until ``start()``.
     public init(configuration: Configuration, logger: Logger = Logger(label: "vsmmud")) {
         self.configuration = configuration
         self.logger = logger
+        pollingSlots = RequestPollingSlots(capacity: max(0, configuration.requestPollingThreads))
         state.withLock { $0.access = configuration.access; $0.limits = configuration.limits }
         var providers: [String: PSMMUProvider] = [:]
         for provider in configuration.pSMMUs where providers[provider.name] == nil { providers[provider.name] = provider }

@@ -152,6 +152,12 @@ import VSMMUProtocol
             firstHostDeviceID: 500, deviceCount: 64, firstStreamID: 500)))
     }
 
+    @Test func requestPollingDefaultsTo30MicrosecondsAndTakesItsWholeRange() throws {
+        #expect(try accepted("").requestPollMicroseconds == 30)
+        #expect(try accepted("[daemon]\nrequest_poll_us = 0").requestPollMicroseconds == 0)
+        #expect(try accepted("[daemon]\nrequest_poll_us = 1000").requestPollMicroseconds == 1000)
+    }
+
     @Test func everyLogLevelNameIsAccepted() throws {
         for level in Logger.Level.allCases {
             #expect(try accepted("[daemon]\nlog_level = \"\(level.rawValue)\"").logLevel == level)

@@ -167,6 +167,15 @@ import VSMMUConfiguration
 
     // MARK: - Out of range
 
+    @Test func requestPollingOutOfRangeOrNotAnIntegerIsRefused() throws {
+        try expectRefusal("[daemon]\nrequest_poll_us = 1001\n", line: 2, key: "daemon.request_poll_us",
+                          message: "1001 is out of range 0...1000")
+        try expectRefusal("[daemon]\nrequest_poll_us = -1\n", line: 2, key: "daemon.request_poll_us",
+                          message: "-1 is out of range 0...1000")
+        try expectRefusal("[daemon]\nrequest_poll_us = \"30\"\n", line: 2, key: "daemon.request_poll_us",
+                          message: "expected an integer, found the string \"30\"")
+    }
+
     @Test func frameSizeBelowTheProtocolsMinimumIsRefused() throws {
         try expectRefusal("[limits]\nmax_frame_size = 4096\n", line: 2, key: "limits.max_frame_size",
                           message: "4096 is out of range 65536...1048576")

@@ -36,6 +36,13 @@ import VSMMUProtocol
             needsRestart: ["socket.path", "socket.mode", "socket.group", "queue.ring_capacity", "psmmu"]))
     }
 
+    @Test func requestPollingChangeNeedsARestartAndIsNotApplied() {
+        var new = running
+        new.requestPollMicroseconds = 0
+        #expect(running.reloadPlan(to: new) == ReloadPlan(needsRestart: ["daemon.request_poll_us"]))
+        #expect(running.applyingLiveSettings(of: new).requestPollMicroseconds == running.requestPollMicroseconds)
+    }
+
     @Test func changeInsideAPSMMUsCostModelNeedsARestart() {
         var new = running
         new.pSMMUs[1].backend = .simulated(SimulatedPSMMUSettings(firstHostDeviceID: 64, costModel: CostModel(nanosecondsPerCall: 1)))

@@ -28,9 +28,10 @@ ssize_t vsmmu_send_with_fd(int socket_fd, const void *bytes, size_t length, int 
 /// Receives up to `capacity` bytes with recvmsg. Any SCM_RIGHTS fds (received close-on-exec) are stored in
 /// `fds` (up to `max_fds`; extra ones are closed) and their number in `*fd_count`. Retries EINTR.
 /// Returns the byte count (0 at end of stream), or -1 with errno set. `*truncated_control` is set to
-/// 1 when the kernel truncated the control data (MSG_CTRUNC): fds may have been lost.
+/// 1 when the kernel truncated the control data (MSG_CTRUNC): fds may have been lost. With `dont_wait`
+/// non-zero the call does not block (MSG_DONTWAIT): -1 with errno EAGAIN when nothing is there.
 ssize_t vsmmu_receive_with_fds(int socket_fd, void *bytes, size_t capacity, int *fds, int max_fds,
-                               int *fd_count, int *truncated_control);
+                               int *fd_count, int *truncated_control, int dont_wait);
 
 static inline size_t vsmmu_cmsg_space(size_t length) { return CMSG_SPACE(length); }
 static inline size_t vsmmu_cmsg_len(size_t length) { return CMSG_LEN(length); }
