@@ -82,12 +82,16 @@ public final class VSMMUServer: Sendable {
         /// How many connection threads may poll at once (default: half the online CPUs, 0 on one CPU).
         public var requestPollingThreads: Int
 
+        /// The daemon's default ``requestPolling`` window, in microseconds (`[daemon] request_poll_us`).
+        public static let defaultRequestPollMicroseconds = 30
+
         public init(socketPath: String, pSMMUs: [PSMMUProvider] = PSMMUProvider.embeddedDefault(),
                     limits: ServerLimits = ServerLimits(), serverName: String = "vsmmud 0.5.0",
                     engine: VSMMUEngine.Configuration = VSMMUEngine.Configuration(),
                     inheritedListener: Int32? = nil, socketMode: UInt32? = nil, socketGroupID: UInt32? = nil,
                     access: AccessList = .open, heartbeatInterval: Duration = .seconds(1),
-                    wedgeTimeout: Duration = .seconds(10), requestPolling: Duration = .microseconds(30),
+                    wedgeTimeout: Duration = .seconds(10),
+                    requestPolling: Duration = .microseconds(Configuration.defaultRequestPollMicroseconds),
                     requestPollingThreads: Int = RequestPollingSlots.defaultCapacity) {
             self.socketPath = socketPath
             self.pSMMUs = pSMMUs

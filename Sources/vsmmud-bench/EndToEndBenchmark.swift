@@ -424,7 +424,7 @@ private func e2eContextSwitches() -> (voluntary: Int, involuntary: Int) {
 
 // MARK: - Benchmark
 
-func runEndToEndBenchmark() {
+func runEndToEndBenchmark(requestPollMicroseconds: Int) {
     let began = benchNow()
     let cellSeconds = 0.5
     let clientCounts = [1, 4, 16]
@@ -440,7 +440,8 @@ func runEndToEndBenchmark() {
     var logger = Logger(label: "vsmmud-e2e")
     logger.logLevel = .critical
     let server = VSMMUServer(configuration: .init(socketPath: socketPath, pSMMUs: pSMMUs.map { .simulated($0) },
-                                                  limits: ServerLimits(maximumVSMMUs: 64)),
+                                                  limits: ServerLimits(maximumVSMMUs: 64),
+                                                  requestPolling: .microseconds(requestPollMicroseconds)),
                              logger: logger)
     let echo = EchoServer(path: echoPath)
     do {
@@ -480,7 +481,7 @@ func runEndToEndBenchmark() {
 
     // 1 + 2: the matrix.
     print("== End to end: in-process vsmmud, 3 simulated pSMMUs (cost model off), Unix socket; \(cellSeconds) s per side "
-          + "and cell, daemon and echo interleaved in 5 slices ==")
+          + "and cell, daemon and echo interleaved in 5 slices; daemon request polling \(requestPollMicroseconds) µs ==")
     print("   batch = N × TLBI_NH_VA + CMD_SYNC, one blocking INVALIDATE round trip per batch per client;")
     print("   echo = bare Unix-socket echo of the same frames (32-byte reply); commands/s counts the TLBI_NH_VA")
     print(column("clients", 8) + column("batch", 6) + column("daemon cmd/s", 14) + column("echo cmd/s", 14) + column("d/e", 7)

@@ -1,13 +1,18 @@
 // vsmmud-bench: release-mode benchmarks, each beside a baseline measured in the same run.
 //
 //   swift run -c release vsmmud-bench [router|ring|e2e|all]   (all = router + ring; e2e runs alone)
+//   vsmmud-bench e2e [REQUEST-POLL-US]  (the daemon's request polling window, default the daemon's 30; 0: off)
 //   vsmmud-bench e2e-one daemon|echo CLIENTS BATCH SECONDS  (one cell alone, for strace/perf/callgrind)
+
+import VSMMUDaemon
 
 let which = CommandLine.arguments.dropFirst().first ?? "all"
 switch which {
 case "router": runRouterBenchmark()
 case "ring": runRingBenchmark()
-case "e2e": runEndToEndBenchmark()
+case "e2e":
+    let poll = CommandLine.arguments.dropFirst(2).first.flatMap { Int($0) } ?? VSMMUServer.Configuration.defaultRequestPollMicroseconds
+    runEndToEndBenchmark(requestPollMicroseconds: max(0, poll))
 case "e2e-one": runEndToEndProfile(Array(CommandLine.arguments.dropFirst(2)))
 case "all":
     runRouterBenchmark()

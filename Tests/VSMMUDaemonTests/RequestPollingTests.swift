@@ -3,6 +3,7 @@ import PSMMU
 import SMMUv3
 import Testing
 import VSMMUClient
+import VSMMUConfiguration
 @testable import VSMMUDaemon
 import VSMMUProtocol
 
@@ -68,6 +69,13 @@ import Glibc
                                  logger: logger)
         try server.start()
         return server
+    }
+
+    @Test func theConfigurationFilesWindowReachesTheServerAndBothDefaultsAgree() throws {
+        #expect(DaemonConfiguration.defaultRequestPollMicroseconds == VSMMUServer.Configuration.defaultRequestPollMicroseconds)
+        var daemon = DaemonConfiguration()
+        daemon.requestPollMicroseconds = 120
+        #expect(try VSMMUServer.Configuration(daemon, socketPath: "/tmp/unused.sock").requestPolling == .microseconds(120))
     }
 
     @Test func backToBackRequestsAreCaughtWhilePolling() throws {
