@@ -542,9 +542,9 @@ public final class ViommuQueue: @unchecked Sendable {
 
     // MARK: Stopping
 
-    /// Stops the queue: closes the ring (later pushes and fences fail), drains everything pushed
-    /// before, completing or failing the fences among it, and joins the drain thread. Returns when
-    /// done; idempotent. Without a drain thread the calling thread drains (waiting for any thread that
+    /// Stops the queue: closes the ring (later pushes and fences fail, ``executeAndSync(_:)`` declines),
+    /// drains everything pushed before, completing or failing the fences among it, joins the drain thread
+    /// and waits for an ``executeAndSync(_:)`` in progress. Returns when done; idempotent. Without a drain thread the calling thread drains (waiting for any thread that
     /// holds the consumer role by hand to release it).
     public func stop() {
         stopLock.withLock {
@@ -567,6 +567,15 @@ public final class ViommuQueue: @unchecked Sendable {
                         sched_yield()
                     }
                 }
+            }
+            // An `executeAndSync` that took the role before the ring closed may still be in its sink:
+            // once we hold the role, none is (and a later one sees the ring closed and declines).
+            while true {
+                if let role = ring.tryAcquireConsumerRole() {
+                    _ = role.release()
+                    break
+                }
+                sched_yield()
             }
             stopped = true
         }

@@ -1,3 +1,4 @@
+import Foundation
 import Atomics
 import SMMUv3
 import Testing
@@ -468,5 +469,31 @@ struct ImmediateSyncTests {
         _ = commands(0..<5).withUnsafeBufferPointer { queue.executeAndSync($0) }
         #expect(seen.take() == 5, "a watchdog looking now sees work in the backend")
         #expect(queue.occupancy == 0)
+    }
+}
+
+extension ImmediateSyncTests {
+    @Test(arguments: [ViommuQueue.DrainPolicy.inline, .inlineWithDrainThread])
+    func stopWaitsForAnImmediateSyncInProgress(policy: ViommuQueue.DrainPolicy) throws {
+        let gate = Gate()
+        let log = SinkLog()
+        let queue = try queue(policy, sink: recordingSink(log, gate: gate))
+        let syncer = try startThread { _ = commands(0..<3).withUnsafeBufferPointer { queue.executeAndSync($0) } }
+        gate.waitUntilReached()
+        let stopped = ManagedAtomic<Bool>(false)
+        let stopper = try startThread {
+            queue.stop()
+            stopped.store(true, ordering: .releasing)
+        }
+        Thread.sleep(forTimeInterval: 0.05)  // ample time for a stop that did not wait to return
+        let stoppedEarly = stopped.load(ordering: .acquiring)
+        #expect(!stoppedEarly, "stop returned while the sink was still running")
+        gate.open()
+        syncer.join()
+        stopper.join()
+        let stoppedAtEnd = stopped.load(ordering: .acquiring)
+        #expect(stoppedAtEnd)
+        #expect(log.commands == commands(0..<3))
+        #expect(commands(3..<4).withUnsafeBufferPointer { queue.executeAndSync($0) } == nil, "declines once stopped")
     }
 }
