@@ -52,10 +52,14 @@ struct Connection {
                                    &fdCount, &truncatedControl, dontWait ? 1 : 0)
         }
         guard poller.maximumNanoseconds > 0 else { return read(dontWait: false) }
+        let slots = server.pollingSlots
         let start = POSIX.monotonicNanoseconds()
-        if poller.windowNanoseconds > 0, server.pollingSlots.tryAcquire() {
+        // Poll only while no other connection thread is serving a request: then a CPU is free to spin on;
+        // otherwise the CPU is worth more to the threads that have work.
+        if poller.windowNanoseconds > 0, slots.serving == 0, slots.tryAcquire() {
             var received = read(dontWait: true)
-            while received < 0, errno == EAGAIN, POSIX.monotonicNanoseconds() &- start < poller.windowNanoseconds {
+            while received < 0, errno == EAGAIN, slots.serving == 0,
+                  POSIX.monotonicNanoseconds() &- start < poller.windowNanoseconds {
                 received = read(dontWait: true)
             }
             let caught = !(received < 0 && errno == EAGAIN)
@@ -84,7 +88,13 @@ struct Connection {
         var fds = [Int32](repeating: -1, count: 8)
         // The commands of the INVALIDATE being handled, reused from one request to the next.
         var commands: [Command] = []
+        var serving = false
+        defer { if serving { server.pollingSlots.endServing() } }
         while true {
+            if serving {
+                server.pollingSlots.endServing()
+                serving = false
+            }
             var fdCount: Int32 = 0
             var truncatedControl: Int32 = 0
             let received = buffer.withUnsafeMutableBytes { raw in
@@ -109,6 +119,8 @@ struct Connection {
                 endOfStream()
                 return
             }
+            server.pollingSlots.beginServing()
+            serving = true
             decoder.feed(buffer[0..<received])
             while true {
                 // Fast path: a well-formed INVALIDATE is decoded straight from the decoder's buffer into

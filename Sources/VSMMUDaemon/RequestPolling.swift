@@ -15,7 +15,8 @@ import Glibc
 /// ``maximumNanoseconds`` doubles it (a longer poll would have caught it); one that came later than that
 /// halves it, down to zero, so a connection whose requests are far apart (a lazy guest, or many VMs
 /// sharing few CPUs) sleeps at once and costs no CPU. At most ``RequestPollingSlots/capacity`` threads
-/// poll at the same time: polling must never take the CPUs that other connections' work needs.
+/// poll at the same time, and only while no other connection thread is serving a request (a poll stops
+/// when one starts): polling must never take the CPUs that other connections' work needs.
 struct RequestPoller {
     /// The longest window; 0 disables polling.
     let maximumNanoseconds: UInt64
@@ -43,10 +44,18 @@ struct RequestPoller {
     }
 }
 
-/// How many connection threads may poll at once (``RequestPoller``): half the CPUs, none on one CPU.
+/// How many connection threads may poll at once (``RequestPoller``): half the CPUs, none on one CPU; and
+/// how many are serving a request right now (a thread polls only while none is).
 public final class RequestPollingSlots: Sendable {
     let capacity: Int
     private let inUse = Atomic<Int>(0)
+    private let servingCount = Atomic<Int>(0)
+
+    /// Connection threads between receiving a request and waiting for the next.
+    var serving: Int { servingCount.load(ordering: .relaxed) }
+
+    func beginServing() { servingCount.add(1, ordering: .relaxed) }
+    func endServing() { servingCount.subtract(1, ordering: .relaxed) }
 
     init(capacity: Int = RequestPollingSlots.defaultCapacity) {
         self.capacity = capacity

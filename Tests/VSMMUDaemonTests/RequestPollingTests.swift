@@ -99,6 +99,23 @@ import Glibc
         #expect(server.totals().requestPollMisses >= 1)
     }
 
+    @Test func noPollingWhileAnotherConnectionThreadServesARequest() throws {
+        let server = try server(polling: .milliseconds(1), threads: 1)
+        defer { server.stop() }
+        let client = try VSMMUClient(socketPath: server.configuration.socketPath)
+        try client.hello()
+        server.pollingSlots.beginServing()  // as if another connection's thread were busy with a request
+        let before = server.totals()
+        for _ in 0..<10 { _ = try client.health() }
+        let after = server.totals()
+        server.pollingSlots.endServing()
+        // Nothing caught while polling; at most the poll already running when `beginServing` came ends as a miss.
+        #expect(after.requestPollHits == before.requestPollHits)
+        #expect(after.requestPollMisses <= before.requestPollMisses + 1)
+        for _ in 0..<10 { _ = try client.health() }
+        #expect(server.totals().requestPollHits > after.requestPollHits, "polling resumes once nobody else serves")
+    }
+
     @Test func noPollingWhenDisabledOrWithoutASlot() throws {
         for (polling, threads) in [(Duration.zero, 1), (.milliseconds(1), 0)] {
             let server = try server(polling: polling, threads: threads)
