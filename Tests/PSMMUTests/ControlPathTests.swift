@@ -2,6 +2,10 @@ import PSMMU
 import SMMUv3
 import Testing
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// viommus, vdevices and nested HWPTs, with the kernel's rules.
 @Suite struct ControlPathTests {
     let smmu = makeSMMU()
@@ -42,6 +46,18 @@ import Testing
 
         #expect(smmu.tlbEntries() == [TLBEntry(vmid: other.vmid, asid: 1, address: 0x1000, size: 4096)])
         #expect(smmu.simulationCounters.tlbEntriesFlushedOnDetach == 2)
+    }
+
+    @Test func aDetachedViommuRefusesInvalidationsEvenRightAfterOneSucceeded() throws {
+        // The last viommu invalidated is cached: detaching must drop it from the cache too.
+        let viommu = try smmu.attachViommu(ViommuAttachRequest(hostDeviceID: 1))
+        let tlbi = [Command.tlbiNHAll()]
+        let before = tlbi.withUnsafeBufferPointer { smmu.invalidate(viommu: viommu, commands: $0) }
+        #expect(before.completed == 1 && before.failure == nil)
+        try smmu.detachViommu(viommu)
+        let after = tlbi.withUnsafeBufferPointer { smmu.invalidate(viommu: viommu, commands: $0) }
+        #expect(after.completed == 0)
+        #expect(after.failure?.queueError == .illegal && after.failure?.errno == ENOENT)
     }
 
     @Test func attachingThroughADeviceNotBehindThePSMMUIsInvalid() {
