@@ -50,6 +50,24 @@ let package = Package(
             name: "IOMMUFD",
             dependencies: ["SMMUv3", "PSMMU", "CIOMMUFD", .product(name: "SystemPackage", package: "swift-system")]
         ),
+        // A model of the Linux kernel behind the iommufd seam (iommufd core, arm-smmu-v3-iommufd, VFIO cdev
+        // attach): object ids, references, errnos, entry_num and the 63-command chunks, for backend tests.
+        .target(
+            name: "IOMMUFDSimulation",
+            dependencies: ["SMMUv3", "PSMMU", "IOMMUFD", "CIOMMUFD", .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // The iommufd seam over the real-kernel rig's host↔guest channel: an IOMMUFDDevice whose ioctls run in
+        // an arm64 guest (scripts/realkernel/relay-agent.c executes them on /dev/iommu and the VFIO cdevs).
+        .target(
+            name: "IOMMUFDRelay",
+            dependencies: ["IOMMUFD", "CIOMMUFD", .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        // The real-kernel suite: the IOMMUFDBackend and the engine, through the relay, on the rig's kernel.
+        .executableTarget(
+            name: "vsmmud-realkernel",
+            dependencies: ["IOMMUFDRelay", "IOMMUFD", "CIOMMUFD", "PSMMU", "SMMUv3", "VirtualSMMU", "InvalidationEngine",
+                           .product(name: "SystemPackage", package: "swift-system")]
+        ),
         // Router → per-viommu rings → drain → backends → sync completion: the vSMMU's data path.
         .target(name: "InvalidationEngine", dependencies: ["SMMUv3", "VirtualSMMU", "CommandRing", "PSMMU"]),
         // The wire format between VMMs and the daemon: frames and messages. Pure, shared by daemon and clients.
@@ -134,6 +152,10 @@ let package = Package(
         .testTarget(name: "CommandRingTests", dependencies: ["CommandRing", "SMMUv3", "VSMMUTestSupport"]),
         .testTarget(name: "PSMMUTests", dependencies: ["PSMMU", "SMMUv3", "VSMMUTestSupport"]),
         .testTarget(name: "IOMMUFDTests", dependencies: ["IOMMUFD", "CIOMMUFD", "PSMMU", "SMMUv3"]),
+        .testTarget(
+            name: "IOMMUFDSimulationTests",
+            dependencies: ["IOMMUFDSimulation", "IOMMUFD", "CIOMMUFD", "PSMMU", "SMMUv3", "InvalidationEngine", "VirtualSMMU"]
+        ),
         .testTarget(
             name: "VSMMUDaemonTests",
             dependencies: ["VSMMUDaemon", "VSMMUClient", "VSMMUProtocol", "SMMUv3", "PSMMU", "VSMMUTestSupport"]

@@ -5,7 +5,10 @@
 #include <sys/ioctl.h>
 
 int ciommufd_ioctl(int fd, unsigned long request, void *argument) {
-	int result = ioctl(fd, request, argument);
+	int result;
+	do {
+		result = ioctl(fd, request, argument);
+	} while (result < 0 && errno == EINTR);
 	return result < 0 ? -errno : result;
 }
 
@@ -79,3 +82,35 @@ CIOMMUFD_AT(iommufd_vevent_header, sequence, 4);
 
 CIOMMUFD_SIZE(iommu_vevent_arm_smmuv3, 32);
 CIOMMUFD_AT(iommu_vevent_arm_smmuv3, evt, 0);
+
+CIOMMUFD_SIZE(iommu_hw_info, 40);
+CIOMMUFD_AT(iommu_hw_info, size, 0);
+CIOMMUFD_AT(iommu_hw_info, flags, 4);
+CIOMMUFD_AT(iommu_hw_info, dev_id, 8);
+CIOMMUFD_AT(iommu_hw_info, data_len, 12);
+CIOMMUFD_AT(iommu_hw_info, data_uptr, 16);
+CIOMMUFD_AT(iommu_hw_info, out_data_type, 24);
+CIOMMUFD_AT(iommu_hw_info, out_max_pasid_log2, 28);
+CIOMMUFD_AT(iommu_hw_info, __reserved, 29);
+CIOMMUFD_AT(iommu_hw_info, out_capabilities, 32);
+
+CIOMMUFD_SIZE(iommu_hw_info_arm_smmuv3, 40);
+CIOMMUFD_AT(iommu_hw_info_arm_smmuv3, flags, 0);
+CIOMMUFD_AT(iommu_hw_info_arm_smmuv3, idr, 8);
+CIOMMUFD_AT(iommu_hw_info_arm_smmuv3, iidr, 32);
+CIOMMUFD_AT(iommu_hw_info_arm_smmuv3, aidr, 36);
+
+CIOMMUFD_SIZE(vfio_device_bind_iommufd, 16);
+CIOMMUFD_AT(vfio_device_bind_iommufd, argsz, 0);
+CIOMMUFD_AT(vfio_device_bind_iommufd, flags, 4);
+CIOMMUFD_AT(vfio_device_bind_iommufd, iommufd, 8);
+CIOMMUFD_AT(vfio_device_bind_iommufd, out_devid, 12);
+
+CIOMMUFD_SIZE(vfio_device_attach_iommufd_pt, 12);
+CIOMMUFD_AT(vfio_device_attach_iommufd_pt, argsz, 0);
+CIOMMUFD_AT(vfio_device_attach_iommufd_pt, flags, 4);
+CIOMMUFD_AT(vfio_device_attach_iommufd_pt, pt_id, 8);
+
+CIOMMUFD_SIZE(vfio_device_detach_iommufd_pt, 8);
+CIOMMUFD_AT(vfio_device_detach_iommufd_pt, argsz, 0);
+CIOMMUFD_AT(vfio_device_detach_iommufd_pt, flags, 4);

@@ -118,13 +118,24 @@ public final class IOMMUFDBackend: PSMMUBackend {
 
     // MARK: - viommu
 
-    /// Allocates an ARM SMMUv3 viommu (`IOMMU_VIOMMU_ALLOC`, 24-byte form) through
-    /// `request.hostDeviceID` on the nest-parent HWPT `request.nestParentHWPT`, and its vEVENTQ when
-    /// configured. Opens the iommufd first if this is the first use.
+    /// Allocates an ARM SMMUv3 viommu through `request.hostDeviceID` on the nest-parent HWPT
+    /// `request.nestParentHWPT`, with what its devices need, the way QEMU's `smmuv3_accel_alloc_viommu`
+    /// does:
+    ///
+    /// 1. `IOMMU_GET_HW_INFO` of the device: the pSMMU's ID registers (``hardwareInfo(viommu:)``);
+    /// 2. `IOMMU_VIOMMU_ALLOC` (24-byte form);
+    /// 3. two nested HWPTs on it, `IOMMU_HWPT_ALLOC` with the vSTEs abort (V=1, CONFIG=abort) and bypass
+    ///    (V=1, CONFIG=bypass), which ``attachDevice(_:to:)`` uses for ``DeviceDomain/abort`` and
+    ///    ``DeviceDomain/bypass``;
+    /// 4. the vEVENTQ, when configured (`IOMMU_VEVENTQ_ALLOC`).
+    ///
+    /// A failed step undoes the ones before it. Opens the iommufd first if this is the first use.
     /// - Throws: ``BackendError/Kind/unavailable`` when the iommufd cannot be opened or the kernel or the
     ///   pSMMU lacks nesting; otherwise the kind of the errno (``BackendError/Kind/init(iommufdErrno:)``).
     public func attachViommu(_ request: ViommuAttachRequest) throws(BackendError) -> ViommuHandle {
         let device = try openedDevice()
+        let idRegisters = try readHardwareInfo(hostDeviceID: request.hostDeviceID, on: device)
+
         var alloc = iommu_viommu_alloc()
         alloc.size = UInt32(MemoryLayout<iommu_viommu_alloc>.size)
         alloc.flags = 0
@@ -137,32 +148,84 @@ public final class IOMMUFDBackend: PSMMUBackend {
         }
         let viommu = ViommuHandle(rawValue: alloc.out_viommu_id)
 
+        var allocated: [UInt32] = []
+        func undo() {
+            for id in allocated.reversed() { _ = destroyObject(id, on: device) }
+            _ = destroyObject(viommu.rawValue, on: device)
+        }
+        let abort: UInt32, bypass: UInt32
+        do {
+            abort = try allocateHWPT(vSTE: Self.abortSTE, hostDeviceID: request.hostDeviceID, viommu: viommu, on: device)
+            allocated.append(abort)
+            bypass = try allocateHWPT(vSTE: Self.bypassSTE, hostDeviceID: request.hostDeviceID, viommu: viommu, on: device)
+            allocated.append(bypass)
+        } catch {
+            undo()
+            throw error
+        }
         var eventQueue: EventQueue?
         if let depth = configuration.eventQueueDepth {
             do {
                 eventQueue = try allocateEventQueue(for: viommu, depth: depth, on: device)
             } catch {
-                _ = destroyObject(viommu.rawValue, on: device)
+                undo()
                 throw error
             }
         }
-        state.withLock { $0.viommus[viommu] = ViommuRecord(eventQueue: eventQueue) }
+        state.withLock {
+            $0.viommus[viommu] = ViommuRecord(eventQueue: eventQueue, nestParent: request.nestParentHWPT,
+                                              abortHWPT: abort, bypassHWPT: bypass, idRegisters: idRegisters)
+        }
         statistics.withLock { $0.counters.viommusAttached += 1 }
         return viommu
     }
 
+    /// The vSTE of the abort HWPT: V=1, CONFIG=abort (QEMU's `abort_data`).
+    static let abortSTE = StreamTableEntry.abort
+    /// The vSTE of the bypass HWPT: V=1, CONFIG=bypass (QEMU's `bypass_data`).
+    static let bypassSTE = StreamTableEntry.bypass
+
+    /// The pSMMU's ID registers, read at ``attachViommu(_:)`` with `IOMMU_GET_HW_INFO`.
+    public func hardwareInfo(viommu: ViommuHandle) throws(BackendError) -> IDRegisters {
+        try state.withLock { (state) throws(BackendError) -> IDRegisters in
+            guard let record = state.viommus[viommu] else { throw unknown(viommu) }
+            return record.idRegisters
+        }
+    }
+
+    /// `IOMMU_GET_HW_INFO` of `hostDeviceID` (`iommufd_get_hw_info` → `arm_smmu_hw_info`, which reads
+    /// IDR0-5, IIDR and AIDR from the SMMU with `readl_relaxed`).
+    /// - Throws: ``BackendError/Kind/unavailable`` when the device's IOMMU is not an ARM SMMUv3.
+    private func readHardwareInfo(hostDeviceID: UInt32, on device: any IOMMUFDDevice) throws(BackendError) -> IDRegisters {
+        var data = iommu_hw_info_arm_smmuv3()
+        var info = iommu_hw_info()
+        info.size = UInt32(MemoryLayout<iommu_hw_info>.size)
+        info.dev_id = hostDeviceID
+        info.data_len = UInt32(MemoryLayout<iommu_hw_info_arm_smmuv3>.size)
+        let errno = withUnsafeMutableBytes(of: &data) { payload -> Errno? in
+            info.data_uptr = UInt64(UInt(bitPattern: payload.baseAddress))
+            return perform(.getHWInfo, &info, on: device)
+        }
+        if let errno { throw failure(.getHWInfo, errno, "of dev_id \(hostDeviceID)") }
+        guard info.out_data_type == UInt32(IOMMU_HW_INFO_TYPE_ARM_SMMUV3) else {
+            throw BackendError(.unavailable, "\(name): dev_id \(hostDeviceID) is behind an IOMMU of type \(info.out_data_type), not an ARM SMMUv3")
+        }
+        let idr = withUnsafeBytes(of: data.idr) { Array($0.bindMemory(to: UInt32.self)).map { UInt32(littleEndian: $0) } }
+        return IDRegisters(idr: idr, iidr: UInt32(littleEndian: data.iidr), aidr: UInt32(littleEndian: data.aidr))
+    }
+
     /// Destroys `viommu`: first its vEVENTQ (descriptor closed, object destroyed: the queue holds a
-    /// reference on the viommu), then the viommu.
+    /// reference on the viommu), then its bypass and abort HWPTs, then the viommu.
     ///
     /// Refused with ``BackendError/Kind/busy`` before any ioctl while vdevices or HWPTs this backend
-    /// allocated on it remain. When the kernel refuses the destroy, the handle stays attached; its
-    /// vEVENTQ is allocated again when possible (events in the old queue are lost).
+    /// allocated on it remain. When the kernel refuses a destroy, the handle stays attached with what is
+    /// left; its vEVENTQ is allocated again when possible (events in the old queue are lost).
     public func detachViommu(_ viommu: ViommuHandle) throws(BackendError) {
         let (record, device) = try state.withLock { (state) throws(BackendError) -> (ViommuRecord, any IOMMUFDDevice) in
             guard let record = state.viommus[viommu], let device = state.device else {
                 throw unknown(viommu)
             }
-            let vdevices = state.vdevices.values.count { $0 == viommu }
+            let vdevices = state.vdevices.values.count { $0.viommu == viommu }
             let hwpts = state.hwpts.values.count { $0 == viommu }
             if vdevices + hwpts > 0 {
                 throw BackendError(.busy, "\(name): \(viommu) still has \(vdevices) vdevice(s) and \(hwpts) HWPT(s): destroy them first")
@@ -172,58 +235,125 @@ public final class IOMMUFDBackend: PSMMUBackend {
             return (record, device)
         }
 
+        var kept = record
+        func keep(_ errno: Errno, _ what: String) -> BackendError {
+            if let depth = configuration.eventQueueDepth, record.eventQueue != nil, kept.eventQueue == nil {
+                kept.eventQueue = try? allocateEventQueue(for: viommu, depth: depth, on: device)
+            }
+            state.withLock { $0.viommus[viommu] = kept }
+            return failure(.destroy, errno, what)
+        }
         if let queue = record.eventQueue {
-            // The descriptor holds a reference on the vEVENTQ, and the vEVENTQ one on the viommu.
+            // The descriptor holds a reference on the vEVENTQ, and the vEVENTQ one on the viommu
+            // (a viommu with a vEVENTQ is EBUSY).
             device.close(eventQueue: queue.descriptor)
+            kept.eventQueue = nil
             if let errno = destroyObject(queue.id, on: device) {
-                var kept = record
-                kept.eventQueue = nil
                 state.withLock { $0.viommus[viommu] = kept }
                 throw failure(.destroy, errno, "of the vEVENTQ \(queue.id) of \(viommu)")
             }
         }
+        for (id, what) in [(record.bypassHWPT, "bypass"), (record.abortHWPT, "abort")] where id != 0 {
+            if let errno = destroyObject(id, on: device) { throw keep(errno, "of the \(what) HWPT \(id) of \(viommu)") }
+            if what == "bypass" { kept.bypassHWPT = 0 } else { kept.abortHWPT = 0 }
+        }
         if let errno = destroyObject(viommu.rawValue, on: device) {
-            var kept = record
-            kept.eventQueue = nil
-            if let depth = configuration.eventQueueDepth, record.eventQueue != nil {
-                kept.eventQueue = try? allocateEventQueue(for: viommu, depth: depth, on: device)
-            }
-            state.withLock { $0.viommus[viommu] = kept }
-            throw failure(.destroy, errno, "of \(viommu)")
+            throw keep(errno, "of \(viommu)")
         }
     }
 
-    // MARK: - vdevice
+    // MARK: - vdevice and attachment
 
-    public func allocateVDevice(viommu: ViommuHandle, hostDeviceID: UInt32,
+    /// Gives `device` the vSID `virtualStreamID` on `viommu` (`IOMMU_VDEVICE_ALLOC`) and keeps its VFIO
+    /// descriptor for ``attachDevice(_:to:)``. The device stays where the VMM attached it, the viommu's
+    /// nest parent.
+    /// - Throws: ``BackendError/Kind/invalidArgument`` without an ioctl when `device` has no VFIO
+    ///   descriptor: the backend could never attach the device, so the guest's vSTEs would not take
+    ///   effect. The descriptor is closed when the allocation fails.
+    public func allocateVDevice(viommu: ViommuHandle, device host: HostDevice,
                                 virtualStreamID: StreamID) throws(BackendError) -> VDeviceHandle {
-        let device = try device(of: viommu)
+        guard let fd = host.vfioDevice else {
+            throw BackendError(.invalidArgument, "\(name): dev_id \(host.id) came without its VFIO device cdev: the backend attaches the device, so SET_DEV_ID must pass it")
+        }
+        let vfio = FileDescriptor(rawValue: fd)
+        let device: any IOMMUFDDevice
+        do { device = try self.device(of: viommu) } catch {
+            try? vfio.close()
+            throw error
+        }
         var alloc = iommu_vdevice_alloc()
         alloc.size = UInt32(MemoryLayout<iommu_vdevice_alloc>.size)
         alloc.viommu_id = viommu.rawValue
-        alloc.dev_id = hostDeviceID
+        alloc.dev_id = host.id
         alloc.virt_id = UInt64(virtualStreamID)
         if let errno = perform(.vdeviceAlloc, &alloc, on: device) {
+            device.close(vfioDevice: vfio)
             throw failure(.vdeviceAlloc, errno,
-                          "for dev_id \(hostDeviceID) as vSID 0x\(String(virtualStreamID, radix: 16)) on \(viommu)")
+                          "for dev_id \(host.id) as vSID 0x\(String(virtualStreamID, radix: 16)) on \(viommu)")
         }
         let vdevice = VDeviceHandle(rawValue: alloc.out_vdevice_id)
-        state.withLock { $0.vdevices[vdevice] = viommu }
+        state.withLock { $0.vdevices[vdevice] = VDeviceRecord(viommu: viommu, hostDeviceID: host.id, vfio: vfio) }
         statistics.withLock { $0.counters.vdevicesAllocated += 1 }
         return vdevice
     }
 
+    /// Attaches the device of `vdevice` to `domain` with `VFIO_DEVICE_ATTACH_IOMMUFD_PT` on its VFIO
+    /// cdev, which replaces the current attachment atomically (`iommufd_device_replace`): the device is
+    /// never unattached in between. Attaching to the domain it is on makes no call.
+    ///
+    /// On Linux 6.15 and later a nested S1_TRANS HWPT needs the device's vdevice on the HWPT's viommu
+    /// (`arm_smmu_attach_prepare_vmaster`, else ENOENT): the vdevice exists from
+    /// ``allocateVDevice(viommu:device:virtualStreamID:)`` on, so that order holds.
+    /// - Throws: ``BackendError/Kind/invalidArgument`` for a nested HWPT of another viommu, before any
+    ///   ioctl; otherwise the kind of the errno.
+    public func attachDevice(_ vdevice: VDeviceHandle, to domain: DeviceDomain) throws(BackendError) {
+        let (record, ptID, device) = try state.withLock { (state) throws(BackendError) -> (VDeviceRecord, UInt32, any IOMMUFDDevice) in
+            guard let record = state.vdevices[vdevice], let viommu = state.viommus[record.viommu],
+                  let device = state.device else { throw unknown(vdevice) }
+            let ptID: UInt32
+            switch domain {
+            case .nested(let hwpt):
+                guard state.hwpts[hwpt] == record.viommu else {
+                    throw BackendError(.invalidArgument, "\(name): \(hwpt) is not a nested HWPT of \(record.viommu), where \(vdevice) is")
+                }
+                ptID = hwpt.rawValue
+            case .abort: ptID = viommu.abortHWPT
+            case .bypass: ptID = viommu.bypassHWPT
+            case .nestParent: ptID = viommu.nestParent
+            }
+            return (record, ptID, device)
+        }
+        guard record.domain != domain else { return }
+        var attach = vfio_device_attach_iommufd_pt()
+        attach.argsz = UInt32(MemoryLayout<vfio_device_attach_iommufd_pt>.size)
+        attach.flags = 0
+        attach.pt_id = ptID
+        let errno = withUnsafeMutableBytes(of: &attach) {
+            device.ioctl(vfioDevice: record.vfio, request: .attachIOMMUFDPT, argument: $0)
+        }
+        if let errno {
+            throw BackendError(BackendError.Kind(iommufdErrno: errno), errno: errno.rawValue,
+                               "\(name): \(VFIODeviceRequest.attachIOMMUFDPT) of dev_id \(record.hostDeviceID) to \(domain) (pt_id \(ptID)) failed: \(errno)")
+        }
+        state.withLock { $0.vdevices[vdevice]?.domain = domain }
+    }
+
+    /// Puts the device back on the viommu's nest parent if it is elsewhere (the kernel would otherwise
+    /// keep it on a nested HWPT whose vdevice is gone), destroys the vdevice and closes the VFIO
+    /// descriptor.
     public func destroyVDevice(_ vdevice: VDeviceHandle) throws(BackendError) {
-        let (viommu, device) = try state.withLock { (state) throws(BackendError) -> (ViommuHandle, any IOMMUFDDevice) in
-            guard let viommu = state.vdevices.removeValue(forKey: vdevice), let device = state.device else {
+        try attachDevice(vdevice, to: .nestParent)
+        let (record, device) = try state.withLock { (state) throws(BackendError) -> (VDeviceRecord, any IOMMUFDDevice) in
+            guard let record = state.vdevices.removeValue(forKey: vdevice), let device = state.device else {
                 throw unknown(vdevice)
             }
-            return (viommu, device)
+            return (record, device)
         }
         if let errno = destroyObject(vdevice.rawValue, on: device) {
-            state.withLock { $0.vdevices[vdevice] = viommu }
+            state.withLock { $0.vdevices[vdevice] = record }
             throw failure(.destroy, errno, "of \(vdevice)")
         }
+        device.close(vfioDevice: record.vfio)
     }
 
     // MARK: - nested HWPT
@@ -243,9 +373,19 @@ public final class IOMMUFDBackend: PSMMUBackend {
             throw BackendError(.invalidArgument, "\(name): vSTE for dev_id \(hostDeviceID) refused before IOMMU_HWPT_ALLOC: \(error)")
         }
         let device = try device(of: viommu)
+        let hwpt = HWPTHandle(rawValue: try allocateHWPT(vSTE: validated, hostDeviceID: hostDeviceID, viommu: viommu, on: device))
+        state.withLock { $0.hwpts[hwpt] = viommu }
+        statistics.withLock { $0.counters.hwptsAllocated += 1 }
+        return hwpt
+    }
 
+    /// `IOMMU_HWPT_ALLOC` of a nested HWPT on `viommu` from words 0 and 1 of `vSTE`
+    /// (`IOMMU_HWPT_DATA_ARM_SMMUV3`). EIO, "reserved for invalid STE data" (`arm_smmu_validate_vste`),
+    /// is ``BackendError/Kind/invalidArgument``.
+    private func allocateHWPT(vSTE: StreamTableEntry, hostDeviceID: UInt32, viommu: ViommuHandle,
+                              on device: any IOMMUFDDevice) throws(BackendError) -> UInt32 {
         var data = iommu_hwpt_arm_smmuv3()
-        data.ste = (validated.word(0).littleEndian, validated.word(1).littleEndian)
+        data.ste = (vSTE.word(0).littleEndian, vSTE.word(1).littleEndian)
         var alloc = iommu_hwpt_alloc()
         alloc.size = UInt32(MemoryLayout<iommu_hwpt_alloc>.size)
         alloc.flags = 0
@@ -258,14 +398,10 @@ public final class IOMMUFDBackend: PSMMUBackend {
             return perform(.hwptAlloc, &alloc, on: device)
         }
         if let errno {
-            // "EIO is reserved for invalid STE data" (arm_smmu_validate_vste).
             throw failure(.hwptAlloc, errno, "of a nested HWPT for dev_id \(hostDeviceID) on \(viommu)",
                           kind: errno == .ioError ? .invalidArgument : nil)
         }
-        let hwpt = HWPTHandle(rawValue: alloc.out_hwpt_id)
-        state.withLock { $0.hwpts[hwpt] = viommu }
-        statistics.withLock { $0.counters.hwptsAllocated += 1 }
-        return hwpt
+        return alloc.out_hwpt_id
     }
 
     public func destroyHWPT(_ hwpt: HWPTHandle) throws(BackendError) {
@@ -462,13 +598,28 @@ public final class IOMMUFDBackend: PSMMUBackend {
     private struct State {
         var device: (any IOMMUFDDevice)?
         var viommus: [ViommuHandle: ViommuRecord] = [:]
-        var vdevices: [VDeviceHandle: ViommuHandle] = [:]
+        var vdevices: [VDeviceHandle: VDeviceRecord] = [:]
         var hwpts: [HWPTHandle: ViommuHandle] = [:]
     }
 
     private struct ViommuRecord {
         var eventQueue: EventQueue?
+        /// The nest-parent (stage-2) HWPT the viommu was allocated on: where devices go home.
+        var nestParent: UInt32
+        /// The nested abort and bypass HWPTs (0 once destroyed).
+        var abortHWPT: UInt32
+        var bypassHWPT: UInt32
+        var idRegisters: IDRegisters
         var decoder = VEventDecoder()
+    }
+
+    private struct VDeviceRecord {
+        var viommu: ViommuHandle
+        var hostDeviceID: UInt32
+        /// The VMM's VFIO device cdev, bound to the iommufd; owned by the backend.
+        var vfio: FileDescriptor
+        /// Where the device is attached.
+        var domain: DeviceDomain = .nestParent
     }
 
     private struct EventQueue {

@@ -1,8 +1,9 @@
 import CIOMMUFD
 import SystemPackage
 
-/// The syscalls ``IOMMUFDBackend`` makes, and nothing else: `ioctl(2)` on an iommufd, and `read(2)` and
-/// `close(2)` on the vEVENTQ descriptors the kernel hands out.
+/// The syscalls ``IOMMUFDBackend`` makes, and nothing else: `ioctl(2)` on an iommufd, `read(2)` and
+/// `close(2)` on the vEVENTQ descriptors the kernel hands out, and `ioctl(2)` and `close(2)` on the VFIO
+/// device cdevs VMMs hand over (SET_DEV_ID), through which the backend attaches each device.
 ///
 /// This is the one seam between the backend and the kernel. ``SystemIOMMUFD`` is the real one; tests
 /// drive the backend with a fake that records each request number and the exact argument bytes, and
@@ -21,6 +22,16 @@ public protocol IOMMUFDDevice: AnyObject, Sendable {
 
     /// `close(2)` of a vEVENTQ descriptor.
     func close(eventQueue: FileDescriptor)
+
+    /// `ioctl(vfioDevice, request, argument.baseAddress)` on a VFIO device cdev bound to this iommufd
+    /// (`VFIO_DEVICE_ATTACH_IOMMUFD_PT`, `VFIO_DEVICE_DETACH_IOMMUFD_PT`).
+    /// - Returns: `nil` on success, or the errno the ioctl failed with.
+    func ioctl(vfioDevice: FileDescriptor, request: VFIODeviceRequest, argument: UnsafeMutableRawBufferPointer) -> Errno?
+
+    /// `close(2)` of a VFIO device cdev descriptor the backend was handed. The VMM keeps its own
+    /// descriptor of the same open file, so this does not unbind the device
+    /// (`vfio_device_fops_release` runs only when the last reference goes).
+    func close(vfioDevice: FileDescriptor)
 }
 
 /// An iommufd file descriptor (`/dev/iommu`) and the syscalls on it.
@@ -74,5 +85,14 @@ public final class SystemIOMMUFD: IOMMUFDDevice {
 
     public func close(eventQueue: FileDescriptor) {
         try? eventQueue.close()
+    }
+
+    public func ioctl(vfioDevice: FileDescriptor, request: VFIODeviceRequest, argument: UnsafeMutableRawBufferPointer) -> Errno? {
+        let result = ciommufd_ioctl(vfioDevice.rawValue, request.rawValue, argument.baseAddress)
+        return result < 0 ? Errno(rawValue: -result) : nil
+    }
+
+    public func close(vfioDevice: FileDescriptor) {
+        try? vfioDevice.close()
     }
 }

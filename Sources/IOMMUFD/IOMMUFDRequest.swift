@@ -33,8 +33,13 @@ public struct IOMMUFDRequest: RawRepresentable, Hashable, Sendable, CustomString
     /// Allocate a viommu's event queue. The corresponding ioctl is `IOMMU_VEVENTQ_ALLOC` (command 0x93).
     public static let veventqAlloc = IOMMUFDRequest(command: UInt32(IOMMUFD_CMD_VEVENTQ_ALLOC))
 
+    /// Read the IOMMU's hardware information (on ARM: IDR0-5, IIDR, AIDR) through a bound device. The
+    /// corresponding ioctl is `IOMMU_GET_HW_INFO` (command 0x8a).
+    public static let getHWInfo = IOMMUFDRequest(command: UInt32(IOMMUFD_CMD_GET_HW_INFO))
+
     public var description: String {
         switch self {
+        case .getHWInfo: return "IOMMU_GET_HW_INFO"
         case .destroy: return "IOMMU_DESTROY"
         case .hwptAlloc: return "IOMMU_HWPT_ALLOC"
         case .hwptInvalidate: return "IOMMU_HWPT_INVALIDATE"
@@ -42,6 +47,43 @@ public struct IOMMUFDRequest: RawRepresentable, Hashable, Sendable, CustomString
         case .vdeviceAlloc: return "IOMMU_VDEVICE_ALLOC"
         case .veventqAlloc: return "IOMMU_VEVENTQ_ALLOC"
         default: return "iommufd ioctl 0x\(String(rawValue, radix: 16))"
+        }
+    }
+}
+
+/// A VFIO device cdev ioctl request number: `_IO(';', VFIO_BASE + n)` (`include/uapi/linux/vfio.h`).
+/// These are made on a VFIO device cdev (`/dev/vfio/devices/vfioN`) that the VMM bound to its iommufd,
+/// not on the iommufd itself.
+public struct VFIODeviceRequest: RawRepresentable, Hashable, Sendable, CustomStringConvertible {
+    /// The value passed as `ioctl(2)`'s `request` argument.
+    public var rawValue: UInt
+
+    public init(rawValue: UInt) { self.rawValue = rawValue }
+
+    /// The request of a VFIO command number (`VFIO_BASE` = 100 and up).
+    public init(command: UInt32) {
+        self.init(rawValue: UInt(ciommufd_request(command)))
+    }
+
+    /// The command number, `_IOC_NR(request)`.
+    public var command: UInt32 { UInt32(truncatingIfNeeded: rawValue & 0xFF) }
+
+    /// Bind the device to an iommufd, which gives it a `dev_id`. The VMM does this; the daemon never
+    /// does. The corresponding ioctl is `VFIO_DEVICE_BIND_IOMMUFD` (command 118).
+    public static let bindIOMMUFD = VFIODeviceRequest(command: UInt32(VFIO_CMD_DEVICE_BIND_IOMMUFD))
+    /// Attach the device to an IOAS or HWPT, atomically replacing its current attachment. The
+    /// corresponding ioctl is `VFIO_DEVICE_ATTACH_IOMMUFD_PT` (command 119).
+    public static let attachIOMMUFDPT = VFIODeviceRequest(command: UInt32(VFIO_CMD_DEVICE_ATTACH_IOMMUFD_PT))
+    /// Detach the device from its IOAS or HWPT. The corresponding ioctl is
+    /// `VFIO_DEVICE_DETACH_IOMMUFD_PT` (command 120).
+    public static let detachIOMMUFDPT = VFIODeviceRequest(command: UInt32(VFIO_CMD_DEVICE_DETACH_IOMMUFD_PT))
+
+    public var description: String {
+        switch self {
+        case .bindIOMMUFD: return "VFIO_DEVICE_BIND_IOMMUFD"
+        case .attachIOMMUFDPT: return "VFIO_DEVICE_ATTACH_IOMMUFD_PT"
+        case .detachIOMMUFDPT: return "VFIO_DEVICE_DETACH_IOMMUFD_PT"
+        default: return "VFIO ioctl 0x\(String(rawValue, radix: 16))"
         }
     }
 }

@@ -34,6 +34,46 @@ public struct ViommuAttachRequest: Hashable, Sendable {
     }
 }
 
+/// A host device as SET_DEV_ID names it: its iommufd `dev_id` and, for a backend that attaches it
+/// itself (iommufd), the VMM's VFIO device cdev descriptor, already bound to the VMM's iommufd.
+///
+/// ``PSMMUBackend/allocateVDevice(viommu:device:virtualStreamID:)`` takes ownership of `vfioDevice`:
+/// the backend closes it when the vdevice is destroyed, or at once when it does not need it or the
+/// allocation fails.
+public struct HostDevice: Hashable, Sendable {
+    /// The iommufd `dev_id`.
+    public var id: UInt32
+    /// The VFIO device cdev descriptor (a raw fd, owned by whoever holds this value), if one came.
+    public var vfioDevice: Int32?
+
+    public init(id: UInt32, vfioDevice: Int32? = nil) {
+        self.id = id
+        self.vfioDevice = vfioDevice
+    }
+}
+
+/// Where a device's DMA translates, the way the guest's vSTE says (QEMU's `smmuv3_accel_install_ste`).
+public enum DeviceDomain: Hashable, Sendable, CustomStringConvertible {
+    /// The nested stage-1 HWPT of a translating vSTE (CONFIG = S1_TRANS).
+    case nested(HWPTHandle)
+    /// Every transaction is aborted: a vSTE with V = 0 or CONFIG = abort, or an unlinked vSTE.
+    case abort
+    /// Stage 1 is bypassed, stage 2 still applies: a vSTE with CONFIG = bypass.
+    case bypass
+    /// The viommu's nest-parent (stage-2) HWPT, where the VMM had the device before SET_DEV_ID and where
+    /// it goes back before its vdevice is destroyed.
+    case nestParent
+
+    public var description: String {
+        switch self {
+        case .nested(let hwpt): return "nested \(hwpt)"
+        case .abort: return "abort"
+        case .bypass: return "bypass"
+        case .nestParent: return "nest parent"
+        }
+    }
+}
+
 /// A control-path failure of a backend: allocation, registration or teardown.
 public struct BackendError: Error, Hashable, Sendable, CustomStringConvertible {
     /// What failed, in the backend's words.
@@ -139,18 +179,30 @@ public protocol PSMMUBackend: AnyObject, Sendable {
     /// Destroys a viommu; its vdevices and HWPTs must be gone first (`IOMMU_DESTROY`).
     func detachViommu(_ viommu: ViommuHandle) throws(BackendError)
 
-    /// Gives `hostDeviceID` the virtual StreamID `virtualStreamID` on `viommu` (`IOMMU_VDEVICE_ALLOC`).
-    func allocateVDevice(viommu: ViommuHandle, hostDeviceID: UInt32,
+    /// The pSMMU's ID registers as `IOMMU_GET_HW_INFO` gives them through the viommu's device.
+    func hardwareInfo(viommu: ViommuHandle) throws(BackendError) -> IDRegisters
+
+    /// Gives `device` the virtual StreamID `virtualStreamID` on `viommu` (`IOMMU_VDEVICE_ALLOC`). The
+    /// device stays attached where it was (the viommu's nest parent) until ``attachDevice(_:to:)``.
+    /// Takes ownership of `device.vfioDevice` (see ``HostDevice``).
+    func allocateVDevice(viommu: ViommuHandle, device: HostDevice,
                          virtualStreamID: StreamID) throws(BackendError) -> VDeviceHandle
-    /// Destroys a vdevice (`IOMMU_DESTROY`).
+    /// Destroys a vdevice (`IOMMU_DESTROY`) and closes its VFIO descriptor. The caller puts the device
+    /// back on ``DeviceDomain/nestParent`` first.
     func destroyVDevice(_ vdevice: VDeviceHandle) throws(BackendError)
+
+    /// Attaches the vdevice's device to `domain`, atomically replacing its current attachment
+    /// (`VFIO_DEVICE_ATTACH_IOMMUFD_PT`: `iommufd_device_replace`). A nested HWPT must belong to the
+    /// vdevice's viommu.
+    func attachDevice(_ vdevice: VDeviceHandle, to domain: DeviceDomain) throws(BackendError)
 
     /// Installs a nested stage-1 HWPT from a guest STE for a device (`IOMMU_HWPT_ALLOC` with
     /// `IOMMU_HWPT_DATA_ARM_SMMUV3`, `pt_id` = the viommu), with the CDs the guest STE links so a
     /// backend that models the config cache can use them.
     func allocateNestedHWPT(viommu: ViommuHandle, hostDeviceID: UInt32, ste: StreamTableEntry,
                             contextDescriptors: [ContextDescriptor]) throws(BackendError) -> HWPTHandle
-    /// Destroys a nested HWPT (`IOMMU_DESTROY`).
+    /// Destroys a nested HWPT (`IOMMU_DESTROY`). Refused with ``BackendError/Kind/busy`` while a device
+    /// is attached to it (the kernel holds a reference per attachment: `iommufd_object_remove` → EBUSY).
     func destroyHWPT(_ hwpt: HWPTHandle) throws(BackendError)
 
     /// Tells the backend that the guest rewrote CDs of a nested HWPT's table (the STE words are
@@ -169,6 +221,13 @@ public protocol PSMMUBackend: AnyObject, Sendable {
 }
 
 extension PSMMUBackend {
+    /// Gives `hostDeviceID`, passed without a VFIO descriptor, the virtual StreamID `virtualStreamID` on
+    /// `viommu`: ``allocateVDevice(viommu:device:virtualStreamID:)`` for backends that need none.
+    public func allocateVDevice(viommu: ViommuHandle, hostDeviceID: UInt32,
+                                virtualStreamID: StreamID) throws(BackendError) -> VDeviceHandle {
+        try allocateVDevice(viommu: viommu, device: HostDevice(id: hostDeviceID), virtualStreamID: virtualStreamID)
+    }
+
     /// Nothing to do: the pSMMU fetches CDs from guest memory when it needs them.
     public func updateContextDescriptors(_ hwpt: HWPTHandle, _ contextDescriptors: [ContextDescriptor]) throws(BackendError) {}
 }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import SMMUv3
 
 /// A software model of one physical SMMUv3 behind the kernel's iommufd vIOMMU interface: the
@@ -32,6 +35,8 @@ public final class SimulatedSMMU: PSMMUBackend {
     public let name: String
     /// The host devices behind this pSMMU: host device id (iommufd `dev_id`) → physical StreamID.
     public let devices: [UInt32: StreamID]
+    /// The ID registers ``hardwareInfo(viommu:)`` reports.
+    public let idRegisters: IDRegisters
     private let state: Locked<SimulatedSMMUState>
 
     /// A pSMMU named `name` with `devices` (host device id → physical StreamID, all distinct) behind it.
@@ -39,10 +44,11 @@ public final class SimulatedSMMU: PSMMUBackend {
     ///   - costModel: the time calls take; free by default.
     ///   - eventQueueDepth: event records a viommu holds before further ones are lost.
     public init(name: String, devices: [UInt32: StreamID], costModel: CostModel = .free,
-                eventQueueDepth: Int = 1024) {
+                eventQueueDepth: Int = 1024, idRegisters: IDRegisters = .simulatedDefault) {
         precondition(Set(devices.values).count == devices.count, "two devices share a physical StreamID")
         self.name = name
         self.devices = devices
+        self.idRegisters = idRegisters
         state = Locked(SimulatedSMMUState(devices: devices, costModel: costModel, eventQueueDepth: eventQueueDepth))
     }
 
@@ -50,10 +56,11 @@ public final class SimulatedSMMU: PSMMUBackend {
     /// StreamIDs `firstStreamID + i`.
     public convenience init(name: String, deviceCount: Int, firstHostDeviceID: UInt32 = 0,
                             firstStreamID: StreamID = 0, costModel: CostModel = .free,
-                            eventQueueDepth: Int = 1024) {
+                            eventQueueDepth: Int = 1024, idRegisters: IDRegisters = .simulatedDefault) {
         var devices: [UInt32: StreamID] = [:]
         for i in 0..<deviceCount { devices[firstHostDeviceID + UInt32(i)] = firstStreamID + StreamID(i) }
-        self.init(name: name, devices: devices, costModel: costModel, eventQueueDepth: eventQueueDepth)
+        self.init(name: name, devices: devices, costModel: costModel, eventQueueDepth: eventQueueDepth,
+                  idRegisters: idRegisters)
     }
 
     /// The time calls take; may be changed at any time (calls in flight keep their cost).
@@ -81,12 +88,29 @@ public final class SimulatedSMMU: PSMMUBackend {
     /// - Throws: `.unknownHandle` for an unknown viommu; `.invalidArgument` (EINVAL) for a device not
     ///   behind this pSMMU; `.alreadyExists` (EEXIST) for a device that has a vdevice or a vSID in use
     ///   on the viommu.
-    public func allocateVDevice(viommu: ViommuHandle, hostDeviceID: UInt32,
+    ///
+    /// A VFIO descriptor in `device` is not needed (the model attaches by host device id): it is closed.
+    public func allocateVDevice(viommu: ViommuHandle, device: HostDevice,
                                 virtualStreamID: StreamID) throws(BackendError) -> VDeviceHandle {
-        try state.withLock { s throws(BackendError) in
-            try s.allocateVDevice(viommu: viommu, hostDeviceID: hostDeviceID, virtualStreamID: virtualStreamID,
+        if let fd = device.vfioDevice { _ = Glibc.close(fd) }
+        return try state.withLock { s throws(BackendError) in
+            try s.allocateVDevice(viommu: viommu, hostDeviceID: device.id, virtualStreamID: virtualStreamID,
                                   name: name)
         }
+    }
+
+    /// The ID registers this pSMMU was configured with.
+    public func hardwareInfo(viommu: ViommuHandle) throws(BackendError) -> IDRegisters {
+        try state.withLock { s throws(BackendError) in
+            guard s.viommus[viommu] != nil else {
+                throw BackendError(.unknownHandle, errno: 2, "\(name): \(viommu) is not attached")
+            }
+            return idRegisters
+        }
+    }
+
+    public func attachDevice(_ vdevice: VDeviceHandle, to domain: DeviceDomain) throws(BackendError) {
+        throw BackendError(.failed, "\(name): attachDevice is being written")
     }
 
     /// - Throws: `.unknownHandle`.

@@ -33,6 +33,24 @@ public struct StreamTableEntry: Hashable, Sendable, SMMUWords {
         return ste
     }
 
+    /// A valid STE that aborts every transaction (V = 1, CONFIG = abort): the vSTE of QEMU's abort
+    /// proxy HWPT (`abort_data` in `smmuv3_accel_alloc_viommu`).
+    public static let abort: StreamTableEntry = {
+        var ste = StreamTableEntry()
+        ste.isValid = true
+        ste.config = .abort
+        return ste
+    }()
+
+    /// A valid STE that bypasses stage 1 (V = 1, CONFIG = bypass): the vSTE of QEMU's bypass proxy HWPT
+    /// (`bypass_data`).
+    public static let bypass: StreamTableEntry = {
+        var ste = StreamTableEntry()
+        ste.isValid = true
+        ste.config = .bypass
+        return ste
+    }()
+
     /// Decodes 64 little-endian bytes.
     public init<C: Collection>(bytes: C) throws(WrongLengthError) where C.Element == UInt8 {
         guard bytes.count == Self.byteCount else {

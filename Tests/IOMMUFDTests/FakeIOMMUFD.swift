@@ -1,4 +1,5 @@
 import IOMMUFD
+import SMMUv3
 import Synchronization
 import SystemPackage
 
@@ -13,6 +14,9 @@ final class FakeIOMMUFD: IOMMUFDDevice {
     /// One ioctl as the kernel saw it.
     struct Call: Hashable, Sendable {
         var request: IOMMUFDRequest
+        /// For a VFIO device ioctl: the request and the VFIO descriptor it was made on (`request` is then
+        /// `IOMMUFDRequest(rawValue: 0)`).
+        var vfio: VFIOCall? = nil
         /// The argument struct's bytes on entry.
         var bytes: [UInt8]
         /// The bytes `data_uptr` pointed at (`IOMMU_HWPT_ALLOC`: `data_len` bytes; `IOMMU_HWPT_INVALIDATE`:
@@ -25,6 +29,12 @@ final class FakeIOMMUFD: IOMMUFDDevice {
         func u64(at offset: Int) -> UInt64 {
             (0..<8).reduce(0) { $0 | UInt64(bytes[offset + $1]) << UInt64(8 * $1) }
         }
+    }
+
+    /// A VFIO device ioctl's request and descriptor.
+    struct VFIOCall: Hashable, Sendable {
+        var request: VFIODeviceRequest
+        var descriptor: Int32
     }
 
     /// A scripted answer to one ioctl.
@@ -45,6 +55,8 @@ final class FakeIOMMUFD: IOMMUFDDevice {
         var calls: [Call] = []
         var journal: [String] = []
         var scripts: [IOMMUFDRequest: [Answer]] = [:]
+        var vfioScripts: [VFIODeviceRequest: [Answer]] = [:]
+        var idRegisters = IDRegisters.simulatedDefault
         var nextObjectID: UInt32 = 100
         var nextDescriptor: Int32 = 1000
         var eventBytes: [Int32: [[UInt8]]] = [:]
@@ -65,6 +77,20 @@ final class FakeIOMMUFD: IOMMUFDDevice {
         state.withLock { $0.scripts[request, default: []].append(contentsOf: answers) }
     }
 
+    /// Queues answers for the next VFIO device `request`s.
+    func script(_ request: VFIODeviceRequest, _ answers: Answer...) {
+        state.withLock { $0.vfioScripts[request, default: []].append(contentsOf: answers) }
+    }
+
+    /// What `IOMMU_GET_HW_INFO` writes (type ARM_SMMUV3).
+    var idRegisters: IDRegisters {
+        get { state.withLock { $0.idRegisters } }
+        set { state.withLock { $0.idRegisters = newValue } }
+    }
+
+    /// The VFIO ioctls made, in order.
+    var vfioCalls: [Call] { calls.filter { $0.vfio != nil } }
+
     /// Queues one `read(2)`'s bytes on a vEVENTQ descriptor.
     func queueEventRead(descriptor: Int32, _ bytes: [UInt8]) {
         state.withLock { $0.eventBytes[descriptor, default: []].append(bytes) }
@@ -78,6 +104,13 @@ final class FakeIOMMUFD: IOMMUFDDevice {
                 call.payload = Self.pointee(address: call.u64(at: 32), count: Int(call.u32(at: 28)))
             case .hwptInvalidate:
                 call.payload = Self.pointee(address: call.u64(at: 8), count: Int(call.u32(at: 20)) * Int(call.u32(at: 24)))
+            case .getHWInfo:
+                let registers = state.idRegisters
+                let words = [0, 0] + registers.idr + [registers.iidr, registers.aidr]
+                let bytes = words.flatMap(le32)
+                if let pointer = UnsafeMutableRawPointer(bitPattern: UInt(call.u64(at: 16))) {
+                    UnsafeMutableRawBufferPointer(start: pointer, count: min(bytes.count, Int(call.u32(at: 12)))).copyBytes(from: bytes)
+                }
             default:
                 break
             }
@@ -99,6 +132,9 @@ final class FakeIOMMUFD: IOMMUFDDevice {
             case .viommuAlloc: argument.storeBytes(of: allocateID().littleEndian, toByteOffset: 20, as: UInt32.self)
             case .vdeviceAlloc: argument.storeBytes(of: allocateID().littleEndian, toByteOffset: 12, as: UInt32.self)
             case .hwptAlloc: argument.storeBytes(of: allocateID().littleEndian, toByteOffset: 16, as: UInt32.self)
+            case .getHWInfo:
+                argument.storeBytes(of: UInt32(2).littleEndian, toByteOffset: 24, as: UInt32.self) // ARM_SMMUV3
+                argument.storeBytes(of: UInt32(40).littleEndian, toByteOffset: 12, as: UInt32.self)
             case .veventqAlloc:
                 argument.storeBytes(of: allocateID().littleEndian, toByteOffset: 20, as: UInt32.self)
                 argument.storeBytes(of: UInt32(state.nextDescriptor).littleEndian, toByteOffset: 24, as: UInt32.self)
@@ -125,6 +161,25 @@ final class FakeIOMMUFD: IOMMUFDDevice {
         state.withLock {
             $0.closed.append(eventQueue.rawValue)
             $0.journal.append("close(\(eventQueue.rawValue))")
+        }
+    }
+
+    func ioctl(vfioDevice: FileDescriptor, request: VFIODeviceRequest, argument: UnsafeMutableRawBufferPointer) -> Errno? {
+        state.withLock { state in
+            let call = Call(request: IOMMUFDRequest(rawValue: 0), vfio: VFIOCall(request: request, descriptor: vfioDevice.rawValue),
+                            bytes: Array(argument), payload: [])
+            state.calls.append(call)
+            state.journal.append(request == .attachIOMMUFDPT
+                ? "\(request)(\(vfioDevice.rawValue)) \(call.u32(at: 8))" : "\(request)(\(vfioDevice.rawValue))")
+            let answer = state.vfioScripts[request]?.isEmpty == false ? state.vfioScripts[request]!.removeFirst() : Answer()
+            return answer.errno
+        }
+    }
+
+    func close(vfioDevice: FileDescriptor) {
+        state.withLock {
+            $0.closed.append(vfioDevice.rawValue)
+            $0.journal.append("close(\(vfioDevice.rawValue))")
         }
     }
 

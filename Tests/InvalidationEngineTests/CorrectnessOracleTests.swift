@@ -100,9 +100,13 @@ final class ObservedBackend: PSMMUBackend {
     var name: String { sim.name }
     func attachViommu(_ r: ViommuAttachRequest) throws(BackendError) -> ViommuHandle { try sim.attachViommu(r) }
     func detachViommu(_ v: ViommuHandle) throws(BackendError) { try sim.detachViommu(v) }
-    func allocateVDevice(viommu: ViommuHandle, hostDeviceID: UInt32, virtualStreamID: StreamID) throws(BackendError) -> VDeviceHandle {
-        try sim.allocateVDevice(viommu: viommu, hostDeviceID: hostDeviceID, virtualStreamID: virtualStreamID)
+    func allocateVDevice(viommu: ViommuHandle, device: HostDevice, virtualStreamID: StreamID) throws(BackendError) -> VDeviceHandle {
+        try sim.allocateVDevice(viommu: viommu, device: device, virtualStreamID: virtualStreamID)
     }
+    func attachDevice(_ vdevice: VDeviceHandle, to domain: DeviceDomain) throws(BackendError) {
+        try sim.attachDevice(vdevice, to: domain)
+    }
+    func hardwareInfo(viommu: ViommuHandle) throws(BackendError) -> IDRegisters { try sim.hardwareInfo(viommu: viommu) }
     func destroyVDevice(_ d: VDeviceHandle) throws(BackendError) { try sim.destroyVDevice(d) }
     func allocateNestedHWPT(viommu: ViommuHandle, hostDeviceID: UInt32, ste: StreamTableEntry,
                             contextDescriptors: [ContextDescriptor]) throws(BackendError) -> HWPTHandle {

@@ -9,6 +9,10 @@ final class RecordingBackend: PSMMUBackend {
         var vdevices: [VDeviceHandle: (viommu: ViommuHandle, device: UInt32, vsid: StreamID)] = [:]
         var hwpts: [HWPTHandle: (viommu: ViommuHandle, device: UInt32, ste: StreamTableEntry, cds: [ContextDescriptor])] = [:]
         var executed: [ViommuHandle: [Command]] = [:]
+        /// Where each vdevice's device is attached; absent: where the VMM had it (the nest parent).
+        var attachments: [VDeviceHandle: DeviceDomain] = [:]
+        /// Every attach, in order.
+        var attachLog: [(VDeviceHandle, DeviceDomain)] = []
         var calls = 0
         var next: UInt32 = 1
     }
@@ -46,7 +50,8 @@ final class RecordingBackend: PSMMUBackend {
         record.withLock { $0.viommus.removeAll { $0 == viommu } }
     }
 
-    func allocateVDevice(viommu: ViommuHandle, hostDeviceID: UInt32, virtualStreamID: StreamID) throws(BackendError) -> VDeviceHandle {
+    func allocateVDevice(viommu: ViommuHandle, device: HostDevice, virtualStreamID: StreamID) throws(BackendError) -> VDeviceHandle {
+        let hostDeviceID = device.id
         if refused("vdevice") { throw BackendError(.invalidArgument, errno: 22, "device not behind this pSMMU") }
         let handle = VDeviceHandle(rawValue: allocate())
         record.withLock { $0.vdevices[handle] = (viommu, hostDeviceID, virtualStreamID) }
@@ -54,7 +59,7 @@ final class RecordingBackend: PSMMUBackend {
     }
 
     func destroyVDevice(_ vdevice: VDeviceHandle) throws(BackendError) {
-        let found = record.withLock { $0.vdevices.removeValue(forKey: vdevice) != nil }
+        let found = record.withLock { $0.attachments[vdevice] = nil; return $0.vdevices.removeValue(forKey: vdevice) != nil }
         if !found { throw BackendError(.unknownHandle, "no \(vdevice)") }
     }
 
@@ -66,7 +71,26 @@ final class RecordingBackend: PSMMUBackend {
         return handle
     }
 
+    func hardwareInfo(viommu: ViommuHandle) throws(BackendError) -> IDRegisters { idRegisters }
+
+    /// What ``hardwareInfo(viommu:)`` answers.
+    let idRegisters = IDRegisters.simulatedDefault
+
+    func attachDevice(_ vdevice: VDeviceHandle, to domain: DeviceDomain) throws(BackendError) {
+        if refused("attach") { throw BackendError(.invalidArgument, errno: 22, "attach refused") }
+        try record.withLock { (r: inout Record) throws(BackendError) in
+            guard let owner = r.vdevices[vdevice] else { throw BackendError(.unknownHandle, "no \(vdevice)") }
+            if case .nested(let hwpt) = domain, r.hwpts[hwpt]?.viommu != owner.viommu {
+                throw BackendError(.invalidArgument, errno: 22, "\(hwpt) is not on \(owner.viommu)")
+            }
+            r.attachments[vdevice] = domain == .nestParent ? nil : domain
+            r.attachLog.append((vdevice, domain))
+        }
+    }
+
     func destroyHWPT(_ hwpt: HWPTHandle) throws(BackendError) {
+        let attached = record.withLock { $0.attachments.values.contains(.nested(hwpt)) }
+        if attached { throw BackendError(.busy, errno: 16, "\(hwpt) is attached") }
         let found = record.withLock { $0.hwpts.removeValue(forKey: hwpt) != nil }
         if !found { throw BackendError(.unknownHandle, "no \(hwpt)") }
     }

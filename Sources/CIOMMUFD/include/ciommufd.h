@@ -62,6 +62,20 @@ enum {
 #define IOMMU_VIOMMU_ALLOC    _IO(IOMMUFD_TYPE, IOMMUFD_CMD_VIOMMU_ALLOC)
 #define IOMMU_VDEVICE_ALLOC   _IO(IOMMUFD_TYPE, IOMMUFD_CMD_VDEVICE_ALLOC)
 #define IOMMU_VEVENTQ_ALLOC   _IO(IOMMUFD_TYPE, IOMMUFD_CMD_VEVENTQ_ALLOC)
+#define IOMMU_GET_HW_INFO     _IO(IOMMUFD_TYPE, IOMMUFD_CMD_GET_HW_INFO)
+
+/* VFIO device cdev ioctls (include/uapi/linux/vfio.h): type ';' too, numbered from VFIO_BASE = 100.
+ * They are made on a VFIO device cdev fd (/dev/vfio/devices/vfioN), not on the iommufd. */
+enum {
+	VFIO_BASE = 100,
+	VFIO_CMD_DEVICE_BIND_IOMMUFD = VFIO_BASE + 18,      /* 118 = 0x76 */
+	VFIO_CMD_DEVICE_ATTACH_IOMMUFD_PT = VFIO_BASE + 19, /* 119 = 0x77 */
+	VFIO_CMD_DEVICE_DETACH_IOMMUFD_PT = VFIO_BASE + 20, /* 120 = 0x78 */
+};
+
+#define VFIO_DEVICE_BIND_IOMMUFD      _IO(IOMMUFD_TYPE, VFIO_CMD_DEVICE_BIND_IOMMUFD)
+#define VFIO_DEVICE_ATTACH_IOMMUFD_PT _IO(IOMMUFD_TYPE, VFIO_CMD_DEVICE_ATTACH_IOMMUFD_PT)
+#define VFIO_DEVICE_DETACH_IOMMUFD_PT _IO(IOMMUFD_TYPE, VFIO_CMD_DEVICE_DETACH_IOMMUFD_PT)
 
 /* Swift does not import function-like macros: the request numbers as values, computed by this
  * architecture's <linux/ioctl.h> _IO(). */
@@ -233,11 +247,81 @@ struct iommu_vevent_arm_smmuv3 {
 	ciommufd_aligned_u64 evt[4];
 };
 
+/*
+ * ioctl(IOMMU_GET_HW_INFO): the IOMMU's hardware information for a device bound to the iommufd.
+ * 40 bytes; the kernel's minimum is offsetofend(__reserved) = 32 (IOCTL_OP in iommufd/main.c), so
+ * out_capabilities is written only to callers that pass the whole 40. @data_len in: the size of
+ * the buffer at @data_uptr; out: what the driver filled (the kernel zero-fills the rest of the user
+ * buffer). @out_data_type: IOMMU_HW_INFO_TYPE_ARM_SMMUV3 (2) for struct iommu_hw_info_arm_smmuv3.
+ * @out_capabilities: IOMMU_HW_CAP_* (bit 3 IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED on arm-smmu-v3).
+ */
+struct iommu_hw_info {
+	uint32_t size;
+	uint32_t flags;
+	uint32_t dev_id;
+	uint32_t data_len;
+	ciommufd_aligned_u64 data_uptr;
+	uint32_t out_data_type;
+	uint8_t out_max_pasid_log2;
+	uint8_t __reserved[3];
+	ciommufd_aligned_u64 out_capabilities;
+};
+
+/* enum iommu_hw_info_type */
+enum {
+	IOMMU_HW_INFO_TYPE_NONE = 0,
+	IOMMU_HW_INFO_TYPE_INTEL_VTD = 1,
+	IOMMU_HW_INFO_TYPE_ARM_SMMUV3 = 2,
+};
+
+/* enum iommufd_hw_capabilities */
+enum {
+	IOMMU_HW_CAP_DIRTY_TRACKING = 1 << 0,
+	IOMMU_HW_CAP_PCI_PASID_EXEC = 1 << 1,
+	IOMMU_HW_CAP_PCI_PASID_PRIV = 1 << 2,
+	IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED = 1 << 3,
+};
+
+/* IOMMU_HW_INFO_TYPE_ARM_SMMUV3: the SMMU's raw ID registers (arm_smmu_hw_info reads them with
+ * readl_relaxed). 40 bytes. */
+struct iommu_hw_info_arm_smmuv3 {
+	uint32_t flags;
+	uint32_t __reserved;
+	uint32_t idr[6];
+	uint32_t iidr;
+	uint32_t aidr;
+};
+
+/* ioctl(VFIO_DEVICE_BIND_IOMMUFD) on a VFIO device cdev: binds the device to an iommufd. 16 bytes
+ * (later kernels append a token pointer; the minimum stays offsetofend(out_devid) = 16). */
+struct vfio_device_bind_iommufd {
+	uint32_t argsz;
+	uint32_t flags;
+	int32_t iommufd;
+	uint32_t out_devid;
+};
+
+/* ioctl(VFIO_DEVICE_ATTACH_IOMMUFD_PT) on a bound VFIO device cdev: attach (or atomically replace the
+ * attachment) to an IOAS or HWPT. 12 bytes (kernels with PASID attach append u32 pasid, used only
+ * with VFIO_DEVICE_ATTACH_PASID; the minimum stays offsetofend(pt_id) = 12). @pt_id in: the IOAS or
+ * HWPT id; out: the HWPT the device is now attached to. */
+struct vfio_device_attach_iommufd_pt {
+	uint32_t argsz;
+	uint32_t flags;
+	uint32_t pt_id;
+};
+
+/* ioctl(VFIO_DEVICE_DETACH_IOMMUFD_PT): detach from the current IOAS or HWPT. 8 bytes. */
+struct vfio_device_detach_iommufd_pt {
+	uint32_t argsz;
+	uint32_t flags;
+};
+
 /* ---------------------------------------------------------------------------------------------- */
 /* Syscall shim                                                                                   */
 /* ---------------------------------------------------------------------------------------------- */
 
-/* ioctl(2) is variadic, which Swift cannot call: ioctl(fd, request, argument).
+/* ioctl(2) is variadic, which Swift cannot call: ioctl(fd, request, argument), retried on EINTR.
  * Returns the ioctl's (non-negative) result, or -errno. */
 int ciommufd_ioctl(int fd, unsigned long request, void *argument);
 

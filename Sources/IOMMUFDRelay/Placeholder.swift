@@ -1,0 +1,1 @@
+// The relay is written in RelayIOMMUFD.swift.

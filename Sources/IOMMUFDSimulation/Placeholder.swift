@@ -1,0 +1,1 @@
+// The kernel model is written in SimulatedIOMMUFD.swift.

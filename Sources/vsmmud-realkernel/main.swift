@@ -1,0 +1,1 @@
+print("0 passed, 1 failed: the real-kernel suite is not written yet")
