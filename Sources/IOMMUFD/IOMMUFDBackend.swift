@@ -278,15 +278,15 @@ public final class IOMMUFDBackend: PSMMUBackend {
     ///   effect. The descriptor is closed when the allocation fails.
     public func allocateVDevice(viommu: ViommuHandle, device host: HostDevice,
                                 virtualStreamID: StreamID) throws(BackendError) -> VDeviceHandle {
+        let device: any IOMMUFDDevice
+        do { device = try self.device(of: viommu) } catch {
+            if let fd = host.vfioDevice { try? FileDescriptor(rawValue: fd).close() }
+            throw error
+        }
         guard let fd = host.vfioDevice else {
             throw BackendError(.invalidArgument, "\(name): dev_id \(host.id) came without its VFIO device cdev: the backend attaches the device, so SET_DEV_ID must pass it")
         }
         let vfio = FileDescriptor(rawValue: fd)
-        let device: any IOMMUFDDevice
-        do { device = try self.device(of: viommu) } catch {
-            try? vfio.close()
-            throw error
-        }
         let nestParent = state.withLock { $0.viommus[viommu]?.nestParent ?? 0 }
         if let errno = attach(vfio, to: nestParent, on: device) {
             device.close(vfioDevice: vfio)
