@@ -55,20 +55,23 @@ extension IDRegisters {
         public var declaredMask: UInt32 { fields.reduce(0) { $0 | $1.mask } }
     }
 
-    /// A register's 32-bit value.
+    /// A register's 32-bit value. An `idr` shorter than six values (it is a `var`) reads as zeros
+    /// past its end and is padded with zeros when written there.
     public subscript(register: Register) -> UInt32 {
         get {
             switch register {
             case .iidr: iidr
             case .aidr: aidr
-            default: idr[register.rawValue]
+            default: register.rawValue < idr.count ? idr[register.rawValue] : 0
             }
         }
         set {
             switch register {
             case .iidr: iidr = newValue
             case .aidr: aidr = newValue
-            default: idr[register.rawValue] = newValue
+            default:
+                if idr.count <= register.rawValue { idr += Array(repeating: 0, count: register.rawValue + 1 - idr.count) }
+                idr[register.rawValue] = newValue
             }
         }
     }

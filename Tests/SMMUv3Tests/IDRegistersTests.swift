@@ -98,6 +98,15 @@ private func with(_ registers: IDRegisters, _ field: Field, _ value: UInt32) -> 
         }
     }
 
+    @Test func aShortIDRArrayReadsAsZerosRatherThanTrapping() {
+        var registers = IDRegisters(idr: [])
+        registers.idr = [0x3]
+        #expect(registers[.idr5] == 0 && registers.oas == 0 && registers.s1p)
+        registers.ril = true
+        #expect(registers.idr == [0x3, 0, 0, 0x400])
+        #expect(IDRegisters.common([registers]) == IDRegisters(idr: [0x3, 0, 0, 0x400]))
+    }
+
     @Test func rigValuesDecodeToQEMUsNestedSMMUv3() {
         #expect(rig.s2p && rig.s1p)
         #expect(rig.ttf == .aarch64)
