@@ -17,7 +17,10 @@ enum ConfigurationParser {
         static let queue = ["ring_capacity"]
         static let psmmu = ["name", "backend"] + simulatedOnly
         /// Keys only a simulated pSMMU may have.
-        static let simulatedOnly = ["first_host_device", "devices", "first_stream_id", "event_queue_depth", "cost"]
+        static let simulatedOnly = ["first_host_device", "devices", "first_stream_id", "event_queue_depth", "idr",
+                                    "iidr", "aidr", "cost"]
+        /// The simulated-only keys that set the pSMMU's ID registers.
+        static let idRegisters = ["idr", "iidr", "aidr"]
         static let cost = ["call_ns", "command_ns", "shared_queue", "spin_ns"]
     }
 
@@ -245,7 +248,10 @@ enum ConfigurationParser {
                 return (pa?.line ?? .max, pa?.column ?? .max) < (pb?.line ?? .max, pb?.column ?? .max)
             }
             if let key = present.first {
-                throw section.error(key, "only a simulated pSMMU has \(key == "cost" ? "[psmmu.cost]" : key); this one has backend = \"iommufd\" (its devices are the VMM's)")
+                let reason = Keys.idRegisters.contains(key)
+                    ? "its ID registers are the hardware's, read with IOMMU_GET_HW_INFO"
+                    : "its devices are the VMM's"
+                throw section.error(key, "only a simulated pSMMU has \(key == "cost" ? "[psmmu.cost]" : key); this one has backend = \"iommufd\" (\(reason))")
             }
             return PSMMUDefinition(name: name, backend: .iommufd)
         case "simulated":
@@ -282,7 +288,25 @@ enum ConfigurationParser {
         if let cost = try section.table("cost") {
             settings.costModel = try costModel(cost)
         }
+        settings.idRegisters = try idRegisters(section)
         return settings
+    }
+
+    /// `idr = [IDR0, …, IDR5]`, `iidr`, `aidr`: 32-bit register values, each key defaulting to
+    /// ``IDRegisters/simulatedDefault``'s. Any value is taken as written (reserved bits included):
+    /// a simulation may model any SMMUv3, or a broken one.
+    static func idRegisters(_ section: TableReader) throws(ConfigurationError) -> IDRegisters {
+        var registers = IDRegisters.simulatedDefault
+        let register = 0...Int(UInt32.max)
+        if let idr = try section.integerArray("idr", in: register) {
+            guard idr.count == 6 else {
+                throw section.error("idr", "expected exactly six integers (IDR0, IDR1, IDR2, IDR3, IDR4, IDR5), found \(idr.count)")
+            }
+            registers.idr = idr.map { UInt32($0) }
+        }
+        if let iidr = try section.integer("iidr", in: register) { registers.iidr = UInt32(iidr) }
+        if let aidr = try section.integer("aidr", in: register) { registers.aidr = UInt32(aidr) }
+        return registers
     }
 
     static func costModel(_ cost: TableReader) throws(ConfigurationError) -> CostModel {

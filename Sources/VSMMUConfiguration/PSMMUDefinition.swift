@@ -42,14 +42,20 @@ public struct SimulatedPSMMUSettings: Sendable, Equatable {
     /// `event_queue_depth` (default 1024, ``eventQueueDepthRange``): event records a viommu holds
     /// before further ones are lost.
     public var eventQueueDepth: Int
+    /// `idr` (six integers, IDR0 … IDR5), `iidr`, `aidr` (default ``IDRegisters/simulatedDefault``,
+    /// the real-kernel rig's QEMU SMMUv3): what `IOMMU_GET_HW_INFO` reports for the pSMMU. Each key
+    /// left out keeps the default's value.
+    public var idRegisters: IDRegisters
 
     public init(firstHostDeviceID: UInt32 = 0, deviceCount: Int = 64, firstStreamID: StreamID? = nil,
-                costModel: CostModel = .free, eventQueueDepth: Int = 1024) {
+                costModel: CostModel = .free, eventQueueDepth: Int = 1024,
+                idRegisters: IDRegisters = .simulatedDefault) {
         self.firstHostDeviceID = firstHostDeviceID
         self.deviceCount = deviceCount
         self.firstStreamID = firstStreamID ?? firstHostDeviceID
         self.costModel = costModel
         self.eventQueueDepth = eventQueueDepth
+        self.idRegisters = idRegisters
     }
 
     public static let deviceCountRange = 1...65_536
@@ -70,6 +76,7 @@ public struct SimulatedPSMMUSettings: Sendable, Equatable {
     /// The simulated pSMMU these settings describe, named `name`.
     public func makeSMMU(name: String) -> SimulatedSMMU {
         SimulatedSMMU(name: name, deviceCount: deviceCount, firstHostDeviceID: firstHostDeviceID,
-                      firstStreamID: firstStreamID, costModel: costModel, eventQueueDepth: eventQueueDepth)
+                      firstStreamID: firstStreamID, costModel: costModel, eventQueueDepth: eventQueueDepth,
+                      idRegisters: idRegisters)
     }
 }
