@@ -260,8 +260,9 @@ public final class SimulatedSMMU: PSMMUBackend {
 
     // MARK: - Device DMA
 
-    /// Models one DMA access of `hostDeviceID` to `address`, as the SMMU translates it, filling the
-    /// caches on the way.
+    /// Models one DMA access of `hostDeviceID` to `address`, as the SMMU translates it through the
+    /// domain the device is attached to (``attachDevice(_:to:)``; its nest parent until then), filling
+    /// the caches on the way.
     ///
     /// - Parameters:
     ///   - substreamID: the access's SubstreamID (PASID); `nil` for none (the STE's S1DSS applies).
@@ -272,8 +273,10 @@ public final class SimulatedSMMU: PSMMUBackend {
     ///   - throughATS: the access is an ATS translation: served by the device's ATC when it holds the
     ///     address, otherwise translated by the SMMU (F_BAD_ATS_TREQ unless the STE has EATS = 1) and
     ///     cached in the ATC. A failed ATS translation records no event except F_BAD_ATS_TREQ.
-    /// - Returns: what happened; a fault's record carries the physical StreamID, the viommu of the
-    ///   device's vdevice receives it with the vSID (devices without a vdevice lose it).
+    /// - Returns: what happened; a fault's record carries the physical StreamID. The viommu the device
+    ///   is attached through (its vmaster) receives it with the vSID when the kernel forwards that
+    ///   record (``ViommuEventForwarding``); other records, and every record of a device on its nest
+    ///   parent, are only counted (``SimulatedSMMUCounters/eventsNotForwarded``).
     /// - Throws: `.invalidArgument` for a device not behind this pSMMU or a bad `size`.
     @discardableResult
     public func touch(hostDeviceID: UInt32, substreamID: SubstreamID? = nil, address: UInt64,
