@@ -10,10 +10,14 @@ public enum DMAOutcome: Hashable, Sendable, CustomStringConvertible {
     case tlbHit(TLBEntry)
     /// Translated after a walk, which filled this TLB entry.
     case tlbFill(TLBEntry)
-    /// Stage 1 bypassed (bypass STE, S1DSS = bypass, or no vSTE installed): nothing cached in the
-    /// stage-1 TLB.
+    /// Stage 1 bypassed, stage 2 only (the device on ``DeviceDomain/bypass`` or
+    /// ``DeviceDomain/nestParent``, a bypass vSTE, or S1DSS = bypass): nothing cached in the stage-1 TLB.
     case bypassed
-    /// Aborted without an event (the STE's CONFIG is abort, as the kernel installs for a V = 0 vSTE).
+    /// Aborted without an event: the STE's CONFIG is abort (``DeviceDomain/abort``, a CONFIG = abort
+    /// vSTE, or a V = 0 vSTE, which `arm_smmu_make_nested_domain_ste` installs as an abort STE). An SMMU
+    /// records nothing for CONFIG = abort ("report abort to device, no event recorded", STE.Config in
+    /// the SMMUv3 spec), whereas it would record C_BAD_STE for an STE with V = 0, which the kernel
+    /// never installs for a device.
     case aborted
     /// Faulted. The record is as the SMMU wrote it, with the physical StreamID; the viommu's event
     /// queue receives it with the vSID (``SimulatedSMMU/takeEvents(viommu:)``).
@@ -49,9 +53,11 @@ extension SimulatedSMMUState {
     /// The largest SubstreamID width the simulated SMMU supports (`SMMU_IDR1.SSIDSIZE`).
     static let substreamIDBits: UInt8 = 20
 
-    /// Models one device access, as an SMMUv3 translates it: device ATC (ATS only), STE (config cache,
-    /// else the installed HWPT), CD (config cache, else the HWPT's CD table), then the TLB tagged
-    /// (VMID of the HWPT's viommu, CD ASID).
+    /// Models one device access, as an SMMUv3 translates it: device ATC (ATS only), then the domain the
+    /// device is attached to: for a nested HWPT its STE (config cache, else the HWPT's vSTE), CD (config
+    /// cache, else the HWPT's CD table) and the TLB tagged (VMID of the HWPT's viommu, CD ASID); for
+    /// abort an abort; for bypass and the nest parent stage 2 only. Faults are reported through
+    /// ``report(_:hostDeviceID:)``, which forwards what the kernel forwards.
     mutating func touch(hostDeviceID: UInt32, substreamID: SubstreamID?, address: UInt64, size: UInt64,
                         mapped: Bool, throughATS: Bool, name: String) throws(BackendError) -> DMAOutcome {
         guard let device = deviceRecords[hostDeviceID] else {
@@ -67,7 +73,7 @@ extension SimulatedSMMUState {
         case .fault(let record):
             model.translationFaults += 1
             // An ATS Translation Request records no event but F_BAD_ATS_TREQ: the device gets a
-            // failed completion instead.
+            // failed completion instead. (The kernel does not forward F_BAD_ATS_TREQ either.)
             if !throughATS || record.id == .badATSTranslationRequest { report(record, hostDeviceID: hostDeviceID) }
         case .aborted: model.aborts += 1
         case .bypassed: model.bypasses += 1
@@ -96,11 +102,22 @@ extension SimulatedSMMUState {
             model.atcHits += 1
             return .atcHit(hit)
         }
-        guard let hwptHandle = device.hwpt, let hwpt = hwpts[hwptHandle],
-              let vmid = viommus[hwpt.viommu]?.vmid else {
-            // No vSTE installed: the device translates through the VM's stage 2 only.
+        let hwptHandle: HWPTHandle
+        switch device.domain {
+        case .nested(let handle):
+            hwptHandle = handle
+        case .abort:
+            // The viommu's abort HWPT: an abort STE.
+            return .aborted
+        case .bypass:
+            // The viommu's bypass HWPT: an S2-only STE without ATS (the kernel enables ATS only for a
+            // translating vSTE with EATS = 1, `arm_smmu_validate_vste`).
+            return throughATS ? event(.badATSTranslationRequest) : .bypassed
+        case .nestParent:
+            // The VM's S2 paging domain (not modelled: stage 2 only, ATS through it included).
             return .bypassed
         }
+        guard let hwpt = hwpts[hwptHandle], let vmid = viommus[hwpt.viommu]?.vmid else { return .bypassed }
 
         // STE
         let ste: StreamTableEntry
@@ -112,12 +129,13 @@ extension SimulatedSMMUState {
             ste = hwpt.ste
             config.cache(ste: ste, for: sid)
         }
-        // The kernel installs a V = 0 vSTE as an abort STE: V = 1, CONFIG = abort, EATS = 0.
+        // The kernel installs a V = 0 vSTE as an abort STE: V = 1, CONFIG = abort, EATS = 0. An abort
+        // STE terminates every transaction, ATS requests included, recording nothing.
         let streamConfig = ste.isValid ? ste.config : .abort
-        if throughATS, ste.eats == 0 || !ste.isValid || streamConfig == .bypass {
+        if streamConfig.aborts { return .aborted }
+        if throughATS, ste.eats == 0 || streamConfig == .bypass {
             return event(.badATSTranslationRequest)
         }
-        if streamConfig.aborts { return .aborted }
         guard streamConfig.rawValue & 1 == 1 else {
             // Stage 1 disabled (bypass, or stage 2 only): a SubstreamID is an error.
             if let substreamID { return badSubstream(sid, substreamID) }

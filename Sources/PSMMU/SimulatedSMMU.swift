@@ -6,26 +6,42 @@ import SMMUv3
 /// A software model of one physical SMMUv3 behind the kernel's iommufd vIOMMU interface: the
 /// embedded default backend, used on hosts without the hardware, in tests and in benchmarks.
 ///
-/// What it models:
-/// - **Objects**, with the kernel's rules: viommus (each with a VMID unique on this pSMMU), vdevices
-///   (a device behind this pSMMU, one vdevice per device, a vSID unique per viommu) and nested
-///   stage-1 HWPTs from a vSTE (checked with ``StreamTableEntry/nestingValidated()``; installing one
-///   makes it the device's STE).
+/// What it models, after the Linux kernel (``kernelVersion``, 7.3 by default, where the rules changed):
+/// - **Objects**, with the kernel's rules and errnos:
+///   - viommus, each on a nest-parent S2 HWPT that owns its VMID (`arm_vsmmu_init`:
+///     `vsmmu->vmid = s2_parent->s2_cfg.vmid`): viommus naming the same
+///     ``ViommuAttachRequest/nestParentHWPT`` share one VMID; `nestParentHWPT` = 0 means a private S2
+///     per viommu, so that unrelated VMs never share a VMID. The VMID is flushed and freed when the S2
+///     goes (`arm_smmu_domain_free_paging`): see ``detachViommu(_:)`` and ``destroyNestParent(_:)``.
+///   - vdevices: a device behind this pSMMU, a vSID unique per viommu, and from kernel 6.17 one
+///     vdevice per device (``KernelVersion/firstWithOneVDevicePerDevice``).
+///   - nested stage-1 HWPTs from a vSTE (``StreamTableEntry/nestingValidated()``, as
+///     `arm_smmu_validate_vste`). Allocating one installs nothing (`IOMMU_HWPT_ALLOC` only allocates);
+///     a HWPT a device is attached to cannot be destroyed (EBUSY).
+///   - attachments (``attachDevice(_:to:)``, `iommufd_device_replace`): each device's STE points at
+///     one ``DeviceDomain``, from the nest parent it starts on; an attach replaces it in one step and
+///     drops the device's cached STE and CDs (and its ATC, `arm_smmu_attach_commit`).
 /// - **Caches**: a stage-1 TLB of range entries tagged (VMID, ASID); a configuration cache (STE by
-///   pSID, CD by (pSID, SSID)); an ATC per device for ATS. Device DMA fills them:
+///   pSID, CD by (pSID, SSID)); an ATC per device for ATS. Device DMA fills them, translating through
+///   the domain the device is attached to:
 ///   ``touch(hostDeviceID:substreamID:address:size:mapped:throughATS:)``.
 /// - **Commands**: ``invalidate(viommu:commands:)`` applies what the kernel accepts on a viommu with
-///   the hardware's semantics, after the kernel's rewrite (VMID overwritten, TLBI_NSNH_ALL turned into
-///   TLBI_NH_ALL, vSID replaced by pSID); everything else stops the batch with `CERROR_ILL`.
-/// - **Events**, delivered per viommu with the vSID substituted, as the kernel's vEVENTQ does.
+///   the hardware's semantics, after the kernel's rewrite (`arm_vsmmu_convert_user_cmd`: VMID
+///   overwritten, TLBI_NSNH_ALL turned into TLBI_NH_ALL, vSID replaced by pSID); what the kernel refuses
+///   stops the batch with `CERROR_ILL`; what the SMMU then finds illegal (SSEC set) is skipped as
+///   `arm_smmu_cmdq_skip_err` does, with no effect, and the batch completes.
+/// - **Events**, delivered per viommu with the vSID substituted, only those the kernel forwards to a
+///   vEVENTQ (``ViommuEventForwarding``: `arm_smmu_handle_event` → `arm_vmaster_report_event`).
 /// - **Time** (``CostModel``), **faults** (``failCommand(at:countedFrom:on:with:)``,
 ///   ``failCommands(on:with:times:where:)``), **stalls** (``stallInvalidations(on:for:)``) and
 ///   counters of everything (``counters``, ``simulationCounters``).
 ///
 /// What it does not model: page tables (the caller of `touch` says whether the address is mapped and
-/// by which size of entry), stage 2, walk caches (LEAF and TTL are honoured by invalidating every
-/// matching entry, which is always allowed), global (nG = 0) entries, and TLB capacity (entries stay
-/// until invalidated).
+/// by which size of entry), stage 2 (a device on its nest parent or on bypass is "stage-1 bypassed";
+/// no S2 fault, no S2 TLB), walk caches (LEAF and TTL are honoured by invalidating every matching entry,
+/// which is always allowed), global (nG = 0) entries, TLB capacity (entries stay until invalidated),
+/// stalls and PRI, and PASID attachments. HWPT ids are one namespace per pSMMU, as if one iommufd held
+/// every object.
 ///
 /// Thread safety: every call takes one pthread mutex for a short, bounded time (a pthread mutex rather
 /// than `Synchronization.Mutex`, which ThreadSanitizer cannot see on Linux); the cost model's wait and
@@ -37,30 +53,37 @@ public final class SimulatedSMMU: PSMMUBackend {
     public let devices: [UInt32: StreamID]
     /// The ID registers ``hardwareInfo(viommu:)`` reports.
     public let idRegisters: IDRegisters
+    /// The kernel whose rules the model follows where they changed between releases.
+    public let kernelVersion: KernelVersion
     private let state: Locked<SimulatedSMMUState>
 
     /// A pSMMU named `name` with `devices` (host device id → physical StreamID, all distinct) behind it.
     /// - Parameters:
     ///   - costModel: the time calls take; free by default.
     ///   - eventQueueDepth: event records a viommu holds before further ones are lost.
+    ///   - kernelVersion: the kernel to behave like; the rig's (7.3) by default.
     public init(name: String, devices: [UInt32: StreamID], costModel: CostModel = .free,
-                eventQueueDepth: Int = 1024, idRegisters: IDRegisters = .simulatedDefault) {
+                eventQueueDepth: Int = 1024, idRegisters: IDRegisters = .simulatedDefault,
+                kernelVersion: KernelVersion = .rig) {
         precondition(Set(devices.values).count == devices.count, "two devices share a physical StreamID")
         self.name = name
         self.devices = devices
         self.idRegisters = idRegisters
-        state = Locked(SimulatedSMMUState(devices: devices, costModel: costModel, eventQueueDepth: eventQueueDepth))
+        self.kernelVersion = kernelVersion
+        state = Locked(SimulatedSMMUState(devices: devices, costModel: costModel, eventQueueDepth: eventQueueDepth,
+                                          kernelVersion: kernelVersion))
     }
 
     /// A pSMMU with `deviceCount` devices: host device ids `firstHostDeviceID + i` with physical
     /// StreamIDs `firstStreamID + i`.
     public convenience init(name: String, deviceCount: Int, firstHostDeviceID: UInt32 = 0,
                             firstStreamID: StreamID = 0, costModel: CostModel = .free,
-                            eventQueueDepth: Int = 1024, idRegisters: IDRegisters = .simulatedDefault) {
+                            eventQueueDepth: Int = 1024, idRegisters: IDRegisters = .simulatedDefault,
+                            kernelVersion: KernelVersion = .rig) {
         var devices: [UInt32: StreamID] = [:]
         for i in 0..<deviceCount { devices[firstHostDeviceID + UInt32(i)] = firstStreamID + StreamID(i) }
         self.init(name: name, devices: devices, costModel: costModel, eventQueueDepth: eventQueueDepth,
-                  idRegisters: idRegisters)
+                  idRegisters: idRegisters, kernelVersion: kernelVersion)
     }
 
     /// The time calls take; may be changed at any time (calls in flight keep their cost).
@@ -71,23 +94,51 @@ public final class SimulatedSMMU: PSMMUBackend {
 
     // MARK: - PSMMUBackend: control path
 
-    /// Allocates a viommu with a VMID unused on this pSMMU (the lowest free one, from 1).
+    /// Allocates a viommu on the nest-parent S2 `request.nestParentHWPT` names, whose VMID it takes
+    /// (`arm_vsmmu_init`): a viommu on an S2 already in use shares its VMID; a new S2 gets the lowest
+    /// VMID free on this pSMMU, from 1. `nestParentHWPT` = 0 names no S2: the viommu gets a private one,
+    /// hence a VMID of its own (what every VM on the simulated backend gets, as they all pass 0).
     /// - Throws: `.invalidArgument` when `request.hostDeviceID` is not behind this pSMMU; `.failed`
-    ///   when every VMID is taken.
+    ///   (ENOSPC) when every VMID is taken.
     public func attachViommu(_ request: ViommuAttachRequest) throws(BackendError) -> ViommuHandle {
         try state.withLock { s throws(BackendError) in try s.attachViommu(request, name: name) }
     }
 
-    /// Destroys a viommu and frees its VMID, after flushing the TLB entries tagged with it (as the
-    /// kernel does before reusing a VMID). Its armed faults and stall gates go with it.
+    /// Destroys a viommu. Its armed faults and stall gates go with it. Its VMID stays with its nest
+    /// parent: other viommus on the same S2 keep it, and their TLB entries, untouched.
+    ///
+    /// The daemon never sees the VMM destroy its S2 HWPT, so the model stands in for it: when the last
+    /// viommu of an S2 detaches, the S2 is taken as destroyed (a private S2 always, a named one unless
+    /// ``retainsNestParents``): its VMID's TLB entries are flushed and the VMID freed, as
+    /// `arm_smmu_domain_free_paging` does (TLBI_S12_VMALL, then the VMID back to the pool).
     /// - Throws: `.unknownHandle`; `.busy` while it has vdevices or HWPTs.
     public func detachViommu(_ viommu: ViommuHandle) throws(BackendError) {
         try state.withLock { s throws(BackendError) in try s.detachViommu(viommu, name: name) }
     }
 
+    /// Whether a named nest-parent S2 outlives its last viommu's detach (keeping its VMID and the TLB
+    /// entries tagged with it) until ``destroyNestParent(_:)``, as a VMM that keeps its S2 would. `false`
+    /// by default: the S2 is taken as destroyed with its last viommu (see ``detachViommu(_:)``).
+    /// Private S2s (`nestParentHWPT` = 0) always go with their viommu.
+    public var retainsNestParents: Bool {
+        get { state.withLock { $0.retainsNestParents } }
+        set { state.withLock { $0.retainsNestParents = newValue } }
+    }
+
+    /// Destroys the named nest-parent S2 HWPT `hwptID`, as the VMM's `IOMMU_DESTROY` of it would: its
+    /// VMID's TLB entries are flushed and the VMID freed (`arm_smmu_domain_free_paging`). For tests and
+    /// tools; with ``retainsNestParents`` off the S2 already went with its last viommu.
+    /// - Throws: `.unknownHandle` (ENOENT) for an S2 no viommu named or already destroyed; `.busy`
+    ///   (EBUSY) while a viommu is on it (each viommu holds a reference on its S2).
+    public func destroyNestParent(_ hwptID: UInt32) throws(BackendError) {
+        try state.withLock { s throws(BackendError) in try s.destroyNestParent(hwptID, name: name) }
+    }
+
+    /// The device stays where it is attached (its nest parent, for a fresh device) until
+    /// ``attachDevice(_:to:)``.
     /// - Throws: `.unknownHandle` for an unknown viommu; `.invalidArgument` (EINVAL) for a device not
-    ///   behind this pSMMU; `.alreadyExists` (EEXIST) for a device that has a vdevice or a vSID in use
-    ///   on the viommu.
+    ///   behind this pSMMU; `.alreadyExists` (EEXIST) for a vSID in use on the viommu, and from kernel
+    ///   6.17 for a device that already has a vdevice (`iommufd_vdevice_alloc_ioctl`: `idev->vdev`).
     ///
     /// A VFIO descriptor in `device` is not needed (the model attaches by host device id): it is closed.
     public func allocateVDevice(viommu: ViommuHandle, device: HostDevice,
@@ -99,30 +150,51 @@ public final class SimulatedSMMU: PSMMUBackend {
         }
     }
 
-    /// The ID registers this pSMMU was configured with.
+    /// The ID registers this pSMMU was configured with, as `IOMMU_GET_HW_INFO` (`arm_smmu_hw_info`)
+    /// reads them through the viommu's device.
+    /// - Throws: `.unknownHandle` (ENOENT) for an unknown viommu.
     public func hardwareInfo(viommu: ViommuHandle) throws(BackendError) -> IDRegisters {
         try state.withLock { s throws(BackendError) in
             guard s.viommus[viommu] != nil else {
-                throw BackendError(.unknownHandle, errno: 2, "\(name): \(viommu) is not attached")
+                throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(name): \(viommu) is not attached")
             }
             return idRegisters
         }
     }
 
+    /// Attaches the vdevice's device to `domain`, replacing its attachment in one step
+    /// (`VFIO_DEVICE_ATTACH_IOMMUFD_PT` → `iommufd_device_replace`, make-before-break: the device is
+    /// never without a domain, and a refused attach leaves it where it was). Its DMA then translates
+    /// through `domain`: a nested HWPT's vSTE (stage 1, then stage 2); ``DeviceDomain/abort``: every
+    /// transaction aborted, no event; ``DeviceDomain/bypass`` and ``DeviceDomain/nestParent``: stage 2
+    /// only. Events of a nested, abort or bypass attachment go to the viommu with the device's vSID
+    /// there (the kernel's vmaster); on the nest parent, a paging domain, nowhere.
+    ///
+    /// The STE write drops the device's cached STE and CDs, and `arm_smmu_attach_commit` its ATC.
+    /// Attaching to the domain the device is already on changes nothing (`iommufd_device_do_replace`).
+    /// - Throws: `.unknownHandle` (ENOENT) for an unknown vdevice or HWPT; `.invalidArgument` (EINVAL)
+    ///   for a nested HWPT of another viommu. (The kernel itself would refuse that one with ENOENT in
+    ///   `arm_vsmmu_attach_prepare` for a translating vSTE, the device having no vSID on that viommu,
+    ///   and accept it for an abort or bypass vSTE; the backends refuse it before asking, as the iommufd
+    ///   backend does.)
     public func attachDevice(_ vdevice: VDeviceHandle, to domain: DeviceDomain) throws(BackendError) {
-        throw BackendError(.failed, "\(name): attachDevice is being written")
+        try state.withLock { s throws(BackendError) in try s.attachDevice(vdevice, to: domain, name: name) }
     }
 
+    /// Destroys a vdevice. A device attached through it is first put back on its nest parent (an STE
+    /// write), as the iommufd backend does, so that its HWPT can then be destroyed.
     /// - Throws: `.unknownHandle`.
     public func destroyVDevice(_ vdevice: VDeviceHandle) throws(BackendError) {
         try state.withLock { s throws(BackendError) in try s.destroyVDevice(vdevice, name: name) }
     }
 
-    /// Installs a nested HWPT: the STE the kernel would write (``StreamTableEntry/nestingValidated()``)
-    /// becomes the device's STE, `contextDescriptors` its CD table in guest memory (index = SubstreamID;
-    /// CDs not given read as invalid). The kernel's STE write drops the device's cached STE and CDs.
-    /// - Throws: `.unknownHandle` for an unknown viommu; `.invalidArgument` for a device not behind this
-    ///   pSMMU, a vSTE the kernel rejects (the message gives the reason) or more CDs than the STE links.
+    /// Allocates a nested HWPT on `viommu` (`IOMMU_HWPT_ALLOC` with `pt_id` = the viommu): the STE the
+    /// kernel would write (``StreamTableEntry/nestingValidated()``), with `contextDescriptors` as its CD
+    /// table in guest memory (index = SubstreamID; CDs not given read as invalid). It only allocates:
+    /// no device uses it until ``attachDevice(_:to:)``.
+    /// - Throws: `.invalidArgument` for an unknown viommu (EINVAL: `iommufd_hwpt_alloc` turns a failed
+    ///   `iommufd_get_object` into `-EINVAL`), a device not behind this pSMMU (EINVAL), a vSTE the kernel
+    ///   rejects (EIO; the message gives the reason) or more CDs than the STE links (EINVAL).
     public func allocateNestedHWPT(viommu: ViommuHandle, hostDeviceID: UInt32, ste: StreamTableEntry,
                                    contextDescriptors: [ContextDescriptor]) throws(BackendError) -> HWPTHandle {
         try state.withLock { s throws(BackendError) in
@@ -131,9 +203,9 @@ public final class SimulatedSMMU: PSMMUBackend {
         }
     }
 
-    /// Destroys a HWPT. If it was the device's STE, the device is left with no vSTE (stage-1 bypass)
-    /// and its cached STE and CDs are dropped.
-    /// - Throws: `.unknownHandle`.
+    /// Destroys a nested HWPT that no device is attached to.
+    /// - Throws: `.unknownHandle` (ENOENT); `.busy` (EBUSY) while a device is attached to it (each
+    ///   attachment holds a reference, so `iommufd_object_remove` refuses).
     public func destroyHWPT(_ hwpt: HWPTHandle) throws(BackendError) {
         try state.withLock { s throws(BackendError) in try s.destroyHWPT(hwpt, name: name) }
     }
@@ -145,7 +217,10 @@ public final class SimulatedSMMU: PSMMUBackend {
     /// Each command goes through the kernel's conversion (``ViommuCommandConversion``), then the armed
     /// faults, then the caches. The first command refused (`CERROR_ILL`, errno EIO, a message naming the
     /// opcode) or failed by an injected fault stops the batch: `completed` is its index and nothing after
-    /// it is processed. An unknown viommu fails the whole batch with `CERROR_ILL` (errno ENOENT).
+    /// it is processed. A command the kernel passes but the SMMU finds illegal (an ATC_INV or CFGI_CD
+    /// with SSEC set) is skipped without effect and counts as completed
+    /// (``SimulatedSMMUCounters/illegalCommandsSkipped``). An unknown viommu fails the whole batch with
+    /// `CERROR_ABT` (errno ENOENT: `iommufd_get_object` fails before any command is read).
     /// Armed stall gates block the call on entry, outside the model's lock.
     public func invalidate(viommu: ViommuHandle, commands: UnsafeBufferPointer<Command>) -> InvalidationResult {
         var gatesPassed = false
@@ -185,8 +260,9 @@ public final class SimulatedSMMU: PSMMUBackend {
 
     // MARK: - Device DMA
 
-    /// Models one DMA access of `hostDeviceID` to `address`, as the SMMU translates it, filling the
-    /// caches on the way.
+    /// Models one DMA access of `hostDeviceID` to `address`, as the SMMU translates it through the
+    /// domain the device is attached to (``attachDevice(_:to:)``; its nest parent until then), filling
+    /// the caches on the way.
     ///
     /// - Parameters:
     ///   - substreamID: the access's SubstreamID (PASID); `nil` for none (the STE's S1DSS applies).
@@ -197,8 +273,10 @@ public final class SimulatedSMMU: PSMMUBackend {
     ///   - throughATS: the access is an ATS translation: served by the device's ATC when it holds the
     ///     address, otherwise translated by the SMMU (F_BAD_ATS_TREQ unless the STE has EATS = 1) and
     ///     cached in the ATC. A failed ATS translation records no event except F_BAD_ATS_TREQ.
-    /// - Returns: what happened; a fault's record carries the physical StreamID, the viommu of the
-    ///   device's vdevice receives it with the vSID (devices without a vdevice lose it).
+    /// - Returns: what happened; a fault's record carries the physical StreamID. The viommu the device
+    ///   is attached through (its vmaster) receives it with the vSID when the kernel forwards that
+    ///   record (``ViommuEventForwarding``); other records, and every record of a device on its nest
+    ///   parent, are only counted (``SimulatedSMMUCounters/eventsNotForwarded``).
     /// - Throws: `.invalidArgument` for a device not behind this pSMMU or a bad `size`.
     @discardableResult
     public func touch(hostDeviceID: UInt32, substreamID: SubstreamID? = nil, address: UInt64,
@@ -252,13 +330,13 @@ public final class SimulatedSMMU: PSMMUBackend {
         }
     }
 
-    /// Writes CD `substreamID` of the CD table of the HWPT installed for `hostDeviceID`.
-    /// - Throws: `.invalidArgument` for a device not behind this pSMMU, with no HWPT installed, or whose
-    ///   STE links no such CD.
+    /// Writes CD `substreamID` of the CD table of the nested HWPT `hostDeviceID` is attached to.
+    /// - Throws: `.invalidArgument` for a device not behind this pSMMU, not attached to a nested HWPT,
+    ///   or whose STE links no such CD.
     public func writeContextDescriptor(_ cd: ContextDescriptor, hostDeviceID: UInt32,
                                        substreamID: SubstreamID) throws(BackendError) {
         guard let hwpt = installedHWPT(hostDeviceID: hostDeviceID) else {
-            throw BackendError(.invalidArgument, errno: Errno.invalid, "device \(hostDeviceID) has no HWPT installed on \(name)")
+            throw BackendError(.invalidArgument, errno: Errno.invalid, "device \(hostDeviceID) is not attached to a nested HWPT on \(name)")
         }
         try writeContextDescriptor(cd, hwpt: hwpt, substreamID: substreamID)
     }
@@ -270,8 +348,13 @@ public final class SimulatedSMMU: PSMMUBackend {
         state.withLock { $0.viommus.keys.sorted { $0.rawValue < $1.rawValue } }
     }
 
-    /// The VMID of `viommu`, `nil` for an unknown one.
+    /// The VMID of `viommu` (its nest parent's), `nil` for an unknown one.
     public func vmid(of viommu: ViommuHandle) -> VMID? { state.withLock { $0.viommus[viommu]?.vmid } }
+
+    /// The VMID of the named nest-parent S2 `hwptID`, `nil` when there is none (never named, or destroyed).
+    public func vmid(ofNestParent hwptID: UInt32) -> VMID? {
+        state.withLock { $0.nestParents[.named(hwptID)]?.vmid }
+    }
 
     /// vSID → pSID of `viommu`'s vdevices.
     public func streamIDMap(viommu: ViommuHandle) -> [StreamID: StreamID] {
@@ -284,17 +367,29 @@ public final class SimulatedSMMU: PSMMUBackend {
         state.withLock { $0.viommus[viommu]?.processed }
     }
 
-    /// The HWPT whose STE `hostDeviceID` uses, if any.
+    /// The nested HWPT `hostDeviceID` is attached to, if any.
     public func installedHWPT(hostDeviceID: UInt32) -> HWPTHandle? {
         state.withLock { $0.deviceRecords[hostDeviceID]?.hwpt }
     }
 
-    /// The vdevice of `hostDeviceID`, if any.
-    public func vdevice(hostDeviceID: UInt32) -> VDeviceHandle? {
-        state.withLock { $0.deviceRecords[hostDeviceID]?.vdevice }
+    /// The domain `hostDeviceID` is attached to (``DeviceDomain/nestParent`` until its first attach);
+    /// `nil` for a device not behind this pSMMU.
+    public func domain(hostDeviceID: UInt32) -> DeviceDomain? {
+        state.withLock { $0.deviceRecords[hostDeviceID]?.domain }
     }
 
-    /// Every TLB entry tagged with `viommu`'s VMID, sorted by (ASID, address, size).
+    /// The vdevice of `hostDeviceID` (its first, when a kernel before 6.17 let it have several), if any.
+    public func vdevice(hostDeviceID: UInt32) -> VDeviceHandle? {
+        state.withLock { $0.deviceRecords[hostDeviceID]?.vdevices.first }
+    }
+
+    /// The vdevices of `hostDeviceID`, in allocation order.
+    public func vdevices(hostDeviceID: UInt32) -> [VDeviceHandle] {
+        state.withLock { $0.deviceRecords[hostDeviceID]?.vdevices ?? [] }
+    }
+
+    /// Every TLB entry tagged with `viommu`'s VMID (shared with the other viommus on its nest parent),
+    /// sorted by (ASID, address, size).
     public func tlbEntries(viommu: ViommuHandle) -> [TLBEntry] {
         state.withLock { s in s.viommus[viommu].map { s.tlb.entries(vmid: $0.vmid) } ?? [] }
     }

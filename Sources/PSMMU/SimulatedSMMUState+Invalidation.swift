@@ -11,14 +11,19 @@ extension SimulatedSMMUState {
 
     /// Processes `commands` on `viommu` in order, as the kernel and the SMMU would: each command is
     /// converted (``ViommuCommandConversion``), checked against the armed faults and executed; the first
-    /// refused or failed command stops the batch.
+    /// refused or failed command stops the batch. A command the SMMU finds illegal after the kernel let
+    /// it through is skipped (`arm_smmu_cmdq_skip_err`) and the batch goes on.
+    ///
+    /// An unknown viommu fails the whole batch before any command is read (`iommufd_hwpt_invalidate`:
+    /// `iommufd_get_object` → ENOENT), which the guest must see as `CERROR_ABT`, as
+    /// `CommandQueueError(iommufdInvalidationErrno:)` maps ENOENT.
     mutating func invalidate(viommu: ViommuHandle, commands: UnsafeBufferPointer<Command>) -> InvalidationOutcome {
         tally.calls += 1
         tally.received += UInt64(commands.count)
         let cached = lastInvalidated.flatMap { $0.handle == viommu ? $0 : nil }
         guard let record = cached ?? viommus[viommu] else {
             tally.failed += commands.isEmpty ? 0 : 1
-            let failure = InvalidationFailure(queueError: .illegal, errno: Errno.noEntry,
+            let failure = InvalidationFailure(queueError: .abort, errno: Errno.noEntry,
                                               message: "\(viommu) is not a viommu of this pSMMU")
             return InvalidationOutcome(result: InvalidationResult(completed: 0, failure: commands.isEmpty ? nil : failure))
         }
@@ -51,6 +56,8 @@ extension SimulatedSMMUState {
         }
         // Only device-scoped commands need the vSID map (a batch of TLBIs never gets here).
         let physicalStreamIDs = start < commands.count ? record.physicalStreamIDs : [:]
+        // A converted stage-1 TLBI is always legal; only device-scoped commands are checked.
+        let isStage1TLBI = ViommuCommandConversion.convertsToStage1TLBI
         commandLoop: for index in start..<commands.count {
             let command = commands[index]
             let opcode = command.opcode
@@ -71,6 +78,12 @@ extension SimulatedSMMUState {
                     queueError: error,
                     message: "injected \(error) on \(opcode.name), command #\(position) of \(viommu)"))
                 break commandLoop
+            }
+            if !isStage1TLBI[Int(opcode.rawValue)], physical.validate() != nil {
+                // CERROR_ILL at this command: `arm_smmu_cmdq_skip_err` replaces it with a CMD_SYNC and
+                // the queue resumes, so the ioctl returns 0 having done nothing for it.
+                model.illegalCommandsSkipped += 1
+                continue
             }
             execute(physical, vmid: vmid, received: opcode.rawValue)
             if opcode.rawValue != runOpcode {

@@ -1,12 +1,45 @@
 import SMMUv3
 
+/// The S2 (nest-parent) HWPT a viommu nests on, which owns the viommu's VMID.
+enum NestParentKey: Hashable, Sendable {
+    /// The S2 HWPT the VMM named (``ViommuAttachRequest/nestParentHWPT`` ≠ 0), shared by every viommu
+    /// that names it.
+    case named(UInt32)
+    /// No S2 named (`nestParentHWPT` = 0): a private S2 of this one viommu.
+    case `private`(ViommuHandle)
+}
+
+/// A nest-parent S2 domain: its VMID (`s2_cfg.vmid`, allocated with the domain) and the viommus on it.
+struct NestParentRecord: Sendable {
+    let vmid: VMID
+    var viommus: Set<ViommuHandle> = []
+}
+
+/// The kernel's `arm_smmu_vmaster` of a device: the viommu and vSID its events are reported with,
+/// fixed when the device is attached (`arm_vsmmu_attach_prepare`).
+struct Vmaster: Hashable, Sendable {
+    let viommu: ViommuHandle
+    let virtualStreamID: StreamID
+}
+
 /// A host device behind the pSMMU.
 struct DeviceRecord: Sendable {
     let streamID: StreamID
-    /// Its vdevice, if a VMM gave it a vSID.
-    var vdevice: VDeviceHandle?
-    /// The nested HWPT its STE currently comes from; `nil`: no vSTE installed (stage-1 bypass).
-    var hwpt: HWPTHandle?
+    /// Its vdevices, in allocation order: at most one from kernel 6.17 on.
+    var vdevices: [VDeviceHandle] = []
+    /// Where its STE points. A device starts on its VMM's nest parent (the VMM attaches it there
+    /// before it allocates a viommu), and stays there until ``SimulatedSMMU/attachDevice(_:to:)``.
+    var domain: DeviceDomain = .nestParent
+    /// The vdevice the current attachment was made through; `nil` before the first attach.
+    var attachedThrough: VDeviceHandle?
+    /// Where its events go; `nil` on a paging (S2) domain, which clears the vmaster.
+    var vmaster: Vmaster?
+
+    /// The nested HWPT its STE comes from, if it is attached to one.
+    var hwpt: HWPTHandle? {
+        if case .nested(let handle) = domain { return handle }
+        return nil
+    }
 }
 
 /// A viommu: one VM on this pSMMU.
@@ -17,7 +50,9 @@ struct DeviceRecord: Sendable {
 /// ``SimulatedSMMU``'s mutex, and the state is never copied.
 final class ViommuRecord: @unchecked Sendable {
     let handle: ViommuHandle
+    /// The VMID of its nest parent (`vsmmu->vmid = s2_parent->s2_cfg.vmid` in `arm_vsmmu_init`).
     let vmid: VMID
+    let nestParent: NestParentKey
     /// vSID → pSID of its vdevices.
     var physicalStreamIDs: [StreamID: StreamID] = [:]
     var vdevices: Set<VDeviceHandle> = []
@@ -27,9 +62,10 @@ final class ViommuRecord: @unchecked Sendable {
     /// Commands processed (executed or failed) since attach: the position fault injection counts.
     var processed: UInt64 = 0
 
-    init(handle: ViommuHandle, vmid: VMID) {
+    init(handle: ViommuHandle, vmid: VMID, nestParent: NestParentKey) {
         self.handle = handle
         self.vmid = vmid
+        self.nestParent = nestParent
     }
 }
 
@@ -47,6 +83,8 @@ struct HWPTRecord: Sendable {
     let ste: StreamTableEntry
     /// The CD table in guest memory, by SubstreamID; missing entries read as invalid CDs.
     var contextDescriptors: [ContextDescriptor]
+    /// The host devices attached to it: each holds a reference, so it cannot be destroyed meanwhile.
+    var attachedDevices: Set<UInt32> = []
 }
 
 /// Everything a ``SimulatedSMMU`` holds, guarded by its one mutex.
@@ -57,7 +95,11 @@ struct SimulatedSMMUState: Sendable {
     var lastInvalidated: ViommuRecord?
     var vdevices: [VDeviceHandle: VDeviceRecord] = [:]
     var hwpts: [HWPTHandle: HWPTRecord] = [:]
+    var nestParents: [NestParentKey: NestParentRecord] = [:]
     var usedVMIDs: Set<VMID> = []
+    /// Whether a named nest parent outlives its last viommu (until `destroyNestParent`).
+    var retainsNestParents = false
+    let kernelVersion: KernelVersion
     /// iommufd-like object ids, shared by viommus, vdevices and HWPTs.
     var nextObjectID: UInt32 = 1
     var nextFaultID: UInt64 = 1
@@ -81,10 +123,11 @@ struct SimulatedSMMUState: Sendable {
 
     let eventQueueDepth: Int
 
-    init(devices: [UInt32: StreamID], costModel: CostModel, eventQueueDepth: Int) {
+    init(devices: [UInt32: StreamID], costModel: CostModel, eventQueueDepth: Int, kernelVersion: KernelVersion) {
         deviceRecords = devices.mapValues { DeviceRecord(streamID: $0) }
         self.costModel = costModel
         self.eventQueueDepth = eventQueueDepth
+        self.kernelVersion = kernelVersion
     }
 
     mutating func takeObjectID() -> UInt32 {
@@ -92,22 +135,37 @@ struct SimulatedSMMUState: Sendable {
         return nextObjectID
     }
 
-    // MARK: - Control path
+    // MARK: - Viommus and their nest parents
 
+    /// `IOMMU_VIOMMU_ALLOC` on the S2 HWPT the request names. The VMID is the nest parent's
+    /// (`vsmmu->vmid = s2_parent->s2_cfg.vmid` in `arm_vsmmu_init`): viommus on one S2 share it; a new S2
+    /// parent takes the lowest free VMID from 1 (`ida_alloc_range(&smmu->vmid_map, 1, …)`).
     mutating func attachViommu(_ request: ViommuAttachRequest, name: String) throws(BackendError) -> ViommuHandle {
         guard deviceRecords[request.hostDeviceID] != nil else {
             throw BackendError(.invalidArgument, errno: Errno.invalid, "device \(request.hostDeviceID) is not behind \(name)")
         }
-        guard let vmid = (1...VMID.max).first(where: { !usedVMIDs.contains($0) }) else {
-            throw BackendError(.failed, errno: Errno.noSpace, "\(name) has no free VMID")
+        let handle = ViommuHandle(rawValue: nextObjectID)
+        let key: NestParentKey = request.nestParentHWPT == 0 ? .private(handle) : .named(request.nestParentHWPT)
+        var parent: NestParentRecord
+        if let existing = nestParents[key] {
+            parent = existing
+        } else {
+            guard let vmid = (1...VMID.max).first(where: { !usedVMIDs.contains($0) }) else {
+                throw BackendError(.failed, errno: Errno.noSpace, "\(name) has no free VMID")
+            }
+            usedVMIDs.insert(vmid)
+            parent = NestParentRecord(vmid: vmid)
         }
-        usedVMIDs.insert(vmid)
-        let handle = ViommuHandle(rawValue: takeObjectID())
-        viommus[handle] = ViommuRecord(handle: handle, vmid: vmid)
+        _ = takeObjectID()
+        parent.viommus.insert(handle)
+        nestParents[key] = parent
+        viommus[handle] = ViommuRecord(handle: handle, vmid: parent.vmid, nestParent: key)
         viommusAttached += 1
         return handle
     }
 
+    /// `IOMMU_DESTROY` of a viommu. Its nest parent's VMID is flushed and freed only when the S2 goes:
+    /// a private one now; a named one when its last viommu goes, unless nest parents are retained.
     mutating func detachViommu(_ viommu: ViommuHandle, name: String) throws(BackendError) {
         guard let record = viommus[viommu] else {
             throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(viommu) is not a viommu of \(name)")
@@ -117,13 +175,43 @@ struct SimulatedSMMUState: Sendable {
         }
         viommus.removeValue(forKey: viommu)
         if lastInvalidated?.handle == viommu { lastInvalidated = nil }
-        // The kernel invalidates a VMID before freeing it, so its next owner inherits no entry.
-        model.tlbEntriesFlushedOnDetach += UInt64(tlb.invalidate(vmid: record.vmid))
-        usedVMIDs.remove(record.vmid)
         faults.removeAll { $0.viommu == viommu }
         gates.removeAll { $0.viommu == viommu }
+        nestParents[record.nestParent]?.viommus.remove(viommu)
+        guard let parent = nestParents[record.nestParent], parent.viommus.isEmpty else { return }
+        if case .named = record.nestParent, retainsNestParents { return }
+        model.tlbEntriesFlushedOnDetach += UInt64(freeNestParent(record.nestParent))
     }
 
+    /// `IOMMU_DESTROY` of a named S2 HWPT that no viommu uses any more.
+    mutating func destroyNestParent(_ hwptID: UInt32, name: String) throws(BackendError) {
+        let key = NestParentKey.named(hwptID)
+        guard let parent = nestParents[key] else {
+            throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(name) has no nest-parent HWPT \(hwptID)")
+        }
+        guard parent.viommus.isEmpty else {
+            // Each viommu holds a reference on its S2 (`iommufd_viommu_alloc_ioctl`), so
+            // `iommufd_object_remove` refuses the destroy.
+            throw BackendError(.busy, errno: Errno.busy, "nest-parent HWPT \(hwptID) still has \(parent.viommus.count) viommu(s)")
+        }
+        model.tlbEntriesFlushedOnNestParentDestroy += UInt64(freeNestParent(key))
+    }
+
+    /// Frees an S2 domain as `arm_smmu_domain_free_paging` does: its TLB entries are invalidated
+    /// (TLBI_S12_VMALL of its VMID) before the VMID returns to the pool, so the VMID's next owner inherits
+    /// no entry. - Returns: the entries flushed.
+    private mutating func freeNestParent(_ key: NestParentKey) -> Int {
+        guard let parent = nestParents.removeValue(forKey: key) else { return 0 }
+        let flushed = tlb.invalidate(vmid: parent.vmid)
+        usedVMIDs.remove(parent.vmid)
+        return flushed
+    }
+
+    // MARK: - vdevices
+
+    /// `iommufd_vdevice_alloc_ioctl`: the viommu (ENOENT), the device (EINVAL: not behind this pSMMU),
+    /// from 6.17 a device that already has a vdevice (EEXIST: `idev->vdev`), then a `virt_id` already
+    /// used on the viommu (EEXIST: `xa_cmpxchg` on `viommu->vdevs`). The device stays where it is attached.
     mutating func allocateVDevice(viommu: ViommuHandle, hostDeviceID: UInt32, virtualStreamID: StreamID,
                                   name: String) throws(BackendError) -> VDeviceHandle {
         guard let record = viommus[viommu] else {
@@ -132,8 +220,9 @@ struct SimulatedSMMUState: Sendable {
         guard let device = deviceRecords[hostDeviceID] else {
             throw BackendError(.invalidArgument, errno: Errno.invalid, "device \(hostDeviceID) is not behind \(name)")
         }
-        if let existing = device.vdevice {
-            throw BackendError(.alreadyExists, errno: Errno.exists, "device \(hostDeviceID) already has \(existing)")
+        if kernelVersion.allowsOneVDevicePerDevice, let existing = device.vdevices.first {
+            throw BackendError(.alreadyExists, errno: Errno.exists,
+                               "device \(hostDeviceID) already has \(existing) (one vdevice per device from kernel \(KernelVersion.firstWithOneVDevicePerDevice))")
         }
         guard record.physicalStreamIDs[virtualStreamID] == nil else {
             throw BackendError(.alreadyExists, errno: Errno.exists, "vSID \(virtualStreamID) is already used on \(viommu)")
@@ -141,27 +230,107 @@ struct SimulatedSMMUState: Sendable {
         let handle = VDeviceHandle(rawValue: takeObjectID())
         vdevices[handle] = VDeviceRecord(viommu: viommu, hostDeviceID: hostDeviceID,
                                          virtualStreamID: virtualStreamID, physicalStreamID: device.streamID)
-        viommus[viommu]?.physicalStreamIDs[virtualStreamID] = device.streamID
-        viommus[viommu]?.vdevices.insert(handle)
-        deviceRecords[hostDeviceID]?.vdevice = handle
+        record.physicalStreamIDs[virtualStreamID] = device.streamID
+        record.vdevices.insert(handle)
+        deviceRecords[hostDeviceID]?.vdevices.append(handle)
         vdevicesAllocated += 1
         return handle
     }
 
+    /// Destroys a vdevice. A device attached through it goes back to its nest parent first, as the
+    /// iommufd backend's `destroyVDevice` does, so that no device is left on a nested HWPT without
+    /// the vdevice that gave it its vSID.
     mutating func destroyVDevice(_ vdevice: VDeviceHandle, name: String) throws(BackendError) {
-        guard let record = vdevices.removeValue(forKey: vdevice) else {
+        guard let record = vdevices[vdevice] else {
             throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(vdevice) is not a vdevice of \(name)")
         }
+        let host = record.hostDeviceID
+        if let device = deviceRecords[host], device.attachedThrough == vdevice, device.domain != .nestParent {
+            commitAttachment(hostDeviceID: host, to: .nestParent, through: vdevice, vmaster: nil)
+        }
+        vdevices.removeValue(forKey: vdevice)
         viommus[record.viommu]?.physicalStreamIDs.removeValue(forKey: record.virtualStreamID)
         viommus[record.viommu]?.vdevices.remove(vdevice)
-        deviceRecords[record.hostDeviceID]?.vdevice = nil
+        deviceRecords[host]?.vdevices.removeAll { $0 == vdevice }
+        if deviceRecords[host]?.attachedThrough == vdevice { deviceRecords[host]?.attachedThrough = nil }
     }
 
+    // MARK: - Attachment
+
+    /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` → `iommufd_device_replace`: checks everything, then switches the
+    /// device's STE in one step (make-before-break: the device is never without a domain, and a refused
+    /// attach changes nothing).
+    mutating func attachDevice(_ vdevice: VDeviceHandle, to domain: DeviceDomain, name: String) throws(BackendError) {
+        guard let record = vdevices[vdevice], let device = deviceRecords[record.hostDeviceID] else {
+            throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(vdevice) is not a vdevice of \(name)")
+        }
+        let vmaster: Vmaster?
+        switch domain {
+        case .nested(let hwpt):
+            guard let target = hwpts[hwpt] else {
+                // `iommufd_device_change_pt`: `iommufd_get_object` of an unknown pt_id.
+                throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(hwpt) is not a HWPT of \(name)")
+            }
+            guard target.viommu == record.viommu else {
+                throw BackendError(.invalidArgument, errno: Errno.invalid,
+                                   "\(hwpt) is a nested HWPT of \(target.viommu), not of \(record.viommu), where \(vdevice) is")
+            }
+            vmaster = self.vmaster(of: device, on: record.viommu)
+        case .abort, .bypass:
+            // The viommu's abort/bypass nested HWPTs: `arm_vsmmu_attach_prepare` finds the vSID too.
+            vmaster = self.vmaster(of: device, on: record.viommu)
+        case .nestParent:
+            // A paging domain: `arm_smmu_attach_commit_vmaster` clears the vmaster.
+            vmaster = nil
+        }
+        if device.domain == domain {
+            // `iommufd_device_do_replace`: replacing a HWPT with itself changes nothing. The abort,
+            // bypass and nest-parent HWPTs are the viommu's, so they are the same only on the same viommu.
+            let sameViommu = device.attachedThrough.map { vdevices[$0]?.viommu == record.viommu } ?? true
+            if case .nested = domain { return }
+            if sameViommu { return }
+        }
+        commitAttachment(hostDeviceID: record.hostDeviceID, to: domain, through: vdevice, vmaster: vmaster)
+    }
+
+    /// The vmaster `arm_vsmmu_attach_prepare` finds for `device` on `viommu`: the vSID of its vdevice
+    /// there (`iommufd_viommu_get_vdev_id` walks `viommu->vdevs` in index order: the lowest vSID, when
+    /// a 6.13 kernel let the device have several).
+    private func vmaster(of device: DeviceRecord, on viommu: ViommuHandle) -> Vmaster? {
+        let vsids = device.vdevices.compactMap { vdevices[$0] }.filter { $0.viommu == viommu }.map(\.virtualStreamID)
+        return vsids.min().map { Vmaster(viommu: viommu, virtualStreamID: $0) }
+    }
+
+    /// Points the device's STE at `domain`. The kernel's STE write (`arm_smmu_install_ste_for_dev`)
+    /// ends with a CFGI_STE of the pSID, which drops the cached STE and CDs; `arm_smmu_attach_commit`
+    /// then invalidates the device's whole ATC when ATS was on (the translation changed, or ATS went off),
+    /// and when ATS was off the ATC holds nothing.
+    private mutating func commitAttachment(hostDeviceID: UInt32, to domain: DeviceDomain,
+                                           through vdevice: VDeviceHandle, vmaster: Vmaster?) {
+        guard var device = deviceRecords[hostDeviceID] else { return }
+        if let old = device.hwpt { hwpts[old]?.attachedDevices.remove(hostDeviceID) }
+        if case .nested(let new) = domain { hwpts[new]?.attachedDevices.insert(hostDeviceID) }
+        device.domain = domain
+        device.attachedThrough = vdevice
+        device.vmaster = vmaster
+        deviceRecords[hostDeviceID] = device
+        model.steWrites += 1
+        let dropped = config.dropStream(device.streamID)
+        model.configEntriesDroppedOnSTEChange += UInt64(dropped.stes + dropped.cds)
+        model.atcEntriesDroppedOnAttach += UInt64(atc.invalidate(streamID: device.streamID, substreamID: nil,
+                                                                 first: 0, last: .max))
+    }
+
+    // MARK: - Nested HWPTs
+
+    /// `iommufd_hwpt_alloc` with `pt_id` = a viommu: `iommufd_get_object(…, IOMMUFD_OBJ_ANY)` failing is
+    /// `-EINVAL` (not ENOENT), as is a device behind another pSMMU; the vSTE goes through
+    /// `arm_smmu_validate_vste` (EIO). Allocating installs nothing: only an attach does.
     mutating func allocateNestedHWPT(viommu: ViommuHandle, hostDeviceID: UInt32, ste: StreamTableEntry,
                                      contextDescriptors: [ContextDescriptor],
                                      name: String) throws(BackendError) -> HWPTHandle {
         guard viommus[viommu] != nil else {
-            throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(viommu) is not a viommu of \(name)")
+            throw BackendError(.invalidArgument, errno: Errno.invalid, "pt_id \(viommu.rawValue) is not a viommu of \(name)")
         }
         guard deviceRecords[hostDeviceID] != nil else {
             throw BackendError(.invalidArgument, errno: Errno.invalid, "device \(hostDeviceID) is not behind \(name)")
@@ -180,44 +349,42 @@ struct SimulatedSMMUState: Sendable {
         hwpts[handle] = HWPTRecord(viommu: viommu, hostDeviceID: hostDeviceID, ste: installed,
                                    contextDescriptors: installed.translatesStage1 ? contextDescriptors : [])
         viommus[viommu]?.hwpts.insert(handle)
-        install(hwpt: handle, on: hostDeviceID)
         hwptsAllocated += 1
         return handle
     }
 
+    /// `IOMMU_DESTROY` of a nested HWPT: EBUSY while a device is attached to it (each attachment holds
+    /// a reference, `iommufd_hw_pagetable_attach`, so `iommufd_object_remove` refuses).
     mutating func destroyHWPT(_ hwpt: HWPTHandle, name: String) throws(BackendError) {
-        guard let record = hwpts.removeValue(forKey: hwpt) else {
+        guard let record = hwpts[hwpt] else {
             throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(hwpt) is not a HWPT of \(name)")
         }
+        guard record.attachedDevices.isEmpty else {
+            let devices = record.attachedDevices.sorted().map(String.init).joined(separator: ", ")
+            throw BackendError(.busy, errno: Errno.busy, "\(hwpt) is attached to device(s) \(devices)")
+        }
+        hwpts.removeValue(forKey: hwpt)
         viommus[record.viommu]?.hwpts.remove(hwpt)
-        if deviceRecords[record.hostDeviceID]?.hwpt == hwpt { install(hwpt: nil, on: record.hostDeviceID) }
-    }
-
-    /// Makes `hwpt` the device's STE source; the kernel's STE write ends with a CFGI_STE of the pSID,
-    /// which drops the cached STE and CDs.
-    private mutating func install(hwpt: HWPTHandle?, on hostDeviceID: UInt32) {
-        guard let streamID = deviceRecords[hostDeviceID]?.streamID else { return }
-        deviceRecords[hostDeviceID]?.hwpt = hwpt
-        let dropped = config.dropStream(streamID)
-        model.configEntriesDroppedOnSTEChange += UInt64(dropped.stes + dropped.cds)
     }
 
     // MARK: - Events
 
-    /// Delivers `record` (physical StreamID) to the viommu of the device's vdevice, vSID substituted.
+    /// Delivers `record` (physical StreamID) as the kernel would: only a type
+    /// ``ViommuEventForwarding`` forwards, only to the device's vmaster, vSID substituted; a full
+    /// queue loses it.
     mutating func report(_ record: EventRecord, hostDeviceID: UInt32) {
-        guard let vdevice = deviceRecords[hostDeviceID]?.vdevice, let owner = vdevices[vdevice],
-              let queued = viommus[owner.viommu]?.events.count else {
-            model.eventsLost += 1
+        guard ViommuEventForwarding.isForwarded(record), let vmaster = deviceRecords[hostDeviceID]?.vmaster,
+              let owner = viommus[vmaster.viommu] else {
+            model.eventsNotForwarded += 1
             return
         }
-        guard queued < eventQueueDepth else {
+        guard owner.events.count < eventQueueDepth else {
             model.eventsLost += 1
             return
         }
         var virtual = record
-        virtual.streamID = owner.virtualStreamID
-        viommus[owner.viommu]?.events.append(virtual)
+        virtual.streamID = vmaster.virtualStreamID
+        owner.events.append(virtual)
         eventsReported += 1
     }
 

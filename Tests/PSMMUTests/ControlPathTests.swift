@@ -35,13 +35,16 @@ import Glibc
     }
 
     @Test func detachingAViommuFlushesItsVMIDFromTheTLB() throws {
+        // Both pass nestParentHWPT 0: private S2s, so the detach destroys this one's S2 and its VMID
+        // (`arm_smmu_domain_free_paging`).
         let guest = try Guest(smmu, devices: [(1, 0x10, [1])])
         let other = try Guest(smmu, devices: [(2, 0x10, [1])])
         try guest.fill(1, [0x1000, 0x2000])
         try other.fill(2, [0x1000])
 
-        try smmu.destroyHWPT(try #require(guest.hwpts[1]))
+        // The vdevice first: it takes the device off the HWPT, which can then be destroyed.
         try smmu.destroyVDevice(try #require(guest.vdevices[1]))
+        try smmu.destroyHWPT(try #require(guest.hwpts[1]))
         try smmu.detachViommu(guest.viommu)
 
         #expect(smmu.tlbEntries() == [TLBEntry(vmid: other.vmid, asid: 1, address: 0x1000, size: 4096)])
@@ -57,7 +60,8 @@ import Glibc
         try smmu.detachViommu(viommu)
         let after = tlbi.withUnsafeBufferPointer { smmu.invalidate(viommu: viommu, commands: $0) }
         #expect(after.completed == 0)
-        #expect(after.failure?.queueError == .illegal && after.failure?.errno == ENOENT)
+        // ENOENT before any command is read: CERROR_ABT, as `CommandQueueError(iommufdInvalidationErrno:)`.
+        #expect(after.failure?.queueError == .abort && after.failure?.errno == ENOENT)
     }
 
     @Test func attachingThroughADeviceNotBehindThePSMMUIsInvalid() {
@@ -138,7 +142,8 @@ import Glibc
         expectError(.unknownHandle) {
             _ = try smmu.allocateVDevice(viommu: ViommuHandle(rawValue: 999), hostDeviceID: 2, virtualStreamID: 1)
         }
-        expectError(.unknownHandle) {
+        // `iommufd_hwpt_alloc` turns an unknown pt_id into EINVAL, not ENOENT.
+        expectError(.invalidArgument) {
             _ = try smmu.allocateNestedHWPT(viommu: ViommuHandle(rawValue: 999), hostDeviceID: 2, ste: s1STE(),
                                             contextDescriptors: [])
         }
@@ -191,7 +196,7 @@ import Glibc
         }
     }
 
-    @Test func installingAHWPTMakesItTheDevicesConfigAndDropsItsCachedSTEAndCDs() throws {
+    @Test func attachingAHWPTMakesItTheDevicesConfigAndDropsItsCachedSTEAndCDs() throws {
         let guest = try Guest(smmu, devices: [(1, 0x10, [1])])
         try guest.fill(1, [0x1000])
         #expect(smmu.cachedSTE(hostDeviceID: 1) != nil)
@@ -199,6 +204,7 @@ import Glibc
 
         let replacement = try smmu.allocateNestedHWPT(viommu: guest.viommu, hostDeviceID: 1, ste: s1STE(),
                                                       contextDescriptors: [.valid(asid: 7)])
+        try smmu.attachDevice(try #require(guest.vdevices[1]), to: .nested(replacement))
 
         #expect(smmu.installedHWPT(hostDeviceID: 1) == replacement)
         #expect(smmu.cachedSTE(hostDeviceID: 1) == nil)
@@ -207,8 +213,9 @@ import Glibc
         #expect(smmu.simulationCounters.configEntriesDroppedOnSTEChange == 2)
     }
 
-    @Test func destroyingTheInstalledHWPTLeavesTheDeviceInStage1Bypass() throws {
+    @Test func aDeviceBackOnItsNestParentFromADestroyedHWPTIsInStage1Bypass() throws {
         let guest = try Guest(smmu, devices: [(1, 0x10, [1])])
+        try smmu.attachDevice(try #require(guest.vdevices[1]), to: .nestParent)
         try smmu.destroyHWPT(try #require(guest.hwpts[1]))
 
         #expect(smmu.installedHWPT(hostDeviceID: 1) == nil)
@@ -217,13 +224,37 @@ import Glibc
 
     @Test func aV0VSTEIsAcceptedAndAbortsWithoutAnEvent() throws {
         let viommu = try smmu.attachViommu(ViommuAttachRequest(hostDeviceID: 1))
-        _ = try smmu.allocateVDevice(viommu: viommu, hostDeviceID: 1, virtualStreamID: 0x10)
+        let vdevice = try smmu.allocateVDevice(viommu: viommu, hostDeviceID: 1, virtualStreamID: 0x10)
         var ste = s1STE()
         ste.isValid = false
-        _ = try smmu.allocateNestedHWPT(viommu: viommu, hostDeviceID: 1, ste: ste, contextDescriptors: [.valid(asid: 1)])
+        let hwpt = try smmu.allocateNestedHWPT(viommu: viommu, hostDeviceID: 1, ste: ste, contextDescriptors: [.valid(asid: 1)])
+        try smmu.attachDevice(vdevice, to: .nested(hwpt))
 
         #expect(try smmu.touch(hostDeviceID: 1, address: 0x1000) == .aborted)
         #expect(smmu.takeEvents(viommu: viommu).isEmpty)
+    }
+
+    @Test func allocatingANestedHWPTOnAnUnknownViommuIsEINVALLikeIommufdHwptAlloc() throws {
+        // `iommufd_get_object(…, IOMMUFD_OBJ_ANY)` failing on pt_id is turned into -EINVAL, not ENOENT.
+        let error = backendError {
+            _ = try smmu.allocateNestedHWPT(viommu: ViommuHandle(rawValue: 999), hostDeviceID: 1, ste: s1STE(),
+                                            contextDescriptors: [])
+        }
+        #expect(error?.kind == .invalidArgument)
+        #expect(error?.errno == 22)
+    }
+
+    @Test func hardwareInfoGivesTheConfiguredIDRegistersAndENOENTForAnUnknownViommu() throws {
+        let registers = IDRegisters(idr: [0x1, 0x2, 0x3, 0x4, 0x5, 0x6], iidr: 0x43b, aidr: 0x2)
+        let smmu = SimulatedSMMU(name: "smmu0", deviceCount: 1, firstHostDeviceID: 1, idRegisters: registers)
+        let viommu = try smmu.attachViommu(ViommuAttachRequest(hostDeviceID: 1))
+
+        #expect(try smmu.hardwareInfo(viommu: viommu) == registers)
+        let error = backendError { _ = try smmu.hardwareInfo(viommu: ViommuHandle(rawValue: 999)) }
+        #expect(error?.kind == .unknownHandle)
+        #expect(error?.errno == 2)
+        try smmu.detachViommu(viommu)
+        #expect(backendError { _ = try smmu.hardwareInfo(viommu: viommu) }?.kind == .unknownHandle)
     }
 
     @Test func controlPathCountersCountWhatWasAllocated() throws {

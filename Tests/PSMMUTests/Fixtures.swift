@@ -19,7 +19,7 @@ func s1STE(cdMax: UInt8 = 0, dss: S1DefaultSubstream = .substream0, eats: UInt8 
 }
 
 /// A guest on `smmu`: one viommu, and for each (host device, vSID, ASIDs) a vdevice and a nested
-/// HWPT whose CD `i` carries ASID `asids[i]`.
+/// HWPT whose CD `i` carries ASID `asids[i]`, the device attached to it.
 struct Guest {
     let smmu: SimulatedSMMU
     let viommu: ViommuHandle
@@ -35,9 +35,11 @@ struct Guest {
             vdevices[device.host] = try smmu.allocateVDevice(viommu: viommu, hostDeviceID: device.host,
                                                              virtualStreamID: device.vSID)
             let cdMax = UInt8(device.asids.count <= 1 ? 0 : (device.asids.count - 1).bitWidth - (device.asids.count - 1).leadingZeroBitCount)
-            hwpts[device.host] = try smmu.allocateNestedHWPT(
+            let hwpt = try smmu.allocateNestedHWPT(
                 viommu: viommu, hostDeviceID: device.host, ste: s1STE(cdMax: cdMax, eats: eats),
                 contextDescriptors: device.asids.map { ContextDescriptor.valid(asid: $0) })
+            hwpts[device.host] = hwpt
+            try smmu.attachDevice(try #require(vdevices[device.host]), to: .nested(hwpt))
         }
     }
 
@@ -58,6 +60,12 @@ struct Guest {
     func cached(asid: ASID) -> [UInt64] {
         smmu.tlbEntries(viommu: viommu).filter { $0.asid == asid }.map(\.address)
     }
+}
+
+/// The `BackendError` `body` throws, `nil` when it succeeds (or throws something else).
+func backendError(_ body: () throws -> Void) -> BackendError? {
+    do { try body() } catch let error as BackendError { return error } catch {}
+    return nil
 }
 
 /// Runs `body` on a new thread; `wait()` joins it and returns its result.

@@ -69,23 +69,15 @@ import Testing
         #expect(a.run([.cfgiCD(streamID: 0x10)]).failure == nil)
     }
 
-    @Test func cfgiCDWithSSECSetIsIllegal() throws {
-        let guest = try Guest(smmu, devices: [(1, 0x10, [1])])
-        var command = Command.cfgiCD(streamID: 0x10)
-        command.ssec = true
-
-        let result = guest.run([.tlbiNHAll(), command])
-
-        #expect(result.completed == 1)
-        #expect(result.failure?.queueError == .illegal)
-    }
-
-    @Test func anUnknownViommuFailsTheWholeBatch() throws {
+    @Test func anUnknownViommuFailsTheWholeBatchWithCERRORABTAndENOENTLikeIommufdGetObject() throws {
+        // `iommufd_hwpt_invalidate` fails in `iommufd_get_object` before reading any command: ENOENT,
+        // which `CommandQueueError(iommufdInvalidationErrno:)` maps to CERROR_ABT (retry, not skip).
         let commands = [Command.tlbiNHAll()]
         let result = commands.withUnsafeBufferPointer { smmu.invalidate(viommu: ViommuHandle(rawValue: 77), commands: $0) }
 
         #expect(result.completed == 0)
-        #expect(result.failure?.queueError == .illegal)
+        #expect(result.failure?.queueError == .abort)
+        #expect(result.failure?.errno == 2)
     }
 
     @Test func anEmptyBatchCompletesNothingAndFailsNothing() throws {
