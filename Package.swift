@@ -151,7 +151,7 @@ let package = Package(
         ),
         .testTarget(name: "CommandRingTests", dependencies: ["CommandRing", "SMMUv3", "VSMMUTestSupport"]),
         .testTarget(name: "PSMMUTests", dependencies: ["PSMMU", "SMMUv3", "VSMMUTestSupport"]),
-        .testTarget(name: "IOMMUFDTests", dependencies: ["IOMMUFD", "CIOMMUFD", "PSMMU", "SMMUv3"]),
+        .testTarget(name: "IOMMUFDTests", dependencies: ["IOMMUFD", "CIOMMUFD", "PSMMU", "SMMUv3", "InvalidationEngine", "VirtualSMMU"]),
         .testTarget(
             name: "IOMMUFDSimulationTests",
             dependencies: ["IOMMUFDSimulation", "IOMMUFD", "CIOMMUFD", "PSMMU", "SMMUv3", "InvalidationEngine", "VirtualSMMU"]

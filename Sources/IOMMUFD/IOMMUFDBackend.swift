@@ -265,21 +265,33 @@ public final class IOMMUFDBackend: PSMMUBackend {
     // MARK: - vdevice and attachment
 
     /// Gives `device` the vSID `virtualStreamID` on `viommu` (`IOMMU_VDEVICE_ALLOC`) and keeps its VFIO
-    /// descriptor for ``attachDevice(_:to:)``. The device stays where the VMM attached it, the viommu's
-    /// nest parent.
+    /// descriptor for ``attachDevice(_:to:)``.
+    ///
+    /// First the device is attached to the viommu's nest parent with `VFIO_DEVICE_ATTACH_IOMMUFD_PT`:
+    /// that is where the VMM had it (QEMU attaches a device to its S2 HWPT when it sets it up) and where it
+    /// goes back at ``destroyVDevice(_:)``. For a VMM that did so the call changes nothing
+    /// (`iommufd_device_do_replace` returns early for the HWPT the device is on), and it checks the
+    /// descriptor: a descriptor that is not a VFIO device cdev bound to this iommufd fails here (`ENOTTY`,
+    /// `EBADF`, `EINVAL`) rather than at the guest's first vSTE.
     /// - Throws: ``BackendError/Kind/invalidArgument`` without an ioctl when `device` has no VFIO
     ///   descriptor: the backend could never attach the device, so the guest's vSTEs would not take
     ///   effect. The descriptor is closed when the allocation fails.
     public func allocateVDevice(viommu: ViommuHandle, device host: HostDevice,
                                 virtualStreamID: StreamID) throws(BackendError) -> VDeviceHandle {
+        let device: any IOMMUFDDevice
+        do { device = try self.device(of: viommu) } catch {
+            if let fd = host.vfioDevice { try? FileDescriptor(rawValue: fd).close() }
+            throw error
+        }
         guard let fd = host.vfioDevice else {
             throw BackendError(.invalidArgument, "\(name): dev_id \(host.id) came without its VFIO device cdev: the backend attaches the device, so SET_DEV_ID must pass it")
         }
         let vfio = FileDescriptor(rawValue: fd)
-        let device: any IOMMUFDDevice
-        do { device = try self.device(of: viommu) } catch {
-            try? vfio.close()
-            throw error
+        let nestParent = state.withLock { $0.viommus[viommu]?.nestParent ?? 0 }
+        if let errno = attach(vfio, to: nestParent, on: device) {
+            device.close(vfioDevice: vfio)
+            throw BackendError(BackendError.Kind(iommufdErrno: errno), errno: errno.rawValue,
+                               "\(name): \(VFIODeviceRequest.attachIOMMUFDPT) of dev_id \(host.id) to the nest parent \(nestParent) of \(viommu) failed: \(errno)")
         }
         var alloc = iommu_vdevice_alloc()
         alloc.size = UInt32(MemoryLayout<iommu_vdevice_alloc>.size)
@@ -324,18 +336,23 @@ public final class IOMMUFDBackend: PSMMUBackend {
             return (record, ptID, device)
         }
         guard record.domain != domain else { return }
-        var attach = vfio_device_attach_iommufd_pt()
-        attach.argsz = UInt32(MemoryLayout<vfio_device_attach_iommufd_pt>.size)
-        attach.flags = 0
-        attach.pt_id = ptID
-        let errno = withUnsafeMutableBytes(of: &attach) {
-            device.ioctl(vfioDevice: record.vfio, request: .attachIOMMUFDPT, argument: $0)
-        }
-        if let errno {
+        if let errno = attach(record.vfio, to: ptID, on: device) {
             throw BackendError(BackendError.Kind(iommufdErrno: errno), errno: errno.rawValue,
                                "\(name): \(VFIODeviceRequest.attachIOMMUFDPT) of dev_id \(record.hostDeviceID) to \(domain) (pt_id \(ptID)) failed: \(errno)")
         }
         state.withLock { $0.vdevices[vdevice]?.domain = domain }
+    }
+
+    /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` of `vfio` to `ptID` (`vfio_df_ioctl_attach_pt`: attach, or
+    /// `iommufd_device_replace` when the device is attached already).
+    private func attach(_ vfio: FileDescriptor, to ptID: UInt32, on device: any IOMMUFDDevice) -> Errno? {
+        var attach = vfio_device_attach_iommufd_pt()
+        attach.argsz = UInt32(MemoryLayout<vfio_device_attach_iommufd_pt>.size)
+        attach.flags = 0
+        attach.pt_id = ptID
+        return withUnsafeMutableBytes(of: &attach) {
+            device.ioctl(vfioDevice: vfio, request: .attachIOMMUFDPT, argument: $0)
+        }
     }
 
     /// Puts the device back on the viommu's nest parent if it is elsewhere (the kernel would otherwise

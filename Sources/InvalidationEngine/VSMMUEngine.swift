@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import CommandRing
 import PSMMU
 import SMMUv3
@@ -41,6 +44,8 @@ public final class VSMMUEngine: Sendable {
         var queue: ViommuQueue
         var vdevices: [StreamID: VDeviceHandle] = [:]
         var hwpts: [S1HWPTID: HWPTHandle] = [:]
+        /// Where each registered device is attached; absent: where the VMM had it (the nest parent).
+        var domains: [StreamID: DeviceDomain] = [:]
     }
 
     struct State: Sendable {
@@ -168,23 +173,38 @@ public final class VSMMUEngine: Sendable {
 
     /// SET_DEV_ID: registers `streamID` for `hostDeviceID` behind `viommu` and allocates its vdevice.
     public func setDeviceID(viommu: ViommuIndex, hostDeviceID: HostDeviceID, streamID: StreamID) throws(EngineError) {
-        try serialised { (state: inout State) throws(EngineError) in
-            do throws(VSMMUError) { try state.vsmmu.setDeviceID(viommu: viommu, hostDeviceID: hostDeviceID, streamID: streamID) }
-            catch { throw .vsmmu(error) }
-            guard let attached = state.viommus[viommu] else { return }
-            do throws(BackendError) {
-                let vdevice = try attached.backend.allocateVDevice(viommu: attached.handle, hostDeviceID: hostDeviceID,
-                                                                   virtualStreamID: streamID)
-                state.viommus[viommu]?.vdevices[streamID] = vdevice
-            } catch {
-                _ = try? state.vsmmu.unsetDeviceID(streamID: streamID)
-                throw .backend(error)
+        try setDeviceID(viommu: viommu, device: HostDevice(id: hostDeviceID), streamID: streamID)
+    }
+
+    /// SET_DEV_ID: registers `streamID` for `device` behind `viommu` and allocates its vdevice, which
+    /// takes over `device.vfioDevice` (closed here when the registration is refused). The device stays
+    /// where the VMM attached it until its vSTE is linked.
+    public func setDeviceID(viommu: ViommuIndex, device: HostDevice, streamID: StreamID) throws(EngineError) {
+        do {
+            try serialised { (state: inout State) throws(EngineError) in
+                do throws(VSMMUError) { try state.vsmmu.setDeviceID(viommu: viommu, hostDeviceID: device.id, streamID: streamID) }
+                catch { throw .vsmmu(error) }
+                guard let attached = state.viommus[viommu] else { return }
+                do throws(BackendError) {
+                    // From here on the backend owns the descriptor, whatever happens.
+                    let vdevice = try attached.backend.allocateVDevice(viommu: attached.handle, device: device,
+                                                                       virtualStreamID: streamID)
+                    state.viommus[viommu]?.vdevices[streamID] = vdevice
+                } catch {
+                    _ = try? state.vsmmu.unsetDeviceID(streamID: streamID)
+                    throw .backend(error)
+                }
             }
+        } catch {
+            if case .vsmmu = error, let fd = device.vfioDevice { _ = Glibc.close(fd) }
+            throw error
         }
     }
 
-    /// UNSET_DEV_ID: waits until the device's viommu executed what was queued, then unlinks its vSTE
-    /// (destroying its HWPT) and destroys its vdevice.
+    /// UNSET_DEV_ID: waits until the device's viommu executed what was queued, then puts the device back
+    /// where the VMM had it (the nest parent), destroys its stage-1 HWPT and its vdevice, in that order:
+    /// the kernel refuses to destroy an attached HWPT (EBUSY), and a device must not stay on a nested
+    /// HWPT whose vdevice is gone.
     public func unsetDeviceID(streamID: StreamID) throws(EngineError) {
         try serialised { (state: inout State) throws(EngineError) in
             guard let device = state.vsmmu.devices[streamID] else { throw .vsmmu(.unknownStreamID(streamID)) }
@@ -194,13 +214,32 @@ public final class VSMMUEngine: Sendable {
             do throws(VSMMUError) { removed = try state.vsmmu.unsetDeviceID(streamID: streamID) } catch { throw .vsmmu(error) }
             guard let attached else { return }
             var firstError: BackendError?
-            if let removed, let hwpt = state.viommus[device.viommu]?.hwpts.removeValue(forKey: removed) {
-                do throws(BackendError) { try attached.backend.destroyHWPT(hwpt) } catch { firstError = error }
+            let vdevice = state.viommus[device.viommu]?.vdevices.removeValue(forKey: streamID)
+            if let vdevice, let domain = state.viommus[device.viommu]?.domains.removeValue(forKey: streamID),
+               domain != .nestParent {
+                do throws(BackendError) { try attached.backend.attachDevice(vdevice, to: .nestParent) } catch { firstError = error }
             }
-            if let vdevice = state.viommus[device.viommu]?.vdevices.removeValue(forKey: streamID) {
+            if let removed, let hwpt = state.viommus[device.viommu]?.hwpts.removeValue(forKey: removed) {
+                do throws(BackendError) { try attached.backend.destroyHWPT(hwpt) } catch { firstError = firstError ?? error }
+            }
+            if let vdevice {
                 do throws(BackendError) { try attached.backend.destroyVDevice(vdevice) } catch { firstError = firstError ?? error }
             }
             if let firstError { throw .backend(firstError) }
+        }
+    }
+
+    /// The ID registers of each attached viommu's pSMMU (``PSMMUBackend/hardwareInfo(viommu:)``), by index.
+    public func hardwareInfo() throws(EngineError) -> [(viommu: ViommuIndex, registers: IDRegisters)] {
+        try state.withLock { (state: inout State) throws(EngineError) -> [(viommu: ViommuIndex, registers: IDRegisters)] in
+            var result: [(viommu: ViommuIndex, registers: IDRegisters)] = []
+            for index in state.viommus.keys.sorted() {
+                guard let attached = state.viommus[index] else { continue }
+                do throws(BackendError) {
+                    result.append((index, try attached.backend.hardwareInfo(viommu: attached.handle)))
+                } catch { throw .backend(error) }
+            }
+            return result
         }
     }
 
@@ -238,24 +277,49 @@ public final class VSMMUEngine: Sendable {
         }
     }
 
-    /// Applies a vSTE change to the vSMMU, then mirrors it into the backend; undoes it on refusal.
+    /// Where a registered device's DMA must go after a vSTE change, as QEMU's
+    /// `smmuv3_accel_install_ste` decides it: a translating vSTE → its nested HWPT; bypass → the bypass
+    /// HWPT; V = 0, abort, or an unlinked vSTE → the abort HWPT.
+    static func domain(of device: VSMMU.Device, hwpts: [S1HWPTID: HWPTHandle]) -> DeviceDomain {
+        if let id = device.hwpt, let handle = hwpts[id] { return .nested(handle) }
+        if let ste = device.ste, ste.isValid, ste.config == .bypass { return .bypass }
+        return .abort
+    }
+
+    /// Applies a vSTE change to the vSMMU, then mirrors it into the backend make-before-break: a new
+    /// nested HWPT is allocated, the device is attached to its new domain (which replaces the old
+    /// attachment atomically), and only then is the old HWPT destroyed (the kernel refuses to destroy
+    /// an attached one: EBUSY). A backend refusal restores the previous link, and the device stays
+    /// where it was.
     private static func link(_ state: inout State, streamID: StreamID,
                              _ change: (inout VSMMU) throws(VSMMUError) -> VSMMU.HWPTChange) throws(EngineError) -> VSMMU.HWPTChange {
         guard let before = state.vsmmu.devices[streamID] else { throw .vsmmu(.unknownStreamID(streamID)) }
         let result: VSMMU.HWPTChange
         do throws(VSMMUError) { result = try change(&state.vsmmu) } catch { throw .vsmmu(error) }
         guard var attached = state.viommus[before.viommu], let after = state.vsmmu.devices[streamID] else { return result }
+        var allocated: HWPTHandle?
         do throws(BackendError) {
             if let current = result.current, let ste = after.ste {
                 if result.isNew {
-                    attached.hwpts[current] = try attached.backend.allocateNestedHWPT(
+                    let handle = try attached.backend.allocateNestedHWPT(
                         viommu: attached.handle, hostDeviceID: after.hostDeviceID, ste: ste,
                         contextDescriptors: after.contextDescriptors)
+                    allocated = handle
+                    attached.hwpts[current] = handle
                 } else if let handle = attached.hwpts[current] {
                     try attached.backend.updateContextDescriptors(handle, after.contextDescriptors)
                 }
             }
+            let target = Self.domain(of: after, hwpts: attached.hwpts)
+            if let vdevice = attached.vdevices[streamID], attached.domains[streamID, default: .nestParent] != target {
+                try attached.backend.attachDevice(vdevice, to: target)
+                attached.domains[streamID] = target
+            }
         } catch {
+            if let allocated, let current = result.current {
+                attached.hwpts[current] = nil
+                try? attached.backend.destroyHWPT(allocated)
+            }
             // Put the previous link back (its ASIDs were never removed from the backend's view).
             if let ste = before.ste {
                 _ = try? state.vsmmu.link(streamID: streamID, ste: ste, contextDescriptors: before.contextDescriptors)

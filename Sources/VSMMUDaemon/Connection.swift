@@ -21,6 +21,8 @@ struct Connection {
     /// the connection's life (a SIGHUP reload changes them for later connections only).
     let limits: ServerLimits
     var handshakeCompleted = false
+    /// The protocol version HELLO negotiated (meaningful once ``handshakeCompleted``).
+    var version: UInt16 = 1
     /// fds received with SCM_RIGHTS and not yet claimed by a frame, oldest first.
     var pendingFileDescriptors: [Int32] = []
     var decoder: FrameDecoder

@@ -18,6 +18,10 @@ extension VSMMUServer {
                fileDescriptor: inout Int32?) throws(ProtocolError) -> Response {
         let type = request.type
         if isStopping { throw .shuttingDown(type: type) }
+        // A request a version-1 client cannot have meant: refused as version 1 refuses it.
+        if connection.handshakeCompleted && connection.version < type.introducedInVersion {
+            throw .unknownMessageType(type)
+        }
         switch request {
         case .hello(let hello):
             guard !connection.handshakeCompleted else {
@@ -25,6 +29,7 @@ extension VSMMUServer {
             }
             let version = try WireProtocol.negotiateVersion(client: hello.versions)
             connection.handshakeCompleted = true
+            connection.version = version
             connection.logger.info("hello", metadata: [
                 "client": "\(hello.clientName)", "client_pid": "\(hello.processID)", "version": "\(version)",
             ])
@@ -92,12 +97,32 @@ extension VSMMUServer {
             return .detachViommu
 
         case .setDeviceID(let registration):
+            // §2.2 step 5: a missing fd is refused before the request's meaning is looked at.
+            if registration.fileDescriptorAttached && fileDescriptor == nil {
+                throw .badFileDescriptor(.missing, type: type)
+            }
+            if registration.fileDescriptorAttached && connection.version < 2 {
+                throw .badFileDescriptor(.unexpected, type: type,
+                                         message: "SET_DEV_ID carries the device's VFIO cdev from protocol version 2 on; this connection speaks version \(connection.version)")
+            }
             let served = try owned(registration.vsmmu, by: connection, type: type)
             let index = try viommuIndex(registration.viommu, on: served, type: type)
+            let pSMMU = served.engine.viommuStatistics.first { $0.index == index }?.pSMMU
+            if let pSMMU, case .iommufd = providers[pSMMU], fileDescriptor == nil {
+                throw .badFileDescriptor(.missing, type: type,
+                                         message: "viommu \(index.rawValue) is on the iommufd pSMMU \(pSMMU): SET_DEV_ID must pass the device's VFIO cdev (protocol version 2), through which the daemon attaches the device")
+            }
+            let fd = fileDescriptor
+            fileDescriptor = nil
             do throws(EngineError) {
-                try served.engine.setDeviceID(viommu: index, hostDeviceID: registration.hostDeviceID,
+                try served.engine.setDeviceID(viommu: index, device: HostDevice(id: registration.hostDeviceID, vfioDevice: fd),
                                               streamID: registration.streamID)
             } catch {
+                // The fd is not a VFIO cdev bound to the VMM's iommufd (no such ioctl on it, or not open).
+                if case .backend(let backendError) = error, let errno = backendError.errno, errno == ENOTTY || errno == EBADF {
+                    throw .badFileDescriptor(.unusable, type: type, errno: errno,
+                                             message: "the fd is not a usable VFIO device cdev: \(backendError)")
+                }
                 throw Self.protocolError(error, type: type, viommu: registration.viommu)
             }
             return .setDeviceID
@@ -152,6 +177,18 @@ extension VSMMUServer {
                 throw Self.protocolError(error, type: type, viommu: nil)
             }
             return .updateCD(HWPTLinked(s1HWPT: change.current?.rawValue, isNew: change.current != nil && change.isNew))
+
+        case .getHWInfo(let request):
+            let served = try owned(request.vsmmu, by: connection, type: type)
+            let infos: [(viommu: ViommuIndex, registers: IDRegisters)]
+            do throws(EngineError) { infos = try served.engine.hardwareInfo() } catch {
+                throw Self.protocolError(error, type: type, viommu: nil)
+            }
+            guard let common = IDRegisters.common(infos.map(\.registers)) else {
+                throw .unknownViommu(WireProtocol.noErrorIndex, type: type,
+                                     message: "vSMMU \(request.vsmmu.rawValue) has no viommu yet: its ID registers are what every pSMMU behind it supports, so attach them first")
+            }
+            return .getHWInfo(HardwareInfo(viommuCount: UInt32(infos.count), registers: common))
 
         case .invalidate(let invalidate):
             return try invalidate.commands.withUnsafeBufferPointer { (commands) throws(ProtocolError) -> Response in

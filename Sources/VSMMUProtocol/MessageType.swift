@@ -31,6 +31,9 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let unlinkSTE = MessageType(rawValue: 0x0017)
     /// Rewrite one CD. The corresponding C constant is `VSMMU_MSG_UPDATE_CD` (0x0018).
     public static let updateCD = MessageType(rawValue: 0x0018)
+    /// The vSMMU's ID registers: what every pSMMU behind it supports (version 2). The corresponding C
+    /// constant is `VSMMU_MSG_GET_HW_INFO` (0x0019).
+    public static let getHWInfo = MessageType(rawValue: 0x0019)
     /// A batch of guest commands. The corresponding C constant is `VSMMU_MSG_INVALIDATE` (0x0020).
     public static let invalidate = MessageType(rawValue: 0x0020)
     /// Counters (admin). The corresponding C constant is `VSMMU_MSG_STATS` (0x0040).
@@ -45,7 +48,7 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// Every request type of this version, in type order.
     public static let allRequests: [MessageType] = [
         .hello, .createVSMMU, .destroyVSMMU, .attachViommu, .detachViommu, .setDeviceID, .unsetDeviceID,
-        .linkSTE, .unlinkSTE, .updateCD, .invalidate, .stats, .list, .health,
+        .linkSTE, .unlinkSTE, .updateCD, .getHWInfo, .invalidate, .stats, .list, .health,
     ]
     /// Every reply type of this version: ERROR and each request's reply.
     public static let allReplies: [MessageType] = [.error] + allRequests.map(\.reply)
@@ -65,8 +68,12 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// Whether a server accepts this request before the handshake: HELLO only (`PROTOCOL.md` §3.1).
     /// Every other request before a successful HELLO is refused with `HANDSHAKE_REQUIRED`.
     @inlinable public var isAllowedBeforeHandshake: Bool { self == .hello }
-    /// Whether a frame of this type may carry a file descriptor (`VSMMU_FRAME_FD_ATTACHED`): ATTACH_VIOMMU only.
-    @inlinable public var takesFileDescriptor: Bool { self == .attachViommu }
+    /// Whether a frame of this type may carry a file descriptor (`VSMMU_FRAME_FD_ATTACHED`): ATTACH_VIOMMU
+    /// (the VMM's iommufd) and, from version 2, SET_DEV_ID (the device's VFIO cdev).
+    @inlinable public var takesFileDescriptor: Bool { self == .attachViommu || self == .setDeviceID }
+
+    /// The first protocol version that defines this request type.
+    public var introducedInVersion: UInt16 { self == .getHWInfo ? 2 : 1 }
 
     /// The name used in `vsmmu.h` without its prefix (`HELLO`, `INVALIDATE_REPLY`, `ERROR`), or the hex
     /// value for a type this version does not define.
@@ -81,6 +88,7 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         case .detachViommu: base = "DETACH_VIOMMU"
         case .setDeviceID: base = "SET_DEV_ID"
         case .unsetDeviceID: base = "UNSET_DEV_ID"
+        case .getHWInfo: base = "GET_HW_INFO"
         case .linkSTE: base = "LINK_STE"
         case .unlinkSTE: base = "UNLINK_STE"
         case .updateCD: base = "UPDATE_CD"

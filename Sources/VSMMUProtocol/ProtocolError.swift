@@ -98,7 +98,8 @@ public struct ProtocolError: Error, Hashable, Sendable, CustomStringConvertible 
         switch problem {
         case .missing: text = "\(type.name) needs a file descriptor passed with SCM_RIGHTS and none arrived"
         case .unexpected: text = "\(type.name) takes no file descriptor"
-        default: text = "the file descriptor is not a usable iommufd"
+        default: text = type == .setDeviceID ? "the file descriptor is not a usable VFIO device cdev"
+                                             : "the file descriptor is not a usable iommufd"
         }
         return ProtocolError(code: .badFileDescriptor, requestType: type, detail: problem.rawValue,
                              value: UInt64(UInt32(bitPattern: errno)), message: message ?? text)
@@ -123,8 +124,9 @@ public struct ProtocolError: Error, Hashable, Sendable, CustomStringConvertible 
     }
 
     /// `UNKNOWN_VIOMMU`: value the index.
-    public static func unknownViommu(_ viommu: UInt32, type: MessageType) -> ProtocolError {
-        ProtocolError(code: .unknownViommu, requestType: type, value: UInt64(viommu), message: "no viommu \(viommu) on this vSMMU")
+    public static func unknownViommu(_ viommu: UInt32, type: MessageType, message: String? = nil) -> ProtocolError {
+        ProtocolError(code: .unknownViommu, requestType: type, value: UInt64(viommu),
+                      message: message ?? "no viommu \(viommu) on this vSMMU")
     }
 
     /// `UNKNOWN_PSMMU`.

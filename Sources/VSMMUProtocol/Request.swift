@@ -16,6 +16,7 @@ public enum Request: Hashable, Sendable {
     case linkSTE(LinkSTE)
     case unlinkSTE(UnlinkSTE)
     case updateCD(UpdateCD)
+    case getHWInfo(GetHardwareInfo)
     case invalidate(Invalidate)
     case stats(StatsRequest)
     case list(ListRequest)
@@ -34,6 +35,7 @@ public enum Request: Hashable, Sendable {
         case .linkSTE: return .linkSTE
         case .unlinkSTE: return .unlinkSTE
         case .updateCD: return .updateCD
+        case .getHWInfo: return .getHWInfo
         case .invalidate: return .invalidate
         case .stats: return .stats
         case .list: return .list
@@ -41,9 +43,11 @@ public enum Request: Hashable, Sendable {
         }
     }
 
-    /// The frame flags: `FD_ATTACHED` for an ATTACH_VIOMMU that passes the VMM's iommufd.
+    /// The frame flags: `FD_ATTACHED` for an ATTACH_VIOMMU that passes the VMM's iommufd, or a SET_DEV_ID
+    /// that passes the device's VFIO cdev.
     public var flags: FrameFlags {
         if case .attachViommu(let a) = self, a.fileDescriptorAttached { return .fileDescriptorAttached }
+        if case .setDeviceID(let d) = self, d.fileDescriptorAttached { return .fileDescriptorAttached }
         return []
     }
 
@@ -58,6 +62,7 @@ public enum Request: Hashable, Sendable {
         case .linkSTE(let m): return m.vsmmu
         case .unlinkSTE(let m): return m.vsmmu
         case .updateCD(let m): return m.vsmmu
+        case .getHWInfo(let m): return m.vsmmu
         case .invalidate(let m): return m.vsmmu
         case .stats(let m): return m.vsmmu
         case .list(let m): return m.vsmmu
@@ -75,6 +80,7 @@ public enum Request: Hashable, Sendable {
         case .linkSTE(let m): try m.encode(to: &w)
         case .unlinkSTE(let m): try m.encode(to: &w)
         case .updateCD(let m): try m.encode(to: &w)
+        case .getHWInfo(let m): try m.encode(to: &w)
         case .invalidate(let m): try m.encode(to: &w)
         case .stats(let m): try m.encode(to: &w)
         case .list(let m): try m.encode(to: &w)
@@ -138,11 +144,15 @@ public enum Request: Hashable, Sendable {
             m.fileDescriptorAttached = header.flags.contains(.fileDescriptorAttached)
             return .attachViommu(m)
         case .detachViommu: return .detachViommu(try body(DetachViommu.self))
-        case .setDeviceID: return .setDeviceID(try body(DeviceRegistration.self))
+        case .setDeviceID:
+            var m = try body(DeviceRegistration.self)
+            m.fileDescriptorAttached = header.flags.contains(.fileDescriptorAttached)
+            return .setDeviceID(m)
         case .unsetDeviceID: return .unsetDeviceID(try body(DeviceRegistration.self))
         case .linkSTE: return .linkSTE(try body(LinkSTE.self))
         case .unlinkSTE: return .unlinkSTE(try body(UnlinkSTE.self))
         case .updateCD: return .updateCD(try body(UpdateCD.self))
+        case .getHWInfo: return .getHWInfo(try body(GetHardwareInfo.self))
         case .invalidate: return .invalidate(try body(Invalidate.self))
         case .stats: return .stats(try body(StatsRequest.self))
         case .list: return .list(try body(ListRequest.self))

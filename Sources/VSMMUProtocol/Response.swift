@@ -12,6 +12,7 @@ public enum Response: Hashable, Sendable {
     case linkSTE(HWPTLinked)
     case unlinkSTE
     case updateCD(HWPTLinked)
+    case getHWInfo(HardwareInfo)
     case invalidate(InvalidateReply)
     case stats(StatsReply)
     case list(ListReply)
@@ -32,6 +33,7 @@ public enum Response: Hashable, Sendable {
         case .linkSTE: return MessageType.linkSTE.reply
         case .unlinkSTE: return MessageType.unlinkSTE.reply
         case .updateCD: return MessageType.updateCD.reply
+        case .getHWInfo: return MessageType.getHWInfo.reply
         case .invalidate: return MessageType.invalidate.reply
         case .stats: return MessageType.stats.reply
         case .list: return MessageType.list.reply
@@ -49,6 +51,7 @@ public enum Response: Hashable, Sendable {
         case .createVSMMU(let m): try m.encode(to: &w)
         case .attachViommu(let m): try m.encode(to: &w)
         case .linkSTE(let m), .updateCD(let m): try m.encode(to: &w)
+        case .getHWInfo(let m): try m.encode(to: &w)
         case .invalidate(let m): try m.encode(to: &w)
         case .stats(let m): try m.encode(to: &w)
         case .list(let m): try m.encode(to: &w)
@@ -116,6 +119,7 @@ public enum Response: Hashable, Sendable {
         case .linkSTE: return .linkSTE(try body(HWPTLinked.self))
         case .unlinkSTE: _ = try body(EmptyPayload.self); return .unlinkSTE
         case .updateCD: return .updateCD(try body(HWPTLinked.self))
+        case .getHWInfo: return .getHWInfo(try body(HardwareInfo.self))
         case .invalidate: return .invalidate(try body(InvalidateReply.self))
         case .stats: return .stats(try body(StatsReply.self))
         case .list: return .list(try body(ListReply.self))

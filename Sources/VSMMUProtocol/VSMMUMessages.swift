@@ -167,12 +167,18 @@ public struct DeviceRegistration: Hashable, Sendable {
     public var hostDeviceID: UInt32
     /// The guest's StreamID for the device.
     public var streamID: StreamID
+    /// SET_DEV_ID only (version 2): whether the frame carries the device's VFIO cdev
+    /// (`VSMMU_FRAME_FD_ATTACHED`), already bound to the VMM's iommufd; the fd itself travels in the
+    /// `sendmsg`'s `SCM_RIGHTS`, outside the codec.
+    public var fileDescriptorAttached: Bool
 
-    public init(vsmmu: VSMMUID, viommu: UInt32, hostDeviceID: UInt32, streamID: StreamID) {
+    public init(vsmmu: VSMMUID, viommu: UInt32, hostDeviceID: UInt32, streamID: StreamID,
+                fileDescriptorAttached: Bool = false) {
         self.vsmmu = vsmmu
         self.viommu = viommu
         self.hostDeviceID = hostDeviceID
         self.streamID = streamID
+        self.fileDescriptorAttached = fileDescriptorAttached
     }
 }
 
@@ -321,5 +327,62 @@ extension UpdateCD: PayloadCoding {
         w.u32(substreamID)
         w.u32(0)
         w.words(contextDescriptor)
+    }
+}
+
+/// GET_HW_INFO (`struct vsmmu_get_hw_info`, 8 bytes, version 2): the ID registers the VMM advertises to
+/// its guest for this vSMMU. Reply: ``HardwareInfo``.
+public struct GetHardwareInfo: Hashable, Sendable {
+    public var vsmmu: VSMMUID
+    public init(vsmmu: VSMMUID) { self.vsmmu = vsmmu }
+}
+
+extension GetHardwareInfo: PayloadCoding {
+    static let fixedLength = 8
+    init(from r: inout WireReader) throws(ProtocolError) {
+        let id = r.u32()
+        try r.reserved32()
+        self.init(vsmmu: VSMMUID(id))
+    }
+    func encode(to w: inout WireWriter) throws(ProtocolError) {
+        w.u32(vsmmu.rawValue)
+        w.u32(0)
+    }
+}
+
+/// GET_HW_INFO's reply (`struct vsmmu_hw_info_reply`, 40 bytes): IDR0-5, IIDR and AIDR as the vSMMU
+/// presents them, the intersection of what `IOMMU_GET_HW_INFO` gave for every pSMMU behind it.
+public struct HardwareInfo: Hashable, Sendable {
+    /// How many viommus (pSMMUs) the registers were computed over, at least 1.
+    public var viommuCount: UInt32
+    public var registers: IDRegisters
+
+    public init(viommuCount: UInt32, registers: IDRegisters) {
+        self.viommuCount = viommuCount
+        self.registers = registers
+    }
+}
+
+extension HardwareInfo: PayloadCoding {
+    static let fixedLength = 40
+    init(from r: inout WireReader) throws(ProtocolError) {
+        let count = r.u32()
+        guard count >= 1, count <= UInt32(WireProtocol.maximumViommus) else {
+            throw .badField(r.type, offset: 0, value: UInt64(count), "viommu_count \(count) is not 1-\(WireProtocol.maximumViommus)")
+        }
+        try r.reserved32()
+        let idr = (0..<6).map { _ in r.u32() }
+        let iidr = r.u32(), aidr = r.u32()
+        self.init(viommuCount: count, registers: IDRegisters(idr: idr, iidr: iidr, aidr: aidr))
+    }
+    func encode(to w: inout WireWriter) throws(ProtocolError) {
+        guard viommuCount >= 1, viommuCount <= UInt32(WireProtocol.maximumViommus) else {
+            throw .badField(w.type, offset: 0, value: UInt64(viommuCount), "viommu_count \(viommuCount) is not 1-\(WireProtocol.maximumViommus)")
+        }
+        w.u32(viommuCount)
+        w.u32(0)
+        for value in registers.idr { w.u32(value) }
+        w.u32(registers.iidr)
+        w.u32(registers.aidr)
     }
 }

@@ -4,9 +4,9 @@ public enum WireProtocol {
     /// HELLO's magic, the bytes `"VSMU"`. The corresponding C constant is `VSMMU_MAGIC`.
     public static let magic: UInt32 = 0x554D_5356
     /// The protocol version this codec implements. The corresponding C constant is `VSMMU_PROTOCOL_VERSION`.
-    public static let version: UInt16 = 1
-    /// The versions this codec can speak.
-    public static let supportedVersions: ClosedRange<UInt16> = 1...1
+    public static let version: UInt16 = 2
+    /// The versions this codec can speak. Version 2 adds GET_HW_INFO and the VFIO cdev on SET_DEV_ID.
+    public static let supportedVersions: ClosedRange<UInt16> = 1...2
     /// The size of every frame header. `sizeof(struct vsmmu_frame_header)`.
     public static let headerSize = 16
     /// No frame, in either direction, is larger (header included): 1 MiB.

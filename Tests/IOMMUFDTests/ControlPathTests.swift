@@ -46,12 +46,15 @@ import Testing
         let (backend, fake) = makeBackend()
         let viommu = try backend.attachViommu(ViommuAttachRequest(hostDeviceID: 1, nestParentHWPT: 2))
         fake.script(.vdeviceAlloc, .fail(.fileExists))
-        let error = backendError { _ = try backend.allocateVDevice(viommu: viommu, hostDeviceID: 1, virtualStreamID: 8) }
+        let error = backendError {
+            _ = try backend.allocateVDevice(viommu: viommu, device: HostDevice(id: 1, vfioDevice: 50), virtualStreamID: 8)
+        }
 
         #expect(error?.kind == .alreadyExists)
         #expect(error?.errno == EEXIST)
         #expect(error?.message.contains("IOMMU_VDEVICE_ALLOC") == true)
         #expect(backend.counters.vdevicesAllocated == 0)
+        #expect(fake.closedDescriptors == [50])
     }
 
     @Test func aKernelWithoutNestingSupportIsUnavailable() {
@@ -124,6 +127,7 @@ import Testing
         ste.isValid = true
         ste.config = .s1Translate
         ste[StreamTableEntry.Field.strw] = 1
+        fake.forgetCalls()
         let error = backendError { _ = try backend.allocateNestedHWPT(viommu: viommu, hostDeviceID: 1, ste: ste, contextDescriptors: []) }
 
         #expect(error?.kind == .invalidArgument)
@@ -134,6 +138,7 @@ import Testing
         let (backend, fake) = makeBackend()
         let viommu = try backend.attachViommu(ViommuAttachRequest(hostDeviceID: 1, nestParentHWPT: 2))
         let ste = StreamTableEntry(w0: 0xFFFF_0000_0000_00F0, w1: 0xFFFF)  // V = 0
+        fake.forgetCalls()
         _ = try backend.allocateNestedHWPT(viommu: viommu, hostDeviceID: 1, ste: ste, contextDescriptors: [])
         #expect(fake.calls(.hwptAlloc).first?.payload == [UInt8](repeating: 0, count: 16))
     }
@@ -160,14 +165,15 @@ import Testing
         #expect(backendError { try backend.destroyVDevice(VDeviceHandle(rawValue: viommu.rawValue)) }?.kind == .unknownHandle)
         #expect(backendError { try backend.destroyHWPT(HWPTHandle(rawValue: 12345)) }?.kind == .unknownHandle)
         #expect(backendError { try backend.detachViommu(ViommuHandle(rawValue: 4242)) }?.kind == .unknownHandle)
-        #expect(backendError { _ = try backend.allocateVDevice(viommu: ViommuHandle(rawValue: 4242), hostDeviceID: 1, virtualStreamID: 1) }?.kind == .unknownHandle)
+        #expect(backendError { _ = try backend.allocateVDevice(viommu: ViommuHandle(rawValue: 4242), device: HostDevice(id: 1, vfioDevice: 50), virtualStreamID: 1) }?.kind == .unknownHandle)
+        #expect(backendError { try backend.attachDevice(VDeviceHandle(rawValue: 4242), to: .abort) }?.kind == .unknownHandle)
         #expect(fake.calls.count == callsBefore)
     }
 
     @Test func aViommuWithVDevicesOrHWPTsIsBusyUntilTheyAreDestroyed() throws {
         let (backend, fake) = makeBackend()
         let viommu = try backend.attachViommu(ViommuAttachRequest(hostDeviceID: 1, nestParentHWPT: 2))
-        let vdevice = try backend.allocateVDevice(viommu: viommu, hostDeviceID: 1, virtualStreamID: 5)
+        let vdevice = try backend.allocateVDevice(viommu: viommu, device: HostDevice(id: 1, vfioDevice: 50), virtualStreamID: 5)
         let hwpt = try backend.allocateNestedHWPT(viommu: viommu, hostDeviceID: 1, ste: StreamTableEntry(), contextDescriptors: [])
 
         #expect(backendError { try backend.detachViommu(viommu) }?.kind == .busy)
@@ -176,7 +182,10 @@ import Testing
         try backend.destroyHWPT(hwpt)
         try backend.destroyVDevice(vdevice)
         try backend.detachViommu(viommu)
-        #expect(fake.journal.suffix(3) == ["IOMMU_DESTROY \(hwpt.rawValue)", "IOMMU_DESTROY \(vdevice.rawValue)", "IOMMU_DESTROY \(viommu.rawValue)"])
+        // The viommu's own bypass (allocated second after it) and abort (first) HWPTs go just before it.
+        #expect(fake.journal.suffix(6) == ["IOMMU_DESTROY \(hwpt.rawValue)", "IOMMU_DESTROY \(vdevice.rawValue)", "close(50)",
+                                           "IOMMU_DESTROY \(viommu.rawValue + 2)", "IOMMU_DESTROY \(viommu.rawValue + 1)",
+                                           "IOMMU_DESTROY \(viommu.rawValue)"])
         #expect(backendError { try backend.detachViommu(viommu) }?.kind == .unknownHandle)
     }
 
@@ -202,7 +211,9 @@ import Testing
         let viommu = try backend.attachViommu(ViommuAttachRequest(hostDeviceID: 1, nestParentHWPT: 2))
         try backend.detachViommu(viommu)
 
-        #expect(fake.journal == ["IOMMU_VIOMMU_ALLOC", "IOMMU_VEVENTQ_ALLOC", "close(1000)", "IOMMU_DESTROY 11", "IOMMU_DESTROY 10"])
+        #expect(fake.journal == ["IOMMU_GET_HW_INFO", "IOMMU_VIOMMU_ALLOC", "IOMMU_HWPT_ALLOC", "IOMMU_HWPT_ALLOC",
+                                 "IOMMU_VEVENTQ_ALLOC", "close(1000)", "IOMMU_DESTROY 11",
+                                 "IOMMU_DESTROY 101", "IOMMU_DESTROY 100", "IOMMU_DESTROY 10"])
     }
 
     @Test func aKernelWithoutVEventQueuesStillAttachesWithoutEvents() throws {
@@ -225,7 +236,9 @@ import Testing
 
         #expect(error?.kind == .invalidArgument)
         #expect(error?.message.contains("IOMMU_VEVENTQ_ALLOC") == true)
-        #expect(fake.journal == ["IOMMU_VIOMMU_ALLOC", "IOMMU_VEVENTQ_ALLOC", "IOMMU_DESTROY 20"])
+        // The abort (100) and bypass (101) HWPTs are undone in reverse, then the viommu.
+        #expect(fake.journal == ["IOMMU_GET_HW_INFO", "IOMMU_VIOMMU_ALLOC", "IOMMU_HWPT_ALLOC", "IOMMU_HWPT_ALLOC",
+                                 "IOMMU_VEVENTQ_ALLOC", "IOMMU_DESTROY 101", "IOMMU_DESTROY 100", "IOMMU_DESTROY 20"])
         #expect(backend.counters.viommusAttached == 0)
     }
 }

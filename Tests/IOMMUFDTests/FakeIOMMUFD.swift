@@ -70,7 +70,15 @@ final class FakeIOMMUFD: IOMMUFDDevice {
     var journal: [String] { state.withLock { $0.journal } }
     var closedDescriptors: [Int32] { state.withLock { $0.closed } }
 
-    func calls(_ request: IOMMUFDRequest) -> [Call] { calls.filter { $0.request == request } }
+    func calls(_ request: IOMMUFDRequest) -> [Call] { calls.filter { $0.request == request && $0.vfio == nil } }
+
+    /// Forgets the calls and journal so far (a test's set-up), keeping objects, scripts and ids.
+    func forgetCalls() {
+        state.withLock {
+            $0.calls.removeAll()
+            $0.journal.removeAll()
+        }
+    }
 
     /// Queues answers for the next `request`s.
     func script(_ request: IOMMUFDRequest, _ answers: Answer...) {

@@ -13,6 +13,8 @@ final class RecordingBackend: PSMMUBackend {
         var attachments: [VDeviceHandle: DeviceDomain] = [:]
         /// Every attach, in order.
         var attachLog: [(VDeviceHandle, DeviceDomain)] = []
+        /// The control calls in order: `hwpt 4`, `attach 3 nested hwpt#4`, `destroy hwpt 4`, `destroy vdevice 3`.
+        var log: [String] = []
         var calls = 0
         var next: UInt32 = 1
     }
@@ -59,7 +61,11 @@ final class RecordingBackend: PSMMUBackend {
     }
 
     func destroyVDevice(_ vdevice: VDeviceHandle) throws(BackendError) {
-        let found = record.withLock { $0.attachments[vdevice] = nil; return $0.vdevices.removeValue(forKey: vdevice) != nil }
+        let found = record.withLock {
+            $0.log.append("destroy vdevice \(vdevice.rawValue)")
+            $0.attachments[vdevice] = nil
+            return $0.vdevices.removeValue(forKey: vdevice) != nil
+        }
         if !found { throw BackendError(.unknownHandle, "no \(vdevice)") }
     }
 
@@ -67,7 +73,10 @@ final class RecordingBackend: PSMMUBackend {
                             contextDescriptors: [ContextDescriptor]) throws(BackendError) -> HWPTHandle {
         if refused("hwpt") { throw BackendError(.invalidArgument, errno: 5, "hwpt refused") }
         let handle = HWPTHandle(rawValue: allocate())
-        record.withLock { $0.hwpts[handle] = (viommu, hostDeviceID, ste, contextDescriptors) }
+        record.withLock {
+            $0.hwpts[handle] = (viommu, hostDeviceID, ste, contextDescriptors)
+            $0.log.append("hwpt \(handle.rawValue)")
+        }
         return handle
     }
 
@@ -85,13 +94,17 @@ final class RecordingBackend: PSMMUBackend {
             }
             r.attachments[vdevice] = domain == .nestParent ? nil : domain
             r.attachLog.append((vdevice, domain))
+            r.log.append("attach \(vdevice.rawValue) \(domain)")
         }
     }
 
     func destroyHWPT(_ hwpt: HWPTHandle) throws(BackendError) {
         let attached = record.withLock { $0.attachments.values.contains(.nested(hwpt)) }
         if attached { throw BackendError(.busy, errno: 16, "\(hwpt) is attached") }
-        let found = record.withLock { $0.hwpts.removeValue(forKey: hwpt) != nil }
+        let found = record.withLock {
+            $0.log.append("destroy hwpt \(hwpt.rawValue)")
+            return $0.hwpts.removeValue(forKey: hwpt) != nil
+        }
         if !found { throw BackendError(.unknownHandle, "no \(hwpt)") }
     }
 
