@@ -40,6 +40,7 @@ struct EngineChecks {
             engine.stop()
             return
         }
+        checks.run("engine relink and unlink of StreamID 0x10: make-before-break, then the abort HWPT") { try linkCycle() }
         checks.run("routing: ASID-routed TLBIs reach only the viommu whose S1 HWPT holds the ASID; CFGI_CD and ATC_INV the device's own") { try routing() }
         checks.run("replay of linux-strict-cmdq.bin through VSMMUEngine + router onto both pSMMUs: 0 errors") { try replay() }
         checks.run("engine teardown: UNSET_DEV_ID, detach; every id the engine's backends allocated is gone (ENOENT)") { try teardown() }
@@ -50,23 +51,83 @@ struct EngineChecks {
         let trace = try Trace(directory: traceDirectory, name: "linux-strict")
         var details: [String] = []
         for (slot, entry) in traceDevices.enumerated() {
-            let backend = HostDeviceHandover(backends[slot]) { [vmm] id in
-                guard let index = vmm.devices.firstIndex(where: { $0.deviceID == id }) else { return nil }
-                return try? vmm.hostDevice(index).vfioDevice
-            }
-            let viommu = try engine.attachViommu(pSMMU: backends[slot].name, backend: backend, request: vmm.viommuRequest(entry.device))
-            viommus.append(viommu)
             let device = vmm.devices[entry.device]
-            try engine.setDeviceID(viommu: viommu, hostDeviceID: device.deviceID, streamID: entry.streamID)
+            let viommu = try engine.attachViommu(pSMMU: backends[slot].name, backend: backends[slot], request: vmm.viommuRequest(entry.device))
+            viommus.append(viommu)
+            let host = try vmm.hostDevice(entry.device)
+            try engine.setDeviceID(viommu: viommu, device: host, streamID: entry.streamID)
             guard let ste = trace.stes[entry.streamID], let cd = trace.cds[entry.streamID] else {
                 throw CheckFailure(description: "the trace has no STE/CD for StreamID \(hex(entry.streamID))")
             }
+            let mark = spy.count
             try engine.link(streamID: entry.streamID, ste: ste, contextDescriptors: [cd])
             let handles = engine.backendHandles(of: entry.streamID)
+            guard let hwpt = handles.hwpt else { throw CheckFailure(description: "StreamID \(hex(entry.streamID)) has no HWPT after link") }
+            let attaches = spy.calls(since: mark).attaches
+            try expect(attaches.count == 1 && attaches[0].fd == host.vfioDevice && attaches[0].reported == hwpt.rawValue && attaches[0].errno == nil,
+                       "link of \(hex(entry.streamID)) attached \(attaches), expected the daemon's fd \(host.vfioDevice ?? -1) to \(hwpt)")
             details.append("\(viommu) on \(backends[slot].name) (dev_id \(device.deviceID), S2 \(device.nestParent)): StreamID \(hex(entry.streamID)) → "
-                           + "\(handles.vdevice.map(\.description) ?? "no vdevice"), vSTE \(hex(ste.word(0)))/\(hex(ste.word(1))) "
-                           + "→ \(handles.hwpt.map(\.description) ?? "no HWPT"), CD ASID \(cd.asid)")
+                           + "\(handles.vdevice.map(\.description) ?? "no vdevice") (daemon's VFIO fd \(host.vfioDevice ?? -1)), "
+                           + "vSTE \(hex(ste.word(0)))/\(hex(ste.word(1))) → \(hwpt), attached; CD ASID \(cd.asid)")
         }
+        let registers = try engine.hardwareInfo()
+        try expect(registers.count == 2 && registers.allSatisfy { $0.registers == rigIDRegisters },
+                   "engine.hardwareInfo(): \(registers.map { ($0.viommu, $0.registers.idr.map(hex)) })")
+        details.append("engine.hardwareInfo(): both viommus report the rig's IDR0 \(hex(rigIDRegisters.idr[0]))")
+        return details
+    }
+
+    /// The abort HWPT the engine's backend allocated with the viommu of `deviceID` (the first nested
+    /// HWPT after its VIOMMU_ALLOC).
+    private func abortHWPT(of deviceID: UInt32) -> UInt32? {
+        let calls = spy.calls(since: start)
+        guard let at = calls.firstIndex(where: { $0.request == .viommuAlloc && $0.errno == nil && $0.u32(12, after: false) == deviceID }),
+              let hwpt = calls[(at + 1)...].first(where: { $0.request == .hwptAlloc }) else { return nil }
+        return hwpt.u32(16)
+    }
+
+    /// One step of a recorded call sequence, for comparing orders.
+    private func steps(since mark: Int) -> [String] {
+        spy.calls(since: mark).compactMap { call -> String? in
+            switch call.kind {
+            case .iommufd(.hwptAlloc): return "alloc(\(call.u32(16)))"
+            case .iommufd(.destroy): return "destroy(\(call.u32(4, after: false)))"
+            case .vfio(_, .attachIOMMUFDPT): return "attach(\(call.u32(8, after: false)))"
+            case .iommufd(.vdeviceAlloc): return "vdevice(\(call.u32(12)))"
+            case .closeVFIO: return "close"
+            default: return nil
+            }
+        }
+    }
+
+    private func linkCycle() throws -> [String] {
+        let streamID: StreamID = 0x10
+        let device = vmm.devices[1]
+        guard let ste = try Trace(directory: traceDirectory, name: "linux-strict").stes[streamID],
+              let old = engine.backendHandles(of: streamID).hwpt, let abort = abortHWPT(of: device.deviceID) else {
+            throw CheckFailure(description: "StreamID 0x10 is not linked")
+        }
+        var details: [String] = []
+        // Relink to a vSTE with another CD table: make-before-break.
+        var mark = spy.count
+        try engine.link(streamID: streamID, ste: steA, contextDescriptors: [.valid(asid: 1)])
+        guard let new = engine.backendHandles(of: streamID).hwpt else { throw CheckFailure(description: "no HWPT after the relink") }
+        var seen = steps(since: mark)
+        try expect(seen == ["alloc(\(new.rawValue))", "attach(\(new.rawValue))", "destroy(\(old.rawValue))"],
+                   "relink made \(seen), expected alloc, attach, destroy of the old")
+        details.append("relink (CD table 0x80000000): \(seen.joined(separator: ", "))")
+        // Unlink: the device goes to the abort HWPT, then the nested one goes.
+        mark = spy.count
+        try engine.unlink(streamID: streamID)
+        seen = steps(since: mark)
+        try expect(seen == ["attach(\(abort))", "destroy(\(new.rawValue))"], "unlink made \(seen), expected attach(\(abort)) (abort), destroy(\(new.rawValue))")
+        details.append("unlink: \(seen.joined(separator: ", ")) (\(abort) = the viommu's abort HWPT)")
+        // Back to the trace's vSTE for the replay.
+        mark = spy.count
+        try engine.link(streamID: streamID, ste: ste, contextDescriptors: [.valid(asid: 1)])
+        seen = steps(since: mark)
+        try expect(seen.count == 2 && seen[0].hasPrefix("alloc(") && seen[1].hasPrefix("attach("), "link again made \(seen)")
+        details.append("link again with the trace's vSTE: \(seen.joined(separator: ", "))")
         return details
     }
 
@@ -130,11 +191,19 @@ struct EngineChecks {
         let began = clock.now
         var consumed = 0, syncs = 0
         var failures: [String] = []
-        for batch in batches {
+        var first = 0
+        for (number, batch) in batches.enumerated() {
             let result = engine.submit(batch).wait()
             consumed += result.consumed
             syncs += result.syncs
-            if let failure = result.failure, failures.count < 5 { failures.append("batch at command \(consumed): \(failure)") }
+            if let failure = result.failure, failures.count < 5 {
+                failures.append("batch \(number) (trace commands \(first)..<\(first + batch.count)): \(failure)")
+            }
+            first += batch.count
+            if let broken = vmm.relay.seamFailure {
+                failures.append("stopped after batch \(number): \(broken)")
+                break
+            }
         }
         let elapsed = began.duration(to: clock.now)
         let expectedSyncs = batches.joined().filter { $0.opcode == .sync }.count
@@ -158,7 +227,17 @@ struct EngineChecks {
     }
 
     private mutating func teardown() throws -> [String] {
-        for entry in traceDevices { try engine.unsetDeviceID(streamID: entry.streamID) }
+        var details: [String] = []
+        for (slot, entry) in traceDevices.enumerated() {
+            let handles = engine.backendHandles(of: entry.streamID)
+            let mark = spy.count
+            try engine.unsetDeviceID(streamID: entry.streamID)
+            let seen = steps(since: mark)
+            let home = vmm.devices[entry.device].nestParent
+            let expected = ["attach(\(home))", "destroy(\(handles.hwpt?.rawValue ?? 0))", "destroy(\(handles.vdevice?.rawValue ?? 0))", "close"]
+            try expect(seen == expected, "UNSET_DEV_ID of \(hex(entry.streamID)) made \(seen), expected \(expected): home to the S2, the HWPT, the vdevice, its fd")
+            details.append("UNSET_DEV_ID \(hex(entry.streamID)) on \(backends[slot].name): \(seen.joined(separator: ", "))")
+        }
         for viommu in viommus { try engine.detachViommu(viommu) }
         viommus = []
         let objects = spy.calls(since: start).allocatedObjects
@@ -168,43 +247,6 @@ struct EngineChecks {
             if errno != .noSuchFileOrDirectory { left.append("\(object): \(errno.map { "\($0)" } ?? "was still there (destroyed now)")") }
         }
         try expect(left.isEmpty, "objects left behind: \(left)")
-        return ["\(objects.count) objects (\(objects.map(\.description).joined(separator: ", "))) all answer ENOENT"]
+        return details + ["detach of both viommus; \(objects.count) objects (\(objects.map(\.description).joined(separator: ", "))) all answer ENOENT"]
     }
-}
-
-/// Until `VSMMUEngine.setDeviceID` takes a ``HostDevice``: hands the backend the VFIO descriptor the VMM
-/// would pass with SET_DEV_ID (a fresh `dup` of the VMM's), which the engine cannot carry yet.
-final class HostDeviceHandover: PSMMUBackend {
-    let base: IOMMUFDBackend
-    let vfioDescriptor: @Sendable (UInt32) -> Int32?
-
-    init(_ base: IOMMUFDBackend, vfioDescriptor: @escaping @Sendable (UInt32) -> Int32?) {
-        self.base = base
-        self.vfioDescriptor = vfioDescriptor
-    }
-
-    var name: String { base.name }
-    var counters: BackendCounters { base.counters }
-    func attachViommu(_ request: ViommuAttachRequest) throws(BackendError) -> ViommuHandle { try base.attachViommu(request) }
-    func detachViommu(_ viommu: ViommuHandle) throws(BackendError) { try base.detachViommu(viommu) }
-    func hardwareInfo(viommu: ViommuHandle) throws(BackendError) -> IDRegisters { try base.hardwareInfo(viommu: viommu) }
-    func allocateVDevice(viommu: ViommuHandle, device: HostDevice, virtualStreamID: StreamID) throws(BackendError) -> VDeviceHandle {
-        var device = device
-        if device.vfioDevice == nil { device.vfioDevice = vfioDescriptor(device.id) }
-        return try base.allocateVDevice(viommu: viommu, device: device, virtualStreamID: virtualStreamID)
-    }
-    func destroyVDevice(_ vdevice: VDeviceHandle) throws(BackendError) { try base.destroyVDevice(vdevice) }
-    func attachDevice(_ vdevice: VDeviceHandle, to domain: DeviceDomain) throws(BackendError) { try base.attachDevice(vdevice, to: domain) }
-    func allocateNestedHWPT(viommu: ViommuHandle, hostDeviceID: UInt32, ste: StreamTableEntry,
-                            contextDescriptors: [ContextDescriptor]) throws(BackendError) -> HWPTHandle {
-        try base.allocateNestedHWPT(viommu: viommu, hostDeviceID: hostDeviceID, ste: ste, contextDescriptors: contextDescriptors)
-    }
-    func destroyHWPT(_ hwpt: HWPTHandle) throws(BackendError) { try base.destroyHWPT(hwpt) }
-    func updateContextDescriptors(_ hwpt: HWPTHandle, _ contextDescriptors: [ContextDescriptor]) throws(BackendError) {
-        try base.updateContextDescriptors(hwpt, contextDescriptors)
-    }
-    func invalidate(viommu: ViommuHandle, commands: UnsafeBufferPointer<Command>) -> InvalidationResult {
-        base.invalidate(viommu: viommu, commands: commands)
-    }
-    func takeEvents(viommu: ViommuHandle) -> [EventRecord] { base.takeEvents(viommu: viommu) }
 }

@@ -87,8 +87,10 @@ struct AllocatedObject: Hashable, CustomStringConvertible {
 
 extension Array where Element == RecordingDevice.Call {
     /// The objects these calls allocated (successful `*_ALLOC`s, by the `out_*_id` the kernel wrote).
+    /// Each once, in allocation order: the kernel reuses a destroyed object's id.
     var allocatedObjects: [AllocatedObject] {
-        compactMap { call -> AllocatedObject? in
+        var seen = Set<UInt32>()
+        return compactMap { call -> AllocatedObject? in
             guard call.errno == nil, let request = call.request else { return nil }
             switch request {
             case .viommuAlloc: return AllocatedObject(what: "viommu", id: call.u32(20))
@@ -97,7 +99,7 @@ extension Array where Element == RecordingDevice.Call {
             case .veventqAlloc: return AllocatedObject(what: "veventq", id: call.u32(20))
             default: return nil
             }
-        }
+        }.filter { seen.insert($0.id).inserted }
     }
 
     /// The vEVENTQ descriptors these calls received (`out_veventq_fd`).
