@@ -142,6 +142,7 @@ struct BackendChecks {
                 "IOMMU_HWPT_ALLOC(vSTE V=1 S1_TRANS, CD table 0x80000000) → \(first); VFIO_DEVICE_ATTACH_IOMMUFD_PT(\(first.rawValue)) → pt_id \(attach.reported)"]
     }
 
+    /// An attached HWPT holds a reference per attachment, so `iommufd_object_remove` answers EBUSY.
     private func busy() throws -> [String] {
         guard let attached = hwpts.last else { throw CheckFailure(description: "no nested HWPT") }
         let raw = try relay.destroy(attached.rawValue)
@@ -216,6 +217,9 @@ struct BackendChecks {
         return ["from \(nested): \(steps.joined(separator: ", ")) (S2 parent = \(device.nestParent)); \(nested) then destroys"]
     }
 
+    /// `arm_vsmmu_init` refuses a nest parent of another SMMU (`s2_parent->smmu != smmu`: EINVAL), and
+    /// `iommufd_vdevice_alloc_ioctl` a device behind another IOMMU than the viommu's
+    /// (`viommu->iommu_dev != __iommu_get_iommu_dev(idev->dev)`: EINVAL).
     private func crossSMMU() throws -> [String] {
         guard let viommu = viommus[0] else { throw CheckFailure(description: "no viommu") }
         var details: [String] = []
@@ -247,6 +251,9 @@ struct BackendChecks {
         return details
     }
 
+    /// `arm_vsmmu_cache_invalidate` converts each command (`arm_vsmmu_convert_user_cmd`: EIO for an
+    /// opcode a viommu does not take, or a vSID without a vdevice) and `iommufd_hwpt_invalidate` writes
+    /// back how many it counted in `entry_num`, also on failure.
     private func illegalInMidBatch() throws -> [String] {
         guard let viommu = viommus[0] else { throw CheckFailure(description: "no viommu") }
         let backend = backends[0]

@@ -187,6 +187,7 @@ struct EngineChecks {
         let batches = Array(trace.batches.prefix(replayBatches ?? Int.max))
         let commandCount = batches.reduce(0) { $0 + $1.count }
         let before = backends.map { ($0.counters, $0.invalidateIoctlCount) }
+        let routedBefore = engine.vsmmu.counters
         let clock = ContinuousClock()
         let began = clock.now
         var consumed = 0, syncs = 0
@@ -219,11 +220,15 @@ struct EngineChecks {
             try expect(backend.counters.commandsFailed == before.0.commandsFailed, "\(backend.name) reported failed commands")
         }
         let counters = engine.vsmmu.counters
+        let asidRouted = counters.asidRouted - routedBefore.asidRouted
+        let withoutTarget = counters.asidWithoutTarget - routedBefore.asidWithoutTarget
+        let broadcast = counters.broadcast - routedBefore.broadcast
+        let configSTE = counters.configSTEInvalidations - routedBefore.configSTEInvalidations
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         return ["\(commandCount) commands\(commandCount < trace.commands.count ? " (of \(trace.commands.count))" : "") in \(batches.count) batches cut after CMD_SYNC, \(syncs) syncs, 0 errors, "
                 + String(format: "%.1f s", seconds),
-                "router: \(counters.asidRouted) ASID-routed (\(counters.asidWithoutTarget) to ASID 2, no target), "
-                + "\(counters.broadcast) broadcast, \(counters.configSTEInvalidations) CFGI_STE* not forwarded"] + lines
+                "router: \(asidRouted) ASID-routed (\(withoutTarget) of them for ASID 2, which no viommu holds), "
+                + "\(broadcast) broadcast, \(configSTE) CFGI_STE* counted, not forwarded"] + lines
     }
 
     private mutating func teardown() throws -> [String] {
