@@ -40,3 +40,9 @@ final class Checks {
 }
 
 func hex<T: BinaryInteger>(_ value: T) -> String { "0x" + String(value, radix: 16) }
+
+/// `seconds` with one decimal.
+func tenths(_ seconds: Double) -> String {
+    let t = Int((seconds * 10).rounded())
+    return "\(t / 10).\(t % 10)"
+}

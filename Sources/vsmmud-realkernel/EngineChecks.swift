@@ -188,6 +188,7 @@ struct EngineChecks {
         let commandCount = batches.reduce(0) { $0 + $1.count }
         let before = backends.map { ($0.counters, $0.invalidateIoctlCount) }
         let routedBefore = engine.vsmmu.counters
+        let relayTimeBefore = spy.invalidateTime
         let clock = ContinuousClock()
         let began = clock.now
         var consumed = 0, syncs = 0
@@ -225,8 +226,10 @@ struct EngineChecks {
         let broadcast = counters.broadcast - routedBefore.broadcast
         let configSTE = counters.configSTEInvalidations - routedBefore.configSTEInvalidations
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+        let relayTime = spy.invalidateTime - relayTimeBefore
+        let relaySeconds = Double(relayTime.components.seconds) + Double(relayTime.components.attoseconds) / 1e18
         return ["\(commandCount) commands\(commandCount < trace.commands.count ? " (of \(trace.commands.count))" : "") in \(batches.count) batches cut after CMD_SYNC, \(syncs) syncs, 0 errors, "
-                + String(format: "%.1f s", seconds),
+                + "\(tenths(seconds)) s, of which \(tenths(relaySeconds)) s in the relay's IOMMU_HWPT_INVALIDATE calls",
                 "router: \(asidRouted) ASID-routed (\(withoutTarget) of them for ASID 2, which no viommu holds), "
                 + "\(broadcast) broadcast, \(configSTE) CFGI_STE* counted, not forwarded"] + lines
     }

@@ -46,9 +46,19 @@ final class RecordingDevice: IOMMUFDDevice {
 
     private func record(_ call: Call) { log.withLock { $0.append(call) } }
 
+    /// The time spent in the relay's `IOMMU_HWPT_INVALIDATE` calls (channel round trip and kernel).
+    var invalidateTime: Duration { time.withLock { $0 } }
+    private let time = Mutex<Duration>(.zero)
+
     func ioctl(request: IOMMUFDRequest, argument: UnsafeMutableRawBufferPointer) -> Errno? {
         let before = Array(argument)
+        let clock = ContinuousClock()
+        let start = clock.now
         let errno = base.ioctl(request: request, argument: argument)
+        if request == .hwptInvalidate {
+            let spent = start.duration(to: clock.now)
+            time.withLock { $0 += spent }
+        }
         record(Call(kind: .iommufd(request), before: before, after: Array(argument), errno: errno))
         return errno
     }
