@@ -1,1 +1,0 @@
-// The relay is written in RelayIOMMUFD.swift.
