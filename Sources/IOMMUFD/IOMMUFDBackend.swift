@@ -280,7 +280,7 @@ public final class IOMMUFDBackend: PSMMUBackend {
                                 virtualStreamID: StreamID) throws(BackendError) -> VDeviceHandle {
         let device: any IOMMUFDDevice
         do { device = try self.device(of: viommu) } catch {
-            if let fd = host.vfioDevice { try? FileDescriptor(rawValue: fd).close() }
+            discard(host)
             throw error
         }
         guard let fd = host.vfioDevice else {
@@ -341,6 +341,16 @@ public final class IOMMUFDBackend: PSMMUBackend {
                                "\(name): \(VFIODeviceRequest.attachIOMMUFDPT) of dev_id \(record.hostDeviceID) to \(domain) (pt_id \(ptID)) failed: \(errno)")
         }
         state.withLock { $0.vdevices[vdevice]?.domain = domain }
+    }
+
+    /// Closes `host`'s VFIO descriptor through the iommufd seam (`close(2)` when no iommufd is open yet).
+    public func discard(_ host: HostDevice) {
+        guard let fd = host.vfioDevice else { return }
+        if let device = state.withLock({ $0.device }) {
+            device.close(vfioDevice: FileDescriptor(rawValue: fd))
+        } else {
+            try? FileDescriptor(rawValue: fd).close()
+        }
     }
 
     /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` of `vfio` to `ptID` (`vfio_df_ioctl_attach_pt`: attach, or
@@ -535,7 +545,10 @@ public final class IOMMUFDBackend: PSMMUBackend {
         let reason: String
         if !Self.opcodesAcceptedOnViommu.contains(command.opcode) {
             reason = "\(command.opcode.name) is not a command a viommu takes"
-        } else if command.opcode == .atcInv || command.opcode == .cfgiCD || command.opcode == .cfgiCDAll {
+        } else if command.opcode == .atcInv {
+            // Linux 7.3 also refuses ATC_INV for a registered vSID when the pSMMU has no ATS (the rig).
+            reason = "vSID 0x\(String(command.streamID, radix: 16)) has no vdevice on \(viommu), or the pSMMU or device has no ATS"
+        } else if command.opcode == .cfgiCD || command.opcode == .cfgiCDAll {
             reason = "vSID 0x\(String(command.streamID, radix: 16)) has no vdevice on \(viommu)"
         } else {
             reason = "the kernel refused the command"

@@ -180,10 +180,14 @@ public final class VSMMUEngine: Sendable {
     /// takes over `device.vfioDevice` (closed here when the registration is refused). The device stays
     /// where the VMM attached it until its vSTE is linked.
     public func setDeviceID(viommu: ViommuIndex, device: HostDevice, streamID: StreamID) throws(EngineError) {
-        do {
-            try serialised { (state: inout State) throws(EngineError) in
+        try serialised { (state: inout State) throws(EngineError) in
                 do throws(VSMMUError) { try state.vsmmu.setDeviceID(viommu: viommu, hostDeviceID: device.id, streamID: streamID) }
-                catch { throw .vsmmu(error) }
+                catch {
+                    // The descriptor is still the caller's to close; the backend closes it through its seam.
+                    if let backend = state.viommus[viommu]?.backend { backend.discard(device) }
+                    else if let fd = device.vfioDevice { _ = Glibc.close(fd) }
+                    throw .vsmmu(error)
+                }
                 guard let attached = state.viommus[viommu] else { return }
                 do throws(BackendError) {
                     // From here on the backend owns the descriptor, whatever happens.
@@ -194,10 +198,6 @@ public final class VSMMUEngine: Sendable {
                     _ = try? state.vsmmu.unsetDeviceID(streamID: streamID)
                     throw .backend(error)
                 }
-            }
-        } catch {
-            if case .vsmmu = error, let fd = device.vfioDevice { _ = Glibc.close(fd) }
-            throw error
         }
     }
 

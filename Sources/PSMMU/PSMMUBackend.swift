@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import SMMUv3
 
 /// A backend's handle of a viommu it allocated (for iommufd: the viommu object id).
@@ -187,6 +190,11 @@ public protocol PSMMUBackend: AnyObject, Sendable {
     /// Takes ownership of `device.vfioDevice` (see ``HostDevice``).
     func allocateVDevice(viommu: ViommuHandle, device: HostDevice,
                          virtualStreamID: StreamID) throws(BackendError) -> VDeviceHandle
+    /// Closes the VFIO descriptor of a `device` that will not be registered (the caller owned it and
+    /// the registration was refused before ``allocateVDevice(viommu:device:virtualStreamID:)``), through
+    /// the same seam the backend's other syscalls go through. The default closes it with `close(2)`.
+    func discard(_ device: HostDevice)
+
     /// Destroys a vdevice (`IOMMU_DESTROY`) and closes its VFIO descriptor. The caller puts the device
     /// back on ``DeviceDomain/nestParent`` first.
     func destroyVDevice(_ vdevice: VDeviceHandle) throws(BackendError)
@@ -226,6 +234,10 @@ extension PSMMUBackend {
     public func allocateVDevice(viommu: ViommuHandle, hostDeviceID: UInt32,
                                 virtualStreamID: StreamID) throws(BackendError) -> VDeviceHandle {
         try allocateVDevice(viommu: viommu, device: HostDevice(id: hostDeviceID), virtualStreamID: virtualStreamID)
+    }
+
+    public func discard(_ device: HostDevice) {
+        if let fd = device.vfioDevice { _ = Glibc.close(fd) }
     }
 
     /// Nothing to do: the pSMMU fetches CDs from guest memory when it needs them.

@@ -71,7 +71,7 @@ public final class SimulatedSMMU: PSMMUBackend {
         self.idRegisters = idRegisters
         self.kernelVersion = kernelVersion
         state = Locked(SimulatedSMMUState(devices: devices, costModel: costModel, eventQueueDepth: eventQueueDepth,
-                                          kernelVersion: kernelVersion))
+                                          kernelVersion: kernelVersion, atsSupported: idRegisters.ats))
     }
 
     /// A pSMMU with `deviceCount` devices: host device ids `firstHostDeviceID + i` with physical

@@ -63,7 +63,8 @@ extension SimulatedSMMUState {
             let opcode = command.opcode
             let position = base &+ UInt64(index)
             let physical: Command
-            switch ViommuCommandConversion.convert(command, opcode: opcode, vmid: vmid, physicalStreamIDs: physicalStreamIDs) {
+            switch ViommuCommandConversion.convert(command, opcode: opcode, vmid: vmid, physicalStreamIDs: physicalStreamIDs,
+                                                   atsSupported: atsSupported) {
             case .success(let converted):
                 physical = converted
             case .failure(let rejection):

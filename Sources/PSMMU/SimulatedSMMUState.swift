@@ -123,7 +123,12 @@ struct SimulatedSMMUState: Sendable {
 
     let eventQueueDepth: Int
 
-    init(devices: [UInt32: StreamID], costModel: CostModel, eventQueueDepth: Int, kernelVersion: KernelVersion) {
+    /// Whether the pSMMU has ATS (its IDR0.ATS): without it the kernel refuses ATC_INV.
+    let atsSupported: Bool
+
+    init(devices: [UInt32: StreamID], costModel: CostModel, eventQueueDepth: Int, kernelVersion: KernelVersion,
+         atsSupported: Bool = true) {
+        self.atsSupported = atsSupported
         deviceRecords = devices.mapValues { DeviceRecord(streamID: $0) }
         self.costModel = costModel
         self.eventQueueDepth = eventQueueDepth

@@ -8,6 +8,9 @@ enum CommandRejection: Error, Sendable {
     case notAcceptedOnViommu(Opcode)
     /// ATC_INV / CFGI_CD / CFGI_CD_ALL naming a vSID without a vdevice on the viommu (-EIO).
     case unknownVirtualStreamID(Opcode, StreamID)
+    /// ATC_INV on a pSMMU without ATS (IDR0.ATS = 0): Linux 7.3 answers EIO at the command, `entry_num`
+    /// its index, even for a registered vSID (seen on the real-kernel rig, TESTING.md).
+    case atcInvalidationWithoutATS(StreamID)
 
     func message(viommu: ViommuHandle) -> String {
         switch self {
@@ -15,6 +18,8 @@ enum CommandRejection: Error, Sendable {
             return "\(op.name) is not accepted on a viommu (the kernel returns -EIO); it must never be routed to a pSMMU"
         case .unknownVirtualStreamID(let op, let vsid):
             return "\(op.name) names vSID \(vsid), which has no vdevice on \(viommu) (the kernel returns -EIO)"
+        case .atcInvalidationWithoutATS(let vsid):
+            return "ATC_INV for vSID \(vsid) on \(viommu), whose pSMMU has no ATS (IDR0.ATS = 0): the kernel returns -EIO"
         }
     }
 }
@@ -30,16 +35,17 @@ enum ViommuCommandConversion {
     ///
     /// Like the kernel, it checks nothing else: an ATC_INV or CFGI_CD with SSEC set goes through, and it
     /// is the SMMU that finds it illegal (see ``SimulatedSMMUCounters/illegalCommandsSkipped``).
+    /// An ATC_INV on a pSMMU without ATS (`atsSupported` false) is refused too.
     @inline(__always)
-    static func convert(_ command: Command, vmid: VMID,
-                        physicalStreamIDs: [StreamID: StreamID]) -> Result<Command, CommandRejection> {
-        convert(command, opcode: command.opcode, vmid: vmid, physicalStreamIDs: physicalStreamIDs)
+    static func convert(_ command: Command, vmid: VMID, physicalStreamIDs: [StreamID: StreamID],
+                        atsSupported: Bool = true) -> Result<Command, CommandRejection> {
+        convert(command, opcode: command.opcode, vmid: vmid, physicalStreamIDs: physicalStreamIDs, atsSupported: atsSupported)
     }
 
     /// ``convert(_:vmid:physicalStreamIDs:)`` with the command's opcode already read.
     @inline(__always)
-    static func convert(_ command: Command, opcode: Opcode, vmid: VMID,
-                        physicalStreamIDs: [StreamID: StreamID]) -> Result<Command, CommandRejection> {
+    static func convert(_ command: Command, opcode: Opcode, vmid: VMID, physicalStreamIDs: [StreamID: StreamID],
+                        atsSupported: Bool = true) -> Result<Command, CommandRejection> {
         var physical = command
         switch opcode {
         case .tlbiNSNHAll:
@@ -53,6 +59,7 @@ enum ViommuCommandConversion {
             guard let pSID = physicalStreamIDs[command.streamID] else {
                 return .failure(.unknownVirtualStreamID(opcode, command.streamID))
             }
+            if opcode == .atcInv && !atsSupported { return .failure(.atcInvalidationWithoutATS(command.streamID)) }
             physical.streamID = pSID
         default:
             return .failure(.notAcceptedOnViommu(opcode))

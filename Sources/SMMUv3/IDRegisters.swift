@@ -24,9 +24,18 @@ public struct IDRegisters: Hashable, Sendable {
 extension IDRegisters {
     /// What `IOMMU_GET_HW_INFO` returns on QEMU 10.0's and 11.1's emulated SMMUv3 with
     /// `stage=nested` (the real-kernel rig, `../shared/realkernel`): IDR0 0x0d44101b, IDR1 0x02730010,
-    /// IDR3 0x1414, IDR5 0x74, AIDR 0x1 (SMMUv3.1). The simulated pSMMU's default.
-    public static let simulatedDefault = IDRegisters(
+    /// IDR3 0x1414, IDR5 0x74, AIDR 0x1 (SMMUv3.1). It has no ATS (IDR0.ATS = 0).
+    public static let qemuEmulatedSMMUv3 = IDRegisters(
         idr: [0x0d44_101b, 0x0273_0010, 0, 0x0000_1414, 0, 0x0000_0074], iidr: 0, aidr: 0x1)
+
+    /// The simulated pSMMU's default: QEMU's emulated SMMUv3 (``qemuEmulatedSMMUv3``) with ATS
+    /// (IDR0 bit 10), because the simulated pSMMU models an ATC and its devices' ATS requests; a pSMMU
+    /// without ATS refuses ATC_INV, as the kernel does (EIO).
+    public static let simulatedDefault: IDRegisters = {
+        var registers = qemuEmulatedSMMUv3
+        registers.ats = true
+        return registers
+    }()
 }
 
 // MARK: - Registers

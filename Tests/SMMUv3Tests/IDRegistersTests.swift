@@ -33,7 +33,7 @@ private let specifiedFields: [(field: Field, register: IDRegisters.Register, mas
 ]
 
 /// The real-kernel rig's pSMMU (QEMU's emulated SMMUv3, `stage=nested`).
-private let rig = IDRegisters.simulatedDefault
+private let rig = IDRegisters.qemuEmulatedSMMUv3
 
 /// A pSMMU that has everything: every capability, no restriction, every size and level at its
 /// largest defined value, stall and terminate, mixed endianness, and some implementation values.
@@ -408,5 +408,15 @@ private func with(_ registers: IDRegisters, _ field: Field, _ value: UInt32) -> 
         #expect(IDRegisters.common([a])?.oas == 6)
         a[flag: .d128] = true
         #expect(IDRegisters.common([a])?.oas == 7)
+    }
+}
+
+@Suite struct SimulatedDefaultRegistersTests {
+    @Test func theSimulatedDefaultIsQEMUsSMMUv3WithATSBecauseTheSimulatorModelsAnATC() {
+        var expected = IDRegisters.qemuEmulatedSMMUv3
+        #expect(!expected.ats)
+        expected.idr[0] |= 1 << 10
+        #expect(IDRegisters.simulatedDefault == expected)
+        #expect(IDRegisters.simulatedDefault.ats)
     }
 }
