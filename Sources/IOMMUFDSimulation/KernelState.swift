@@ -205,7 +205,9 @@ struct KernelState {
             // arm_smmu_domain_free: the stage-2 domain's VMID goes back to the pSMMU's IDA.
             if let vmid = hwpt.vmid { smmus[hwpt.pSMMU].vmids.remove(vmid) }
         case .vdevice(let vdevice):
-            // iommufd_vdevice_abort: out of the viommu's xarray, idev->vdev = NULL.
+            // iommufd_vdevice_abort: out of the viommu's xarray, idev->vdev = NULL. A vmaster the
+            // device got from it stays until the device's next attach (arm-smmu-v3 clears it only in
+            // arm_smmu_attach_commit_vmaster), so the model leaves it too.
             update(viommu: vdevice.viommu) { $0.vdevs[vdevice.virtID] = nil }
             update(device: vdevice.device) { if $0.vdevice == id { $0.vdevice = nil } }
         default:
