@@ -1,1 +1,0 @@
-// The kernel model is written in SimulatedIOMMUFD.swift.
