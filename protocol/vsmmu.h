@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vsmmu.h — the vsmmud wire protocol, version 1: every frame and message structure and constant.
+ * vsmmu.h — the vsmmud wire protocol, version 2: every frame and message structure and constant.
  *
  * PROTOCOL.md (next to this file) is the specification; this header mirrors it. All integers are
  * little-endian; the structures below are packed and their layouts pinned with _Static_assert, so on a
@@ -33,8 +33,10 @@ extern "C" {
 
 /* HELLO magic: the bytes "VSMU". */
 #define VSMMU_MAGIC 0x554D5356u
-/* The version this header describes. */
-#define VSMMU_PROTOCOL_VERSION 1u
+/* The version this header describes, and the lowest one a version-2 server still speaks (version 2
+ * adds GET_HW_INFO and the device's VFIO cdev on SET_DEV_ID; PROTOCOL.md §3.1). */
+#define VSMMU_PROTOCOL_VERSION 2u
+#define VSMMU_MIN_PROTOCOL_VERSION 1u
 /* No frame, in either direction, is larger (header included): 1 MiB. */
 #define VSMMU_MAX_FRAME_SIZE 1048576u
 /* A server's max_frame_size is at least this. */
@@ -78,6 +80,7 @@ enum vsmmu_message_type {
 	VSMMU_MSG_LINK_STE = 0x0016,
 	VSMMU_MSG_UNLINK_STE = 0x0017,
 	VSMMU_MSG_UPDATE_CD = 0x0018,
+	VSMMU_MSG_GET_HW_INFO = 0x0019,       /* version 2 */
 	VSMMU_MSG_INVALIDATE = 0x0020,
 	VSMMU_MSG_STATS = 0x0040,
 	VSMMU_MSG_LIST = 0x0041,
@@ -94,6 +97,7 @@ enum vsmmu_message_type {
 	VSMMU_MSG_LINK_STE_REPLY = 0x8016,
 	VSMMU_MSG_UNLINK_STE_REPLY = 0x8017,
 	VSMMU_MSG_UPDATE_CD_REPLY = 0x8018,
+	VSMMU_MSG_GET_HW_INFO_REPLY = 0x8019, /* version 2 */
 	VSMMU_MSG_INVALIDATE_REPLY = 0x8020,
 	VSMMU_MSG_STATS_REPLY = 0x8040,
 	VSMMU_MSG_LIST_REPLY = 0x8041,
@@ -221,7 +225,9 @@ struct vsmmu_detach_viommu {
 	uint32_t viommu;
 } VSMMU_PACKED;
 
-/* SET_DEV_ID and UNSET_DEV_ID. */
+/* SET_DEV_ID and UNSET_DEV_ID. From version 2, SET_DEV_ID is sent with VSMMU_FRAME_FD_ATTACHED and the
+ * device's VFIO cdev (bound to the iommufd of ATTACH_VIOMMU) for a viommu on an iommufd pSMMU: the
+ * daemon attaches the device through it (PROTOCOL.md §5.6). Optional with a simulated pSMMU. */
 struct vsmmu_dev_id {
 	uint32_t vsmmu_id;
 	uint32_t viommu;
@@ -270,6 +276,23 @@ struct vsmmu_update_cd {
 	uint32_t ssid;
 	uint32_t reserved;
 	struct vsmmu_cd cd;
+} VSMMU_PACKED;
+
+/* GET_HW_INFO (version 2): the ID registers the VMM presents to its guest for this vSMMU. */
+struct vsmmu_get_hw_info {
+	uint32_t vsmmu_id;
+	uint32_t reserved;
+} VSMMU_PACKED;
+
+/* GET_HW_INFO reply: what every pSMMU behind the vSMMU supports (features only if all have them, sizes
+ * the smallest; PROTOCOL.md §5.12). Refused with UNKNOWN_VIOMMU, value 0xFFFFFFFF, before the first
+ * ATTACH_VIOMMU. Field positions inside the registers are the SMMUv3 architecture's. */
+struct vsmmu_hw_info_reply {
+	uint32_t viommu_count; /* viommus (pSMMUs) the registers were computed over, 1-64 */
+	uint32_t reserved;
+	uint32_t idr[6];       /* SMMU_IDR0 … SMMU_IDR5 */
+	uint32_t iidr;         /* SMMU_IIDR */
+	uint32_t aidr;         /* SMMU_AIDR */
 } VSMMU_PACKED;
 
 /* ---- Invalidation ---------------------------------------------------------------------------- */
@@ -570,6 +593,16 @@ VSMMU_PIN(vsmmu_update_cd, ssid, 8);
 VSMMU_PIN(vsmmu_update_cd, reserved, 12);
 VSMMU_PIN(vsmmu_update_cd, cd, 16);
 
+VSMMU_PIN_SIZE(vsmmu_get_hw_info, 8);
+VSMMU_PIN(vsmmu_get_hw_info, vsmmu_id, 0);
+VSMMU_PIN(vsmmu_get_hw_info, reserved, 4);
+VSMMU_PIN_SIZE(vsmmu_hw_info_reply, 40);
+VSMMU_PIN(vsmmu_hw_info_reply, viommu_count, 0);
+VSMMU_PIN(vsmmu_hw_info_reply, reserved, 4);
+VSMMU_PIN(vsmmu_hw_info_reply, idr, 8);
+VSMMU_PIN(vsmmu_hw_info_reply, iidr, 32);
+VSMMU_PIN(vsmmu_hw_info_reply, aidr, 36);
+
 VSMMU_PIN_SIZE(vsmmu_invalidate, 16);
 VSMMU_PIN(vsmmu_invalidate, vsmmu_id, 0);
 VSMMU_PIN(vsmmu_invalidate, command_count, 4);
@@ -679,6 +712,7 @@ static inline int64_t vsmmu_request_payload_length(uint16_t type, const void *pa
 		return (int64_t)sizeof(struct vsmmu_link_ste) + (int64_t)count * VSMMU_CD_SIZE;
 	case VSMMU_MSG_UNLINK_STE: return sizeof(struct vsmmu_unlink_ste);
 	case VSMMU_MSG_UPDATE_CD: return sizeof(struct vsmmu_update_cd);
+	case VSMMU_MSG_GET_HW_INFO: return sizeof(struct vsmmu_get_hw_info);
 	case VSMMU_MSG_INVALIDATE:
 		if (payload_length < sizeof(struct vsmmu_invalidate))
 			return sizeof(struct vsmmu_invalidate);

@@ -201,10 +201,17 @@ static int call(struct vsmmu_client *client, uint16_t type, const void *part1, s
 
 int vsmmu_client_hello(struct vsmmu_client *client, const char *client_name, struct vsmmu_hello_reply *reply)
 {
+	return vsmmu_client_hello_versions(client, client_name, VSMMU_MIN_PROTOCOL_VERSION, VSMMU_PROTOCOL_VERSION,
+					   reply);
+}
+
+int vsmmu_client_hello_versions(struct vsmmu_client *client, const char *client_name, uint16_t min_version,
+				uint16_t max_version, struct vsmmu_hello_reply *reply)
+{
 	struct vsmmu_hello hello = {
 		.magic = VSMMU_MAGIC,
-		.min_version = VSMMU_PROTOCOL_VERSION,
-		.max_version = VSMMU_PROTOCOL_VERSION,
+		.min_version = min_version,
+		.max_version = max_version,
 		.pid = (uint32_t)getpid(),
 	};
 	copy_name(hello.client_name, client_name);
@@ -212,6 +219,11 @@ int vsmmu_client_hello(struct vsmmu_client *client, const char *client_name, str
 	int rc = call(client, VSMMU_MSG_HELLO, &hello, sizeof(hello), NULL, 0, -1, &r, sizeof(r));
 	if (rc)
 		return rc;
+	/* The server answers a version from the offered range, and this client speaks no version above its own. */
+	if (r.magic != VSMMU_MAGIC || r.version < min_version || r.version > max_version ||
+	    r.version > VSMMU_PROTOCOL_VERSION)
+		return -EPROTO;
+	client->version = r.version;
 	client->max_frame_size = r.max_frame_size;
 	client->max_commands = r.max_commands;
 	if (reply)
@@ -260,24 +272,34 @@ int vsmmu_client_detach_viommu(struct vsmmu_client *client, uint32_t vsmmu_id, u
 }
 
 static int dev_id(struct vsmmu_client *client, uint16_t type, uint32_t vsmmu_id, uint32_t viommu,
-		  uint32_t host_device_id, uint32_t vsid)
+		  uint32_t host_device_id, uint32_t vsid, int pass_fd)
 {
 	struct vsmmu_dev_id req = {
 		.vsmmu_id = vsmmu_id, .viommu = viommu, .host_device_id = host_device_id, .vsid = vsid,
 	};
-	return call(client, type, &req, sizeof(req), NULL, 0, -1, NULL, 0);
+	return call(client, type, &req, sizeof(req), NULL, 0, pass_fd, NULL, 0);
 }
 
 int vsmmu_client_set_dev_id(struct vsmmu_client *client, uint32_t vsmmu_id, uint32_t viommu,
-			    uint32_t host_device_id, uint32_t vsid)
+			    uint32_t host_device_id, uint32_t vsid, int vfio_device)
 {
-	return dev_id(client, VSMMU_MSG_SET_DEV_ID, vsmmu_id, viommu, host_device_id, vsid);
+	return dev_id(client, VSMMU_MSG_SET_DEV_ID, vsmmu_id, viommu, host_device_id, vsid, vfio_device);
 }
 
 int vsmmu_client_unset_dev_id(struct vsmmu_client *client, uint32_t vsmmu_id, uint32_t viommu,
 			      uint32_t host_device_id, uint32_t vsid)
 {
-	return dev_id(client, VSMMU_MSG_UNSET_DEV_ID, vsmmu_id, viommu, host_device_id, vsid);
+	return dev_id(client, VSMMU_MSG_UNSET_DEV_ID, vsmmu_id, viommu, host_device_id, vsid, -1);
+}
+
+int vsmmu_client_get_hw_info(struct vsmmu_client *client, uint32_t vsmmu_id, struct vsmmu_hw_info_reply *reply)
+{
+	struct vsmmu_get_hw_info req = { .vsmmu_id = vsmmu_id };
+	struct vsmmu_hw_info_reply r;
+	int rc = call(client, VSMMU_MSG_GET_HW_INFO, &req, sizeof(req), NULL, 0, -1, &r, sizeof(r));
+	if (!rc && reply)
+		*reply = r;
+	return rc;
 }
 
 int vsmmu_client_link_ste(struct vsmmu_client *client, uint32_t vsmmu_id, uint32_t vsid,

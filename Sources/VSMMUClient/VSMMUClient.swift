@@ -178,9 +178,18 @@ public final class VSMMUClient {
         _ = try call(.detachViommu(DetachViommu(vsmmu: vsmmu, viommu: viommu)))
     }
 
-    /// SET_DEV_ID.
-    public func setDeviceID(vsmmu: VSMMUID, viommu: UInt32, hostDeviceID: UInt32, streamID: StreamID) throws(VSMMUClientError) {
-        _ = try call(.setDeviceID(DeviceRegistration(vsmmu: vsmmu, viommu: viommu, hostDeviceID: hostDeviceID, streamID: streamID)))
+    /// SET_DEV_ID, passing `vfioDevice` — the device's VFIO cdev, bound to the iommufd given to ATTACH_VIOMMU —
+    /// with SCM_RIGHTS when given (PROTOCOL.md §5.6). A viommu on an iommufd pSMMU needs it: the daemon
+    /// attaches the device through it (without it: `BAD_FILE_DESCRIPTOR` detail 1); a simulated pSMMU
+    /// closes it. It needs protocol version 2 (on a version-1 connection: `BAD_FILE_DESCRIPTOR` detail 2).
+    ///
+    /// The daemon receives its own copy of the descriptor: the caller keeps `vfioDevice` open (closing
+    /// the last copy unbinds the device) and may close it whenever it likes.
+    public func setDeviceID(vsmmu: VSMMUID, viommu: UInt32, hostDeviceID: UInt32, streamID: StreamID,
+                            vfioDevice: Int32? = nil) throws(VSMMUClientError) {
+        _ = try call(.setDeviceID(DeviceRegistration(vsmmu: vsmmu, viommu: viommu, hostDeviceID: hostDeviceID, streamID: streamID,
+                                                     fileDescriptorAttached: vfioDevice != nil)),
+                     fileDescriptor: vfioDevice)
     }
 
     /// UNSET_DEV_ID.
@@ -211,6 +220,17 @@ public final class VSMMUClient {
         guard case .updateCD(let reply) = try call(.updateCD(UpdateCD(vsmmu: vsmmu, streamID: streamID, substreamID: substreamID,
                                                                        contextDescriptor: cd))) else {
             throw .badReply("UPDATE_CD")
+        }
+        return reply
+    }
+
+    /// GET_HW_INFO (protocol version 2): the ID registers to present to the guest for `vsmmu`, what every
+    /// pSMMU behind it supports, and how many viommus they were computed over. Ask once the viommus are
+    /// attached: before the first one it is refused with `UNKNOWN_VIOMMU` (value `0xFFFFFFFF`); on a
+    /// version-1 connection with `UNKNOWN_MESSAGE_TYPE`.
+    public func hardwareInfo(vsmmu: VSMMUID) throws(VSMMUClientError) -> HardwareInfo {
+        guard case .getHWInfo(let reply) = try call(.getHWInfo(GetHardwareInfo(vsmmu: vsmmu))) else {
+            throw .badReply("GET_HW_INFO")
         }
         return reply
     }

@@ -1,17 +1,21 @@
 // SPDX-License-Identifier: MIT
 // vmm-sim: a QEMU-like VMM built on the C client (protocol/vsmmu.h + vsmmu_client.h only).
 //
-// It plays a guest's SMMUv3 command queue against vsmmud: registers devices behind one vSMMU spread
-// over the daemon's pSMMUs, links their STEs and CDs, and submits the commands in batches cut after
-// each CMD_SYNC, as the guest's driver publishes them, checking every reply.
+// It plays a guest's SMMUv3 command queue against vsmmud: attaches one vSMMU's viommus to the daemon's
+// pSMMUs, asks GET_HW_INFO for the ID registers it would present to the guest (and prints them, raw
+// and decoded), registers devices spread over the pSMMUs, links their STEs and CDs, and submits the
+// commands in batches cut after each CMD_SYNC, as the guest's driver publishes them, checking every
+// reply.
 //
 //   vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... replay TRACE.bin STE_CD.csv
 //   vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... generate [--commands N] [--devices D]
 //           [--seed S] [--strict | --lazy]
+//   vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... hw-info   (attach, print the registers, exit)
 //
 // Defaults: socket $VSMMUD_SOCKET or /run/vsmmud/vsmmud.sock; pSMMUs smmu0:0 and smmu1:64 (the daemon's
 // embedded default). Exit status 0 when every reply was what a healthy SMMU would answer.
 
+#include "hw_info.h"
 #include "vsmmu_client.h"
 
 #include <errno.h>
@@ -41,6 +45,8 @@ struct device {
 struct run {
 	struct vsmmu_client client;
 	uint32_t vsmmu;
+	struct vsmmu_hw_info_reply hw_info; /* GET_HW_INFO's answer, when has_hw_info */
+	int has_hw_info;
 	struct psmmu psmmus[MAX_PSMMUS];
 	int psmmu_count;
 	struct device devices[MAX_DEVICES];
@@ -83,6 +89,16 @@ static int setup(struct run *run, const char *socket_path)
 		p->viommu = reply.viommu;
 		p->next_host_device = p->first_host_device;
 	}
+	/* What the guest's SMMU_IDRn will say: what every pSMMU behind the vSMMU supports (version 2). */
+	if (run->client.version < 2) {
+		printf("vmm-sim: the daemon speaks protocol version %u: no GET_HW_INFO, the guest gets the VMM's own ID registers\n",
+		       run->client.version);
+		return 0;
+	}
+	if ((rc = vsmmu_client_get_hw_info(&run->client, run->vsmmu, &run->hw_info)))
+		return fail(run, "GET_HW_INFO", rc);
+	run->has_hw_info = 1;
+	vmm_hw_print(stdout, &run->hw_info);
 	return 0;
 }
 
@@ -97,7 +113,7 @@ static int add_device(struct run *run, uint32_t vsid, int p, const struct vsmmu_
 	d->host_device = run->psmmus[p].next_host_device++;
 	d->ste = *ste;
 	d->cd = *cd;
-	int rc = vsmmu_client_set_dev_id(&run->client, run->vsmmu, run->psmmus[p].viommu, d->host_device, vsid);
+	int rc = vsmmu_client_set_dev_id(&run->client, run->vsmmu, run->psmmus[p].viommu, d->host_device, vsid, -1);
 	if (rc)
 		return fail(run, "SET_DEV_ID", rc);
 	if ((rc = vsmmu_client_link_ste(&run->client, run->vsmmu, vsid, ste, cd, 1, NULL)))
@@ -318,7 +334,8 @@ static void usage(void)
 	fprintf(stderr,
 		"usage: vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... replay TRACE.bin STE_CD.csv\n"
 		"       vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... generate [--commands N]\n"
-		"               [--devices D] [--seed S] [--strict|--lazy]\n");
+		"               [--devices D] [--seed S] [--strict|--lazy]\n"
+		"       vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... hw-info\n");
 }
 
 int main(int argc, char **argv)
@@ -363,6 +380,20 @@ int main(int argc, char **argv)
 		int rc = replay(&run, argv[i], argv[i + 1]);
 		vsmmu_client_close(&run.client);
 		return rc;
+	}
+	if (!strcmp(mode, "hw-info")) {
+		if (i != argc) {
+			usage();
+			return 2;
+		}
+		if (setup(&run, socket_path))
+			return 1;
+		vsmmu_client_close(&run.client);
+		if (!run.has_hw_info) {
+			fprintf(stderr, "vmm-sim: the daemon does not answer GET_HW_INFO (protocol version 1)\n");
+			return 1;
+		}
+		return 0;
 	}
 	if (!strcmp(mode, "generate")) {
 		uint64_t commands = 100000;

@@ -66,6 +66,8 @@ struct CHeaderTests {
         let c = try Self.constants(prefix: "VSMMU_")
         #expect(c["VSMMU_MAGIC"] == UInt64(WireProtocol.magic))
         #expect(c["VSMMU_PROTOCOL_VERSION"] == UInt64(WireProtocol.version))
+        #expect(c["VSMMU_PROTOCOL_VERSION"] == UInt64(WireProtocol.supportedVersions.upperBound))
+        #expect(c["VSMMU_MIN_PROTOCOL_VERSION"] == UInt64(WireProtocol.supportedVersions.lowerBound))
         #expect(c["VSMMU_MAX_FRAME_SIZE"] == UInt64(WireProtocol.maximumFrameSize))
         #expect(c["VSMMU_MIN_FRAME_SIZE_LIMIT"] == UInt64(WireProtocol.minimumFrameSizeLimit))
         #expect(c["VSMMU_MAX_MESSAGE_LENGTH"] == UInt64(WireProtocol.maximumMessageLength))
@@ -157,5 +159,25 @@ struct CHeaderTests {
         let result = try Self.run(binary, [file.path])
         #expect(result.status == 1)
         #expect(result.output.contains("dev_id.vsid"))
+
+        // A wrong ID register word of the GET_HW_INFO reply.
+        let hwInfo = try String(contentsOf: ProtocolFolder.vectors.appendingPathComponent("get-hw-info-reply.hex"), encoding: .utf8)
+        let wrongIDR = hwInfo.replacingOccurrences(of: "#! hw_info_reply.idr[5] = 0x74", with: "#! hw_info_reply.idr[5] = 0x75")
+        #expect(wrongIDR != hwInfo)
+        try wrongIDR.write(to: file, atomically: true, encoding: .utf8)
+        let idrResult = try Self.run(binary, [file.path])
+        #expect(idrResult.status == 1)
+        #expect(idrResult.output.contains("hw_info_reply.idr[5]"))
+
+        // The VFIO cdev's FD_ATTACHED on UNSET_DEV_ID (type 0x0015), which takes no fd.
+        let withFD = try String(contentsOf: ProtocolFolder.vectors.appendingPathComponent("set-dev-id-with-fd.hex"), encoding: .utf8)
+        let unset = withFD.replacingOccurrences(of: "14 00                                            # type",
+                                                with: "15 00                                            # type")
+                          .replacingOccurrences(of: "#! header.type = 0x0014", with: "#! header.type = 0x0015")
+        #expect(unset != withFD)
+        try unset.write(to: file, atomically: true, encoding: .utf8)
+        let unsetResult = try Self.run(binary, [file.path])
+        #expect(unsetResult.status == 1)
+        #expect(unsetResult.output.contains("flags 0x0001 not allowed"), "\(unsetResult.output)")
     }
 }

@@ -14,6 +14,7 @@ let oneOfEachRequest: [Request] = [
     .linkSTE(LinkSTE(vsmmu: vsmmu7, streamID: 2, ste: steS1, contextDescriptors: [cd42, cd43])),
     .unlinkSTE(UnlinkSTE(vsmmu: vsmmu7, streamID: 2)),
     .updateCD(UpdateCD(vsmmu: vsmmu7, streamID: 2, substreamID: 1, contextDescriptor: cd44)),
+    .getHWInfo(GetHardwareInfo(vsmmu: vsmmu7)),
     .invalidate(Invalidate(vsmmu: vsmmu7, commands: vectorCommands)),
     .stats(StatsRequest(vsmmu: nil)),
     .list(ListRequest(kind: .asids, vsmmu: vsmmu7, start: 3, maximumEntries: 10)),
@@ -148,16 +149,21 @@ struct ErrorCaseTests {
         }
     }
 
-    @Test func fileDescriptorFlagIsAcceptedOnlyOnAttachViommu() throws {
+    @Test func fileDescriptorFlagIsAcceptedOnlyOnAttachViommuAndSetDevID() throws {
+        #expect(oneOfEachRequest.map(\.type).filter(\.takesFileDescriptor) == [.attachViommu, .setDeviceID])
         for request in oneOfEachRequest {
             var bytes = try request.encode(requestID: 1)
             bytes[6] |= 1
             if request.type.takesFileDescriptor {
-                guard case .attachViommu(let attach) = try Request.decode(try Frame(bytes: bytes)) else {
-                    Issue.record("not an ATTACH_VIOMMU")
-                    continue
+                let decoded = try Request.decode(try Frame(bytes: bytes))
+                #expect(decoded.type == request.type)
+                #expect(decoded.flags == .fileDescriptorAttached, "\(request.type)")
+                switch decoded {
+                case .attachViommu(let attach): #expect(attach.fileDescriptorAttached)
+                case .setDeviceID(let registration): #expect(registration.fileDescriptorAttached)
+                default: Issue.record("\(decoded.type) takes a file descriptor")
                 }
-                #expect(attach.fileDescriptorAttached)
+                #expect(try decoded.encode(requestID: 1) == bytes)
             } else {
                 let e = try refusal(bytes)
                 #expect(e.code == .badFileDescriptor, "\(request.type)")
@@ -173,6 +179,31 @@ struct ErrorCaseTests {
         without.fileDescriptorAttached = false
         #expect(Request.attachViommu(without).flags == [])
         #expect(try Request.attachViommu(without).encode(requestID: 1)[6] == 0)
+    }
+
+    @Test func setDevIDSetsTheFlagFromItsFieldAndUnsetDevIDNeverCarriesIt() throws {
+        let registration = DeviceRegistration(vsmmu: vsmmu7, viommu: 0, hostDeviceID: 0x12, streamID: 0x200,
+                                              fileDescriptorAttached: true)
+        #expect(Request.setDeviceID(registration).flags == .fileDescriptorAttached)
+        #expect(try Request.setDeviceID(registration).encode(requestID: 1)[6] == 1)
+        var without = registration
+        without.fileDescriptorAttached = false
+        #expect(Request.setDeviceID(without).flags == [])
+        #expect(try Request.setDeviceID(without).encode(requestID: 1)[6] == 0)
+        // UNSET_DEV_ID shares the payload but takes no fd: the field is not sent.
+        #expect(Request.unsetDeviceID(registration).flags == [])
+        var unset = try Request.unsetDeviceID(without).encode(requestID: 1)
+        unset[6] = 1
+        let e = try refusal(unset)
+        #expect(e.code == .badFileDescriptor && e.detail == FileDescriptorProblem.unexpected.rawValue)
+    }
+
+    @Test func onlyGetHWInfoIsNewInVersion2() {
+        for type in MessageType.allRequests {
+            #expect(type.introducedInVersion == (type == .getHWInfo ? 2 : 1), "\(type.name)")
+        }
+        #expect(WireProtocol.version == 2)
+        #expect(WireProtocol.supportedVersions == 1...2)
     }
 
     @Test func repliesCarryNoFlags() throws {
@@ -231,6 +262,10 @@ struct ErrorCaseTests {
         let linkReserved = rawFrame(type: 0x16, payload: le(UInt32(7)) + le(UInt32(1)) + le(UInt32(0)) + le(UInt32(1))
                                     + [UInt8](repeating: 0, count: 64))
         #expect(try refusal(linkReserved).detail == 12)
+        let hwInfoReserved = rawFrame(type: 0x19, payload: le(UInt32(7)) + le(UInt32(1)))
+        let hwInfoError = try refusal(hwInfoReserved)
+        #expect(hwInfoError.code == .badField && hwInfoError.detail == 4 && hwInfoError.value == 1)
+        #expect(hwInfoError.requestType == .getHWInfo)
     }
 
     @Test func replyFieldsAreChecked() throws {
@@ -265,6 +300,19 @@ struct ErrorCaseTests {
         #expect(try replyRefusal(rawFrame(type: 0x8012, payload: le(UInt32(64)) + le(UInt32(0)))).detail == 0)
         #expect(try replyRefusal(rawFrame(type: 0x8016, payload: le(UInt32(0)) + le(UInt32(1)))).detail == 4)
         #expect(try replyRefusal(rawFrame(type: 0x8016, payload: le(UInt32(1)) + le(UInt32(2)))).detail == 4)
+
+        // GET_HW_INFO's viommu_count is 1-64; its reserved word is 0.
+        func hwInfo(count: UInt32, reserved: UInt32 = 0) -> [UInt8] {
+            rawFrame(type: 0x8019, payload: le(count) + le(reserved) + [UInt8](repeating: 0xA5, count: 32))
+        }
+        #expect(try Response.decode(try Frame(bytes: hwInfo(count: 64))) == .getHWInfo(HardwareInfo(
+            viommuCount: 64, registers: IDRegisters(idr: Array(repeating: 0xA5A5_A5A5, count: 6), iidr: 0xA5A5_A5A5,
+                                                    aidr: 0xA5A5_A5A5))))
+        for count: UInt32 in [0, 65, .max] {
+            let e = try replyRefusal(hwInfo(count: count))
+            #expect(e.code == .badField && e.detail == 0 && e.value == UInt64(count), "viommu_count \(count)")
+        }
+        #expect(try replyRefusal(hwInfo(count: 1, reserved: 0x100)).detail == 4)
     }
 
     // MARK: Encoding refusals
@@ -283,6 +331,9 @@ struct ErrorCaseTests {
         let none = InvalidateReply(consumed: 0, syncsCompleted: 0, failure: .init(index: 0, queueError: .none))
         #expect(throws: ProtocolError.self) { try Response.invalidate(none).encode(requestID: 1) }
         #expect(throws: ProtocolError.self) { try Response.linkSTE(HWPTLinked(s1HWPT: nil, isNew: true)).encode(requestID: 1) }
+        #expect(throws: ProtocolError.self) {
+            try Response.getHWInfo(HardwareInfo(viommuCount: 0, registers: .simulatedDefault)).encode(requestID: 1)
+        }
         #expect(throws: ProtocolError.self) {
             try Response.stats(StatsReply(entries: [StatEntry(vsmmu: nil, viommu: 0xFFFF, key: .syncs, value: 1)])).encode(requestID: 1)
         }
@@ -323,8 +374,12 @@ struct ErrorCaseTests {
     }
 
     @Test func versionNegotiationPicksTheHighestCommonVersion() throws {
-        #expect(try WireProtocol.negotiateVersion(client: 1...3) == 1)
+        #expect(try WireProtocol.negotiateVersion(client: 1...3) == 2)
+        #expect(try WireProtocol.negotiateVersion(client: 2...2) == 2)
+        #expect(try WireProtocol.negotiateVersion(client: 1...1) == 1) // a version-1 client still gets version 1
         #expect(try WireProtocol.negotiateVersion(client: 1...3, server: 2...5) == 3)
+        let above = try #require(throws: ProtocolError.self) { try WireProtocol.negotiateVersion(client: 3...4) }
+        #expect(above.code == .unsupportedVersion && above.detail == 1 && above.value == 2)
         let e = try #require(throws: ProtocolError.self) { try WireProtocol.negotiateVersion(client: 2...3, server: 1...1) }
         #expect(e == ProtocolError(code: .unsupportedVersion, requestType: .hello, detail: 1, value: 1,
                                    message: "client speaks versions 2-3, server 1-1"))

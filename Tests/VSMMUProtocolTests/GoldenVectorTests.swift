@@ -24,6 +24,10 @@ let steS1 = StreamTableEntry(w0: 0x0800_0000_4000_000B, w1: 0x1000_00D6)
 let cd42 = ContextDescriptor.valid(asid: 0x42, ttb0: 0x8_1234_5000)
 let cd43 = ContextDescriptor.valid(asid: 0x43, ttb0: 0x8_1234_6000)
 let cd44 = ContextDescriptor.valid(asid: 0x44, ttb0: 0x8_1234_7000)
+/// The ID registers of get-hw-info-reply.hex: QEMU's emulated SMMUv3 (the simulated pSMMU's default) with an
+/// Arm implementer code in IIDR.
+let vectorIDRegisters = IDRegisters(idr: [0x0D44_101B, 0x0273_0010, 0, 0x0000_1414, 0, 0x0000_0074],
+                                    iidr: 0x0000_043B, aidr: 0x1)
 let vectorCommands: [Command] = [
     .tlbiNHVA(asid: 0x42, vmid: 0, address: 0x7F00_1000, leaf: true),
     Command(w0: 0x0000_0100_0000_0040, w1: 0x34), // ATC_INV SID 0x100 SIZE 52
@@ -31,9 +35,9 @@ let vectorCommands: [Command] = [
 ]
 
 let goldenVectors: [GoldenVector] = [
-    GoldenVector(file: "hello.hex", content: .request(1, .hello(Hello(versions: 1...1, processID: 4242, clientName: "vmm-sim")))),
+    GoldenVector(file: "hello.hex", content: .request(1, .hello(Hello(versions: 1...2, processID: 4242, clientName: "vmm-sim")))),
     GoldenVector(file: "hello-reply.hex", content: .response(1, .hello(HelloReply(
-        version: 1,
+        version: 2,
         limits: ServerLimits(maximumFrameSize: 1_048_576, maximumCommandsPerInvalidate: 65534, maximumVSMMUs: 16,
                              maximumViommus: 64, maximumContextDescriptors: 16382),
         serverProcessID: 777, serverName: "vsmmud 0.4.0")))),
@@ -45,6 +49,11 @@ let goldenVectors: [GoldenVector] = [
     GoldenVector(file: "set-dev-id.hex", content: .request(4, .setDeviceID(DeviceRegistration(
         vsmmu: vsmmu7, viommu: 1, hostDeviceID: 0x11, streamID: 0x100)))),
     GoldenVector(file: "set-dev-id-reply.hex", content: .response(4, .setDeviceID)),
+    GoldenVector(file: "set-dev-id-with-fd.hex", content: .request(17, .setDeviceID(DeviceRegistration(
+        vsmmu: vsmmu7, viommu: 0, hostDeviceID: 0x12, streamID: 0x200, fileDescriptorAttached: true)))),
+    GoldenVector(file: "get-hw-info.hex", content: .request(7, .getHWInfo(GetHardwareInfo(vsmmu: vsmmu7)))),
+    GoldenVector(file: "get-hw-info-reply.hex", content: .response(7, .getHWInfo(HardwareInfo(
+        viommuCount: 2, registers: vectorIDRegisters)))),
     GoldenVector(file: "link-ste.hex", content: .request(5, .linkSTE(LinkSTE(
         vsmmu: vsmmu7, streamID: 0x100, ste: steS1, contextDescriptors: [cd42, cd43])))),
     GoldenVector(file: "link-ste-reply.hex", content: .response(5, .linkSTE(HWPTLinked(s1HWPT: 1, isNew: true)))),
@@ -112,7 +121,7 @@ let goldenVectors: [GoldenVector] = [
     GoldenVector(file: "error-handshake-required.hex", content: .response(43, .error(ProtocolError(
         code: .handshakeRequired, requestType: .createVSMMU, value: 0x10, message: "CREATE_VSMMU before HELLO")))),
     GoldenVector(file: "error-unsupported-version.hex", content: .response(44, .error(ProtocolError(
-        code: .unsupportedVersion, requestType: .hello, detail: 1, value: 1, message: "client speaks versions 2-3, server 1-1")))),
+        code: .unsupportedVersion, requestType: .hello, detail: 1, value: 2, message: "client speaks versions 3-4, server 1-2")))),
     GoldenVector(file: "error-bad-field.hex", content: .response(45, .error(ProtocolError(
         code: .badField, requestType: .unlinkSTE, detail: 0x10006, value: 4, message: "reserved frame flags 0x4 set")))),
     GoldenVector(file: "error-invalid-ste.hex", content: .response(46, .error(ProtocolError(
@@ -125,6 +134,12 @@ let goldenVectors: [GoldenVector] = [
     GoldenVector(file: "error-backend-failure.hex", content: .response(48, .error(ProtocolError(
         code: .backendFailure, requestType: .setDeviceID, detail: 22, value: 1,
         message: "IOMMU_VDEVICE_ALLOC: device not behind this pSMMU")))),
+    GoldenVector(file: "error-unknown-viommu-hw-info.hex", content: .response(53, .error(ProtocolError(
+        code: .unknownViommu, requestType: .getHWInfo, value: 0xFFFF_FFFF,
+        message: "vSMMU 7 has no viommu yet: its ID registers are what every pSMMU behind it supports, so attach them first")))),
+    GoldenVector(file: "error-bad-file-descriptor.hex", content: .response(54, .error(.badFileDescriptor(
+        .unexpected, type: .setDeviceID,
+        message: "SET_DEV_ID carries the device's VFIO cdev from protocol version 2 on; this connection speaks version 1")))),
 
     GoldenVector(file: "bad-frame-too-large.hex", content: .refused(40, .frameTooLarge)),
     GoldenVector(file: "bad-unknown-type.hex", content: .refused(41, .unknownMessageType)),
@@ -191,6 +206,16 @@ struct GoldenVectorTests {
         let all = Set(MessageType.allRequests + MessageType.allReplies)
         #expect(all.subtracting(types).isEmpty, "no vector for \(all.subtracting(types).map(\.name).sorted())")
         #expect(errorCodes.count >= 8)
+    }
+
+    @Test func everyTypeThatTakesAFileDescriptorHasAVectorCarryingOne() {
+        var carrying: Set<MessageType> = []
+        for vector in goldenVectors {
+            if case .request(_, let r) = vector.content, r.flags.contains(.fileDescriptorAttached) { carrying.insert(r.type) }
+        }
+        let takers = Set(MessageType.allRequests.filter(\.takesFileDescriptor))
+        #expect(takers == [.attachViommu, .setDeviceID])
+        #expect(carrying == takers)
     }
 
     @Test func eachVectorHoldsExactlyOneFrame() throws {

@@ -41,7 +41,7 @@ struct MessageGenerator {
     }
 
     mutating func request() -> Request {
-        switch count(13) {
+        switch count(14) {
         case 0: return .hello(Hello(versions: UInt16.random(in: 1...3, using: &rng)...UInt16.random(in: 3...9, using: &rng),
                                     processID: u32(), clientName: name()))
         case 1: return .createVSMMU(CreateVSMMU(name: name()))
@@ -49,7 +49,8 @@ struct MessageGenerator {
         case 3: return .attachViommu(AttachViommu(vsmmu: id(), pSMMU: name(nonEmpty: true), hostDeviceID: u32(),
                                                   nestParentHWPT: u32(), fileDescriptorAttached: Bool.random(using: &rng)))
         case 4: return .detachViommu(DetachViommu(vsmmu: id(), viommu: u32()))
-        case 5: return .setDeviceID(DeviceRegistration(vsmmu: id(), viommu: u32(), hostDeviceID: u32(), streamID: u32()))
+        case 5: return .setDeviceID(DeviceRegistration(vsmmu: id(), viommu: u32(), hostDeviceID: u32(), streamID: u32(),
+                                                       fileDescriptorAttached: Bool.random(using: &rng)))
         case 6: return .unsetDeviceID(DeviceRegistration(vsmmu: id(), viommu: u32(), hostDeviceID: u32(), streamID: u32()))
         case 7: return .linkSTE(LinkSTE(vsmmu: id(), streamID: u32(), ste: ste(), contextDescriptors: (0..<count(40)).map { _ in cd() }))
         case 8: return .unlinkSTE(UnlinkSTE(vsmmu: id(), streamID: u32()))
@@ -57,12 +58,13 @@ struct MessageGenerator {
         case 10: return .invalidate(Invalidate(vsmmu: id(), commands: (0..<count(300)).map { _ in Command(w0: u64(), w1: u64()) }))
         case 11: return .stats(StatsRequest(vsmmu: optionalID()))
         case 12: return .list(ListRequest(kind: ListKind.all[count(4)], vsmmu: optionalID(), start: u32(), maximumEntries: u32()))
+        case 13: return .getHWInfo(GetHardwareInfo(vsmmu: id()))
         default: return .health
         }
     }
 
     mutating func response() -> Response {
-        switch count(14) {
+        switch count(15) {
         case 0:
             let frame = UInt32.random(in: UInt32(WireProtocol.minimumFrameSizeLimit)...UInt32(WireProtocol.maximumFrameSize), using: &rng)
             let limits = ServerLimits(maximumFrameSize: frame,
@@ -118,6 +120,9 @@ struct MessageGenerator {
         case 11: return .detachViommu
         case 12: return .setDeviceID
         case 13: return .unsetDeviceID
+        case 14:
+            return .getHWInfo(HardwareInfo(viommuCount: UInt32.random(in: 1...UInt32(WireProtocol.maximumViommus), using: &rng),
+                                           registers: IDRegisters(idr: (0..<6).map { _ in u32() }, iidr: u32(), aidr: u32())))
         default: return .unlinkSTE
         }
     }

@@ -44,6 +44,7 @@ struct field {
 #define P(prefix, st, m) { prefix "." #m, AT_PAYLOAD, offsetof(struct st, m), MEMBER_SIZE(st, m), 0, 0, 0 }
 #define PNAME(prefix, st, m) { prefix "." #m, AT_PAYLOAD, offsetof(struct st, m), MEMBER_SIZE(st, m), 0, 1, 0 }
 #define PWORDS(name, st, m) { name, AT_PAYLOAD, offsetof(struct st, m), MEMBER_SIZE(st, m), 8, 0, 0 }
+#define PU32S(prefix, st, m) { prefix "." #m, AT_PAYLOAD, offsetof(struct st, m), MEMBER_SIZE(st, m), 4, 0, 0 }
 #define EL(prefix, st, m) { prefix "[]." #m, AT_ELEMENT, offsetof(struct st, m), MEMBER_SIZE(st, m), 0, 0, sizeof(struct st) }
 #define ELNAME(prefix, st, m) { prefix "[]." #m, AT_ELEMENT, offsetof(struct st, m), MEMBER_SIZE(st, m), 0, 1, sizeof(struct st) }
 #define ELWORDS(prefix, st) { prefix "[].w", AT_ELEMENT, offsetof(struct st, w), MEMBER_SIZE(st, w), 8, 0, sizeof(struct st) }
@@ -88,6 +89,11 @@ static const struct field fields[] = {
 	P("unlink_ste", vsmmu_unlink_ste, vsmmu_id), P("unlink_ste", vsmmu_unlink_ste, vsid),
 	P("update_cd", vsmmu_update_cd, vsmmu_id), P("update_cd", vsmmu_update_cd, vsid), P("update_cd", vsmmu_update_cd, ssid),
 	P("update_cd", vsmmu_update_cd, reserved), PWORDS("update_cd.cd.w", vsmmu_update_cd, cd.w),
+
+	P("get_hw_info", vsmmu_get_hw_info, vsmmu_id), P("get_hw_info", vsmmu_get_hw_info, reserved),
+	P("hw_info_reply", vsmmu_hw_info_reply, viommu_count), P("hw_info_reply", vsmmu_hw_info_reply, reserved),
+	PU32S("hw_info_reply", vsmmu_hw_info_reply, idr), P("hw_info_reply", vsmmu_hw_info_reply, iidr),
+	P("hw_info_reply", vsmmu_hw_info_reply, aidr),
 
 	P("invalidate", vsmmu_invalidate, vsmmu_id), P("invalidate", vsmmu_invalidate, command_count),
 	P("invalidate", vsmmu_invalidate, flags), P("invalidate", vsmmu_invalidate, reserved),
@@ -153,6 +159,7 @@ static int64_t fixed_part(uint16_t type)
 	case VSMMU_MSG_ATTACH_VIOMMU_REPLY: return sizeof(struct vsmmu_attach_viommu_reply);
 	case VSMMU_MSG_LINK_STE_REPLY:
 	case VSMMU_MSG_UPDATE_CD_REPLY: return sizeof(struct vsmmu_hwpt_reply);
+	case VSMMU_MSG_GET_HW_INFO_REPLY: return sizeof(struct vsmmu_hw_info_reply);
 	case VSMMU_MSG_DESTROY_VSMMU_REPLY:
 	case VSMMU_MSG_DETACH_VIOMMU_REPLY:
 	case VSMMU_MSG_SET_DEV_ID_REPLY:
@@ -222,6 +229,13 @@ static int64_t reply_payload_length(uint16_t type, const unsigned char *p, uint3
 	}
 }
 
+/* Whether a request of this type may carry an fd (FD_ATTACHED): ATTACH_VIOMMU (the VMM's iommufd) and,
+ * from version 2, SET_DEV_ID (the device's VFIO cdev); PROTOCOL.md §1. */
+static int takes_fd(uint16_t type)
+{
+	return type == VSMMU_MSG_ATTACH_VIOMMU || type == VSMMU_MSG_SET_DEV_ID;
+}
+
 /* The first §2.2 framing check the frame fails (1, 3, 4, 8, 7), a HELLO field check (8), or 0. */
 static unsigned framing_error(const unsigned char *frame, size_t n)
 {
@@ -239,7 +253,7 @@ static unsigned framing_error(const unsigned char *frame, size_t n)
 		return VSMMU_ERR_BAD_PAYLOAD_LENGTH;
 	if (h.flags & VSMMU_FRAME_RESERVED_FLAGS)
 		return VSMMU_ERR_BAD_FIELD;
-	if ((h.flags & VSMMU_FRAME_FD_ATTACHED) && h.type != VSMMU_MSG_ATTACH_VIOMMU)
+	if ((h.flags & VSMMU_FRAME_FD_ATTACHED) && !takes_fd(h.type))
 		return VSMMU_ERR_BAD_FILE_DESCRIPTOR;
 	if (h.type == VSMMU_MSG_HELLO) {
 		struct vsmmu_hello hello;
@@ -478,7 +492,7 @@ static int check(const char *path, struct vector *v, int *asserts_checked)
 			printf("FAIL %s: payload of %u bytes, the structures need %lld\n", path, h.payload_length, (long long)need);
 			return -1;
 		}
-		uint16_t allowed = h.type == VSMMU_MSG_ATTACH_VIOMMU ? VSMMU_FRAME_FD_ATTACHED : 0;
+		uint16_t allowed = takes_fd(h.type) ? VSMMU_FRAME_FD_ATTACHED : 0;
 		if (h.flags & ~allowed) {
 			printf("FAIL %s: flags 0x%04x not allowed on type 0x%04x\n", path, h.flags, h.type);
 			return -1;

@@ -14,12 +14,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Message types (PROTOCOL.md §2.1)
 HELLO, CREATE_VSMMU, DESTROY_VSMMU, ATTACH_VIOMMU, DETACH_VIOMMU = 0x01, 0x10, 0x11, 0x12, 0x13
-SET_DEV_ID, UNSET_DEV_ID, LINK_STE, UNLINK_STE, UPDATE_CD = 0x14, 0x15, 0x16, 0x17, 0x18
+SET_DEV_ID, UNSET_DEV_ID, LINK_STE, UNLINK_STE, UPDATE_CD, GET_HW_INFO = 0x14, 0x15, 0x16, 0x17, 0x18, 0x19
 INVALIDATE, STATS, LIST, HEALTH, REPLY, ERROR = 0x20, 0x40, 0x41, 0x42, 0x8000, 0x8000
 FD_ATTACHED = 0x0001
 NAMES = {HELLO: "HELLO", CREATE_VSMMU: "CREATE_VSMMU", DESTROY_VSMMU: "DESTROY_VSMMU",
          ATTACH_VIOMMU: "ATTACH_VIOMMU", DETACH_VIOMMU: "DETACH_VIOMMU", SET_DEV_ID: "SET_DEV_ID",
          UNSET_DEV_ID: "UNSET_DEV_ID", LINK_STE: "LINK_STE", UNLINK_STE: "UNLINK_STE", UPDATE_CD: "UPDATE_CD",
+         GET_HW_INFO: "GET_HW_INFO",
          INVALIDATE: "INVALIDATE", STATS: "STATS", LIST: "LIST", HEALTH: "HEALTH"}
 
 
@@ -154,6 +155,14 @@ COMMANDS = [
     (0x0000_0000_0000_1046, 0, "CMD_SYNC cs=IRQ"),
 ]
 
+# ID registers (GET_HW_INFO, §5.12): what IOMMU_GET_HW_INFO gives on QEMU's emulated SMMUv3 with
+# stage=nested, the simulated pSMMU's default, with an Arm implementer code in IIDR.
+# IDR0: S1P, S2P, TTF=AArch64, COHACC, ASID16, VMID16, TTENDIAN=LE, STALL_MODEL=terminate only, TERM_MODEL,
+#       ST_LVL=2-level. IDR1: SIDSIZE=16, SSIDSIZE=0, EVTQS=CMDQS=19. IDR3: HAD, XNX, RIL, BBML=2. IDR5: OAS=44 bits,
+#       4K/16K/64K granules. AIDR: SMMUv3.1.
+HW_IDR = [0x0D44_101B, 0x0273_0010, 0, 0x0000_1414, 0, 0x0000_0074]
+HW_IIDR, HW_AIDR = 0x0000_043B, 0x1
+
 MAX_FRAME = 1 << 20
 
 
@@ -175,14 +184,14 @@ def main():
     add = frames.append
 
     # ---- Handshake ---------------------------------------------------------------------------------
-    f = Frame("hello.hex", "HELLO (§5.1): versions 1-1, pid 4242, client \"vmm-sim\"", HELLO, 1)
+    f = Frame("hello.hex", "HELLO (§5.1): versions 1-2, pid 4242, client \"vmm-sim\"", HELLO, 1)
     f.section("struct vsmmu_hello").u32("hello.magic", 0x554D5356, '0x554D5356 "VSMU"')
-    f.u16("hello.min_version", 1).u16("hello.max_version", 1).u32("hello.pid", 4242).u32("hello.reserved", 0)
+    f.u16("hello.min_version", 1).u16("hello.max_version", 2).u32("hello.pid", 4242).u32("hello.reserved", 0)
     add(f.name("hello.client_name", "vmm-sim"))
 
-    f = Frame("hello-reply.hex", "HELLO_REPLY (§5.1): version 1, the default limits, server pid 777", HELLO | REPLY, 1)
+    f = Frame("hello-reply.hex", "HELLO_REPLY (§5.1): version 2, the default limits, server pid 777", HELLO | REPLY, 1)
     f.section("struct vsmmu_hello_reply").u32("hello_reply.magic", 0x554D5356, '0x554D5356 "VSMU"')
-    f.u16("hello_reply.version", 1).u16("hello_reply.reserved", 0)
+    f.u16("hello_reply.version", 2).u16("hello_reply.reserved", 0)
     f.u32("hello_reply.max_frame_size", MAX_FRAME).u32("hello_reply.max_commands", (MAX_FRAME - 32) // 16)
     f.u32("hello_reply.max_vsmmus", 16).u32("hello_reply.max_viommus", 64)
     f.u32("hello_reply.max_context_descriptors", (MAX_FRAME - 16 - 80) // 64).u32("hello_reply.server_pid", 777)
@@ -212,6 +221,27 @@ def main():
     f.section("struct vsmmu_dev_id").u32("dev_id.vsmmu_id", 7).u32("dev_id.viommu", 1)
     add(f.u32("dev_id.host_device_id", 0x11).u32("dev_id.vsid", 0x100))
     add(Frame("set-dev-id-reply.hex", "SET_DEV_ID reply (§5.6): empty", SET_DEV_ID | REPLY, 4))
+
+    f = Frame("set-dev-id-with-fd.hex", "SET_DEV_ID (§5.6, version 2): vsmmu 7, viommu 0, host device 0x12, vSID 0x200, "
+              "with the device's VFIO cdev (FD_ATTACHED)", SET_DEV_ID, 17, flags=FD_ATTACHED)
+    f.section("struct vsmmu_dev_id").u32("dev_id.vsmmu_id", 7).u32("dev_id.viommu", 0)
+    add(f.u32("dev_id.host_device_id", 0x12).u32("dev_id.vsid", 0x200))
+
+    f = Frame("get-hw-info.hex", "GET_HW_INFO (§5.12, version 2): vsmmu 7", GET_HW_INFO, 7)
+    f.section("struct vsmmu_get_hw_info")
+    add(f.u32("get_hw_info.vsmmu_id", 7).u32("get_hw_info.reserved", 0))
+
+    f = Frame("get-hw-info-reply.hex", "GET_HW_INFO reply (§5.12): the registers of vsmmu 7's 2 viommus", GET_HW_INFO | REPLY, 7)
+    f.note("IDR0 0x0D44101B: S2P, S1P, TTF=AArch64, COHACC, ASID16, VMID16, TTENDIAN=LE, STALL_MODEL=1 "
+           "(terminate only), TERM_MODEL, ST_LVL=2-level")
+    f.note("IDR1 0x02730010: SIDSIZE=16, SSIDSIZE=0, EVTQS=CMDQS=19; IDR3 0x1414: HAD, XNX, RIL, BBML=2; "
+           "IDR5 0x74: OAS=4 (44 bits), "
+           "GRAN4K, GRAN16K, GRAN64K")
+    f.note("IIDR 0x43B: implementer Arm; AIDR 0x1: SMMUv3.1")
+    f.section("struct vsmmu_hw_info_reply").u32("hw_info_reply.viommu_count", 2).u32("hw_info_reply.reserved", 0)
+    for i, value in enumerate(HW_IDR):
+        f.u32("hw_info_reply.idr[%d]" % i, value, "0x%08X SMMU_IDR%d" % (value, i))
+    add(f.u32("hw_info_reply.iidr", HW_IIDR).u32("hw_info_reply.aidr", HW_AIDR))
 
     f = Frame("link-ste.hex", "LINK_STE (§5.8): vsmmu 7, vSID 0x100, a S1_TRANS STE with 2 CDs (ASIDs 0x42, 0x43)",
               LINK_STE, 5)
@@ -397,8 +427,8 @@ def main():
                     "DESTROY_VSMMU needs a payload of 8 bytes, got 12"))
     add(error_frame("error-handshake-required.hex", "ERROR HANDSHAKE_REQUIRED (§4): CREATE_VSMMU before HELLO", 43, 5,
                     "HANDSHAKE_REQUIRED", CREATE_VSMMU, 0, CREATE_VSMMU, "CREATE_VSMMU before HELLO"))
-    add(error_frame("error-unsupported-version.hex", "ERROR UNSUPPORTED_VERSION (§4): the client speaks 2-3, the "
-                    "server 1-1", 44, 6, "UNSUPPORTED_VERSION", HELLO, 1, 1, "client speaks versions 2-3, server 1-1"))
+    add(error_frame("error-unsupported-version.hex", "ERROR UNSUPPORTED_VERSION (§4): the client speaks 3-4, the "
+                    "server 1-2", 44, 6, "UNSUPPORTED_VERSION", HELLO, 1, 2, "client speaks versions 3-4, server 1-2"))
     add(error_frame("error-bad-field.hex", "ERROR BAD_FIELD (§4): reserved header flag bit 2 set on UNLINK_STE "
                     "(detail 0x10006 = header offset 6)", 45, 8, "BAD_FIELD", UNLINK_STE, 0x10006, 4,
                     "reserved frame flags 0x4 set"))
@@ -412,6 +442,15 @@ def main():
                     "uid 1000 (gid 1000) is not on the daemon's allow-list ([access] in its configuration)"))
     add(error_frame("error-backend-failure.hex", "ERROR BACKEND_FAILURE (§4): errno 22 (EINVAL) on viommu 1", 48, 32,
                     "BACKEND_FAILURE", SET_DEV_ID, 22, 1, "IOMMU_VDEVICE_ALLOC: device not behind this pSMMU"))
+    add(error_frame("error-unknown-viommu-hw-info.hex", "ERROR UNKNOWN_VIOMMU (§4, §5.12): GET_HW_INFO on a vSMMU "
+                    "without a viommu (value 0xFFFFFFFF)", 53, 17, "UNKNOWN_VIOMMU", GET_HW_INFO, 0, 0xFFFFFFFF,
+                    "vSMMU 7 has no viommu yet: its ID registers are what every pSMMU behind it supports, "
+                    "so attach them first"))
+    add(error_frame("error-bad-file-descriptor.hex", "ERROR BAD_FILE_DESCRIPTOR (§3.1, §4): SET_DEV_ID with an fd on "
+                    "a connection that negotiated version 1 (detail 2 VSMMU_FD_UNEXPECTED; the fd was closed)", 54, 7,
+                    "BAD_FILE_DESCRIPTOR", SET_DEV_ID, 2, 0,
+                    "SET_DEV_ID carries the device's VFIO cdev from protocol version 2 on; this connection speaks "
+                    "version 1"))
 
     # ---- Frames a server refuses (§2.2) -----------------------------------------------------------
     f = Frame("bad-frame-too-large.hex", "A header announcing a 1048577-byte payload: FRAME_TOO_LARGE, connection "

@@ -25,6 +25,7 @@ extern "C" {
 struct vsmmu_client {
 	int fd;
 	uint64_t next_request_id;
+	uint16_t version;            /* the protocol version the HELLO negotiated (0 before it) */
 	uint32_t max_frame_size;     /* from the HELLO reply */
 	uint32_t max_commands;       /* from the HELLO reply */
 	/* The last ERROR frame's fields (struct vsmmu_error) and its message, NUL-terminated. */
@@ -40,8 +41,12 @@ int vsmmu_client_connect(struct vsmmu_client *client, const char *path);
 /* Closes the connection (the daemon then destroys the vSMMUs it owned). */
 void vsmmu_client_close(struct vsmmu_client *client);
 
-/* HELLO: the first exchange. `reply` may be NULL. */
+/* HELLO: the first exchange, offering versions VSMMU_MIN_PROTOCOL_VERSION … VSMMU_PROTOCOL_VERSION; the
+ * server picks the highest it speaks (client->version). `reply` may be NULL. */
 int vsmmu_client_hello(struct vsmmu_client *client, const char *client_name, struct vsmmu_hello_reply *reply);
+/* HELLO offering only versions `min_version` … `max_version` (e.g. 1 … 1 to talk as a version-1 VMM). */
+int vsmmu_client_hello_versions(struct vsmmu_client *client, const char *client_name, uint16_t min_version,
+				uint16_t max_version, struct vsmmu_hello_reply *reply);
 
 int vsmmu_client_create_vsmmu(struct vsmmu_client *client, const char *name, uint32_t *vsmmu_id);
 int vsmmu_client_destroy_vsmmu(struct vsmmu_client *client, uint32_t vsmmu_id);
@@ -52,8 +57,15 @@ int vsmmu_client_attach_viommu(struct vsmmu_client *client, uint32_t vsmmu_id, c
 			       struct vsmmu_attach_viommu_reply *reply);
 int vsmmu_client_detach_viommu(struct vsmmu_client *client, uint32_t vsmmu_id, uint32_t viommu);
 
+/*
+ * SET_DEV_ID; `vfio_device` >= 0 is the device's VFIO cdev (/dev/vfio/devices/vfioN, bound to the iommufd
+ * of ATTACH_VIOMMU), passed with SCM_RIGHTS, -1 passes none. A viommu on an iommufd pSMMU needs it (the
+ * daemon attaches the device through it; without: BAD_FILE_DESCRIPTOR, detail VSMMU_FD_MISSING); a
+ * simulated pSMMU closes it. Protocol version 2: on a version-1 connection an fd is refused
+ * (BAD_FILE_DESCRIPTOR, detail VSMMU_FD_UNEXPECTED). The daemon gets its own copy: keep yours open.
+ */
 int vsmmu_client_set_dev_id(struct vsmmu_client *client, uint32_t vsmmu_id, uint32_t viommu,
-			    uint32_t host_device_id, uint32_t vsid);
+			    uint32_t host_device_id, uint32_t vsid, int vfio_device);
 int vsmmu_client_unset_dev_id(struct vsmmu_client *client, uint32_t vsmmu_id, uint32_t viommu,
 			      uint32_t host_device_id, uint32_t vsid);
 
@@ -64,6 +76,13 @@ int vsmmu_client_link_ste(struct vsmmu_client *client, uint32_t vsmmu_id, uint32
 int vsmmu_client_unlink_ste(struct vsmmu_client *client, uint32_t vsmmu_id, uint32_t vsid);
 int vsmmu_client_update_cd(struct vsmmu_client *client, uint32_t vsmmu_id, uint32_t vsid, uint32_t ssid,
 			   const struct vsmmu_cd *cd, struct vsmmu_hwpt_reply *reply);
+
+/*
+ * GET_HW_INFO (protocol version 2): the ID registers to present to the guest (IDR0-5, IIDR, AIDR), what
+ * every pSMMU behind the vSMMU supports, in `reply`. UNKNOWN_VIOMMU (value 0xFFFFFFFF) before the first
+ * ATTACH_VIOMMU; UNKNOWN_MESSAGE_TYPE on a version-1 connection.
+ */
+int vsmmu_client_get_hw_info(struct vsmmu_client *client, uint32_t vsmmu_id, struct vsmmu_hw_info_reply *reply);
 
 /*
  * INVALIDATE: `count` guest commands, answered once every CMD_SYNC among them completed. `reply` gets
