@@ -1,3 +1,4 @@
+import PSMMU
 import SMMUv3
 import SystemPackage
 

@@ -1,3 +1,4 @@
+import PSMMU
 import CIOMMUFD
 import IOMMUFD
 import SMMUv3
@@ -37,14 +38,14 @@ public final class SimulatedIOMMUFD: IOMMUFDDevice {
     private let state: Mutex<KernelState>
 
     /// A kernel with the pSMMUs `smmus` (indexed from 0) and no device yet.
-    public init(kernel: KernelVersion = .default, smmus: [PhysicalSMMU]) {
+    public init(kernel: KernelVersion = .rig, smmus: [PhysicalSMMU]) {
         self.kernel = kernel
         self.smmus = smmus
         self.state = Mutex(KernelState(kernel: kernel, smmus: smmus))
     }
 
     /// A kernel with `count` pSMMUs named `smmu0` … with the simulated pSMMU's ID registers.
-    public convenience init(kernel: KernelVersion = .default, pSMMUCount count: Int) {
+    public convenience init(kernel: KernelVersion = .rig, pSMMUCount count: Int) {
         self.init(kernel: kernel, smmus: (0 ..< count).map { PhysicalSMMU(name: "smmu\($0)") })
     }
 

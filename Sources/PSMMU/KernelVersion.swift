@@ -15,6 +15,11 @@ public struct KernelVersion: Hashable, Comparable, Sendable, CustomStringConvert
     /// 6.13, the first release with iommufd vIOMMU objects (`IOMMU_VIOMMU_ALLOC`, `IOMMU_VDEVICE_ALLOC`).
     public static let firstWithViommu = KernelVersion(6, 13)
 
+    /// 6.15, the first release with `IOMMU_VEVENTQ_ALLOC` and the arm-smmu-v3 vmaster (a translating
+    /// nested attach needs a vdevice, `arm_smmu_attach_prepare_vmaster`; stage-1 events are forwarded,
+    /// `arm_vmaster_report_event`).
+    public static let firstWithEventQueues = KernelVersion(6, 15)
+
     /// 6.17, the first release where `iommufd_vdevice_alloc_ioctl` refuses a second vdevice for a device
     /// with EEXIST (`if (idev->vdev)`, from "iommufd: Destroy vdevice on idevice destroy",
     /// commit 850f14f5b919, merged for 6.17 on 2025-07-31). Before it, a device may have several

@@ -1,3 +1,4 @@
+import PSMMU
 import CIOMMUFD
 import IOMMUFD
 import IOMMUFDSimulation

@@ -13,7 +13,7 @@ import Testing
         let backend: IOMMUFDBackend
         let viommu: ViommuHandle
         let vdevice: VDeviceHandle
-        init(kernel version: KernelVersion = .default, maximumEntriesPerCall: Int = 1008) throws {
+        init(kernel version: KernelVersion = .rig, maximumEntriesPerCall: Int = 1008) throws {
             rig = try Rig(kernel: version, pSMMUs: 2)
             backend = rig.backend(0, maximumEntriesPerCall: maximumEntriesPerCall)
             viommu = try backend.attachViommu(rig.request(0))

@@ -18,7 +18,7 @@ struct Rig {
 
     static func pSID(_ pSMMU: Int, _ device: Int) -> StreamID { StreamID(0x100 * (pSMMU + 1) + device) }
 
-    init(kernel version: KernelVersion = .default, pSMMUs: Int = 2, devicesPerPSMMU: Int = 2,
+    init(kernel version: KernelVersion = .rig, pSMMUs: Int = 2, devicesPerPSMMU: Int = 2,
          smmus: [PhysicalSMMU]? = nil) throws {
         let kernel = SimulatedIOMMUFD(kernel: version, smmus: smmus ?? (0 ..< pSMMUs).map {
             PhysicalSMMU(name: "smmu\($0)", idRegisters: IDRegisters(idr: [0x0d44_101b, 0x0273_0010, 0, 0x1414, 0, 0x74],

@@ -1,3 +1,4 @@
+import PSMMU
 import CIOMMUFD
 import IOMMUFD
 import IOMMUFDSimulation
@@ -11,7 +12,7 @@ import Testing
     struct Setup {
         let rig: Rig
         let viommu: UInt32
-        init(kernel version: KernelVersion = .default) throws {
+        init(kernel version: KernelVersion = .rig) throws {
             rig = try Rig(kernel: version, pSMMUs: 2)
             viommu = try #require(rig.kernel.allocateViommu(device: rig.device(0).devID, hwpt: rig.nestParents[0]).value)
             _ = try #require(rig.kernel.allocateVDevice(viommu: viommu, device: rig.device(0).devID, virtualID: 0x8).value)

@@ -65,12 +65,12 @@ import Testing
         defer { server.stop() }
         let result = try runVMMSim(["hw-info"], server: server)
         #expect(result.status == 0, "\(result.output)")
-        // Three simulated pSMMUs with QEMU's registers (IDRegisters.simulatedDefault).
+        // Three simulated pSMMUs with QEMU's registers and ATS (IDRegisters.simulatedDefault).
         #expect(result.output.contains("GET_HW_INFO over 3 viommus"), "\(result.output)")
-        #expect(result.output.contains("IDR0 0x0d44101b IDR1 0x02730010 IDR2 0x00000000 IDR3 0x00001414 IDR4 0x00000000 "
+        #expect(result.output.contains("IDR0 0x0d44141b IDR1 0x02730010 IDR2 0x00000000 IDR3 0x00001414 IDR4 0x00000000 "
                                        + "IDR5 0x00000074 IIDR 0x00000000 AIDR 0x00000001"), "\(result.output)")
         #expect(result.output.contains("SIDSIZE 16, SSIDSIZE 0, OAS 44 bits (IDR5.OAS 4), granules 4K 16K 64K, RIL yes, "
-                                       + "BTM no, ATS no, PRI no, MSI no, ASID16 yes, VMID16 yes, stage1 yes, stage2 yes, "
+                                       + "BTM no, ATS yes, PRI no, MSI no, ASID16 yes, VMID16 yes, stage1 yes, stage2 yes, "
                                        + "HTTU 0, stall model terminate only (1), 2-level stream table, CMDQS 19, EVTQS 19"),
                 "\(result.output)")
         #expect(result.output.contains("architecture SMMUv3.1, implementer 0x000"), "\(result.output)")

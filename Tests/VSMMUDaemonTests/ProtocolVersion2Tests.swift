@@ -14,8 +14,8 @@ import Glibc
 /// SET_DEV_ID (§5.6), and how a connection that negotiated version 1 keeps answering as version 1 did.
 /// Against the in-process server, through the socket.
 @Suite struct ProtocolVersion2Tests {
-    /// The ID registers of `smmuA`: QEMU's emulated SMMUv3 with stage=nested (the simulated default).
-    static let registersA = IDRegisters.simulatedDefault
+    /// The ID registers of `smmuA`: QEMU's emulated SMMUv3 with stage=nested, which has no ATS.
+    static let registersA = IDRegisters.qemuEmulatedSMMUv3
     /// The ID registers of `smmuB`, another implementation: wider StreamIDs (20 bits), substreams (5 bits),
     /// 48-bit OAS, BTM and ATS, but no VMID16, no 16K granule, no RIL; stall and terminate; SMMUv3.2; an
     /// Arm IIDR.
@@ -105,7 +105,7 @@ import Glibc
     /// have them (VMID16, GRAN16K and RIL are smmuA's only, BTM and ATS smmuB's only: all off), the
     /// smallest sizes (smmuA's SIDSIZE 16, SSIDSIZE 0, OAS 44 bits), "terminate only" as the stall models
     /// differ, IIDR 0 as the implementations differ, the lowest AIDR (SMMUv3.1).
-    @Test(.disabled("IDRegisters.common is a stub returning the first viommu's registers until the h-idr branch lands: the lead enables this after that merge"))
+    @Test
     func getHWInfoOverTwoPSMMUsWithDifferentRegistersIsTheirIntersection() throws {
         let server = try Self.server()
         defer { server.stop() }

@@ -89,7 +89,7 @@ import Glibc
         // A gid on the list is enough.
         server.reload(access: AccessList(userIDs: [me &+ 1], groupIDs: [getgid()]))
         let admitted = try VSMMUClient(socketPath: path)
-        #expect(try admitted.hello().version == 1)
+        #expect(try admitted.hello().version == WireProtocol.version)
         server.reload(access: .open)
         #expect(server.access.isOpen)
     }
