@@ -290,7 +290,10 @@ public final class IOMMUFDBackend: PSMMUBackend {
         let nestParent = state.withLock { $0.viommus[viommu]?.nestParent ?? 0 }
         if let errno = attach(vfio, to: nestParent, on: device) {
             device.close(vfioDevice: vfio)
-            throw BackendError(BackendError.Kind(iommufdErrno: errno), errno: errno.rawValue,
+            // ENOTTY/EBADF: not a VFIO cdev; EINVAL: not bound to an iommufd (`vfio_device_fops_unl_ioctl`'s
+            // access check) or behind another pSMMU than the nest parent; ENOENT: bound to another iommufd,
+            // where the nest parent's id names nothing (`iommufd_device_change_pt`).
+            throw BackendError(.unusableDescriptor, errno: errno.rawValue,
                                "\(name): \(VFIODeviceRequest.attachIOMMUFDPT) of dev_id \(host.id) to the nest parent \(nestParent) of \(viommu) failed: \(errno)")
         }
         var alloc = iommu_vdevice_alloc()

@@ -96,6 +96,10 @@ public struct BackendError: Error, Hashable, Sendable, CustomStringConvertible {
         case invalidArgument
         /// The object is still in use (a viommu with vdevices or HWPTs).
         case busy
+        /// A file descriptor handed over is not what the call needs: for SET_DEV_ID, not a VFIO device
+        /// cdev bound to the viommu's iommufd (the kernel answered the first attach through it with
+        /// `ENOTTY`, `EBADF`, `EINVAL` or `ENOENT`).
+        case unusableDescriptor
         /// Any other failure.
         case failed
     }

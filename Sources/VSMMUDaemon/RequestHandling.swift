@@ -118,9 +118,9 @@ extension VSMMUServer {
                 try served.engine.setDeviceID(viommu: index, device: HostDevice(id: registration.hostDeviceID, vfioDevice: fd),
                                               streamID: registration.streamID)
             } catch {
-                // The fd is not a VFIO cdev bound to the VMM's iommufd (no such ioctl on it, or not open).
-                if case .backend(let backendError) = error, let errno = backendError.errno, errno == ENOTTY || errno == EBADF {
-                    throw .badFileDescriptor(.unusable, type: type, errno: errno,
+                // The fd is not a VFIO cdev bound to the VMM's iommufd, behind this viommu's pSMMU.
+                if case .backend(let backendError) = error, backendError.kind == .unusableDescriptor {
+                    throw .badFileDescriptor(.unusable, type: type, errno: backendError.errno ?? 0,
                                              message: "the fd is not a usable VFIO device cdev: \(backendError)")
                 }
                 throw Self.protocolError(error, type: type, viommu: registration.viommu)
