@@ -158,7 +158,8 @@ let package = Package(
         ),
         .testTarget(
             name: "VSMMUDaemonTests",
-            dependencies: ["VSMMUDaemon", "VSMMUClient", "VSMMUProtocol", "SMMUv3", "PSMMU", "VSMMUTestSupport"]
+            dependencies: ["VSMMUDaemon", "VSMMUClient", "VSMMUProtocol", "SMMUv3", "PSMMU", "VSMMUTestSupport",
+                           "IOMMUFD", "IOMMUFDSimulation", .product(name: "SystemPackage", package: "swift-system")]
         ),
         .testTarget(name: "VSMMUConfigurationTests", dependencies: ["VSMMUConfiguration", "PSMMU", "VSMMUProtocol", "SMMUv3"]),
         .testTarget(

@@ -10,14 +10,15 @@ public enum PSMMUProvider: Sendable {
     /// with ATTACH_VIOMMU is not needed: it is closed and the request goes on (PROTOCOL.md §1).
     case simulated(SimulatedSMMU)
     /// A physical SMMU reached through the VMM's iommufd: ATTACH_VIOMMU must carry the VMM's iommufd
-    /// fd (SCM_RIGHTS), which a new ``IOMMUFDBackend`` adopts for that viommu.
-    case iommufd(name: String)
+    /// fd (SCM_RIGHTS), which a new ``IOMMUFDBackend`` adopts for that viommu, through `adoption`
+    /// (the kernel's `/dev/iommu` on a host; a model of the kernel in tests).
+    case iommufd(name: String, adoption: IOMMUFDAdoption = .system)
 
     /// The name VMMs pass in ATTACH_VIOMMU.
     public var name: String {
         switch self {
         case .simulated(let smmu): return smmu.name
-        case .iommufd(let name): return name
+        case .iommufd(let name, _): return name
         }
     }
 
@@ -49,13 +50,25 @@ extension PSMMUProvider {
         case .simulated(let smmu):
             if let fd { _ = try? FileDescriptor(rawValue: fd).close() }
             return smmu
-        case .iommufd(let name):
+        case .iommufd(let name, let adoption):
             guard let fd else {
                 throw .badFileDescriptor(.missing, type: type,
                                          message: "pSMMU \(name) is an iommufd backend: ATTACH_VIOMMU must pass the VMM's iommufd")
             }
-            return IOMMUFDBackend(name: name, adopting: FileDescriptor(rawValue: fd))
+            return IOMMUFDBackend(name: name, device: adoption.adopt(FileDescriptor(rawValue: fd)))
         }
     }
 }
 
+
+/// How an iommufd pSMMU turns the iommufd a VMM passed into the ``IOMMUFDDevice`` its backend drives:
+/// ``system`` adopts the descriptor as the kernel's (``SystemIOMMUFD``); a test can hand it to a model.
+public struct IOMMUFDAdoption: Sendable {
+    /// Takes ownership of the VMM's iommufd descriptor.
+    public var adopt: @Sendable (FileDescriptor) -> any IOMMUFDDevice
+
+    public init(adopt: @escaping @Sendable (FileDescriptor) -> any IOMMUFDDevice) { self.adopt = adopt }
+
+    /// The kernel's iommufd: the backend makes its ioctls on the descriptor itself.
+    public static let system = IOMMUFDAdoption { SystemIOMMUFD(adopting: $0) }
+}
