@@ -66,6 +66,7 @@ let package = Package(
         .executableTarget(
             name: "vsmmud-realkernel",
             dependencies: ["IOMMUFDRelay", "IOMMUFD", "CIOMMUFD", "PSMMU", "SMMUv3", "VirtualSMMU", "InvalidationEngine",
+                           "VSMMUTestSupport",
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
         // Router → per-viommu rings → drain → backends → sync completion: the vSMMU's data path.
@@ -132,7 +133,7 @@ let package = Package(
         // A QEMU-like VMM on the C client: generates or replays guest command streams against the daemon.
         .executableTarget(name: "vmm-sim", dependencies: ["CVSMMUClient"]),
         // What tests, workload generators and benchmarks share: a deterministic random generator.
-        .target(name: "VSMMUTestSupport"),
+        .target(name: "VSMMUTestSupport", dependencies: ["SMMUv3"]),
         // Release-mode benchmarks, each beside its baseline measured in the same run.
         .executableTarget(
             name: "vsmmud-bench",

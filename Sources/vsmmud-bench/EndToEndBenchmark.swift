@@ -7,6 +7,7 @@ import Synchronization
 import VSMMUClient
 import VSMMUDaemon
 import VSMMUProtocol
+import VSMMUTestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -289,47 +290,6 @@ private func e2eSharedDirectory() -> String? {
     return candidates.first { FileManager.default.fileExists(atPath: $0 + "/traces/linux-strict-cmdq.bin") }
 }
 
-/// The strict trace: its commands and, per StreamID, the STE and CD of the `ram_dump_final` rows (last wins).
-private struct E2ETrace {
-    var commands: [Command]
-    var stes: [StreamID: StreamTableEntry]
-    var cds: [StreamID: ContextDescriptor]
-
-    init?(directory: String) {
-        guard let bin = FileManager.default.contents(atPath: directory + "/traces/linux-strict-cmdq.bin"),
-              let csv = try? String(contentsOfFile: directory + "/traces/linux-strict-ste-cd.csv", encoding: .utf8)
-        else { return nil }
-        let bytes = [UInt8](bin)
-        commands = stride(from: 0, to: bytes.count - 15, by: 16).compactMap { try? Command(bytes: bytes[$0..<$0 + 16]) }
-        stes = [:]
-        cds = [:]
-        let lines = csv.split(whereSeparator: \.isNewline).map { $0.split(separator: ",", omittingEmptySubsequences: false).map(String.init) }
-        guard let header = lines.first,
-              let source = header.firstIndex(of: "source"), let sid = header.firstIndex(of: "sid"),
-              let steW0 = header.firstIndex(of: "ste_dw0"), let steW1 = header.firstIndex(of: "ste_dw1"),
-              let cdW0 = header.firstIndex(of: "cd_dw0"), let ttb0 = header.firstIndex(of: "ttb0") else { return nil }
-        func hex(_ text: String) -> UInt64? { UInt64(text.hasPrefix("0x") ? String(text.dropFirst(2)) : text, radix: 16) }
-        for row in lines.dropFirst() where row.count == header.count && row[source] == "ram_dump_final" {
-            guard let s = hex(row[sid]), let w0 = hex(row[steW0]), let w1 = hex(row[steW1]),
-                  let c0 = hex(row[cdW0]), let t = hex(row[ttb0]) else { continue }
-            stes[StreamID(s)] = StreamTableEntry(w0: w0, w1: w1)
-            cds[StreamID(s)] = ContextDescriptor(w0: c0, w1: t)
-        }
-    }
-
-    /// The commands cut after each CMD_SYNC (a trailing run without one is its own batch).
-    var batches: [[Command]] {
-        var out: [[Command]] = []
-        var current: [Command] = []
-        for command in commands {
-            current.append(command)
-            if command.opcode == .sync { out.append(current); current = [] }
-        }
-        if !current.isEmpty { out.append(current) }
-        return out
-    }
-}
-
 // MARK: - Formatting
 
 private func e2eRate(_ rate: Double) -> String { String(format: "%.2f M/s", rate / 1e6) }
@@ -583,7 +543,7 @@ func runEndToEndBenchmark(requestPollMicroseconds: Int) {
 
     // 4: the strict Linux trace.
     print("")
-    guard let shared = e2eSharedDirectory(), let trace = E2ETrace(directory: shared) else {
+    guard let shared = e2eSharedDirectory(), let trace = try? RecordedGuestTrace(directory: shared + "/traces", name: "linux-strict") else {
         print("== Trace replay: skipped (../shared/traces/linux-strict-cmdq.bin not found; set VSMMUD_SHARED) ==")
         print("e2e total \(String(format: "%.1f", Double(benchNow() - began) / 1e9)) s")
         return

@@ -48,7 +48,7 @@ struct EngineChecks {
     }
 
     private mutating func setUp() throws -> [String] {
-        let trace = try Trace(directory: traceDirectory, name: "linux-strict")
+        let trace = try Trace(checking: traceDirectory, name: "linux-strict")
         var details: [String] = []
         for (slot, entry) in traceDevices.enumerated() {
             let device = vmm.devices[entry.device]
@@ -103,7 +103,7 @@ struct EngineChecks {
     private func linkCycle() throws -> [String] {
         let streamID: StreamID = 0x10
         let device = vmm.devices[1]
-        guard let ste = try Trace(directory: traceDirectory, name: "linux-strict").stes[streamID],
+        guard let ste = try Trace(checking: traceDirectory, name: "linux-strict").stes[streamID],
               let old = engine.backendHandles(of: streamID).hwpt, let abort = abortHWPT(of: device.deviceID) else {
             throw CheckFailure(description: "StreamID 0x10 is not linked")
         }
@@ -183,7 +183,7 @@ struct EngineChecks {
     }
 
     private func replay() throws -> [String] {
-        let trace = try Trace(directory: traceDirectory, name: "linux-strict")
+        let trace = try Trace(checking: traceDirectory, name: "linux-strict")
         let batches = Array(trace.batches.prefix(replayBatches ?? Int.max))
         let commandCount = batches.reduce(0) { $0 + $1.count }
         let before = backends.map { ($0.counters, $0.invalidateIoctlCount) }
