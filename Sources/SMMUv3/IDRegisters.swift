@@ -745,3 +745,43 @@ extension IDRegisters: CustomStringConvertible {
         }
     }
 }
+
+// MARK: - What a vSMMU advertises to its guest
+
+extension IDRegisters {
+    /// The fields a VMM may take from `IOMMU_GET_HW_INFO`, as the kernel's UAPI documents
+    /// `struct iommu_hw_info_arm_smmuv3` ("Only the following fields should be used"): IDR0 ST_LEVEL,
+    /// TERM_MODEL, STALL_MODEL, TTENDIAN, CD2L, ASID16, TTF; IDR1 SIDSIZE, SSIDSIZE; IDR3 BBML, RIL;
+    /// IDR5 VAX and the granules. To these vsmmud adds IDR5.OAS (the issue's "OAS is the smallest",
+    /// which the kernel's authors proposed adding to that list) and IDR0.ATS, which the kernel calls a
+    /// per-device property: a pSMMU without it refuses ATC_INV (the rig's kernel: EIO), so it is
+    /// advertised only where every pSMMU has it. Every other bit is the raw hardware's and is not
+    /// forwarded, notably BTM, HTTU and MPAM, which "are not currently supported by the kernel for
+    /// nesting": a guest told of BTM would skip the TLB invalidations vsmmud must forward.
+    public static let forwardedToGuests: [Field] = [
+        .stLevel, .termModel, .stallModel, .ttEndian, .cd2l, .asid16, .ttf, .ats,
+        .sidSize, .ssidSize,
+        .bbml, .ril,
+        .vax, .gran64K, .gran16K, .gran4K, .oas,
+    ]
+
+    /// The registers a vSMMU advertises to its guest when it fronts pSMMUs with these registers: the
+    /// fields of ``forwardedToGuests``, each combined over every pSMMU by ``common(_:)``; S1P and COHACC
+    /// set, because the kernel says a VMM should assume them ("S1P should be assumed to be true if a
+    /// NESTED HWPT can be created"; "VFIO/iommufd only support platforms with COHACC"); the other IDR
+    /// bits 0. IIDR and AIDR are ``common(_:)``'s (kept when every pSMMU agrees; the lowest revision).
+    /// `nil` for an empty collection.
+    public static func advertised(_ registers: some Collection<IDRegisters>) -> IDRegisters? {
+        guard let common = common(registers) else { return nil }
+        var guest = IDRegisters(idr: [], iidr: common.iidr, aidr: common.aidr)
+        for field in forwardedToGuests { guest[field] = common[field] }
+        guest[flag: .s1p] = true
+        guest[flag: .cohacc] = true
+        // DS and D128 are not forwarded, so what only they allow goes: a 52-bit VA or OA needs GRAN64K.
+        if !guest[flag: .gran64K] {
+            guest[.vax] = 0
+            guest[.oas] = min(guest[.oas], 5) // 48 bits
+        }
+        return guest
+    }
+}

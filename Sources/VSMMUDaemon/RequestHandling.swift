@@ -184,7 +184,7 @@ extension VSMMUServer {
             do throws(EngineError) { infos = try served.engine.hardwareInfo() } catch {
                 throw Self.protocolError(error, type: type, viommu: nil)
             }
-            guard let common = IDRegisters.common(infos.map(\.registers)) else {
+            guard let common = IDRegisters.advertised(infos.map(\.registers)) else {
                 throw .unknownViommu(WireProtocol.noErrorIndex, type: type,
                                      message: "vSMMU \(request.vsmmu.rawValue) has no viommu yet: its ID registers are what every pSMMU behind it supports, so attach them first")
             }

@@ -420,3 +420,60 @@ private func with(_ registers: IDRegisters, _ field: Field, _ value: UInt32) -> 
         #expect(IDRegisters.simulatedDefault.ats)
     }
 }
+
+/// What a vSMMU advertises: only the fields the kernel's UAPI says a VMM may take from
+/// `IOMMU_GET_HW_INFO` (plus OAS and ATS), combined over every pSMMU; S1P and COHACC assumed.
+@Suite struct AdvertisedRegistersTests {
+    static let everything = IDRegisters(idr: [0xFFFF_FFFF, 0xFFFF_FFFF, 0xFFFF_FFFF, 0xFFFF_FFFF, 0xFFFF_FFFF, 0xFFFF_FFFF],
+                                        iidr: 0x43B, aidr: 0x2)
+
+    @Test func onlyTheFieldsTheKernelSaysAVMMMayUseAreForwarded() throws {
+        var hardware = IDRegisters.qemuEmulatedSMMUv3
+        hardware.btm = true
+        hardware[.httu] = 2
+        hardware[flag: .mpam] = true
+        let guest = try #require(IDRegisters.advertised([hardware]))
+        // Not supported by the kernel for nesting, or the host's: never forwarded.
+        #expect(!guest.btm && guest[.httu] == 0 && !guest[flag: .mpam])
+        #expect(!guest[flag: .s2p] && !guest.vmid16 && !guest[flag: .had] && !guest[flag: .xnx])
+        #expect(guest[.cmdqs] == 0 && guest[.evtqs] == 0)
+        // Forwarded as the hardware has them.
+        for field in IDRegisters.forwardedToGuests {
+            #expect(guest[field] == hardware[field], "\(field)")
+        }
+        // Assumed, per the UAPI comment.
+        #expect(guest[flag: .s1p] && guest[flag: .cohacc])
+    }
+
+    @Test func everyOtherBitIsZeroEvenWhenTheHardwareSetsThemAll() throws {
+        let guest = try #require(IDRegisters.advertised([Self.everything]))
+        var allowed = IDRegisters(idr: [])
+        for field in IDRegisters.forwardedToGuests + [.s1p, .cohacc] { allowed[field] = field.maxValue }
+        for register in 0..<6 {
+            #expect(guest.idr[register] & ~allowed.idr[register] == 0, "IDR\(register) 0x\(String(guest.idr[register], radix: 16))")
+        }
+    }
+
+    @Test func aFeatureOneOfThePSMMUsLacksIsNotAdvertised() throws {
+        var a = IDRegisters.qemuEmulatedSMMUv3, b = IDRegisters.qemuEmulatedSMMUv3
+        a.ats = true
+        b[flag: .ril] = false
+        let guest = try #require(IDRegisters.advertised([a, b]))
+        #expect(!guest.ats && !guest[flag: .ril])
+        #expect(try #require(IDRegisters.advertised([a])).ats)
+    }
+
+    @Test func withoutGRAN64KNeitherA52BitVANorA52BitOAIsAdvertised() throws {
+        var hardware = IDRegisters.qemuEmulatedSMMUv3
+        hardware[flag: .gran64K] = false
+        hardware[flag: .ds] = true
+        hardware[.vax] = 1
+        hardware[.oas] = 6
+        let guest = try #require(IDRegisters.advertised([hardware]))
+        #expect(guest[.vax] == 0 && guest[.oas] == 5)
+    }
+
+    @Test func noPSMMUAdvertisesNothing() {
+        #expect(IDRegisters.advertised([IDRegisters]()) == nil)
+    }
+}

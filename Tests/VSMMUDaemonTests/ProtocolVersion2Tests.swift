@@ -70,19 +70,19 @@ import Glibc
 
     // MARK: GET_HW_INFO
 
-    @Test func getHWInfoAnswersASingleViommusPSMMURegistersExactlyWithItsCount() throws {
+    @Test func getHWInfoAnswersASingleViommusPSMMURegistersAsAdvertisedWithItsCount() throws {
         let server = try Self.server()
         defer { server.stop() }
         let client = try Self.client(of: server)
         let vsmmu = try client.createVSMMU(name: "hw")
         _ = try client.attachViommu(vsmmu: vsmmu, pSMMU: "smmuB", hostDeviceID: 16)
-        #expect(try client.hardwareInfo(vsmmu: vsmmu) == HardwareInfo(viommuCount: 1, registers: Self.registersB))
+        #expect(try client.hardwareInfo(vsmmu: vsmmu) == HardwareInfo(viommuCount: 1, registers: try #require(IDRegisters.advertised([Self.registersB]))))
 
         // Another vSMMU on the other pSMMU gets that pSMMU's registers: each answer is its own vSMMU's.
         let other = try client.createVSMMU(name: "hw-a")
         _ = try client.attachViommu(vsmmu: other, pSMMU: "smmuA", hostDeviceID: 0)
-        #expect(try client.hardwareInfo(vsmmu: other) == HardwareInfo(viommuCount: 1, registers: Self.registersA))
-        #expect(try client.hardwareInfo(vsmmu: vsmmu).registers == Self.registersB)
+        #expect(try client.hardwareInfo(vsmmu: other) == HardwareInfo(viommuCount: 1, registers: try #require(IDRegisters.advertised([Self.registersA]))))
+        #expect(try client.hardwareInfo(vsmmu: vsmmu).registers == IDRegisters.advertised([Self.registersB]))
     }
 
     @Test func getHWInfoCountsEveryAttachedViommuAndFollowsDetach() throws {
@@ -95,7 +95,7 @@ import Glibc
         #expect(try client.hardwareInfo(vsmmu: vsmmu).viommuCount == 2)
         // Detaching a viommu changes the answer (§5.12): back to the one left, exactly.
         try client.detachViommu(vsmmu: vsmmu, viommu: a.viommu)
-        #expect(try client.hardwareInfo(vsmmu: vsmmu) == HardwareInfo(viommuCount: 1, registers: Self.registersB))
+        #expect(try client.hardwareInfo(vsmmu: vsmmu) == HardwareInfo(viommuCount: 1, registers: try #require(IDRegisters.advertised([Self.registersB]))))
         try client.detachViommu(vsmmu: vsmmu, viommu: b.viommu)
         let e = refusal("GET_HW_INFO after the last detach") { _ = try client.hardwareInfo(vsmmu: vsmmu) }
         #expect(e?.code == .unknownViommu && e?.value == 0xFFFF_FFFF)
@@ -110,9 +110,11 @@ import Glibc
         let server = try Self.server()
         defer { server.stop() }
         let client = try Self.client(of: server)
-        let expected = IDRegisters(idr: [0x0D40_101B,  // smmuA's IDR0 − VMID16; STALL_MODEL 1 (terminate only)
-                                         0x0273_0010, 0,
-                                         0x0000_1014,  // − RIL
+        // As advertised to the guest: only the forwarded fields, S1P and COHACC set (S2P cleared).
+        let expected = IDRegisters(idr: [0x0D40_101A,  // smmuA's IDR0 − S2P − VMID16; STALL_MODEL 1 (terminate only)
+                                         0x0000_0010,  // SIDSIZE 16, SSIDSIZE 0; queue sizes not forwarded
+                                         0,
+                                         0x0000_1000,  // BBML 2; RIL off (smmuB lacks it), HAD and XNX not forwarded
                                          0,
                                          0x0000_0054], // OAS 44 bits, − GRAN16K
                                    iidr: 0, aidr: 0x1)
