@@ -6,7 +6,14 @@ import SystemPackage
 
 /// A physical SMMUv3 driven through Linux iommufd (`/dev/iommu`, Linux 6.13 and later): one viommu
 /// per VM on this pSMMU, vdevices for the VM's devices behind it, nested stage-1 HWPTs from guest
-/// STEs, and guest invalidation commands forwarded in whole batches.
+/// STEs attached to the devices, and guest invalidation commands forwarded in whole batches.
+///
+/// **Devices.** The VMM hands over each device's VFIO cdev (SET_DEV_ID), and the backend attaches the
+/// device itself with `VFIO_DEVICE_ATTACH_IOMMUFD_PT` (``attachDevice(_:to:)``): to its nested HWPT, to
+/// the viommu's abort or bypass HWPT (allocated with the viommu, as QEMU's `smmuv3_accel_alloc_viommu`
+/// does), or back to the nest parent, where the VMM had it, before the vdevice goes
+/// (``destroyVDevice(_:)``). The pSMMU's ID registers are read once per viommu with
+/// `IOMMU_GET_HW_INFO` (``hardwareInfo(viommu:)``).
 ///
 /// Every syscall goes through an ``IOMMUFDDevice``: ``SystemIOMMUFD`` on a host, a fake in tests.
 /// The iommufd is opened at the first ``attachViommu(_:)``, not at init, so a host without

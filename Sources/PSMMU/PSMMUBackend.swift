@@ -208,7 +208,7 @@ public protocol PSMMUBackend: AnyObject, Sendable {
     /// vdevice's viommu.
     func attachDevice(_ vdevice: VDeviceHandle, to domain: DeviceDomain) throws(BackendError)
 
-    /// Installs a nested stage-1 HWPT from a guest STE for a device (`IOMMU_HWPT_ALLOC` with
+    /// Allocates (does not attach) a nested stage-1 HWPT from a guest STE for a device (`IOMMU_HWPT_ALLOC` with
     /// `IOMMU_HWPT_DATA_ARM_SMMUV3`, `pt_id` = the viommu), with the CDs the guest STE links so a
     /// backend that models the config cache can use them.
     func allocateNestedHWPT(viommu: ViommuHandle, hostDeviceID: UInt32, ste: StreamTableEntry,
