@@ -103,6 +103,9 @@ extension KernelState {
         case .atcInv, .cfgiCD, .cfgiCDAll:
             guard let vdeviceID = viommu.vdevs[UInt64(command.streamID)], let vdevice = vdevice(vdeviceID),
                   let device = device(vdevice.device) else { return nil }
+            // The real-kernel rig (TESTING.md): Linux 7.3 answers EIO at an ATC_INV for a registered vSID
+            // on a pSMMU without ATS (IDR0.ATS = 0), `entry_num` its index.
+            if command.opcode == .atcInv, !smmus[viommu.pSMMU].configuration.idRegisters.ats { return nil }
             physical.streamID = hostDevices[device.hostDevice].streamID
         default:
             return nil

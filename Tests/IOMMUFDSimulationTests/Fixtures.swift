@@ -21,7 +21,8 @@ struct Rig {
     init(kernel version: KernelVersion = .rig, pSMMUs: Int = 2, devicesPerPSMMU: Int = 2,
          smmus: [PhysicalSMMU]? = nil) throws {
         let kernel = SimulatedIOMMUFD(kernel: version, smmus: smmus ?? (0 ..< pSMMUs).map {
-            PhysicalSMMU(name: "smmu\($0)", idRegisters: IDRegisters(idr: [0x0d44_101b, 0x0273_0010, 0, 0x1414, 0, 0x74],
+            // QEMU's emulated SMMUv3 with ATS (IDR0 bit 10), so that ATC_INV is accepted.
+            PhysicalSMMU(name: "smmu\($0)", idRegisters: IDRegisters(idr: [0x0d44_141b, 0x0273_0010, 0, 0x1414, 0, 0x74],
                                                                     iidr: UInt32(0x43b + $0), aidr: 0x1))
         })
         let devices = kernel.smmus.indices.map { p in

@@ -118,6 +118,16 @@ import Testing
         #expect(setup.kernel.executedCommands(pSMMU: 0) == expected)
     }
 
+    @Test func atcInvOnAPSMMUWithoutATSIsEIOAtItEvenForARegisteredVSIDLikeTheRigsKernel() throws {
+        // Seen on the real-kernel rig (TESTING.md): QEMU's SMMUv3 has no ATS, and Linux 7.3 refuses the
+        // ATC_INV of a registered vSID with EIO, entry_num at it.
+        let rig = try Rig(pSMMUs: 1, smmus: [PhysicalSMMU(name: "smmu0", idRegisters: .qemuEmulatedSMMUv3)])
+        let viommu = try #require(rig.kernel.allocateViommu(device: rig.device(0).devID, hwpt: rig.nestParents[0]).value)
+        _ = try #require(rig.kernel.allocateVDevice(viommu: viommu, device: rig.device(0).devID, virtualID: 0x8).value)
+        #expect(rig.kernel.invalidate(viommu, [.cfgiCD(streamID: 0x8), .atcInv(streamID: 0x8)]) == (.ioError, 1))
+        #expect(rig.kernel.issuedCommands(pSMMU: 0).isEmpty, "the CFGI_CD before it was converted, not issued")
+    }
+
     @Test(arguments: [
         Command.cfgiCD(streamID: 0x9), .atcInv(streamID: 0x10), .cfgiCDAll(streamID: 0x0),
         .sync(), .cfgiSTE(streamID: 0x8), .cfgiAll(), .tlbiS2IPA(ipa: 0x1000), .tlbiS12VMAll(), .tlbiEL2All(),
