@@ -148,6 +148,33 @@ public final class SyncFence: @unchecked Sendable {
         try outcome.get()
     }
 
+    /// Blocks until the fence completes or the clock reaches `deadline`, whichever comes first.
+    ///
+    /// Waits as ``wait()`` does (spinning and helping drain under the inline drain policies, then
+    /// parking), except that the park ends at `deadline`. A fence that is not complete then stays
+    /// pending: its markers stay in the rings and it completes when the consumers reach them. Under an
+    /// inline drain policy the spinning phase may call the sink on this thread, and a sink call that
+    /// stalls holds this thread past `deadline`: a caller that must not be held uses
+    /// ``ViommuQueue/DrainPolicy/drainThread`` queues.
+    /// - Returns: the outcome, or `nil` when `deadline` passed first.
+    public func wait(deadline: ContinuousClock.Instant) -> Result<Void, SyncFailure>? {
+        if !isComplete {
+            let tuning = queues.first?.configuration.tuning ?? ViommuQueue.Tuning()
+            var backoff = Backoff(spins: tuning.syncSpins, yields: tuning.syncYields)
+            while !isComplete {
+                for queue in queues { queue.helpDrain() }
+                if !backoff.pause() {
+                    guard park(until: deadline) else { return nil }
+                    break
+                }
+            }
+        }
+        return outcome
+    }
+
+    /// The queues the fence covers, in the order of ``SyncFailure/QueueFailure/queueIndex``.
+    public var coveredQueues: [ViommuQueue] { queues }
+
     /// Whether a waiter gave up spinning and parked (or is about to): diagnostics and tests.
     var hasParkedWaiter: Bool { parker.load() != nil }
 
@@ -158,6 +185,24 @@ public final class SyncFence: @unchecked Sendable {
         atomicMemoryFence(ordering: .sequentiallyConsistent)
         parker.withLock {
             while !isComplete { parker.waitLocked() }
+        }
+    }
+
+    /// Parks until the fence completes or `deadline` passes; returns whether it completed.
+    private func park(until deadline: ContinuousClock.Instant) -> Bool {
+        let parker = parker.storeIfNilThenLoad(Parker())
+        // Dekker with `notify`, as in `park()`.
+        atomicMemoryFence(ordering: .sequentiallyConsistent)
+        return parker.withLock {
+            while !isComplete {
+                let left = ContinuousClock.now.duration(to: deadline)
+                guard left > .zero else { return false }
+                let (seconds, attoseconds) = left.components
+                let nanoseconds = seconds >= Int64(Int.max / 1_000_000_000 - 1)
+                    ? Int.max / 2 : Int(seconds) * 1_000_000_000 + Int(attoseconds / 1_000_000_000)
+                parker.waitLocked(nanoseconds: max(nanoseconds, 1))
+            }
+            return true
         }
     }
 

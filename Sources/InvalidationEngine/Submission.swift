@@ -1,4 +1,5 @@
 import CommandRing
+import Dispatch
 import SMMUv3
 import PSMMU
 import Synchronization
@@ -122,11 +123,37 @@ public final class Submission: @unchecked Sendable {
     /// Set by ``completion()`` before it creates `asyncWaiters`: the common path (no async waiter) then
     /// skips the lazy reference's (non-inlined) load.
     private let hasAsyncWaiters = Atomic<Bool>(false)
+    /// The engine's stall limit, when it has one (``VSMMUEngine/Configuration/stallTimeout``); set at
+    /// build time like the bookkeeping above.
+    @exclusivity(unchecked) private var stallLimit: StallLimit?
+    /// Who finished the submission, and which syncs an expiry abandoned: only with a stall limit.
+    /// Created with the first stall limit and kept across reuses.
+    @exclusivity(unchecked) private var stallState: Locked<StallState>?
+    /// A stall timer was scheduled for this submission: it is never reused (the timer may still fire).
+    private let hasStallTimer = Atomic<Bool>(false)
 
-    init(batchCount: Int, routed: RoutedBatch, onComplete: (@Sendable (SubmissionResult) -> Void)?) {
+    /// A stall limit and where the engine keeps what outlives one submission.
+    struct StallLimit {
+        var timeout: Duration
+        var queueState: GuestQueueState
+    }
+
+    /// Under `stallState`'s lock.
+    struct StallState: Sendable {
+        /// The result is being or was stored (by the last arrival or by an expiry).
+        var resolved = false
+        /// An expiry stored it: the syncs in `abandoned` were not complete then.
+        var expired = false
+        var abandoned: Set<Int> = []
+    }
+
+    init(batchCount: Int, routed: RoutedBatch, onComplete: (@Sendable (SubmissionResult) -> Void)?,
+         stallLimit: StallLimit? = nil) {
         self.batchCount = batchCount
         self.routingErrors = routed.errors
         self.onComplete = onComplete
+        self.stallLimit = stallLimit
+        if stallLimit != nil { stallState = Locked(StallState()) }
     }
 
     // MARK: Building (engine, under its lock)
@@ -136,8 +163,14 @@ public final class Submission: @unchecked Sendable {
     /// cannot be reused: not finished, or an async waiter list was created for it.
     ///
     /// The caller must hold the only reference (`isKnownUniquelyReferenced`) and the engine's lock.
-    func prepareForReuse(batchCount: Int, routed: RoutedBatch, onComplete: (@Sendable (SubmissionResult) -> Void)?) -> Bool {
-        guard finished.load(ordering: .acquiring), !hasAsyncWaiters.load(ordering: .relaxed) else { return false }
+    func prepareForReuse(batchCount: Int, routed: RoutedBatch, onComplete: (@Sendable (SubmissionResult) -> Void)?,
+                         stallLimit: StallLimit? = nil) -> Bool {
+        guard finished.load(ordering: .acquiring), !hasAsyncWaiters.load(ordering: .relaxed),
+              !hasStallTimer.load(ordering: .relaxed) else { return false }
+        self.stallLimit = stallLimit
+        if stallLimit != nil {
+            if let stallState { stallState.withLock { $0 = StallState() } } else { stallState = Locked(StallState()) }
+        }
         self.batchCount = batchCount
         routingErrors = routed.errors
         self.onComplete = onComplete
@@ -182,7 +215,13 @@ public final class Submission: @unchecked Sendable {
         // The completion may run before `submit` returns (inline drain) or on another thread; it only
         // counts the arrival. The outcome is read from the fence once every arrival is in, and
         // `syncs` is complete by then (the builder's own arrival, `sealed()`, comes after).
-        let fence = SyncFence.submit(covering: queues) { [self] _ in arrive() }
+        let fence: SyncFence
+        if stallLimit != nil {
+            let slot = syncs.count
+            fence = SyncFence.submit(covering: queues) { [self] outcome in fenceCompleted(slot: slot, outcome) }
+        } else {
+            fence = SyncFence.submit(covering: queues) { [self] _ in arrive() }
+        }
         syncs.append(PendingSync(index: index, command: command, coveredStart: coveredStart, coveredCount: covered.count,
                                  fence: fence, failedImmediately: immediateFailure))
     }
@@ -192,6 +231,12 @@ public final class Submission: @unchecked Sendable {
         immediateFailures.append(Self.backendFailure(command, on: viommu, at: index))
     }
 
+    /// Records, at the guest index `index`, a failure the engine raised itself: a carried failure of an
+    /// earlier command (``GuestQueueState``) or a push refused because a stalled viommu's ring stayed full.
+    func recordFailure(_ failure: SubmissionResult.Failure) {
+        immediateFailures.append(failure)
+    }
+
     /// The failure the guest sees for a command a backend failed.
     private static func backendFailure(_ command: CommandFailure, on viommu: ViommuIndex, at index: Int) -> SubmissionResult.Failure {
         .init(index: index, queueError: command.queueError, origin: .backend(viommu),
@@ -199,7 +244,88 @@ public final class Submission: @unchecked Sendable {
     }
 
     /// The submission is complete as far as the engine is concerned; fences may still be pending.
-    func sealed() { arrive() }
+    /// With a stall limit, an `onComplete` and a fence still pending, a timer expires the submission if
+    /// its fences make no progress for the limit, so that the `onComplete` observer gets the CERROR_ABT
+    /// too (``wait()`` enforces the limit itself, ``completion()`` starts the timer when it suspends).
+    func sealed() {
+        arrive()
+        if onComplete != nil { startStallTimer() }
+    }
+
+    /// Starts the stall timer once, with a stall limit and a fence still pending. A submission with a
+    /// timer is never reused: the timer may fire after it finished.
+    private func startStallTimer() {
+        guard let limit = stallLimit, !isComplete,
+              !hasStallTimer.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        scheduleStallCheck(after: limit.timeout, progress: progressMark())
+    }
+
+    private func scheduleStallCheck(after timeout: Duration, progress: UInt64) {
+        let (seconds, attoseconds) = timeout.components
+        let nanoseconds = Int(clamping: seconds) &* 1_000_000_000 &+ Int(attoseconds / 1_000_000_000)
+        DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(max(nanoseconds, 1))) { [weak self] in
+            guard let self, !self.isComplete else { return }
+            let now = self.progressMark()
+            if now != progress { self.scheduleStallCheck(after: timeout, progress: now) } else { self.expire() }
+        }
+    }
+
+    /// Grows whenever a queue covered by a pending fence consumes a ring slot: the sum of those
+    /// queues' consumed positions (a fence's queues only move forward).
+    private func progressMark() -> UInt64 {
+        var mark: UInt64 = 0
+        for sync in syncs {
+            guard let fence = sync.fence, !fence.isComplete else { continue }
+            for queue in fence.coveredQueues { mark &+= queue.consumedPosition }
+        }
+        return mark
+    }
+
+    /// A fence of a submission with a stall limit completed. If an expiry abandoned its sync, the
+    /// guest has been told CERROR_ABT already and the fence's outcome would be lost: its first command
+    /// failure is carried to the guest's next CMD_SYNC, and its viommus are no longer stalled.
+    private func fenceCompleted(slot: Int, _ outcome: Result<Void, SyncFailure>) {
+        let late = stallState?.withLock { $0.expired && $0.abandoned.contains(slot) } ?? false
+        if late, let limit = stallLimit {
+            let sync = syncs[slot]
+            if case .failure(let failure) = outcome {
+                for queueFailure in failure.failures {
+                    guard case .commandFailed(let command) = queueFailure.reason else { continue }
+                    let viommu = queueFailure.queueIndex < sync.coveredCount
+                        ? coveredViommus[sync.coveredStart + queueFailure.queueIndex] : ViommuIndex(0)
+                    limit.queueState.carry(.init(queueError: command.queueError, viommu: viommu,
+                                                 message: "\(command.command.opcode.name) on \(viommu): \(command.message)"))
+                }
+            }
+            for i in 0..<sync.coveredCount { limit.queueState.resume(coveredViommus[sync.coveredStart + i]) }
+        }
+        arrive()
+    }
+
+    /// Ends the submission now, if it is not ended yet: every sync whose fence is still pending is
+    /// abandoned, and the first of them fails with CERROR_ABT (the guest retries it). The abandoned
+    /// fences stay in their rings: their commands still execute, in order, when the backend wakes up,
+    /// and meanwhile the guest's retried CMD_SYNC covers their viommus (``GuestQueueState``).
+    func expire() {
+        guard let limit = stallLimit, let stallState else { return }
+        let abandoned = stallState.withLock { state -> [Int]? in
+            guard !state.resolved else { return nil }
+            var abandoned: [Int] = []
+            for (slot, sync) in syncs.enumerated() where sync.fence?.isComplete == false { abandoned.append(slot) }
+            state.resolved = true
+            state.expired = true
+            state.abandoned = Set(abandoned)
+            // Before any late completion can look (it takes this lock first).
+            for slot in abandoned {
+                let sync = syncs[slot]
+                for i in 0..<sync.coveredCount { limit.queueState.stall(coveredViommus[sync.coveredStart + i]) }
+            }
+            return abandoned
+        }
+        guard let abandoned else { return }
+        storedResult = computeResult(abandoned: Set(abandoned), timeout: limit.timeout)
+        finish()
+    }
 
     /// The engine was stopped: nothing was pushed.
     func finishStopped() {
@@ -211,6 +337,14 @@ public final class Submission: @unchecked Sendable {
     private func arrive() {
         let (_, now) = remaining.subtract(1, ordering: .acquiringAndReleasing)
         guard now == 0 else { return }
+        if let stallState {
+            // An expiry may have ended the submission already.
+            let mine = stallState.withLock { state -> Bool in
+                defer { state.resolved = true }
+                return !state.resolved
+            }
+            guard mine else { return }
+        }
         storedResult = computeResult()
         finish()
     }
@@ -243,8 +377,16 @@ public final class Submission: @unchecked Sendable {
 
     /// Blocks until every CMD_SYNC of the batch completed (helping drain the queues meanwhile) and
     /// returns the batch's result.
+    ///
+    /// With a stall limit (``VSMMUEngine/Configuration/stallTimeout``), a wait in which the pending
+    /// fences' queues consume nothing for the limit ends the submission with CERROR_ABT at its first
+    /// incomplete CMD_SYNC (see ``expire()``) and returns that.
     public func wait() -> SubmissionResult {
-        for sync in syncs { _ = try? sync.fence?.wait() }
+        if let limit = stallLimit {
+            waitWithin(limit.timeout)
+        } else {
+            for sync in syncs { _ = try? sync.fence?.wait() }
+        }
         // Every fence is complete; their completion callbacks may still be finishing.
         var spins = 0
         while !isComplete {
@@ -255,9 +397,30 @@ public final class Submission: @unchecked Sendable {
         return storedResult
     }
 
+    /// Waits for every fence, or expires the submission once its fences made no progress for `timeout`.
+    private func waitWithin(_ timeout: Duration) {
+        var progress = progressMark()
+        var deadline = ContinuousClock.now + timeout
+        for sync in syncs {
+            guard let fence = sync.fence else { continue }
+            while fence.wait(deadline: deadline) == nil {
+                if isComplete { return } // the stall timer expired it
+                let now = progressMark()
+                if now != progress {
+                    progress = now
+                    deadline = ContinuousClock.now + timeout
+                    continue
+                }
+                expire()
+                return
+            }
+        }
+    }
+
     /// Suspends until the batch completes and returns its result, without blocking a thread.
     public func completion() async -> SubmissionResult {
         await withCheckedContinuation { (continuation: CheckedContinuation<SubmissionResult, Never>) in
+            startStallTimer()
             hasAsyncWaiters.store(true, ordering: .sequentiallyConsistent)
             let list = asyncWaiters.storeIfNil(Locked([]))
             atomicMemoryFence(ordering: .sequentiallyConsistent)
@@ -275,7 +438,9 @@ public final class Submission: @unchecked Sendable {
 
     // MARK: Result
 
-    private func computeResult() -> SubmissionResult {
+    /// The result from the fences' outcomes; the syncs in `abandoned` (expired, fence still pending)
+    /// count as failed with CERROR_ABT at their guest index.
+    private func computeResult(abandoned: Set<Int> = [], timeout: Duration = .zero) -> SubmissionResult {
         var failure: SubmissionResult.Failure?
         func consider(_ candidate: SubmissionResult.Failure) {
             if let current = failure, current.index <= candidate.index { return }
@@ -286,7 +451,20 @@ public final class Submission: @unchecked Sendable {
         }
         for immediate in immediateFailures { consider(immediate) }
         var completedSyncs = 0
-        for sync in syncs {
+        for (slot, sync) in syncs.enumerated() {
+            if abandoned.contains(slot) {
+                let fence = sync.fence
+                var stalled = sync.coveredCount > 0 ? coveredViommus[sync.coveredStart] : ViommuIndex(0)
+                for (i, queue) in (fence?.coveredQueues ?? []).enumerated() where i < sync.coveredCount && queue.occupancy > 0 {
+                    stalled = coveredViommus[sync.coveredStart + i]
+                    break
+                }
+                consider(.init(index: sync.index, queueError: .abort, origin: .backend(stalled),
+                               message: "CMD_SYNC abandoned: \(stalled)'s pSMMU consumed nothing for \(timeout) (stall limit); "
+                                   + "the commands before it stay queued and execute in order when it resumes, "
+                                   + "and a CMD_SYNC completes only once they have"))
+                continue
+            }
             guard let fence = sync.fence else {
                 if !sync.failedImmediately { completedSyncs += 1 }
                 continue
@@ -319,5 +497,97 @@ public final class Submission: @unchecked Sendable {
             if offset < UInt64(push.count) { return Int(guestIndices[push.indexStart + Int(offset)]) }
         }
         return nil
+    }
+}
+
+/// What a vSMMU's command queue keeps from one guest batch to the next, outside any submission: the
+/// engine's `CMDQ_CONS.ERR`, and the viommus whose CMD_SYNC was abandoned by the stall limit.
+///
+/// - A **carried failure** is a command failure no CMD_SYNC reported yet because the engine consumed
+///   it itself (the fence ``VSMMUEngine/unsetDeviceID(streamID:)`` waits on), or because the sync
+///   that covered it had been abandoned. Like an SMMU's `CMDQ_CONS.ERR`, it is reported by the guest's
+///   next CMD_SYNC on this vSMMU, at that CMD_SYNC's index, whichever viommus that sync covers; only
+///   the first is kept until then (an SMMU holds one error and stops).
+/// - A **stalled viommu** has a fence of an abandoned CMD_SYNC still pending. A later CMD_SYNC that
+///   covers no viommu of its own (no command of its batch since the previous CMD_SYNC) covers the
+///   stalled viommus: the Linux driver answers CERROR_ABT by retrying the fetch
+///   (`__arm_smmu_cmdq_skip_err`: "retrying command fetch", CONS still at the CMD_SYNC), so the VMM's
+///   next batch starts with that CMD_SYNC again, and it must not succeed at once just because it
+///   carries no command for the stalled viommu. A CMD_SYNC with commands of its own covers their
+///   viommus, as always: the other viommus of the vSMMU keep completing while one stalls.
+///
+/// Thread-safe: fences complete on drain threads and expiries run on waiters and timers.
+final class GuestQueueState: Sendable {
+    /// A failure carried to the next CMD_SYNC.
+    struct CarriedFailure: Sendable, Hashable {
+        var queueError: CommandQueueError
+        var viommu: ViommuIndex
+        var message: String
+    }
+
+    private struct Contents: Sendable {
+        var carried: CarriedFailure?
+        /// Pending abandoned fences per viommu index.
+        var stalled: [Int] = Array(repeating: 0, count: VSMMU.maximumViommus)
+        var stalledTotal = 0
+    }
+
+    private let contents = Locked(Contents())
+    /// Non-zero while something is carried or stalled: the data path's only cost is this load.
+    private let attention = Atomic<Int>(0)
+
+    /// Whether a submission must look at ``takeCarried()`` and ``stalledViommus``.
+    var needsAttention: Bool { attention.load(ordering: .acquiring) != 0 }
+
+    /// Keeps `failure` for the next CMD_SYNC, unless an earlier one is kept already.
+    func carry(_ failure: CarriedFailure) {
+        contents.withLock { c in
+            if c.carried == nil { c.carried = failure }
+            publish(c)
+        }
+    }
+
+    /// The carried failure, which the caller reports; `nil` when there is none.
+    func takeCarried() -> CarriedFailure? {
+        contents.withLock { c in
+            defer { c.carried = nil; publish(c) }
+            return c.carried
+        }
+    }
+
+    /// The carried failure, left in place.
+    var carried: CarriedFailure? { contents.withLock { $0.carried } }
+
+    /// An abandoned fence covering `viommu` is pending.
+    func stall(_ viommu: ViommuIndex) {
+        contents.withLock { c in
+            guard viommu.index < c.stalled.count else { return }
+            c.stalled[viommu.index] += 1
+            c.stalledTotal += 1
+            publish(c)
+        }
+    }
+
+    /// An abandoned fence covering `viommu` completed.
+    func resume(_ viommu: ViommuIndex) {
+        contents.withLock { c in
+            guard viommu.index < c.stalled.count, c.stalled[viommu.index] > 0 else { return }
+            c.stalled[viommu.index] -= 1
+            c.stalledTotal -= 1
+            publish(c)
+        }
+    }
+
+    /// The viommus with an abandoned fence pending, as a bit mask by index.
+    var stalledViommus: UInt64 {
+        contents.withLock { c in
+            var mask: UInt64 = 0
+            for (i, count) in c.stalled.enumerated() where count > 0 { mask |= 1 << UInt64(i) }
+            return mask
+        }
+    }
+
+    private func publish(_ c: Contents) {
+        attention.store(c.carried != nil || c.stalledTotal > 0 ? 1 : 0, ordering: .releasing)
     }
 }

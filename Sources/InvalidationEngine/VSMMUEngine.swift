@@ -33,7 +33,31 @@ public final class VSMMUEngine: Sendable {
     public struct Configuration: Hashable, Sendable {
         /// Per-viommu queue settings (ring capacity, drain policy, spin budgets).
         public var queue: ViommuQueue.Configuration
-        public init(queue: ViommuQueue.Configuration = .init()) { self.queue = queue }
+        /// The stall limit: how long a CMD_SYNC waits on queues that consume nothing before it fails
+        /// with CERROR_ABT (at its guest index), and how long a push waits for room in a full ring
+        /// before it fails the same way at its first command; `nil` (the default): no limit, a
+        /// stalled backend holds its syncs until it wakes up. Counted from the last progress (a ring
+        /// slot consumed), so a slow backend that keeps consuming is not a stalled one.
+        ///
+        /// With a limit, no submitting or waiting thread calls a backend: the queues drain on their
+        /// drain threads (``ViommuQueue/DrainPolicy/drainThread``) whatever ``queue`` says, because a
+        /// submitter stuck in a stalled backend call could not answer its VMM. That costs a thread
+        /// hand-off per CMD_SYNC (BENCHMARKS.md). What stays queued behind an abandoned CMD_SYNC still
+        /// executes, in order; see ``Submission/expire()`` and ``GuestQueueState``.
+        public var stallTimeout: Duration?
+
+        public init(queue: ViommuQueue.Configuration = .init(), stallTimeout: Duration? = nil) {
+            self.queue = queue
+            self.stallTimeout = stallTimeout
+        }
+
+        /// The queue configuration the engine builds its queues with: ``queue``, draining on the drain
+        /// threads when there is a stall limit.
+        public var effectiveQueue: ViommuQueue.Configuration {
+            var queue = self.queue
+            if stallTimeout != nil { queue.drainPolicy = .drainThread }
+            return queue
+        }
     }
 
     /// A viommu as the engine holds it: its backend, the backend's handle, its queue and the backend
@@ -76,6 +100,8 @@ public final class VSMMUEngine: Sendable {
     /// once nobody else holds it: only touched while `submitLock` is held.
     /// `@exclusivity(unchecked)`: the submit lock makes every access exclusive.
     @exclusivity(unchecked) nonisolated(unsafe) private var spareSubmission: Submission?
+    /// The guest command queue's state between batches: a carried failure, the stalled viommus.
+    let queueState = GuestQueueState()
 
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
@@ -147,7 +173,7 @@ public final class VSMMUEngine: Sendable {
             }
             let queue: ViommuQueue
             do throws(ViommuQueueError) {
-                queue = try ViommuQueue(configuration: configuration.queue) { commands in
+                queue = try ViommuQueue(configuration: configuration.effectiveQueue) { commands in
                     SinkResult(backend.invalidate(viommu: handle, commands: commands))
                 }
             } catch {
@@ -161,10 +187,16 @@ public final class VSMMUEngine: Sendable {
     }
 
     /// Detaches a viommu without devices: drains and stops its queue, then destroys it in the backend.
+    ///
+    /// The viommu leaves the vSMMU under the state lock; the wait for its queue to drain (which lasts as
+    /// long as its backend stalls) holds only the submit lock, so readers go on meanwhile.
     public func detachViommu(_ index: ViommuIndex) throws(EngineError) {
-        try serialised { (state: inout State) throws(EngineError) in
-            do throws(VSMMUError) { try state.vsmmu.detachViommu(index) } catch { throw .vsmmu(error) }
-            guard let attached = state.viommus.removeValue(forKey: index) else { return }
+        try submitLock.withLock { (_: inout Void) throws(EngineError) in
+            let attached = try state.withLock { (state: inout State) throws(EngineError) -> AttachedViommu? in
+                do throws(VSMMUError) { try state.vsmmu.detachViommu(index) } catch { throw .vsmmu(error) }
+                return state.viommus.removeValue(forKey: index)
+            }
+            guard let attached else { return }
             spareSubmission = nil // its fences hold the queues they covered
             attached.queue.stop()
             do throws(BackendError) { try attached.backend.detachViommu(attached.handle) } catch { throw .backend(error) }
@@ -205,28 +237,43 @@ public final class VSMMUEngine: Sendable {
     /// where the VMM had it (the nest parent), destroys its stage-1 HWPT and its vdevice, in that order:
     /// the kernel refuses to destroy an attached HWPT (EBUSY), and a device must not stay on a nested
     /// HWPT whose vdevice is gone.
+    ///
+    /// The wait holds only the submit lock (which keeps every other control operation and submission
+    /// out, so the device cannot change meanwhile), never the state lock: with a stalled backend it
+    /// lasts until the backend wakes up, and readers (``vsmmu``, ``viommuStatistics``, the daemon's
+    /// STATS, LIST and watchdog) go on meanwhile. A command failure the wait observes is kept for the
+    /// guest's next CMD_SYNC (``GuestQueueState``), as the SMMU's `CMDQ_CONS.ERR` would be.
     public func unsetDeviceID(streamID: StreamID) throws(EngineError) {
-        try serialised { (state: inout State) throws(EngineError) in
-            guard let device = state.vsmmu.devices[streamID] else { throw .vsmmu(.unknownStreamID(streamID)) }
-            let attached = state.viommus[device.viommu]
-            if let attached { Self.quiesce(attached.queue) }
-            let removed: S1HWPTID?
-            do throws(VSMMUError) { removed = try state.vsmmu.unsetDeviceID(streamID: streamID) } catch { throw .vsmmu(error) }
-            guard let attached else { return }
-            var firstError: BackendError?
-            let vdevice = state.viommus[device.viommu]?.vdevices.removeValue(forKey: streamID)
-            if let vdevice, let domain = state.viommus[device.viommu]?.domains.removeValue(forKey: streamID),
-               domain != .nestParent {
-                do throws(BackendError) { try attached.backend.attachDevice(vdevice, to: .nestParent) } catch { firstError = error }
+        try submitLock.withLock { (_: inout Void) throws(EngineError) in
+            let pending = try state.withLock { (state: inout State) throws(EngineError) -> (ViommuIndex, ViommuQueue?) in
+                guard let device = state.vsmmu.devices[streamID] else { throw .vsmmu(.unknownStreamID(streamID)) }
+                return (device.viommu, state.queue(device.viommu))
             }
-            if let removed, let hwpt = state.viommus[device.viommu]?.hwpts.removeValue(forKey: removed) {
-                do throws(BackendError) { try attached.backend.destroyHWPT(hwpt) } catch { firstError = firstError ?? error }
-            }
-            if let vdevice {
-                do throws(BackendError) { try attached.backend.destroyVDevice(vdevice) } catch { firstError = firstError ?? error }
-            }
-            if let firstError { throw .backend(firstError) }
+            if let queue = pending.1 { quiesce(queue, viommu: pending.0) }
+            try state.withLock { (state: inout State) throws(EngineError) in try Self.unsetDeviceID(&state, streamID: streamID) }
         }
+    }
+
+    /// UNSET_DEV_ID's bookkeeping and backend calls, once the queue executed what was queued.
+    private static func unsetDeviceID(_ state: inout State, streamID: StreamID) throws(EngineError) {
+        guard let device = state.vsmmu.devices[streamID] else { throw .vsmmu(.unknownStreamID(streamID)) }
+        let attached = state.viommus[device.viommu]
+        let removed: S1HWPTID?
+        do throws(VSMMUError) { removed = try state.vsmmu.unsetDeviceID(streamID: streamID) } catch { throw .vsmmu(error) }
+        guard let attached else { return }
+        var firstError: BackendError?
+        let vdevice = state.viommus[device.viommu]?.vdevices.removeValue(forKey: streamID)
+        if let vdevice, let domain = state.viommus[device.viommu]?.domains.removeValue(forKey: streamID),
+           domain != .nestParent {
+            do throws(BackendError) { try attached.backend.attachDevice(vdevice, to: .nestParent) } catch { firstError = error }
+        }
+        if let removed, let hwpt = state.viommus[device.viommu]?.hwpts.removeValue(forKey: removed) {
+            do throws(BackendError) { try attached.backend.destroyHWPT(hwpt) } catch { firstError = firstError ?? error }
+        }
+        if let vdevice {
+            do throws(BackendError) { try attached.backend.destroyVDevice(vdevice) } catch { firstError = firstError ?? error }
+        }
+        if let firstError { throw .backend(firstError) }
     }
 
     /// The ID registers of each attached viommu's pSMMU (``PSMMUBackend/hardwareInfo(viommu:)``), by index.
@@ -349,9 +396,17 @@ public final class VSMMUEngine: Sendable {
         }
     }
 
-    /// Blocks until `queue` executed everything pushed to it so far.
-    private static func quiesce(_ queue: ViommuQueue) {
-        _ = try? queue.sync().wait()
+    /// Blocks until `queue` executed everything pushed to it so far. The fence consumes the queue's
+    /// first failure since its previous fence, which no guest CMD_SYNC has reported yet: it is carried
+    /// to the guest's next CMD_SYNC rather than dropped.
+    private func quiesce(_ queue: ViommuQueue, viommu: ViommuIndex) {
+        do throws(SyncFailure) { try queue.sync().wait() } catch {
+            for failure in error.failures {
+                guard case .commandFailed(let command) = failure.reason else { continue }
+                queueState.carry(.init(queueError: command.queueError, viommu: viommu,
+                                       message: "\(command.command.opcode.name) on \(viommu): \(command.message)"))
+            }
+        }
     }
 
     // MARK: Data path
@@ -371,13 +426,14 @@ public final class VSMMUEngine: Sendable {
                 return QueueSnapshot(queueTable: state.queueTable, stopped: state.stopped)
             }
             let submission: Submission
+            let stallLimit = configuration.stallTimeout.map { Submission.StallLimit(timeout: $0, queueState: queueState) }
             var spare = spareSubmission
             spareSubmission = nil
             if isKnownUniquelyReferenced(&spare), let reused = spare,
-               reused.prepareForReuse(batchCount: batch.count, routed: routed, onComplete: onComplete) {
+               reused.prepareForReuse(batchCount: batch.count, routed: routed, onComplete: onComplete, stallLimit: stallLimit) {
                 submission = reused
             } else {
-                submission = Submission(batchCount: batch.count, routed: routed, onComplete: onComplete)
+                submission = Submission(batchCount: batch.count, routed: routed, onComplete: onComplete, stallLimit: stallLimit)
             }
             if state.stopped {
                 submission.finishStopped()
@@ -386,6 +442,16 @@ public final class VSMMUEngine: Sendable {
             let syncPoints = routed.syncPoints
             submission.reserve(commands: routed.deliveryCount, pushes: routed.fences.count + routed.touched.count,
                                syncs: syncPoints.count, fences: routed.fences.count)
+            // What earlier batches left (one atomic load when nothing): a failure for this batch's first
+            // CMD_SYNC, and viommus whose abandoned CMD_SYNC is pending, which every sync covers.
+            var carried: GuestQueueState.CarriedFailure?
+            var stalled: UInt64 = 0
+            if queueState.needsAttention {
+                if !syncPoints.isEmpty { carried = queueState.takeCarried() }
+                stalled = queueState.stalledViommus
+            }
+            // With a stall limit: viommus this batch gave up pushing to (their ring stayed full).
+            var refused: UInt64 = 0
             // Each viommu's commands sync point by sync point: on an idle queue executed and synced at once
             // (``ViommuQueue/executeAndSync(_:)``), else pushed with the sync's fence placed after them.
             withUnsafeTemporaryAllocation(of: Int.self, capacity: VSMMU.maximumViommus) { pushedUpTo in
@@ -396,18 +462,58 @@ public final class VSMMUEngine: Sendable {
                     var queues: [ViommuQueue] = []
                     var coveredCount = 0
                     var immediateFailure = false
+                    if let failure = carried {
+                        carried = nil
+                        submission.recordFailure(.init(index: sync.index, queueError: failure.queueError,
+                                                       origin: .backend(failure.viommu),
+                                                       message: failure.message + " (an earlier command, reported at this CMD_SYNC)"))
+                        immediateFailure = true
+                    }
                     for fence in fences {
                         guard let queue = state.queue(fence.viommu) else { continue }
                         let start = pushedUpTo[fence.viommu.index]
                         pushedUpTo[fence.viommu.index] = fence.end
-                        if Self.executeAndSync(routed, fence.viommu, from: start, to: fence.end, on: queue,
-                                               syncIndex: sync.index, recording: submission, failed: &immediateFailure) {
-                            continue
+                        if let limit = stallLimit {
+                            let bit: UInt64 = 1 << UInt64(fence.viommu.index)
+                            guard refused & bit == 0 else { continue }
+                            if !Self.pushWithinStallLimit(routed, fence.viommu, from: start, to: fence.end, into: queue,
+                                                          recording: submission, timeout: limit.timeout) {
+                                // Nothing more goes to it in this batch; the sync still covers what it
+                                // queued (the slot kept for the marker), and is abandoned with it.
+                                refused |= bit
+                                guard Self.room(in: queue) >= 1 else { continue }
+                            }
+                        } else {
+                            if Self.executeAndSync(routed, fence.viommu, from: start, to: fence.end, on: queue,
+                                                   syncIndex: sync.index, recording: submission, failed: &immediateFailure) {
+                                continue
+                            }
+                            Self.push(routed, fence.viommu, from: start, to: fence.end, into: queue, recording: submission)
                         }
-                        Self.push(routed, fence.viommu, from: start, to: fence.end, into: queue, recording: submission)
                         if queues.isEmpty { queues.reserveCapacity(fences.count) }
                         queues.append(queue)
                         covered.initializeElement(at: coveredCount, to: fence.viommu)
+                        coveredCount += 1
+                    }
+                    // A CMD_SYNC that covers no viommu of its own is how a guest retries an abandoned
+                    // one (CERROR_ABT leaves CONS at it: __arm_smmu_cmdq_skip_err "retrying command
+                    // fetch"): it covers the stalled viommus, so it cannot succeed before what is queued
+                    // on them. A viommu this batch stopped pushing to stays covered for the batch.
+                    var uncovered = (fences.isEmpty ? stalled : 0) | refused
+                    while uncovered != 0 {
+                        let i = uncovered.trailingZeroBitCount
+                        uncovered &= uncovered - 1
+                        let viommu = ViommuIndex(i)
+                        guard let queue = state.queue(viommu),
+                              !UnsafeBufferPointer(rebasing: covered[..<coveredCount]).contains(viommu) else { continue }
+                        guard Self.waitForRoom(in: queue, atLeast: 1, timeout: stallLimit?.timeout ?? .zero) >= 1 else {
+                            // Not even a marker fits: the queue is as stalled as it was.
+                            submission.recordFailure(Self.stalledFailure(at: sync.index, on: viommu, timeout: stallLimit?.timeout))
+                            immediateFailure = true
+                            continue
+                        }
+                        queues.append(queue)
+                        covered.initializeElement(at: coveredCount, to: viommu)
                         coveredCount += 1
                     }
                     submission.addSync(index: sync.index, command: sync.command,
@@ -417,7 +523,14 @@ public final class VSMMUEngine: Sendable {
                 for viommu in routed.touched {
                     let end = routed.count(for: viommu)
                     guard end > pushedUpTo[viommu.index], let queue = state.queue(viommu) else { continue }
-                    Self.push(routed, viommu, from: pushedUpTo[viommu.index], to: end, into: queue, recording: submission)
+                    if let limit = stallLimit {
+                        let bit: UInt64 = 1 << UInt64(viommu.index)
+                        guard refused & bit == 0 else { continue }
+                        _ = Self.pushWithinStallLimit(routed, viommu, from: pushedUpTo[viommu.index], to: end, into: queue,
+                                                      recording: submission, timeout: limit.timeout)
+                    } else {
+                        Self.push(routed, viommu, from: pushedUpTo[viommu.index], to: end, into: queue, recording: submission)
+                    }
                 }
             }
             }
@@ -484,6 +597,68 @@ public final class VSMMUEngine: Sendable {
                                       guestIndices: UnsafeBufferPointer(rebasing: indices[start..<end]))
             }
         }
+    }
+
+    /// Free ring slots of `queue`. Only this engine pushes to its queues, under its submit lock, so
+    /// while it holds that lock the room can only grow.
+    private static func room(in queue: ViommuQueue) -> Int {
+        queue.ring.capacity - Int(truncatingIfNeeded: queue.claimedPosition &- queue.consumedPosition)
+    }
+
+    /// With a stall limit: pushes `viommu`'s commands `start..<end` in pieces that fit the ring, each
+    /// leaving a slot for the marker of the fence that follows, so that no push or fence placement
+    /// ever blocks on a full ring. While the ring is full it waits for room as long as the queue keeps
+    /// consuming; once it consumed nothing for `timeout` it gives up and records CERROR_ABT at the
+    /// guest index of the first command not pushed (CONS stops there; the guest retries from it). A
+    /// stalled backend thereby holds back only the producers of its own viommu, for at most the limit
+    /// per INVALIDATE, and no memory grows: the ring is fixed.
+    /// - Returns: whether every command was pushed.
+    private static func pushWithinStallLimit(_ routed: RoutedBatch, _ viommu: ViommuIndex, from start: Int, to end: Int,
+                                             into queue: ViommuQueue, recording submission: Submission,
+                                             timeout: Duration) -> Bool {
+        var offset = start
+        while offset < end {
+            let room = waitForRoom(in: queue, atLeast: 2, timeout: timeout) - 1
+            guard room > 0 else {
+                let index = routed.withGuestIndices(for: viommu) { Int($0[offset]) }
+                submission.recordFailure(stalledFailure(at: index, on: viommu, timeout: timeout))
+                return false
+            }
+            let next = min(end, offset + room)
+            push(routed, viommu, from: offset, to: next, into: queue, recording: submission)
+            offset = next
+        }
+        return true
+    }
+
+    /// The room in `queue` once it has at least `slots` free slots, or what it has when it consumed
+    /// nothing for `timeout`.
+    private static func waitForRoom(in queue: ViommuQueue, atLeast slots: Int, timeout: Duration) -> Int {
+        var room = room(in: queue)
+        if room >= slots { return room }
+        var consumed = queue.consumedPosition
+        var deadline = ContinuousClock.now + timeout
+        var polls = 0
+        while room < slots {
+            polls += 1
+            if polls < 64 { sched_yield() } else { usleep(100) }
+            room = Self.room(in: queue)
+            let now = queue.consumedPosition
+            if now != consumed {
+                consumed = now
+                deadline = ContinuousClock.now + timeout
+            } else if ContinuousClock.now >= deadline {
+                break
+            }
+        }
+        return room
+    }
+
+    /// The CERROR_ABT of a command the engine did not queue because `viommu`'s ring stayed full.
+    private static func stalledFailure(at index: Int, on viommu: ViommuIndex, timeout: Duration?) -> SubmissionResult.Failure {
+        .init(index: index, queueError: .abort, origin: .backend(viommu),
+              message: "\(viommu)'s pSMMU is stalled: its ring is full and consumed nothing for \(timeout ?? .zero) "
+                  + "(stall limit); this command and the rest of the batch for \(viommu) were not queued")
     }
 
     /// Stops every queue: what was pushed is executed, pending syncs complete; later submissions fail.

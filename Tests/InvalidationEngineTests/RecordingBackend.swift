@@ -25,6 +25,8 @@ final class RecordingBackend: PSMMUBackend {
     let failing = Locked<(@Sendable (Command) -> Bool)?>(nil)
     /// Refuse the next allocation of this kind.
     let refuseNext = Locked<Set<String>>([])
+    /// Holds `invalidate` calls while closed (a stalled pSMMU, on demand).
+    let gate = InvalidationGate()
 
     init(name: String) { self.name = name }
 
@@ -116,6 +118,7 @@ final class RecordingBackend: PSMMUBackend {
     }
 
     func invalidate(viommu: ViommuHandle, commands: UnsafeBufferPointer<Command>) -> InvalidationResult {
+        gate.pass(viommu)
         let failing = self.failing.withLock { $0 }
         return record.withLock { r in
             r.calls += 1
