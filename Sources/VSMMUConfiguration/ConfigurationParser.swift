@@ -14,7 +14,7 @@ enum ConfigurationParser {
         static let access = ["allowed_uids", "allowed_gids"]
         static let limits = ["max_frame_size", "max_commands_per_invalidate", "max_vsmmus_per_connection",
                              "max_context_descriptors"]
-        static let queue = ["ring_capacity"]
+        static let queue = ["ring_capacity", "stall_timeout_ms"]
         static let psmmu = ["name", "backend"] + simulatedOnly
         /// Keys only a simulated pSMMU may have.
         static let simulatedOnly = ["first_host_device", "devices", "first_stream_id", "event_queue_depth", "idr",
@@ -97,6 +97,9 @@ enum ConfigurationParser {
                     throw queue.error("ring_capacity", "\(capacity) is not a power of two (e.g. 1024, 4096, 16384)")
                 }
                 configuration.ringCapacity = capacity
+            }
+            if let stall = try queue.integer("stall_timeout_ms", in: DaemonConfiguration.stallTimeoutRange) {
+                configuration.stallTimeoutMilliseconds = stall
             }
         }
         if let sections = try root.arrayOfTables("psmmu") {

@@ -30,6 +30,10 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// `[queue] ring_capacity` (default 4096): slots of each viommu's command ring, a power of two in
     /// ``ringCapacityRange``.
     public var ringCapacity: Int
+    /// `[queue] stall_timeout_ms` (default 0: no limit, range ``stallTimeoutRange``): how long a CMD_SYNC
+    /// waits on a viommu whose backend consumes nothing before INVALIDATE answers it with CERROR_ABT
+    /// (the engine's ``VSMMUEngine/Configuration/stallTimeout``; PROTOCOL.md, INVALIDATE).
+    public var stallTimeoutMilliseconds: Int = DaemonConfiguration.defaultStallTimeoutMilliseconds
     /// `[[psmmu]]`: the pSMMUs offered to VMMs, in the file's order; when the file has none, the
     /// embedded default's (``PSMMUDefinition/embeddedDefault``).
     public var pSMMUs: [PSMMUDefinition]
@@ -49,6 +53,10 @@ public struct DaemonConfiguration: Sendable, Equatable {
     }
 
     public static let defaultRingCapacity = 4096
+    /// No stall limit unless configured.
+    public static let defaultStallTimeoutMilliseconds = 0
+    /// Accepted `stall_timeout_ms` values: 0 (no limit) up to an hour.
+    public static let stallTimeoutRange = 0...3_600_000
     public static let defaultRequestPollMicroseconds = 30
     /// Accepted `request_poll_us` values.
     public static let requestPollRange = 0...1000
@@ -83,7 +91,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
 
     /// What a SIGHUP reload from `self` to `new` can apply live (log level, access list, limits) and the
     /// names of the settings that changed but need a restart (`"daemon.request_poll_us"`, `"socket.path"`,
-    /// `"socket.mode"`, `"socket.group"`, `"queue.ring_capacity"`, `"psmmu"`).
+    /// `"socket.mode"`, `"socket.group"`, `"queue.ring_capacity"`, `"queue.stall_timeout_ms"`, `"psmmu"`).
     public func reloadPlan(to new: DaemonConfiguration) -> ReloadPlan {
         var plan = ReloadPlan()
         if logLevel != new.logLevel { plan.applied.append("daemon.log_level") }
@@ -94,6 +102,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
         if socket.mode != new.socket.mode { plan.needsRestart.append("socket.mode") }
         if socket.group != new.socket.group { plan.needsRestart.append("socket.group") }
         if ringCapacity != new.ringCapacity { plan.needsRestart.append("queue.ring_capacity") }
+        if stallTimeoutMilliseconds != new.stallTimeoutMilliseconds { plan.needsRestart.append("queue.stall_timeout_ms") }
         if pSMMUs != new.pSMMUs { plan.needsRestart.append("psmmu") }
         return plan
     }

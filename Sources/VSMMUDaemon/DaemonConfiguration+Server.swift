@@ -38,6 +38,7 @@ extension VSMMUServer.Configuration {
         var engine = VSMMUEngine.Configuration()
         let requestPolling = Duration.microseconds(daemon.requestPollMicroseconds)
         engine.queue.capacity = daemon.ringCapacity
+        if daemon.stallTimeoutMilliseconds > 0 { engine.stallTimeout = .milliseconds(daemon.stallTimeoutMilliseconds) }
         self.init(socketPath: socketPath, pSMMUs: daemon.pSMMUs.map(PSMMUProvider.init), limits: daemon.limits,
                   engine: engine, inheritedListener: inheritedListener, socketMode: daemon.socket.mode,
                   socketGroupID: groupID, access: daemon.access, requestPolling: requestPolling)
