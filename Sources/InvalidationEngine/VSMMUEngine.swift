@@ -28,6 +28,22 @@ import VirtualSMMU
 /// a CMD_SYNC round trip free of thread hand-offs, and readers (``vsmmu``, ``viommuStatistics``, the
 /// daemon's STATS and watchdog) must not wait behind that. Completion callbacks may run on the submitting
 /// thread while the submit lock is held: they must not call back into the engine.
+///
+/// No thread ever waits for a queue while holding the state lock. A control operation that must wait
+/// for a viommu's queue (UNSET_DEV_ID waits until what was queued executed; a detach stops the queue,
+/// which drains it) does so under the submit lock only, then takes the state lock for its bookkeeping
+/// and backend calls. The submit lock alone is enough to keep the engine's invariant — every change
+/// of the vSMMU and its backends is made by one thread at a time, in order with the submissions —
+/// because every mutator holds it; the state lock only keeps readers from seeing a change half made.
+/// So a stalled pSMMU holds back this vSMMU's own submissions and control operations (which must come
+/// after the wait anyway) and nothing else: ``vsmmu``, ``viommuStatistics``, STATS, LIST, liveness and
+/// the accept loop's watchdog ping go on.
+///
+/// A command failure that a control operation's wait consumed, or that arrived after the stall limit
+/// abandoned the CMD_SYNC covering it, is kept (``GuestQueueState``) and reported at the guest's next
+/// CMD_SYNC, as the SMMU's `CMDQ_CONS.ERR` would be. With a stall limit
+/// (``Configuration/stallTimeout``), a CMD_SYNC whose queues consume nothing for the limit fails with
+/// CERROR_ABT and its commands stay queued, in order.
 public final class VSMMUEngine: Sendable {
     /// How the engine builds its queues.
     public struct Configuration: Hashable, Sendable {
