@@ -555,9 +555,6 @@ final class GuestQueueState: Sendable {
         }
     }
 
-    /// The carried failure, left in place.
-    var carried: CarriedFailure? { contents.withLock { $0.carried } }
-
     /// An abandoned fence covering `viommu` is pending.
     func stall(_ viommu: ViommuIndex) {
         contents.withLock { c in
