@@ -29,7 +29,7 @@ import Glibc
 /// ## State and ownership
 /// The server owns the pSMMU backends (``PSMMUProvider``; by default two simulated pSMMUs, `smmu0` with
 /// host devices 0…63 and `smmu1` with 64…127) and the vSMMUs, each owned by the connection that created
-/// it. Another connection naming it gets `NOT_OWNER`. When a connection ends — orderly, mid-frame, or
+/// it. Another connection naming it gets `UNKNOWN_VSMMU`, exactly as for an id that never existed. When a connection ends — orderly, mid-frame, or
 /// because its peer died — its vSMMUs are torn down as DESTROY_VSMMU would (queued commands executed,
 /// devices unregistered, viommus detached, engine stopped); nothing else is touched.
 ///
@@ -136,7 +136,6 @@ public final class VSMMUServer: Sendable {
         var finishedThreads: [OSThread] = []
         var nextConnectionID: UInt64 = 1
         var vsmmus: [VSMMUID: ServedVSMMU] = [:]
-        var nextVSMMUID: UInt32 = 1
         var stopping = false
         var started = false
         /// The write end of the pipe that wakes the accept thread's poll at stop.
