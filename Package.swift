@@ -159,7 +159,7 @@ let package = Package(
         ),
         .testTarget(
             name: "VSMMUDaemonTests",
-            dependencies: ["VSMMUDaemon", "VSMMUClient", "VSMMUProtocol", "SMMUv3", "PSMMU", "VSMMUTestSupport",
+            dependencies: ["VSMMUDaemon", "VSMMUConfiguration", "VSMMUClient", "VSMMUProtocol", "SMMUv3", "PSMMU", "VSMMUTestSupport",
                            "IOMMUFD", "IOMMUFDSimulation", .product(name: "SystemPackage", package: "swift-system")]
         ),
         .testTarget(name: "VSMMUConfigurationTests", dependencies: ["VSMMUConfiguration", "PSMMU", "VSMMUProtocol", "SMMUv3"]),

@@ -13,7 +13,8 @@ enum ConfigurationParser {
         static let socket = ["path", "mode", "group"]
         static let access = ["allowed_uids", "allowed_gids"]
         static let limits = ["max_frame_size", "max_commands_per_invalidate", "max_vsmmus_per_connection",
-                             "max_context_descriptors"]
+                             "max_context_descriptors", "max_connections", "max_connections_per_uid",
+                             "hello_timeout_ms"]
         static let queue = ["ring_capacity", "stall_timeout_ms"]
         static let psmmu = ["name", "backend"] + simulatedOnly
         /// Keys only a simulated pSMMU may have.
@@ -89,6 +90,7 @@ enum ConfigurationParser {
         }
         if let limits = try root.table("limits") {
             configuration.limits = try serverLimits(limits)
+            configuration.connectionLimits = try connectionLimits(limits)
         }
         if let queue = try root.table("queue") {
             try queue.refuseUnknownKeys(allowed: Keys.queue)
@@ -196,6 +198,22 @@ enum ConfigurationParser {
                             maximumCommandsPerInvalidate: commands.map { UInt32($0) },
                             maximumVSMMUs: vsmmus.map { UInt32($0) } ?? ServerLimits().maximumVSMMUs,
                             maximumContextDescriptors: descriptors.map { UInt32($0) })
+    }
+
+    static func connectionLimits(_ limits: TableReader) throws(ConfigurationError) -> ConnectionLimits {
+        var result = ConnectionLimits()
+        if let n = try limits.integer("max_connections", in: ConnectionLimits.connectionsRange) { result.maximumConnections = n }
+        if let n = try limits.integer("max_connections_per_uid", in: ConnectionLimits.connectionsRange) {
+            result.maximumConnectionsPerUser = n
+        }
+        if result.maximumConnectionsPerUser > result.maximumConnections {
+            throw limits.error("max_connections_per_uid",
+                               "\(result.maximumConnectionsPerUser) connections per uid exceed max_connections = \(result.maximumConnections)")
+        }
+        if let ms = try limits.integer("hello_timeout_ms", in: ConnectionLimits.helloTimeoutRange) {
+            result.helloTimeoutMilliseconds = ms
+        }
+        return result
     }
 
     // MARK: - [[psmmu]]

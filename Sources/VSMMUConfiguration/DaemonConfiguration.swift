@@ -27,6 +27,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var access: AccessList
     /// `[limits]`: what HELLO_REPLY announces and the daemon enforces (`max_viommus` is the protocol's 64).
     public var limits: ServerLimits
+    /// `[limits]`' connection bounds: how many connections, per uid, and the HELLO deadline.
+    public var connectionLimits = ConnectionLimits()
     /// `[queue] ring_capacity` (default 4096): slots of each viommu's command ring, a power of two in
     /// ``ringCapacityRange``.
     public var ringCapacity: Int
@@ -96,7 +98,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
         var plan = ReloadPlan()
         if logLevel != new.logLevel { plan.applied.append("daemon.log_level") }
         if access != new.access { plan.applied.append("access") }
-        if limits != new.limits { plan.applied.append("limits") }
+        if limits != new.limits || connectionLimits != new.connectionLimits { plan.applied.append("limits") }
         if requestPollMicroseconds != new.requestPollMicroseconds { plan.needsRestart.append("daemon.request_poll_us") }
         if socket.path != new.socket.path { plan.needsRestart.append("socket.path") }
         if socket.mode != new.socket.mode { plan.needsRestart.append("socket.mode") }
@@ -114,6 +116,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
         running.logLevel = new.logLevel
         running.access = new.access
         running.limits = new.limits
+        running.connectionLimits = new.connectionLimits
         return running
     }
 }

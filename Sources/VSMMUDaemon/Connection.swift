@@ -31,6 +31,11 @@ struct Connection {
     private var replyBuffer: [UInt8] = []
     /// How long to poll for the next request before sleeping.
     private var poller: RequestPoller
+    /// When the connection must have completed HELLO (monotonic ns; ``ConnectionLimits``).
+    private let helloDeadline: UInt64
+    private let helloTimeoutMilliseconds: Int
+    /// Whether SO_RCVTIMEO is armed for the HELLO deadline.
+    private var receiveTimeoutArmed = false
 
     init(id: UInt64, fd: Int32, credentials: PeerCredentials?, server: VSMMUServer) {
         self.id = id
@@ -42,6 +47,43 @@ struct Connection {
         logger = server.logger
         logger[metadataKey: "connection"] = "\(id)"
         poller = RequestPoller(maximum: server.configuration.requestPolling)
+        helloTimeoutMilliseconds = server.connectionLimits.helloTimeoutMilliseconds
+        helloDeadline = POSIX.monotonicNanoseconds() &+ UInt64(helloTimeoutMilliseconds) * 1_000_000
+    }
+
+    /// Before HELLO, bounds the next blocking receive by what is left of the HELLO deadline
+    /// (SO_RCVTIMEO); after it, lifts the bound once. Returns `false` when the deadline has passed.
+    private mutating func armHelloDeadline() -> Bool {
+        if handshakeCompleted {
+            if receiveTimeoutArmed {
+                var none = timeval(tv_sec: 0, tv_usec: 0)
+                if setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, socklen_t(MemoryLayout<timeval>.size)) != 0 {
+                    logger.warning("cannot lift the HELLO receive timeout", metadata: ["errno": "\(errno)"])
+                }
+                receiveTimeoutArmed = false
+            }
+            return true
+        }
+        let now = POSIX.monotonicNanoseconds()
+        guard now < helloDeadline else { return false }
+        let left = helloDeadline - now
+        var timeout = timeval(tv_sec: Int(left / 1_000_000_000), tv_usec: max(1, Int(left % 1_000_000_000) / 1000))
+        guard setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size)) == 0 else {
+            logger.warning("cannot arm the HELLO receive timeout", metadata: ["errno": "\(errno)"])
+            return true
+        }
+        receiveTimeoutArmed = true
+        return true
+    }
+
+    /// The HELLO deadline passed: answer LIMIT_EXCEEDED and end the connection (PROTOCOL.md §3.4).
+    private func refuseLateHello() {
+        server.protocolErrors.add(1, ordering: .relaxed)
+        let error = ProtocolError.limitExceeded(limit: helloTimeoutMilliseconds, asked: UInt64(helloTimeoutMilliseconds),
+                                                type: .hello,
+                                                "no HELLO within \(helloTimeoutMilliseconds) ms of connecting: closing")
+        logger.info("closing a connection that did not complete HELLO in time")
+        try? POSIX.sendAll(fd, error.replyFrame(requestID: 0))
     }
 
     /// Receives the next bytes (and fds) from the peer: polls for them first while the adaptive window
@@ -97,6 +139,10 @@ struct Connection {
                 server.pollingSlots.endServing()
                 serving = false
             }
+            guard armHelloDeadline() else {
+                refuseLateHello()
+                return
+            }
             var fdCount: Int32 = 0
             var truncatedControl: Int32 = 0
             let received = buffer.withUnsafeMutableBytes { raw in
@@ -113,6 +159,10 @@ struct Connection {
                 }
             }
             if truncatedControl != 0 { logger.warning("control data truncated: file descriptors lost") }
+            if received < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && !handshakeCompleted {
+                refuseLateHello()
+                return
+            }
             if received < 0 {
                 if !server.isStopping { logger.info("read failed", metadata: ["errno": "\(errno)"]) }
                 return

@@ -42,5 +42,6 @@ extension VSMMUServer.Configuration {
         self.init(socketPath: socketPath, pSMMUs: daemon.pSMMUs.map(PSMMUProvider.init), limits: daemon.limits,
                   engine: engine, inheritedListener: inheritedListener, socketMode: daemon.socket.mode,
                   socketGroupID: groupID, access: daemon.access, requestPolling: requestPolling)
+        connectionLimits = daemon.connectionLimits
     }
 }

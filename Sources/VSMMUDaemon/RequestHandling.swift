@@ -44,8 +44,7 @@ extension VSMMUServer {
                     throw .limitExceeded(limit: limit, asked: UInt64(owned + 1), type: type,
                                          "a connection owns at most \(limit) vSMMUs")
                 }
-                let id = VSMMUID(s.nextVSMMUID)
-                s.nextVSMMUID += 1
+                let id = Self.unusedRandomID(among: s.vsmmus)
                 let served = ServedVSMMU(id: id, name: create.name, owner: connection.id,
                                          ownerCredentials: connection.credentials,
                                          engine: VSMMUEngine(configuration: configuration.engine))
@@ -240,11 +239,27 @@ extension VSMMUServer {
     }
 
     /// The vSMMU `id` if `connection` owns it.
-    /// - Throws: `UNKNOWN_VSMMU`, `NOT_OWNER`.
+    ///
+    /// Another connection's vSMMU gets exactly the answer of an id that never existed (`UNKNOWN_VSMMU`,
+    /// same detail, value and message shape): a tenant cannot learn which ids are live. Ids are random
+    /// (``unusedRandomID(among:)``), so none can be guessed or counted either (PROTOCOL.md §3.3).
+    /// - Throws: `UNKNOWN_VSMMU`.
     func owned(_ id: VSMMUID, by connection: Connection, type: MessageType) throws(ProtocolError) -> ServedVSMMU {
-        guard let served = state.withLock({ $0.vsmmus[id] }) else { throw .unknownVSMMU(id, type: type) }
-        guard served.owner == connection.id else { throw .notOwner(id, type: type) }
+        guard let served = state.withLock({ $0.vsmmus[id] }), served.owner == connection.id else {
+            throw .unknownVSMMU(id, type: type)
+        }
         return served
+    }
+
+    /// A vSMMU id no vSMMU has: a uniformly random non-zero u32 from the system's cryptographic generator
+    /// (getrandom(2) on Linux), so that ids reveal neither how many VMs the host runs nor which ids are
+    /// live. With at most a few thousand live ids among 2^32 − 1, a draw collides with probability < 10^-6.
+    static func unusedRandomID(among live: [VSMMUID: ServedVSMMU]) -> VSMMUID {
+        var generator = SystemRandomNumberGenerator()
+        while true {
+            let id = VSMMUID(UInt32.random(in: 1...UInt32.max, using: &generator))
+            if live[id] == nil { return id }
+        }
     }
 
     /// A viommu index on the wire (u32) as the engine's, if that viommu is attached.

@@ -29,7 +29,7 @@ import Glibc
 /// ## State and ownership
 /// The server owns the pSMMU backends (``PSMMUProvider``; by default two simulated pSMMUs, `smmu0` with
 /// host devices 0…63 and `smmu1` with 64…127) and the vSMMUs, each owned by the connection that created
-/// it. Another connection naming it gets `NOT_OWNER`. When a connection ends — orderly, mid-frame, or
+/// it. Another connection naming it gets `UNKNOWN_VSMMU`, exactly as for an id that never existed. When a connection ends — orderly, mid-frame, or
 /// because its peer died — its vSMMUs are torn down as DESTROY_VSMMU would (queued commands executed,
 /// devices unregistered, viommus detached, engine stopped); nothing else is touched.
 ///
@@ -81,6 +81,8 @@ public final class VSMMUServer: Sendable {
         public var requestPolling: Duration
         /// How many connection threads may poll at once (default: half the online CPUs, 0 on one CPU).
         public var requestPollingThreads: Int
+        /// Connections held at most, globally and per uid, and the HELLO deadline.
+        public var connectionLimits = ConnectionLimits()
 
         /// The daemon's default ``requestPolling`` window, in microseconds (`[daemon] request_poll_us`).
         public static let defaultRequestPollMicroseconds = 30
@@ -122,6 +124,8 @@ public final class VSMMUServer: Sendable {
     struct ConnectionRecord: Sendable {
         var fd: Int32
         var thread: OSThread?
+        /// The peer's uid (`SO_PEERCRED`), which ``Configuration/connectionLimits`` counts by.
+        var userID: UInt32?
     }
 
     struct State: Sendable {
@@ -132,7 +136,6 @@ public final class VSMMUServer: Sendable {
         var finishedThreads: [OSThread] = []
         var nextConnectionID: UInt64 = 1
         var vsmmus: [VSMMUID: ServedVSMMU] = [:]
-        var nextVSMMUID: UInt32 = 1
         var stopping = false
         var started = false
         /// The write end of the pipe that wakes the accept thread's poll at stop.
@@ -140,6 +143,10 @@ public final class VSMMUServer: Sendable {
         var heartbeat: (@Sendable (VSMMUServer) -> Void)?
         var access: AccessList = .open
         var limits = ServerLimits()
+        var connectionLimits = ConnectionLimits()
+        /// The socket file's identity when this server bound it: ``stop()`` removes the path only while it
+        /// is still that file (another daemon may have bound the path since).
+        var boundSocket: (device: UInt64, inode: UInt64)?
         /// Backend progress seen per viommu at the last liveness check, and since when it is stuck.
         var progress: [ViommuKey: ProgressMark] = [:]
     }
@@ -165,7 +172,11 @@ public final class VSMMUServer: Sendable {
         self.configuration = configuration
         self.logger = logger
         pollingSlots = RequestPollingSlots(capacity: max(0, configuration.requestPollingThreads))
-        state.withLock { $0.access = configuration.access; $0.limits = configuration.limits }
+        state.withLock {
+            $0.access = configuration.access
+            $0.limits = configuration.limits
+            $0.connectionLimits = configuration.connectionLimits
+        }
         var providers: [String: PSMMUProvider] = [:]
         for provider in configuration.pSMMUs where providers[provider.name] == nil { providers[provider.name] = provider }
         self.providers = providers
@@ -194,6 +205,10 @@ public final class VSMMUServer: Sendable {
                 close(fd)
                 unlink(path)
                 throw error
+            }
+            var bound = stat()
+            if lstat(path, &bound) == 0 {
+                state.withLock { $0.boundSocket = (UInt64(bound.st_dev), UInt64(bound.st_ino)) }
             }
         }
         // The accept loop polls; accept itself must never block (a connection that went away between
@@ -293,8 +308,31 @@ public final class VSMMUServer: Sendable {
         }
         let threads = state.withLock { s -> [OSThread] in defer { s.finishedThreads = [] }; return s.finishedThreads }
         for thread in threads { thread.join() }
-        if configuration.inheritedListener == nil { unlink(configuration.socketPath) }
+        if configuration.inheritedListener == nil { removeSocketFileIfStillOurs() }
         logger.info("stopped", metadata: ["socket": "\(configuration.socketPath)"])
+    }
+
+    /// Removes the socket path if it is still the file this server bound (same device and inode): a
+    /// daemon that bound the path since keeps its socket.
+    private func removeSocketFileIfStillOurs() {
+        let path = configuration.socketPath
+        guard let bound = state.withLock({ $0.boundSocket }) else { return }
+        var now = stat()
+        guard lstat(path, &now) == 0 else { return }
+        guard UInt64(now.st_dev) == bound.device, UInt64(now.st_ino) == bound.inode else {
+            logger.notice("socket path now belongs to another listener: left in place", metadata: ["socket": "\(path)"])
+            return
+        }
+        unlink(path)
+    }
+
+    /// Connection limits in force for connections accepted from now on.
+    public var connectionLimits: ConnectionLimits { state.withLock { $0.connectionLimits } }
+
+    /// Replaces the connection limits for connections accepted from now on (held ones stay).
+    public func reload(connectionLimits: ConnectionLimits) {
+        state.withLock { $0.connectionLimits = connectionLimits }
+        logger.notice("connection limits reloaded", metadata: ["limits": "\(connectionLimits)"])
     }
 
     /// Whether ``stop()`` was called.
@@ -322,6 +360,10 @@ public final class VSMMUServer: Sendable {
     // MARK: Accepting
 
     private func acceptLoop(_ listenFD: Int32, wake wakeFD: Int32) {
+        // One fd held in reserve: out of fds (EMFILE), the loop frees it to accept the waiting connection
+        // and refuse it at once, rather than leaving the backlog full of connections nobody answers.
+        var reserveFD = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        defer { if reserveFD >= 0 { close(reserveFD) } }
         let interval = max(1, Int(configuration.heartbeatInterval.nanosecondsClamped / 1_000_000))
         var lastBeat = POSIX.monotonicNanoseconds()
         while true {
@@ -342,6 +384,17 @@ public final class VSMMUServer: Sendable {
             let fd = accept(listenFD, nil, nil)
             if fd < 0 {
                 if errno == EINTR || errno == ECONNABORTED || errno == EAGAIN || errno == EWOULDBLOCK { continue }
+                if (errno == EMFILE || errno == ENFILE) && reserveFD >= 0 {
+                    close(reserveFD)
+                    let waiting = accept(listenFD, nil, nil)
+                    if waiting >= 0 {
+                        refuseAtAccept(waiting, .limitExceeded(limit: 0, asked: 1, type: MessageType(rawValue: 0),
+                                                               "the daemon is out of file descriptors: try again later"))
+                    }
+                    logger.error("out of file descriptors: refused a connection", metadata: ["errno": "\(errno)"])
+                    reserveFD = open("/dev/null", O_RDONLY | O_CLOEXEC)
+                    continue
+                }
                 if errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM {
                     // Out of fds or memory: back off rather than spin, keep serving the connections we have.
                     logger.error("accept failed, retrying", metadata: ["errno": "\(errno)"])
@@ -358,14 +411,39 @@ public final class VSMMUServer: Sendable {
             }
             let credentials = POSIX.peerCredentials(fd)
             guard admits(fd, credentials: credentials) else { continue }
-            let id: UInt64? = state.withLock { s -> UInt64? in
-                guard !s.stopping else { return nil }
+            let userID = credentials?.userID
+            enum Admission { case admitted(UInt64), stopping, refused(ProtocolError) }
+            let admission = state.withLock { s -> Admission in
+                guard !s.stopping else { return .stopping }
+                let limits = s.connectionLimits
+                guard s.connections.count < limits.maximumConnections else {
+                    return .refused(.limitExceeded(limit: limits.maximumConnections, asked: UInt64(s.connections.count + 1),
+                                                   type: MessageType(rawValue: 0),
+                                                   "the daemon holds its maximum of \(limits.maximumConnections) connections"))
+                }
+                let mine = s.connections.values.lazy.filter { $0.userID == userID }.count
+                guard mine < limits.maximumConnectionsPerUser else {
+                    return .refused(.limitExceeded(limit: limits.maximumConnectionsPerUser, asked: UInt64(mine + 1),
+                                                   type: MessageType(rawValue: 0),
+                                                   "uid \(userID.map { "\($0)" } ?? "?") holds its maximum of \(limits.maximumConnectionsPerUser) connections"))
+                }
                 let id = s.nextConnectionID
                 s.nextConnectionID += 1
-                s.connections[id] = ConnectionRecord(fd: fd, thread: nil)
-                return id
+                s.connections[id] = ConnectionRecord(fd: fd, thread: nil, userID: userID)
+                return .admitted(id)
             }
-            guard let id else { close(fd); return }
+            let id: UInt64
+            switch admission {
+            case .stopping: close(fd); return
+            case .refused(let error):
+                refusalsTotal.add(1, ordering: .relaxed)
+                logger.warning("connection refused: over a connection limit", metadata: [
+                    "uid": "\(userID.map { "\($0)" } ?? "?")", "error": "\(error)",
+                ])
+                refuseAtAccept(fd, error)
+                continue
+            case .admitted(let admitted): id = admitted
+            }
             connectionsTotal.add(1, ordering: .relaxed)
             logger.info("connection accepted", metadata: [
                 "connection": "\(id)", "pid": "\(credentials.map { "\($0.processID)" } ?? "?")",
@@ -386,6 +464,15 @@ public final class VSMMUServer: Sendable {
                 close(fd)
             }
         }
+    }
+
+    /// Answers a connection the accept loop will not serve with `error` and closes it, without blocking
+    /// the loop: the frame is small and the socket's buffer empty, and a send that would block is dropped.
+    private func refuseAtAccept(_ fd: Int32, _ error: ProtocolError) {
+        _ = fcntl(fd, F_SETFL, O_NONBLOCK)
+        let frame = error.replyFrame(requestID: 0)
+        _ = frame.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        close(fd)
     }
 
     /// A connection's thread ends: tear down its vSMMUs, forget it, close its socket.

@@ -38,14 +38,19 @@ import Glibc
         var bytes: [UInt8] = []
         try Request.hello(Hello(processID: 1, clientName: "pipelined")).encode(requestID: 1, into: &bytes)
         try Request.createVSMMU(CreateVSMMU(name: "a")).encode(requestID: 2, into: &bytes)
-        try Request.attachViommu(AttachViommu(vsmmu: VSMMUID(1), pSMMU: "smmu0", hostDeviceID: 0, nestParentHWPT: 0))
-            .encode(requestID: 3, into: &bytes)
-        try Request.setDeviceID(DeviceRegistration(vsmmu: VSMMUID(1), viommu: 0, hostDeviceID: 0, streamID: 0x8))
-            .encode(requestID: 4, into: &bytes)
-        try Request.invalidate(Invalidate(vsmmu: VSMMUID(1), commands: [.atcInv(streamID: 0x8), .sync()])).encode(requestID: 5, into: &bytes)
         try client.sendBytes(bytes)
-        var replies: [(UInt64, Response)] = []
-        for _ in 1...5 { replies.append(try client.receive()) }
+        var replies: [(UInt64, Response)] = [try client.receive(), try client.receive()]
+        // vSMMU ids are random: the rest of the pipeline names the one CREATE_VSMMU answered.
+        guard case .createVSMMU(let created) = replies[1].1 else { Issue.record("CREATE_VSMMU refused"); return }
+        let vsmmu = created.vsmmu
+        bytes = []
+        try Request.attachViommu(AttachViommu(vsmmu: vsmmu, pSMMU: "smmu0", hostDeviceID: 0, nestParentHWPT: 0))
+            .encode(requestID: 3, into: &bytes)
+        try Request.setDeviceID(DeviceRegistration(vsmmu: vsmmu, viommu: 0, hostDeviceID: 0, streamID: 0x8))
+            .encode(requestID: 4, into: &bytes)
+        try Request.invalidate(Invalidate(vsmmu: vsmmu, commands: [.atcInv(streamID: 0x8), .sync()])).encode(requestID: 5, into: &bytes)
+        try client.sendBytes(bytes)
+        for _ in 3...5 { replies.append(try client.receive()) }
         #expect(replies.map(\.0) == [1, 2, 3, 4, 5])
         #expect(replies.allSatisfy { if case .error = $0.1 { false } else { true } })
         #expect(replies[4].1 == .invalidate(InvalidateReply(consumed: 2, syncsCompleted: 1)))

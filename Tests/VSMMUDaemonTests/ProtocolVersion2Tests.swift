@@ -145,7 +145,7 @@ import Glibc
         _ = try owner.attachViommu(vsmmu: vsmmu, pSMMU: "smmuA", hostDeviceID: 0)
         let intruder = try Self.client(of: server)
         let notOwner = refusal("another connection's vSMMU") { _ = try intruder.hardwareInfo(vsmmu: vsmmu) }
-        #expect(notOwner?.code == .notOwner && notOwner?.value == UInt64(vsmmu.rawValue))
+        #expect(notOwner?.code == .unknownVSMMU && notOwner?.value == UInt64(vsmmu.rawValue))
         let unknown = refusal("no such vSMMU") { _ = try intruder.hardwareInfo(vsmmu: VSMMUID(999)) }
         #expect(unknown?.code == .unknownVSMMU && unknown?.value == 999)
     }
