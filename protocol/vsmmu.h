@@ -33,9 +33,10 @@ extern "C" {
 
 /* HELLO magic: the bytes "VSMU". */
 #define VSMMU_MAGIC 0x554D5356u
-/* The version this header describes, and the lowest one a version-2 server still speaks (version 2
- * adds GET_HW_INFO and the device's VFIO cdev on SET_DEV_ID; PROTOCOL.md §3.1). */
-#define VSMMU_PROTOCOL_VERSION 2u
+/* The version this header describes, and the lowest one a version-3 server still speaks (version 2
+ * adds GET_HW_INFO and the device's VFIO cdev on SET_DEV_ID; version 3 adds the resume token in
+ * CREATE_VSMMU's reply, RESUME_VSMMU and LIST's vSMMU flags; PROTOCOL.md §3.1). */
+#define VSMMU_PROTOCOL_VERSION 3u
 #define VSMMU_MIN_PROTOCOL_VERSION 1u
 /* No frame, in either direction, is larger (header included): 1 MiB. */
 #define VSMMU_MAX_FRAME_SIZE 1048576u
@@ -81,6 +82,7 @@ enum vsmmu_message_type {
 	VSMMU_MSG_UNLINK_STE = 0x0017,
 	VSMMU_MSG_UPDATE_CD = 0x0018,
 	VSMMU_MSG_GET_HW_INFO = 0x0019,       /* version 2 */
+	VSMMU_MSG_RESUME_VSMMU = 0x001A,      /* version 3 */
 	VSMMU_MSG_INVALIDATE = 0x0020,
 	VSMMU_MSG_STATS = 0x0040,
 	VSMMU_MSG_LIST = 0x0041,
@@ -98,6 +100,7 @@ enum vsmmu_message_type {
 	VSMMU_MSG_UNLINK_STE_REPLY = 0x8017,
 	VSMMU_MSG_UPDATE_CD_REPLY = 0x8018,
 	VSMMU_MSG_GET_HW_INFO_REPLY = 0x8019, /* version 2 */
+	VSMMU_MSG_RESUME_VSMMU_REPLY = 0x801A, /* version 3 */
 	VSMMU_MSG_INVALIDATE_REPLY = 0x8020,
 	VSMMU_MSG_STATS_REPLY = 0x8040,
 	VSMMU_MSG_LIST_REPLY = 0x8041,
@@ -199,6 +202,36 @@ struct vsmmu_create_vsmmu {
 struct vsmmu_create_vsmmu_reply {
 	uint32_t vsmmu_id;
 	uint32_t reserved;
+} VSMMU_PACKED;
+
+/* The resume token's size: 128 random bits (version 3). */
+#define VSMMU_RESUME_TOKEN_SIZE 16u
+
+/* CREATE_VSMMU's reply on a version-3 connection: the version-1 reply, then the vSMMU's resume token,
+ * the secret RESUME_VSMMU presents after a daemon restart. Keep it like a password. */
+struct vsmmu_create_vsmmu_reply_v3 {
+	uint32_t vsmmu_id;
+	uint32_t reserved;
+	uint8_t resume_token[VSMMU_RESUME_TOKEN_SIZE];
+} VSMMU_PACKED;
+
+/* RESUME_VSMMU (version 3): take over the vSMMU whose token this is (PROTOCOL.md §5.13). May carry the
+ * VMM's iommufd (VSMMU_FRAME_FD_ATTACHED). A wrong token, an id that never existed and another
+ * tenant's vSMMU all get the same UNKNOWN_VSMMU. */
+struct vsmmu_resume_vsmmu {
+	uint32_t vsmmu_id;
+	uint32_t reserved;
+	uint8_t resume_token[VSMMU_RESUME_TOKEN_SIZE];
+} VSMMU_PACKED;
+
+/* RESUME_VSMMU's reply: what the daemon holds for the vSMMU, and the request_id of the last control
+ * request it applied on it (0: none). Re-sending that request is answered again, not applied twice. */
+struct vsmmu_resume_vsmmu_reply {
+	uint32_t vsmmu_id;
+	uint32_t viommu_count;
+	uint32_t device_count;
+	uint32_t reserved;
+	uint64_t last_request_id;
 } VSMMU_PACKED;
 
 struct vsmmu_destroy_vsmmu {
@@ -425,9 +458,12 @@ struct vsmmu_list_vsmmu {
 	uint32_t device_count;
 	uint32_t hwpt_count;
 	uint32_t asid_count;
-	uint32_t reserved;
+	uint32_t flags;        /* VSMMU_LIST_VSMMU_AWAITING_OWNER (version 3; zero before) */
 	char name[VSMMU_NAME_SIZE];
 } VSMMU_PACKED;
+
+/* The daemon restarted and rebuilt the vSMMU from its journal; no connection has resumed it yet. */
+#define VSMMU_LIST_VSMMU_AWAITING_OWNER 0x1u
 
 struct vsmmu_list_viommu {
 	uint32_t vsmmu_id;
@@ -548,6 +584,17 @@ VSMMU_PIN(vsmmu_create_vsmmu, reserved, 4);
 VSMMU_PIN(vsmmu_create_vsmmu, name, 8);
 VSMMU_PIN_SIZE(vsmmu_create_vsmmu_reply, 8);
 VSMMU_PIN(vsmmu_create_vsmmu_reply, vsmmu_id, 0);
+VSMMU_PIN_SIZE(vsmmu_create_vsmmu_reply_v3, 24);
+VSMMU_PIN(vsmmu_create_vsmmu_reply_v3, resume_token, 8);
+VSMMU_PIN_SIZE(vsmmu_resume_vsmmu, 24);
+VSMMU_PIN(vsmmu_resume_vsmmu, vsmmu_id, 0);
+VSMMU_PIN(vsmmu_resume_vsmmu, reserved, 4);
+VSMMU_PIN(vsmmu_resume_vsmmu, resume_token, 8);
+VSMMU_PIN_SIZE(vsmmu_resume_vsmmu_reply, 24);
+VSMMU_PIN(vsmmu_resume_vsmmu_reply, viommu_count, 4);
+VSMMU_PIN(vsmmu_resume_vsmmu_reply, device_count, 8);
+VSMMU_PIN(vsmmu_resume_vsmmu_reply, reserved, 12);
+VSMMU_PIN(vsmmu_resume_vsmmu_reply, last_request_id, 16);
 VSMMU_PIN_SIZE(vsmmu_destroy_vsmmu, 8);
 VSMMU_PIN(vsmmu_destroy_vsmmu, vsmmu_id, 0);
 
@@ -647,7 +694,7 @@ VSMMU_PIN(vsmmu_list_vsmmu, viommu_count, 12);
 VSMMU_PIN(vsmmu_list_vsmmu, device_count, 16);
 VSMMU_PIN(vsmmu_list_vsmmu, hwpt_count, 20);
 VSMMU_PIN(vsmmu_list_vsmmu, asid_count, 24);
-VSMMU_PIN(vsmmu_list_vsmmu, reserved, 28);
+VSMMU_PIN(vsmmu_list_vsmmu, flags, 28);
 VSMMU_PIN(vsmmu_list_vsmmu, name, 32);
 VSMMU_PIN_SIZE(vsmmu_list_viommu, 80);
 VSMMU_PIN(vsmmu_list_viommu, viommu, 4);
@@ -713,6 +760,7 @@ static inline int64_t vsmmu_request_payload_length(uint16_t type, const void *pa
 	case VSMMU_MSG_UNLINK_STE: return sizeof(struct vsmmu_unlink_ste);
 	case VSMMU_MSG_UPDATE_CD: return sizeof(struct vsmmu_update_cd);
 	case VSMMU_MSG_GET_HW_INFO: return sizeof(struct vsmmu_get_hw_info);
+	case VSMMU_MSG_RESUME_VSMMU: return sizeof(struct vsmmu_resume_vsmmu);
 	case VSMMU_MSG_INVALIDATE:
 		if (payload_length < sizeof(struct vsmmu_invalidate))
 			return sizeof(struct vsmmu_invalidate);

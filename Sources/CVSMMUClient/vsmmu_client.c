@@ -176,6 +176,12 @@ static int call(struct vsmmu_client *client, uint16_t type, const void *part1, s
 		free(payload);
 		return error.code ? (int)error.code : -EPROTO;
 	}
+	/* CREATE_VSMMU's reply is 8 bytes on versions 1-2 and 24 (with the resume token) on version 3. */
+	if (type == VSMMU_MSG_CREATE_VSMMU && header.payload_length == sizeof(struct vsmmu_create_vsmmu_reply) &&
+	    reply_size == sizeof(struct vsmmu_create_vsmmu_reply_v3)) {
+		memset(reply, 0, reply_size);
+		reply_size = header.payload_length;
+	}
 	if (header.type != (type | VSMMU_MSG_REPLY) || header.payload_length < reply_size) {
 		free(payload);
 		return -EPROTO;
@@ -233,12 +239,35 @@ int vsmmu_client_hello_versions(struct vsmmu_client *client, const char *client_
 
 int vsmmu_client_create_vsmmu(struct vsmmu_client *client, const char *name, uint32_t *vsmmu_id)
 {
+	return vsmmu_client_create_vsmmu_resumable(client, name, vsmmu_id, NULL);
+}
+
+int vsmmu_client_create_vsmmu_resumable(struct vsmmu_client *client, const char *name, uint32_t *vsmmu_id,
+					uint8_t resume_token[VSMMU_RESUME_TOKEN_SIZE])
+{
 	struct vsmmu_create_vsmmu req = { 0 };
 	copy_name(req.name, name);
-	struct vsmmu_create_vsmmu_reply r;
+	struct vsmmu_create_vsmmu_reply_v3 r;
 	int rc = call(client, VSMMU_MSG_CREATE_VSMMU, &req, sizeof(req), NULL, 0, -1, &r, sizeof(r));
-	if (!rc && vsmmu_id)
+	if (rc)
+		return rc;
+	if (vsmmu_id)
 		*vsmmu_id = r.vsmmu_id;
+	if (resume_token)
+		memcpy(resume_token, r.resume_token, VSMMU_RESUME_TOKEN_SIZE);
+	return 0;
+}
+
+int vsmmu_client_resume_vsmmu(struct vsmmu_client *client, uint32_t vsmmu_id,
+			      const uint8_t resume_token[VSMMU_RESUME_TOKEN_SIZE], int iommufd,
+			      struct vsmmu_resume_vsmmu_reply *reply)
+{
+	struct vsmmu_resume_vsmmu req = { .vsmmu_id = vsmmu_id };
+	memcpy(req.resume_token, resume_token, VSMMU_RESUME_TOKEN_SIZE);
+	struct vsmmu_resume_vsmmu_reply r;
+	int rc = call(client, VSMMU_MSG_RESUME_VSMMU, &req, sizeof(req), NULL, 0, iommufd, &r, sizeof(r));
+	if (!rc && reply)
+		*reply = r;
 	return rc;
 }
 

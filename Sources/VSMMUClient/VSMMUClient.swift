@@ -49,14 +49,21 @@ public final class VSMMUClient {
     /// The connected socket.
     public let fileDescriptor: Int32
     private var decoder = FrameDecoder()
-    private var nextRequestID: UInt64 = 1
+    /// The id the next request gets. Ids stay unique over a client's whole life: a client that reconnects
+    /// after a daemon restart starts its new connection where the old one stopped
+    /// (``init(socketPath:firstRequestID:)``), so a re-sent control request is recognised (PROTOCOL.md
+    /// "Durability and restarts").
+    public private(set) var nextRequestID: UInt64
+    /// The resume token of each vSMMU this client created on a version-3 connection (or resumed).
+    public private(set) var resumeTokens: [VSMMUID: ResumeToken] = [:]
     private var readBuffer = [UInt8](repeating: 0, count: 64 * 1024)
     /// The daemon's HELLO_REPLY, after ``hello(name:versions:)``.
     public private(set) var serverHello: HelloReply?
 
     /// Connects to the daemon's socket.
     /// - Throws: ``VSMMUClientError/transport(call:errno:)``.
-    public init(socketPath: String) throws(VSMMUClientError) {
+    public init(socketPath: String, firstRequestID: UInt64 = 1) throws(VSMMUClientError) {
+        nextRequestID = max(1, firstRequestID)
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(socketPath.utf8)
@@ -156,8 +163,26 @@ public final class VSMMUClient {
     /// CREATE_VSMMU. - Returns: the new vSMMU's id.
     public func createVSMMU(name: String = "") throws(VSMMUClientError) -> VSMMUID {
         guard case .createVSMMU(let reply) = try call(.createVSMMU(CreateVSMMU(name: name))) else { throw .badReply("CREATE_VSMMU") }
+        if let token = reply.resumeToken { resumeTokens[reply.vsmmu] = token }
         return reply.vsmmu
     }
+
+    /// RESUME_VSMMU (version 3): takes over `vsmmu` after a daemon restart with its resume token (by
+    /// default the one this client got from CREATE_VSMMU or another client handed over with
+    /// ``adoptResumeToken(_:for:)``). `iommufd` hands the VMM's iommufd back (a daemon without systemd's
+    /// fd store needs it for its iommufd viommus).
+    @discardableResult
+    public func resumeVSMMU(_ vsmmu: VSMMUID, token: ResumeToken? = nil,
+                            iommufd: Int32? = nil) throws(VSMMUClientError) -> VSMMUResumed {
+        guard let token = token ?? resumeTokens[vsmmu] else { throw .badReply("no resume token for vSMMU \(vsmmu.rawValue)") }
+        let request = Request.resumeVSMMU(ResumeVSMMU(vsmmu: vsmmu, resumeToken: token, fileDescriptorAttached: iommufd != nil))
+        guard case .resumeVSMMU(let reply) = try call(request, fileDescriptor: iommufd) else { throw .badReply("RESUME_VSMMU") }
+        resumeTokens[vsmmu] = token
+        return reply
+    }
+
+    /// Remembers `token` as `vsmmu`'s (a client taking over from a previous connection's client).
+    public func adoptResumeToken(_ token: ResumeToken, for vsmmu: VSMMUID) { resumeTokens[vsmmu] = token }
 
     /// DESTROY_VSMMU.
     public func destroyVSMMU(_ vsmmu: VSMMUID) throws(VSMMUClientError) {

@@ -189,6 +189,11 @@ extension VSMMUServer {
             }
             return .getHWInfo(HardwareInfo(viommuCount: UInt32(infos.count), registers: common))
 
+        case .resumeVSMMU(let resume):
+            // A server without a journal never outlives a connection's vSMMUs: there is nothing to take
+            // over, so every token names a vSMMU that does not exist (the journaled server answers it).
+            throw .unknownVSMMU(resume.vsmmu, type: type)
+
         case .invalidate(let invalidate):
             return try invalidate.commands.withUnsafeBufferPointer { (commands) throws(ProtocolError) -> Response in
                 try self.invalidate(invalidate.vsmmu, commands: commands, connection: connection)

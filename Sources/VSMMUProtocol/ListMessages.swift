@@ -92,9 +92,17 @@ public struct VSMMUListEntry: Hashable, Sendable {
     public var hwptCount: UInt32
     public var asidCount: UInt32
     public var name: String
+    /// The daemon restarted and rebuilt this vSMMU from its journal; no connection has resumed it yet
+    /// (`VSMMU_LIST_VSMMU_AWAITING_OWNER`, version 3: the daemon sets it only in replies to version-3
+    /// connections, whose `flags` field is `reserved` (zero) in versions 1-2).
+    public var awaitingOwner: Bool
+
+    /// `flags` bit 0. The corresponding C constant is `VSMMU_LIST_VSMMU_AWAITING_OWNER`.
+    public static let awaitingOwnerFlag: UInt32 = 1
 
     public init(vsmmu: VSMMUID, ownerProcessID: UInt32, ownerUserID: UInt32, viommuCount: UInt32,
-                deviceCount: UInt32, hwptCount: UInt32, asidCount: UInt32, name: String) {
+                deviceCount: UInt32, hwptCount: UInt32, asidCount: UInt32, name: String, awaitingOwner: Bool = false) {
+        self.awaitingOwner = awaitingOwner
         self.vsmmu = vsmmu
         self.ownerProcessID = ownerProcessID
         self.ownerUserID = ownerUserID
@@ -262,9 +270,10 @@ extension ListReply: PayloadCoding {
             for _ in 0..<n {
                 let id = r.u32(), pid = r.u32(), uid = r.u32(), viommus = r.u32(), devices = r.u32(),
                     hwpts = r.u32(), asids = r.u32()
-                try r.reserved32()
+                let flags = try r.flags32(known: VSMMUListEntry.awaitingOwnerFlag)
                 entries.append(VSMMUListEntry(vsmmu: VSMMUID(id), ownerProcessID: pid, ownerUserID: uid, viommuCount: viommus,
-                                              deviceCount: devices, hwptCount: hwpts, asidCount: asids, name: try r.name()))
+                                              deviceCount: devices, hwptCount: hwpts, asidCount: asids, name: try r.name(),
+                                              awaitingOwner: flags & VSMMUListEntry.awaitingOwnerFlag != 0))
             }
             self.init(entries: .vsmmus(entries), total: total, start: start)
         case .viommus:
@@ -322,7 +331,7 @@ extension ListReply: PayloadCoding {
                 w.u32(e.deviceCount)
                 w.u32(e.hwptCount)
                 w.u32(e.asidCount)
-                w.u32(0)
+                w.u32(e.awaitingOwner ? VSMMUListEntry.awaitingOwnerFlag : 0)
                 try w.name(e.name)
             }
         case .viommus(let entries):

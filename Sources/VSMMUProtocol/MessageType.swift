@@ -34,6 +34,10 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// The vSMMU's ID registers: what every pSMMU behind it supports (version 2). The corresponding C
     /// constant is `VSMMU_MSG_GET_HW_INFO` (0x0019).
     public static let getHWInfo = MessageType(rawValue: 0x0019)
+    /// Take over a vSMMU by its resume token, after the daemon restarted or the connection was lost
+    /// (version 3; may carry the VMM's iommufd). The corresponding C constant is
+    /// `VSMMU_MSG_RESUME_VSMMU` (0x001A).
+    public static let resumeVSMMU = MessageType(rawValue: 0x001A)
     /// A batch of guest commands. The corresponding C constant is `VSMMU_MSG_INVALIDATE` (0x0020).
     public static let invalidate = MessageType(rawValue: 0x0020)
     /// Counters (admin). The corresponding C constant is `VSMMU_MSG_STATS` (0x0040).
@@ -48,7 +52,7 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// Every request type of this version, in type order.
     public static let allRequests: [MessageType] = [
         .hello, .createVSMMU, .destroyVSMMU, .attachViommu, .detachViommu, .setDeviceID, .unsetDeviceID,
-        .linkSTE, .unlinkSTE, .updateCD, .getHWInfo, .invalidate, .stats, .list, .health,
+        .linkSTE, .unlinkSTE, .updateCD, .getHWInfo, .resumeVSMMU, .invalidate, .stats, .list, .health,
     ]
     /// Every reply type of this version: ERROR and each request's reply.
     public static let allReplies: [MessageType] = [.error] + allRequests.map(\.reply)
@@ -69,11 +73,20 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// Every other request before a successful HELLO is refused with `HANDSHAKE_REQUIRED`.
     @inlinable public var isAllowedBeforeHandshake: Bool { self == .hello }
     /// Whether a frame of this type may carry a file descriptor (`VSMMU_FRAME_FD_ATTACHED`): ATTACH_VIOMMU
-    /// (the VMM's iommufd) and, from version 2, SET_DEV_ID (the device's VFIO cdev).
-    @inlinable public var takesFileDescriptor: Bool { self == .attachViommu || self == .setDeviceID }
+    /// (the VMM's iommufd), from version 2 SET_DEV_ID (the device's VFIO cdev), and from version 3
+    /// RESUME_VSMMU (the VMM's iommufd, handed back after a restart without systemd's fd store).
+    @inlinable public var takesFileDescriptor: Bool {
+        self == .attachViommu || self == .setDeviceID || self == .resumeVSMMU
+    }
 
     /// The first protocol version that defines this request type.
-    public var introducedInVersion: UInt16 { self == .getHWInfo ? 2 : 1 }
+    public var introducedInVersion: UInt16 {
+        switch self {
+        case .getHWInfo: return 2
+        case .resumeVSMMU: return 3
+        default: return 1
+        }
+    }
 
     /// The name used in `vsmmu.h` without its prefix (`HELLO`, `INVALIDATE_REPLY`, `ERROR`), or the hex
     /// value for a type this version does not define.
@@ -89,6 +102,7 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         case .setDeviceID: base = "SET_DEV_ID"
         case .unsetDeviceID: base = "UNSET_DEV_ID"
         case .getHWInfo: base = "GET_HW_INFO"
+        case .resumeVSMMU: base = "RESUME_VSMMU"
         case .linkSTE: base = "LINK_STE"
         case .unlinkSTE: base = "UNLINK_STE"
         case .updateCD: base = "UPDATE_CD"

@@ -17,6 +17,7 @@ public enum Request: Hashable, Sendable {
     case unlinkSTE(UnlinkSTE)
     case updateCD(UpdateCD)
     case getHWInfo(GetHardwareInfo)
+    case resumeVSMMU(ResumeVSMMU)
     case invalidate(Invalidate)
     case stats(StatsRequest)
     case list(ListRequest)
@@ -36,6 +37,7 @@ public enum Request: Hashable, Sendable {
         case .unlinkSTE: return .unlinkSTE
         case .updateCD: return .updateCD
         case .getHWInfo: return .getHWInfo
+        case .resumeVSMMU: return .resumeVSMMU
         case .invalidate: return .invalidate
         case .stats: return .stats
         case .list: return .list
@@ -44,10 +46,11 @@ public enum Request: Hashable, Sendable {
     }
 
     /// The frame flags: `FD_ATTACHED` for an ATTACH_VIOMMU that passes the VMM's iommufd, or a SET_DEV_ID
-    /// that passes the device's VFIO cdev.
+    /// that passes the device's VFIO cdev, or a RESUME_VSMMU that hands the VMM's iommufd back.
     public var flags: FrameFlags {
         if case .attachViommu(let a) = self, a.fileDescriptorAttached { return .fileDescriptorAttached }
         if case .setDeviceID(let d) = self, d.fileDescriptorAttached { return .fileDescriptorAttached }
+        if case .resumeVSMMU(let r) = self, r.fileDescriptorAttached { return .fileDescriptorAttached }
         return []
     }
 
@@ -63,6 +66,7 @@ public enum Request: Hashable, Sendable {
         case .unlinkSTE(let m): return m.vsmmu
         case .updateCD(let m): return m.vsmmu
         case .getHWInfo(let m): return m.vsmmu
+        case .resumeVSMMU(let m): return m.vsmmu
         case .invalidate(let m): return m.vsmmu
         case .stats(let m): return m.vsmmu
         case .list(let m): return m.vsmmu
@@ -81,6 +85,7 @@ public enum Request: Hashable, Sendable {
         case .unlinkSTE(let m): try m.encode(to: &w)
         case .updateCD(let m): try m.encode(to: &w)
         case .getHWInfo(let m): try m.encode(to: &w)
+        case .resumeVSMMU(let m): try m.encode(to: &w)
         case .invalidate(let m): try m.encode(to: &w)
         case .stats(let m): try m.encode(to: &w)
         case .list(let m): try m.encode(to: &w)
@@ -153,6 +158,10 @@ public enum Request: Hashable, Sendable {
         case .unlinkSTE: return .unlinkSTE(try body(UnlinkSTE.self))
         case .updateCD: return .updateCD(try body(UpdateCD.self))
         case .getHWInfo: return .getHWInfo(try body(GetHardwareInfo.self))
+        case .resumeVSMMU:
+            var m = try body(ResumeVSMMU.self)
+            m.fileDescriptorAttached = header.flags.contains(.fileDescriptorAttached)
+            return .resumeVSMMU(m)
         case .invalidate: return .invalidate(try body(Invalidate.self))
         case .stats: return .stats(try body(StatsRequest.self))
         case .list: return .list(try body(ListRequest.self))

@@ -13,6 +13,7 @@ public enum Response: Hashable, Sendable {
     case unlinkSTE
     case updateCD(HWPTLinked)
     case getHWInfo(HardwareInfo)
+    case resumeVSMMU(VSMMUResumed)
     case invalidate(InvalidateReply)
     case stats(StatsReply)
     case list(ListReply)
@@ -34,6 +35,7 @@ public enum Response: Hashable, Sendable {
         case .unlinkSTE: return MessageType.unlinkSTE.reply
         case .updateCD: return MessageType.updateCD.reply
         case .getHWInfo: return MessageType.getHWInfo.reply
+        case .resumeVSMMU: return MessageType.resumeVSMMU.reply
         case .invalidate: return MessageType.invalidate.reply
         case .stats: return MessageType.stats.reply
         case .list: return MessageType.list.reply
@@ -52,6 +54,7 @@ public enum Response: Hashable, Sendable {
         case .attachViommu(let m): try m.encode(to: &w)
         case .linkSTE(let m), .updateCD(let m): try m.encode(to: &w)
         case .getHWInfo(let m): try m.encode(to: &w)
+        case .resumeVSMMU(let m): try m.encode(to: &w)
         case .invalidate(let m): try m.encode(to: &w)
         case .stats(let m): try m.encode(to: &w)
         case .list(let m): try m.encode(to: &w)
@@ -120,6 +123,7 @@ public enum Response: Hashable, Sendable {
         case .unlinkSTE: _ = try body(EmptyPayload.self); return .unlinkSTE
         case .updateCD: return .updateCD(try body(HWPTLinked.self))
         case .getHWInfo: return .getHWInfo(try body(HardwareInfo.self))
+        case .resumeVSMMU: return .resumeVSMMU(try body(VSMMUResumed.self))
         case .invalidate: return .invalidate(try body(InvalidateReply.self))
         case .stats: return .stats(try body(StatsReply.self))
         case .list: return .list(try body(ListReply.self))

@@ -23,24 +23,144 @@ extension CreateVSMMU: PayloadCoding {
     }
 }
 
-/// CREATE_VSMMU's reply (`struct vsmmu_create_vsmmu_reply`, 8 bytes).
+/// A vSMMU's resume token (16 bytes): the capability that lets its owner take it over again after the
+/// daemon restarted (RESUME_VSMMU). The daemon draws it from getrandom(2) and hands it out once, in
+/// CREATE_VSMMU's reply; it is never logged, listed or printed (``description`` hides it).
+public struct ResumeToken: Hashable, Sendable, CustomStringConvertible {
+    /// The token's size on the wire. The corresponding C constant is `VSMMU_RESUME_TOKEN_SIZE`.
+    public static let byteCount = 16
+    /// The 16 bytes, in wire order.
+    public let bytes: [UInt8]
+
+    /// A token of exactly ``byteCount`` bytes; `nil` otherwise.
+    public init?(bytes: [UInt8]) {
+        guard bytes.count == Self.byteCount else { return nil }
+        self.bytes = bytes
+    }
+
+    /// Whether `other` is this token, in time independent of where they differ.
+    public func matches(_ other: ResumeToken) -> Bool { matches(other.bytes) }
+
+    /// Whether `candidate` holds this token's bytes, in time independent of where they differ (every byte
+    /// is compared; only the length, which is public, returns early).
+    public func matches(_ candidate: [UInt8]) -> Bool {
+        guard candidate.count == bytes.count else { return false }
+        var difference: UInt8 = 0
+        for i in 0..<bytes.count { difference |= bytes[i] ^ candidate[i] }
+        return difference == 0
+    }
+
+    /// Never the secret.
+    public var description: String { "ResumeToken(16 bytes)" }
+}
+
+extension WireWriter {
+    mutating func token(_ t: ResumeToken) { bytes.append(contentsOf: t.bytes) }
+}
+
+extension WireReader {
+    mutating func token() -> ResumeToken? {
+        var b: [UInt8] = []
+        b.reserveCapacity(ResumeToken.byteCount)
+        for _ in 0..<ResumeToken.byteCount { b.append(u8()) }
+        return ResumeToken(bytes: b)
+    }
+}
+
+/// CREATE_VSMMU's reply: `struct vsmmu_create_vsmmu_reply` (8 bytes) on a version 1-2 connection,
+/// `struct vsmmu_create_vsmmu_reply_v3` (24 bytes: the same, then the resume token) on version 3.
 public struct VSMMUCreated: Hashable, Sendable {
     public var vsmmu: VSMMUID
-    public init(vsmmu: VSMMUID) { self.vsmmu = vsmmu }
+    /// The vSMMU's resume token (version 3; `nil` on versions 1-2, whose vSMMUs cannot be resumed).
+    public var resumeToken: ResumeToken?
+    public init(vsmmu: VSMMUID, resumeToken: ResumeToken? = nil) {
+        self.vsmmu = vsmmu
+        self.resumeToken = resumeToken
+    }
 }
 
 extension VSMMUCreated: PayloadCoding {
     static let fixedLength = 8
+    /// The version-3 reply's length.
+    static let lengthWithToken = 8 + ResumeToken.byteCount
+    /// 8 or 24 bytes: a payload of 24 carries the token; anything else must be 8.
+    static func requiredLength(_ payload: [UInt8]) -> UInt64 {
+        UInt64(payload.count == lengthWithToken ? lengthWithToken : fixedLength)
+    }
     init(from r: inout WireReader) throws(ProtocolError) {
         let id = r.u32()
         guard id != 0 else { throw .badField(r.type, offset: 0, value: 0, "vsmmu_id 0 is never assigned") }
         try r.reserved32()
-        self.init(vsmmu: VSMMUID(id))
+        let token = r.remaining >= ResumeToken.byteCount ? r.token() : nil
+        self.init(vsmmu: VSMMUID(id), resumeToken: token)
     }
     func encode(to w: inout WireWriter) throws(ProtocolError) {
         guard vsmmu.rawValue != 0 else { throw .badField(w.type, offset: 0, value: 0, "vsmmu_id 0 is never assigned") }
         w.u32(vsmmu.rawValue)
         w.u32(0)
+        if let resumeToken { w.token(resumeToken) }
+    }
+}
+
+/// RESUME_VSMMU (`struct vsmmu_resume_vsmmu`, 24 bytes, version 3): the connection takes over the vSMMU
+/// whose resume token it presents. May carry the VMM's iommufd (`FD_ATTACHED`). Reply: ``VSMMUResumed``.
+public struct ResumeVSMMU: Hashable, Sendable {
+    public var vsmmu: VSMMUID
+    public var resumeToken: ResumeToken
+    /// Whether the frame carries the VMM's iommufd (`VSMMU_FRAME_FD_ATTACHED`).
+    public var fileDescriptorAttached: Bool
+    public init(vsmmu: VSMMUID, resumeToken: ResumeToken, fileDescriptorAttached: Bool = false) {
+        self.vsmmu = vsmmu
+        self.resumeToken = resumeToken
+        self.fileDescriptorAttached = fileDescriptorAttached
+    }
+}
+
+extension ResumeVSMMU: PayloadCoding {
+    static let fixedLength = 8 + ResumeToken.byteCount
+    init(from r: inout WireReader) throws(ProtocolError) {
+        let id = r.u32()
+        try r.reserved32()
+        guard let token = r.token() else { throw .badPayloadLength(r.type, expected: UInt64(Self.fixedLength), actual: 8) }
+        self.init(vsmmu: VSMMUID(id), resumeToken: token)
+    }
+    func encode(to w: inout WireWriter) throws(ProtocolError) {
+        w.u32(vsmmu.rawValue)
+        w.u32(0)
+        w.token(resumeToken)
+    }
+}
+
+/// RESUME_VSMMU's reply (`struct vsmmu_resume_vsmmu_reply`, 24 bytes): what the daemon holds for the
+/// vSMMU, and the request id of the last control request it applied on it (0: none), so the client
+/// knows whether its unanswered control request took effect (re-sending it is answered from the
+/// journal, not applied twice: PROTOCOL.md "Durability and restarts").
+public struct VSMMUResumed: Hashable, Sendable {
+    public var vsmmu: VSMMUID
+    public var viommuCount: UInt32
+    public var deviceCount: UInt32
+    public var lastRequestID: UInt64
+    public init(vsmmu: VSMMUID, viommuCount: UInt32, deviceCount: UInt32, lastRequestID: UInt64) {
+        self.vsmmu = vsmmu
+        self.viommuCount = viommuCount
+        self.deviceCount = deviceCount
+        self.lastRequestID = lastRequestID
+    }
+}
+
+extension VSMMUResumed: PayloadCoding {
+    static let fixedLength = 24
+    init(from r: inout WireReader) throws(ProtocolError) {
+        let id = r.u32(), viommus = r.u32(), devices = r.u32()
+        try r.reserved32()
+        self.init(vsmmu: VSMMUID(id), viommuCount: viommus, deviceCount: devices, lastRequestID: r.u64())
+    }
+    func encode(to w: inout WireWriter) throws(ProtocolError) {
+        w.u32(vsmmu.rawValue)
+        w.u32(viommuCount)
+        w.u32(deviceCount)
+        w.u32(0)
+        w.u64(lastRequestID)
     }
 }
 

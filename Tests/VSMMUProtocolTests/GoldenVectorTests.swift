@@ -28,6 +28,8 @@ let cd44 = ContextDescriptor.valid(asid: 0x44, ttb0: 0x8_1234_7000)
 /// Arm implementer code in IIDR.
 let vectorIDRegisters = IDRegisters(idr: [0x0D44_101B, 0x0273_0010, 0, 0x0000_1414, 0, 0x0000_0074],
                                     iidr: 0x0000_043B, aidr: 0x1)
+/// The resume token of the version-3 vectors: bytes 0x10 … 0x1F.
+let vectorResumeToken = ResumeToken(bytes: (0x10...0x1F).map { UInt8($0) })!
 let vectorCommands: [Command] = [
     .tlbiNHVA(asid: 0x42, vmid: 0, address: 0x7F00_1000, leaf: true),
     Command(w0: 0x0000_0100_0000_0040, w1: 0x34), // ATC_INV SID 0x100 SIZE 52
@@ -43,6 +45,14 @@ let goldenVectors: [GoldenVector] = [
         serverProcessID: 777, serverName: "vsmmud 0.4.0")))),
     GoldenVector(file: "create-vsmmu.hex", content: .request(2, .createVSMMU(CreateVSMMU(name: "vm42")))),
     GoldenVector(file: "create-vsmmu-reply.hex", content: .response(2, .createVSMMU(VSMMUCreated(vsmmu: vsmmu7)))),
+    GoldenVector(file: "create-vsmmu-reply-v3.hex", content: .response(2, .createVSMMU(VSMMUCreated(
+        vsmmu: vsmmu7, resumeToken: vectorResumeToken)))),
+    GoldenVector(file: "resume-vsmmu.hex", content: .request(21, .resumeVSMMU(ResumeVSMMU(
+        vsmmu: vsmmu7, resumeToken: vectorResumeToken)))),
+    GoldenVector(file: "resume-vsmmu-with-fd.hex", content: .request(22, .resumeVSMMU(ResumeVSMMU(
+        vsmmu: vsmmu7, resumeToken: vectorResumeToken, fileDescriptorAttached: true)))),
+    GoldenVector(file: "resume-vsmmu-reply.hex", content: .response(21, .resumeVSMMU(VSMMUResumed(
+        vsmmu: vsmmu7, viommuCount: 2, deviceCount: 3, lastRequestID: 20)))),
     GoldenVector(file: "attach-viommu.hex", content: .request(3, .attachViommu(AttachViommu(
         vsmmu: vsmmu7, pSMMU: "smmu1", hostDeviceID: 0x11, nestParentHWPT: 0x21, fileDescriptorAttached: true)))),
     GoldenVector(file: "attach-viommu-reply.hex", content: .response(3, .attachViommu(ViommuAttached(viommu: 1, backendViommuID: 0x31)))),
@@ -214,7 +224,7 @@ struct GoldenVectorTests {
             if case .request(_, let r) = vector.content, r.flags.contains(.fileDescriptorAttached) { carrying.insert(r.type) }
         }
         let takers = Set(MessageType.allRequests.filter(\.takesFileDescriptor))
-        #expect(takers == [.attachViommu, .setDeviceID])
+        #expect(takers == [.attachViommu, .setDeviceID, .resumeVSMMU])
         #expect(carrying == takers)
     }
 
@@ -224,5 +234,49 @@ struct GoldenVectorTests {
             let header = try #require(FrameHeader(bytes: bytes), "\(name) is shorter than a header")
             #expect(bytes.count == header.frameLength, "\(name)")
         }
+    }
+}
+
+/// Protocol version 3's resume token and the CREATE_VSMMU reply's two lengths.
+@Suite struct ResumeTokenWireTests {
+    @Test func aTokenMatchesOnlyItsOwnSixteenBytes() throws {
+        let token = vectorResumeToken
+        #expect(token.matches(vectorResumeToken.bytes))
+        var other = token.bytes
+        other[15] ^= 1
+        #expect(!token.matches(other))
+        other = token.bytes
+        other[0] ^= 0x80
+        #expect(!token.matches(other))
+        #expect(!token.matches(Array(token.bytes.prefix(15))))
+        #expect(ResumeToken(bytes: Array(repeating: 0, count: 15)) == nil)
+    }
+
+    @Test func aTokenNeverPrintsItsSecret() {
+        let text = "\(vectorResumeToken) \(String(reflecting: vectorResumeToken))"
+        #expect(!text.lowercased().contains("1011") && !text.contains("[16, 17"))
+    }
+
+    @Test func createReplyIsEightBytesWithoutATokenAndTwentyFourWithOne() throws {
+        let old = try Response.createVSMMU(VSMMUCreated(vsmmu: vsmmu7)).encode(requestID: 2)
+        #expect(old.count == FrameHeader.byteCount + 8)
+        let new = try Response.createVSMMU(VSMMUCreated(vsmmu: vsmmu7, resumeToken: vectorResumeToken)).encode(requestID: 2)
+        #expect(new.count == FrameHeader.byteCount + 24)
+        #expect(try Response.decode(bytes: old).response == .createVSMMU(VSMMUCreated(vsmmu: vsmmu7)))
+        #expect(try Response.decode(bytes: new).response == .createVSMMU(VSMMUCreated(vsmmu: vsmmu7, resumeToken: vectorResumeToken)))
+        // Any other length is refused.
+        var bad = new
+        bad.removeLast(8)
+        bad[0] = 16
+        #expect(throws: ProtocolError.self) { try Response.decode(bytes: bad) }
+    }
+
+    @Test func resumeIsAVersionThreeRequestThatMayCarryTheIOMMUFD() throws {
+        #expect(MessageType.resumeVSMMU.introducedInVersion == 3)
+        #expect(MessageType.resumeVSMMU.takesFileDescriptor)
+        #expect(WireProtocol.supportedVersions == 1...3)
+        let withFD = Request.resumeVSMMU(ResumeVSMMU(vsmmu: vsmmu7, resumeToken: vectorResumeToken, fileDescriptorAttached: true))
+        let decoded = try Request.decode(bytes: try withFD.encode(requestID: 9))
+        #expect(decoded.request == withFD)
     }
 }

@@ -70,6 +70,16 @@ static const struct field fields[] = {
 	P("create_vsmmu", vsmmu_create_vsmmu, flags), P("create_vsmmu", vsmmu_create_vsmmu, reserved),
 	PNAME("create_vsmmu", vsmmu_create_vsmmu, name),
 	P("create_vsmmu_reply", vsmmu_create_vsmmu_reply, vsmmu_id), P("create_vsmmu_reply", vsmmu_create_vsmmu_reply, reserved),
+	P("create_vsmmu_reply_v3", vsmmu_create_vsmmu_reply_v3, vsmmu_id),
+	P("create_vsmmu_reply_v3", vsmmu_create_vsmmu_reply_v3, reserved),
+	PWORDS("create_vsmmu_reply_v3.resume_token", vsmmu_create_vsmmu_reply_v3, resume_token),
+	P("resume_vsmmu", vsmmu_resume_vsmmu, vsmmu_id), P("resume_vsmmu", vsmmu_resume_vsmmu, reserved),
+	PWORDS("resume_vsmmu.resume_token", vsmmu_resume_vsmmu, resume_token),
+	P("resume_vsmmu_reply", vsmmu_resume_vsmmu_reply, vsmmu_id),
+	P("resume_vsmmu_reply", vsmmu_resume_vsmmu_reply, viommu_count),
+	P("resume_vsmmu_reply", vsmmu_resume_vsmmu_reply, device_count),
+	P("resume_vsmmu_reply", vsmmu_resume_vsmmu_reply, reserved),
+	P("resume_vsmmu_reply", vsmmu_resume_vsmmu_reply, last_request_id),
 	P("destroy_vsmmu", vsmmu_destroy_vsmmu, vsmmu_id), P("destroy_vsmmu", vsmmu_destroy_vsmmu, reserved),
 
 	P("attach_viommu", vsmmu_attach_viommu, vsmmu_id), P("attach_viommu", vsmmu_attach_viommu, host_device_id),
@@ -115,7 +125,7 @@ static const struct field fields[] = {
 	EL("list_vsmmu", vsmmu_list_vsmmu, vsmmu_id), EL("list_vsmmu", vsmmu_list_vsmmu, owner_pid),
 	EL("list_vsmmu", vsmmu_list_vsmmu, owner_uid), EL("list_vsmmu", vsmmu_list_vsmmu, viommu_count),
 	EL("list_vsmmu", vsmmu_list_vsmmu, device_count), EL("list_vsmmu", vsmmu_list_vsmmu, hwpt_count),
-	EL("list_vsmmu", vsmmu_list_vsmmu, asid_count), EL("list_vsmmu", vsmmu_list_vsmmu, reserved),
+	EL("list_vsmmu", vsmmu_list_vsmmu, asid_count), EL("list_vsmmu", vsmmu_list_vsmmu, flags),
 	ELNAME("list_vsmmu", vsmmu_list_vsmmu, name),
 	EL("list_viommu", vsmmu_list_viommu, vsmmu_id), EL("list_viommu", vsmmu_list_viommu, viommu),
 	EL("list_viommu", vsmmu_list_viommu, backend_viommu_id), EL("list_viommu", vsmmu_list_viommu, device_count),
@@ -160,6 +170,7 @@ static int64_t fixed_part(uint16_t type)
 	case VSMMU_MSG_LINK_STE_REPLY:
 	case VSMMU_MSG_UPDATE_CD_REPLY: return sizeof(struct vsmmu_hwpt_reply);
 	case VSMMU_MSG_GET_HW_INFO_REPLY: return sizeof(struct vsmmu_hw_info_reply);
+	case VSMMU_MSG_RESUME_VSMMU_REPLY: return sizeof(struct vsmmu_resume_vsmmu_reply);
 	case VSMMU_MSG_DESTROY_VSMMU_REPLY:
 	case VSMMU_MSG_DETACH_VIOMMU_REPLY:
 	case VSMMU_MSG_SET_DEV_ID_REPLY:
@@ -197,6 +208,9 @@ static int64_t reply_payload_length(uint16_t type, const unsigned char *p, uint3
 	if (fixed < 0 || len < (uint64_t)fixed)
 		return fixed;
 	switch (type) {
+	case VSMMU_MSG_CREATE_VSMMU_REPLY:
+		/* 8 bytes on versions 1-2, 24 (with the resume token) on version 3. */
+		return len == sizeof(struct vsmmu_create_vsmmu_reply_v3) ? (int64_t)len : fixed;
 	case VSMMU_MSG_ERROR: {
 		struct vsmmu_error e;
 		memcpy(&e, p, sizeof e);
@@ -233,7 +247,7 @@ static int64_t reply_payload_length(uint16_t type, const unsigned char *p, uint3
  * from version 2, SET_DEV_ID (the device's VFIO cdev); PROTOCOL.md §1. */
 static int takes_fd(uint16_t type)
 {
-	return type == VSMMU_MSG_ATTACH_VIOMMU || type == VSMMU_MSG_SET_DEV_ID;
+	return type == VSMMU_MSG_ATTACH_VIOMMU || type == VSMMU_MSG_SET_DEV_ID || type == VSMMU_MSG_RESUME_VSMMU;
 }
 
 /* The first §2.2 framing check the frame fails (1, 3, 4, 8, 7), a HELLO field check (8), or 0. */

@@ -15,12 +15,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # Message types (PROTOCOL.md §2.1)
 HELLO, CREATE_VSMMU, DESTROY_VSMMU, ATTACH_VIOMMU, DETACH_VIOMMU = 0x01, 0x10, 0x11, 0x12, 0x13
 SET_DEV_ID, UNSET_DEV_ID, LINK_STE, UNLINK_STE, UPDATE_CD, GET_HW_INFO = 0x14, 0x15, 0x16, 0x17, 0x18, 0x19
+RESUME_VSMMU = 0x1A
 INVALIDATE, STATS, LIST, HEALTH, REPLY, ERROR = 0x20, 0x40, 0x41, 0x42, 0x8000, 0x8000
 FD_ATTACHED = 0x0001
 NAMES = {HELLO: "HELLO", CREATE_VSMMU: "CREATE_VSMMU", DESTROY_VSMMU: "DESTROY_VSMMU",
          ATTACH_VIOMMU: "ATTACH_VIOMMU", DETACH_VIOMMU: "DETACH_VIOMMU", SET_DEV_ID: "SET_DEV_ID",
          UNSET_DEV_ID: "UNSET_DEV_ID", LINK_STE: "LINK_STE", UNLINK_STE: "UNLINK_STE", UPDATE_CD: "UPDATE_CD",
-         GET_HW_INFO: "GET_HW_INFO",
+         GET_HW_INFO: "GET_HW_INFO", RESUME_VSMMU: "RESUME_VSMMU",
          INVALIDATE: "INVALIDATE", STATS: "STATS", LIST: "LIST", HEALTH: "HEALTH"}
 
 
@@ -206,6 +207,30 @@ def main():
     f.section("struct vsmmu_create_vsmmu_reply")
     add(f.u32("create_vsmmu_reply.vsmmu_id", 7).u32("create_vsmmu_reply.reserved", 0))
 
+    # The resume token of the version-3 vectors: bytes 0x10, 0x11, ..., 0x1F (two little-endian u64 words).
+    token = (0x1716151413121110, 0x1F1E1D1C1B1A1918)
+    f = Frame("create-vsmmu-reply-v3.hex", "CREATE_VSMMU reply (§5.2, version 3): vsmmu_id 7 and its resume token "
+              "(bytes 0x10..0x1F)", CREATE_VSMMU | REPLY, 2)
+    f.section("struct vsmmu_create_vsmmu_reply_v3")
+    f.u32("create_vsmmu_reply_v3.vsmmu_id", 7).u32("create_vsmmu_reply_v3.reserved", 0)
+    add(f.u64("create_vsmmu_reply_v3.resume_token[0]", token[0]).u64("create_vsmmu_reply_v3.resume_token[1]", token[1]))
+
+    f = Frame("resume-vsmmu.hex", "RESUME_VSMMU (§5.13, version 3): vsmmu 7 with its resume token (bytes 0x10..0x1F)",
+              RESUME_VSMMU, 21)
+    f.section("struct vsmmu_resume_vsmmu").u32("resume_vsmmu.vsmmu_id", 7).u32("resume_vsmmu.reserved", 0)
+    add(f.u64("resume_vsmmu.resume_token[0]", token[0]).u64("resume_vsmmu.resume_token[1]", token[1]))
+
+    f = Frame("resume-vsmmu-with-fd.hex", "RESUME_VSMMU (§5.13, version 3): vsmmu 7, handing the VMM's iommufd back "
+              "(FD_ATTACHED)", RESUME_VSMMU, 22, flags=FD_ATTACHED)
+    f.section("struct vsmmu_resume_vsmmu").u32("resume_vsmmu.vsmmu_id", 7).u32("resume_vsmmu.reserved", 0)
+    add(f.u64("resume_vsmmu.resume_token[0]", token[0]).u64("resume_vsmmu.resume_token[1]", token[1]))
+
+    f = Frame("resume-vsmmu-reply.hex", "RESUME_VSMMU reply (§5.13): 2 viommus, 3 devices, last control request 20",
+              RESUME_VSMMU | REPLY, 21)
+    f.section("struct vsmmu_resume_vsmmu_reply").u32("resume_vsmmu_reply.vsmmu_id", 7)
+    f.u32("resume_vsmmu_reply.viommu_count", 2).u32("resume_vsmmu_reply.device_count", 3)
+    add(f.u32("resume_vsmmu_reply.reserved", 0).u64("resume_vsmmu_reply.last_request_id", 20))
+
     f = Frame("attach-viommu.hex", "ATTACH_VIOMMU (§5.4): vsmmu 7 on pSMMU \"smmu1\" through host device 0x11, "
               "nest parent HWPT 0x21, with the VMM's iommufd (FD_ATTACHED)", ATTACH_VIOMMU, 3, flags=FD_ATTACHED)
     f.section("struct vsmmu_attach_viommu").u32("attach_viommu.vsmmu_id", 7)
@@ -355,7 +380,7 @@ def main():
         f.section("entries[0]")
         p = "list_vsmmu[0]."
         f.u32(p + "vsmmu_id", 7).u32(p + "owner_pid", 4242).u32(p + "owner_uid", 1000).u32(p + "viommu_count", 2)
-        f.u32(p + "device_count", 2).u32(p + "hwpt_count", 1).u32(p + "asid_count", 2).u32(p + "reserved", 0)
+        f.u32(p + "device_count", 2).u32(p + "hwpt_count", 1).u32(p + "asid_count", 2).u32(p + "flags", 0)
         f.name(p + "name", "vm42")
     add(list_reply("list-reply-vsmmus.hex", "LIST reply (§6.2): VSMMUS, vsmmu 7", 12, 1, "VSMMU_LIST_VSMMUS", 96, 1, 0,
                    [vsmmu_row]))

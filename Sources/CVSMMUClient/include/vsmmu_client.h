@@ -49,6 +49,15 @@ int vsmmu_client_hello_versions(struct vsmmu_client *client, const char *client_
 				uint16_t max_version, struct vsmmu_hello_reply *reply);
 
 int vsmmu_client_create_vsmmu(struct vsmmu_client *client, const char *name, uint32_t *vsmmu_id);
+/* CREATE_VSMMU that also returns the vSMMU's resume token (version 3; all zero when the connection
+ * negotiated version 1-2, whose vSMMUs cannot be resumed). Keep the token secret. */
+int vsmmu_client_create_vsmmu_resumable(struct vsmmu_client *client, const char *name, uint32_t *vsmmu_id,
+					uint8_t resume_token[VSMMU_RESUME_TOKEN_SIZE]);
+/* RESUME_VSMMU (version 3): takes the vSMMU over after a daemon restart; `iommufd` >= 0 hands the VMM's
+ * iommufd back with it (for a daemon without systemd's fd store), -1 for none. */
+int vsmmu_client_resume_vsmmu(struct vsmmu_client *client, uint32_t vsmmu_id,
+			      const uint8_t resume_token[VSMMU_RESUME_TOKEN_SIZE], int iommufd,
+			      struct vsmmu_resume_vsmmu_reply *reply);
 int vsmmu_client_destroy_vsmmu(struct vsmmu_client *client, uint32_t vsmmu_id);
 
 /* ATTACH_VIOMMU; `iommufd` >= 0 is passed with SCM_RIGHTS (the iommufd backend), -1 passes none. */
