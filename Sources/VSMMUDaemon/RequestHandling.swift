@@ -106,6 +106,9 @@ extension VSMMUServer {
             }
             let served = try owned(registration.vsmmu, by: connection, type: type)
             let index = try viommuIndex(registration.viommu, on: served, type: type)
+            // A host device that a peer which already hung up still holds is free by the time this is
+            // served (PROTOCOL.md §3.3): a quick VMM restart never sees a ghost.
+            awaitTeardownOfHungUpPeers(except: connection.id)
             let pSMMU = served.engine.viommuStatistics.first { $0.index == index }?.pSMMU
             if let pSMMU, case .iommufd = providers[pSMMU], fileDescriptor == nil {
                 throw .badFileDescriptor(.missing, type: type,

@@ -475,6 +475,29 @@ public final class VSMMUServer: Sendable {
         close(fd)
     }
 
+    /// Waits until every other connection whose peer has already closed its socket (POLLRDHUP/POLLHUP)
+    /// has been torn down, so that what it held (host devices in the simulated pSMMUs) is free before a
+    /// request that could collide with it is served. Such a connection's thread has the end of stream
+    /// ready to read and tears down at once; the wait is bounded (5 s) against a teardown stuck in a
+    /// stalled backend, after which the request goes on and meets the collision as before.
+    func awaitTeardownOfHungUpPeers(except id: UInt64) {
+        let peers = state.withLock { s in s.connections.compactMap { $0.key == id ? nil : ($0.key, $0.value.fd) } }
+        var hungUp: [UInt64] = []
+        for (peer, fd) in peers {
+            // An fd closed and reused since the snapshot only makes this look at an unrelated live socket.
+            // POLLRDHUP (Linux's <bits/poll.h>, 0x2000) is behind _GNU_SOURCE, which Glibc's module lacks.
+            let peerClosed: Int16 = 0x2000
+            var p = pollfd(fd: fd, events: peerClosed, revents: 0)
+            if poll(&p, 1, 0) > 0, p.revents & (peerClosed | Int16(POLLHUP)) != 0 { hungUp.append(peer) }
+        }
+        guard !hungUp.isEmpty else { return }
+        let deadline = POSIX.monotonicNanoseconds() &+ 5_000_000_000
+        while state.withLock({ s in hungUp.contains { s.connections[$0] != nil } }),
+              POSIX.monotonicNanoseconds() < deadline {
+            usleep(200)
+        }
+    }
+
     /// A connection's thread ends: tear down its vSMMUs, forget it, close its socket.
     private func finish(connection id: UInt64, fd: Int32) {
         // Torn down before they leave the registry: once a vSMMU is gone from LIST and HEALTH, its host

@@ -68,3 +68,25 @@ import VSMMUProtocol
         #expect(Set(steps).count > 1, "ids have a constant stride: \(ids)")
     }
 }
+
+/// Teardown is synchronous from the client's view (issue 11 §3): after a connection closes, what it held
+/// is free before the next request that could collide with it is served.
+@Suite struct SynchronousTeardownTests {
+    @Test func reRegisteringAHostDeviceRightAfterItsOwnerClosedNeverSeesAGhost() throws {
+        let t = try TestServer()
+        defer { t.stop() }
+        var failures = 0
+        for i in 0..<1000 {
+            let client = try t.client()
+            let vsmmu = try client.createVSMMU(name: "restart-\(i)")
+            let viommu = try client.attachViommu(vsmmu: vsmmu, pSMMU: "smmu0", hostDeviceID: 5).viommu
+            do {
+                try client.setDeviceID(vsmmu: vsmmu, viommu: viommu, hostDeviceID: 5, streamID: 0x8)
+            } catch {
+                failures += 1
+            }
+            // The VMM exits: the next iteration is its quick restart, on a new connection.
+        }
+        #expect(failures == 0, "\(failures) of 1000 re-registrations met the previous owner's device")
+    }
+}
