@@ -166,7 +166,8 @@ public final class Submission: @unchecked Sendable {
     func prepareForReuse(batchCount: Int, routed: RoutedBatch, onComplete: (@Sendable (SubmissionResult) -> Void)?,
                          stallLimit: StallLimit? = nil) -> Bool {
         guard finished.load(ordering: .acquiring), !hasAsyncWaiters.load(ordering: .relaxed),
-              !hasStallTimer.load(ordering: .relaxed) else { return false }
+              !hasStallTimer.load(ordering: .relaxed),
+              stallState?.withLock({ $0.expired }) != true else { return false }
         self.stallLimit = stallLimit
         if stallLimit != nil {
             if let stallState { stallState.withLock { $0 = StallState() } } else { stallState = Locked(StallState()) }
@@ -216,9 +217,13 @@ public final class Submission: @unchecked Sendable {
         // counts the arrival. The outcome is read from the fence once every arrival is in, and
         // `syncs` is complete by then (the builder's own arrival, `sealed()`, comes after).
         let fence: SyncFence
-        if stallLimit != nil {
+        if let limit = stallLimit, let stallState {
+            // The closure reads no field of the submission (see the type's documentation): what it
+            // needs is captured here.
             let slot = syncs.count
-            fence = SyncFence.submit(covering: queues) { [self] outcome in fenceCompleted(slot: slot, outcome) }
+            fence = SyncFence.submit(covering: queues) { [self] outcome in
+                fenceCompleted(slot: slot, outcome, limit: limit, stallState: stallState)
+            }
         } else {
             fence = SyncFence.submit(covering: queues) { [self] _ in arrive() }
         }
@@ -284,9 +289,12 @@ public final class Submission: @unchecked Sendable {
     /// A fence of a submission with a stall limit completed. If an expiry abandoned its sync, the
     /// guest has been told CERROR_ABT already and the fence's outcome would be lost: its first command
     /// failure is carried to the guest's next CMD_SYNC, and its viommus are no longer stalled.
-    private func fenceCompleted(slot: Int, _ outcome: Result<Void, SyncFailure>) {
-        let late = stallState?.withLock { $0.expired && $0.abandoned.contains(slot) } ?? false
-        if late, let limit = stallLimit {
+    /// Only in that late case does it read the submission's bookkeeping, which is never rewritten then:
+    /// an expired submission is never reused.
+    private func fenceCompleted(slot: Int, _ outcome: Result<Void, SyncFailure>, limit: StallLimit,
+                                stallState: Locked<StallState>) {
+        let late = stallState.withLock { $0.expired && $0.abandoned.contains(slot) }
+        if late {
             let sync = syncs[slot]
             if case .failure(let failure) = outcome {
                 for queueFailure in failure.failures {
