@@ -23,6 +23,8 @@ struct Options {
     var clients = 32
     var daemonPID: Int32 = 0
     var seed: UInt64 = 1
+    /// Fail when a re-registration right after a reconnect met a ghost of the previous connection.
+    var failOnGhosts = false
 }
 
 func parseOptions() -> Options {
@@ -44,7 +46,7 @@ func parseOptions() -> Options {
 }
 
 func usage(_ why: String) -> Never {
-    FileHandle.standardError.write("vsmmud-soak: \(why)\nusage: vsmmud-soak --socket PATH --daemon-pid PID [--seconds S] [--clients 1…32] [--seed N]\n".data(using: .utf8)!)
+    FileHandle.standardError.write(Data("vsmmud-soak: \(why)\nusage: vsmmud-soak --socket PATH --daemon-pid PID [--seconds S] [--clients 1…32] [--seed N] [--fail-on-ghosts 0|1]\n".utf8))
     exit(2)
 }
 
@@ -234,7 +236,8 @@ struct Client {
             vsmmu = s
             // A few commands while the device is away: its CFGI_CD must stop the queue.
             try invalidate()
-            s = vsmmu!
+            guard let updated = vsmmu else { return }
+            s = updated
             try c.setDeviceID(vsmmu: s.id, viommu: d.viommu, hostDeviceID: d.host, streamID: d.sid)
             s.registered.insert(d.sid)
             let a = asid()
@@ -352,7 +355,7 @@ func sample(_ pid: Int32, t: Double) -> Sample? {
 // MARK: Main
 
 /// Writes a line to stdout at once (the script shows progress while it runs).
-func say(_ s: String) { FileHandle.standardOutput.write((s + "\n").data(using: .utf8)!) }
+func say(_ s: String) { FileHandle.standardOutput.write(Data((s + "\n").utf8)) }
 signal(SIGPIPE, SIG_IGN)
 let options = parseOptions()
 let start = Date()
@@ -410,6 +413,9 @@ if samples.count >= 3 {
 totals.add { t in
     say("totals: clients \(options.clients), seconds \(options.seconds), requests \(t.requests), INVALIDATEs \(t.invalidates), commands \(t.commands) (consumed \(t.consumed)), control changes \(t.controlChanges), reconnects \(t.reconnects), bad frames \(t.badFrames)")
     say("checked: \(t.vsmmusChecked) vSMMUs, \(t.viommusChecked) viommus, \(t.viommuCommandsMatched) delivered commands matched the reference; ghost retries \(t.ghostRetries)")
+}
+if options.failOnGhosts, totals.ghostRetries > 0 {
+    failures.append("\(totals.ghostRetries) re-registrations met a ghost of a closed connection (BACKEND_FAILURE)")
 }
 for f in failures.prefix(50) { say("FAIL: \(f)") }
 if failures.isEmpty { say("soak: OK") } else { say("soak: \(failures.count) failures"); exit(1) }
