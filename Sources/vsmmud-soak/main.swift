@@ -87,6 +87,8 @@ struct VSMMUState {
         if let v = sidViommu[sid] { retiring[asid]?.remove(v); if retiring[asid]?.isEmpty == true { retiring[asid] = nil } }
     }
     /// Router.route's rules for the commands this soak sends; `false` for a command the router refuses.
+    /// A device command (CFGI_CD, ATC_INV) for a vSID without a registered device is refused, as the
+    /// kernel's `arm_vsmmu_convert_user_cmd` answers `-EIO` when `arm_vsmmu_vsid_to_sid` finds no vdevice.
     mutating func route(_ c: Command) -> Bool {
         let all = Set(viommus)
         switch c.opcode {
