@@ -37,6 +37,7 @@ func parseOptions() -> Options {
         case "--seconds": guard let s = Double(v), s > 0 else { usage("bad --seconds") }; o.seconds = s
         case "--clients": guard let c = Int(v), (1...32).contains(c) else { usage("--clients is 1…32") }; o.clients = c
         case "--daemon-pid": guard let p = Int32(v) else { usage("bad --daemon-pid") }; o.daemonPID = p
+        case "--fail-on-ghosts": o.failOnGhosts = v == "1"
         case "--seed": guard let s = UInt64(v) else { usage("bad --seed") }; o.seed = s
         default: usage("unknown option \(a)")
         }
