@@ -142,6 +142,12 @@ let package = Package(
                 "VSMMUDaemon", "VSMMUClient", "VSMMUProtocol", .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The soak driver: 32 clients of random valid traffic, bad frames and reconnects against a running
+        // vsmmud; checks the per-viommu counters against a reference of the routing rules (scripts/soak).
+        .executableTarget(
+            name: "vsmmud-soak",
+            dependencies: ["SMMUv3", "VSMMUProtocol", "VSMMUClient", "VSMMUTestSupport"]
+        ),
         .testTarget(name: "SMMUv3Tests", dependencies: ["SMMUv3", "VSMMUTestSupport"]),
         .testTarget(
             name: "VirtualSMMUTests",
