@@ -633,6 +633,139 @@ public final class IOMMUFDBackend: PSMMUBackend {
                           descriptor: FileDescriptor(rawValue: Int32(bitPattern: alloc.out_veventq_fd)))
     }
 
+    // MARK: - Restart: re-adoption by id
+
+    /// EOPNOTSUPP (95 on Linux), what a nested HWPT answers to `IOMMU_HWPT_INVALIDATE`.
+    static let eopnotsupp = Errno(rawValue: 95)
+
+    /// The viommu's kernel object ids, for a later process's ``restoreViommu(_:)``: format 1, then
+    /// the viommu, abort HWPT, bypass HWPT and vEVENTQ ids (0: none), little-endian `u32`s.
+    public func objects(of viommu: ViommuHandle) throws(BackendError) -> ViommuObjects {
+        try state.withLock { (state) throws(BackendError) -> ViommuObjects in
+            guard let record = state.viommus[viommu] else { throw unknown(viommu) }
+            var bytes: [UInt8] = [1]
+            for id in [viommu.rawValue, record.abortHWPT, record.bypassHWPT, record.eventQueue?.id ?? 0] {
+                withUnsafeBytes(of: id.littleEndian) { bytes.append(contentsOf: $0) }
+            }
+            return ViommuObjects(bytes: bytes)
+        }
+    }
+
+    /// The iommufd (for a ``SystemIOMMUFD``), the vEVENTQ and the VFIO cdevs of `viommu`.
+    public func heldDescriptors(of viommu: ViommuHandle) -> HeldDescriptors {
+        state.withLock { state in
+            guard let record = state.viommus[viommu] else { return HeldDescriptors() }
+            var held = HeldDescriptors(iommufd: (state.device as? SystemIOMMUFD)?.descriptor.rawValue,
+                                       eventQueue: record.eventQueue?.descriptor.rawValue)
+            for (handle, vdevice) in state.vdevices where vdevice.viommu == viommu { held.vfioDevices[handle] = vdevice.vfio.rawValue }
+            return held
+        }
+    }
+
+    /// Re-adopts a viommu a previous daemon process allocated on this iommufd, by its kernel ids: the
+    /// objects live in the VMM's iommufd file, which the VMM still holds (`iommufd_fops_release`
+    /// destroys them only when the file's last reference goes), so nothing is allocated again, except
+    /// a vEVENTQ whose descriptor was lost: it is destroyed by id and allocated again
+    /// (`iommufd_veventq_alloc` allows one per type per viommu).
+    ///
+    /// First the ids are checked to still name what they named: `IOMMU_HWPT_INVALIDATE` with no entry
+    /// on the viommu (`iommufd_hwpt_invalidate`: `ENOENT` when the id names nothing, which is what a VMM
+    /// that closed its iommufd meanwhile leaves) and on each nested HWPT (`EOPNOTSUPP`: a nested HWPT
+    /// takes no invalidation of its own). The ID registers are read again (`IOMMU_GET_HW_INFO`).
+    /// - Throws: ``BackendError/Kind/unknownHandle`` (errno ENOENT) naming the object that is gone;
+    ///   ``BackendError/Kind/invalidArgument`` for objects this backend cannot read or a device whose
+    ///   VFIO cdev did not survive (this version needs every one back). Every descriptor was consumed.
+    public func restoreViommu(_ restoration: ViommuRestoration) throws(BackendError) -> RestoredViommu {
+        func giveUp(_ error: BackendError) -> BackendError {
+            restoration.closeDescriptors()
+            return error
+        }
+        let bytes = restoration.objects.bytes
+        guard bytes.count == 17, bytes[0] == 1 else {
+            throw giveUp(BackendError(.invalidArgument, "\(name): \(bytes.count) bytes of viommu objects are not this backend's format 1"))
+        }
+        func id(_ n: Int) -> UInt32 { (0 ..< 4).reduce(UInt32(0)) { $0 | UInt32(bytes[1 + 4 * n + $1]) << (8 * UInt32($1)) } }
+        let viommu = ViommuHandle(rawValue: id(0)), abort = id(1), bypass = id(2), oldQueue = id(3)
+        guard viommu == restoration.handle else {
+            throw giveUp(BackendError(.invalidArgument, "\(name): the objects name \(viommu), the snapshot \(restoration.handle)"))
+        }
+        if let missing = restoration.devices.first(where: { $0.host.vfioDevice == nil }) {
+            throw giveUp(BackendError(.invalidArgument, "\(name): the VFIO cdev of dev_id \(missing.host.id) (\(missing.vdevice)) did not survive the restart: hand it back before restoring \(viommu)"))
+        }
+        let device: any IOMMUFDDevice
+        do { device = try openedDevice() } catch { throw giveUp(error) }
+        func probe(_ id: UInt32, expecting expected: Errno, _ what: String) -> BackendError? {
+            var request = iommu_hwpt_invalidate()
+            request.size = UInt32(MemoryLayout<iommu_hwpt_invalidate>.size)
+            request.hwpt_id = id
+            request.data_type = UInt32(IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3)
+            request.entry_len = UInt32(MemoryLayout<iommu_viommu_arm_smmuv3_invalidate>.size)
+            request.entry_num = 0
+            let errno = perform(.hwptInvalidate, &request, on: device)
+            if errno == .noSuchFileOrDirectory {
+                return BackendError(.unknownHandle, errno: errno?.rawValue,
+                                    "\(name): \(what) (id \(id)) no longer exists in the iommufd: the VMM closed it since the restart (iommufd_fops_release destroyed its objects)")
+            }
+            if errno != expected {
+                return BackendError(.invalidArgument, errno: errno?.rawValue,
+                                    "\(name): id \(id) is not \(what) any more (IOMMU_HWPT_INVALIDATE answered \(errno.map { "\($0)" } ?? "success"))")
+            }
+            return nil
+        }
+        // arm_vsmmu_cache_invalidate refuses an empty array (EINVAL), after the id was found.
+        var checks: [(UInt32, Errno, String)] = [(viommu.rawValue, .invalidArgument, "\(viommu)"),
+                                                 (abort, Self.eopnotsupp, "the abort HWPT of \(viommu)"),
+                                                 (bypass, Self.eopnotsupp, "the bypass HWPT of \(viommu)")]
+        for d in restoration.devices { if let h = d.nestedHWPT { checks.append((h.handle.rawValue, Self.eopnotsupp, "\(h.handle)")) } }
+        for (id, expected, what) in checks {
+            if let error = probe(id, expecting: expected, what) { throw giveUp(error) }
+        }
+        let idRegisters: IDRegisters
+        do { idRegisters = try readHardwareInfo(hostDeviceID: restoration.request.hostDeviceID, on: device) } catch { throw giveUp(error) }
+        var eventQueue: EventQueue?
+        if let fd = restoration.eventQueue, oldQueue != 0 {
+            eventQueue = EventQueue(id: oldQueue, descriptor: FileDescriptor(rawValue: fd))
+        } else {
+            if let fd = restoration.eventQueue { device.close(eventQueue: FileDescriptor(rawValue: fd)) }
+            if oldQueue != 0 { _ = destroyObject(oldQueue, on: device) }
+            if let depth = configuration.eventQueueDepth {
+                do { eventQueue = try allocateEventQueue(for: viommu, depth: depth, on: device) } catch {
+                    for d in restoration.devices { discard(d.host) }
+                    throw error
+                }
+            }
+        }
+        var restored = RestoredViommu(handle: viommu)
+        state.withLock { state in
+            state.viommus[viommu] = ViommuRecord(eventQueue: eventQueue, nestParent: restoration.request.nestParentHWPT,
+                                                 abortHWPT: abort, bypassHWPT: bypass, idRegisters: idRegisters)
+            for d in restoration.devices {
+                guard let fd = d.host.vfioDevice else { continue }
+                state.vdevices[d.vdevice] = VDeviceRecord(viommu: viommu, hostDeviceID: d.host.id,
+                                                          vfio: FileDescriptor(rawValue: fd), domain: d.domain)
+                restored.vdevices[d.virtualStreamID] = d.vdevice
+                if let h = d.nestedHWPT {
+                    state.hwpts[h.handle] = viommu
+                    restored.nestedHWPTs[d.virtualStreamID] = h.handle
+                }
+            }
+        }
+        return restored
+    }
+
+    /// A VFIO cdev handed back for a re-adopted vdevice. This version re-adopts only vdevices whose
+    /// cdev survived, so the backend holds one already: the new descriptor is closed.
+    /// - Throws: ``BackendError/Kind/unknownHandle`` for a vdevice it does not hold,
+    ///   ``BackendError/Kind/invalidArgument`` for another host device.
+    public func resupply(_ vdevice: VDeviceHandle, device host: HostDevice) throws(BackendError) {
+        defer { discard(host) }
+        let record = state.withLock { $0.vdevices[vdevice] }
+        guard let record else { throw unknown(vdevice) }
+        guard record.hostDeviceID == host.id else {
+            throw BackendError(.invalidArgument, "\(name): \(vdevice) is dev_id \(record.hostDeviceID), not \(host.id)")
+        }
+    }
+
     // MARK: - Plumbing
 
     private struct State {

@@ -82,6 +82,8 @@ public final class VSMMUEngine: Sendable {
         var backend: any PSMMUBackend
         var handle: ViommuHandle
         var queue: ViommuQueue
+        /// What the VMM passed at ATTACH_VIOMMU (kept for ``snapshot()``).
+        var request = ViommuAttachRequest()
         var vdevices: [StreamID: VDeviceHandle] = [:]
         var hwpts: [S1HWPTID: HWPTHandle] = [:]
         /// Where each registered device is attached; absent: where the VMM had it (the nest parent).
@@ -107,7 +109,7 @@ public final class VSMMUEngine: Sendable {
 
     public let configuration: Configuration
     /// A pthread mutex (``Locked``) rather than `Synchronization.Mutex`, which ThreadSanitizer cannot see.
-    private let state: Locked<State>
+    let state: Locked<State>
     /// Serialises submissions, control operations and stop, in that order of lock acquisition before `state`.
     private let submitLock = Locked(())
     /// The router's reusable output: only touched while `submitLock` is held.
@@ -197,7 +199,7 @@ public final class VSMMUEngine: Sendable {
                 try? state.vsmmu.detachViommu(index)
                 throw .queue(error)
             }
-            state.viommus[index] = AttachedViommu(backend: backend, handle: handle, queue: queue)
+            state.viommus[index] = AttachedViommu(backend: backend, handle: handle, queue: queue, request: request)
             return index
         }
     }
@@ -406,7 +408,7 @@ public final class VSMMUEngine: Sendable {
     }
 
     /// Runs a control operation: after any submission in progress, with the state locked.
-    private func serialised<Result, Failure: Error>(_ body: (inout State) throws(Failure) -> Result) throws(Failure) -> Result {
+    func serialised<Result, Failure: Error>(_ body: (inout State) throws(Failure) -> Result) throws(Failure) -> Result {
         try submitLock.withLock { (_: inout Void) throws(Failure) -> Result in
             try state.withLock { (state: inout State) throws(Failure) -> Result in try body(&state) }
         }

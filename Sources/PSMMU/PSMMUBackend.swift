@@ -228,6 +228,28 @@ public protocol PSMMUBackend: AnyObject, Sendable {
     /// Takes the event records the pSMMU reported for `viommu` since the last call (vSIDs substituted).
     func takeEvents(viommu: ViommuHandle) -> [EventRecord]
 
+    /// What a later daemon process needs to take `viommu` back (``restoreViommu(_:)``), in the
+    /// backend's own encoding. The default records nothing (the objects are re-created).
+    func objects(of viommu: ViommuHandle) throws(BackendError) -> ViommuObjects
+
+    /// The descriptors the backend holds for `viommu` and its vdevices, for systemd's fd store.
+    func heldDescriptors(of viommu: ViommuHandle) -> HeldDescriptors
+
+    /// Takes back a viommu a previous daemon process allocated, with its vdevices, nested HWPTs and
+    /// device attachments, and returns this process's handles of them.
+    ///
+    /// A backend whose objects outlive the daemon (iommufd: they live in the VMM's iommufd file)
+    /// re-adopts them by id and allocates nothing, except what lived only in a lost descriptor (a
+    /// vEVENTQ). The default re-creates everything (a simulated pSMMU). A failure leaves nothing
+    /// recorded in the backend.
+    func restoreViommu(_ restoration: ViommuRestoration) throws(BackendError) -> RestoredViommu
+
+    /// Hands a restored vdevice its VFIO device cdev again, when it did not survive the restart (the VMM
+    /// repeats its SET_DEV_ID with `FD_ATTACHED`). `device.id` must be the vdevice's host device. Takes
+    /// ownership of `device.vfioDevice`, like ``allocateVDevice(viommu:device:virtualStreamID:)``.
+    /// Changes nothing else. The default closes it (a backend that needs none).
+    func resupply(_ vdevice: VDeviceHandle, device: HostDevice) throws(BackendError)
+
     /// A snapshot of the backend's counters.
     var counters: BackendCounters { get }
 }
@@ -246,4 +268,199 @@ extension PSMMUBackend {
 
     /// Nothing to do: the pSMMU fetches CDs from guest memory when it needs them.
     public func updateContextDescriptors(_ hwpt: HWPTHandle, _ contextDescriptors: [ContextDescriptor]) throws(BackendError) {}
+}
+
+// MARK: - Restarts: what a backend keeps, and how a later process takes a viommu back
+
+/// What a backend needs to find a viommu's objects again in a later daemon process, as the backend
+/// itself encodes it (``PSMMUBackend/objects(of:)``). Opaque to everyone else: the engine stores it in
+/// its snapshot and hands it back, unchanged, to the same kind of backend.
+///
+/// For iommufd: the kernel object ids of the viommu, its abort and bypass HWPTs and its vEVENTQ (the
+/// objects live in the VMM's iommufd file, which outlives the daemon). For a simulated pSMMU: nothing
+/// (a restarted daemon's simulated SMMU is a reset one and everything is allocated again).
+public struct ViommuObjects: Hashable, Sendable {
+    /// The backend's encoding, at most ``maximumByteCount`` bytes.
+    public var bytes: [UInt8]
+    /// The largest encoding a backend may produce (codecs that store it bound it by this).
+    public static let maximumByteCount = 256
+
+    public init(bytes: [UInt8] = []) { self.bytes = bytes }
+}
+
+/// The descriptors a backend holds for one viommu, which a daemon that is about to stop (or may die)
+/// keeps in systemd's file-descriptor store so that its next process can re-adopt the viommu
+/// (``PSMMUBackend/heldDescriptors(of:)``). Raw descriptors, still owned by the backend: a holder
+/// duplicates them (`sd_pid_notify_with_fds` does) and never closes them.
+public struct HeldDescriptors: Hashable, Sendable {
+    /// The iommufd the viommu's objects live in (the VMM's, adopted at ATTACH_VIOMMU).
+    public var iommufd: Int32?
+    /// The viommu's vEVENTQ descriptor.
+    public var eventQueue: Int32?
+    /// Each vdevice's VFIO device cdev.
+    public var vfioDevices: [VDeviceHandle: Int32]
+
+    public init(iommufd: Int32? = nil, eventQueue: Int32? = nil, vfioDevices: [VDeviceHandle: Int32] = [:]) {
+        self.iommufd = iommufd
+        self.eventQueue = eventQueue
+        self.vfioDevices = vfioDevices
+    }
+
+    /// Whether the backend holds no descriptor at all for the viommu.
+    public var isEmpty: Bool { iommufd == nil && eventQueue == nil && vfioDevices.isEmpty }
+}
+
+/// One viommu as a restarted daemon hands it back to a backend (``PSMMUBackend/restoreViommu(_:)``):
+/// what the previous process allocated, in the previous process's handles, and the descriptors that
+/// survived (from systemd's fd store, or none yet).
+public struct ViommuRestoration: Sendable {
+    /// The ATTACH_VIOMMU request the viommu was allocated with.
+    public var request: ViommuAttachRequest
+    /// The previous process's handle of the viommu.
+    public var handle: ViommuHandle
+    /// What the previous process's backend recorded (``PSMMUBackend/objects(of:)``).
+    public var objects: ViommuObjects
+    /// The vEVENTQ descriptor, if it survived. Owned by the backend from this call on (closed when it
+    /// is not needed or the call fails).
+    public var eventQueue: Int32?
+    /// The registered devices, in StreamID order.
+    public var devices: [Device]
+
+    /// A registered device and what its vSTE installed.
+    public struct Device: Sendable {
+        /// The virtual StreamID (vSID) of its vdevice.
+        public var virtualStreamID: StreamID
+        /// Its iommufd `dev_id` and its VFIO cdev, if that survived (owned by the backend from the
+        /// call on, as in ``PSMMUBackend/allocateVDevice(viommu:device:virtualStreamID:)``).
+        public var host: HostDevice
+        /// The previous process's vdevice handle.
+        public var vdevice: VDeviceHandle
+        /// The nested HWPT of its translating vSTE, if one is linked.
+        public var nestedHWPT: NestedHWPT?
+        /// Where the device was attached, in the previous process's handles.
+        public var domain: DeviceDomain
+
+        public init(virtualStreamID: StreamID, host: HostDevice, vdevice: VDeviceHandle,
+                    nestedHWPT: NestedHWPT? = nil, domain: DeviceDomain = .nestParent) {
+            self.virtualStreamID = virtualStreamID
+            self.host = host
+            self.vdevice = vdevice
+            self.nestedHWPT = nestedHWPT
+            self.domain = domain
+        }
+    }
+
+    /// A nested HWPT: the previous process's handle and the vSTE and CDs it was allocated from.
+    public struct NestedHWPT: Hashable, Sendable {
+        public var handle: HWPTHandle
+        public var ste: StreamTableEntry
+        public var contextDescriptors: [ContextDescriptor]
+
+        public init(handle: HWPTHandle, ste: StreamTableEntry, contextDescriptors: [ContextDescriptor]) {
+            self.handle = handle
+            self.ste = ste
+            self.contextDescriptors = contextDescriptors
+        }
+    }
+
+    public init(request: ViommuAttachRequest, handle: ViommuHandle, objects: ViommuObjects,
+                eventQueue: Int32? = nil, devices: [Device] = []) {
+        self.request = request
+        self.handle = handle
+        self.objects = objects
+        self.eventQueue = eventQueue
+        self.devices = devices
+    }
+
+    /// Closes every descriptor this restoration carries (the caller's, when it gives up before
+    /// handing it to a backend).
+    public func closeDescriptors() {
+        if let fd = eventQueue { _ = Glibc.close(fd) }
+        for device in devices { if let fd = device.host.vfioDevice { _ = Glibc.close(fd) } }
+    }
+}
+
+/// The handles of a restored viommu in this process (``PSMMUBackend/restoreViommu(_:)``): the same as
+/// the previous process's for a backend that re-adopts (iommufd), new ones for one that re-creates.
+public struct RestoredViommu: Hashable, Sendable {
+    public var handle: ViommuHandle
+    /// Each device's vdevice, by vSID.
+    public var vdevices: [StreamID: VDeviceHandle]
+    /// Each linked device's nested HWPT, by vSID.
+    public var nestedHWPTs: [StreamID: HWPTHandle]
+
+    public init(handle: ViommuHandle, vdevices: [StreamID: VDeviceHandle] = [:], nestedHWPTs: [StreamID: HWPTHandle] = [:]) {
+        self.handle = handle
+        self.vdevices = vdevices
+        self.nestedHWPTs = nestedHWPTs
+    }
+
+    /// `domain`, given in the previous process's handles, in this process's: a nested HWPT maps to
+    /// the restored one of `streamID`.
+    public func translated(_ domain: DeviceDomain, of streamID: StreamID) -> DeviceDomain {
+        if case .nested = domain, let hwpt = nestedHWPTs[streamID] { return .nested(hwpt) }
+        return domain
+    }
+}
+
+extension PSMMUBackend {
+    /// Nothing to record: the default ``restoreViommu(_:)`` re-creates every object.
+    public func objects(of viommu: ViommuHandle) throws(BackendError) -> ViommuObjects { ViommuObjects() }
+
+    /// No descriptors: a backend that needs none (the simulated pSMMU).
+    public func heldDescriptors(of viommu: ViommuHandle) -> HeldDescriptors { HeldDescriptors() }
+
+    /// Re-creates the viommu and its objects, for a backend whose objects died with the previous
+    /// process (the simulated pSMMU, which is then a reset SMMU: its caches are empty, which is safe,
+    /// since a reset SMMU caches nothing): ``attachViommu(_:)``, then per device
+    /// ``allocateVDevice(viommu:device:virtualStreamID:)``, ``allocateNestedHWPT(viommu:hostDeviceID:ste:contextDescriptors:)``
+    /// and ``attachDevice(_:to:)`` to its domain. A failure undoes what this call created (devices
+    /// back on the nest parent, HWPTs, vdevices, the viommu) and closes the descriptors not yet handed
+    /// over.
+    public func restoreViommu(_ restoration: ViommuRestoration) throws(BackendError) -> RestoredViommu {
+        if let fd = restoration.eventQueue { _ = Glibc.close(fd) }
+        let handle: ViommuHandle
+        do { handle = try attachViommu(restoration.request) } catch {
+            for device in restoration.devices { discard(device.host) }
+            throw error
+        }
+        var restored = RestoredViommu(handle: handle)
+        var placed: [StreamID: Bool] = [:]
+        func undo() {
+            for (sid, vdevice) in restored.vdevices {
+                if placed[sid] == true { try? attachDevice(vdevice, to: .nestParent) }
+                if let hwpt = restored.nestedHWPTs[sid] { try? destroyHWPT(hwpt) }
+                try? destroyVDevice(vdevice)
+            }
+            for (sid, hwpt) in restored.nestedHWPTs where restored.vdevices[sid] == nil { try? destroyHWPT(hwpt) }
+            try? detachViommu(handle)
+        }
+        for (position, device) in restoration.devices.enumerated() {
+            let sid = device.virtualStreamID
+            do {
+                restored.vdevices[sid] = try allocateVDevice(viommu: handle, device: device.host, virtualStreamID: sid)
+                if let nested = device.nestedHWPT {
+                    restored.nestedHWPTs[sid] = try allocateNestedHWPT(
+                        viommu: handle, hostDeviceID: device.host.id, ste: nested.ste,
+                        contextDescriptors: nested.contextDescriptors)
+                }
+                let domain = restored.translated(device.domain, of: sid)
+                if domain != .nestParent, let vdevice = restored.vdevices[sid] {
+                    try attachDevice(vdevice, to: domain)
+                    placed[sid] = true
+                }
+            } catch {
+                for later in restoration.devices[(position + 1)...] { discard(later.host) }
+                undo()
+                throw error
+            }
+        }
+        return restored
+    }
+
+    /// Takes a VFIO device cdev handed back for a restored vdevice (a SET_DEV_ID that repeats the
+    /// registration): a backend that needs none closes it.
+    public func resupply(_ vdevice: VDeviceHandle, device: HostDevice) throws(BackendError) {
+        discard(device)
+    }
 }
