@@ -38,6 +38,15 @@ extension VSMMUServer {
 
         case .createVSMMU(let create):
             let limit = Int(connection.limits.maximumVSMMUs)
+            // Version 3 resumes: its vSMMUs get a token (versions 1-2 cannot resume theirs).
+            let token: ResumeToken?
+            if connection.version >= 3 {
+                do throws(SystemCallError) { token = try ResumeToken.random() } catch {
+                    throw .internalError(type: type, "cannot draw a resume token: \(error)")
+                }
+            } else {
+                token = nil
+            }
             let served = try state.withLock { (s: inout State) throws(ProtocolError) -> ServedVSMMU in
                 let owned = s.vsmmus.values.filter { $0.owner == connection.id }.count
                 guard owned < limit else {
@@ -48,7 +57,7 @@ extension VSMMUServer {
                 s.nextVSMMUID += 1
                 let served = ServedVSMMU(id: id, name: create.name, owner: connection.id,
                                          ownerCredentials: connection.credentials,
-                                         engine: VSMMUEngine(configuration: configuration.engine))
+                                         engine: VSMMUEngine(configuration: configuration.engine), token: token)
                 s.vsmmus[id] = served
                 return served
             }
@@ -85,6 +94,9 @@ extension VSMMUServer {
                 }
                 throw Self.protocolError(error, type: type, viommu: nil)
             }
+            served.attachRequests.withLock {
+                $0[UInt32(index.rawValue)] = ViommuAttachRequest(hostDeviceID: attach.hostDeviceID, nestParentHWPT: attach.nestParentHWPT)
+            }
             let handle = served.engine.viommuStatistics.first { $0.index == index }?.handle.rawValue ?? 0
             return .attachViommu(ViommuAttached(viommu: UInt32(index.rawValue), backendViommuID: handle))
 
@@ -94,6 +106,7 @@ extension VSMMUServer {
             do throws(EngineError) { try served.engine.detachViommu(index) } catch {
                 throw Self.protocolError(error, type: type, viommu: detach.viommu)
             }
+            served.attachRequests.withLock { _ = $0.removeValue(forKey: detach.viommu) }
             return .detachViommu
 
         case .setDeviceID(let registration):
@@ -243,7 +256,10 @@ extension VSMMUServer {
     /// - Throws: `UNKNOWN_VSMMU`, `NOT_OWNER`.
     func owned(_ id: VSMMUID, by connection: Connection, type: MessageType) throws(ProtocolError) -> ServedVSMMU {
         guard let served = state.withLock({ $0.vsmmus[id] }) else { throw .unknownVSMMU(id, type: type) }
-        guard served.owner == connection.id else { throw .notOwner(id, type: type) }
+        // Rebuilt from the journal and not resumed yet, or being reclaimed: it does not exist for anyone.
+        let owner = served.owner
+        guard owner != 0, owner != UInt64.max else { throw .unknownVSMMU(id, type: type) }
+        guard owner == connection.id else { throw .notOwner(id, type: type) }
         return served
     }
 
