@@ -157,7 +157,6 @@ extension VSMMUServer {
                 return true
             }) else { continue }
             let failures = served.tearDown()
-            state.withLock { _ = $0.vsmmus.removeValue(forKey: served.id) }
             do throws(JournalError) { try journalRemoval(of: served.id) } catch {
                 logger.error("cannot journal the reclaim of a vSMMU", metadata: ["vsmmu": "\(served.id.rawValue)", "error": "\(error)"])
             }
@@ -165,6 +164,8 @@ extension VSMMUServer {
                 "vsmmu": "\(served.id.rawValue)", "name": "\(served.name)", "owner_uid": "\(served.ownerUserID)",
                 "grace_seconds": "\(configuration.resumeGrace.components.seconds)", "failures": "\(failures)",
             ])
+            // Torn down, journaled and logged before it leaves the registry (LIST, HEALTH).
+            state.withLock { _ = $0.vsmmus.removeValue(forKey: served.id) }
         }
     }
 }
