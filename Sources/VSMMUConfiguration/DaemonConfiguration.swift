@@ -22,7 +22,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// KVM's `halt_poll_ns`); 0 disables polling.
     public var requestPollMicroseconds: Int
     /// `[daemon] state_directory`: where the journal of registrations lives (`nil`: the daemon's default,
-    /// `$STATE_DIRECTORY`, else `/var/lib/vsmmud`; see ``stateDirectory(environment:)``).
+    /// `$STATE_DIRECTORY`, else none: no journal; see ``stateDirectory(environment:)``).
     public var stateDirectory: String?
     /// `[daemon] resume_grace_seconds` (default 120, range ``resumeGraceRange``): how long after a start a
     /// vSMMU rebuilt from the journal waits for its owner's RESUME before it is reclaimed.
@@ -72,13 +72,14 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public static let resumeGraceRange = 0...86_400
 
     /// The journal's directory: ``stateDirectory``, else systemd's `$STATE_DIRECTORY` (`StateDirectory=`;
-    /// the first of several), else `/var/lib/vsmmud`.
-    public func stateDirectory(environment: [String: String]) -> String {
+    /// the first of several), else `nil`: a daemon started by hand without either runs without a journal
+    /// (its registrations do not survive a restart), so two daemons never share one journal by default.
+    public func stateDirectory(environment: [String: String]) -> String? {
         if let stateDirectory { return stateDirectory }
         if let directory = environment["STATE_DIRECTORY"], !directory.isEmpty {
             return directory.split(separator: ":").first.map(String.init) ?? directory
         }
-        return "/var/lib/vsmmud"
+        return nil
     }
     public static let defaultRequestPollMicroseconds = 30
     /// Accepted `request_poll_us` values.
