@@ -12,6 +12,7 @@ let package = Package(
         .library(name: "IOMMUFD", targets: ["IOMMUFD"]),
         .library(name: "InvalidationEngine", targets: ["InvalidationEngine"]),
         .library(name: "VSMMUProtocol", targets: ["VSMMUProtocol"]),
+        .library(name: "VSMMUJournal", targets: ["VSMMUJournal"]),
         .library(name: "VSMMUDaemon", targets: ["VSMMUDaemon"]),
         .library(name: "VSMMUClient", targets: ["VSMMUClient"]),
         .executable(name: "vsmmud", targets: ["vsmmud"]),
@@ -75,12 +76,18 @@ let package = Package(
         .target(name: "VSMMUProtocol", dependencies: ["SMMUv3"]),
         // SCM_RIGHTS, SO_PEERCRED and the CMSG_* macros, which Glibc does not import.
         .target(name: "CSocketShims"),
+        // A crash-safe keyed record store (checkpoint + append-only log, CRC-32C per record) under a directory,
+        // through one file-operation seam. The daemon's registrations live in it.
+        .target(
+            name: "VSMMUJournal",
+            dependencies: [.product(name: "Logging", package: "swift-log"), .product(name: "SystemPackage", package: "swift-system")]
+        ),
         // The daemon as a library: listener, connections, ownership, one engine per vSMMU, admin. Testable in-process.
         .target(
             name: "VSMMUDaemon",
             dependencies: [
                 "SMMUv3", "VirtualSMMU", "PSMMU", "IOMMUFD", "InvalidationEngine", "VSMMUProtocol", "CSocketShims",
-                "VSMMUConfiguration",
+                "VSMMUConfiguration", "VSMMUJournal",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
@@ -177,6 +184,11 @@ let package = Package(
             name: "VSMMUSystemdTests",
             dependencies: ["VSMMUSystemd", "VSMMUDaemon", "VSMMUClient", "VSMMUProtocol", "VSMMUConfiguration", "SMMUv3", "PSMMU",
                            .product(name: "Logging", package: "swift-log")]
+        ),
+        .testTarget(
+            name: "VSMMUJournalTests",
+            dependencies: ["VSMMUJournal", .product(name: "Logging", package: "swift-log"),
+                           .product(name: "SystemPackage", package: "swift-system")]
         ),
         .testTarget(name: "VSMMUProtocolTests", dependencies: ["VSMMUProtocol", "SMMUv3", "VSMMUTestSupport"]),
         .testTarget(

@@ -9,7 +9,7 @@ enum ConfigurationParser {
     /// The keys each table may hold (documented in `systemd/vsmmud.toml`).
     enum Keys {
         static let root = ["daemon", "socket", "access", "limits", "queue", "psmmu"]
-        static let daemon = ["log_level", "request_poll_us"]
+        static let daemon = ["log_level", "request_poll_us", "state_directory", "resume_grace_seconds"]
         static let socket = ["path", "mode", "group"]
         static let access = ["allowed_uids", "allowed_gids"]
         static let limits = ["max_frame_size", "max_commands_per_invalidate", "max_vsmmus_per_connection",
@@ -80,6 +80,15 @@ enum ConfigurationParser {
             if let level = try logLevel(daemon) { configuration.logLevel = level }
             if let poll = try daemon.integer("request_poll_us", in: DaemonConfiguration.requestPollRange) {
                 configuration.requestPollMicroseconds = poll
+            }
+            if let directory = try daemon.string("state_directory") {
+                guard directory.hasPrefix("/") else {
+                    throw daemon.error("state_directory", "must be an absolute path, not '\(directory)'")
+                }
+                configuration.stateDirectory = directory
+            }
+            if let grace = try daemon.integer("resume_grace_seconds", in: DaemonConfiguration.resumeGraceRange) {
+                configuration.resumeGraceSeconds = grace
             }
         }
         if let socket = try root.table("socket") {

@@ -21,6 +21,12 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// thread polls for the VMM's next request after answering one, before it sleeps (adaptive, like
     /// KVM's `halt_poll_ns`); 0 disables polling.
     public var requestPollMicroseconds: Int
+    /// `[daemon] state_directory`: where the journal of registrations lives (`nil`: the daemon's default,
+    /// `$STATE_DIRECTORY`, else none: no journal; see ``stateDirectory(environment:)``).
+    public var stateDirectory: String?
+    /// `[daemon] resume_grace_seconds` (default 120, range ``resumeGraceRange``): how long after a start a
+    /// vSMMU rebuilt from the journal waits for its owner's RESUME before it is reclaimed.
+    public var resumeGraceSeconds: Int
     /// `[socket]`.
     public var socket: SocketSettings
     /// `[access]`.
@@ -47,6 +53,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
                 pSMMUs: [PSMMUDefinition] = PSMMUDefinition.embeddedDefault) {
         self.logLevel = logLevel
         self.requestPollMicroseconds = requestPollMicroseconds
+        self.stateDirectory = nil
+        self.resumeGraceSeconds = DaemonConfiguration.defaultResumeGraceSeconds
         self.socket = socket
         self.access = access
         self.limits = limits
@@ -59,6 +67,20 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public static let defaultStallTimeoutMilliseconds = 0
     /// Accepted `stall_timeout_ms` values: 0 (no limit) up to an hour.
     public static let stallTimeoutRange = 0...3_600_000
+    public static let defaultResumeGraceSeconds = 120
+    /// Accepted `resume_grace_seconds` values.
+    public static let resumeGraceRange = 0...86_400
+
+    /// The journal's directory: ``stateDirectory``, else systemd's `$STATE_DIRECTORY` (`StateDirectory=`;
+    /// the first of several), else `nil`: a daemon started by hand without either runs without a journal
+    /// (its registrations do not survive a restart), so two daemons never share one journal by default.
+    public func stateDirectory(environment: [String: String]) -> String? {
+        if let stateDirectory { return stateDirectory }
+        if let directory = environment["STATE_DIRECTORY"], !directory.isEmpty {
+            return directory.split(separator: ":").first.map(String.init) ?? directory
+        }
+        return nil
+    }
     public static let defaultRequestPollMicroseconds = 30
     /// Accepted `request_poll_us` values.
     public static let requestPollRange = 0...1000
@@ -100,6 +122,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
         if access != new.access { plan.applied.append("access") }
         if limits != new.limits || connectionLimits != new.connectionLimits { plan.applied.append("limits") }
         if requestPollMicroseconds != new.requestPollMicroseconds { plan.needsRestart.append("daemon.request_poll_us") }
+        if stateDirectory != new.stateDirectory { plan.needsRestart.append("daemon.state_directory") }
+        if resumeGraceSeconds != new.resumeGraceSeconds { plan.needsRestart.append("daemon.resume_grace_seconds") }
         if socket.path != new.socket.path { plan.needsRestart.append("socket.path") }
         if socket.mode != new.socket.mode { plan.needsRestart.append("socket.mode") }
         if socket.group != new.socket.group { plan.needsRestart.append("socket.group") }

@@ -79,7 +79,9 @@ extension VSMMUServer {
 
     /// The LIST reply: one page of a fresh snapshot.
     /// - Throws: `UNKNOWN_VSMMU`.
-    func listing(_ request: ListRequest, type: MessageType) throws(ProtocolError) -> ListReply {
+    /// - Parameter awaitingOwnerFlag: whether LIST's vSMMU entries carry `VSMMU_LIST_VSMMU_AWAITING_OWNER`
+    ///   (version 3; the field is reserved, 0, for versions 1-2).
+    func listing(_ request: ListRequest, type: MessageType, awaitingOwnerFlag: Bool = true) throws(ProtocolError) -> ListReply {
         let served: [ServedVSMMU]
         if let id = request.vsmmu {
             guard let one = state.withLock({ $0.vsmmus[id] }) else { throw .unknownVSMMU(id, type: type) }
@@ -104,7 +106,7 @@ extension VSMMUServer {
                                       ownerUserID: s.ownerCredentials?.userID ?? 0,
                                       viommuCount: UInt32(v.attachedViommus.count), deviceCount: UInt32(v.devices.count),
                                       hwptCount: UInt32(v.hwpts.count), asidCount: UInt32(v.asidIndex.knownASIDs.count),
-                                      name: s.name)
+                                      name: s.name, awaitingOwner: awaitingOwnerFlag && s.owner == 0)
             }
             let (p, t) = page(all); entries = .vsmmus(Array(p)); total = t
         case .viommus:

@@ -231,18 +231,35 @@ struct Connection {
             attachedFD = pendingFileDescriptors.removeFirst()
         }
         let response: Response
+        var applied: Request?
         do throws(ProtocolError) {
             let request = try Request.decode(frame, handshakeCompleted: handshakeCompleted)
+            // A control request re-sent after a resume whose reply was lost: answered again, not applied twice.
+            if let replayed = server.replayedReply(to: request, header: header, payload: frame.payload, connection: self) {
+                if let fd = attachedFD { close(fd) }
+                return send(replayed)
+            }
+            try server.checkDurability(of: request, connection: self)
             response = try server.apply(request, connection: &self, fileDescriptor: &attachedFD)
+            applied = request
         } catch {
             response = .error(error)
         }
         if let fd = attachedFD { close(fd) } // not adopted by the request
-        return reply(response, to: header)
+        return reply(response, to: header, request: applied, payload: frame.payload)
+    }
+
+    /// Writes a reply frame as it is. Returns `false` when the connection must end.
+    private func send(_ frame: [UInt8]) -> Bool {
+        do throws(SystemCallError) { try POSIX.sendAll(fd, frame) } catch {
+            logger.info("cannot write a reply, closing", metadata: ["error": "\(error)"])
+            return false
+        }
+        return true
     }
 
     /// Writes the reply to the request of `header`. Returns `false` when the connection must end.
-    private mutating func reply(_ response: Response, to header: FrameHeader) -> Bool {
+    private mutating func reply(_ response: Response, to header: FrameHeader, request: Request? = nil, payload: [UInt8] = []) -> Bool {
         if case .error(let error) = response {
             server.protocolErrors.add(1, ordering: .relaxed)
             logger.debug("request refused", metadata: ["request": "\(header)", "error": "\(error)"])
@@ -253,6 +270,8 @@ struct Connection {
             replyBuffer = ProtocolError.internalError(type: header.type, "cannot encode the reply: \(error)")
                 .replyFrame(requestID: header.requestID)
         }
+        // A control change is durable before its reply leaves (PROTOCOL.md "Durability and restarts").
+        if let request { server.commit(request, header: header, payload: payload, response: response, reply: &replyBuffer) }
         do throws(SystemCallError) { try POSIX.sendAll(fd, replyBuffer) } catch {
             logger.info("cannot write a reply, closing", metadata: ["error": "\(error)"])
             return false

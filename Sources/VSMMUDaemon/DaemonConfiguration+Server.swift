@@ -25,8 +25,10 @@ extension VSMMUServer.Configuration {
     ///     resolved by the caller), or the activated socket's path.
     ///   - inheritedListener: a socket-activated listener to serve instead of binding `socketPath`.
     /// - Throws: ``ConfigurationError`` naming `socket.group` when that group does not exist.
+    ///   - stateDirectory: the journal's directory (`nil`: no journal), resolved by the caller from
+    ///     `--state-dir`, the file's `daemon.state_directory` and `$STATE_DIRECTORY`.
     public init(_ daemon: DaemonConfiguration, socketPath: String, inheritedListener: Int32? = nil,
-                file: String = DaemonConfiguration.defaultPath) throws(ConfigurationError) {
+                file: String = DaemonConfiguration.defaultPath, stateDirectory: String? = nil) throws(ConfigurationError) {
         var groupID: UInt32?
         if let group = daemon.socket.group {
             guard let entry = getgrnam(group) else {
@@ -43,5 +45,7 @@ extension VSMMUServer.Configuration {
                   engine: engine, inheritedListener: inheritedListener, socketMode: daemon.socket.mode,
                   socketGroupID: groupID, access: daemon.access, requestPolling: requestPolling)
         connectionLimits = daemon.connectionLimits
+        self.stateDirectory = stateDirectory
+        resumeGrace = .seconds(daemon.resumeGraceSeconds)
     }
 }

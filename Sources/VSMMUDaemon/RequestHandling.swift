@@ -38,6 +38,15 @@ extension VSMMUServer {
 
         case .createVSMMU(let create):
             let limit = Int(connection.limits.maximumVSMMUs)
+            // Version 3 resumes: its vSMMUs get a token (versions 1-2 cannot resume theirs).
+            let token: ResumeToken?
+            if connection.version >= 3 {
+                do throws(SystemCallError) { token = try ResumeToken.random() } catch {
+                    throw .internalError(type: type, "cannot draw a resume token: \(error)")
+                }
+            } else {
+                token = nil
+            }
             let served = try state.withLock { (s: inout State) throws(ProtocolError) -> ServedVSMMU in
                 let owned = s.vsmmus.values.filter { $0.owner == connection.id }.count
                 guard owned < limit else {
@@ -47,12 +56,12 @@ extension VSMMUServer {
                 let id = Self.unusedRandomID(among: s.vsmmus)
                 let served = ServedVSMMU(id: id, name: create.name, owner: connection.id,
                                          ownerCredentials: connection.credentials,
-                                         engine: VSMMUEngine(configuration: configuration.engine))
+                                         engine: VSMMUEngine(configuration: configuration.engine), token: token)
                 s.vsmmus[id] = served
                 return served
             }
             connection.logger.info("vSMMU created", metadata: ["vsmmu": "\(served.id.rawValue)", "name": "\(create.name)"])
-            return .createVSMMU(VSMMUCreated(vsmmu: served.id))
+            return .createVSMMU(VSMMUCreated(vsmmu: served.id, resumeToken: token))
 
         case .destroyVSMMU(let destroy):
             let served = try owned(destroy.vsmmu, by: connection, type: type)
@@ -84,6 +93,9 @@ extension VSMMUServer {
                 }
                 throw Self.protocolError(error, type: type, viommu: nil)
             }
+            served.attachRequests.withLock {
+                $0[UInt32(index.rawValue)] = ViommuAttachRequest(hostDeviceID: attach.hostDeviceID, nestParentHWPT: attach.nestParentHWPT)
+            }
             let handle = served.engine.viommuStatistics.first { $0.index == index }?.handle.rawValue ?? 0
             return .attachViommu(ViommuAttached(viommu: UInt32(index.rawValue), backendViommuID: handle))
 
@@ -93,6 +105,7 @@ extension VSMMUServer {
             do throws(EngineError) { try served.engine.detachViommu(index) } catch {
                 throw Self.protocolError(error, type: type, viommu: detach.viommu)
             }
+            served.attachRequests.withLock { _ = $0.removeValue(forKey: detach.viommu) }
             return .detachViommu
 
         case .setDeviceID(let registration):
@@ -192,10 +205,12 @@ extension VSMMUServer {
             }
             return .getHWInfo(HardwareInfo(viommuCount: UInt32(infos.count), registers: common))
 
-        case .resumeVSMMU(let resume):
-            // A server without a journal never outlives a connection's vSMMUs: there is nothing to take
-            // over, so every token names a vSMMU that does not exist (the journaled server answers it).
-            throw .unknownVSMMU(resume.vsmmu, type: type)
+        case .resumeVSMMU(let request):
+            // The VMM's iommufd handed back with RESUME is not used yet (closed by the caller): an iommufd
+            // vSMMU comes back only with the fds the restart kept.
+            let outcome = try resume(request.vsmmu, token: request.resumeToken.bytes, connection: connection, type: type)
+            return .resumeVSMMU(VSMMUResumed(vsmmu: outcome.vsmmu, viommuCount: outcome.viommuCount,
+                                             deviceCount: outcome.deviceCount, lastRequestID: outcome.lastRequestID))
 
         case .invalidate(let invalidate):
             return try invalidate.commands.withUnsafeBufferPointer { (commands) throws(ProtocolError) -> Response in
@@ -208,7 +223,7 @@ extension VSMMUServer {
 
         case .list(let list):
             try checkAdmin(connection, type: type)
-            return .list(try listing(list, type: type))
+            return .list(try listing(list, type: type, awaitingOwnerFlag: connection.version >= 3))
 
         case .health:
             try checkAdmin(connection, type: type)
@@ -253,9 +268,11 @@ extension VSMMUServer {
     /// (``unusedRandomID(among:)``), so none can be guessed or counted either (PROTOCOL.md §3.3).
     /// - Throws: `UNKNOWN_VSMMU`.
     func owned(_ id: VSMMUID, by connection: Connection, type: MessageType) throws(ProtocolError) -> ServedVSMMU {
-        guard let served = state.withLock({ $0.vsmmus[id] }), served.owner == connection.id else {
-            throw .unknownVSMMU(id, type: type)
-        }
+        guard let served = state.withLock({ $0.vsmmus[id] }) else { throw .unknownVSMMU(id, type: type) }
+        // Rebuilt from the journal and not resumed yet, being reclaimed, or another connection's: it does
+        // not exist for this connection (no existence oracle).
+        let owner = served.owner
+        guard owner != 0, owner != UInt64.max, owner == connection.id else { throw .unknownVSMMU(id, type: type) }
         return served
     }
 

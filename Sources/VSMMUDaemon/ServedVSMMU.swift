@@ -1,5 +1,6 @@
 import InvalidationEngine
 import PSMMU
+import VSMMUJournal
 import VSMMUProtocol
 
 /// One vSMMU the daemon serves: its engine, its owner and the figures the engine does not keep.
@@ -25,20 +26,50 @@ final class ServedVSMMU: Sendable {
         static func bucket(_ t: UInt64) -> Int { t == 0 ? 0 : 63 - t.leadingZeroBitCount }
     }
 
+    /// Who owns it: a connection, or nobody yet after a restart (``awaitingOwner``).
+    struct Ownership: Sendable {
+        /// The owning connection's id; 0 while awaiting its owner (connection ids start at 1).
+        var connection: UInt64
+        var credentials: PeerCredentials?
+        /// Whether the owner took it over with RESUME_VSMMU (reply replay applies then).
+        var resumed = false
+    }
+
     let id: VSMMUID
     let name: String
-    let owner: UInt64
-    let ownerCredentials: PeerCredentials?
     let engine: VSMMUEngine
     let statistics = Locked(Statistics())
+    /// The owner's uid when it was created (kept in the journal; a resume must come from the same uid).
+    let ownerUserID: UInt32
+    /// The tenant whose namespace its simulated host devices live in.
+    let tenant: UInt64
+    /// The resume token (`nil`: created on protocol version 1-2, cannot be resumed).
+    let token: ResumeToken?
+    let ownership: Locked<Ownership>
+    /// What each viommu was attached with (the engine keeps only its pSMMU), by viommu index.
+    let attachRequests = Locked<[UInt32: ViommuAttachRequest]>([:])
+    /// The last control request applied and the reply sent, for reply replay after a resume.
+    let lastReply = Locked<JournaledReply?>(nil)
+    /// The journal write that failed, while the vSMMU refuses control requests because of it.
+    let journalFailure = Locked<JournalError?>(nil)
 
-    init(id: VSMMUID, name: String, owner: UInt64, ownerCredentials: PeerCredentials?, engine: VSMMUEngine) {
+    init(id: VSMMUID, name: String, owner: UInt64, ownerCredentials: PeerCredentials?, engine: VSMMUEngine,
+         ownerUserID: UInt32? = nil, tenant: UInt64 = 0, token: ResumeToken? = nil) {
         self.id = id
         self.name = name
-        self.owner = owner
-        self.ownerCredentials = ownerCredentials
         self.engine = engine
+        self.ownerUserID = ownerUserID ?? ownerCredentials?.userID ?? 0
+        self.tenant = tenant
+        self.token = token
+        ownership = Locked(Ownership(connection: owner, credentials: ownerCredentials))
     }
+
+    /// The owning connection's id (0: awaiting its owner after a restart).
+    var owner: UInt64 { ownership.withLock { $0.connection } }
+    /// The owning connection's peer credentials.
+    var ownerCredentials: PeerCredentials? { ownership.withLock { $0.credentials } }
+    /// Whether the vSMMU was rebuilt from the journal and its owner has not resumed it yet.
+    var awaitingOwner: Bool { owner == 0 }
 
     /// Destroys everything under the vSMMU as DESTROY_VSMMU does: waits for queued commands,
     /// unregisters every device (unlinking its vSTE), detaches every viommu, stops the engine.

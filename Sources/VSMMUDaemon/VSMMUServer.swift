@@ -4,6 +4,7 @@ import VSMMUConfiguration
 import Logging
 import PSMMU
 import Synchronization
+import VSMMUJournal
 import VSMMUProtocol
 
 #if canImport(Glibc)
@@ -83,6 +84,18 @@ public final class VSMMUServer: Sendable {
         public var requestPollingThreads: Int
         /// Connections held at most, globally and per uid, and the HELLO deadline.
         public var connectionLimits = ConnectionLimits()
+        /// The directory of the journal (`[daemon] state_directory`, `--state-dir`): every registration is
+        /// made durable there before its reply, rebuilt from there at start, and a stop no longer tears the
+        /// vSMMUs down. `nil`: no journal; a stop tears everything down, as before.
+        public var stateDirectory: String?
+        /// How long after the start a vSMMU rebuilt from the journal waits for its owner's RESUME before it is
+        /// reclaimed (`[daemon] resume_grace_seconds`, `--resume-grace`).
+        public var resumeGrace: Duration
+        /// The journal's file operations (`nil`: the real file system); tests inject failures through it.
+        public var journalFileSystem: (any JournalFileSystem)?
+
+        /// The default ``resumeGrace``, in seconds.
+        public static let defaultResumeGraceSeconds = 120
 
         /// The daemon's default ``requestPolling`` window, in microseconds (`[daemon] request_poll_us`).
         public static let defaultRequestPollMicroseconds = 30
@@ -108,6 +121,9 @@ public final class VSMMUServer: Sendable {
             self.wedgeTimeout = wedgeTimeout
             self.requestPolling = requestPolling
             self.requestPollingThreads = requestPollingThreads
+            stateDirectory = nil
+            resumeGrace = .seconds(Configuration.defaultResumeGraceSeconds)
+            journalFileSystem = nil
         }
     }
 
@@ -149,7 +165,15 @@ public final class VSMMUServer: Sendable {
         var boundSocket: (device: UInt64, inode: UInt64)?
         /// Backend progress seen per viommu at the last liveness check, and since when it is stuck.
         var progress: [ViommuKey: ProgressMark] = [:]
+        /// How many vSMMUs ``recover()`` rebuilt (`nil`: not run yet).
+        var recovered: Int?
+        /// The open journal, once ``recover()`` ran with a state directory.
+        var journal: Journal?
+        var reclaimThread: OSThread?
     }
+
+    /// The journal, when the server has a state directory.
+    var journal: Journal? { state.withLock { $0.journal } }
 
     public let configuration: Configuration
     let logger: Logger
@@ -187,6 +211,10 @@ public final class VSMMUServer: Sendable {
     /// Binds the socket (removing a stale socket file, creating its directory) and starts accepting.
     /// - Throws: ``SystemCallError`` when the socket cannot be bound.
     public func start() throws(SystemCallError) {
+        let recovered: Int
+        do throws(RecoveryError) { recovered = try recover() } catch {
+            throw SystemCallError("journal: \(error)", errno: EIO)
+        }
         let path = configuration.socketPath
         let fd: Int32
         if let inherited = configuration.inheritedListener {
@@ -224,6 +252,11 @@ public final class VSMMUServer: Sendable {
             close(wakeReadFD)
         }
         state.withLock { $0.acceptThread = thread }
+        if recovered > 0 {
+            let deadline = startTime &+ UInt64(max(0, configuration.resumeGrace.nanosecondsClamped))
+            let reclaimer = try OSThread { [self] in reclaimUnclaimed(deadline: deadline) }
+            state.withLock { $0.reclaimThread = reclaimer }
+        }
         logger.info("listening", metadata: [
             "socket": "\(path)", "activated": "\(configuration.inheritedListener != nil)",
             "psmmus": "\(configuration.pSMMUs.map(\.name))", "access": "\(configuration.access.logDescription)",
@@ -308,6 +341,14 @@ public final class VSMMUServer: Sendable {
         }
         let threads = state.withLock { s -> [OSThread] in defer { s.finishedThreads = [] }; return s.finishedThreads }
         for thread in threads { thread.join() }
+        state.withLock { $0.reclaimThread }?.join()
+        // With a journal, a stop (SIGTERM: a restart or an upgrade) leaves the vSMMUs to the next process:
+        // their queues are stopped (what was pushed is executed), nothing is torn down.
+        if journal != nil {
+            let kept = state.withLock { $0.vsmmus.values.map { $0 } }
+            for served in kept { served.engine.stop() }
+            if !kept.isEmpty { logger.notice("stopped with the vSMMUs kept in the journal", metadata: ["vsmmus": "\(kept.count)"]) }
+        }
         if configuration.inheritedListener == nil { removeSocketFileIfStillOurs() }
         logger.info("stopped", metadata: ["socket": "\(configuration.socketPath)"])
     }
@@ -501,11 +542,22 @@ public final class VSMMUServer: Sendable {
     /// A connection's thread ends: tear down its vSMMUs, forget it, close its socket.
     private func finish(connection id: UInt64, fd: Int32) {
         // Torn down before they leave the registry: once a vSMMU is gone from LIST and HEALTH, its host
-        // devices are free in the pSMMUs.
-        let owned = state.withLock { s in s.vsmmus.values.filter { $0.owner == id }.sorted { $0.id < $1.id } }
+        // devices are free in the pSMMUs. A daemon that stops with a journal keeps them for the next process.
+        let keep = journal != nil && isStopping
+        let owned = keep ? [] : state.withLock { s in s.vsmmus.values.filter { $0.owner == id }.sorted { $0.id < $1.id } }
         for vsmmu in owned {
+            // Resumed by another connection meanwhile: no longer this connection's to tear down.
+            guard vsmmu.ownership.withLock({ o -> Bool in
+                guard o.connection == id else { return false }
+                o.connection = UInt64.max
+                return true
+            }) else { continue }
             let failures = vsmmu.tearDown()
             state.withLock { _ = $0.vsmmus.removeValue(forKey: vsmmu.id) }
+            do throws(JournalError) { try journalRemoval(of: vsmmu.id) } catch {
+                logger.error("cannot journal the teardown of a vSMMU: it comes back at the next start and is reclaimed",
+                             metadata: ["vsmmu": "\(vsmmu.id.rawValue)", "error": "\(error)"])
+            }
             logger.info("vSMMU destroyed with its connection", metadata: [
                 "connection": "\(id)", "vsmmu": "\(vsmmu.id.rawValue)", "failures": "\(failures)",
             ])

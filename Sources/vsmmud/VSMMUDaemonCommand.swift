@@ -42,6 +42,12 @@ struct VSMMUDaemonCommand: AsyncParsableCommand {
     @Option(help: "Seconds a stopping daemon lets connections finish what they sent before cutting them.")
     var stopGracePeriod: Int = 30
 
+    @Option(help: "The journal's directory; overrides the file's daemon.state_directory (default: $STATE_DIRECTORY, else /var/lib/vsmmud).")
+    var stateDir: String?
+
+    @Option(help: "Seconds after the start that a vSMMU rebuilt from the journal waits for its owner's RESUME before it is reclaimed; overrides daemon.resume_grace_seconds.")
+    var resumeGrace: Int?
+
     @Flag(help: "Check the configuration file and exit: 0 when it is good, 78 when it is refused.")
     var checkConfig = false
 
@@ -51,6 +57,9 @@ struct VSMMUDaemonCommand: AsyncParsableCommand {
             throw ValidationError("unknown log format '\(logFormat)' (journald, console, auto)")
         }
         guard stopGracePeriod >= 0 else { throw ValidationError("--stop-grace-period must not be negative") }
+        if let resumeGrace, !DaemonConfiguration.resumeGraceRange.contains(resumeGrace) {
+            throw ValidationError("--resume-grace must be within \(DaemonConfiguration.resumeGraceRange)")
+        }
     }
 
     func run() async throws {
@@ -81,18 +90,27 @@ struct VSMMUDaemonCommand: AsyncParsableCommand {
             let activated = try SocketActivation.listeningUnixSocket()
             let path = activated.flatMap(SocketActivation.boundPath(of:)) ?? socket ?? daemonConfiguration.socket.path
                 ?? VSMMUServer.defaultSocketPath(environment: environment)
-            var serverConfiguration = try VSMMUServer.Configuration(daemonConfiguration, socketPath: path,
-                                                                    inheritedListener: activated,
-                                                                    file: file ?? "embedded default")
+            var serverConfiguration = try VSMMUServer.Configuration(
+                daemonConfiguration, socketPath: path, inheritedListener: activated, file: file ?? "embedded default",
+                stateDirectory: stateDir ?? daemonConfiguration.stateDirectory(environment: environment))
+            if let resumeGrace { serverConfiguration.resumeGrace = .seconds(resumeGrace) }
             let watchdog = SystemdNotifier.watchdogInterval()
             // Ping at a third of the watchdog interval; without a watchdog, refresh STATUS every 5 s.
             serverConfiguration.heartbeatInterval = watchdog.map { max(.milliseconds(10), $0 / 3) } ?? .seconds(5)
             if let watchdog { serverConfiguration.wedgeTimeout = max(.seconds(1), watchdog / 2) }
             server = VSMMUServer(configuration: serverConfiguration, logger: logger)
             server.setHeartbeat(Self.heartbeat(notifier: notifier, watchdog: watchdog != nil, logger: logger))
+            // Every vSMMU is rebuilt from the journal before the socket serves.
+            try server.recover()
             try server.start()
         } catch let error as ConfigurationError {
             Self.refuse(error)
+        } catch let error as RecoveryError {
+            // A damaged journal: refuse to serve part of the registrations; a restart would not fix it.
+            let message = "vsmmud: journal refused: \(error)\n"
+            DaemonLogHandler.writeToStandardError(message)
+            notifier.notify(.status("journal refused: \(error)"))
+            Glibc.exit(RecoveryError.exitStatus)
         } catch {
             logger.critical("cannot start", metadata: ["error": "\(error)"])
             notifier.notify(.status("cannot start: \(error)"))
