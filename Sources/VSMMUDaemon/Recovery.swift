@@ -58,7 +58,14 @@ extension VSMMUServer {
             guard UInt64(record.id) == key else {
                 throw RecoveryError(message: "journal in \(directory): key \(key) holds the record of vSMMU \(record.id)")
             }
-            rebuilt.append(try rebuild(record))
+            // A vSMMU this daemon cannot rebuild (an iommufd viommu, a pSMMU no longer configured) is dropped
+            // and logged, never a reason to refuse the others: its owner finds it gone at RESUME_VSMMU.
+            do throws(RecoveryError) { rebuilt.append(try rebuild(record)) } catch {
+                logger.error("vSMMU dropped at recovery", metadata: ["vsmmu": "\(record.id)", "reason": "\(error.message)"])
+                do throws(JournalError) { try journal.remove(key: key) } catch {
+                    throw RecoveryError(message: "cannot drop the record of vSMMU \(record.id) from the journal: \(error)")
+                }
+            }
         }
         // The rebuilt viommus are new backend objects: the records say so before anything is served.
         for served in rebuilt {

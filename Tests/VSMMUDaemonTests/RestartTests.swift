@@ -172,6 +172,32 @@ struct Registrations: Equatable, CustomStringConvertible {
         #expect(conflict != nil)
     }
 
+    @Test func aVSMMUThatCannotBeRebuiltIsDroppedAndLoggedAndTheOthersComeBack() throws {
+        let directory = temporaryStateDirectory()
+        defer { removeStateDirectory(directory) }
+        let first = try JournaledServer(stateDirectory: directory)
+        _ = try register(on: try first.client()) // vm-a on smmu1 and smmu2, vm-b on smmu0
+        first.server.stop()
+        // The next process no longer has smmu2: vm-a cannot be rebuilt, vm-b can, and the daemon serves.
+        let path = uniqueSocketPath("dropped")
+        var configuration = VSMMUServer.Configuration(socketPath: path, pSMMUs: simulatedPSMMUs(2).map { .simulated($0) })
+        configuration.stateDirectory = directory
+        let log = MessageLog()
+        let second = VSMMUServer(configuration: configuration, logger: log.logger)
+        try second.start()
+        let admin = try VSMMUClient(socketPath: path)
+        try admin.hello(name: "after")
+        guard case .vsmmus(let entries) = try admin.list(.vsmmus).entries else { Issue.record("LIST"); return }
+        #expect(entries.map(\.name) == ["vm-b"])
+        #expect(log.all.contains { $0.0 == .error && $0.1.contains("vSMMU dropped at recovery") })
+        second.stop()
+        // The dropped record is gone from the journal: a third start rebuilds vm-b alone, silently.
+        let third = try JournaledServer(stateDirectory: directory)
+        defer { third.server.stop() }
+        guard case .vsmmus(let again) = try third.client().list(.vsmmus).entries else { Issue.record("LIST"); return }
+        #expect(again.map(\.name) == ["vm-b"])
+    }
+
     @Test func aConnectionThatEndsStillTearsItsVSMMUsDownAndTheJournalSaysSo() throws {
         let directory = temporaryStateDirectory()
         defer { removeStateDirectory(directory) }
