@@ -176,8 +176,11 @@ struct Registrations: Equatable, CustomStringConvertible {
         let directory = temporaryStateDirectory()
         defer { removeStateDirectory(directory) }
         let first = try JournaledServer(stateDirectory: directory)
-        _ = try register(on: try first.client()) // vm-a on smmu1 and smmu2, vm-b on smmu0
+        // The client stays open until the stop: its EOF would tear its vSMMUs down first.
+        let owner = try first.client()
+        _ = try register(on: owner) // vm-a on smmu1 and smmu2, vm-b on smmu0
         first.server.stop()
+        withExtendedLifetime(owner) {}
         // The next process no longer has smmu2: vm-a cannot be rebuilt, vm-b can, and the daemon serves.
         let path = uniqueSocketPath("dropped")
         var configuration = VSMMUServer.Configuration(socketPath: path, pSMMUs: simulatedPSMMUs(2).map { .simulated($0) })
@@ -235,11 +238,14 @@ struct Registrations: Equatable, CustomStringConvertible {
         let directory = temporaryStateDirectory()
         defer { removeStateDirectory(directory) }
         let first = try JournaledServer(stateDirectory: directory)
-        _ = try register(on: try first.client())
+        // The client stays open until the stop: its EOF would tear its vSMMUs down first.
+        let owner = try first.client()
+        _ = try register(on: owner)
         first.server.stop()
+        withExtendedLifetime(owner) {}
 
         let log = MessageLog()
-        let second = try JournaledServer(stateDirectory: directory, grace: .milliseconds(200), logger: log.logger)
+        let second = try JournaledServer(stateDirectory: directory, grace: .seconds(1), logger: log.logger)
         #expect(second.server.vsmmuCount == 2)
         eventually { second.server.vsmmuCount == 0 }
         #expect(second.server.vsmmuCount == 0)
@@ -293,8 +299,11 @@ struct Registrations: Equatable, CustomStringConvertible {
         let directory = temporaryStateDirectory()
         defer { removeStateDirectory(directory) }
         let first = try JournaledServer(stateDirectory: directory)
-        _ = try register(on: try first.client())
+        // The client stays open until the stop: its EOF would tear its vSMMUs down first.
+        let owner = try first.client()
+        _ = try register(on: owner)
         first.server.stop()
+        withExtendedLifetime(owner) {}
         // One flipped byte in the first record: valid records follow it.
         let log = directory + "/log"
         var bytes = try [UInt8](Data(contentsOf: URL(fileURLWithPath: log)))
