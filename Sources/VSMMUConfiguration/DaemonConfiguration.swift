@@ -21,8 +21,8 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// thread polls for the VMM's next request after answering one, before it sleeps (adaptive, like
     /// KVM's `halt_poll_ns`); 0 disables polling.
     public var requestPollMicroseconds: Int
-    /// `[daemon] state_directory`: where the journal of registrations lives (`nil`: the daemon's default,
-    /// `$STATE_DIRECTORY`, else `/var/lib/vsmmud`; see ``stateDirectory(environment:)``).
+    /// `[daemon] state_directory`: where the journal of registrations lives (`nil`: `$STATE_DIRECTORY`, else
+    /// no journal; see ``stateDirectory(environment:)``).
     public var stateDirectory: String?
     /// `[daemon] resume_grace_seconds` (default 120, range ``resumeGraceRange``): how long after a start a
     /// vSMMU rebuilt from the journal waits for its owner's RESUME before it is reclaimed.
@@ -61,14 +61,15 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// Accepted `resume_grace_seconds` values.
     public static let resumeGraceRange = 0...86_400
 
-    /// The journal's directory: ``stateDirectory``, else systemd's `$STATE_DIRECTORY` (`StateDirectory=`;
-    /// the first of several), else `/var/lib/vsmmud`.
-    public func stateDirectory(environment: [String: String]) -> String {
+    /// The journal's directory: ``stateDirectory``, else systemd's `$STATE_DIRECTORY` (`StateDirectory=`
+    /// in the unit; the first of several), else none: without one the daemon journals nothing and a stop
+    /// tears down as before (two daemons started by hand must never share a journal by default).
+    public func stateDirectory(environment: [String: String]) -> String? {
         if let stateDirectory { return stateDirectory }
         if let directory = environment["STATE_DIRECTORY"], !directory.isEmpty {
             return directory.split(separator: ":").first.map(String.init) ?? directory
         }
-        return "/var/lib/vsmmud"
+        return nil
     }
     public static let defaultRequestPollMicroseconds = 30
     /// Accepted `request_poll_us` values.
