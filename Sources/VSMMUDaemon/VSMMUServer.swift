@@ -93,6 +93,11 @@ public final class VSMMUServer: Sendable {
         public var resumeGrace: Duration
         /// The journal's file operations (`nil`: the real file system); tests inject failures through it.
         public var journalFileSystem: (any JournalFileSystem)?
+        /// The service manager's fd store, which keeps a duplicate of every fd an iommufd vSMMU needs
+        /// across a restart (`nil`: none; outside systemd, a resuming VMM passes its iommufd again).
+        public var fileDescriptorStore: (any FileDescriptorStore)?
+        /// The fds a previous process of the service stored, handed to this one at start.
+        public var inheritedFileDescriptors = InheritedFileDescriptors()
 
         /// The default ``resumeGrace``, in seconds.
         public static let defaultResumeGraceSeconds = 120
