@@ -135,6 +135,18 @@ import Glibc
             return vsmmu
         }
 
+        /// The first process dies after its stop: the kernel closes its descriptors. The VMM's iommufd and
+        /// cdevs stay open (the VMM and the fd store hold them); the vEVENTQ fds were the daemon's alone, and
+        /// their release (`iommufd_eventq_fops_release`) drops the reference that kept the vEVENTQ from being
+        /// destroyed, so the next process can destroy it by id and allocate another.
+        func die(_ server: VSMMUServer) {
+            server.stop()
+            let served = server.state.withLock { Array($0.vsmmus.values) }
+            for vsmmu in served {
+                for fd in vsmmu.engine.heldDescriptors.eventQueues.values { kernel.close(eventQueue: FileDescriptor(rawValue: fd)) }
+            }
+        }
+
         /// Whether a TLBI for ASID 3 through `client` reaches the kernel model's pSMMU 0.
         func invalidationReachesTheKernel(_ client: VSMMUClient, _ vsmmu: VSMMUID) throws -> Bool {
             kernel.clearIssuedCommands()
@@ -176,7 +188,7 @@ import Glibc
         #expect(store.names == [ServedVSMMU.iommufdName(vsmmu, ViommuIndex(0)), ServedVSMMU.cdevName(vsmmu, 0x8)])
         let viommus = rig.kernel.liveObjects(.viommu)
         let attached = rig.kernel.attachment(ofDevice: rig.devices[0].devID)
-        first.stop()
+        rig.die(first)
         withExtendedLifetime(owner) {}
 
         // systemctl restart: the next process gets the stored fds (LISTEN_FDNAMES).
@@ -206,7 +218,7 @@ import Glibc
         let vsmmu = try rig.register(on: owner)
         let token = try #require(owner.resumeTokens[vsmmu])
         let ids = try backendViommuIDs(owner)
-        first.stop()
+        rig.die(first)
         withExtendedLifetime(owner) {}
 
         // Started by hand: no fd came back, and this process has no store.
@@ -258,7 +270,7 @@ import Glibc
         let owner = try rig.client(first)
         let vsmmu = try rig.register(on: owner)
         let token = try #require(owner.resumeTokens[vsmmu])
-        first.stop()
+        rig.die(first)
         withExtendedLifetime(owner) {}
 
         let second = try rig.server(store: RecordingStore())
@@ -267,7 +279,7 @@ import Glibc
         let wrong = try rig.iommufd(of: rig.otherKernel)
         defer { close(wrong) }
         let refused = refusal("RESUME_VSMMU with another VMM's iommufd") { _ = try vmm.resumeVSMMU(vsmmu, token: token, iommufd: wrong) }
-        #expect(refused?.code == .backendFailure && refused?.value == UInt64(ENOENT))
+        #expect(refused?.code == .backendFailure && refused?.detail == UInt32(ENOENT))
         #expect(refused?.message.contains("iommufd_get_object") == true)
         // State kept: still awaiting its owner, and the right iommufd then works.
         guard case .vsmmus(let listed) = try vmm.list(.vsmmus).entries else { Issue.record("LIST"); return }
@@ -318,7 +330,7 @@ import Glibc
         let first = try rig.server(store: store)
         let owner = try rig.client(first)
         _ = try rig.register(on: owner)
-        first.stop()
+        rig.die(first)
         withExtendedLifetime(owner) {}
         // A stray name nobody journaled, next to the vSMMU's.
         let stray = try rig.iommufd()
