@@ -19,7 +19,7 @@ import Glibc
 /// kernel (`SimulatedIOMMUFD`) that outlives both "processes", as the VMM's iommufd file outlives the daemon
 /// (`iommufd_fops_release` destroys its objects only when the last reference to the file goes), and a
 /// recording fd store plays systemd's part (`FDSTORE=1`, then `LISTEN_FDNAMES` for the next process).
-@Suite struct ReadoptionTests {
+@Suite struct IOMMUFDRestartTests {
     typealias Translation = IOMMUFDThroughTheSocketTests.Translation
     typealias Adapter = IOMMUFDThroughTheSocketTests.Adapter
 
