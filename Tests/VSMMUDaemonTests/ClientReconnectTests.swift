@@ -44,7 +44,11 @@ import Glibc
         try admin.hello(name: "admin")
         for _ in 0..<2_000_000 {
             guard replay.isRunning else { return false }
-            if let received = try? admin.stats().value(.commandsReceived), received >= commands { return replay.isRunning }
+            // Daemon-wide STATS has no command counters: vmm-sim's vSMMU's.
+            if case .vsmmus(let vsmmus)? = try? admin.list(.vsmmus).entries, let vsmmu = vsmmus.first?.vsmmu,
+               let received = try? admin.stats(vsmmu: vsmmu).value(.commandsReceived), received >= commands {
+                return replay.isRunning
+            }
             usleep(200)
         }
         return replay.isRunning
