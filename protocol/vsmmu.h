@@ -146,6 +146,7 @@ enum vsmmu_error_code {
 #define VSMMU_CONFLICT_STREAM_ID 2u   /* value: the vSID */
 #define VSMMU_CONFLICT_HOST_DEVICE 3u /* value: the host device id */
 #define VSMMU_CONFLICT_HANDSHAKE 4u   /* a second HELLO */
+#define VSMMU_CONFLICT_CREATE_KEY 5u  /* CREATE_VSMMU: another request already used this create key */
 
 /* INVALID_STE details. */
 #define VSMMU_STE_DISALLOWED_BITS_W0 1u
@@ -194,9 +195,24 @@ struct vsmmu_hello_reply {
 /* ---- vSMMU objects --------------------------------------------------------------------------- */
 
 struct vsmmu_create_vsmmu {
-	uint32_t flags;       /* 0 */
+	uint32_t flags;       /* 0, or VSMMU_CREATE_FLAG_KEY (then the payload is struct vsmmu_create_vsmmu_keyed) */
 	uint32_t reserved;
 	char name[VSMMU_NAME_SIZE];
+} VSMMU_PACKED;
+
+/* CREATE_VSMMU's flags: the payload ends with a create key (version 3, PROTOCOL.md §5.2). */
+#define VSMMU_CREATE_FLAG_KEY (1u << 0)
+/* The create key's size: 128 random bits the client draws for one creation. */
+#define VSMMU_CREATE_KEY_SIZE 16u
+
+/* CREATE_VSMMU with a create key (flags VSMMU_CREATE_FLAG_KEY, version 3): the same frame re-sent with
+ * the same request_id after a daemon restart is answered with the vSMMU it created (and its resume
+ * token), not a second one. Keep the key like a password. */
+struct vsmmu_create_vsmmu_keyed {
+	uint32_t flags;       /* VSMMU_CREATE_FLAG_KEY */
+	uint32_t reserved;
+	char name[VSMMU_NAME_SIZE];
+	uint8_t create_key[VSMMU_CREATE_KEY_SIZE];
 } VSMMU_PACKED;
 
 struct vsmmu_create_vsmmu_reply {
@@ -582,6 +598,10 @@ VSMMU_PIN_SIZE(vsmmu_create_vsmmu, 72);
 VSMMU_PIN(vsmmu_create_vsmmu, flags, 0);
 VSMMU_PIN(vsmmu_create_vsmmu, reserved, 4);
 VSMMU_PIN(vsmmu_create_vsmmu, name, 8);
+VSMMU_PIN_SIZE(vsmmu_create_vsmmu_keyed, 88);
+VSMMU_PIN(vsmmu_create_vsmmu_keyed, flags, 0);
+VSMMU_PIN(vsmmu_create_vsmmu_keyed, name, 8);
+VSMMU_PIN(vsmmu_create_vsmmu_keyed, create_key, 72);
 VSMMU_PIN_SIZE(vsmmu_create_vsmmu_reply, 8);
 VSMMU_PIN(vsmmu_create_vsmmu_reply, vsmmu_id, 0);
 VSMMU_PIN_SIZE(vsmmu_create_vsmmu_reply_v3, 24);
@@ -746,7 +766,10 @@ static inline int64_t vsmmu_request_payload_length(uint16_t type, const void *pa
 	uint32_t count;
 	switch (type) {
 	case VSMMU_MSG_HELLO: return sizeof(struct vsmmu_hello);
-	case VSMMU_MSG_CREATE_VSMMU: return sizeof(struct vsmmu_create_vsmmu);
+	case VSMMU_MSG_CREATE_VSMMU:
+		if (payload_length >= 4 && (p[0] & VSMMU_CREATE_FLAG_KEY))
+			return sizeof(struct vsmmu_create_vsmmu_keyed);
+		return sizeof(struct vsmmu_create_vsmmu);
 	case VSMMU_MSG_DESTROY_VSMMU: return sizeof(struct vsmmu_destroy_vsmmu);
 	case VSMMU_MSG_ATTACH_VIOMMU: return sizeof(struct vsmmu_attach_viommu);
 	case VSMMU_MSG_DETACH_VIOMMU: return sizeof(struct vsmmu_detach_viommu);

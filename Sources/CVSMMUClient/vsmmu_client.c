@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/un.h>
@@ -492,10 +493,23 @@ int vsmmu_client_create_vsmmu(struct vsmmu_client *client, const char *name, uin
 int vsmmu_client_create_vsmmu_resumable(struct vsmmu_client *client, const char *name, uint32_t *vsmmu_id,
 					uint8_t resume_token[VSMMU_RESUME_TOKEN_SIZE])
 {
-	struct vsmmu_create_vsmmu req = { 0 };
+	/* On version 3 the request carries a fresh create key: re-sent after a reconnect (the reply lost with a
+	 * daemon that restarted), it is answered with the vSMMU it created, not a second one (PROTOCOL.md §5.2). */
+	struct vsmmu_create_vsmmu_keyed req = { 0 };
+	size_t size = sizeof(struct vsmmu_create_vsmmu);
 	copy_name(req.name, name);
+	if (client->version >= 3) {
+		ssize_t got;
+		do
+			got = getrandom(req.create_key, sizeof(req.create_key), 0);
+		while (got < 0 && errno == EINTR);
+		if (got != (ssize_t)sizeof(req.create_key))
+			return got < 0 ? -errno : -EIO;
+		req.flags = VSMMU_CREATE_FLAG_KEY;
+		size = sizeof(req);
+	}
 	struct vsmmu_create_vsmmu_reply_v3 r;
-	int rc = call(client, VSMMU_MSG_CREATE_VSMMU, &req, sizeof(req), NULL, 0, -1, &r, sizeof(r));
+	int rc = call(client, VSMMU_MSG_CREATE_VSMMU, &req, size, NULL, 0, -1, &r, sizeof(r));
 	if (rc)
 		return rc;
 	if (vsmmu_id)

@@ -227,9 +227,12 @@ public final class VSMMUClient {
         return reply
     }
 
-    /// CREATE_VSMMU. - Returns: the new vSMMU's id.
+    /// CREATE_VSMMU. On a version-3 connection it carries a fresh create key, so that when its reply is lost
+    /// with a daemon that restarts, the request re-sent after reconnecting is answered with the vSMMU it
+    /// created rather than making a second one (PROTOCOL.md §5.2). - Returns: the new vSMMU's id.
     public func createVSMMU(name: String = "") throws(VSMMUClientError) -> VSMMUID {
-        guard case .createVSMMU(let reply) = try call(.createVSMMU(CreateVSMMU(name: name))) else { throw .badReply("CREATE_VSMMU") }
+        let key = (serverHello?.version ?? 0) >= 3 ? CreateKey.random() : nil
+        guard case .createVSMMU(let reply) = try call(.createVSMMU(CreateVSMMU(name: name, createKey: key))) else { throw .badReply("CREATE_VSMMU") }
         if let token = reply.resumeToken { resumeTokens[reply.vsmmu] = token }
         return reply.vsmmu
     }

@@ -39,6 +39,13 @@ struct JournaledReply: Hashable, Sendable {
     }
 }
 
+/// A CREATE_VSMMU that carried a create key, and its reply: what a re-sent CREATE_VSMMU (same key, type,
+/// request id and payload) is answered with after a daemon restart, instead of creating a second vSMMU.
+struct JournaledCreation: Hashable, Sendable {
+    var key: CreateKey
+    var reply: JournaledReply
+}
+
 /// One vSMMU's journal record (key: its id): rewritten whole after each control change. It holds the
 /// engine's snapshot (``EngineSnapshot``: viommus with their backend object ids, devices with their
 /// vdevices, attachments and nested HWPTs, vSTEs, CDs, retiring ASIDs) and only what the engine does
@@ -52,12 +59,16 @@ struct VSMMURecord: Hashable, Sendable {
     /// `nil`: created on a protocol version without resume (1-2); such a vSMMU cannot be resumed.
     var token: ResumeToken?
     var lastReply: JournaledReply?
+    /// The CREATE_VSMMU that created it, when that carried a create key.
+    var creation: JournaledCreation?
     /// The engine's registrations (`VSMMUEngine.snapshot()`).
     var snapshot: EngineSnapshot
 
-    /// The record's format version (the journal file's is the store's own). Version 1 (vsmmud before the
-    /// engine snapshot, which listed viommus and devices itself) is refused: no journal of it was deployed.
-    static let version: UInt16 = 2
+    /// The record's format version (the journal file's is the store's own). Version 3 adds the creation;
+    /// version 2 (no creation) is read as a record without one. Version 1 (vsmmud before the engine
+    /// snapshot, which listed viommus and devices itself) is refused: no journal of it was deployed.
+    static let version: UInt16 = 3
+    static let readableVersions: ClosedRange<UInt16> = 2...3
     static let magic: [UInt8] = Array("VSR".utf8)
 
     /// Why a record's bytes were refused.
@@ -70,7 +81,9 @@ struct VSMMURecord: Hashable, Sendable {
     /// ```
     /// "VSR" · u16 version (2) · u32 id · u32 length + name (UTF-8) · u32 owner uid · u64 tenant
     /// · u8 token flag [· 16 bytes token] · u8 reply flag [· u16 type · u64 request id · u32 payload CRC-32C
-    /// · u32 length + reply frame] · u32 length + engine snapshot (EngineSnapshot's codec)
+    /// · u32 length + reply frame] · u8 creation flag [· 16 bytes create key · u16 type · u64 request id
+    /// · u32 payload CRC-32C · u32 length + reply frame] (version 3) · u32 length + engine snapshot
+    /// (EngineSnapshot's codec)
     /// ```
     func encoded() -> [UInt8] {
         var w = LittleEndianWriter()
@@ -81,27 +94,27 @@ struct VSMMURecord: Hashable, Sendable {
         w.u32(ownerUserID)
         w.u64(tenant)
         if let token { w.u8(1); w.bytes(token.bytes) } else { w.u8(0) }
-        if let lastReply {
-            w.u8(1)
-            w.u16(lastReply.type)
-            w.u64(lastReply.requestID)
-            w.u32(lastReply.payloadCRC)
-            w.blob(lastReply.reply)
-        } else {
-            w.u8(0)
+        func reply(_ r: JournaledReply) {
+            w.u16(r.type)
+            w.u64(r.requestID)
+            w.u32(r.payloadCRC)
+            w.blob(r.reply)
         }
+        if let lastReply { w.u8(1); reply(lastReply) } else { w.u8(0) }
+        if let creation { w.u8(1); w.bytes(creation.key.bytes); reply(creation.reply) } else { w.u8(0) }
         w.blob(snapshot.encode())
         return w.output
     }
 
     init(id: UInt32, name: String, ownerUserID: UInt32, tenant: UInt64, token: ResumeToken?, lastReply: JournaledReply?,
-         snapshot: EngineSnapshot) {
+         creation: JournaledCreation? = nil, snapshot: EngineSnapshot) {
         self.id = id
         self.name = name
         self.ownerUserID = ownerUserID
         self.tenant = tenant
         self.token = token
         self.lastReply = lastReply
+        self.creation = creation
         self.snapshot = snapshot
     }
 
@@ -120,10 +133,10 @@ struct VSMMURecord: Hashable, Sendable {
             throw DecodingError(offset: 0, reason: "not a vSMMU record")
         }
         let version = try read { r throws(EngineSnapshotError) in try r.u16() }
-        guard version == Self.version else {
+        guard Self.readableVersions.contains(version) else {
             throw DecodingError(offset: 3, reason: version == 1
-                ? "record version 1 (written by a vsmmud before the journal held the engine snapshot), this vsmmud reads only version \(Self.version): move the state directory aside"
-                : "record version \(version), this vsmmud knows \(Self.version)")
+                ? "record version 1 (written by a vsmmud before the journal held the engine snapshot), this vsmmud reads only versions \(Self.readableVersions.lowerBound)-\(Self.readableVersions.upperBound): move the state directory aside"
+                : "record version \(version), this vsmmud knows \(Self.readableVersions.lowerBound)-\(Self.readableVersions.upperBound)")
         }
         id = try read { r throws(EngineSnapshotError) in try r.u32() }
         let nameAt = r.offset
@@ -138,13 +151,28 @@ struct VSMMURecord: Hashable, Sendable {
         case 1: token = ResumeToken(bytes: try read { r throws(EngineSnapshotError) in try r.bytes(ResumeToken.byteCount) })
         case let flag: throw DecodingError(offset: r.offset - 1, reason: "token flag \(flag)")
         }
-        switch try read({ r throws(EngineSnapshotError) in try r.u8() }) {
-        case 0: lastReply = nil
-        case 1:
-            lastReply = try read { r throws(EngineSnapshotError) in
+        func reply() throws(DecodingError) -> JournaledReply {
+            try read { r throws(EngineSnapshotError) in
                 JournaledReply(type: try r.u16(), requestID: try r.u64(), payloadCRC: try r.u32(), reply: try r.blob())
             }
+        }
+        switch try read({ r throws(EngineSnapshotError) in try r.u8() }) {
+        case 0: lastReply = nil
+        case 1: lastReply = try reply()
         case let flag: throw DecodingError(offset: r.offset - 1, reason: "reply flag \(flag)")
+        }
+        creation = nil
+        if version >= 3 {
+            switch try read({ r throws(EngineSnapshotError) in try r.u8() }) {
+            case 0: break
+            case 1:
+                let keyAt = r.offset
+                guard let key = CreateKey(bytes: try read { r throws(EngineSnapshotError) in try r.bytes(CreateKey.byteCount) }) else {
+                    throw DecodingError(offset: keyAt, reason: "a create key that is not 16 bytes")
+                }
+                creation = JournaledCreation(key: key, reply: try reply())
+            case let flag: throw DecodingError(offset: r.offset - 1, reason: "creation flag \(flag)")
+            }
         }
         let snapshotAt = r.offset + 4
         let snapshotBytes = try read { r throws(EngineSnapshotError) in try r.blob() }
@@ -165,7 +193,8 @@ extension VSMMUServer {
             return try served.engine.snapshot()
         }
         return VSMMURecord(id: served.id.rawValue, name: served.name, ownerUserID: served.ownerUserID, tenant: served.tenant,
-                           token: served.token, lastReply: served.lastReply.withLock { $0 }, snapshot: snapshot)
+                           token: served.token, lastReply: served.lastReply.withLock { $0 },
+                           creation: served.creation.withLock { $0 }, snapshot: snapshot)
     }
 
     /// Makes `served`'s current state durable (one record, fdatasync'ed) before its reply is written.

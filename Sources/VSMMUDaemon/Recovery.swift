@@ -174,8 +174,9 @@ extension VSMMUServer {
         }
         let served = ServedVSMMU(id: id, name: record.name, owner: 0, ownerCredentials: nil, engine: engine,
                                  ownerUserID: record.ownerUserID, tenant: record.tenant, token: record.token,
-                                 fileDescriptorStore: configuration.fileDescriptorStore)
+                                 createKey: record.creation?.key, fileDescriptorStore: configuration.fileDescriptorStore)
         served.lastReply.withLock { $0 = record.lastReply }
+        served.creation.withLock { $0 = record.creation }
         // Inherited names stay in the store (systemd keeps them for every later start).
         if configuration.fileDescriptorStore != nil { served.storedNames.withLock { $0 = claimed } }
         if waiting {

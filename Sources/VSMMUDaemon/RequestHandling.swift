@@ -48,16 +48,28 @@ extension VSMMUServer {
             } else {
                 token = nil
             }
+            // A create key makes the creation answerable again after a restart (version 3, which has tokens).
+            if create.createKey != nil && connection.version < 3 {
+                throw .badField(type, offset: 0, value: UInt64(CreateVSMMU.keyFlag),
+                                "VSMMU_CREATE_FLAG_KEY needs protocol version 3 (this connection negotiated \(connection.version))")
+            }
             let served = try state.withLock { (s: inout State) throws(ProtocolError) -> ServedVSMMU in
                 let owned = s.vsmmus.values.filter { $0.owner == connection.id }.count
                 guard owned < limit else {
                     throw .limitExceeded(limit: limit, asked: UInt64(owned + 1), type: type,
                                          "a connection owns at most \(limit) vSMMUs")
                 }
+                // A re-sent keyed CREATE was answered from its journaled creation (`replayedCreation`);
+                // the same key on another request is a client's error. Every key is compared (constant time).
+                if let key = create.createKey, s.vsmmus.values.contains(where: { $0.createKey.map(key.matches) ?? false }) {
+                    throw .alreadyExists(.createKey, value: 0, type: type,
+                                         "another CREATE_VSMMU (another request id or payload) already used this create key")
+                }
                 let id = Self.unusedRandomID(among: s.vsmmus)
                 let served = ServedVSMMU(id: id, name: create.name, owner: connection.id,
                                          ownerCredentials: connection.credentials,
                                          engine: VSMMUEngine(configuration: configuration.engine), token: token,
+                                         createKey: create.createKey,
                                          fileDescriptorStore: configuration.fileDescriptorStore)
                 s.vsmmus[id] = served
                 return served

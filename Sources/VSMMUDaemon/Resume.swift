@@ -102,6 +102,9 @@ extension VSMMUServer {
     /// The journaled reply to answer a re-sent control request with, instead of applying it again: on a vSMMU
     /// this connection resumed, a request whose type, request id and payload CRC-32C equal the journaled ones.
     func replayedReply(to request: Request, header: FrameHeader, payload: [UInt8], connection: Connection) -> [UInt8]? {
+        if case .createVSMMU(let create) = request {
+            return replayedCreation(create, header: header, payload: payload, connection: connection)
+        }
         guard request.isControl, let id = request.controlledVSMMU,
               let served = state.withLock({ $0.vsmmus[id] }),
               served.ownership.withLock({ $0.connection == connection.id && $0.resumed }),
@@ -111,6 +114,31 @@ extension VSMMUServer {
             "vsmmu": "\(id.rawValue)", "request_id": "\(header.requestID)", "type": "\(header.type)",
         ])
         return last.reply
+    }
+
+    /// The journaled reply to a CREATE_VSMMU re-sent after a restart: its create key, type, request id and
+    /// payload equal those of the CREATE_VSMMU that made a vSMMU. The connection becomes the vSMMU's owner
+    /// as RESUME_VSMMU would make it (the key yields the token, so it is as strong a capability), and the
+    /// change is journaled before the reply; the vSMMU and its token are answered again, no second one is made.
+    private func replayedCreation(_ create: CreateVSMMU, header: FrameHeader, payload: [UInt8], connection: Connection) -> [UInt8]? {
+        guard connection.version >= 3, let key = create.createKey else { return nil }
+        let candidates = state.withLock { s in s.vsmmus.values.filter { $0.createKey.map(key.matches) ?? false } }
+        guard let served = candidates.first, let creation = served.creation.withLock({ $0 }),
+              creation.reply.isResent(type: header.type.rawValue, requestID: header.requestID, payload: payload) else { return nil }
+        let previous = served.ownership.withLock { o -> UInt64? in
+            guard o.connection != UInt64.max else { return nil } // being reclaimed: gone for everyone
+            defer { o = .init(connection: connection.id, credentials: connection.credentials, resumed: true) }
+            return o.connection
+        }
+        guard let previous else { return nil }
+        do throws(ProtocolError) { try journal(served, type: .createVSMMU) } catch {
+            return error.replyFrame(requestID: header.requestID)
+        }
+        connection.logger.notice("re-sent CREATE_VSMMU answered from the journal with the vSMMU it created, not a second one", metadata: [
+            "vsmmu": "\(served.id.rawValue)", "request_id": "\(header.requestID)",
+            "previous_connection": "\(previous == 0 ? "none (restart)" : "\(previous)")",
+        ])
+        return creation.reply.reply
     }
 
     /// Before a control request is applied: refuses it while its vSMMU's journal writes fail.
@@ -143,9 +171,11 @@ extension VSMMUServer {
                 return
             }
             guard let served = state.withLock({ $0.vsmmus[id] }) else { return }
-            served.lastReply.withLock {
-                $0 = JournaledReply(type: header.type.rawValue, requestID: header.requestID,
-                                    payloadCRC: CRC32C.checksum(payload), reply: reply)
+            let journaled = JournaledReply(type: header.type.rawValue, requestID: header.requestID,
+                                           payloadCRC: CRC32C.checksum(payload), reply: reply)
+            served.lastReply.withLock { $0 = journaled }
+            if case .createVSMMU = request, let key = served.createKey {
+                served.creation.withLock { $0 = JournaledCreation(key: key, reply: journaled) }
             }
             try journal(served, type: request.type)
         } catch {

@@ -99,11 +99,15 @@ final class ServedVSMMU: Sendable {
     let ownership: Locked<Ownership>
     /// The last control request applied and the reply sent, for reply replay after a resume.
     let lastReply = Locked<JournaledReply?>(nil)
+    /// The create key of the CREATE_VSMMU that made it (`nil`: none), set when it is created.
+    let createKey: CreateKey?
+    /// That CREATE_VSMMU and its reply once journaled: a re-sent one is answered with it after a restart.
+    let creation = Locked<JournaledCreation?>(nil)
     /// The journal write that failed, while the vSMMU refuses control requests because of it.
     let journalFailure = Locked<JournalError?>(nil)
 
     init(id: VSMMUID, name: String, owner: UInt64, ownerCredentials: PeerCredentials?, engine: VSMMUEngine,
-         ownerUserID: UInt32? = nil, tenant: UInt64 = 0, token: ResumeToken? = nil,
+         ownerUserID: UInt32? = nil, tenant: UInt64 = 0, token: ResumeToken? = nil, createKey: CreateKey? = nil,
          fileDescriptorStore: (any FileDescriptorStore)? = nil) {
         self.id = id
         self.name = name
@@ -112,6 +116,7 @@ final class ServedVSMMU: Sendable {
         self.ownerUserID = ownerUserID ?? ownerCredentials?.userID ?? 0
         self.tenant = tenant
         self.token = token
+        self.createKey = createKey
         ownership = Locked(Ownership(connection: owner, credentials: ownerCredentials))
     }
 

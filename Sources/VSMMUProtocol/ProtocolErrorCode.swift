@@ -186,6 +186,9 @@ public struct ConflictKind: RawRepresentable, Hashable, Sendable, CustomStringCo
     public static let hostDevice = ConflictKind(rawValue: 3)
     /// A second HELLO. The corresponding C constant is `VSMMU_CONFLICT_HANDSHAKE` (4).
     public static let handshake = ConflictKind(rawValue: 4)
+    /// A CREATE_VSMMU whose create key another CREATE_VSMMU (another request id or payload) already used
+    /// (value: 0). The corresponding C constant is `VSMMU_CONFLICT_CREATE_KEY` (5).
+    public static let createKey = ConflictKind(rawValue: 5)
 
     public var description: String {
         switch rawValue {
@@ -193,6 +196,7 @@ public struct ConflictKind: RawRepresentable, Hashable, Sendable, CustomStringCo
         case 2: return "STREAM_ID"
         case 3: return "HOST_DEVICE"
         case 4: return "HANDSHAKE"
+        case 5: return "CREATE_KEY"
         default: return "CONFLICT(\(rawValue))"
         }
     }

@@ -2,25 +2,87 @@ import SMMUv3
 
 // The requests that build and tear down a vSMMU (PROTOCOL.md §5.2-5.10) and their replies.
 
-/// CREATE_VSMMU (`struct vsmmu_create_vsmmu`, 72 bytes). Reply: ``VSMMUCreated``.
+/// CREATE_VSMMU (`struct vsmmu_create_vsmmu`, 72 bytes; `struct vsmmu_create_vsmmu_keyed`, 88 bytes, with a
+/// create key). Reply: ``VSMMUCreated``.
 public struct CreateVSMMU: Hashable, Sendable {
+    /// `flags` bit 0, `VSMMU_CREATE_FLAG_KEY`: the payload ends with a 16-byte create key.
+    public static let keyFlag: UInt32 = 1 << 0
     /// A label for admin listings (e.g. the VM's name), at most 64 UTF-8 bytes; may be empty.
     public var name: String
-    public init(name: String = "") { self.name = name }
+    /// The client's key for this creation (version 3): the same frame re-sent after a daemon restart
+    /// with the same `request_id` is answered with the vSMMU it created, not a second one (PROTOCOL.md
+    /// §5.2). `nil`: none (`flags` 0, 72 bytes).
+    public var createKey: CreateKey?
+    public init(name: String = "", createKey: CreateKey? = nil) {
+        self.name = name
+        self.createKey = createKey
+    }
 }
 
 extension CreateVSMMU: PayloadCoding {
     static let fixedLength = 72
+    /// The length with a create key.
+    static let lengthWithKey = fixedLength + CreateKey.byteCount
+    /// 72, or 88 when `flags` (offset 0) has ``keyFlag``.
+    static func requiredLength(_ payload: [UInt8]) -> UInt64 {
+        guard payload.count >= 4, WireReader(payload).peekU32(at: 0) & keyFlag != 0 else { return UInt64(fixedLength) }
+        return UInt64(lengthWithKey)
+    }
     init(from r: inout WireReader) throws(ProtocolError) {
-        _ = try r.flags32()
+        let flags = try r.flags32(known: Self.keyFlag)
         try r.reserved32()
-        self.init(name: try r.name())
+        let name = try r.name()
+        self.init(name: name, createKey: flags & Self.keyFlag != 0 ? CreateKey(bytes: r.secret()) : nil)
     }
     func encode(to w: inout WireWriter) throws(ProtocolError) {
-        w.u32(0)
+        w.u32(createKey == nil ? 0 : Self.keyFlag)
         w.u32(0)
         try w.name(name)
+        if let createKey { w.bytes.append(contentsOf: createKey.bytes) }
     }
+}
+
+/// Compares two byte strings of public length in time independent of where they differ (every byte is
+/// compared; only a length mismatch, which is public, returns early).
+func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    guard a.count == b.count else { return false }
+    var difference: UInt8 = 0
+    for i in 0..<a.count { difference |= a[i] ^ b[i] }
+    return difference == 0
+}
+
+/// A CREATE_VSMMU's create key (16 bytes, version 3): 128 random bits the client draws for one creation,
+/// so that the creation can be answered again, not repeated, when its reply was lost with a daemon that
+/// restarted. Like the resume token it is a capability (it yields the vSMMU and its token): never logged
+/// or printed (``description`` hides it).
+public struct CreateKey: Hashable, Sendable, CustomStringConvertible {
+    /// The key's size on the wire. The corresponding C constant is `VSMMU_CREATE_KEY_SIZE`.
+    public static let byteCount = 16
+    /// The 16 bytes, in wire order.
+    public let bytes: [UInt8]
+
+    /// A key of exactly ``byteCount`` bytes; `nil` otherwise.
+    public init?(bytes: [UInt8]) {
+        guard bytes.count == Self.byteCount else { return nil }
+        self.bytes = bytes
+    }
+
+    /// A new key from the system's CSPRNG (`SystemRandomNumberGenerator`: getrandom(2) on Linux).
+    public static func random() -> CreateKey {
+        var generator = SystemRandomNumberGenerator()
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(byteCount)
+        for _ in 0..<(byteCount / 8) { withUnsafeBytes(of: generator.next() as UInt64) { bytes.append(contentsOf: $0) } }
+        return CreateKey(unchecked: bytes)
+    }
+
+    private init(unchecked bytes: [UInt8]) { self.bytes = bytes }
+
+    /// Whether `other` is this key, in time independent of where they differ.
+    public func matches(_ other: CreateKey) -> Bool { constantTimeEqual(bytes, other.bytes) }
+
+    /// Never the secret.
+    public var description: String { "CreateKey(16 bytes)" }
 }
 
 /// A vSMMU's resume token (16 bytes): the capability that lets its owner take it over again after the
@@ -43,12 +105,7 @@ public struct ResumeToken: Hashable, Sendable, CustomStringConvertible {
 
     /// Whether `candidate` holds this token's bytes, in time independent of where they differ (every byte
     /// is compared; only the length, which is public, returns early).
-    public func matches(_ candidate: [UInt8]) -> Bool {
-        guard candidate.count == bytes.count else { return false }
-        var difference: UInt8 = 0
-        for i in 0..<bytes.count { difference |= bytes[i] ^ candidate[i] }
-        return difference == 0
-    }
+    public func matches(_ candidate: [UInt8]) -> Bool { constantTimeEqual(bytes, candidate) }
 
     /// Never the secret.
     public var description: String { "ResumeToken(16 bytes)" }
@@ -59,12 +116,15 @@ extension WireWriter {
 }
 
 extension WireReader {
-    mutating func token() -> ResumeToken? {
+    /// The next 16 bytes: a resume token or a create key.
+    mutating func secret() -> [UInt8] {
         var b: [UInt8] = []
         b.reserveCapacity(ResumeToken.byteCount)
         for _ in 0..<ResumeToken.byteCount { b.append(u8()) }
-        return ResumeToken(bytes: b)
+        return b
     }
+
+    mutating func token() -> ResumeToken? { ResumeToken(bytes: secret()) }
 }
 
 /// CREATE_VSMMU's reply: `struct vsmmu_create_vsmmu_reply` (8 bytes) on a version 1-2 connection,

@@ -274,6 +274,97 @@ final class ReplyDroppingRelay: @unchecked Sendable {
         #expect(client.reconnectCount == 1)
     }
 
+    /// CREATE_VSMMU applied and journaled by a daemon that is then killed before its reply reaches the
+    /// client: the client reconnects and re-sends it with its create key and original request id, and the
+    /// new daemon answers it with the vSMMU it created and that vSMMU's token (`replayedCreation`), owned by
+    /// the re-sending connection. Without the key the re-sent request made a second vSMMU: HEALTH counts one.
+    @Test(.enabled(if: enabled, "vsmmud was not built beside the tests"))
+    func aCreateWhoseReplyDiedWithTheDaemonIsAnsweredWithTheVSMMUItMadeNotASecondOne() throws {
+        let daemonSocket = uniqueSocketPath("createkd")
+        let directory = temporaryStateDirectory()
+        defer { removeStateDirectory(directory) }
+        let restart = KillNineRestartTests()
+        let first = try restart.startDaemon(socket: daemonSocket, stateDirectory: directory)
+        defer { if first.isRunning { kill(first.processIdentifier, SIGKILL) } }
+        let relay = try ReplyDroppingRelay(path: uniqueSocketPath("createkr"), upstream: daemonSocket)
+        defer { relay.close() }
+
+        let client = try VSMMUClient(socketPath: relay.path, reconnect: KillNineRestartTests.reconnect)
+        try client.hello(name: "createkey")
+        relay.dropReplies = true
+        let outcome = Outcome()
+        let finished = DispatchSemaphore(value: 0)
+        let box = ClientBox(client)
+        let worker = Thread {
+            do throws(VSMMUClientError) {
+                let id = try box.client.createVSMMU(name: "createkey")
+                outcome.set("ok \(id.rawValue)")
+            } catch { outcome.set("\(error)") }
+            finished.signal()
+        }
+        worker.start()
+        // The daemon applied (and journaled: before its reply) the CREATE_VSMMU.
+        let admin = try VSMMUClient(socketPath: daemonSocket)
+        try admin.hello(name: "admin")
+        eventually(attempts: 30_000) { (try? admin.health().vsmmuCount) == 1 }
+        let before = try listedVSMMUs(admin)
+        #expect(before.count == 1)
+        kill(first.processIdentifier, SIGKILL)
+        first.waitUntilExit()
+        relay.dropReplies = false
+        unlink(daemonSocket)
+        let second = try restart.startDaemon(socket: daemonSocket, stateDirectory: directory)
+        defer { if second.isRunning { kill(second.processIdentifier, SIGKILL) } }
+        finished.wait()
+        let answer = try #require(outcome.value)
+        #expect(answer.hasPrefix("ok "), "\(answer)")
+        #expect(client.reconnectCount == 1)
+        let vsmmu = VSMMUID(try #require(UInt32(answer.dropFirst(3))))
+        #expect(before == [vsmmu])
+        // One vSMMU, the one the first daemon made, owned by the client (it serves its requests).
+        let admin2 = try VSMMUClient(socketPath: daemonSocket)
+        try admin2.hello(name: "admin2")
+        #expect(try admin2.health().vsmmuCount == 1)
+        #expect(try listedVSMMUs(admin2) == [vsmmu])
+        _ = try client.attachViommu(vsmmu: vsmmu, pSMMU: "smmu0", hostDeviceID: 0)
+        // The token the re-sent reply carried is the vSMMU's: a later restart resumes it (RESUME_VSMMU).
+        kill(second.processIdentifier, SIGKILL)
+        second.waitUntilExit()
+        unlink(daemonSocket)
+        let third = try restart.startDaemon(socket: daemonSocket, stateDirectory: directory)
+        defer { if third.isRunning { kill(third.processIdentifier, SIGKILL) } }
+        #expect(try client.stats(vsmmu: vsmmu).value(.viommus) == 1)
+        #expect(client.reconnectCount == 2 && client.lostVSMMUs.isEmpty)
+    }
+
+    /// The same create key on a second CREATE_VSMMU (another request id) is refused with ALREADY_EXISTS
+    /// (`VSMMU_CONFLICT_CREATE_KEY`), and a key on a version-2 connection with BAD_FIELD at offset 0; a key
+    /// never seen creates as usual.
+    @Test(.enabled(if: enabled, "vsmmud was not built beside the tests"))
+    func aCreateKeyIsUsedOnceAndNeedsVersionThree() throws {
+        let daemonSocket = uniqueSocketPath("createku")
+        let directory = temporaryStateDirectory()
+        defer { removeStateDirectory(directory) }
+        let daemon = try KillNineRestartTests().startDaemon(socket: daemonSocket, stateDirectory: directory)
+        defer { if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) } }
+        let client = try VSMMUClient(socketPath: daemonSocket)
+        try client.hello(name: "keys")
+        let key = CreateKey.random()
+        guard case .createVSMMU(let made) = try client.call(.createVSMMU(CreateVSMMU(name: "a", createKey: key))) else {
+            Issue.record("CREATE_VSMMU with a fresh key was not answered with a vSMMU")
+            return
+        }
+        #expect(made.resumeToken != nil)
+        let again = refusal { _ = try client.call(.createVSMMU(CreateVSMMU(name: "a", createKey: key))) }
+        #expect(again?.code == .alreadyExists && again?.detail == ConflictKind.createKey.rawValue, "\(String(describing: again))")
+        #expect(try client.health().vsmmuCount == 1)
+        let old = try VSMMUClient(socketPath: daemonSocket)
+        try old.hello(name: "v2", versions: 1...2)
+        let v2 = refusal { _ = try old.call(.createVSMMU(CreateVSMMU(name: "b", createKey: CreateKey.random()))) }
+        #expect(v2?.code == .badField && v2?.detail == 0 && v2?.value == UInt64(CreateVSMMU.keyFlag), "\(String(describing: v2))")
+        #expect(try client.health().vsmmuCount == 1)
+    }
+
     /// A client whose policy's deadline passes with no daemon listening throws `ETIMEDOUT` naming the attempts.
     @Test(.enabled(if: enabled, "vsmmud was not built beside the tests"))
     func aClientGivesUpWithAClearErrorWhenNoDaemonComesBackWithinTheDeadline() throws {
@@ -298,6 +389,12 @@ final class ReplyDroppingRelay: @unchecked Sendable {
             #expect(error.description.contains("(errno \(ECONNREFUSED))"), "\(error)")
         }
     }
+}
+
+/// The vSMMUs LIST names.
+func listedVSMMUs(_ client: VSMMUClient) throws -> [VSMMUID] {
+    guard case .vsmmus(let entries) = try client.list(.vsmmus).entries else { return [] }
+    return entries.map(\.vsmmu)
 }
 
 /// A client handed to one other thread while this one waits (the client is not thread-safe: one user at a time).

@@ -343,6 +343,22 @@ struct Registrations: Equatable, CustomStringConvertible {
             #expect(throws: VSMMURecord.DecodingError.self) { _ = try VSMMURecord(decoding: Array(bytes.prefix(length))) }
         }
         #expect(throws: VSMMURecord.DecodingError.self) { _ = try VSMMURecord(decoding: bytes + [0]) }
+        // Version 3 carries a keyed creation; every truncation of that is refused too.
+        var keyed = record
+        keyed.creation = JournaledCreation(key: CreateKey.random(),
+                                           reply: JournaledReply(type: 0x10, requestID: 5, payloadCRC: 0x1234, reply: [9, 8]))
+        let keyedBytes = keyed.encoded()
+        #expect(try VSMMURecord(decoding: keyedBytes) == keyed)
+        for length in 0..<keyedBytes.count {
+            #expect(throws: VSMMURecord.DecodingError.self) { _ = try VSMMURecord(decoding: Array(keyedBytes.prefix(length))) }
+        }
+        // A version-2 record (no creation field) still reads, as a record without a creation.
+        var v2 = bytes
+        v2[3] = 2
+        let creationFlagAt = v2.count - 4 - snapshot.encode().count - 1
+        #expect(v2[creationFlagAt] == 0)
+        v2.remove(at: creationFlagAt)
+        #expect(try VSMMURecord(decoding: v2) == record)
     }
 
     @Test func aVersion1RecordIsRefusedWithAMessageThatSaysWhy() {

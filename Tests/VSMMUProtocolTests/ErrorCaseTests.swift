@@ -246,8 +246,9 @@ struct ErrorCaseTests {
     }
 
     @Test func otherRequestFieldsAreChecked() throws {
-        // CREATE_VSMMU flags, INVALIDATE flags and reserved, LIST kind and reserved, empty pSMMU name.
-        let create = rawFrame(type: 0x10, payload: le(UInt32(1)) + le(UInt32(0)) + nameField("vm"))
+        // CREATE_VSMMU flags (bit 0 is the create key's, bit 1 undefined), INVALIDATE flags and reserved,
+        // LIST kind and reserved, empty pSMMU name.
+        let create = rawFrame(type: 0x10, payload: le(UInt32(2)) + le(UInt32(0)) + nameField("vm"))
         #expect(try refusal(create).detail == 0)
         let invalidateFlags = rawFrame(type: 0x20, payload: le(UInt32(7)) + le(UInt32(0)) + le(UInt32(2)) + le(UInt32(0)))
         #expect(try refusal(invalidateFlags).detail == 8)

@@ -30,6 +30,7 @@ let vectorIDRegisters = IDRegisters(idr: [0x0D44_101B, 0x0273_0010, 0, 0x0000_14
                                     iidr: 0x0000_043B, aidr: 0x1)
 /// The resume token of the version-3 vectors: bytes 0x10 … 0x1F.
 let vectorResumeToken = ResumeToken(bytes: (0x10...0x1F).map { UInt8($0) })!
+let vectorCreateKey = CreateKey(bytes: (0x20...0x2F).map { UInt8($0) })!
 let vectorCommands: [Command] = [
     .tlbiNHVA(asid: 0x42, vmid: 0, address: 0x7F00_1000, leaf: true),
     Command(w0: 0x0000_0100_0000_0040, w1: 0x34), // ATC_INV SID 0x100 SIZE 52
@@ -44,6 +45,7 @@ let goldenVectors: [GoldenVector] = [
                              maximumViommus: 64, maximumContextDescriptors: 16382),
         serverProcessID: 777, serverName: "vsmmud 0.4.0")))),
     GoldenVector(file: "create-vsmmu.hex", content: .request(2, .createVSMMU(CreateVSMMU(name: "vm42")))),
+    GoldenVector(file: "create-vsmmu-keyed.hex", content: .request(2, .createVSMMU(CreateVSMMU(name: "vm42", createKey: vectorCreateKey)))),
     GoldenVector(file: "create-vsmmu-reply.hex", content: .response(2, .createVSMMU(VSMMUCreated(vsmmu: vsmmu7)))),
     GoldenVector(file: "create-vsmmu-reply-v3.hex", content: .response(2, .createVSMMU(VSMMUCreated(
         vsmmu: vsmmu7, resumeToken: vectorResumeToken)))),
@@ -255,6 +257,29 @@ struct GoldenVectorTests {
     @Test func aTokenNeverPrintsItsSecret() {
         let text = "\(vectorResumeToken) \(String(reflecting: vectorResumeToken))"
         #expect(!text.lowercased().contains("1011") && !text.contains("[16, 17"))
+    }
+
+    @Test func aCreateKeyNeverPrintsItsSecret() {
+        let text = "\(vectorCreateKey) \(String(reflecting: vectorCreateKey)) \(CreateVSMMU(name: "vm", createKey: vectorCreateKey))"
+        #expect(!text.lowercased().contains("2021") && !text.contains("[32, 33"))
+    }
+
+    @Test func createWithTheKeyFlagIsEightyEightBytesAndAKeylessOneSeventyTwo() throws {
+        let keyed = try Request.createVSMMU(CreateVSMMU(name: "vm42", createKey: vectorCreateKey)).encode(requestID: 2)
+        #expect(keyed.count == FrameHeader.byteCount + 88)
+        // The key flag with the keyless length: BAD_PAYLOAD_LENGTH (§2.2 step 3, before the flags).
+        var short = try Request.createVSMMU(CreateVSMMU(name: "vm42")).encode(requestID: 2)
+        short[FrameHeader.byteCount] = 1
+        #expect(throws: ProtocolError.badPayloadLength(.createVSMMU, expected: 88, actual: 72)) { try Request.decode(bytes: short) }
+        // A keyless CREATE of 88 bytes: BAD_PAYLOAD_LENGTH expecting 72.
+        var long = keyed
+        long[FrameHeader.byteCount] = 0
+        #expect(throws: ProtocolError.badPayloadLength(.createVSMMU, expected: 72, actual: 88)) { try Request.decode(bytes: long) }
+        // An undefined flag bit: BAD_FIELD at offset 0.
+        var undefined = keyed
+        undefined[FrameHeader.byteCount] = 3
+        let refusal = #expect(throws: ProtocolError.self) { try Request.decode(bytes: undefined) }
+        #expect(refusal?.code == .badField && refusal?.detail == 0 && refusal?.value == 3, "\(String(describing: refusal))")
     }
 
     @Test func createReplyIsEightBytesWithoutATokenAndTwentyFourWithOne() throws {

@@ -44,7 +44,7 @@ struct MessageGenerator {
         switch count(14) {
         case 0: return .hello(Hello(versions: UInt16.random(in: 1...3, using: &rng)...UInt16.random(in: 3...9, using: &rng),
                                     processID: u32(), clientName: name()))
-        case 1: return .createVSMMU(CreateVSMMU(name: name()))
+        case 1: return .createVSMMU(CreateVSMMU(name: name(), createKey: Bool.random(using: &rng) ? CreateKey.random() : nil))
         case 2: return .destroyVSMMU(DestroyVSMMU(vsmmu: id()))
         case 3: return .attachViommu(AttachViommu(vsmmu: id(), pSMMU: name(nonEmpty: true), hostDeviceID: u32(),
                                                   nestParentHWPT: u32(), fileDescriptorAttached: Bool.random(using: &rng)))

@@ -69,6 +69,9 @@ static const struct field fields[] = {
 
 	P("create_vsmmu", vsmmu_create_vsmmu, flags), P("create_vsmmu", vsmmu_create_vsmmu, reserved),
 	PNAME("create_vsmmu", vsmmu_create_vsmmu, name),
+	P("create_vsmmu_keyed", vsmmu_create_vsmmu_keyed, flags), P("create_vsmmu_keyed", vsmmu_create_vsmmu_keyed, reserved),
+	PNAME("create_vsmmu_keyed", vsmmu_create_vsmmu_keyed, name),
+	PWORDS("create_vsmmu_keyed.create_key", vsmmu_create_vsmmu_keyed, create_key),
 	P("create_vsmmu_reply", vsmmu_create_vsmmu_reply, vsmmu_id), P("create_vsmmu_reply", vsmmu_create_vsmmu_reply, reserved),
 	P("create_vsmmu_reply_v3", vsmmu_create_vsmmu_reply_v3, vsmmu_id),
 	P("create_vsmmu_reply_v3", vsmmu_create_vsmmu_reply_v3, reserved),

@@ -96,7 +96,8 @@ int vsmmu_client_hello_versions(struct vsmmu_client *client, const char *client_
 int vsmmu_client_create_vsmmu(struct vsmmu_client *client, const char *name, uint32_t *vsmmu_id);
 /* CREATE_VSMMU that also returns the vSMMU's resume token (version 3; all zero when the connection
  * negotiated version 1-2, whose vSMMUs cannot be resumed). Keep the token secret. Both create calls keep
- * the token in the client too, for reconnecting. */
+ * the token in the client too, for reconnecting, and on version 3 send a fresh create key (getrandom), so a
+ * CREATE_VSMMU re-sent after a reconnect is answered with the vSMMU it created, not a second one. */
 int vsmmu_client_create_vsmmu_resumable(struct vsmmu_client *client, const char *name, uint32_t *vsmmu_id,
 					uint8_t resume_token[VSMMU_RESUME_TOKEN_SIZE]);
 /* RESUME_VSMMU (version 3): takes the vSMMU over after a daemon restart; `iommufd` >= 0 hands the VMM's
