@@ -695,13 +695,7 @@ public final class IOMMUFDBackend: PSMMUBackend {
         let device: any IOMMUFDDevice
         do { device = try openedDevice() } catch { throw giveUp(error) }
         func probe(_ id: UInt32, expecting expected: Errno, _ what: String) -> BackendError? {
-            var request = iommu_hwpt_invalidate()
-            request.size = UInt32(MemoryLayout<iommu_hwpt_invalidate>.size)
-            request.hwpt_id = id
-            request.data_type = UInt32(IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3)
-            request.entry_len = UInt32(MemoryLayout<iommu_viommu_arm_smmuv3_invalidate>.size)
-            request.entry_num = 0
-            let errno = perform(.hwptInvalidate, &request, on: device)
+            let errno = Self.probeObject(id, on: device)
             if errno == .noSuchFileOrDirectory {
                 return BackendError(.unknownHandle, errno: errno?.rawValue,
                                     "\(name): \(what) (id \(id)) no longer exists in the iommufd: the VMM closed it since the restart (iommufd_fops_release destroyed its objects)")
@@ -822,6 +816,22 @@ public final class IOMMUFDBackend: PSMMUBackend {
             guard state.viommus[viommu] != nil, let device = state.device else { throw unknown(viommu) }
             return device
         }
+    }
+
+    /// Looks object `id` up in `device`'s iommufd without changing anything: `IOMMU_HWPT_INVALIDATE` with
+    /// an empty ARM SMMUv3 array. `iommufd_hwpt_invalidate` finds the id in the file first
+    /// (`iommufd_get_object`: `ENOENT` when the file holds no such object); then a viommu refuses the empty
+    /// array (`arm_vsmmu_cache_invalidate`: `EINVAL`) and a nested or paging HWPT the data type
+    /// (`EOPNOTSUPP`). `ENOTTY`/`EBADF`: `device` is no iommufd.
+    /// - Returns: the ioctl's errno (`nil`: it succeeded, which no object of those kinds answers).
+    public static func probeObject(_ id: UInt32, on device: any IOMMUFDDevice) -> Errno? {
+        var request = iommu_hwpt_invalidate()
+        request.size = UInt32(MemoryLayout<iommu_hwpt_invalidate>.size)
+        request.hwpt_id = id
+        request.data_type = UInt32(IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3)
+        request.entry_len = UInt32(MemoryLayout<iommu_viommu_arm_smmuv3_invalidate>.size)
+        request.entry_num = 0
+        return withUnsafeMutableBytes(of: &request) { device.ioctl(request: .hwptInvalidate, argument: $0) }
     }
 
     private func perform<Argument>(_ request: IOMMUFDRequest, _ argument: inout Argument,

@@ -1,4 +1,3 @@
-import CIOMMUFD
 import InvalidationEngine
 import IOMMUFD
 import PSMMU
@@ -214,9 +213,8 @@ extension VSMMUServer {
     }
 
     /// Checks, without changing anything, that `fd` is the iommufd that holds `served`'s journaled viommus:
-    /// `IOMMU_HWPT_INVALIDATE` with no entry on each viommu id. `iommufd_hwpt_invalidate` looks the id up in
-    /// the file (`iommufd_get_object`) first: `ENOENT` when this iommufd has no such object; a viommu that is
-    /// there refuses the empty array (`EINVAL`).
+    /// ``IOMMUFDBackend/probeObject(_:on:)`` on each viommu id answers `ENOENT` when this iommufd has no such
+    /// object (`iommufd_get_object`); a viommu that is there refuses the empty array (`EINVAL`).
     /// - Throws: `BACKEND_FAILURE` (errno `ENOENT`) naming the viommu whose id is absent; `BAD_FILE_DESCRIPTOR`
     ///   (unusable) for a descriptor that is no iommufd.
     private func checkHoldsObjects(_ fd: Int32, served: ServedVSMMU, type: MessageType) throws(ProtocolError) {
@@ -225,14 +223,7 @@ extension VSMMUServer {
             guard case .iommufd(_, let adoption) = providers[viommu.pSMMU] else { continue }
             let copy = dup(fd)
             guard copy >= 0 else { throw .badFileDescriptor(.unusable, type: type, errno: errno, message: "cannot duplicate the iommufd") }
-            let device = adoption.adopt(FileDescriptor(rawValue: copy))
-            var request = iommu_hwpt_invalidate()
-            request.size = UInt32(MemoryLayout<iommu_hwpt_invalidate>.size)
-            request.hwpt_id = viommu.handle.rawValue
-            request.data_type = UInt32(IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3)
-            request.entry_len = UInt32(MemoryLayout<iommu_viommu_arm_smmuv3_invalidate>.size)
-            request.entry_num = 0
-            let answer = withUnsafeMutableBytes(of: &request) { device.ioctl(request: .hwptInvalidate, argument: $0) }
+            let answer = IOMMUFDBackend.probeObject(viommu.handle.rawValue, on: adoption.adopt(FileDescriptor(rawValue: copy)))
             switch answer {
             case nil, .some(.invalidArgument):
                 continue
