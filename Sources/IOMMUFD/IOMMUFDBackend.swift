@@ -4,6 +4,10 @@ import SMMUv3
 import Synchronization
 import SystemPackage
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A physical SMMUv3 driven through Linux iommufd (`/dev/iommu`, Linux 6.13 and later): one viommu
 /// per VM on this pSMMU, vdevices for the VM's devices behind it, nested stage-1 HWPTs from guest
 /// STEs attached to the devices, and guest invalidation commands forwarded in whole batches.
@@ -255,7 +259,19 @@ public final class IOMMUFDBackend: PSMMUBackend {
             // (a viommu with a vEVENTQ is EBUSY).
             device.close(eventQueue: queue.descriptor)
             kept.eventQueue = nil
-            if let errno = destroyObject(queue.id, on: device) {
+            // A duplicate of the descriptor held elsewhere keeps the file, and with it the reference, a
+            // moment longer: systemd's fd store drops its copy when it processes the daemon's
+            // FDSTOREREMOVE=1, a datagram it reads after this call may run. Until the file's last
+            // reference goes (`iommufd_veventq_fops_release`) the destroy answers EBUSY: retried for
+            // at most ~200 ms, then refused as any destroy.
+            var refusal = destroyObject(queue.id, on: device)
+            var busyRetries = 0
+            while refusal == .resourceBusy, busyRetries < 200 {
+                busyRetries += 1
+                usleep(1_000)
+                refusal = destroyObject(queue.id, on: device)
+            }
+            if let errno = refusal {
                 state.withLock { $0.viommus[viommu] = kept }
                 throw failure(.destroy, errno, "of the vEVENTQ \(queue.id) of \(viommu)")
             }

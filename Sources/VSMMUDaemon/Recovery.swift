@@ -152,6 +152,7 @@ extension VSMMUServer {
         }
         for index in needed { if let fd = take(ServedVSMMU.iommufdName(id, index)) { awaited.iommufds[index] = fd } }
         for sid in awaited.neededVFIODevices { if let fd = take(ServedVSMMU.cdevName(id, sid)) { awaited.vfioDevices[sid] = fd } }
+        for index in needed { if let fd = take(ServedVSMMU.eventQueueName(id, index)) { awaited.eventQueues[index] = fd } }
 
         let engine: VSMMUEngine
         let waiting: Bool
@@ -184,8 +185,18 @@ extension VSMMUServer {
             logger.notice("iommufd vSMMU awaits its descriptors from its VMM: RESUME_VSMMU with the iommufd, SET_DEV_ID with each cdev", metadata: [
                 "vsmmu": "\(record.id)", "missing": "\(awaited.missing)",
             ])
+        } else {
+            logEventQueueStoreFailures(served)
         }
         return served
+    }
+
+    /// Stores the vEVENTQs a restore allocated again (their fds did not come back) and logs what could not be.
+    func logEventQueueStoreFailures(_ served: ServedVSMMU) {
+        for (index, error) in served.storeEventQueues() {
+            logger.error("cannot hand a vEVENTQ to the fd store: its events do not outlive a restart",
+                         metadata: ["vsmmu": "\(served.id.rawValue)", "viommu": "\(index.rawValue)", "error": "\(error)"])
+        }
     }
 
     /// The serving engine of a vSMMU whose descriptors are all there (`awaited.isComplete`): restored from
@@ -207,7 +218,7 @@ extension VSMMUServer {
                 case nil: return nil
                 }
             },
-            descriptors: EngineDescriptors(vfioDevices: awaited.vfioDevices))
+            descriptors: EngineDescriptors(eventQueues: awaited.eventQueues, vfioDevices: awaited.vfioDevices))
     }
 
     /// Tears down the vSMMUs whose owners did not resume them within ``Configuration/resumeGrace`` of the

@@ -115,12 +115,19 @@ extension VSMMUServer {
                 connection.logger.error("cannot hand the VMM's iommufd to the fd store: a later restart needs it from the VMM again",
                                         metadata: ["vsmmu": "\(served.id.rawValue)", "viommu": "\(index.rawValue)", "error": "\(error)"])
             }
+            for (queue, error) in served.storeEventQueues() {
+                connection.logger.error("cannot hand a vEVENTQ to the fd store: its events do not outlive a restart",
+                                        metadata: ["vsmmu": "\(served.id.rawValue)", "viommu": "\(queue.rawValue)", "error": "\(error)"])
+            }
             let handle = served.engine.viommuStatistics.first { $0.index == index }?.handle.rawValue ?? 0
             return .attachViommu(ViommuAttached(viommu: UInt32(index.rawValue), backendViommuID: handle))
 
         case .detachViommu(let detach):
             let served = try owned(detach.vsmmu, by: connection, type: type)
             let index = try viommuIndex(detach.viommu, on: served, type: type)
+            // The store's copy of the vEVENTQ goes first: while it is open the kernel refuses to destroy the
+            // queue (EBUSY), and with it the viommu.
+            served.removeDescriptor(name: ServedVSMMU.eventQueueName(served.id, index))
             do throws(EngineError) { try served.engine.detachViommu(index) } catch {
                 throw Self.protocolError(error, type: type, viommu: detach.viommu)
             }

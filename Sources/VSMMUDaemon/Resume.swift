@@ -313,8 +313,10 @@ extension VSMMUServer {
             served.awaited.withLock { a in
                 a?.iommufds = [:]
                 a?.vfioDevices = [:]
+                a?.eventQueues = [:]
             }
             for index in ready.iommufds.keys { served.removeDescriptor(name: ServedVSMMU.iommufdName(served.id, index)) }
+            for index in ready.eventQueues.keys { served.removeDescriptor(name: ServedVSMMU.eventQueueName(served.id, index)) }
             for sid in ready.vfioDevices.keys { served.removeDescriptor(name: ServedVSMMU.cdevName(served.id, sid)) }
             var errno: Int32?
             if case .backend(let e) = error.reason { errno = e.errno }
@@ -323,6 +325,7 @@ extension VSMMUServer {
         }
         served.awaited.withLock { $0 = nil }
         served.replaceEngine(with: engine)
+        logEventQueueStoreFailures(served)
         logger.notice("iommufd vSMMU re-adopted by id with the descriptors its VMM handed back", metadata: [
             "vsmmu": "\(served.id.rawValue)", "viommus": "\(ready.snapshot.viommus.count)", "devices": "\(ready.snapshot.devices.count)",
         ])

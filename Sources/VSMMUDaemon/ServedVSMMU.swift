@@ -52,6 +52,9 @@ final class ServedVSMMU: Sendable {
         var iommufds: [ViommuIndex: Int32] = [:]
         /// Each device's VFIO cdev on an iommufd viommu, by vSID (owned).
         var vfioDevices: [StreamID: Int32] = [:]
+        /// Each iommufd viommu's vEVENTQ, when it came back from the fd store (owned). Not awaited: a
+        /// viommu whose queue did not come back gets a new one (the events the old one held are lost).
+        var eventQueues: [ViommuIndex: Int32] = [:]
         /// The iommufd viommus and the devices behind them: what must come back.
         var neededIOMMUFDs: Set<ViommuIndex>
         var neededVFIODevices: Set<StreamID>
@@ -76,6 +79,7 @@ final class ServedVSMMU: Sendable {
         func close() {
             for fd in iommufds.values { _ = Glibc.close(fd) }
             for fd in vfioDevices.values { _ = Glibc.close(fd) }
+            for fd in eventQueues.values { _ = Glibc.close(fd) }
         }
     }
 
@@ -147,6 +151,27 @@ final class ServedVSMMU: Sendable {
         "iommufd-" + String(vsmmu.rawValue, radix: 16) + "-" + String(index.rawValue)
     }
 
+    /// The fd-store name of the vEVENTQ of viommu `index` of vSMMU `vsmmu`. The daemon allocated the queue
+    /// and holds its only descriptor; kept in the store, the queue (and the events it holds) outlives the
+    /// process: `iommufd_veventq_fops_release` runs only when the file's last reference goes.
+    static func eventQueueName(_ vsmmu: VSMMUID, _ index: ViommuIndex) -> String {
+        "eventq-" + String(vsmmu.rawValue, radix: 16) + "-" + String(index.rawValue)
+    }
+
+    /// Hands every vEVENTQ descriptor the engine's backends hold and the store lacks to the fd store (after
+    /// ATTACH_VIOMMU, and after a restore that had to allocate a queue again). A failure is logged by the
+    /// caller: events then do not outlive a restart.
+    func storeEventQueues() -> [(ViommuIndex, any Error)] {
+        guard fileDescriptorStore != nil else { return [] }
+        var failures: [(ViommuIndex, any Error)] = []
+        for (index, fd) in engine.heldDescriptors.eventQueues.sorted(by: { $0.key < $1.key }) {
+            let name = Self.eventQueueName(id, index)
+            guard !storedNames.withLock({ $0.contains(name) }) else { continue }
+            if let error = storeDescriptor(fd, name: name) { failures.append((index, error)) }
+        }
+        return failures
+    }
+
     /// The fd-store name of the VFIO cdev of vSID `streamID` of vSMMU `vsmmu`.
     static func cdevName(_ vsmmu: VSMMUID, _ streamID: StreamID) -> String {
         "cdev-" + String(vsmmu.rawValue, radix: 16) + "-" + String(streamID, radix: 16)
@@ -179,12 +204,13 @@ final class ServedVSMMU: Sendable {
     }
 
     /// Destroys everything under the vSMMU as DESTROY_VSMMU does: waits for queued commands,
-    /// unregisters every device (unlinking its vSTE), detaches every viommu, stops the engine, and takes
-    /// its descriptors out of the fd store. A vSMMU that still awaited its descriptors had no backend
+    /// takes its descriptors out of the fd store, unregisters every device (unlinking its vSTE), detaches
+    /// every viommu and stops the engine. A vSMMU that still awaited its descriptors had no backend
     /// object to destroy: the kernel's go with the VMM's iommufd (`iommufd_fops_release`).
     /// - Returns: the backend refusals met on the way (the teardown goes on past them).
     func tearDown() -> [EngineError] {
-        defer { removeAllDescriptors() }
+        // First: the store's copies of the vEVENTQs would keep the kernel from destroying them (EBUSY).
+        removeAllDescriptors()
         if let waiting = awaited.withLock({ a -> AwaitedDescriptors? in
             defer { a = nil }
             return a

@@ -29,6 +29,9 @@ import Glibc
         let lock = NSLock()
         var held: [String: [Int32]] = [:]
         var removed: [String] = []
+        /// How a held descriptor is closed (the rig's: a vEVENTQ stand-in releases the model's file at its
+        /// last reference).
+        var closer: @Sendable (Int32) -> Void = { _ = Glibc.close($0) }
 
         func store(_ fd: Int32, name: String) throws {
             let copy = dup(fd)
@@ -41,7 +44,16 @@ import Glibc
                 removed.append(name)
                 return held.removeValue(forKey: name) ?? []
             }
-            for fd in fds { close(fd) }
+            for fd in fds { closer(fd) }
+        }
+
+        /// The store goes with its service (stopped, not restarted): every descriptor it held is closed.
+        func discard() {
+            let fds = lock.withLock { () -> [Int32] in
+                defer { held = [:] }
+                return held.values.flatMap { $0 }
+            }
+            for fd in fds { closer(fd) }
         }
 
         var names: Set<String> { lock.withLock { Set(held.keys) } }
@@ -98,13 +110,17 @@ import Glibc
             let adoption = IOMMUFDAdoption { [self] fd in
                 let model = lock.withLock { kernelsByInode[Translation.inode(fd.rawValue)] } ?? kernel
                 _ = Glibc.close(fd.rawValue)
-                return Adapter(model, translation)
+                return Adapter(model, translation, realEventQueues: true)
             }
             let name = String(label.prefix { $0.isLetter }.prefix(20))
             var configuration = VSMMUServer.Configuration(socketPath: uniqueSocketPath(name),
                                                           pSMMUs: [.iommufd(name: "smmu0", adoption: adoption),
                                                                    .iommufd(name: "smmu1", adoption: adoption)])
             configuration.stateDirectory = directory
+            let host = self.kernel, stand = self.translation
+            store.closer = { fd in
+                if stand.eventQueueModel(fd) != nil { stand.closeEventQueue(fd, kernel: host) } else { _ = Glibc.close(fd) }
+            }
             configuration.fileDescriptorStore = store
             configuration.inheritedFileDescriptors = inherited
             var quiet = Logger(label: "vsmmud-test")
@@ -143,7 +159,7 @@ import Glibc
             server.stop()
             let served = server.state.withLock { Array($0.vsmmus.values) }
             for vsmmu in served {
-                for fd in vsmmu.engine.heldDescriptors.eventQueues.values { kernel.close(eventQueue: FileDescriptor(rawValue: fd)) }
+                for fd in vsmmu.engine.heldDescriptors.eventQueues.values { translation.closeEventQueue(fd, kernel: kernel) }
             }
         }
 
@@ -185,9 +201,15 @@ import Glibc
         let vsmmu = try rig.register(on: owner)
         let token = try #require(owner.resumeTokens[vsmmu])
         let ids = try backendViommuIDs(owner)
-        #expect(store.names == [ServedVSMMU.iommufdName(vsmmu, ViommuIndex(0)), ServedVSMMU.cdevName(vsmmu, 0x8)])
+        #expect(store.names == [ServedVSMMU.iommufdName(vsmmu, ViommuIndex(0)), ServedVSMMU.cdevName(vsmmu, 0x8),
+                                ServedVSMMU.eventQueueName(vsmmu, ViommuIndex(0))])
         let viommus = rig.kernel.liveObjects(.viommu)
         let attached = rig.kernel.attachment(ofDevice: rig.devices[0].devID)
+        // A fault the daemon has not read when it dies (arm_smmu_handle_event -> the vEVENTQ).
+        let queues = rig.kernel.liveObjects(.veventq)
+        try #require(queues.count == 1)
+        let fault = EventRecord(id: .translation, streamID: rig.devices[0].streamID, inputAddress: 0x4000)
+        #expect(rig.kernel.raiseEvent(pSMMU: 0, fault) == .queued(veventq: queues[0], virtualStreamID: 0x8))
         rig.die(first)
         withExtendedLifetime(owner) {}
 
@@ -200,6 +222,10 @@ import Glibc
         #expect(try backendViommuIDs(vmm) == ids, "the same viommu object, re-adopted by id")
         #expect(rig.kernel.liveObjects(.viommu) == viommus, "nothing allocated again, nothing destroyed")
         #expect(rig.kernel.attachment(ofDevice: rig.devices[0].devID) == attached, "the device stays on its nested HWPT")
+        // The vEVENTQ outlived the process in the store (iommufd_veventq_fops_release had not run): the same
+        // queue, re-adopted with its descriptor, still holding the event.
+        #expect(rig.kernel.liveObjects(.veventq) == queues, "the same vEVENTQ, not allocated again")
+        #expect(rig.kernel.pendingEvents(veventq: queues[0]) == 1, "the event the first process had not read is still queued")
         #expect(try rig.invalidationReachesTheKernel(vmm, vsmmu))
         // The VMM repeats SET_DEV_ID with its cdev after RESUME whatever survived: answered, nothing changes.
         let cdev = try rig.cdev(0)
@@ -207,7 +233,7 @@ import Glibc
         try vmm.setDeviceID(vsmmu: vsmmu, viommu: 0, hostDeviceID: rig.devices[0].devID, streamID: 0x8, vfioDevice: cdev)
         #expect(try rig.invalidationReachesTheKernel(vmm, vsmmu))
         // The names stay in the store for the next restart.
-        #expect(store.names.count == 2 && store.removed.isEmpty)
+        #expect(store.names.count == 3 && store.removed.isEmpty)
     }
 
     @Test func withoutTheFdsTheVSMMUAwaitsItsVMMUntilResumeBringsTheIommufdAndSetDevIDTheCdev() throws {
@@ -218,7 +244,12 @@ import Glibc
         let vsmmu = try rig.register(on: owner)
         let token = try #require(owner.resumeTokens[vsmmu])
         let ids = try backendViommuIDs(owner)
+        let queues = rig.kernel.liveObjects(.veventq)
+        try #require(queues.count == 1)
+        let fault = EventRecord(id: .translation, streamID: rig.devices[0].streamID, inputAddress: 0x4000)
+        #expect(rig.kernel.raiseEvent(pSMMU: 0, fault) == .queued(veventq: queues[0], virtualStreamID: 0x8))
         rig.die(first)
+        store.discard()
         withExtendedLifetime(owner) {}
 
         // Started by hand: no fd came back, and this process has no store.
@@ -259,8 +290,13 @@ import Glibc
         try vmm.setDeviceID(vsmmu: vsmmu, viommu: 0, hostDeviceID: rig.devices[0].devID, streamID: 0x8, vfioDevice: cdev)
         #expect(try backendViommuIDs(vmm) == ids, "re-adopted by id")
         #expect(try rig.invalidationReachesTheKernel(vmm, vsmmu))
+        // The vEVENTQ was released with the first process's last descriptor: destroyed by id and allocated
+        // again (its events are lost), and the new one's descriptor goes to the store too.
+        let again = rig.kernel.liveObjects(.veventq)
+        #expect(again.count == 1 && rig.kernel.pendingEvents(veventq: again[0]) == 0, "a new, empty queue")
         // What the VMM handed back went to the store under the same names.
-        #expect(bare.names == [ServedVSMMU.iommufdName(vsmmu, ViommuIndex(0)), ServedVSMMU.cdevName(vsmmu, 0x8)])
+        #expect(bare.names == [ServedVSMMU.iommufdName(vsmmu, ViommuIndex(0)), ServedVSMMU.cdevName(vsmmu, 0x8),
+                               ServedVSMMU.eventQueueName(vsmmu, ViommuIndex(0))])
     }
 
     @Test func aWrongIommufdAtResumeIsRefusedAndTheVSMMUStaysAsItWas() throws {
@@ -271,6 +307,7 @@ import Glibc
         let vsmmu = try rig.register(on: owner)
         let token = try #require(owner.resumeTokens[vsmmu])
         rig.die(first)
+        store.discard()
         withExtendedLifetime(owner) {}
 
         let second = try rig.server(store: RecordingStore())
@@ -301,13 +338,15 @@ import Glibc
         let client = try rig.client(server)
         let vsmmu = try rig.register(on: client)
         let iommufdName = ServedVSMMU.iommufdName(vsmmu, ViommuIndex(0)), cdevName = ServedVSMMU.cdevName(vsmmu, 0x8)
-        #expect(store.names == [iommufdName, cdevName])
+        let eventQueueName = ServedVSMMU.eventQueueName(vsmmu, ViommuIndex(0))
+        #expect(store.names == [iommufdName, cdevName, eventQueueName])
         // UNSET_DEV_ID: the cdev's name goes.
         try client.unsetDeviceID(vsmmu: vsmmu, viommu: 0, hostDeviceID: rig.devices[0].devID, streamID: 0x8)
-        #expect(store.names == [iommufdName] && store.removed == [cdevName])
-        // DETACH_VIOMMU: the iommufd's.
+        #expect(store.names == [iommufdName, eventQueueName] && store.removed == [cdevName])
+        // DETACH_VIOMMU: the vEVENTQ's first (the kernel destroys no vEVENTQ whose file is still open:
+        // EBUSY), then the iommufd's.
         try client.detachViommu(vsmmu: vsmmu, viommu: 0)
-        #expect(store.names.isEmpty && store.removed == [cdevName, iommufdName])
+        #expect(store.names.isEmpty && store.removed == [cdevName, eventQueueName, iommufdName])
         // DESTROY_VSMMU: everything of the vSMMU.
         let again = try rig.register(on: client)
         try client.destroyVSMMU(again)
@@ -316,7 +355,7 @@ import Glibc
         do {
             let vmm = try rig.client(server)
             _ = try rig.register(on: vmm)
-            #expect(store.names.count == 2)
+            #expect(store.names.count == 3)
             vmm.shutdownWrite()
             _ = try? vmm.receive()
         }

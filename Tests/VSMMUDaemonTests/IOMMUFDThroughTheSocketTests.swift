@@ -1,4 +1,5 @@
 import Foundation
+import CIOMMUFD
 import IOMMUFD
 import IOMMUFDSimulation
 import PSMMU
@@ -38,6 +39,37 @@ import Glibc
 
         func model(_ fd: Int32) -> Int32? { lock.withLock { byInode[Self.inode(fd)] } }
 
+        /// vEVENTQ descriptors of the model, by the inode of the pipe standing for each (``standInEventQueue``).
+        var eventQueuesByInode: [UInt64: Int32] = [:]
+
+        /// A pipe's write end standing for the model's vEVENTQ descriptor `queue`: a real file, so that
+        /// `dup` (systemd's fd store) and `close` hold and drop references on it as on the kernel's file.
+        func standInEventQueue(_ queue: Int32) -> Int32? {
+            var ends: [Int32] = [-1, -1]
+            guard pipe(&ends) == 0 else { return nil }
+            close(ends[0])
+            lock.withLock { eventQueuesByInode[Self.inode(ends[1])] = queue }
+            return ends[1]
+        }
+
+        func eventQueueModel(_ fd: Int32) -> Int32? { lock.withLock { eventQueuesByInode[Self.inode(fd)] } }
+
+        /// `close(2)` of a stand-in: the model's vEVENTQ file is released (`iommufd_veventq_fops_release`)
+        /// only when no descriptor of this process refers to the pipe any more, as the kernel releases a
+        /// file at its last reference.
+        func closeEventQueue(_ fd: Int32, kernel: SimulatedIOMMUFD) {
+            let inode = Self.inode(fd)
+            guard let queue = lock.withLock({ eventQueuesByInode[inode] }) else { return }
+            _ = Glibc.close(fd)
+            guard !Self.openDescriptors().contains(where: { Self.inode($0) == inode }) else { return }
+            lock.withLock { _ = eventQueuesByInode.removeValue(forKey: inode) }
+            kernel.close(eventQueue: FileDescriptor(rawValue: queue))
+        }
+
+        static func openDescriptors() -> [Int32] {
+            ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []).compactMap { Int32($0) }
+        }
+
         static func inode(_ fd: Int32) -> UInt64 {
             var st = stat()
             return fstat(fd, &st) == 0 ? UInt64(st.st_ino) : 0
@@ -47,20 +79,37 @@ import Glibc
     /// The daemon's view of the model: iommufd ioctls go straight to it, VFIO ioctls to the model's
     /// descriptor the received pipe stands for (anything else is ENOTTY, as on a descriptor that is not a
     /// VFIO cdev), and a received descriptor is really closed.
+    /// With `realEventQueues`, each vEVENTQ descriptor the model hands out (`IOMMU_VEVENTQ_ALLOC`'s
+    /// `out_veventq_fd`) reaches the daemon as a real file standing for it (``Translation/standInEventQueue``).
     final class Adapter: IOMMUFDDevice {
         let kernel: SimulatedIOMMUFD
         let translation: Translation
-        init(_ kernel: SimulatedIOMMUFD, _ translation: Translation) {
+        let realEventQueues: Bool
+        init(_ kernel: SimulatedIOMMUFD, _ translation: Translation, realEventQueues: Bool = false) {
             self.kernel = kernel
             self.translation = translation
+            self.realEventQueues = realEventQueues
         }
         func ioctl(request: IOMMUFDRequest, argument: UnsafeMutableRawBufferPointer) -> Errno? {
-            kernel.ioctl(request: request, argument: argument)
+            let answer = kernel.ioctl(request: request, argument: argument)
+            if realEventQueues, answer == nil, request == .veventqAlloc,
+               argument.count >= MemoryLayout<iommu_veventq_alloc>.size {
+                var alloc = argument.loadUnaligned(as: iommu_veventq_alloc.self)
+                guard let standIn = translation.standInEventQueue(Int32(bitPattern: alloc.out_veventq_fd)) else { return .tooManyOpenFiles }
+                alloc.out_veventq_fd = UInt32(bitPattern: standIn)
+                withUnsafeBytes(of: &alloc) { argument.copyMemory(from: $0) }
+            }
+            return answer
         }
         func read(eventQueue: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer) -> Result<Int, Errno> {
-            kernel.read(eventQueue: eventQueue, into: buffer)
+            guard realEventQueues else { return kernel.read(eventQueue: eventQueue, into: buffer) }
+            guard let queue = translation.eventQueueModel(eventQueue.rawValue) else { return .failure(.badFileDescriptor) }
+            return kernel.read(eventQueue: FileDescriptor(rawValue: queue), into: buffer)
         }
-        func close(eventQueue: FileDescriptor) { kernel.close(eventQueue: eventQueue) }
+        func close(eventQueue: FileDescriptor) {
+            guard realEventQueues else { return kernel.close(eventQueue: eventQueue) }
+            translation.closeEventQueue(eventQueue.rawValue, kernel: kernel)
+        }
         func ioctl(vfioDevice: FileDescriptor, request: VFIODeviceRequest, argument: UnsafeMutableRawBufferPointer) -> Errno? {
             guard let vfio = translation.model(vfioDevice.rawValue) else { return .inappropriateIOCTLForDevice }
             return kernel.ioctl(vfioDevice: FileDescriptor(rawValue: vfio), request: request, argument: argument)
