@@ -63,6 +63,9 @@ func registrations(_ client: VSMMUClient) throws -> [String] {
         try vmm.linkSTE(vsmmu: vm, streamID: 0x10, ste: .stage1(contextTable: 0x4380_4000), contextDescriptors: [.valid(asid: 5)])
         let otherViommu = try vmm.attachViommu(vsmmu: other, pSMMU: "smmu0", hostDeviceID: 8).viommu
         try vmm.setDeviceID(vsmmu: other, viommu: otherViommu, hostDeviceID: 9, streamID: 0x20)
+        // Simulated pSMMUs hold no kernel objects: nothing goes to the fd store (iommufd vSMMUs' fds would
+        // flow through the same harness, and come back after the socket).
+        #expect(systemd.passedNames == ["vsmmud.socket"])
         let tokens = vmm.resumeTokens
         #expect(tokens.count == 2, "CREATE_VSMMU on version 3 hands out resume tokens")
         let before = try registrations(vmm)
@@ -105,6 +108,44 @@ func registrations(_ client: VSMMUClient) throws -> [String] {
 
         second.signal(SIGTERM)
         #expect(second.waitForExit() == 0, "stderr: \(second.standardError)")
+    }
+
+    @Test(.enabled(if: enabled, "vsmmud was not built beside the tests"))
+    func storedFdsReachTheDaemonByNameAndEveryPassedFdIsCloseOnExec() throws {
+        let daemon = try #require(daemonPath)
+        let config = try writeTemporaryFile("passed", Self.configuration)
+        let state = try temporaryDirectory("passed-state")
+        defer { unlink(config); try? FileManager.default.removeItem(atPath: state) }
+        let systemd = try ServiceManagerHarness()
+        // What a previous process stored (here sent from this process: NotifyAccess=all for the setup).
+        systemd.acceptsEveryProcess = true
+        var ends: [Int32] = [-1, -1]
+        #expect(pipe(&ends) == 0)
+        defer { close(ends[0]); close(ends[1]) }
+        let sender = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(sender) }
+        #expect(sendNotification(sender, to: systemd.notifyPath, "FDSTORE=1\nFDNAME=iommufd-vm-x", fd: ends[1]))
+        #expect(systemd.receive(limit: .seconds(10)) { $0.contains("FDSTORE=1") })
+        systemd.acceptsEveryProcess = false
+
+        let process = try systemd.start(daemon, ["--config", config, "--state-dir", state, "--log-format", "console"])
+        #expect(systemd.receive { $0.contains("READY=1") }, "no READY=1; stderr: \(process.standardError)")
+        #expect(process.standardError.contains("fds from the fd store"), "stderr: \(process.standardError)")
+        #expect(process.standardError.contains("iommufd-vm-x"), "stderr: \(process.standardError)")
+        // The passed fds are close-on-exec (fdinfo's flags, octal, show O_CLOEXEC): the listener at 3 and the
+        // stored pipe at 4, while the daemon still holds it (recovery may close an fd it does not re-adopt).
+        func closeOnExec(_ fd: Int32) -> Bool? {
+            guard let info = try? String(contentsOfFile: "/proc/\(process.pid)/fdinfo/\(fd)", encoding: .utf8),
+                  let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags:") }),
+                  let flags = Int(line.dropFirst("flags:".count).trimmingCharacters(in: .whitespaces), radix: 8) else { return nil }
+            return flags & 0o2000000 != 0
+        }
+        #expect(closeOnExec(3) == true, "the listener")
+        if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(process.pid)/fd/4"), target.hasPrefix("pipe:") {
+            #expect(closeOnExec(4) == true, "the stored pipe")
+        }
+        process.signal(SIGTERM)
+        #expect(process.waitForExit() == 0, "stderr: \(process.standardError)")
     }
 
     @Test func aStoredPipeIsReadableThroughTheFdTheNextProcessIsHanded() async throws {
