@@ -10,6 +10,7 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 static void copy_name(char *dst, const char *src)
@@ -19,12 +20,9 @@ static void copy_name(char *dst, const char *src)
 		strncpy(dst, src, VSMMU_NAME_SIZE - 1);
 }
 
-int vsmmu_client_connect(struct vsmmu_client *client, const char *path)
+/* A new stream socket connected to `path`, or -errno. */
+static int connect_socket(const char *path)
 {
-	memset(client, 0, sizeof(*client));
-	client->fd = -1;
-	client->next_request_id = 1;
-	client->max_frame_size = VSMMU_MIN_FRAME_SIZE_LIMIT;
 	struct sockaddr_un addr = { .sun_family = AF_UNIX };
 	if (strlen(path) >= sizeof(addr.sun_path))
 		return -ENAMETOOLONG;
@@ -37,6 +35,21 @@ int vsmmu_client_connect(struct vsmmu_client *client, const char *path)
 		close(fd);
 		return -err;
 	}
+	return fd;
+}
+
+int vsmmu_client_connect(struct vsmmu_client *client, const char *path)
+{
+	memset(client, 0, sizeof(*client));
+	client->fd = -1;
+	client->next_request_id = 1;
+	client->max_frame_size = VSMMU_MIN_FRAME_SIZE_LIMIT;
+	if (strlen(path) >= sizeof(client->socket_path))
+		return -ENAMETOOLONG;
+	strcpy(client->socket_path, path);
+	int fd = connect_socket(path);
+	if (fd < 0)
+		return fd;
 	client->fd = fd;
 	return 0;
 }
@@ -46,6 +59,74 @@ void vsmmu_client_close(struct vsmmu_client *client)
 	if (client->fd >= 0)
 		close(client->fd);
 	client->fd = -1;
+	free(client->resumables);
+	client->resumables = NULL;
+	client->resumable_count = client->resumable_capacity = 0;
+	client->reconnect_enabled = 0;
+}
+
+int vsmmu_client_set_reconnect(struct vsmmu_client *client, uint32_t initial_ms, uint32_t max_ms, uint32_t deadline_ms)
+{
+	if (initial_ms == 0) {
+		client->reconnect_enabled = 0;
+		return 0;
+	}
+	if (max_ms < initial_ms || client->socket_path[0] == 0)
+		return -EINVAL;
+	client->reconnect_enabled = 1;
+	client->reconnect_initial_ms = initial_ms;
+	client->reconnect_max_ms = max_ms;
+	client->reconnect_deadline_ms = deadline_ms;
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	client->jitter_state = ((uint64_t)ts.tv_nsec << 20) ^ (uint64_t)ts.tv_sec ^ ((uint64_t)getpid() << 40) ^
+			       (uint64_t)(uintptr_t)client;
+	return 0;
+}
+
+static struct vsmmu_client_resumable *find_resumable(struct vsmmu_client *client, uint32_t vsmmu_id)
+{
+	for (size_t i = 0; i < client->resumable_count; i++)
+		if (client->resumables[i].vsmmu_id == vsmmu_id)
+			return &client->resumables[i];
+	return NULL;
+}
+
+static void forget_resumable(struct vsmmu_client *client, uint32_t vsmmu_id)
+{
+	struct vsmmu_client_resumable *r = find_resumable(client, vsmmu_id);
+	if (r)
+		*r = client->resumables[--client->resumable_count];
+}
+
+int vsmmu_client_adopt_resume_token(struct vsmmu_client *client, uint32_t vsmmu_id,
+				    const uint8_t resume_token[VSMMU_RESUME_TOKEN_SIZE])
+{
+	struct vsmmu_client_resumable *r = find_resumable(client, vsmmu_id);
+	if (!r) {
+		if (client->resumable_count == client->resumable_capacity) {
+			size_t capacity = client->resumable_capacity ? client->resumable_capacity * 2 : 4;
+			struct vsmmu_client_resumable *grown = realloc(client->resumables, capacity * sizeof(*grown));
+			if (!grown)
+				return -ENOMEM;
+			client->resumables = grown;
+			client->resumable_capacity = capacity;
+		}
+		r = &client->resumables[client->resumable_count++];
+		r->vsmmu_id = vsmmu_id;
+		r->iommufd = -1;
+	}
+	memcpy(r->resume_token, resume_token, VSMMU_RESUME_TOKEN_SIZE);
+	return 0;
+}
+
+int vsmmu_client_set_resume_iommufd(struct vsmmu_client *client, uint32_t vsmmu_id, int iommufd)
+{
+	struct vsmmu_client_resumable *r = find_resumable(client, vsmmu_id);
+	if (!r)
+		return -ENOENT;
+	r->iommufd = iommufd < 0 ? -1 : iommufd;
+	return 0;
 }
 
 /* Sends header + two payload parts in one sendmsg (with an fd when `pass_fd` >= 0), all of it. */
@@ -127,16 +208,15 @@ static int read_all(int fd, void *buf, size_t len)
 }
 
 /*
- * Sends a request and reads its reply. The reply's fixed part (`reply_size` bytes, exactly) goes to
- * `reply`; a trailing message (INVALIDATE) goes to client->last_message. Returns 0, -errno, or the
- * daemon's error code.
+ * Sends a request with request id `id` on the current connection and reads its reply. The reply's fixed
+ * part (`reply_size` bytes, exactly) goes to `reply`; a trailing message (INVALIDATE) goes to
+ * client->last_message. Returns 0, -errno, or the daemon's error code.
  */
-static int call(struct vsmmu_client *client, uint16_t type, const void *part1, size_t len1, const void *part2,
-		size_t len2, int pass_fd, void *reply, size_t reply_size)
+static int call_once(struct vsmmu_client *client, uint64_t id, uint16_t type, const void *part1, size_t len1,
+		     const void *part2, size_t len2, int pass_fd, void *reply, size_t reply_size)
 {
 	if (client->fd < 0)
 		return -ENOTCONN;
-	uint64_t id = client->next_request_id++;
 	int rc = send_frame(client, type, id, part1, len1, part2, len2, pass_fd);
 	if (rc)
 		return rc;
@@ -205,14 +285,158 @@ static int call(struct vsmmu_client *client, uint16_t type, const void *part1, s
 	return 0;
 }
 
+/* Whether `rc` says the connection is gone (or cannot be made while the daemon restarts). */
+static int is_connection_failure(int rc)
+{
+	return rc == -ECONNRESET || rc == -EPIPE || rc == -ENOTCONN || rc == -ECONNABORTED || rc == -ECONNREFUSED ||
+	       rc == -ENOENT;
+}
+
+static uint64_t monotonic_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* One outage: when it started and how many connections were tried. */
+struct backoff {
+	uint64_t started_ms;
+	unsigned attempts;
+};
+
+/* Before each attempt: at once for the first, then the jittered exponential delay; -ETIMEDOUT (with the
+ * reason in last_message) once the deadline passed. */
+static int backoff_wait(struct vsmmu_client *client, struct backoff *b, int cause)
+{
+	uint64_t now = monotonic_ms();
+	if (b->attempts++ == 0) {
+		b->started_ms = now;
+		return 0;
+	}
+	uint64_t elapsed = now - b->started_ms;
+	if (elapsed >= client->reconnect_deadline_ms) {
+		snprintf(client->last_message, sizeof(client->last_message),
+			 "the connection to the daemon was lost and %u reconnection attempts failed within %u ms; last: %s",
+			 b->attempts - 1, client->reconnect_deadline_ms,
+			 cause < 0 ? strerror(-cause) : vsmmu_error_name((uint32_t)cause));
+		return -ETIMEDOUT;
+	}
+	uint64_t delay = client->reconnect_initial_ms;
+	for (unsigned i = 1; i + 1 < b->attempts && delay < client->reconnect_max_ms; i++)
+		delay *= 2;
+	if (delay > client->reconnect_max_ms)
+		delay = client->reconnect_max_ms;
+	if (delay > client->reconnect_deadline_ms - elapsed)
+		delay = client->reconnect_deadline_ms - elapsed;
+	uint64_t x = client->jitter_state ? client->jitter_state : 0x9E3779B97F4A7C15ull;
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	client->jitter_state = x;
+	uint64_t us = delay * 1000u;
+	us = us / 2 + (us ? x % (us - us / 2 + 1) : 0);
+	struct timespec request = { .tv_sec = (time_t)(us / 1000000u), .tv_nsec = (long)(us % 1000000u) * 1000 };
+	struct timespec remaining;
+	while (nanosleep(&request, &remaining) < 0 && errno == EINTR)
+		request = remaining;
+	return 0;
+}
+
+static int hello_on_connection(struct vsmmu_client *client, uint64_t id, const char *client_name, uint16_t min_version,
+			       uint16_t max_version, struct vsmmu_hello_reply *reply);
+
+/*
+ * After `cause` broke the connection: connects again (backing off), re-sends the HELLO and resumes every
+ * vSMMU the client holds a token for. A vSMMU the new daemon does not know (UNKNOWN_VSMMU) is forgotten and
+ * counted in lost_vsmmus; `*destroyed` is set when that is `destroying`. Returns 0, -ETIMEDOUT, or an
+ * error the daemon answered the HELLO / a RESUME_VSMMU with.
+ */
+static int recover(struct vsmmu_client *client, struct backoff *b, int cause, uint32_t destroying, int *destroyed)
+{
+	for (;;) {
+		int rc = backoff_wait(client, b, cause);
+		if (rc)
+			return rc;
+		if (client->fd >= 0)
+			close(client->fd);
+		client->fd = connect_socket(client->socket_path);
+		if (client->fd < 0) {
+			cause = client->fd;
+			client->fd = -1;
+			if (!is_connection_failure(cause))
+				return cause;
+			continue;
+		}
+		if (!client->handshaken) {
+			client->reconnects++;
+			return 0;
+		}
+		rc = hello_on_connection(client, client->next_request_id++, client->hello_name, client->hello_min_version,
+					 client->hello_max_version, NULL);
+		for (size_t i = 0; rc == 0 && i < client->resumable_count;) {
+			struct vsmmu_client_resumable *r = &client->resumables[i];
+			struct vsmmu_resume_vsmmu req = { .vsmmu_id = r->vsmmu_id };
+			memcpy(req.resume_token, r->resume_token, VSMMU_RESUME_TOKEN_SIZE);
+			struct vsmmu_resume_vsmmu_reply reply;
+			rc = call_once(client, client->next_request_id++, VSMMU_MSG_RESUME_VSMMU, &req, sizeof(req), NULL, 0,
+				       r->iommufd, &reply, sizeof(reply));
+			if (rc == VSMMU_ERR_UNKNOWN_VSMMU) {
+				if (r->vsmmu_id == destroying && destroyed)
+					*destroyed = 1;
+				client->lost_vsmmus++;
+				forget_resumable(client, r->vsmmu_id);
+				rc = 0;
+				continue;
+			}
+			i++;
+		}
+		if (rc == 0) {
+			client->reconnects++;
+			return 0;
+		}
+		if (!is_connection_failure(rc) && rc != VSMMU_ERR_SHUTTING_DOWN)
+			return rc;
+		cause = rc;
+	}
+}
+
+/*
+ * Sends a request and reads its reply (call_once), under the client's reconnect policy: a failed
+ * connection or SHUTTING_DOWN leads to recover() and the same frame (same request id, same payload) sent
+ * again on the new connection.
+ */
+static int call(struct vsmmu_client *client, uint16_t type, const void *part1, size_t len1, const void *part2,
+		size_t len2, int pass_fd, void *reply, size_t reply_size)
+{
+	uint64_t id = client->next_request_id++;
+	struct backoff b = { 0 };
+	for (;;) {
+		int rc = call_once(client, id, type, part1, len1, part2, len2, pass_fd, reply, reply_size);
+		if (!client->reconnect_enabled || !(is_connection_failure(rc) || rc == VSMMU_ERR_SHUTTING_DOWN))
+			return rc;
+		uint32_t destroying = 0;
+		int destroyed = 0;
+		if (type == VSMMU_MSG_DESTROY_VSMMU)
+			memcpy(&destroying, part1, sizeof(destroying));
+		rc = recover(client, &b, rc, destroying, &destroyed);
+		if (rc)
+			return rc;
+		/* A DESTROY_VSMMU the dead daemon had applied: the vSMMU is gone, as asked. */
+		if (destroyed)
+			return 0;
+	}
+}
+
 int vsmmu_client_hello(struct vsmmu_client *client, const char *client_name, struct vsmmu_hello_reply *reply)
 {
 	return vsmmu_client_hello_versions(client, client_name, VSMMU_MIN_PROTOCOL_VERSION, VSMMU_PROTOCOL_VERSION,
 					   reply);
 }
 
-int vsmmu_client_hello_versions(struct vsmmu_client *client, const char *client_name, uint16_t min_version,
-				uint16_t max_version, struct vsmmu_hello_reply *reply)
+/* HELLO with request id `id` on the current connection (no reconnecting: recover() uses it). */
+static int hello_on_connection(struct vsmmu_client *client, uint64_t id, const char *client_name, uint16_t min_version,
+			       uint16_t max_version, struct vsmmu_hello_reply *reply)
 {
 	struct vsmmu_hello hello = {
 		.magic = VSMMU_MAGIC,
@@ -222,7 +446,7 @@ int vsmmu_client_hello_versions(struct vsmmu_client *client, const char *client_
 	};
 	copy_name(hello.client_name, client_name);
 	struct vsmmu_hello_reply r;
-	int rc = call(client, VSMMU_MSG_HELLO, &hello, sizeof(hello), NULL, 0, -1, &r, sizeof(r));
+	int rc = call_once(client, id, VSMMU_MSG_HELLO, &hello, sizeof(hello), NULL, 0, -1, &r, sizeof(r));
 	if (rc)
 		return rc;
 	/* The server answers a version from the offered range, and this client speaks no version above its own. */
@@ -235,6 +459,29 @@ int vsmmu_client_hello_versions(struct vsmmu_client *client, const char *client_
 	if (reply)
 		*reply = r;
 	return 0;
+}
+
+int vsmmu_client_hello_versions(struct vsmmu_client *client, const char *client_name, uint16_t min_version,
+				uint16_t max_version, struct vsmmu_hello_reply *reply)
+{
+	uint64_t id = client->next_request_id++;
+	struct backoff b = { 0 };
+	for (;;) {
+		int rc = hello_on_connection(client, id, client_name, min_version, max_version, reply);
+		if (rc == 0) {
+			client->handshaken = 1;
+			copy_name(client->hello_name, client_name);
+			client->hello_min_version = min_version;
+			client->hello_max_version = max_version;
+			return 0;
+		}
+		/* Before the first HELLO, recovering is only connecting again. */
+		if (!client->reconnect_enabled || client->handshaken ||
+		    !(is_connection_failure(rc) || rc == VSMMU_ERR_SHUTTING_DOWN))
+			return rc;
+		if ((rc = recover(client, &b, rc, 0, NULL)))
+			return rc;
+	}
 }
 
 int vsmmu_client_create_vsmmu(struct vsmmu_client *client, const char *name, uint32_t *vsmmu_id)
@@ -255,6 +502,9 @@ int vsmmu_client_create_vsmmu_resumable(struct vsmmu_client *client, const char 
 		*vsmmu_id = r.vsmmu_id;
 	if (resume_token)
 		memcpy(resume_token, r.resume_token, VSMMU_RESUME_TOKEN_SIZE);
+	/* Kept for reconnecting (a version-1/2 vSMMU has no token and cannot be resumed). */
+	if (client->version >= 3 && vsmmu_client_adopt_resume_token(client, r.vsmmu_id, r.resume_token))
+		return -ENOMEM;
 	return 0;
 }
 
@@ -266,15 +516,21 @@ int vsmmu_client_resume_vsmmu(struct vsmmu_client *client, uint32_t vsmmu_id,
 	memcpy(req.resume_token, resume_token, VSMMU_RESUME_TOKEN_SIZE);
 	struct vsmmu_resume_vsmmu_reply r;
 	int rc = call(client, VSMMU_MSG_RESUME_VSMMU, &req, sizeof(req), NULL, 0, iommufd, &r, sizeof(r));
-	if (!rc && reply)
+	if (rc)
+		return rc;
+	if (reply)
 		*reply = r;
-	return rc;
+	/* The connection owns it now: kept for reconnecting. */
+	return vsmmu_client_adopt_resume_token(client, vsmmu_id, resume_token);
 }
 
 int vsmmu_client_destroy_vsmmu(struct vsmmu_client *client, uint32_t vsmmu_id)
 {
 	struct vsmmu_destroy_vsmmu req = { .vsmmu_id = vsmmu_id };
-	return call(client, VSMMU_MSG_DESTROY_VSMMU, &req, sizeof(req), NULL, 0, -1, NULL, 0);
+	int rc = call(client, VSMMU_MSG_DESTROY_VSMMU, &req, sizeof(req), NULL, 0, -1, NULL, 0);
+	if (rc == 0)
+		forget_resumable(client, vsmmu_id);
+	return rc;
 }
 
 int vsmmu_client_attach_viommu(struct vsmmu_client *client, uint32_t vsmmu_id, const char *psmmu,

@@ -179,6 +179,22 @@ extension VSMMUEngine {
         return engine
     }
 
+    /// An engine that holds `snapshot`'s pure vSMMU (viommu indices, StreamIDs, vSTEs, CDs, retiring
+    /// ASIDs) and no backend: what a daemon shows for a vSMMU whose backend objects cannot be taken back
+    /// yet (an iommufd vSMMU whose iommufd and VFIO cdevs did not survive the restart; the VMM brings
+    /// them). LIST and STATS read it; it serves no control operation and no command (the daemon refuses
+    /// those first), and ``stop()`` is all it needs. ``restore(_:configuration:backends:descriptors:)``
+    /// builds the serving engine once the descriptors are back.
+    /// - Throws: ``EngineRestoreError`` for a snapshot no engine could have taken.
+    public static func awaitingBackends(_ snapshot: EngineSnapshot,
+                                        configuration: Configuration = Configuration()) throws(EngineRestoreError) -> VSMMUEngine {
+        do throws(EngineSnapshotError) { try snapshot.validate() } catch { throw EngineRestoreError(.snapshot(error)) }
+        let vsmmu = try rebuiltVSMMU(snapshot)
+        let engine = VSMMUEngine(configuration: configuration)
+        engine.state.withLock { $0.vsmmu = vsmmu }
+        return engine
+    }
+
     /// Hands a restored device its VFIO cdev again (a SET_DEV_ID with `FD_ATTACHED` that repeats the
     /// registration exactly after RESUME_VSMMU, when the cdev did not survive the restart): the
     /// backend takes it (``PSMMUBackend/resupply(_:device:)``) and nothing else changes.

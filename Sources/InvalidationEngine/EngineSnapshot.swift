@@ -223,7 +223,7 @@ extension EngineSnapshot {
     /// retiring u16 ASID · u16 reserved · u32 reserved · u64 viommu mask
     /// ```
     public func encode() -> [UInt8] {
-        var w = SnapshotWriter()
+        var w = LittleEndianWriter()
         w.bytes(Self.magic)
         w.u16(Self.formatVersion)
         w.u16(0)
@@ -279,7 +279,7 @@ extension EngineSnapshot {
     /// fields must be zero, and nothing may follow the last record: bytes from a torn or corrupt file
     /// give an error, never a partial snapshot.
     public init(decoding bytes: some Collection<UInt8>) throws(EngineSnapshotError) {
-        var r = SnapshotReader(Array(bytes))
+        var r = LittleEndianReader(Array(bytes))
         guard r.remaining >= Self.magic.count else { throw .truncated(offset: 0, needed: Self.magic.count) }
         guard try r.bytes(Self.magic.count) == Self.magic else { throw .notASnapshot }
         let version = try r.u16()
@@ -388,59 +388,6 @@ extension EngineSnapshot {
         case .abort: return 1
         case .bypass: return 2
         case .nested: return 3
-        }
-    }
-}
-
-private struct SnapshotWriter {
-    var output: [UInt8] = []
-    mutating func u8(_ v: UInt8) { output.append(v) }
-    mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { output.append(contentsOf: $0) } }
-    mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { output.append(contentsOf: $0) } }
-    mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { output.append(contentsOf: $0) } }
-    mutating func bytes(_ v: [UInt8]) { output.append(contentsOf: v) }
-}
-
-private struct SnapshotReader {
-    let input: [UInt8]
-    private(set) var offset = 0
-    init(_ input: [UInt8]) { self.input = input }
-
-    var remaining: Int { input.count - offset }
-
-    mutating func take(_ count: Int) throws(EngineSnapshotError) -> ArraySlice<UInt8> {
-        guard count <= remaining else { throw .truncated(offset: offset, needed: count) }
-        defer { offset += count }
-        return input[offset ..< offset + count]
-    }
-
-    mutating func u8() throws(EngineSnapshotError) -> UInt8 { try take(1).first ?? 0 }
-    mutating func u16() throws(EngineSnapshotError) -> UInt16 { UInt16(try little(2)) }
-    mutating func u32() throws(EngineSnapshotError) -> UInt32 { UInt32(try little(4)) }
-    mutating func u64() throws(EngineSnapshotError) -> UInt64 { try little(8) }
-    mutating func bytes(_ count: Int) throws(EngineSnapshotError) -> [UInt8] { Array(try take(count)) }
-
-    private mutating func little(_ count: Int) throws(EngineSnapshotError) -> UInt64 {
-        var value: UInt64 = 0
-        for (shift, byte) in try take(count).enumerated() { value |= UInt64(byte) << (8 * UInt64(shift)) }
-        return value
-    }
-
-    mutating func zero8(_ what: String) throws(EngineSnapshotError) {
-        let at = offset
-        guard try u8() == 0 else { throw .badField(offset: at, "\(what) is not 0") }
-    }
-
-    mutating func zero16(_ what: String) throws(EngineSnapshotError) {
-        let at = offset
-        guard try u16() == 0 else { throw .badField(offset: at, "\(what) is not 0") }
-    }
-
-    /// Refuses `count` records of at least `size` bytes each when fewer bytes are left.
-    func require(count: Int, of size: Int, at field: Int, _ what: String) throws(EngineSnapshotError) {
-        let (needed, overflow) = count.multipliedReportingOverflow(by: size)
-        guard !overflow, needed <= remaining else {
-            throw .badField(offset: field, "\(count) \(what) cannot fit in the \(remaining) byte(s) left")
         }
     }
 }

@@ -45,25 +45,64 @@ public enum VSMMUClientError: Error, Hashable, Sendable, CustomStringConvertible
 /// Every call sends one request and blocks until its reply; an ERROR reply throws
 /// ``VSMMUClientError/server(_:)``. Not thread-safe: use one client per thread (or a lock).
 /// ``send(_:fileDescriptor:)`` and ``receive()`` give access to pipelining and raw frames.
+///
+/// With a ``Reconnect`` policy (``init(socketPath:firstRequestID:reconnect:)``) the client survives a
+/// restart of the daemon: a request whose connection fails is re-sent on a new, handshaken connection on
+/// which every vSMMU the client holds a resume token for was resumed (PROTOCOL.md §5.13).
 public final class VSMMUClient {
-    /// The connected socket.
-    public let fileDescriptor: Int32
-    private var decoder = FrameDecoder()
+    /// The connected socket. It changes when the client reconnects (``reconnectCount``).
+    public private(set) var fileDescriptor: Int32
+    /// The socket path the client connects (and reconnects) to.
+    public let socketPath: String
+    /// How the client reconnects when its connection fails; `nil`: it does not (the failure is thrown).
+    public var reconnect: Reconnect?
+    /// How many times the client reconnected (and resumed) after a lost connection.
+    public internal(set) var reconnectCount = 0
+    /// The vSMMUs a reconnect could not resume: the new daemon answered RESUME_VSMMU with `UNKNOWN_VSMMU`
+    /// (it ran without a journal, reclaimed the vSMMU after its grace period, or the vSMMU was destroyed).
+    /// Their tokens are forgotten; requests naming them get `UNKNOWN_VSMMU`.
+    public internal(set) var lostVSMMUs: Set<VSMMUID> = []
+    /// The HELLO to send again on a new connection (set by a successful ``hello(name:versions:)``).
+    var handshake: (name: String, versions: ClosedRange<UInt16>)?
+    /// The iommufd to hand back with RESUME_VSMMU for a vSMMU, when the client resumes it on its own.
+    var resumeIOMMUFDs: [VSMMUID: Int32] = [:]
+    var decoder = FrameDecoder()
     /// The id the next request gets. Ids stay unique over a client's whole life: a client that reconnects
     /// after a daemon restart starts its new connection where the old one stopped
     /// (``init(socketPath:firstRequestID:)``), so a re-sent control request is recognised (PROTOCOL.md
     /// "Durability and restarts").
-    public private(set) var nextRequestID: UInt64
+    public internal(set) var nextRequestID: UInt64
     /// The resume token of each vSMMU this client created on a version-3 connection (or resumed).
-    public private(set) var resumeTokens: [VSMMUID: ResumeToken] = [:]
+    public internal(set) var resumeTokens: [VSMMUID: ResumeToken] = [:]
     private var readBuffer = [UInt8](repeating: 0, count: 64 * 1024)
     /// The daemon's HELLO_REPLY, after ``hello(name:versions:)``.
-    public private(set) var serverHello: HelloReply?
+    public internal(set) var serverHello: HelloReply?
 
     /// Connects to the daemon's socket.
-    /// - Throws: ``VSMMUClientError/transport(call:errno:)``.
-    public init(socketPath: String, firstRequestID: UInt64 = 1) throws(VSMMUClientError) {
+    /// - Parameter reconnect: the policy for lost connections (``Reconnect``); with one, a daemon that is
+    ///   restarting (the socket missing or refusing) is also waited for here, within the policy's deadline.
+    /// - Throws: ``VSMMUClientError/transport(call:errno:)``; with a policy, after its deadline, `ETIMEDOUT`
+    ///   (``VSMMUClientError/isReconnectFailure``).
+    public init(socketPath: String, firstRequestID: UInt64 = 1, reconnect: Reconnect? = nil) throws(VSMMUClientError) {
         nextRequestID = max(1, firstRequestID)
+        self.socketPath = socketPath
+        self.reconnect = reconnect
+        if let reconnect {
+            var backoff = Reconnect.Backoff(reconnect)
+            while true {
+                do throws(VSMMUClientError) {
+                    fileDescriptor = try Self.connectSocket(socketPath)
+                    return
+                } catch where error.isConnectionFailure {
+                    try backoff.wait(after: error)
+                }
+            }
+        }
+        fileDescriptor = try Self.connectSocket(socketPath)
+    }
+
+    /// A new stream socket connected to `socketPath`.
+    static func connectSocket(_ socketPath: String) throws(VSMMUClientError) -> Int32 {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(socketPath.utf8)
@@ -84,7 +123,7 @@ public final class VSMMUClient {
             close(fd)
             throw .transport(call: "connect \(socketPath)", errno: e)
         }
-        fileDescriptor = fd
+        return fd
     }
 
     deinit { close(fileDescriptor) }
@@ -139,8 +178,35 @@ public final class VSMMUClient {
     }
 
     /// Sends `request` and waits for its reply; an ERROR reply throws.
+    ///
+    /// With a ``reconnect`` policy, a failed connection (end of stream, `ECONNRESET`, `EPIPE`) or a
+    /// `SHUTTING_DOWN` answer makes the client reconnect, handshake and resume its vSMMUs, then send the
+    /// same frame again — same `request_id`, same payload — so that a control request the daemon had
+    /// already applied is answered from its journal instead of applied twice (PROTOCOL.md §5.13).
     public func call(_ request: Request, fileDescriptor fd: Int32? = nil) throws(VSMMUClientError) -> Response {
-        let id = try send(request, fileDescriptor: fd)
+        guard let policy = reconnect else {
+            let id = try send(request, fileDescriptor: fd)
+            return try awaitReply(to: request, id: id)
+        }
+        let id = nextRequestID
+        nextRequestID &+= 1
+        let bytes: [UInt8]
+        do throws(ProtocolError) { bytes = try request.encode(requestID: id) } catch { throw .server(error) }
+        var backoff = Reconnect.Backoff(policy)
+        while true {
+            do throws(VSMMUClientError) {
+                try sendBytes(bytes, fileDescriptor: fd)
+                return try awaitReply(to: request, id: id)
+            } catch where error.isConnectionFailure || error.code == .shuttingDown {
+                let lost = try recover(after: error, backoff: &backoff)
+                // A DESTROY_VSMMU the dead daemon had applied: its vSMMU is gone, which is what was asked.
+                if case .destroyVSMMU(let destroy) = request, lost.contains(destroy.vsmmu) { return .destroyVSMMU }
+            }
+        }
+    }
+
+    /// Reads the reply to request `id` and checks it answers `request`; an ERROR reply throws.
+    func awaitReply(to request: Request, id: UInt64) throws(VSMMUClientError) -> Response {
         let (replyID, response) = try receive()
         guard replyID == id else { throw .badReply("reply to request \(replyID), expected \(id)") }
         if case .error(let error) = response { throw .server(error) }
@@ -157,6 +223,7 @@ public final class VSMMUClient {
         guard case .hello(let reply) = try call(.hello(Hello(versions: versions, processID: UInt32(bitPattern: getpid()),
                                                              clientName: name))) else { throw .badReply("HELLO") }
         serverHello = reply
+        handshake = (name, versions)
         return reply
     }
 
@@ -184,9 +251,16 @@ public final class VSMMUClient {
     /// Remembers `token` as `vsmmu`'s (a client taking over from a previous connection's client).
     public func adoptResumeToken(_ token: ResumeToken, for vsmmu: VSMMUID) { resumeTokens[vsmmu] = token }
 
-    /// DESTROY_VSMMU.
+    /// The iommufd to hand back with the RESUME_VSMMU of `vsmmu` when the client resumes it on its own after
+    /// a reconnect (a daemon without systemd's fd store needs it for its iommufd viommus); `nil` for none.
+    /// The client does not own the descriptor: keep it open while it is set.
+    public func setResumeIOMMUFD(_ iommufd: Int32?, for vsmmu: VSMMUID) { resumeIOMMUFDs[vsmmu] = iommufd }
+
+    /// DESTROY_VSMMU. The vSMMU's resume token is forgotten.
     public func destroyVSMMU(_ vsmmu: VSMMUID) throws(VSMMUClientError) {
         _ = try call(.destroyVSMMU(DestroyVSMMU(vsmmu: vsmmu)))
+        resumeTokens[vsmmu] = nil
+        resumeIOMMUFDs[vsmmu] = nil
     }
 
     /// ATTACH_VIOMMU, passing `iommufd` with SCM_RIGHTS when given (the iommufd backend needs it).
@@ -290,4 +364,11 @@ public final class VSMMUClient {
 
     /// Half-closes the connection (`shutdown(SHUT_WR)`): the daemon sees the end of the stream.
     public func shutdownWrite() { shutdown(fileDescriptor, Int32(SHUT_WR)) }
+
+    /// Swaps in a new connected socket (a reconnect): the old one is closed, the frame decoder reset.
+    func replaceConnection(with fd: Int32) {
+        close(fileDescriptor)
+        fileDescriptor = fd
+        decoder = FrameDecoder()
+    }
 }

@@ -39,26 +39,10 @@ struct JournaledReply: Hashable, Sendable {
     }
 }
 
-/// A viommu as the journal keeps it: what re-creates it (simulated pSMMU) or re-adopts it (iommufd).
-struct JournaledViommu: Hashable, Sendable {
-    var index: UInt32
-    var pSMMU: String
-    var hostDeviceID: UInt32
-    var nestParentHWPT: UInt32
-    /// The backend's viommu object id when it was journaled (the iommufd `viommu_id`).
-    var backendViommuID: UInt32
-}
-
-/// A SET_DEV_ID registration and its linked vSTE and CDs, as the journal keeps it.
-struct JournaledDevice: Hashable, Sendable {
-    var streamID: StreamID
-    var viommu: UInt32
-    var hostDeviceID: UInt32
-    var ste: StreamTableEntry?
-    var contextDescriptors: [ContextDescriptor]
-}
-
-/// One vSMMU's journal record (key: its id): rewritten whole after each control change.
+/// One vSMMU's journal record (key: its id): rewritten whole after each control change. It holds the
+/// engine's snapshot (``EngineSnapshot``: viommus with their backend object ids, devices with their
+/// vdevices, attachments and nested HWPTs, vSTEs, CDs, retiring ASIDs) and only what the engine does
+/// not know: the name, the owner's uid and resume token, the tenant, the last control reply.
 struct VSMMURecord: Hashable, Sendable {
     var id: UInt32
     var name: String
@@ -68,11 +52,12 @@ struct VSMMURecord: Hashable, Sendable {
     /// `nil`: created on a protocol version without resume (1-2); such a vSMMU cannot be resumed.
     var token: ResumeToken?
     var lastReply: JournaledReply?
-    var viommus: [JournaledViommu]
-    var devices: [JournaledDevice]
+    /// The engine's registrations (`VSMMUEngine.snapshot()`).
+    var snapshot: EngineSnapshot
 
-    /// The record's format version (the journal file's is the store's own).
-    static let version: UInt16 = 1
+    /// The record's format version (the journal file's is the store's own). Version 1 (vsmmud before the
+    /// engine snapshot, which listed viommus and devices itself) is refused: no journal of it was deployed.
+    static let version: UInt16 = 2
     static let magic: [UInt8] = Array("VSR".utf8)
 
     /// Why a record's bytes were refused.
@@ -82,12 +67,17 @@ struct VSMMURecord: Hashable, Sendable {
         var description: String { "vSMMU record malformed at byte \(offset): \(reason)" }
     }
 
+    /// ```
+    /// "VSR" · u16 version (2) · u32 id · u32 length + name (UTF-8) · u32 owner uid · u64 tenant
+    /// · u8 token flag [· 16 bytes token] · u8 reply flag [· u16 type · u64 request id · u32 payload CRC-32C
+    /// · u32 length + reply frame] · u32 length + engine snapshot (EngineSnapshot's codec)
+    /// ```
     func encoded() -> [UInt8] {
-        var w = RecordWriter()
+        var w = LittleEndianWriter()
         w.bytes(Self.magic)
         w.u16(Self.version)
         w.u32(id)
-        w.string(name)
+        w.blob(Array(name.utf8))
         w.u32(ownerUserID)
         w.u64(tenant)
         if let token { w.u8(1); w.bytes(token.bytes) } else { w.u8(0) }
@@ -100,153 +90,82 @@ struct VSMMURecord: Hashable, Sendable {
         } else {
             w.u8(0)
         }
-        w.u32(UInt32(viommus.count))
-        for v in viommus {
-            w.u32(v.index); w.string(v.pSMMU); w.u32(v.hostDeviceID); w.u32(v.nestParentHWPT); w.u32(v.backendViommuID)
-        }
-        w.u32(UInt32(devices.count))
-        for d in devices {
-            w.u32(d.streamID); w.u32(d.viommu); w.u32(d.hostDeviceID)
-            if let ste = d.ste { w.u8(1); w.words(ste.words) } else { w.u8(0) }
-            w.u32(UInt32(d.contextDescriptors.count))
-            for cd in d.contextDescriptors { w.words(cd.words) }
-        }
+        w.blob(snapshot.encode())
         return w.output
     }
 
     init(id: UInt32, name: String, ownerUserID: UInt32, tenant: UInt64, token: ResumeToken?, lastReply: JournaledReply?,
-         viommus: [JournaledViommu], devices: [JournaledDevice]) {
+         snapshot: EngineSnapshot) {
         self.id = id
         self.name = name
         self.ownerUserID = ownerUserID
         self.tenant = tenant
         self.token = token
         self.lastReply = lastReply
-        self.viommus = viommus
-        self.devices = devices
+        self.snapshot = snapshot
     }
 
     init(decoding bytes: [UInt8]) throws(DecodingError) {
-        var r = RecordReader(bytes: bytes)
-        guard try r.bytes(3) == Self.magic else { throw DecodingError(offset: 0, reason: "not a vSMMU record") }
-        let version = try r.u16()
-        guard version == Self.version else { throw DecodingError(offset: 3, reason: "record version \(version), this vsmmud knows \(Self.version)") }
-        id = try r.u32()
-        name = try r.string()
-        ownerUserID = try r.u32()
-        tenant = try r.u64()
-        switch try r.u8() {
+        var r = LittleEndianReader(bytes)
+        func read<T>(_ body: (inout LittleEndianReader) throws(EngineSnapshotError) -> T) throws(DecodingError) -> T {
+            let start = r.offset
+            do throws(EngineSnapshotError) { return try body(&r) } catch {
+                if case .truncated(let offset, let needed) = error {
+                    throw DecodingError(offset: offset, reason: "\(needed) bytes wanted, \(bytes.count - offset) left")
+                }
+                throw DecodingError(offset: start, reason: "\(error)")
+            }
+        }
+        guard try read({ r throws(EngineSnapshotError) in try r.bytes(3) }) == Self.magic else {
+            throw DecodingError(offset: 0, reason: "not a vSMMU record")
+        }
+        let version = try read { r throws(EngineSnapshotError) in try r.u16() }
+        guard version == Self.version else {
+            throw DecodingError(offset: 3, reason: version == 1
+                ? "record version 1 (written by a vsmmud before the journal held the engine snapshot), this vsmmud reads only version \(Self.version): move the state directory aside"
+                : "record version \(version), this vsmmud knows \(Self.version)")
+        }
+        id = try read { r throws(EngineSnapshotError) in try r.u32() }
+        let nameAt = r.offset
+        guard let name = String(validating: try read({ r throws(EngineSnapshotError) in try r.blob() }), as: UTF8.self) else {
+            throw DecodingError(offset: nameAt, reason: "a name that is not UTF-8")
+        }
+        self.name = name
+        ownerUserID = try read { r throws(EngineSnapshotError) in try r.u32() }
+        tenant = try read { r throws(EngineSnapshotError) in try r.u64() }
+        switch try read({ r throws(EngineSnapshotError) in try r.u8() }) {
         case 0: token = nil
-        case 1: token = ResumeToken(bytes: try r.bytes(ResumeToken.byteCount))
+        case 1: token = ResumeToken(bytes: try read { r throws(EngineSnapshotError) in try r.bytes(ResumeToken.byteCount) })
         case let flag: throw DecodingError(offset: r.offset - 1, reason: "token flag \(flag)")
         }
-        switch try r.u8() {
+        switch try read({ r throws(EngineSnapshotError) in try r.u8() }) {
         case 0: lastReply = nil
-        case 1: lastReply = JournaledReply(type: try r.u16(), requestID: try r.u64(), payloadCRC: try r.u32(), reply: try r.blob())
+        case 1:
+            lastReply = try read { r throws(EngineSnapshotError) in
+                JournaledReply(type: try r.u16(), requestID: try r.u64(), payloadCRC: try r.u32(), reply: try r.blob())
+            }
         case let flag: throw DecodingError(offset: r.offset - 1, reason: "reply flag \(flag)")
         }
-        let viommuCount = try r.count(maximum: VSMMU.maximumViommus)
-        viommus = []
-        for _ in 0..<viommuCount {
-            viommus.append(JournaledViommu(index: try r.u32(), pSMMU: try r.string(), hostDeviceID: try r.u32(),
-                                           nestParentHWPT: try r.u32(), backendViommuID: try r.u32()))
+        let snapshotAt = r.offset + 4
+        let snapshotBytes = try read { r throws(EngineSnapshotError) in try r.blob() }
+        do throws(EngineSnapshotError) { snapshot = try EngineSnapshot(decoding: snapshotBytes) } catch {
+            throw DecodingError(offset: snapshotAt, reason: "\(error)")
         }
-        let deviceCount = try r.count(maximum: bytes.count)
-        devices = []
-        for _ in 0..<deviceCount {
-            let streamID = try r.u32(), viommu = try r.u32(), hostDeviceID = try r.u32()
-            var ste: StreamTableEntry?
-            switch try r.u8() {
-            case 0: ste = nil
-            case 1: var e = StreamTableEntry(); e.words = try r.words(); ste = e
-            case let flag: throw DecodingError(offset: r.offset - 1, reason: "STE flag \(flag)")
-            }
-            let cdCount = try r.count(maximum: bytes.count / 64)
-            var cds: [ContextDescriptor] = []
-            for _ in 0..<cdCount {
-                var cd = ContextDescriptor()
-                cd.words = try r.words()
-                cds.append(cd)
-            }
-            devices.append(JournaledDevice(streamID: streamID, viommu: viommu, hostDeviceID: hostDeviceID, ste: ste, contextDescriptors: cds))
-        }
-        guard r.offset == bytes.count else { throw DecodingError(offset: r.offset, reason: "\(bytes.count - r.offset) bytes after the record") }
-    }
-}
-
-/// Little-endian writer of a ``VSMMURecord``.
-private struct RecordWriter {
-    var output: [UInt8] = []
-    mutating func u8(_ v: UInt8) { output.append(v) }
-    mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { output.append(contentsOf: $0) } }
-    mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { output.append(contentsOf: $0) } }
-    mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { output.append(contentsOf: $0) } }
-    mutating func bytes(_ v: [UInt8]) { output.append(contentsOf: v) }
-    mutating func blob(_ v: [UInt8]) { u32(UInt32(v.count)); bytes(v) }
-    mutating func string(_ v: String) { blob(Array(v.utf8)) }
-    mutating func words(_ v: EightWords) { for i in 0..<8 { u64(v[i]) } }
-}
-
-/// Little-endian reader of a ``VSMMURecord``: every read checks the length.
-private struct RecordReader {
-    let bytes: [UInt8]
-    var offset = 0
-    mutating func bytes(_ n: Int) throws(VSMMURecord.DecodingError) -> [UInt8] {
-        guard n >= 0, bytes.count - offset >= n else {
-            throw VSMMURecord.DecodingError(offset: offset, reason: "\(n) bytes wanted, \(bytes.count - offset) left")
-        }
-        defer { offset += n }
-        return Array(bytes[offset..<offset + n])
-    }
-    mutating func integer<T: FixedWidthInteger>(_: T.Type) throws(VSMMURecord.DecodingError) -> T {
-        let raw = try bytes(MemoryLayout<T>.size)
-        var value = T.zero
-        for (i, byte) in raw.enumerated() { value |= T(byte) << (8 * i) }
-        return value
-    }
-    mutating func u8() throws(VSMMURecord.DecodingError) -> UInt8 { try integer(UInt8.self) }
-    mutating func u16() throws(VSMMURecord.DecodingError) -> UInt16 { try integer(UInt16.self) }
-    mutating func u32() throws(VSMMURecord.DecodingError) -> UInt32 { try integer(UInt32.self) }
-    mutating func u64() throws(VSMMURecord.DecodingError) -> UInt64 { try integer(UInt64.self) }
-    mutating func blob() throws(VSMMURecord.DecodingError) -> [UInt8] { try bytes(Int(try u32())) }
-    mutating func string() throws(VSMMURecord.DecodingError) -> String {
-        let start = offset
-        guard let s = String(validating: try blob(), as: UTF8.self) else {
-            throw VSMMURecord.DecodingError(offset: start, reason: "a name that is not UTF-8")
-        }
-        return s
-    }
-    mutating func count(maximum: Int) throws(VSMMURecord.DecodingError) -> Int {
-        let start = offset
-        let n = Int(try u32())
-        guard n <= maximum else { throw VSMMURecord.DecodingError(offset: start, reason: "a count of \(n), over \(maximum)") }
-        return n
-    }
-    mutating func words() throws(VSMMURecord.DecodingError) -> EightWords {
-        var w = EightWords()
-        for i in 0..<8 { w[i] = try u64() }
-        return w
+        guard r.remaining == 0 else { throw DecodingError(offset: r.offset, reason: "\(r.remaining) bytes after the record") }
     }
 }
 
 extension VSMMUServer {
-    /// The journal record of `served` as it stands: its identity and owner, and the engine's registrations.
-    func record(of served: ServedVSMMU) -> VSMMURecord {
-        let vsmmu = served.engine.vsmmu
-        let statistics = served.engine.viommuStatistics
-        let requests = served.attachRequests.withLock { $0 }
-        let viommus = vsmmu.viommus.compactMap { $0 }.map { v -> JournaledViommu in
-            let request = requests[UInt32(v.index.rawValue)] ?? ViommuAttachRequest()
-            let handle = statistics.first { $0.index == v.index }?.handle.rawValue ?? 0
-            return JournaledViommu(index: UInt32(v.index.rawValue), pSMMU: v.pSMMU, hostDeviceID: request.hostDeviceID,
-                                   nestParentHWPT: request.nestParentHWPT, backendViommuID: handle)
-        }
-        let devices = vsmmu.devices.values.sorted { $0.streamID < $1.streamID }.map { d in
-            JournaledDevice(streamID: d.streamID, viommu: UInt32(d.viommu.rawValue), hostDeviceID: d.hostDeviceID,
-                            ste: d.ste, contextDescriptors: d.contextDescriptors)
+    /// The journal record of `served` as it stands: its identity and owner, and the engine's snapshot (the
+    /// journaled one while it awaits its descriptors: its engine then has no backend to describe).
+    /// - Throws: the engine's refusal when a backend cannot describe its objects.
+    func record(of served: ServedVSMMU) throws(EngineError) -> VSMMURecord {
+        let snapshot = try served.awaited.withLock { (a) throws(EngineError) -> EngineSnapshot in
+            if let a { return a.snapshot }
+            return try served.engine.snapshot()
         }
         return VSMMURecord(id: served.id.rawValue, name: served.name, ownerUserID: served.ownerUserID, tenant: served.tenant,
-                           token: served.token, lastReply: served.lastReply.withLock { $0 }, viommus: viommus, devices: devices)
+                           token: served.token, lastReply: served.lastReply.withLock { $0 }, snapshot: snapshot)
     }
 
     /// Makes `served`'s current state durable (one record, fdatasync'ed) before its reply is written.
@@ -254,7 +173,10 @@ extension VSMMUServer {
     /// - Throws: `INTERNAL_ERROR` naming the journal's failure.
     func journal(_ served: ServedVSMMU, type: MessageType) throws(ProtocolError) {
         guard let journal = self.journal else { return }
-        let bytes = record(of: served).encoded()
+        let bytes: [UInt8]
+        do throws(EngineError) { bytes = try record(of: served).encoded() } catch {
+            throw .internalError(type: type, "the change was applied but vSMMU \(served.id.rawValue)'s state cannot be recorded: \(error)")
+        }
         do throws(JournalError) {
             try journal.put(key: UInt64(served.id.rawValue), value: bytes)
             served.journalFailure.withLock { $0 = nil }

@@ -1,4 +1,5 @@
 import InvalidationEngine
+import IOMMUFD
 import Logging
 import PSMMU
 import SMMUv3
@@ -29,15 +30,27 @@ extension VSMMUServer {
     /// its owner, before anything is served. ``start()`` calls it when it was not called; the daemon calls it
     /// first, to tell a damaged journal (exit 65) from a socket that cannot be bound.
     ///
-    /// A simulated viommu comes back as a new object with empty caches (a reset SMMU caches nothing), its
-    /// devices registered and its vSTEs and CDs linked again, and keeps its index.
+    /// Each record holds the engine's snapshot, and the engine is restored from it
+    /// (`VSMMUEngine.restore`), with its viommu indices, StreamIDs, vSTEs, CDs and retiring ASIDs:
+    /// - a simulated viommu comes back as a new object with empty caches (a reset SMMU caches nothing);
+    /// - an iommufd viommu is re-adopted by its kernel object ids when its VMM's iommufd and every device's
+    ///   VFIO cdev came back from the fd store (``Configuration/inheritedFileDescriptors``): the objects live
+    ///   in the VMM's iommufd file, which the VMM still holds (`iommufd_fops_release` destroys them only
+    ///   when the file's last reference goes), an id names the same object for as long as the file lives
+    ///   (`iommufd_get_object` looks it up in the file's `objects` xarray), and a device's attachment lives
+    ///   in its cdev's file (`vfio_df_unbind_iommufd` runs only at that file's release). When a descriptor
+    ///   is missing, the vSMMU waits for its VMM to bring them (RESUME_VSMMU, SET_DEV_ID:
+    ///   ``ServedVSMMU/AwaitedDescriptors``).
+    ///
+    /// Inherited descriptors that no record claims are closed and removed from the fd store.
     /// - Returns: how many vSMMUs were rebuilt (0 without a state directory).
-    /// - Throws: ``RecoveryError`` naming the file and offset of a damaged journal, the record that does not
-    ///   decode, or the registration the pSMMUs refused.
+    /// - Throws: ``RecoveryError`` naming the file and offset of a damaged journal, or the record that does
+    ///   not decode.
     @discardableResult
     public func recover() throws(RecoveryError) -> Int {
         if let done = state.withLock({ $0.recovered }) { return done }
         guard let directory = configuration.stateDirectory else {
+            releaseInherited(configuration.inheritedFileDescriptors.byName)
             state.withLock { $0.recovered = 0 }
             return 0
         }
@@ -49,7 +62,7 @@ extension VSMMUServer {
         } catch {
             throw RecoveryError(message: "cannot open the journal in \(directory): \(error)")
         }
-        var rebuilt: [ServedVSMMU] = []
+        var records: [VSMMURecord] = []
         for (key, bytes) in journal.contents.sorted(by: { $0.key < $1.key }) {
             let record: VSMMURecord
             do throws(VSMMURecord.DecodingError) { record = try VSMMURecord(decoding: bytes) } catch {
@@ -58,19 +71,31 @@ extension VSMMUServer {
             guard UInt64(record.id) == key else {
                 throw RecoveryError(message: "journal in \(directory): key \(key) holds the record of vSMMU \(record.id)")
             }
-            // A vSMMU this daemon cannot rebuild (an iommufd viommu, a pSMMU no longer configured) is dropped
-            // and logged, never a reason to refuse the others: its owner finds it gone at RESUME_VSMMU.
-            do throws(RecoveryError) { rebuilt.append(try rebuild(record)) } catch {
+            records.append(record)
+        }
+        var inherited = configuration.inheritedFileDescriptors.byName
+        var rebuilt: [ServedVSMMU] = []
+        for record in records {
+            // A vSMMU this daemon cannot rebuild (a pSMMU no longer configured, iommufd objects gone with their
+            // VMM's iommufd) is dropped and logged, never a reason to refuse the others: its owner finds it gone
+            // at RESUME_VSMMU.
+            do throws(RecoveryError) { rebuilt.append(try rebuild(record, inherited: &inherited)) } catch {
                 logger.error("vSMMU dropped at recovery", metadata: ["vsmmu": "\(record.id)", "reason": "\(error.message)"])
-                do throws(JournalError) { try journal.remove(key: key) } catch {
+                do throws(JournalError) { try journal.remove(key: UInt64(record.id)) } catch {
                     throw RecoveryError(message: "cannot drop the record of vSMMU \(record.id) from the journal: \(error)")
                 }
             }
         }
-        // The rebuilt viommus are new backend objects: the records say so before anything is served.
+        releaseInherited(inherited)
+        // The rebuilt viommus are new backend objects (simulated) or have a new vEVENTQ (iommufd): the records
+        // say so before anything is served.
         for served in rebuilt {
+            let bytes: [UInt8]
+            do throws(EngineError) { bytes = try record(of: served).encoded() } catch {
+                throw RecoveryError(message: "cannot snapshot the rebuilt vSMMU \(served.id.rawValue): \(error)")
+            }
             do throws(JournalError) {
-                try journal.put(key: UInt64(served.id.rawValue), value: record(of: served).encoded())
+                try journal.put(key: UInt64(served.id.rawValue), value: bytes)
             } catch {
                 throw RecoveryError(message: "cannot rewrite the record of vSMMU \(served.id.rawValue): \(error)")
             }
@@ -83,66 +108,105 @@ extension VSMMUServer {
         logger.notice("recovered the vSMMUs from the journal: each awaits its owner's RESUME", metadata: [
             "directory": "\(directory)", "vsmmus": "\(rebuilt.count)",
             "devices": "\(rebuilt.reduce(0) { $0 + $1.engine.vsmmu.devices.count })",
+            "awaiting_descriptors": "\(rebuilt.filter(\.awaitsDescriptors).count)",
             "milliseconds": "\((POSIX.monotonicNanoseconds() &- start) / 1_000_000)",
             "grace_seconds": "\(configuration.resumeGrace.components.seconds)",
         ])
         return rebuilt.count
     }
 
-    /// One vSMMU from its record, unowned.
-    private func rebuild(_ record: VSMMURecord) throws(RecoveryError) -> ServedVSMMU {
-        let engine = VSMMUEngine(configuration: configuration.engine)
-        let served = ServedVSMMU(id: VSMMUID(record.id), name: record.name, owner: 0, ownerCredentials: nil, engine: engine,
-                                 ownerUserID: record.ownerUserID, tenant: record.tenant, token: record.token)
-        served.lastReply.withLock { $0 = record.lastReply }
+    /// Closes the inherited descriptors nobody claimed and takes their names out of the fd store.
+    private func releaseInherited(_ unclaimed: [String: [Int32]]) {
+        for (name, fds) in unclaimed.sorted(by: { $0.key < $1.key }) {
+            for fd in fds { _ = Glibc.close(fd) }
+            configuration.fileDescriptorStore?.remove(name: name)
+            logger.info("inherited descriptor claimed by no vSMMU: closed and removed from the fd store", metadata: ["name": "\(name)"])
+        }
+    }
+
+    /// One vSMMU from its record, unowned: restored now, or awaiting its descriptors.
+    private func rebuild(_ record: VSMMURecord, inherited: inout [String: [Int32]]) throws(RecoveryError) -> ServedVSMMU {
+        let id = VSMMUID(record.id)
         func refuse(_ what: String) -> RecoveryError {
-            engine.stop()
-            return RecoveryError(message: "cannot rebuild vSMMU \(record.id) (\(record.name)) from the journal: \(what)")
+            RecoveryError(message: "cannot rebuild vSMMU \(record.id) (\(record.name)) from the journal: \(what)")
         }
-        // Viommus keep their indices: the engine gives the lowest free one, so a gap is held by a placeholder
-        // viommu until every journaled one is attached.
-        var placeholders: [ViommuIndex] = []
-        var next: UInt32 = 0
-        for viommu in record.viommus.sorted(by: { $0.index < $1.index }) {
+        let snapshot = record.snapshot
+        var needed: Set<ViommuIndex> = []
+        for viommu in snapshot.viommus {
             guard let provider = providers[viommu.pSMMU] else {
-                throw refuse("its viommu \(viommu.index) is on pSMMU \(viommu.pSMMU), which the configuration no longer has")
+                throw refuse("its viommu \(viommu.index.rawValue) is on pSMMU \(viommu.pSMMU), which the configuration no longer has")
             }
-            guard case .simulated(let smmu) = provider else {
-                throw refuse("its viommu \(viommu.index) is on the iommufd pSMMU \(viommu.pSMMU), whose objects this vsmmud cannot re-adopt")
-            }
-            while next < viommu.index {
-                do throws(EngineError) {
-                    placeholders.append(try engine.attachViommu(pSMMU: "journal-placeholder-\(next)", backend: PlaceholderBackend()))
-                } catch {
-                    throw refuse("holding viommu index \(next): \(error)")
-                }
-                next += 1
-            }
-            let request = ViommuAttachRequest(hostDeviceID: viommu.hostDeviceID, nestParentHWPT: viommu.nestParentHWPT)
-            let index: ViommuIndex
-            do throws(EngineError) {
-                index = try engine.attachViommu(pSMMU: viommu.pSMMU, backend: smmu, request: request)
-            } catch {
-                throw refuse("re-attaching viommu \(viommu.index) on \(viommu.pSMMU): \(error)")
-            }
-            guard index.rawValue == viommu.index else { throw refuse("viommu \(viommu.index) came back as \(index.rawValue)") }
-            served.attachRequests.withLock { $0[viommu.index] = request }
-            next = viommu.index + 1
+            if case .iommufd = provider { needed.insert(viommu.index) }
         }
-        for index in placeholders {
-            do throws(EngineError) { try engine.detachViommu(index) } catch { throw refuse("releasing a placeholder viommu: \(error)") }
+        var awaited = ServedVSMMU.AwaitedDescriptors(
+            snapshot: snapshot, neededIOMMUFDs: needed,
+            neededVFIODevices: Set(snapshot.devices.filter { needed.contains($0.viommu) }.map(\.streamID)))
+        var claimed: Set<String> = []
+        func take(_ name: String) -> Int32? {
+            guard var fds = inherited[name], !fds.isEmpty else { return nil }
+            let fd = fds.removeFirst()
+            for extra in fds { _ = Glibc.close(extra) }
+            inherited[name] = nil
+            claimed.insert(name)
+            return fd
         }
-        for device in record.devices {
-            do throws(EngineError) {
-                try engine.setDeviceID(viommu: ViommuIndex(Int(device.viommu)), hostDeviceID: device.hostDeviceID, streamID: device.streamID)
-                if let ste = device.ste {
-                    _ = try engine.link(streamID: device.streamID, ste: ste, contextDescriptors: device.contextDescriptors)
-                }
+        for index in needed { if let fd = take(ServedVSMMU.iommufdName(id, index)) { awaited.iommufds[index] = fd } }
+        for sid in awaited.neededVFIODevices { if let fd = take(ServedVSMMU.cdevName(id, sid)) { awaited.vfioDevices[sid] = fd } }
+
+        let engine: VSMMUEngine
+        let waiting: Bool
+        if awaited.isComplete {
+            do throws(EngineRestoreError) {
+                engine = try restoredEngine(awaited)
             } catch {
-                throw refuse("registering StreamID 0x\(String(device.streamID, radix: 16)) for host device \(device.hostDeviceID): \(error)")
+                // The descriptors were consumed; their objects are gone: out of the fd store too.
+                for name in claimed { configuration.fileDescriptorStore?.remove(name: name) }
+                throw refuse("\(error)")
             }
+            waiting = false
+        } else {
+            do throws(EngineRestoreError) { engine = try VSMMUEngine.awaitingBackends(snapshot, configuration: configuration.engine) } catch {
+                awaited.close()
+                for name in claimed { configuration.fileDescriptorStore?.remove(name: name) }
+                throw refuse("\(error)")
+            }
+            waiting = true
+        }
+        let served = ServedVSMMU(id: id, name: record.name, owner: 0, ownerCredentials: nil, engine: engine,
+                                 ownerUserID: record.ownerUserID, tenant: record.tenant, token: record.token,
+                                 fileDescriptorStore: configuration.fileDescriptorStore)
+        served.lastReply.withLock { $0 = record.lastReply }
+        // Inherited names stay in the store (systemd keeps them for every later start).
+        if configuration.fileDescriptorStore != nil { served.storedNames.withLock { $0 = claimed } }
+        if waiting {
+            served.awaited.withLock { $0 = awaited }
+            logger.notice("iommufd vSMMU awaits its descriptors from its VMM: RESUME_VSMMU with the iommufd, SET_DEV_ID with each cdev", metadata: [
+                "vsmmu": "\(record.id)", "missing": "\(awaited.missing)",
+            ])
         }
         return served
+    }
+
+    /// The serving engine of a vSMMU whose descriptors are all there (`awaited.isComplete`): restored from
+    /// its snapshot, each iommufd viommu on a new ``IOMMUFDBackend`` adopting its iommufd and re-adopting
+    /// its objects by id (`IOMMUFDBackend.restoreViommu` checks every id first), each simulated one
+    /// re-created. Every descriptor in `awaited` is consumed.
+    func restoredEngine(_ awaited: ServedVSMMU.AwaitedDescriptors) throws(EngineRestoreError) -> VSMMUEngine {
+        var iommufds = awaited.iommufds
+        defer { for fd in iommufds.values { _ = Glibc.close(fd) } }
+        let providers = self.providers
+        return try VSMMUEngine.restore(
+            awaited.snapshot, configuration: configuration.engine,
+            backends: { viommu -> (any PSMMUBackend)? in
+                switch providers[viommu.pSMMU] {
+                case .simulated(let smmu): return smmu
+                case .iommufd(let name, let adoption):
+                    guard let fd = iommufds.removeValue(forKey: viommu.index) else { return nil }
+                    return IOMMUFDBackend(name: name, device: adoption.adopt(FileDescriptor(rawValue: fd)))
+                case nil: return nil
+                }
+            },
+            descriptors: EngineDescriptors(vfioDevices: awaited.vfioDevices))
     }
 
     /// Tears down the vSMMUs whose owners did not resume them within ``Configuration/resumeGrace`` of the
@@ -172,26 +236,4 @@ extension VSMMUServer {
             state.withLock { _ = $0.vsmmus.removeValue(forKey: served.id) }
         }
     }
-}
-
-/// Holds a viommu index that the journal's viommus skip while a vSMMU is rebuilt; detached before serving.
-private final class PlaceholderBackend: PSMMUBackend {
-    let name = "journal-placeholder"
-    var counters: BackendCounters { BackendCounters() }
-    private func unused() -> BackendError { BackendError(.failed, "a placeholder viommu serves nothing") }
-    func attachViommu(_ request: ViommuAttachRequest) throws(BackendError) -> ViommuHandle { ViommuHandle(rawValue: 0) }
-    func detachViommu(_ viommu: ViommuHandle) throws(BackendError) {}
-    func hardwareInfo(viommu: ViommuHandle) throws(BackendError) -> IDRegisters { throw unused() }
-    func allocateVDevice(viommu: ViommuHandle, device: HostDevice, virtualStreamID: StreamID) throws(BackendError) -> VDeviceHandle {
-        throw unused()
-    }
-    func destroyVDevice(_ vdevice: VDeviceHandle) throws(BackendError) { throw unused() }
-    func attachDevice(_ vdevice: VDeviceHandle, to domain: DeviceDomain) throws(BackendError) { throw unused() }
-    func allocateNestedHWPT(viommu: ViommuHandle, hostDeviceID: UInt32, ste: StreamTableEntry,
-                            contextDescriptors: [ContextDescriptor]) throws(BackendError) -> HWPTHandle { throw unused() }
-    func destroyHWPT(_ hwpt: HWPTHandle) throws(BackendError) { throw unused() }
-    func invalidate(viommu: ViommuHandle, commands: UnsafeBufferPointer<Command>) -> InvalidationResult {
-        InvalidationResult(completed: 0, failure: InvalidationFailure(queueError: .illegal, message: "a placeholder viommu serves nothing"))
-    }
-    func takeEvents(viommu: ViommuHandle) -> [EventRecord] { [] }
 }

@@ -22,6 +22,7 @@ extension VSMMUServer {
         if connection.handshakeCompleted && connection.version < type.introducedInVersion {
             throw .unknownMessageType(type)
         }
+        try refuseWhileAwaitingDescriptors(request, connection: connection)
         switch request {
         case .hello(let hello):
             guard !connection.handshakeCompleted else {
@@ -56,7 +57,8 @@ extension VSMMUServer {
                 let id = Self.unusedRandomID(among: s.vsmmus)
                 let served = ServedVSMMU(id: id, name: create.name, owner: connection.id,
                                          ownerCredentials: connection.credentials,
-                                         engine: VSMMUEngine(configuration: configuration.engine), token: token)
+                                         engine: VSMMUEngine(configuration: configuration.engine), token: token,
+                                         fileDescriptorStore: configuration.fileDescriptorStore)
                 s.vsmmus[id] = served
                 return served
             }
@@ -79,6 +81,10 @@ extension VSMMUServer {
             guard let provider = providers[attach.pSMMU] else { throw .unknownPSMMU(attach.pSMMU, type: type) }
             let fd = fileDescriptor
             fileDescriptor = nil
+            // The fd store gets its own duplicate of the VMM's iommufd once the viommu exists (PROTOCOL.md §5.14).
+            var storeCopy: Int32?
+            if case .iommufd = provider, let fd { storeCopy = dup(fd) }
+            defer { if let storeCopy { _ = Glibc.close(storeCopy) } }
             let backend = try provider.backend(for: fd, type: type)
             let index: ViommuIndex
             do throws(EngineError) {
@@ -93,8 +99,9 @@ extension VSMMUServer {
                 }
                 throw Self.protocolError(error, type: type, viommu: nil)
             }
-            served.attachRequests.withLock {
-                $0[UInt32(index.rawValue)] = ViommuAttachRequest(hostDeviceID: attach.hostDeviceID, nestParentHWPT: attach.nestParentHWPT)
+            if let storeCopy, storeCopy >= 0, let error = served.storeDescriptor(storeCopy, name: ServedVSMMU.iommufdName(served.id, index)) {
+                connection.logger.error("cannot hand the VMM's iommufd to the fd store: a later restart needs it from the VMM again",
+                                        metadata: ["vsmmu": "\(served.id.rawValue)", "viommu": "\(index.rawValue)", "error": "\(error)"])
             }
             let handle = served.engine.viommuStatistics.first { $0.index == index }?.handle.rawValue ?? 0
             return .attachViommu(ViommuAttached(viommu: UInt32(index.rawValue), backendViommuID: handle))
@@ -105,7 +112,7 @@ extension VSMMUServer {
             do throws(EngineError) { try served.engine.detachViommu(index) } catch {
                 throw Self.protocolError(error, type: type, viommu: detach.viommu)
             }
-            served.attachRequests.withLock { _ = $0.removeValue(forKey: detach.viommu) }
+            served.removeDescriptor(name: ServedVSMMU.iommufdName(served.id, index))
             return .detachViommu
 
         case .setDeviceID(let registration):
@@ -119,6 +126,11 @@ extension VSMMUServer {
             }
             let served = try owned(registration.vsmmu, by: connection, type: type)
             let index = try viommuIndex(registration.viommu, on: served, type: type)
+            // After a restart: the registration repeated to hand the VFIO cdev back (PROTOCOL.md §5.14).
+            if try resupplied(viommu: index, hostDeviceID: registration.hostDeviceID, streamID: registration.streamID,
+                              on: served, fileDescriptor: &fileDescriptor, type: type) {
+                return .setDeviceID
+            }
             // A host device that a peer which already hung up still holds is free by the time this is
             // served (PROTOCOL.md §3.3): a quick VMM restart never sees a ghost.
             awaitTeardownOfHungUpPeers(except: connection.id)
@@ -129,6 +141,10 @@ extension VSMMUServer {
             }
             let fd = fileDescriptor
             fileDescriptor = nil
+            // The fd store gets its own duplicate of an iommufd device's cdev once it is registered.
+            var storeCopy: Int32?
+            if let pSMMU, case .iommufd = providers[pSMMU], let fd { storeCopy = dup(fd) }
+            defer { if let storeCopy { _ = Glibc.close(storeCopy) } }
             do throws(EngineError) {
                 try served.engine.setDeviceID(viommu: index, device: HostDevice(id: registration.hostDeviceID, vfioDevice: fd),
                                               streamID: registration.streamID)
@@ -139,6 +155,11 @@ extension VSMMUServer {
                                              message: "the fd is not a usable VFIO device cdev: \(backendError)")
                 }
                 throw Self.protocolError(error, type: type, viommu: registration.viommu)
+            }
+            if let storeCopy, storeCopy >= 0,
+               let error = served.storeDescriptor(storeCopy, name: ServedVSMMU.cdevName(served.id, registration.streamID)) {
+                connection.logger.error("cannot hand a VFIO cdev to the fd store: a later restart needs it from the VMM again",
+                                        metadata: ["vsmmu": "\(served.id.rawValue)", "stream_id": "\(registration.streamID)", "error": "\(error)"])
             }
             return .setDeviceID
 
@@ -158,6 +179,7 @@ extension VSMMUServer {
             do throws(EngineError) { try served.engine.unsetDeviceID(streamID: registration.streamID) } catch {
                 throw Self.protocolError(error, type: type, viommu: registration.viommu)
             }
+            served.removeDescriptor(name: ServedVSMMU.cdevName(served.id, registration.streamID))
             return .unsetDeviceID
 
         case .linkSTE(let link):
@@ -206,9 +228,10 @@ extension VSMMUServer {
             return .getHWInfo(HardwareInfo(viommuCount: UInt32(infos.count), registers: common))
 
         case .resumeVSMMU(let request):
-            // The VMM's iommufd handed back with RESUME is not used yet (closed by the caller): an iommufd
-            // vSMMU comes back only with the fds the restart kept.
-            let outcome = try resume(request.vsmmu, token: request.resumeToken.bytes, connection: connection, type: type)
+            // The VMM's iommufd handed back with RESUME: taken by an iommufd vSMMU that awaits it (PROTOCOL.md
+            // §5.14); closed by the caller otherwise.
+            let outcome = try resume(request.vsmmu, token: request.resumeToken.bytes, connection: connection, type: type,
+                                     iommufd: &fileDescriptor)
             return .resumeVSMMU(VSMMUResumed(vsmmu: outcome.vsmmu, viommuCount: outcome.viommuCount,
                                              deviceCount: outcome.deviceCount, lastRequestID: outcome.lastRequestID))
 
@@ -240,6 +263,7 @@ extension VSMMUServer {
         let type = MessageType.invalidate
         if isStopping { throw .shuttingDown(type: type) }
         let served = try owned(id, by: connection, type: type)
+        if let refusal = awaitingDescriptorsRefusal(served, type: type) { throw refusal }
         let limit = Int(connection.limits.maximumCommandsPerInvalidate)
         guard commands.count <= limit else {
             throw .limitExceeded(limit: limit, asked: UInt64(commands.count), type: type,

@@ -1,7 +1,17 @@
+import CIOMMUFD
 import InvalidationEngine
+import IOMMUFD
+import PSMMU
+import SMMUv3
+import SystemPackage
+import VirtualSMMU
 import Logging
 import VSMMUJournal
 import VSMMUProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 extension Request {
     /// Whether the request changes registrations (PROTOCOL.md "Durability and restarts"): its effect is
@@ -50,9 +60,21 @@ extension VSMMUServer {
     /// - Throws: `UNKNOWN_VSMMU` — the same answer for a wrong token, an id that never existed, a vSMMU
     ///   created without a token (protocol version 1-2) and another tenant's vSMMU; `INTERNAL_ERROR` when
     ///   the owner change cannot be made durable.
-    func resume(_ id: VSMMUID, token: [UInt8], connection: Connection, type: MessageType) throws(ProtocolError) -> ResumeOutcome {
+    ///
+    /// `iommufd`, the VMM's iommufd passed with the request (taken, set to `nil`, when used): for an iommufd
+    /// vSMMU that awaits its descriptors after a restart (``ServedVSMMU/AwaitedDescriptors``), it must hold
+    /// the journaled viommu ids, checked before anything changes (a wrong one is refused with
+    /// `BACKEND_FAILURE`, errno `ENOENT`, and the vSMMU stays as it was, awaiting its owner); then each
+    /// iommufd viommu takes a duplicate, the fd store another, and once every device's cdev is back too
+    /// (SET_DEV_ID) the engine is restored by id. Otherwise it is not needed and the caller closes it.
+    func resume(_ id: VSMMUID, token: [UInt8], connection: Connection, type: MessageType,
+                iommufd: inout Int32?) throws(ProtocolError) -> ResumeOutcome {
         guard let served = state.withLock({ $0.vsmmus[id] }), let expected = served.token, expected.matches(token) else {
             throw .unknownVSMMU(id, type: type)
+        }
+        let needsIOMMUFD = served.awaited.withLock { a in a.map { !$0.neededIOMMUFDs.isSubset(of: Set($0.iommufds.keys)) } ?? false }
+        if needsIOMMUFD, let fd = iommufd {
+            try checkHoldsObjects(fd, served: served, type: type)
         }
         let previous = served.ownership.withLock { o -> UInt64? in
             // A vSMMU being reclaimed (owner UInt64.max) is gone for everyone.
@@ -61,7 +83,14 @@ extension VSMMUServer {
             return o.connection
         }
         guard let previous else { throw .unknownVSMMU(id, type: type) }
+        var restoreFailure: ProtocolError?
+        if needsIOMMUFD, let fd = iommufd {
+            iommufd = nil
+            adoptResumedIOMMUFD(fd, served: served)
+            do throws(ProtocolError) { try completeRestore(served, type: type) } catch { restoreFailure = error }
+        }
         try journal(served, type: type)
+        if let restoreFailure { throw restoreFailure }
         connection.logger.notice("vSMMU resumed", metadata: [
             "vsmmu": "\(id.rawValue)", "previous_connection": "\(previous == 0 ? "none (restart)" : "\(previous)")",
         ])
@@ -122,5 +151,159 @@ extension VSMMUServer {
         } catch {
             reply = error.replyFrame(requestID: header.requestID)
         }
+    }
+}
+
+// MARK: - iommufd vSMMUs that await their descriptors after a restart
+
+extension VSMMUServer {
+    /// The refusal of a request on a vSMMU that awaits its descriptors: `BACKEND_FAILURE` (no errno) naming
+    /// what is missing. INVALIDATE, GET_HW_INFO and every control request but DESTROY_VSMMU and the
+    /// re-supplying SET_DEV_ID get it (PROTOCOL.md §5.14).
+    func awaitingDescriptorsRefusal(_ served: ServedVSMMU, type: MessageType) -> ProtocolError? {
+        guard let missing = served.awaited.withLock({ $0?.missing }) else { return nil }
+        return .backendFailure(errno: nil, viommu: nil, type: type,
+                               "vSMMU \(served.id.rawValue) was rebuilt after a daemon restart and serves nothing until its VMM hands back \(missing)")
+    }
+
+    /// Refuses `request` when it names a vSMMU of `connection`'s that awaits its descriptors and is not one
+    /// that brings them (SET_DEV_ID, handled by ``resupplied(viommu:hostDeviceID:streamID:on:fileDescriptor:type:)``)
+    /// or DESTROY_VSMMU.
+    func refuseWhileAwaitingDescriptors(_ request: Request, connection: Connection) throws(ProtocolError) {
+        let id: VSMMUID
+        switch request {
+        case .attachViommu, .detachViommu, .unsetDeviceID, .linkSTE, .unlinkSTE, .updateCD:
+            guard let named = request.controlledVSMMU else { return }
+            id = named
+        case .getHWInfo(let r): id = r.vsmmu
+        default: return
+        }
+        guard let served = state.withLock({ $0.vsmmus[id] }), served.owner == connection.id,
+              let refusal = awaitingDescriptorsRefusal(served, type: request.type) else { return }
+        throw refusal
+    }
+
+    /// Checks, without changing anything, that `fd` is the iommufd that holds `served`'s journaled viommus:
+    /// `IOMMU_HWPT_INVALIDATE` with no entry on each viommu id. `iommufd_hwpt_invalidate` looks the id up in
+    /// the file (`iommufd_get_object`) first: `ENOENT` when this iommufd has no such object; a viommu that is
+    /// there refuses the empty array (`EINVAL`).
+    /// - Throws: `BACKEND_FAILURE` (errno `ENOENT`) naming the viommu whose id is absent; `BAD_FILE_DESCRIPTOR`
+    ///   (unusable) for a descriptor that is no iommufd.
+    private func checkHoldsObjects(_ fd: Int32, served: ServedVSMMU, type: MessageType) throws(ProtocolError) {
+        guard let snapshot = served.awaited.withLock({ $0?.snapshot }) else { return }
+        for viommu in snapshot.viommus {
+            guard case .iommufd(_, let adoption) = providers[viommu.pSMMU] else { continue }
+            let copy = dup(fd)
+            guard copy >= 0 else { throw .badFileDescriptor(.unusable, type: type, errno: errno, message: "cannot duplicate the iommufd") }
+            let device = adoption.adopt(FileDescriptor(rawValue: copy))
+            var request = iommu_hwpt_invalidate()
+            request.size = UInt32(MemoryLayout<iommu_hwpt_invalidate>.size)
+            request.hwpt_id = viommu.handle.rawValue
+            request.data_type = UInt32(IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3)
+            request.entry_len = UInt32(MemoryLayout<iommu_viommu_arm_smmuv3_invalidate>.size)
+            request.entry_num = 0
+            let answer = withUnsafeMutableBytes(of: &request) { device.ioctl(request: .hwptInvalidate, argument: $0) }
+            switch answer {
+            case nil, .some(.invalidArgument):
+                continue
+            case .some(.noSuchFileOrDirectory):
+                throw .backendFailure(errno: ENOENT, viommu: UInt32(viommu.index.rawValue), type: type,
+                                      "the iommufd passed with RESUME_VSMMU holds no object \(viommu.handle.rawValue), the kernel id of viommu \(viommu.index.rawValue) (iommufd_get_object: ENOENT): it is not the iommufd the vSMMU's objects live in; nothing changed")
+            case .some(let e) where e.rawValue == ENOTTY || e.rawValue == EBADF:
+                throw .badFileDescriptor(.unusable, type: type, errno: e.rawValue, message: "the fd passed with RESUME_VSMMU is not an iommufd: \(e)")
+            case .some(let e):
+                throw .backendFailure(errno: e.rawValue, viommu: UInt32(viommu.index.rawValue), type: type,
+                                      "checking viommu \(viommu.index.rawValue)'s id \(viommu.handle.rawValue) in the iommufd passed with RESUME_VSMMU: \(e)")
+            }
+        }
+    }
+
+    /// Gives each iommufd viommu of `served` that lacks its iommufd a duplicate of `fd` (and the fd store
+    /// another, under its name), then closes `fd`.
+    private func adoptResumedIOMMUFD(_ fd: Int32, served: ServedVSMMU) {
+        defer { _ = Glibc.close(fd) }
+        let missing = served.awaited.withLock { a in a.map { $0.neededIOMMUFDs.subtracting($0.iommufds.keys) } ?? [] }
+        for index in missing.sorted() {
+            let copy = dup(fd)
+            guard copy >= 0 else { continue }
+            if let error = served.storeDescriptor(copy, name: ServedVSMMU.iommufdName(served.id, index)) {
+                logger.error("cannot hand the VMM's iommufd to the fd store: a later restart needs it from the VMM again",
+                             metadata: ["vsmmu": "\(served.id.rawValue)", "viommu": "\(index.rawValue)", "error": "\(error)"])
+            }
+            served.awaited.withLock { a in
+                if a != nil { a?.iommufds[index] = copy } else { _ = Glibc.close(copy) }
+            }
+        }
+    }
+
+    /// SET_DEV_ID that repeats a registration after a restart, with the device's VFIO cdev: on a vSMMU that
+    /// awaits its descriptors it hands the cdev back (and to the fd store) and restores the engine once
+    /// every descriptor is there; on a resumed vSMMU whose cdev survived it goes to the backend
+    /// (`VSMMUEngine.resupplyDevice`), which changes nothing else.
+    /// - Returns: whether it was such a SET_DEV_ID (answered); `false`: an ordinary one.
+    /// - Throws: the awaiting refusal for another registration; the restore's failure.
+    func resupplied(viommu index: ViommuIndex, hostDeviceID: UInt32, streamID: StreamID, on served: ServedVSMMU,
+                    fileDescriptor: inout Int32?, type: MessageType) throws(ProtocolError) -> Bool {
+        if let waiting = served.awaited.withLock({ $0 }) {
+            guard waiting.neededVFIODevices.contains(streamID),
+                  let device = waiting.snapshot.devices.first(where: { $0.streamID == streamID }),
+                  device.viommu == index, device.hostDeviceID == hostDeviceID else {
+                throw awaitingDescriptorsRefusal(served, type: type) ?? .internalError(type: type, "vSMMU state changed")
+            }
+            guard let cdev = fileDescriptor else {
+                throw .badFileDescriptor(.missing, type: type,
+                                         message: "StreamID 0x\(String(streamID, radix: 16)) is on an iommufd viommu: SET_DEV_ID hands its VFIO cdev back after a restart")
+            }
+            fileDescriptor = nil
+            if let error = served.storeDescriptor(cdev, name: ServedVSMMU.cdevName(served.id, streamID)) {
+                logger.error("cannot hand a VFIO cdev to the fd store: a later restart needs it from the VMM again",
+                             metadata: ["vsmmu": "\(served.id.rawValue)", "stream_id": "\(streamID)", "error": "\(error)"])
+            }
+            served.awaited.withLock { a in
+                if let previous = a?.vfioDevices[streamID] { _ = Glibc.close(previous) }
+                if a != nil { a?.vfioDevices[streamID] = cdev } else { _ = Glibc.close(cdev) }
+            }
+            try completeRestore(served, type: type)
+            return true
+        }
+        guard let cdev = fileDescriptor, served.ownership.withLock({ $0.resumed }),
+              let device = served.engine.vsmmu.devices[streamID], device.viommu == index, device.hostDeviceID == hostDeviceID else {
+            return false
+        }
+        fileDescriptor = nil
+        do throws(EngineError) {
+            try served.engine.resupplyDevice(viommu: index, device: HostDevice(id: hostDeviceID, vfioDevice: cdev), streamID: streamID)
+        } catch {
+            throw Self.protocolError(error, type: type, viommu: UInt32(index.rawValue))
+        }
+        return true
+    }
+
+    /// Restores `served`'s engine by id once every awaited descriptor is there (nothing to do before).
+    /// - Throws: `BACKEND_FAILURE` with the restore's reason; the descriptors were consumed (and are out of
+    ///   the fd store), and the vSMMU awaits them again.
+    func completeRestore(_ served: ServedVSMMU, type: MessageType) throws(ProtocolError) {
+        guard let ready = served.awaited.withLock({ a -> ServedVSMMU.AwaitedDescriptors? in
+            guard let w = a, w.isComplete else { return nil }
+            return w
+        }) else { return }
+        let engine: VSMMUEngine
+        do throws(EngineRestoreError) { engine = try restoredEngine(ready) } catch {
+            served.awaited.withLock { a in
+                a?.iommufds = [:]
+                a?.vfioDevices = [:]
+            }
+            for index in ready.iommufds.keys { served.removeDescriptor(name: ServedVSMMU.iommufdName(served.id, index)) }
+            for sid in ready.vfioDevices.keys { served.removeDescriptor(name: ServedVSMMU.cdevName(served.id, sid)) }
+            var errno: Int32?
+            if case .backend(let e) = error.reason { errno = e.errno }
+            throw .backendFailure(errno: errno, viommu: error.viommu.map { UInt32($0.rawValue) }, type: type,
+                                  "cannot re-adopt vSMMU \(served.id.rawValue)'s objects by id: \(error); it awaits its VMM's descriptors again")
+        }
+        served.awaited.withLock { $0 = nil }
+        served.replaceEngine(with: engine)
+        logger.notice("iommufd vSMMU re-adopted by id with the descriptors its VMM handed back", metadata: [
+            "vsmmu": "\(served.id.rawValue)", "viommus": "\(ready.snapshot.viommus.count)", "devices": "\(ready.snapshot.devices.count)",
+        ])
     }
 }

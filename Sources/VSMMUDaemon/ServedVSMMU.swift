@@ -1,7 +1,13 @@
 import InvalidationEngine
 import PSMMU
+import SMMUv3
+import VirtualSMMU
 import VSMMUJournal
 import VSMMUProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One vSMMU the daemon serves: its engine, its owner and the figures the engine does not keep.
 ///
@@ -35,9 +41,54 @@ final class ServedVSMMU: Sendable {
         var resumed = false
     }
 
+    /// What an iommufd vSMMU rebuilt from the journal still waits for before it serves: the descriptors
+    /// its objects live in did not come back from the fd store (PROTOCOL.md §5.14). RESUME_VSMMU brings
+    /// the VMM's iommufd, SET_DEV_ID each device's VFIO cdev; once every one is there the engine is
+    /// restored from ``snapshot`` by id.
+    struct AwaitedDescriptors: Sendable {
+        /// The engine's registrations as journaled.
+        var snapshot: EngineSnapshot
+        /// The VMM's iommufd for each iommufd viommu (owned; a duplicate per viommu).
+        var iommufds: [ViommuIndex: Int32] = [:]
+        /// Each device's VFIO cdev on an iommufd viommu, by vSID (owned).
+        var vfioDevices: [StreamID: Int32] = [:]
+        /// The iommufd viommus and the devices behind them: what must come back.
+        var neededIOMMUFDs: Set<ViommuIndex>
+        var neededVFIODevices: Set<StreamID>
+
+        /// Whether every descriptor is back.
+        var isComplete: Bool {
+            neededIOMMUFDs.isSubset(of: Set(iommufds.keys)) && neededVFIODevices.isSubset(of: Set(vfioDevices.keys))
+        }
+
+        /// What is still missing, for the error that says so.
+        var missing: String {
+            var parts: [String] = []
+            if !neededIOMMUFDs.isSubset(of: Set(iommufds.keys)) { parts.append("the VMM's iommufd (RESUME_VSMMU)") }
+            let cdevs = neededVFIODevices.subtracting(vfioDevices.keys).sorted()
+            if !cdevs.isEmpty {
+                parts.append("the VFIO cdev of StreamID " + cdevs.map { "0x" + String($0, radix: 16) }.joined(separator: ", ") + " (SET_DEV_ID)")
+            }
+            return parts.joined(separator: " and ")
+        }
+
+        /// Closes the descriptors held.
+        func close() {
+            for fd in iommufds.values { _ = Glibc.close(fd) }
+            for fd in vfioDevices.values { _ = Glibc.close(fd) }
+        }
+    }
+
     let id: VSMMUID
     let name: String
-    let engine: VSMMUEngine
+    private let engineSlot: Locked<VSMMUEngine>
+    /// The engine. Replaced once, when an iommufd vSMMU that awaited its descriptors is restored.
+    var engine: VSMMUEngine { engineSlot.withLock { $0 } }
+    /// Set while an iommufd vSMMU rebuilt from the journal awaits its descriptors.
+    let awaited = Locked<AwaitedDescriptors?>(nil)
+    /// The service manager's fd store, and the names this vSMMU's descriptors are kept under there.
+    let fileDescriptorStore: (any FileDescriptorStore)?
+    let storedNames = Locked<Set<String>>([])
     let statistics = Locked(Statistics())
     /// The owner's uid when it was created (kept in the journal; a resume must come from the same uid).
     let ownerUserID: UInt32
@@ -46,18 +97,18 @@ final class ServedVSMMU: Sendable {
     /// The resume token (`nil`: created on protocol version 1-2, cannot be resumed).
     let token: ResumeToken?
     let ownership: Locked<Ownership>
-    /// What each viommu was attached with (the engine keeps only its pSMMU), by viommu index.
-    let attachRequests = Locked<[UInt32: ViommuAttachRequest]>([:])
     /// The last control request applied and the reply sent, for reply replay after a resume.
     let lastReply = Locked<JournaledReply?>(nil)
     /// The journal write that failed, while the vSMMU refuses control requests because of it.
     let journalFailure = Locked<JournalError?>(nil)
 
     init(id: VSMMUID, name: String, owner: UInt64, ownerCredentials: PeerCredentials?, engine: VSMMUEngine,
-         ownerUserID: UInt32? = nil, tenant: UInt64 = 0, token: ResumeToken? = nil) {
+         ownerUserID: UInt32? = nil, tenant: UInt64 = 0, token: ResumeToken? = nil,
+         fileDescriptorStore: (any FileDescriptorStore)? = nil) {
         self.id = id
         self.name = name
-        self.engine = engine
+        engineSlot = Locked(engine)
+        self.fileDescriptorStore = fileDescriptorStore
         self.ownerUserID = ownerUserID ?? ownerCredentials?.userID ?? 0
         self.tenant = tenant
         self.token = token
@@ -71,10 +122,72 @@ final class ServedVSMMU: Sendable {
     /// Whether the vSMMU was rebuilt from the journal and its owner has not resumed it yet.
     var awaitingOwner: Bool { owner == 0 }
 
+    /// Whether it awaits descriptors (``AwaitedDescriptors``) and so serves nothing yet.
+    var awaitsDescriptors: Bool { awaited.withLock { $0 != nil } }
+
+    /// The restored engine takes over from the one that held the registrations while descriptors were
+    /// awaited (that one had no backend: stopping it is all it needs).
+    func replaceEngine(with restored: VSMMUEngine) {
+        let previous = engineSlot.withLock { slot in
+            defer { slot = restored }
+            return slot
+        }
+        previous.stop()
+    }
+
+    // MARK: The fd store
+
+    /// The fd-store name of the VMM's iommufd of viommu `index` of vSMMU `vsmmu`.
+    static func iommufdName(_ vsmmu: VSMMUID, _ index: ViommuIndex) -> String {
+        "iommufd-" + String(vsmmu.rawValue, radix: 16) + "-" + String(index.rawValue)
+    }
+
+    /// The fd-store name of the VFIO cdev of vSID `streamID` of vSMMU `vsmmu`.
+    static func cdevName(_ vsmmu: VSMMUID, _ streamID: StreamID) -> String {
+        "cdev-" + String(vsmmu.rawValue, radix: 16) + "-" + String(streamID, radix: 16)
+    }
+
+    /// Hands a duplicate of `fd` to the fd store under `name` (the store duplicates it; `fd` stays the
+    /// caller's). A failure is returned for the log: the vSMMU serves on, and after a restart its VMM
+    /// hands the descriptor back itself (RESUME_VSMMU, SET_DEV_ID).
+    func storeDescriptor(_ fd: Int32, name: String) -> (any Error)? {
+        guard let store = fileDescriptorStore else { return nil }
+        do { try store.store(fd, name: name) } catch { return error }
+        storedNames.withLock { _ = $0.insert(name) }
+        return nil
+    }
+
+    /// Takes `name` out of the fd store (its object went).
+    func removeDescriptor(name: String) {
+        guard let store = fileDescriptorStore, storedNames.withLock({ $0.remove(name) }) != nil else { return }
+        store.remove(name: name)
+    }
+
+    /// Takes every name of this vSMMU out of the fd store.
+    func removeAllDescriptors() {
+        guard let store = fileDescriptorStore else { return }
+        let names = storedNames.withLock { names in
+            defer { names = [] }
+            return names
+        }
+        for name in names.sorted() { store.remove(name: name) }
+    }
+
     /// Destroys everything under the vSMMU as DESTROY_VSMMU does: waits for queued commands,
-    /// unregisters every device (unlinking its vSTE), detaches every viommu, stops the engine.
+    /// unregisters every device (unlinking its vSTE), detaches every viommu, stops the engine, and takes
+    /// its descriptors out of the fd store. A vSMMU that still awaited its descriptors had no backend
+    /// object to destroy: the kernel's go with the VMM's iommufd (`iommufd_fops_release`).
     /// - Returns: the backend refusals met on the way (the teardown goes on past them).
     func tearDown() -> [EngineError] {
+        defer { removeAllDescriptors() }
+        if let waiting = awaited.withLock({ a -> AwaitedDescriptors? in
+            defer { a = nil }
+            return a
+        }) {
+            waiting.close()
+            engine.stop()
+            return []
+        }
         var failures: [EngineError] = []
         let snapshot = engine.vsmmu
         for streamID in snapshot.devices.keys.sorted() {

@@ -14,6 +14,11 @@
 //
 // Defaults: socket $VSMMUD_SOCKET or /run/vsmmud/vsmmud.sock; pSMMUs smmu0:0 and smmu1:64 (the daemon's
 // embedded default). Exit status 0 when every reply was what a healthy SMMU would answer.
+//
+// vmm-sim survives a restart of the daemon (one with a journal): its client reconnects with backoff
+// (10 ms doubling to 500 ms, for up to 30 s), resumes the vSMMU with its token and re-sends the request
+// that was in flight, as a VMM should (PROTOCOL.md §5.13). --no-reconnect turns that off (a lost
+// connection then ends the run with an error).
 
 #include "hw_info.h"
 #include "vsmmu_client.h"
@@ -65,18 +70,22 @@ static double now_us(void)
 
 static int fail(struct run *run, const char *what, int rc)
 {
-	if (rc < 0)
+	if (rc == -ETIMEDOUT && run->client.reconnect_enabled)
+		fprintf(stderr, "vmm-sim: %s: %s\n", what, run->client.last_message);
+	else if (rc < 0)
 		fprintf(stderr, "vmm-sim: %s: %s\n", what, strerror(-rc));
 	else
 		fprintf(stderr, "vmm-sim: %s: %s: %s\n", what, vsmmu_error_name((uint32_t)rc), run->client.last_message);
 	return 1;
 }
 
-static int setup(struct run *run, const char *socket_path)
+static int setup(struct run *run, const char *socket_path, int reconnect)
 {
 	int rc = vsmmu_client_connect(&run->client, socket_path);
 	if (rc)
 		return fail(run, socket_path, rc);
+	if (reconnect && (rc = vsmmu_client_set_reconnect(&run->client, 10, 500, 30000)))
+		return fail(run, "reconnect policy", rc);
 	if ((rc = vsmmu_client_hello(&run->client, "vmm-sim", NULL)))
 		return fail(run, "HELLO", rc);
 	if ((rc = vsmmu_client_create_vsmmu(&run->client, "vmm-sim", &run->vsmmu)))
@@ -176,9 +185,10 @@ static void report(struct run *run, const char *mode)
 		p99 = run->latencies[(size_t)((double)run->latency_count * 0.99)];
 	}
 	printf("vmm-sim %s: %llu commands in %llu batches, %llu syncs completed, %llu errors; "
-	       "sync round trip p50 %.1f us, p99 %.1f us\n",
+	       "sync round trip p50 %.1f us, p99 %.1f us; %llu reconnects, %llu vSMMUs lost\n",
 	       mode, (unsigned long long)run->commands, (unsigned long long)run->batches,
-	       (unsigned long long)run->syncs, (unsigned long long)run->errors, p50, p99);
+	       (unsigned long long)run->syncs, (unsigned long long)run->errors, p50, p99,
+	       (unsigned long long)run->client.reconnects, (unsigned long long)run->client.lost_vsmmus);
 }
 
 /* ---- replay ---------------------------------------------------------------------------------- */
@@ -332,19 +342,21 @@ static int generate(struct run *run, uint64_t budget, int devices, int strict)
 static void usage(void)
 {
 	fprintf(stderr,
-		"usage: vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... replay TRACE.bin STE_CD.csv\n"
-		"       vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... generate [--commands N]\n"
+		"usage: vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--no-reconnect] replay TRACE.bin STE_CD.csv\n"
+		"       vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--no-reconnect] generate [--commands N]\n"
 		"               [--devices D] [--seed S] [--strict|--lazy]\n"
-		"       vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... hw-info\n");
+		"       vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--no-reconnect] hw-info\n");
 }
 
 int main(int argc, char **argv)
 {
 	static struct run run;
 	const char *socket_path = getenv("VSMMUD_SOCKET") ? getenv("VSMMUD_SOCKET") : "/run/vsmmud/vsmmud.sock";
-	int i = 1;
+	int i = 1, reconnect = 1;
 	for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
-		if (!strcmp(argv[i], "--socket") && i + 1 < argc) {
+		if (!strcmp(argv[i], "--no-reconnect")) {
+			reconnect = 0;
+		} else if (!strcmp(argv[i], "--socket") && i + 1 < argc) {
 			socket_path = argv[++i];
 		} else if (!strcmp(argv[i], "--psmmu") && i + 1 < argc && run.psmmu_count < MAX_PSMMUS) {
 			char *spec = argv[++i], *colon = strchr(spec, ':');
@@ -375,7 +387,7 @@ int main(int argc, char **argv)
 			usage();
 			return 2;
 		}
-		if (setup(&run, socket_path))
+		if (setup(&run, socket_path, reconnect))
 			return 1;
 		int rc = replay(&run, argv[i], argv[i + 1]);
 		vsmmu_client_close(&run.client);
@@ -386,7 +398,7 @@ int main(int argc, char **argv)
 			usage();
 			return 2;
 		}
-		if (setup(&run, socket_path))
+		if (setup(&run, socket_path, reconnect))
 			return 1;
 		vsmmu_client_close(&run.client);
 		if (!run.has_hw_info) {
@@ -419,7 +431,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "vmm-sim: --devices must be 1-%d\n", MAX_DEVICES);
 			return 2;
 		}
-		if (setup(&run, socket_path))
+		if (setup(&run, socket_path, reconnect))
 			return 1;
 		int rc = generate(&run, commands, devices, strict);
 		vsmmu_client_close(&run.client);

@@ -43,6 +43,7 @@ struct EngineChecks {
         checks.run("engine relink and unlink of StreamID 0x10: make-before-break, then the abort HWPT") { try linkCycle() }
         checks.run("routing: ASID-routed TLBIs reach only the viommu whose S1 HWPT holds the ASID; CFGI_CD and ATC_INV the device's own") { try routing() }
         checks.run("replay of linux-strict-cmdq.bin through VSMMUEngine + router onto both pSMMUs: 0 errors") { try replay() }
+        checks.run("re-adoption: snapshot, new backends on the same iommufd restore the engine by id, invalidate through it; a wrong id fails with ENOENT") { try readoption() }
         checks.run("engine teardown: UNSET_DEV_ID, detach; every id the engine's backends allocated is gone (ENOENT)") { try teardown() }
         engine.stop()
     }
@@ -180,6 +181,66 @@ struct EngineChecks {
             details.append("\(test.what) + CMD_SYNC: IOMMU_HWPT_INVALIDATE smmu0 \(ioctls[0]), smmu1 \(ioctls[1])\(outcome)")
         }
         return details
+    }
+
+    /// What a restarted daemon does with its journal: the engine's snapshot, encoded and decoded, restored
+    /// on new backends over the same iommufd (the relay's stays open, as the VMM's does across a daemon
+    /// restart: `iommufd_fops_release` destroys the objects only at the file's last release, and an id
+    /// names the same object for as long as the file lives, `iommufd_get_object`). The first engine is
+    /// dropped without destroying anything. The new backends have no vEVENTQ (the old one's fd is still
+    /// open here, so the kernel would refuse its destroy, EBUSY, and a second one, EEXIST).
+    private func readoption() throws -> [String] {
+        let snapshot = try EngineSnapshot(decoding: try engine.snapshot().encode())
+        let fresh = ["smmu0", "smmu1"].map {
+            IOMMUFDBackend(name: $0, device: spy, configuration: IOMMUFDBackend.Configuration(eventQueueDepth: nil))
+        }
+        var cdevs: [StreamID: Int32] = [:]
+        for entry in traceDevices { cdevs[entry.streamID] = try vmm.hostDevice(entry.device).vfioDevice }
+        let mark = spy.count
+        let restored = try VSMMUEngine.restore(snapshot, backends: { viommu in
+            viommu.index.index < fresh.count ? fresh[viommu.index.index] : nil
+        }, descriptors: EngineDescriptors(vfioDevices: cdevs))
+        defer { restored.stop() }
+        let allocations = spy.calls(since: mark).filter {
+            [.viommuAlloc, .vdeviceAlloc, .hwptAlloc].contains($0.request) && $0.errno == nil
+        }
+        try expect(allocations.isEmpty, "the restore allocated \(allocations.count) objects; re-adoption allocates none")
+        for entry in traceDevices {
+            let before = engine.backendHandles(of: entry.streamID), after = restored.backendHandles(of: entry.streamID)
+            try expect(before.vdevice == after.vdevice && before.hwpt == after.hwpt,
+                       "StreamID \(hex(entry.streamID)): vdevice \(String(describing: before.vdevice)) → \(String(describing: after.vdevice)), HWPT \(String(describing: before.hwpt)) → \(String(describing: after.hwpt))")
+        }
+        let ioctls = fresh.map(\.invalidateIoctlCount)
+        let result = restored.submit([.tlbiNHAll(), .sync()]).wait()
+        try expect(result.failure == nil && result.syncs == 1, "TLBI_NH_ALL + CMD_SYNC through the restored engine: \(result)")
+        let sent = zip(fresh, ioctls).map { $0.invalidateIoctlCount - $1 }
+        try expect(sent == [1, 1], "IOMMU_HWPT_INVALIDATE calls through the new backends: \(sent)")
+
+        // A snapshot naming a viommu id the iommufd does not hold: the kernel's ENOENT, a clear BackendError.
+        var wrong = snapshot
+        wrong.devices = []
+        wrong.retiring = []
+        let bogus: UInt32 = 0xFFFF
+        var objects = wrong.viommus[0].objects.bytes
+        if objects.count >= 5 { for i in 0 ..< 4 { objects[1 + i] = UInt8(truncatingIfNeeded: bogus >> (8 * UInt32(i))) } }
+        wrong.viommus[0].objects = ViommuObjects(bytes: objects)
+        wrong.viommus[0].handle = ViommuHandle(rawValue: bogus)
+        let spare = ["smmu0", "smmu1"].map {
+            IOMMUFDBackend(name: $0, device: spy, configuration: IOMMUFDBackend.Configuration(eventQueueDepth: nil))
+        }
+        do {
+            let engine = try VSMMUEngine.restore(wrong, backends: { spare[$0.index.index] })
+            engine.stop()
+            throw CheckFailure(description: "a restore naming viommu id \(bogus) succeeded")
+        } catch let error as EngineRestoreError {
+            guard case .backend(let backendError) = error.reason, backendError.errno == 2 else {
+                throw CheckFailure(description: "a restore naming viommu id \(bogus): \(error), not the kernel's ENOENT")
+            }
+        }
+        return ["snapshot of \(snapshot.viommus.count) viommus, \(snapshot.devices.count) devices → \(snapshot.encode().count) bytes; "
+                + "restored on new backends: no object allocated, the same vdevices and HWPTs",
+                "TLBI_NH_ALL + CMD_SYNC through the restored engine: one IOMMU_HWPT_INVALIDATE per viommu, no error",
+                "a snapshot naming viommu id \(bogus): restore refused with the kernel's ENOENT"]
     }
 
     private func replay() throws -> [String] {

@@ -30,54 +30,95 @@ import Glibc
         private var _acknowledged: Set<String> = []
         private var _inFlight: Set<String> = []
         private var _commands: [UInt32: UInt64] = [:]
+        private var _commandsAfterRestart: [UInt32: UInt64] = [:]
         private var _registrations = 0
+        private var _finished: Set<Int> = []
+        private var _failures: [String] = []
+        private var _reconnects: [Int: Int] = [:]
+        private var _stop = false
         func sending(_ what: String) { lock.lock(); _inFlight.insert(what); lock.unlock() }
         func acknowledged(_ what: String) {
             lock.lock(); _inFlight.remove(what); _acknowledged.insert(what); _registrations += 1; lock.unlock()
         }
-        func executed(commands: UInt64, on vsmmu: UInt32) { lock.lock(); _commands[vsmmu, default: 0] += commands; lock.unlock() }
+        /// An INVALIDATE answered; `afterRestart`: on a connection the client made after the restart.
+        func executed(commands: UInt64, on vsmmu: UInt32, afterRestart: Bool) {
+            lock.lock()
+            if afterRestart { _commandsAfterRestart[vsmmu, default: 0] += commands } else { _commands[vsmmu, default: 0] += commands }
+            lock.unlock()
+        }
+        func failed(_ what: String) { lock.lock(); _failures.append(what); lock.unlock() }
+        func finishedRegistrations(_ index: Int) { lock.lock(); _finished.insert(index); lock.unlock() }
+        func reconnected(_ index: Int, times: Int) { lock.lock(); _reconnects[index] = times; lock.unlock() }
+        func stop() { lock.lock(); _stop = true; lock.unlock() }
+        var stopped: Bool { lock.lock(); defer { lock.unlock() }; return _stop }
         var acknowledgedSet: Set<String> { lock.lock(); defer { lock.unlock() }; return _acknowledged }
         var inFlight: Set<String> { lock.lock(); defer { lock.unlock() }; return _inFlight }
         var commands: [UInt32: UInt64] { lock.lock(); defer { lock.unlock() }; return _commands }
+        var commandsAfterRestart: [UInt32: UInt64] { lock.lock(); defer { lock.unlock() }; return _commandsAfterRestart }
         var registrations: Int { lock.lock(); defer { lock.unlock() }; return _registrations }
+        var finished: Set<Int> { lock.lock(); defer { lock.unlock() }; return _finished }
+        var failures: [String] { lock.lock(); defer { lock.unlock() }; return _failures }
+        var reconnects: [Int: Int] { lock.lock(); defer { lock.unlock() }; return _reconnects }
     }
 
-    /// Client `index`: a vSMMU with one viommu, then devices registered, linked and invalidated one by one
-    /// until the daemon goes away (each step recorded as sent, then as answered).
+    /// The load clients' reconnect policy: fast first retries, a deadline well above a daemon's start.
+    static let reconnect = VSMMUClient.Reconnect(initialDelay: .milliseconds(5), maximumDelay: .milliseconds(200), deadline: .seconds(60))
+
+    /// Client `index` (reconnect policy on): a vSMMU with one viommu, then 32 devices registered, linked and
+    /// invalidated one by one, then invalidations until the ledger says stop. Each step is recorded as sent,
+    /// then as answered; a failure of any step (which the reconnect policy should have absorbed) is recorded
+    /// and ends the client.
     static func load(index: Int, socket: String, ledger: Ledger) {
-        guard let client = try? VSMMUClient(socketPath: socket), (try? client.hello(name: "load-\(index)")) != nil else { return }
+        let client: VSMMUClient
+        do {
+            client = try VSMMUClient(socketPath: socket, reconnect: reconnect)
+            try client.hello(name: "load-\(index)")
+        } catch { ledger.failed("load-\(index) HELLO: \(error)"); return }
+        defer { ledger.reconnected(index, times: client.reconnectCount) }
+        func step<T>(_ what: String, _ body: () throws(VSMMUClientError) -> T) -> T? {
+            do throws(VSMMUClientError) { return try body() } catch { ledger.failed("load-\(index) \(what): \(error)"); return nil }
+        }
+        func invalidate(_ vsmmu: VSMMUID, asid: ASID) -> Bool {
+            guard let reply = step("INVALIDATE", { () throws(VSMMUClientError) in
+                try client.invalidate(vsmmu: vsmmu, commands: [.tlbiNHASID(asid: asid), .sync()])
+            }) else { return false }
+            guard reply.failure == nil else { ledger.failed("load-\(index) INVALIDATE: \(reply)"); return false }
+            ledger.executed(commands: 1, on: vsmmu.rawValue, afterRestart: client.reconnectCount > 0)
+            return true
+        }
         let pSMMU = index < 2 ? "smmu0" : "smmu1"
         let base = UInt32((index % 2) * 32 + (index < 2 ? 0 : 64))
         ledger.sending("vsmmu load-\(index)")
-        guard let vsmmu = try? client.createVSMMU(name: "load-\(index)") else { return }
+        guard let vsmmu = step("CREATE_VSMMU", { () throws(VSMMUClientError) in try client.createVSMMU(name: "load-\(index)") }) else { return }
         ledger.acknowledged("vsmmu load-\(index)")
         ledger.sending("viommu load-\(index)")
-        guard (try? client.attachViommu(vsmmu: vsmmu, pSMMU: pSMMU, hostDeviceID: base)) != nil else { return }
+        guard step("ATTACH_VIOMMU", { () throws(VSMMUClientError) in
+            try client.attachViommu(vsmmu: vsmmu, pSMMU: pSMMU, hostDeviceID: base)
+        }) != nil else { return }
         ledger.acknowledged("viommu load-\(index)")
         for k in 0..<UInt32(32) {
             let host = base + k
             let sid = StreamID(0x100 + k)
             let device = "load-\(index) sid 0x\(String(sid, radix: 16)) host \(host)"
             ledger.sending(device + " registered")
-            guard (try? client.setDeviceID(vsmmu: vsmmu, viommu: 0, hostDeviceID: host, streamID: sid)) != nil else { return }
+            guard step("SET_DEV_ID", { () throws(VSMMUClientError) in
+                try client.setDeviceID(vsmmu: vsmmu, viommu: 0, hostDeviceID: host, streamID: sid)
+            }) != nil else { return }
             ledger.acknowledged(device + " registered")
             ledger.sending(device + " linked")
-            guard (try? client.linkSTE(vsmmu: vsmmu, streamID: sid, ste: s1STE(), contextDescriptors: [.valid(asid: ASID(k + 1))])) != nil else { return }
+            guard step("LINK_STE", { () throws(VSMMUClientError) in
+                try client.linkSTE(vsmmu: vsmmu, streamID: sid, ste: s1STE(), contextDescriptors: [.valid(asid: ASID(k + 1))])
+            }) != nil else { return }
             ledger.acknowledged(device + " linked")
-            for _ in 0..<3 {
-                guard let reply = try? client.invalidate(vsmmu: vsmmu, commands: [.tlbiNHASID(asid: ASID(k + 1)), .sync()]),
-                      reply.failure == nil else { return }
-                ledger.executed(commands: 1, on: vsmmu.rawValue)
-            }
+            for _ in 0..<3 { guard invalidate(vsmmu, asid: ASID(k + 1)) else { return } }
         }
-        // Registrations done: invalidations until the daemon dies.
-        while (try? client.invalidate(vsmmu: vsmmu, commands: [.tlbiNHASID(asid: 1), .sync()])) != nil {
-            ledger.executed(commands: 1, on: vsmmu.rawValue)
-        }
+        ledger.finishedRegistrations(index)
+        // Registrations done: invalidations until told to stop.
+        while !ledger.stopped { guard invalidate(vsmmu, asid: 1) else { return } }
     }
 
     @Test(.enabled(if: enabled, "vsmmud was not built beside the tests"))
-    func killNineUnderLoadFromFourClientsLosesNoAcknowledgedRegistration() throws {
+    func killNineUnderLoadFromFourClientsLosesNoAcknowledgedRegistrationAndTheClientsResumeOnTheirOwn() throws {
         let socket = uniqueSocketPath("kill9")
         let directory = temporaryStateDirectory()
         defer { removeStateDirectory(directory) }
@@ -85,6 +126,7 @@ import Glibc
         defer { if first.isRunning { kill(first.processIdentifier, SIGKILL) } }
         let ledger = Ledger()
         let done = DispatchGroup()
+        defer { ledger.stop(); done.wait() }
         for index in 0..<4 {
             done.enter()
             Thread { Self.load(index: index, socket: socket, ledger: ledger); done.leave() }.start()
@@ -106,17 +148,31 @@ import Glibc
         kill(first.processIdentifier, SIGKILL)
         first.waitUntilExit()
         #expect(first.terminationReason == .uncaughtSignal)
-        done.wait()
-        let acknowledged = ledger.acknowledgedSet
-        let inFlight = ledger.inFlight
-        #expect(acknowledged.count >= 90)
+        #expect(ledger.acknowledgedSet.count >= 90)
 
-        // The same state directory: every vSMMU is rebuilt before the socket serves.
+        // The same state directory: every vSMMU is rebuilt before the socket serves, and the four clients —
+        // retrying with backoff meanwhile — reconnect, resume and go on on their own.
         unlink(socket)
         let second = try startDaemon(socket: socket, stateDirectory: directory)
         defer { if second.isRunning { kill(second.processIdentifier, SIGKILL) } }
+        eventually(attempts: 120_000) {
+            ledger.finished.count == 4 && ledger.commandsAfterRestart.count == 4 || !ledger.failures.isEmpty
+        }
+        #expect(ledger.failures.isEmpty, "\(ledger.failures)")
+        #expect(ledger.finished == [0, 1, 2, 3], "clients that registered all 32 devices: \(ledger.finished.sorted())")
+
+        // Every client's invalidations after the restart were executed by the new daemon's backends.
+        let answeredAfter = ledger.commandsAfterRestart
+        #expect(answeredAfter.count == 4)
         let after = try VSMMUClient(socketPath: socket)
         try after.hello(name: "admin")
+        for (vsmmu, commands) in answeredAfter {
+            let stats = try after.stats(vsmmu: VSMMUID(vsmmu))
+            let completed = stats.value(.viommuBackendCompleted, viommu: 0) ?? 0
+            #expect(commands > 0 && completed >= commands,
+                    "vSMMU \(vsmmu): \(commands) commands answered after the restart, \(completed) completed by the backend")
+        }
+
         var recovered: Set<String> = []
         guard case .vsmmus(let vsmmus) = try after.list(.vsmmus).entries,
               case .viommus(let viommus) = try after.list(.viommus).entries else { return }
@@ -124,8 +180,9 @@ import Glibc
         for v in vsmmus {
             names[v.vsmmu] = v.name
             recovered.insert("vsmmu \(v.name)")
-            #expect(v.ownerProcessID == 0, "\(v.name) is awaiting its owner")
+            #expect(v.ownerProcessID == UInt32(getpid()), "\(v.name) was resumed by its client")
         }
+        #expect(vsmmus.count == 4)
         for v in viommus { recovered.insert("viommu \(names[v.vsmmu] ?? "?")") }
         var start: UInt32 = 0
         while true {
@@ -139,11 +196,16 @@ import Glibc
             start += UInt32(devices.count)
             if start >= page.total { break }
         }
-        // Every answered registration is back, and nothing that was not sent.
+        // Every answered registration is back (all 4 × 66 by now), and nothing that was not sent.
+        let acknowledged = ledger.acknowledgedSet
+        #expect(acknowledged.count == 4 * 66)
         #expect(acknowledged.subtracting(recovered).isEmpty, "lost: \(acknowledged.subtracting(recovered).sorted())")
-        #expect(recovered.subtracting(acknowledged).isSubset(of: inFlight),
-                "recovered but never sent: \(recovered.subtracting(acknowledged).subtracting(inFlight).sorted())")
+        #expect(recovered.subtracting(acknowledged).isSubset(of: ledger.inFlight),
+                "recovered but never sent: \(recovered.subtracting(acknowledged).subtracting(ledger.inFlight).sorted())")
 
+        ledger.stop()
+        done.wait()
+        #expect(ledger.reconnects == [0: 1, 1: 1, 2: 1, 3: 1], "reconnects per client: \(ledger.reconnects)")
         kill(second.processIdentifier, SIGTERM)
         second.waitUntilExit()
         #expect(second.terminationReason == .exit && second.terminationStatus == 0)

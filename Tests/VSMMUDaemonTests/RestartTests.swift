@@ -1,4 +1,5 @@
 import Foundation
+import InvalidationEngine
 import Logging
 import PSMMU
 import SMMUv3
@@ -8,6 +9,7 @@ import VSMMUClient
 @testable import VSMMUDaemon
 import VSMMUJournal
 import VSMMUProtocol
+import VirtualSMMU
 
 #if canImport(Glibc)
 import Glibc
@@ -324,14 +326,16 @@ struct Registrations: Equatable, CustomStringConvertible {
     }
 
     @Test func aRecordRoundTripsAndDamagedRecordsAreRefused() throws {
-        var ste = StreamTableEntry()
-        ste.words[0] = 0x1234_5678_9ABC_DEF1
+        let snapshot = EngineSnapshot(
+            viommus: [.init(index: ViommuIndex(3), pSMMU: "smmu1", request: ViommuAttachRequest(hostDeviceID: 16, nestParentHWPT: 5),
+                            handle: ViommuHandle(rawValue: 81), objects: ViommuObjects(bytes: [1, 2, 3]))],
+            devices: [.init(streamID: 0x10, viommu: ViommuIndex(3), hostDeviceID: 17, vdevice: VDeviceHandle(rawValue: 90),
+                            link: .init(ste: .stage1(contextTable: 0x8000), contextDescriptors: [.valid(asid: 4)])),
+                      .init(streamID: 0x11, viommu: ViommuIndex(3), hostDeviceID: 18, vdevice: VDeviceHandle(rawValue: 91))])
         let record = VSMMURecord(
             id: 7, name: "vm-é", ownerUserID: 1000, tenant: 42, token: try ResumeToken.random(),
             lastReply: JournaledReply(type: 0x10, requestID: 99, payloadCRC: 0xDEAD_BEEF, reply: [1, 2, 3]),
-            viommus: [JournaledViommu(index: 3, pSMMU: "smmu1", hostDeviceID: 16, nestParentHWPT: 5, backendViommuID: 81)],
-            devices: [JournaledDevice(streamID: 0x10, viommu: 3, hostDeviceID: 17, ste: ste, contextDescriptors: [.valid(asid: 4)]),
-                      JournaledDevice(streamID: 0x11, viommu: 3, hostDeviceID: 18, ste: nil, contextDescriptors: [])])
+            snapshot: snapshot)
         let bytes = record.encoded()
         #expect(try VSMMURecord(decoding: bytes) == record)
         // Every truncation is refused, never half-decoded.
@@ -339,6 +343,18 @@ struct Registrations: Equatable, CustomStringConvertible {
             #expect(throws: VSMMURecord.DecodingError.self) { _ = try VSMMURecord(decoding: Array(bytes.prefix(length))) }
         }
         #expect(throws: VSMMURecord.DecodingError.self) { _ = try VSMMURecord(decoding: bytes + [0]) }
+    }
+
+    @Test func aVersion1RecordIsRefusedWithAMessageThatSaysWhy() {
+        // "VSR", version 1, then anything: the format before the journal held the engine snapshot.
+        let old: [UInt8] = Array("VSR".utf8) + [1, 0] + [7, 0, 0, 0]
+        do {
+            _ = try VSMMURecord(decoding: old)
+            Issue.record("a version-1 record was decoded")
+        } catch {
+            #expect(error.description.contains("record version 1"))
+            #expect(error.description.contains("move the state directory aside"))
+        }
     }
 
     @Test func resumeTokensAreRandomAndCompareOnlyEqualBytesAndAreNeverShown() throws {

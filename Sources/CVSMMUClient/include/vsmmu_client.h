@@ -9,6 +9,16 @@
  * Return values: 0 on success; a negative errno for a transport failure (the connection is then unusable);
  * a positive enum vsmmu_error_code when the daemon refused the request, with the ERROR frame's fields in
  * client->last_error_* and its message in client->last_message.
+ *
+ * Reconnecting (vsmmu_client_set_reconnect): a client with a reconnect policy survives a restart of the
+ * daemon. When a call's connection fails (end of stream, ECONNRESET, EPIPE) or the daemon answers
+ * SHUTTING_DOWN, the client connects again with exponential backoff and jitter (ECONNREFUSED / ENOENT while
+ * the daemon restarts), sends its HELLO again, RESUME_VSMMU for every vSMMU it holds a resume token for
+ * (it keeps the tokens CREATE_VSMMU gave it on a version-3 connection), then re-sends the request with its
+ * original request_id and payload: a control request the dead daemon had already applied is answered from
+ * its journal, not applied twice; an INVALIDATE is executed again (idempotent). ERROR answers are returned,
+ * never retried. When no connection was resumed within the deadline, the call returns -ETIMEDOUT with the
+ * reason in client->last_message (PROTOCOL.md §5.13).
  */
 #ifndef VSMMU_CLIENT_H
 #define VSMMU_CLIENT_H
@@ -22,6 +32,13 @@
 extern "C" {
 #endif
 
+/* A vSMMU the client can resume after a reconnect: its id, resume token and the iommufd to hand back. */
+struct vsmmu_client_resumable {
+	uint32_t vsmmu_id;
+	int iommufd; /* -1: none (vsmmu_client_set_resume_iommufd) */
+	uint8_t resume_token[VSMMU_RESUME_TOKEN_SIZE];
+};
+
 struct vsmmu_client {
 	int fd;
 	uint64_t next_request_id;
@@ -34,12 +51,40 @@ struct vsmmu_client {
 	uint32_t last_error_detail;
 	uint64_t last_error_value;
 	char last_message[VSMMU_MAX_MESSAGE_LENGTH + 1];
+	/* Reconnecting (vsmmu_client_set_reconnect); all zero without a policy. */
+	char socket_path[108];
+	int reconnect_enabled;
+	uint32_t reconnect_initial_ms, reconnect_max_ms, reconnect_deadline_ms;
+	uint64_t reconnects;         /* how many times the client reconnected and resumed */
+	uint64_t lost_vsmmus;        /* vSMMUs a reconnect could not resume (UNKNOWN_VSMMU: reclaimed, no journal) */
+	uint64_t jitter_state;
+	int handshaken;              /* a HELLO succeeded: send it again on a new connection */
+	char hello_name[VSMMU_NAME_SIZE];
+	uint16_t hello_min_version, hello_max_version;
+	struct vsmmu_client_resumable *resumables; /* the vSMMUs it holds tokens for */
+	size_t resumable_count, resumable_capacity;
 };
 
 /* Connects to the daemon's Unix socket at `path` (no handshake yet). */
 int vsmmu_client_connect(struct vsmmu_client *client, const char *path);
-/* Closes the connection (the daemon then destroys the vSMMUs it owned). */
+/* Closes the connection (the daemon then destroys the vSMMUs it owned), forgets the resume tokens and turns
+ * reconnecting off. */
 void vsmmu_client_close(struct vsmmu_client *client);
+
+/*
+ * Turns reconnecting on (after vsmmu_client_connect): the first attempt is immediate, attempt n then waits a
+ * random time between half of and all of min(initial_ms * 2^(n-1), max_ms); after deadline_ms since the
+ * failure the call gives up with -ETIMEDOUT. initial_ms 0 turns it off. Returns 0, or -EINVAL.
+ */
+int vsmmu_client_set_reconnect(struct vsmmu_client *client, uint32_t initial_ms, uint32_t max_ms, uint32_t deadline_ms);
+/* Remembers `resume_token` for `vsmmu_id` (a token another client handed over); replaces an earlier one.
+ * Returns 0 or -ENOMEM. */
+int vsmmu_client_adopt_resume_token(struct vsmmu_client *client, uint32_t vsmmu_id,
+				    const uint8_t resume_token[VSMMU_RESUME_TOKEN_SIZE]);
+/* The iommufd to hand back with the automatic RESUME_VSMMU of `vsmmu_id` (a daemon without systemd's fd
+ * store needs it), -1 for none. The client does not own it: keep it open. Returns 0, or -ENOENT when the
+ * client holds no token for the vSMMU. */
+int vsmmu_client_set_resume_iommufd(struct vsmmu_client *client, uint32_t vsmmu_id, int iommufd);
 
 /* HELLO: the first exchange, offering versions VSMMU_MIN_PROTOCOL_VERSION … VSMMU_PROTOCOL_VERSION; the
  * server picks the highest it speaks (client->version). `reply` may be NULL. */
@@ -50,7 +95,8 @@ int vsmmu_client_hello_versions(struct vsmmu_client *client, const char *client_
 
 int vsmmu_client_create_vsmmu(struct vsmmu_client *client, const char *name, uint32_t *vsmmu_id);
 /* CREATE_VSMMU that also returns the vSMMU's resume token (version 3; all zero when the connection
- * negotiated version 1-2, whose vSMMUs cannot be resumed). Keep the token secret. */
+ * negotiated version 1-2, whose vSMMUs cannot be resumed). Keep the token secret. Both create calls keep
+ * the token in the client too, for reconnecting. */
 int vsmmu_client_create_vsmmu_resumable(struct vsmmu_client *client, const char *name, uint32_t *vsmmu_id,
 					uint8_t resume_token[VSMMU_RESUME_TOKEN_SIZE]);
 /* RESUME_VSMMU (version 3): takes the vSMMU over after a daemon restart; `iommufd` >= 0 hands the VMM's
@@ -58,6 +104,7 @@ int vsmmu_client_create_vsmmu_resumable(struct vsmmu_client *client, const char 
 int vsmmu_client_resume_vsmmu(struct vsmmu_client *client, uint32_t vsmmu_id,
 			      const uint8_t resume_token[VSMMU_RESUME_TOKEN_SIZE], int iommufd,
 			      struct vsmmu_resume_vsmmu_reply *reply);
+/* DESTROY_VSMMU; the vSMMU's token is forgotten. */
 int vsmmu_client_destroy_vsmmu(struct vsmmu_client *client, uint32_t vsmmu_id);
 
 /* ATTACH_VIOMMU; `iommufd` >= 0 is passed with SCM_RIGHTS (the iommufd backend), -1 passes none. */
