@@ -16,9 +16,15 @@ import Glibc
 /// store's entries newest first (`service_add_fd_store()` prepends); an fd that refers to the same open
 /// file as a stored one is dropped (`same_fd()`, which asks `kcmp(KCMP_FILE)`), and so is one past
 /// `FileDescriptorStoreMax=`; an fd that shows `EPOLLHUP`/`EPOLLERR` leaves the store (`on_fd_store_io()`),
-/// checked here before each start; `service_remove_fd_store()` closes every fd of a name; with
-/// `NotifyAccess=main`, messages from other processes are ignored and their fds closed. The store
-/// outlives the process across a restart (`unit_may_gc()` keeps it while a job is queued).
+/// checked here before each start, unless it was stored with `FDPOLL=0`; `service_notify_message()` takes
+/// the first `FDNAME=`, lets `FDSTOREREMOVE=1` win over `FDSTORE=1`, stores fds whose `FDNAME=` fails
+/// `fdname_is_valid()` as "stored" and ignores a removal without a valid name; `service_remove_fd_store()`
+/// closes every fd of a name; with `NotifyAccess=main`, messages from other processes are ignored and
+/// their fds closed. The store outlives the process across a restart (`unit_may_gc()` keeps it while a
+/// job is queued). The documented side of the same (sd_notify(3), sd_listen_fds(3), systemd.service(5)):
+/// fds stored with `FDSTORE=1` come back "after the socket fds" in `LISTEN_FDS`, named by `FDNAME=`
+/// (default "stored"), duplicates removed, `EPOLLHUP`/`EPOLLERR` drop an fd unless `FDPOLL=0`, and the
+/// store is flushed when the service stops (`FileDescriptorStorePreserve=`, systemd 254, changes that).
 final class ServiceManagerHarness {
     /// The socket unit's name, which systemd gives its fd in `LISTEN_FDNAMES`.
     let socketUnitName: String
@@ -30,7 +36,7 @@ final class ServiceManagerHarness {
     /// `FileDescriptorStoreMax=`.
     let storeMaximum: Int
     /// The fd store, in systemd's order (newest first).
-    private(set) var store: [(name: String, fd: Int32)] = []
+    private(set) var store: [(name: String, fd: Int32, polled: Bool)] = []
     /// Every message read from the main process, its assignments split by line.
     private(set) var messages: [[String]] = []
     /// Messages dropped: not from the main process, or fds sent without `FDSTORE=1`.
@@ -110,28 +116,47 @@ final class ServiceManagerHarness {
             return
         }
         messages.append(lines)
-        let name = lines.last { $0.hasPrefix("FDNAME=") }.map { String($0.dropFirst("FDNAME=".count)) }
-        if lines.contains("FDSTOREREMOVE=1"), let name {
-            for entry in store where entry.name == name { close(entry.fd) }
-            store.removeAll { $0.name == name }
+        // The first FDNAME= counts (strv_find_startswith); FDSTOREREMOVE=1 wins over FDSTORE=1 (else-if).
+        let name = lines.first { $0.hasPrefix("FDNAME=") }.map { String($0.dropFirst("FDNAME=".count)) }
+        if lines.contains("FDSTOREREMOVE=1") {
+            if let name, Self.fdnameIsValid(name) {
+                for entry in store where entry.name == name { close(entry.fd) }
+                store.removeAll { $0.name == name }
+            } else {
+                ignored.append("FDSTOREREMOVE=1 without a valid FDNAME=: \(message.text)")
+            }
+            for fd in message.fds { close(fd) }
+            return
         }
         guard lines.contains("FDSTORE=1") else {
             if !message.fds.isEmpty { ignored.append("fds without FDSTORE=1: \(message.text)") }
             for fd in message.fds { close(fd) }
             return
         }
+        // An invalid FDNAME= is ignored (logged): the fds are stored under "stored".
+        let storedName = name.flatMap { Self.fdnameIsValid($0) ? $0 : nil } ?? "stored"
+        let polled = !lines.contains("FDPOLL=0")
         for fd in message.fds {
             if store.contains(where: { Self.sameOpenFile($0.fd, fd) }) || store.count >= storeMaximum {
                 close(fd)
                 continue
             }
-            store.insert((name ?? "stored", fd), at: 0)
+            store.insert((storedName, fd, polled), at: 0)
         }
     }
 
-    /// Removes (and closes) the stored fds that show `POLLHUP` or `POLLERR`.
+    /// systemd's `fdname_is_valid()` (src/basic/fd-util.c), written out again so that the harness does not
+    /// trust the code it checks: ASCII from ' ' to '~' except ':', shorter than 256; empty is valid.
+    static func fdnameIsValid(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        return bytes.count < 256 && bytes.allSatisfy { $0 >= 0x20 && $0 < 0x7F && $0 != UInt8(ascii: ":") }
+    }
+
+    /// Removes (and closes) the stored fds that show `POLLHUP` or `POLLERR`, but not those stored with
+    /// `FDPOLL=0`.
     func dropHungUp() {
         store.removeAll { entry in
+            guard entry.polled else { return false }
             var poller = pollfd(fd: entry.fd, events: 0, revents: 0)
             guard poll(&poller, 1, 0) > 0, poller.revents & Int16(POLLHUP | POLLERR) != 0 else { return false }
             close(entry.fd)

@@ -5,6 +5,7 @@ import Testing
 import VSMMUClient
 import VSMMUJournal
 import VSMMUProtocol
+@testable import VSMMUDaemon
 @testable import VSMMUSystemd
 
 #if canImport(Glibc)
@@ -105,45 +106,77 @@ func registrations(_ client: VSMMUClient) throws -> [String] {
         #expect(try resumed.invalidate(vsmmu: vm, commands: [.tlbiNHASID(asid: 5), .sync()])
                 == InvalidateReply(consumed: 2, syncsCompleted: 1))
         #expect(systemd.ignored.isEmpty, "\(systemd.ignored)")
+        #expect(systemd.passedNames == ["vsmmud.socket"], "simulated vSMMUs store nothing, in either process")
 
         second.signal(SIGTERM)
         #expect(second.waitForExit() == 0, "stderr: \(second.standardError)")
     }
 
+    /// The fd-store names of an iommufd vSMMU's descriptors, as the daemon gives them (`ServedVSMMU`):
+    /// vSMMU 0x1a2b3c4d's viommu 0 iommufd and the VFIO cdev of its vSID 0x10.
+    static let iommufdName = ServedVSMMU.iommufdName(VSMMUID(0x1a2b_3c4d), .init(0))
+    static let cdevName = ServedVSMMU.cdevName(VSMMUID(0x1a2b_3c4d), 0x10)
+
+    @Test func theDaemonsFdStoreNamesAreOnesSystemdKeeps() {
+        #expect(Self.iommufdName == "iommufd-1a2b3c4d-0" && Self.cdevName == "cdev-1a2b3c4d-10")
+        // The longest the daemon makes: vSMMU 0xffffffff, viommu 63, vSID 0xffffffff.
+        for name in [Self.iommufdName, Self.cdevName, ServedVSMMU.iommufdName(VSMMUID(.max), .init(63)),
+                     ServedVSMMU.cdevName(VSMMUID(.max), .max)] {
+            #expect(SystemdFileDescriptorStore.isValidName(name), "\(name)")
+            #expect(ServiceManagerHarness.fdnameIsValid(name), "\(name)")
+        }
+    }
+
     @Test(.enabled(if: enabled, "vsmmud was not built beside the tests"))
-    func storedFdsReachTheDaemonByNameAndEveryPassedFdIsCloseOnExec() throws {
+    func fdsAProcessStoredUnderTheDaemonsNamesReachTheNextVsmmudWhichRemovesTheOnesNoRecordClaims() async throws {
         let daemon = try #require(daemonPath)
         let config = try writeTemporaryFile("passed", Self.configuration)
         let state = try temporaryDirectory("passed-state")
         defer { unlink(config); try? FileManager.default.removeItem(atPath: state) }
-        let systemd = try ServiceManagerHarness()
-        // What a previous process stored (here sent from this process: NotifyAccess=all for the setup).
+        // The previous process: a child of this one (an exit test) that stores, through systemd's store
+        // (sd_pid_notify_with_fds), both ends of a pipe under the names an iommufd vSMMU's iommufd and
+        // cdev get. It finds the notify socket by our pid; NotifyAccess=all while it runs.
+        let systemd = try ServiceManagerHarness(notifyPath: "/tmp/vsmmud-sd-names-\(getpid()).sock")
         systemd.acceptsEveryProcess = true
-        var ends: [Int32] = [-1, -1]
-        #expect(pipe(&ends) == 0)
-        defer { close(ends[0]); close(ends[1]) }
-        let sender = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        defer { close(sender) }
-        #expect(sendNotification(sender, to: systemd.notifyPath, "FDSTORE=1\nFDNAME=iommufd-vm-x", fd: ends[1]))
-        #expect(systemd.receive(limit: .seconds(10)) { $0.contains("FDSTORE=1") })
+        await #expect(processExitsWith: .success) {
+            let path = "/tmp/vsmmud-sd-names-\(getppid()).sock"
+            setenv("NOTIFY_SOCKET", path, 1)
+            guard let store = SystemdFileDescriptorStore(environment: ["NOTIFY_SOCKET": path]) else { exit(10) }
+            var ends: [Int32] = [-1, -1]
+            guard pipe(&ends) == 0 else { exit(11) }
+            do {
+                try store.store(ends[0], name: SystemctlRestartTests.iommufdName)
+                try store.store(ends[1], name: SystemctlRestartTests.cdevName)
+            } catch {
+                exit(12)
+            }
+        }
+        #expect(systemd.receive(limit: .seconds(30)) { $0.filter { $0 == "FDSTORE=1" }.count >= 2 })
         systemd.acceptsEveryProcess = false
+        // The process is gone; its fds are not (the store holds both ends: neither hangs up).
+        systemd.dropHungUp()
+        #expect(systemd.passedNames == ["vsmmud.socket", Self.cdevName, Self.iommufdName])
 
         let process = try systemd.start(daemon, ["--config", config, "--state-dir", state, "--log-format", "console"])
         #expect(systemd.receive { $0.contains("READY=1") }, "no READY=1; stderr: \(process.standardError)")
-        #expect(process.standardError.contains("fds from the fd store"), "stderr: \(process.standardError)")
-        #expect(process.standardError.contains("iommufd-vm-x"), "stderr: \(process.standardError)")
-        // The passed fds are close-on-exec (fdinfo's flags, octal, show O_CLOEXEC): the listener at 3 and the
-        // stored pipe at 4, while the daemon still holds it (recovery may close an fd it does not re-adopt).
-        func closeOnExec(_ fd: Int32) -> Bool? {
-            guard let info = try? String(contentsOfFile: "/proc/\(process.pid)/fdinfo/\(fd)", encoding: .utf8),
-                  let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags:") }),
-                  let flags = Int(line.dropFirst("flags:".count).trimmingCharacters(in: .whitespaces), radix: 8) else { return nil }
-            return flags & 0o2000000 != 0
-        }
-        #expect(closeOnExec(3) == true, "the listener")
-        if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(process.pid)/fd/4"), target.hasPrefix("pipe:") {
-            #expect(closeOnExec(4) == true, "the stored pipe")
-        }
+        let stderr = process.standardError
+        #expect(stderr.contains("fds from the fd store") && stderr.contains(Self.iommufdName) && stderr.contains(Self.cdevName),
+                "the daemon got both under their names; stderr: \(stderr)")
+        // The journal is empty: no vSMMU claims them, so the daemon closes them and takes them out of the
+        // store (FDSTOREREMOVE=1 from the main process, which the harness honours).
+        #expect(systemd.receive(limit: .seconds(30)) { _ in
+            [Self.iommufdName, Self.cdevName].allSatisfy { name in
+                systemd.messages.contains { $0.contains("FDSTOREREMOVE=1") && $0.contains("FDNAME=\(name)") }
+            }
+        }, "assignments: \(systemd.assignments); stderr: \(process.standardError)")
+        #expect(systemd.passedNames == ["vsmmud.socket"])
+        #expect(process.standardError.contains("inherited descriptor claimed by no vSMMU"), "stderr: \(process.standardError)")
+        #expect(systemd.ignored.isEmpty, "\(systemd.ignored)")
+        // The listener it was handed is close-on-exec (fdinfo's flags, octal, show O_CLOEXEC).
+        let info = try String(contentsOfFile: "/proc/\(process.pid)/fdinfo/3", encoding: .utf8)
+        let flags = info.split(separator: "\n").first { $0.hasPrefix("flags:") }
+            .flatMap { Int($0.dropFirst("flags:".count).trimmingCharacters(in: .whitespaces), radix: 8) }
+        #expect(flags.map { $0 & 0o2000000 != 0 } == true, "fdinfo: \(info)")
         process.signal(SIGTERM)
         #expect(process.waitForExit() == 0, "stderr: \(process.standardError)")
     }
