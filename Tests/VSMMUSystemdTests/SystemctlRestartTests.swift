@@ -224,6 +224,30 @@ func registrations(_ client: VSMMUClient) throws -> [String] {
         #expect(next.standardOutput == "3 vsmmud.socket:pipe-write:pipe-read\nkept by the fd store\n")
     }
 
+    /// What the daemon's naming meets in systemd: each viommu of a vSMMU stores a duplicate of the same
+    /// VMM iommufd (`dup`, or the same file passed again with SCM_RIGHTS) under its own name, and
+    /// `service_add_fd_store()` keeps one fd per open file (`same_fd()`: `kcmp(KCMP_FILE)`), so only the
+    /// first name comes back; a different open file (another VMM's iommufd, a device's cdev) is kept.
+    @Test func systemdKeepsOneNamePerOpenFileSoASecondViommusDupOfTheSameIommufdIsDropped() throws {
+        let systemd = try ServiceManagerHarness()
+        systemd.acceptsEveryProcess = true
+        let sender = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        defer { close(sender) }
+        // Stand-ins for the VMM's iommufd (an open /dev/null) and a second, separately opened file.
+        let iommufd = open("/dev/null", O_RDWR | O_CLOEXEC)
+        let copy = dup(iommufd)
+        let other = open("/dev/null", O_RDWR | O_CLOEXEC)
+        defer { close(iommufd); close(copy); close(other) }
+        let vsmmu = VSMMUID(0x77)
+        let names = [ServedVSMMU.iommufdName(vsmmu, .init(0)), ServedVSMMU.iommufdName(vsmmu, .init(1)),
+                     ServedVSMMU.iommufdName(VSMMUID(0x78), .init(0))]
+        for (fd, name) in zip([iommufd, copy, other], names) {
+            #expect(sendNotification(sender, to: systemd.notifyPath, SystemdFileDescriptorStore.storeMessage(name: name), fd: fd))
+        }
+        #expect(systemd.receive(limit: .seconds(10)) { $0.filter { $0 == "FDSTORE=1" }.count == 3 })
+        #expect(systemd.passedNames == ["vsmmud.socket", names[2], names[0]], "viommu 1's name is gone with its fd")
+    }
+
     @Test func theHarnessDropsAStoredFdThatHungUpAsSystemdDoesOnEPOLLHUP() throws {
         let systemd = try ServiceManagerHarness()
         systemd.acceptsEveryProcess = true
@@ -368,7 +392,18 @@ func sendNotification(_ socket: Int32, to path: String, _ text: String, fd: Int3
             _ = try DirectoryLock.acquire(directory: .init(state))
         }
         first = nil
-        let again = try DirectoryLock.acquire(directory: .init(state))
+        // Released with the last fd of its open file description. Other tests of this process spawn
+        // processes meanwhile, and a child holds a copy of every fd between its fork and its exec (where
+        // O_CLOEXEC closes it): retry a bounded number of times while such a copy holds it. A lock that
+        // was not released still fails.
+        var again: DirectoryLock?
+        for _ in 0..<500 where again == nil {
+            do throws(DirectoryLock.Failure) { again = try DirectoryLock.acquire(directory: .init(state)) } catch {
+                guard case .held = error else { throw error }
+                usleep(2_000)
+            }
+        }
+        #expect(again != nil, "the lock outlived its DirectoryLock")
         withExtendedLifetime(again) {}
         // A directory that cannot be created is an I/O failure, not "held".
         let failure = #expect(throws: DirectoryLock.Failure.self) {
