@@ -2,9 +2,11 @@ import ArgumentParser
 import Foundation
 import Logging
 import ServiceLifecycle
+import SystemPackage
 import UnixSignals
 import VSMMUConfiguration
 import VSMMUDaemon
+import VSMMUJournal
 import VSMMUSystemd
 
 #if canImport(Glibc)
@@ -86,14 +88,30 @@ struct VSMMUDaemonCommand: AsyncParsableCommand {
         // not kill us (registration is complete when this returns).
         let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint, .sighup)
         let server: VSMMUServer
+        // Held for the process's life: two daemons never share one journal.
+        let stateLock: DirectoryLock?
         do {
-            let activated = try SocketActivation.listeningUnixSocket()
+            let passed = try SocketActivation.passedFileDescriptors()
+            let activated = passed.listener
             let path = activated.flatMap(SocketActivation.boundPath(of:)) ?? socket ?? daemonConfiguration.socket.path
                 ?? VSMMUServer.defaultSocketPath(environment: environment)
+            let stateDirectory = stateDir ?? daemonConfiguration.stateDirectory(environment: environment)
+            stateLock = try stateDirectory.map { directory throws(DirectoryLock.Failure) in
+                try DirectoryLock.acquire(directory: FilePath(directory))
+            }
             var serverConfiguration = try VSMMUServer.Configuration(
                 daemonConfiguration, socketPath: path, inheritedListener: activated, file: file ?? "embedded default",
-                stateDirectory: stateDir ?? daemonConfiguration.stateDirectory(environment: environment))
+                stateDirectory: stateDirectory)
             if let resumeGrace { serverConfiguration.resumeGrace = .seconds(resumeGrace) }
+            // systemd's fd store (FileDescriptorStoreMax= in the unit) and what a previous process stored in it.
+            serverConfiguration.fileDescriptorStore = SystemdFileDescriptorStore(environment: environment)
+                .map { SystemdStore(systemd: $0, logger: logger) }
+            serverConfiguration.inheritedFileDescriptors = InheritedFileDescriptors(passed.stored)
+            if !passed.stored.isEmpty {
+                logger.notice("fds from the fd store", metadata: [
+                    "names": "\(passed.stored.keys.sorted())", "fds": "\(passed.stored.values.reduce(0) { $0 + $1.count })",
+                ])
+            }
             let watchdog = SystemdNotifier.watchdogInterval()
             // Ping at a third of the watchdog interval; without a watchdog, refresh STATUS every 5 s.
             serverConfiguration.heartbeatInterval = watchdog.map { max(.milliseconds(10), $0 / 3) } ?? .seconds(5)
@@ -105,6 +123,12 @@ struct VSMMUDaemonCommand: AsyncParsableCommand {
             try server.start()
         } catch let error as ConfigurationError {
             Self.refuse(error)
+        } catch let error as DirectoryLock.Failure {
+            // Another daemon serves this state directory (or it cannot be locked): not ours to touch.
+            let message = "vsmmud: \(error)\n"
+            DaemonLogHandler.writeToStandardError(message)
+            notifier.notify(.status("\(error)"))
+            Glibc.exit(Self.stateDirectoryInUseExitStatus)
         } catch let error as RecoveryError {
             // A damaged journal: refuse to serve part of the registrations; a restart would not fix it.
             let message = "vsmmud: journal refused: \(error)\n"
@@ -137,7 +161,12 @@ struct VSMMUDaemonCommand: AsyncParsableCommand {
             logger: logger))
         try await group.run()
         logger.notice("exiting")
+        withExtendedLifetime(stateLock) {}
     }
+
+    /// The exit status when the state directory is locked by another daemon: 75 (`EX_TEMPFAIL`,
+    /// sysexits.h): the other one may go away, so `Restart=on-failure` may try again.
+    static let stateDirectoryInUseExitStatus: Int32 = 75
 
     /// The configuration file's path (`nil`: embedded default) and its contents. Exits with 78 when refused.
     private func loadConfiguration() throws -> (String?, DaemonConfiguration) {
