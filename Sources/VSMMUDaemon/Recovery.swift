@@ -151,6 +151,16 @@ extension VSMMUServer {
             return fd
         }
         for index in needed { if let fd = take(ServedVSMMU.iommufdName(id, index)) { awaited.iommufds[index] = fd } }
+        // systemd keeps one fd per open file (`service_add_fd_store` drops an fd whose file it already holds,
+        // `same_fd`), so when a VMM attached several viommus with the same iommufd only one of their names
+        // comes back. Every viommu of one vSMMU belongs to one VMM: the others use a duplicate of that file
+        // (restoreViommu then checks every object id in it before adopting anything).
+        if let shared = awaited.iommufds.sorted(by: { $0.key < $1.key }).first?.value {
+            for index in needed where awaited.iommufds[index] == nil {
+                let copy = dup(shared)
+                if copy >= 0 { awaited.iommufds[index] = copy }
+            }
+        }
         for sid in awaited.neededVFIODevices { if let fd = take(ServedVSMMU.cdevName(id, sid)) { awaited.vfioDevices[sid] = fd } }
         for index in needed { if let fd = take(ServedVSMMU.eventQueueName(id, index)) { awaited.eventQueues[index] = fd } }
 

@@ -236,6 +236,50 @@ import Glibc
         #expect(store.names.count == 3 && store.removed.isEmpty)
     }
 
+    /// systemd keeps one fd per open file (`service_add_fd_store`, `same_fd`): a VMM that attached two
+    /// viommus with the same iommufd gets only the first viommu's name back. Recovery gives the other viommu
+    /// a duplicate of that file, and both are re-adopted by id at once.
+    @Test func twoViommusOnOneIommufdAreReadoptedWhenTheStoreKeptOnlyOneNameForTheirSharedFile() throws {
+        let rig = try Rig()
+        let store = RecordingStore()
+        let first = try rig.server(store: store)
+        let owner = try rig.client(first)
+        let vsmmu = try owner.createVSMMU(name: "two")
+        let fd = try rig.iommufd()
+        defer { close(fd) }
+        for p in 0..<2 {
+            _ = try owner.attachViommu(vsmmu: vsmmu, pSMMU: "smmu\(p)", hostDeviceID: rig.devices[p].devID,
+                                       nestParentHWPT: rig.nestParents[p], iommufd: fd)
+            let cdev = try rig.cdev(p)
+            defer { close(cdev) }
+            try owner.setDeviceID(vsmmu: vsmmu, viommu: UInt32(p), hostDeviceID: rig.devices[p].devID,
+                                  streamID: StreamID(0x8 + p), vfioDevice: cdev)
+        }
+        let token = try #require(owner.resumeTokens[vsmmu])
+        let ids = try backendViommuIDs(owner)
+        let viommus = rig.kernel.liveObjects(.viommu)
+        rig.die(first)
+        withExtendedLifetime(owner) {}
+
+        var inherited = store.inherited()
+        let second = ServedVSMMU.iommufdName(vsmmu, ViommuIndex(1))
+        try #require(inherited.byName[second] != nil)
+        inherited.byName[second]?.forEach { close($0) }
+        inherited.byName[second] = nil
+        let next = try rig.server(store: store, inherited: inherited)
+        defer { next.stop() }
+        let vmm = try rig.client(next)
+        let resumed = try vmm.resumeVSMMU(vsmmu, token: token)
+        #expect(resumed.viommuCount == 2 && resumed.deviceCount == 2)
+        #expect(try backendViommuIDs(vmm) == ids, "both viommus re-adopted by id")
+        #expect(rig.kernel.liveObjects(.viommu) == viommus, "nothing allocated again, nothing destroyed")
+        rig.kernel.clearIssuedCommands()
+        let reply = try vmm.invalidate(vsmmu: vsmmu, commands: [.tlbiNHAll(), .sync()])
+        #expect(reply.failure == nil)
+        #expect(rig.kernel.executedCommands(pSMMU: 0).map(\.opcode) == [.tlbiNHAll])
+        #expect(rig.kernel.executedCommands(pSMMU: 1).map(\.opcode) == [.tlbiNHAll])
+    }
+
     @Test func withoutTheFdsTheVSMMUAwaitsItsVMMUntilResumeBringsTheIommufdAndSetDevIDTheCdev() throws {
         let rig = try Rig()
         let store = RecordingStore()
