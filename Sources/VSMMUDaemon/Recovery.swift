@@ -121,7 +121,8 @@ extension VSMMUServer {
             let request = ViommuAttachRequest(hostDeviceID: viommu.hostDeviceID, nestParentHWPT: viommu.nestParentHWPT)
             let index: ViommuIndex
             do throws(EngineError) {
-                index = try engine.attachViommu(pSMMU: viommu.pSMMU, backend: smmu, request: request)
+                index = try engine.attachViommu(pSMMU: viommu.pSMMU, backend: smmu.tenant(TenantID(rawValue: served.tenant)),
+                                                request: request)
             } catch {
                 throw refuse("re-attaching viommu \(viommu.index) on \(viommu.pSMMU): \(error)")
             }

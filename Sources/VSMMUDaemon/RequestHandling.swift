@@ -54,9 +54,12 @@ extension VSMMUServer {
                                          "a connection owns at most \(limit) vSMMUs")
                 }
                 let id = Self.unusedRandomID(among: s.vsmmus)
+                // The creating connection's tenant (PROTOCOL.md §3.3: host devices are per tenant).
+                let tenant = s.connections[connection.id]?.tenant ?? Self.newTenant()
+                s.connections[connection.id]?.tenant = tenant
                 let served = ServedVSMMU(id: id, name: create.name, owner: connection.id,
                                          ownerCredentials: connection.credentials,
-                                         engine: VSMMUEngine(configuration: configuration.engine), token: token)
+                                         engine: VSMMUEngine(configuration: configuration.engine), tenant: tenant, token: token)
                 s.vsmmus[id] = served
                 return served
             }
@@ -79,7 +82,7 @@ extension VSMMUServer {
             guard let provider = providers[attach.pSMMU] else { throw .unknownPSMMU(attach.pSMMU, type: type) }
             let fd = fileDescriptor
             fileDescriptor = nil
-            let backend = try provider.backend(for: fd, type: type)
+            let backend = try provider.backend(for: fd, type: type, tenant: served.tenant)
             let index: ViommuIndex
             do throws(EngineError) {
                 index = try served.engine.attachViommu(
@@ -119,19 +122,32 @@ extension VSMMUServer {
             }
             let served = try owned(registration.vsmmu, by: connection, type: type)
             let index = try viommuIndex(registration.viommu, on: served, type: type)
-            // A host device that a peer which already hung up still holds is free by the time this is
-            // served (PROTOCOL.md §3.3): a quick VMM restart never sees a ghost.
-            awaitTeardownOfHungUpPeers(except: connection.id)
             let pSMMU = served.engine.viommuStatistics.first { $0.index == index }?.pSMMU
             if let pSMMU, case .iommufd = providers[pSMMU], fileDescriptor == nil {
                 throw .badFileDescriptor(.missing, type: type,
                                          message: "viommu \(index.rawValue) is on the iommufd pSMMU \(pSMMU): SET_DEV_ID must pass the device's VFIO cdev (protocol version 2), through which the daemon attaches the device")
             }
-            let fd = fileDescriptor
+            let simulated = pSMMU.flatMap { providers[$0] }?.isSimulated ?? false
+            var fd = fileDescriptor
             fileDescriptor = nil
+            if simulated, let unneeded = fd {
+                // A simulated pSMMU attaches by host device id: the cdev is not needed (and a retry needs none).
+                _ = close(unneeded)
+                fd = nil
+            }
             do throws(EngineError) {
-                try served.engine.setDeviceID(viommu: index, device: HostDevice(id: registration.hostDeviceID, vfioDevice: fd),
-                                              streamID: registration.streamID)
+                do throws(EngineError) {
+                    try served.engine.setDeviceID(viommu: index, device: HostDevice(id: registration.hostDeviceID, vfioDevice: fd),
+                                                  streamID: registration.streamID)
+                } catch {
+                    // The device is held by another vSMMU of this tenant. When that one's owner has gone and
+                    // its teardown is under way, wait for it and retry once (PROTOCOL.md §3.3: a quick VMM
+                    // restart never sees a ghost). Nothing is waited for in the common case.
+                    guard simulated, case .backend(let backendError) = error, backendError.kind == .alreadyExists,
+                          awaitTeardownOfGoneOwners(colliding: served) else { throw error }
+                    try served.engine.setDeviceID(viommu: index, device: HostDevice(id: registration.hostDeviceID),
+                                                  streamID: registration.streamID)
+                }
             } catch {
                 // The fd is not a VFIO cdev bound to the VMM's iommufd, behind this viommu's pSMMU.
                 if case .backend(let backendError) = error, backendError.kind == .unusableDescriptor {
@@ -209,6 +225,7 @@ extension VSMMUServer {
             // The VMM's iommufd handed back with RESUME is not used yet (closed by the caller): an iommufd
             // vSMMU comes back only with the fds the restart kept.
             let outcome = try resume(request.vsmmu, token: request.resumeToken.bytes, connection: connection, type: type)
+            join(tenantOf: outcome.vsmmu, connection: connection.id)
             return .resumeVSMMU(VSMMUResumed(vsmmu: outcome.vsmmu, viommuCount: outcome.viommuCount,
                                              deviceCount: outcome.deviceCount, lastRequestID: outcome.lastRequestID))
 
