@@ -58,23 +58,26 @@ extension SimulatedSMMUState {
     /// cache, else the HWPT's CD table) and the TLB tagged (VMID of the HWPT's viommu, CD ASID); for
     /// abort an abort; for bypass and the nest parent stage 2 only. Faults are reported through
     /// ``report(_:hostDeviceID:)``, which forwards what the kernel forwards.
-    mutating func touch(hostDeviceID: UInt32, substreamID: SubstreamID?, address: UInt64, size: UInt64,
+    ///
+    /// The device is `tenant`'s: its caches are that tenant's (a tenant without a viommu has none: its
+    /// devices are on their nest parents, which cache nothing here).
+    mutating func touch(hostDeviceID: UInt32, of tenant: TenantID, substreamID: SubstreamID?, address: UInt64, size: UInt64,
                         mapped: Bool, throughATS: Bool, name: String) throws(BackendError) -> DMAOutcome {
-        guard let device = deviceRecords[hostDeviceID] else {
+        guard let device = self.device(hostDeviceID, of: tenant) else {
             throw BackendError(.invalidArgument, errno: Errno.invalid, "device \(hostDeviceID) is not behind \(name)")
         }
         guard size >= 4096, size.nonzeroBitCount == 1 else {
             throw BackendError(.invalidArgument, errno: Errno.invalid, "mapping size 0x\(String(size, radix: 16)) is not a power of two of at least 4 KiB")
         }
         model.dmaAccesses += 1
-        let outcome = translate(device: device, substreamID: substreamID, address: address,
+        let outcome = translate(device: device, space: spaces[tenant] ?? TenantSpace(), substreamID: substreamID, address: address,
                                 shift: UInt8(size.trailingZeroBitCount), mapped: mapped, throughATS: throughATS)
         switch outcome {
         case .fault(let record):
             model.translationFaults += 1
             // An ATS Translation Request records no event but F_BAD_ATS_TREQ: the device gets a
             // failed completion instead. (The kernel does not forward F_BAD_ATS_TREQ either.)
-            if !throughATS || record.id == .badATSTranslationRequest { report(record, hostDeviceID: hostDeviceID) }
+            if !throughATS || record.id == .badATSTranslationRequest { report(record, hostDeviceID: hostDeviceID, of: tenant) }
         case .aborted: model.aborts += 1
         case .bypassed: model.bypasses += 1
         case .atcHit, .tlbHit, .tlbFill: break
@@ -82,7 +85,7 @@ extension SimulatedSMMUState {
         return outcome
     }
 
-    private mutating func translate(device: DeviceRecord, substreamID: SubstreamID?, address: UInt64,
+    private mutating func translate(device: DeviceRecord, space: TenantSpace, substreamID: SubstreamID?, address: UInt64,
                                     shift: UInt8, mapped: Bool, throughATS: Bool) -> DMAOutcome {
         let sid = device.streamID
         /// An event with the fields its type records: StreamID always, SubstreamID and input address
@@ -98,7 +101,7 @@ extension SimulatedSMMUState {
             }
         }
 
-        if throughATS, let hit = atc.entry(streamID: sid, substreamID: substreamID, covering: address) {
+        if throughATS, let hit = space.atc.entry(streamID: sid, substreamID: substreamID, covering: address) {
             model.atcHits += 1
             return .atcHit(hit)
         }
@@ -121,13 +124,13 @@ extension SimulatedSMMUState {
 
         // STE
         let ste: StreamTableEntry
-        if let cached = config.ste(sid) {
+        if let cached = space.config.ste(sid) {
             model.steCacheHits += 1
             ste = cached
         } else {
             model.steCacheFills += 1
             ste = hwpt.ste
-            config.cache(ste: ste, for: sid)
+            space.config.cache(ste: ste, for: sid)
         }
         // The kernel installs a V = 0 vSTE as an abort STE: V = 1, CONFIG = abort, EATS = 0. An abort
         // STE terminates every transaction, ATS requests included, recording nothing.
@@ -163,7 +166,7 @@ extension SimulatedSMMUState {
 
         // CD
         let cd: ContextDescriptor
-        if let cached = self.config.cd(sid, index) {
+        if let cached = space.config.cd(sid, index) {
             model.cdCacheHits += 1
             cd = cached
         } else {
@@ -171,7 +174,7 @@ extension SimulatedSMMUState {
             // An invalid CD is reported, not cached.
             guard let _ = fetched.activeASID else { return event(.badCD) }
             model.cdCacheFills += 1
-            self.config.cache(cd: fetched, for: sid, index: index)
+            space.config.cache(cd: fetched, for: sid, index: index)
             cd = fetched
         }
 
@@ -189,7 +192,7 @@ extension SimulatedSMMUState {
             outcome = .tlbFill(entry)
         }
         if throughATS {
-            atc.fill(streamID: sid, substreamID: substreamID, covering: entry.address,
+            space.atc.fill(streamID: sid, substreamID: substreamID, covering: entry.address,
                      shift: UInt8(entry.size.trailingZeroBitCount))
             model.atcFills += 1
         }

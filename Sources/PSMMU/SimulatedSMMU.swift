@@ -40,8 +40,12 @@ import SMMUv3
 /// by which size of entry), stage 2 (a device on its nest parent or on bypass is "stage-1 bypassed";
 /// no S2 fault, no S2 TLB), walk caches (LEAF and TTL are honoured by invalidating every matching entry,
 /// which is always allowed), global (nG = 0) entries, TLB capacity (entries stay until invalidated),
-/// stalls and PRI, and PASID attachments. HWPT ids are one namespace per pSMMU, as if one iommufd held
-/// every object.
+/// stalls and PRI, and PASID attachments.
+///
+/// **Tenants.** Host devices, named nest parents and object ids are scoped per tenant (``TenantID``), as
+/// a real host scopes them per VMM iommufd: each tenant has the whole device range, and another
+/// tenant's objects do not exist for it. This class's own methods work in ``TenantID/host``; a daemon
+/// gives each VMM its view, ``tenant(_:)``.
 ///
 /// Thread safety: every call takes one pthread mutex for a short, bounded time (a pthread mutex rather
 /// than `Synchronization.Mutex`, which ThreadSanitizer cannot see on Linux); the cost model's wait and
@@ -55,7 +59,7 @@ public final class SimulatedSMMU: PSMMUBackend {
     public let idRegisters: IDRegisters
     /// The kernel whose rules the model follows where they changed between releases.
     public let kernelVersion: KernelVersion
-    private let state: Locked<SimulatedSMMUState>
+    let state: Locked<SimulatedSMMUState>
 
     /// A pSMMU named `name` with `devices` (host device id → physical StreamID, all distinct) behind it.
     /// - Parameters:
@@ -101,7 +105,7 @@ public final class SimulatedSMMU: PSMMUBackend {
     /// - Throws: `.invalidArgument` when `request.hostDeviceID` is not behind this pSMMU; `.failed`
     ///   (ENOSPC) when every VMID is taken.
     public func attachViommu(_ request: ViommuAttachRequest) throws(BackendError) -> ViommuHandle {
-        try state.withLock { s throws(BackendError) in try s.attachViommu(request, name: name) }
+        try state.withLock { s throws(BackendError) in try s.attachViommu(request, tenant: .host, name: name) }
     }
 
     /// Destroys a viommu. Its armed faults and stall gates go with it. Its VMID stays with its nest
@@ -113,7 +117,7 @@ public final class SimulatedSMMU: PSMMUBackend {
     /// `arm_smmu_domain_free_paging` does (TLBI_S12_VMALL, then the VMID back to the pool).
     /// - Throws: `.unknownHandle`; `.busy` while it has vdevices or HWPTs.
     public func detachViommu(_ viommu: ViommuHandle) throws(BackendError) {
-        try state.withLock { s throws(BackendError) in try s.detachViommu(viommu, name: name) }
+        try state.withLock { s throws(BackendError) in try s.detachViommu(viommu, tenant: .host, name: name) }
     }
 
     /// Whether a named nest-parent S2 outlives its last viommu's detach (keeping its VMID and the TLB
@@ -131,7 +135,7 @@ public final class SimulatedSMMU: PSMMUBackend {
     /// - Throws: `.unknownHandle` (ENOENT) for an S2 no viommu named or already destroyed; `.busy`
     ///   (EBUSY) while a viommu is on it (each viommu holds a reference on its S2).
     public func destroyNestParent(_ hwptID: UInt32) throws(BackendError) {
-        try state.withLock { s throws(BackendError) in try s.destroyNestParent(hwptID, name: name) }
+        try state.withLock { s throws(BackendError) in try s.destroyNestParent(hwptID, tenant: .host, name: name) }
     }
 
     /// The device stays where it is attached (its nest parent, for a fresh device) until
@@ -143,9 +147,14 @@ public final class SimulatedSMMU: PSMMUBackend {
     /// A VFIO descriptor in `device` is not needed (the model attaches by host device id): it is closed.
     public func allocateVDevice(viommu: ViommuHandle, device: HostDevice,
                                 virtualStreamID: StreamID) throws(BackendError) -> VDeviceHandle {
+        try allocateVDevice(viommu: viommu, device: device, virtualStreamID: virtualStreamID, tenant: .host)
+    }
+
+    func allocateVDevice(viommu: ViommuHandle, device: HostDevice, virtualStreamID: StreamID,
+                         tenant: TenantID) throws(BackendError) -> VDeviceHandle {
         if let fd = device.vfioDevice { _ = Glibc.close(fd) }
         return try state.withLock { s throws(BackendError) in
-            try s.allocateVDevice(viommu: viommu, hostDeviceID: device.id, virtualStreamID: virtualStreamID,
+            try s.allocateVDevice(viommu: viommu, tenant: tenant, hostDeviceID: device.id, virtualStreamID: virtualStreamID,
                                   name: name)
         }
     }
@@ -154,8 +163,12 @@ public final class SimulatedSMMU: PSMMUBackend {
     /// reads them through the viommu's device.
     /// - Throws: `.unknownHandle` (ENOENT) for an unknown viommu.
     public func hardwareInfo(viommu: ViommuHandle) throws(BackendError) -> IDRegisters {
+        try hardwareInfo(viommu: viommu, tenant: .host)
+    }
+
+    func hardwareInfo(viommu: ViommuHandle, tenant: TenantID) throws(BackendError) -> IDRegisters {
         try state.withLock { s throws(BackendError) in
-            guard s.viommus[viommu] != nil else {
+            guard s.viommu(viommu, of: tenant) != nil else {
                 throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(name): \(viommu) is not attached")
             }
             return idRegisters
@@ -178,14 +191,14 @@ public final class SimulatedSMMU: PSMMUBackend {
     ///   and accept it for an abort or bypass vSTE; the backends refuse it before asking, as the iommufd
     ///   backend does.)
     public func attachDevice(_ vdevice: VDeviceHandle, to domain: DeviceDomain) throws(BackendError) {
-        try state.withLock { s throws(BackendError) in try s.attachDevice(vdevice, to: domain, name: name) }
+        try state.withLock { s throws(BackendError) in try s.attachDevice(vdevice, to: domain, tenant: .host, name: name) }
     }
 
     /// Destroys a vdevice. A device attached through it is first put back on its nest parent (an STE
     /// write), as the iommufd backend does, so that its HWPT can then be destroyed.
     /// - Throws: `.unknownHandle`.
     public func destroyVDevice(_ vdevice: VDeviceHandle) throws(BackendError) {
-        try state.withLock { s throws(BackendError) in try s.destroyVDevice(vdevice, name: name) }
+        try state.withLock { s throws(BackendError) in try s.destroyVDevice(vdevice, tenant: .host, name: name) }
     }
 
     /// Allocates a nested HWPT on `viommu` (`IOMMU_HWPT_ALLOC` with `pt_id` = the viommu): the STE the
@@ -198,7 +211,7 @@ public final class SimulatedSMMU: PSMMUBackend {
     public func allocateNestedHWPT(viommu: ViommuHandle, hostDeviceID: UInt32, ste: StreamTableEntry,
                                    contextDescriptors: [ContextDescriptor]) throws(BackendError) -> HWPTHandle {
         try state.withLock { s throws(BackendError) in
-            try s.allocateNestedHWPT(viommu: viommu, hostDeviceID: hostDeviceID, ste: ste,
+            try s.allocateNestedHWPT(viommu: viommu, tenant: .host, hostDeviceID: hostDeviceID, ste: ste,
                                      contextDescriptors: contextDescriptors, name: name)
         }
     }
@@ -207,7 +220,7 @@ public final class SimulatedSMMU: PSMMUBackend {
     /// - Throws: `.unknownHandle` (ENOENT); `.busy` (EBUSY) while a device is attached to it (each
     ///   attachment holds a reference, so `iommufd_object_remove` refuses).
     public func destroyHWPT(_ hwpt: HWPTHandle) throws(BackendError) {
-        try state.withLock { s throws(BackendError) in try s.destroyHWPT(hwpt, name: name) }
+        try state.withLock { s throws(BackendError) in try s.destroyHWPT(hwpt, tenant: .host, name: name) }
     }
 
     // MARK: - PSMMUBackend: commands and events
@@ -223,6 +236,10 @@ public final class SimulatedSMMU: PSMMUBackend {
     /// `CERROR_ABT` (errno ENOENT: `iommufd_get_object` fails before any command is read).
     /// Armed stall gates block the call on entry, outside the model's lock.
     public func invalidate(viommu: ViommuHandle, commands: UnsafeBufferPointer<Command>) -> InvalidationResult {
+        invalidate(viommu: viommu, commands: commands, tenant: .host)
+    }
+
+    func invalidate(viommu: ViommuHandle, commands: UnsafeBufferPointer<Command>, tenant: TenantID) -> InvalidationResult {
         var gatesPassed = false
         while true {
             var stallOn: [StallGate] = []
@@ -232,7 +249,7 @@ public final class SimulatedSMMU: PSMMUBackend {
                     stallOn = s.gates.filter { $0.covers(viommu) }
                     if !stallOn.isEmpty { return nil }
                 }
-                return s.invalidate(viommu: viommu, commands: commands)
+                return s.invalidate(viommu: viommu, tenant: tenant, commands: commands)
             }
             guard let outcome else {
                 var stalled = 0
@@ -250,7 +267,7 @@ public final class SimulatedSMMU: PSMMUBackend {
 
     /// Takes the event records queued for `viommu` since the last call, oldest first, with vSIDs.
     public func takeEvents(viommu: ViommuHandle) -> [EventRecord] {
-        state.withLock { $0.takeEvents(viommu: viommu) }
+        state.withLock { $0.takeEvents(viommu: viommu, tenant: .host) }
     }
 
     public var counters: BackendCounters { state.withLock { $0.backendCounters } }
@@ -282,8 +299,14 @@ public final class SimulatedSMMU: PSMMUBackend {
     public func touch(hostDeviceID: UInt32, substreamID: SubstreamID? = nil, address: UInt64,
                       size: UInt64 = 4096, mapped: Bool = true,
                       throughATS: Bool = false) throws(BackendError) -> DMAOutcome {
+        try touch(hostDeviceID: hostDeviceID, substreamID: substreamID, address: address, size: size, mapped: mapped,
+                  throughATS: throughATS, tenant: .host)
+    }
+
+    func touch(hostDeviceID: UInt32, substreamID: SubstreamID?, address: UInt64, size: UInt64, mapped: Bool,
+               throughATS: Bool, tenant: TenantID) throws(BackendError) -> DMAOutcome {
         try state.withLock { s throws(BackendError) in
-            try s.touch(hostDeviceID: hostDeviceID, substreamID: substreamID, address: address, size: size,
+            try s.touch(hostDeviceID: hostDeviceID, of: tenant, substreamID: substreamID, address: address, size: size,
                         mapped: mapped, throughATS: throughATS, name: name)
         }
     }
@@ -294,8 +317,13 @@ public final class SimulatedSMMU: PSMMUBackend {
     /// - Throws: `.unknownHandle`; `.invalidArgument` for more CDs than the STE links.
     public func updateContextDescriptors(_ hwpt: HWPTHandle,
                                          _ contextDescriptors: [ContextDescriptor]) throws(BackendError) {
+        try updateContextDescriptors(hwpt, contextDescriptors, tenant: .host)
+    }
+
+    func updateContextDescriptors(_ hwpt: HWPTHandle, _ contextDescriptors: [ContextDescriptor],
+                                  tenant: TenantID) throws(BackendError) {
         try state.withLock { s throws(BackendError) in
-            guard var record = s.hwpts[hwpt] else {
+            guard var record = s.hwpts[hwpt], record.tenant == tenant else {
                 throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(hwpt) is not a HWPT of \(name)")
             }
             guard record.ste.translatesStage1 else { return }
@@ -314,7 +342,7 @@ public final class SimulatedSMMU: PSMMUBackend {
     public func writeContextDescriptor(_ cd: ContextDescriptor, hwpt: HWPTHandle,
                                        substreamID: SubstreamID) throws(BackendError) {
         try state.withLock { s throws(BackendError) in
-            guard var record = s.hwpts[hwpt] else {
+            guard var record = s.hwpts[hwpt], record.tenant == .host else {
                 throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(hwpt) is not a HWPT of \(name)")
             }
             guard record.ste.translatesStage1, Int(substreamID) < record.ste.contextDescriptorCount else {
@@ -353,7 +381,11 @@ public final class SimulatedSMMU: PSMMUBackend {
 
     /// The VMID of the named nest-parent S2 `hwptID`, `nil` when there is none (never named, or destroyed).
     public func vmid(ofNestParent hwptID: UInt32) -> VMID? {
-        state.withLock { $0.nestParents[.named(hwptID)]?.vmid }
+        vmid(ofNestParent: hwptID, tenant: .host)
+    }
+
+    func vmid(ofNestParent hwptID: UInt32, tenant: TenantID) -> VMID? {
+        state.withLock { $0.nestParents[.named(tenant, hwptID)]?.vmid }
     }
 
     /// vSID → pSID of `viommu`'s vdevices.
@@ -369,23 +401,27 @@ public final class SimulatedSMMU: PSMMUBackend {
 
     /// The nested HWPT `hostDeviceID` is attached to, if any.
     public func installedHWPT(hostDeviceID: UInt32) -> HWPTHandle? {
-        state.withLock { $0.deviceRecords[hostDeviceID]?.hwpt }
+        state.withLock { $0.device(hostDeviceID, of: .host)?.hwpt }
     }
 
     /// The domain `hostDeviceID` is attached to (``DeviceDomain/nestParent`` until its first attach);
     /// `nil` for a device not behind this pSMMU.
-    public func domain(hostDeviceID: UInt32) -> DeviceDomain? {
-        state.withLock { $0.deviceRecords[hostDeviceID]?.domain }
+    public func domain(hostDeviceID: UInt32) -> DeviceDomain? { domain(hostDeviceID: hostDeviceID, tenant: .host) }
+
+    func domain(hostDeviceID: UInt32, tenant: TenantID) -> DeviceDomain? {
+        state.withLock { $0.device(hostDeviceID, of: tenant)?.domain }
     }
 
     /// The vdevice of `hostDeviceID` (its first, when a kernel before 6.17 let it have several), if any.
     public func vdevice(hostDeviceID: UInt32) -> VDeviceHandle? {
-        state.withLock { $0.deviceRecords[hostDeviceID]?.vdevices.first }
+        state.withLock { $0.device(hostDeviceID, of: .host)?.vdevices.first }
     }
 
     /// The vdevices of `hostDeviceID`, in allocation order.
-    public func vdevices(hostDeviceID: UInt32) -> [VDeviceHandle] {
-        state.withLock { $0.deviceRecords[hostDeviceID]?.vdevices ?? [] }
+    public func vdevices(hostDeviceID: UInt32) -> [VDeviceHandle] { vdevices(hostDeviceID: hostDeviceID, tenant: .host) }
+
+    func vdevices(hostDeviceID: UInt32, tenant: TenantID) -> [VDeviceHandle] {
+        state.withLock { $0.device(hostDeviceID, of: tenant)?.vdevices ?? [] }
     }
 
     /// Every TLB entry tagged with `viommu`'s VMID (shared with the other viommus on its nest parent),
@@ -408,25 +444,27 @@ public final class SimulatedSMMU: PSMMUBackend {
         }
     }
 
-    /// The configuration cache, by physical StreamID.
-    public var configCache: ConfigCacheSnapshot { state.withLock { $0.config.snapshot } }
+    /// The configuration cache of ``TenantID/host``'s devices, by physical StreamID.
+    public var configCache: ConfigCacheSnapshot {
+        state.withLock { $0.spaces[.host]?.config.snapshot ?? ConfigCacheSnapshot() }
+    }
 
     /// The cached STE of `hostDeviceID`.
     public func cachedSTE(hostDeviceID: UInt32) -> StreamTableEntry? {
         guard let sid = devices[hostDeviceID] else { return nil }
-        return state.withLock { $0.config.ste(sid) }
+        return state.withLock { $0.spaces[.host]?.config.ste(sid) }
     }
 
     /// The cached CDs of `hostDeviceID`, by SubstreamID.
     public func cachedCDs(hostDeviceID: UInt32) -> [SubstreamID: ContextDescriptor] {
         guard let sid = devices[hostDeviceID] else { return [:] }
-        return state.withLock { $0.config.contextDescriptors[sid] ?? [:] }
+        return state.withLock { $0.spaces[.host]?.config.contextDescriptors[sid] ?? [:] }
     }
 
     /// The ATC entries of `hostDeviceID`, sorted by (SubstreamID, address).
     public func atcEntries(hostDeviceID: UInt32) -> [ATCEntry] {
         guard let sid = devices[hostDeviceID] else { return [] }
-        return state.withLock { $0.atc.entries(streamID: sid) }
+        return state.withLock { $0.spaces[.host]?.atc.entries(streamID: sid) ?? [] }
     }
 
     /// Event records waiting in `viommu`'s queue.

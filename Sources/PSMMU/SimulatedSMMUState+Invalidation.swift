@@ -17,11 +17,12 @@ extension SimulatedSMMUState {
     /// An unknown viommu fails the whole batch before any command is read (`iommufd_hwpt_invalidate`:
     /// `iommufd_get_object` → ENOENT), which the guest must see as `CERROR_ABT`, as
     /// `CommandQueueError(iommufdInvalidationErrno:)` maps ENOENT.
-    mutating func invalidate(viommu: ViommuHandle, commands: UnsafeBufferPointer<Command>) -> InvalidationOutcome {
+    /// A viommu of another tenant is an unknown one.
+    mutating func invalidate(viommu: ViommuHandle, tenant: TenantID, commands: UnsafeBufferPointer<Command>) -> InvalidationOutcome {
         tally.calls += 1
         tally.received += UInt64(commands.count)
         let cached = lastInvalidated.flatMap { $0.handle == viommu ? $0 : nil }
-        guard let record = cached ?? viommus[viommu] else {
+        guard let record = cached ?? viommus[viommu], record.tenant == tenant else {
             tally.failed += commands.isEmpty ? 0 : 1
             let failure = InvalidationFailure(queueError: .abort, errno: Errno.noEntry,
                                               message: "\(viommu) is not a viommu of this pSMMU")
@@ -86,7 +87,7 @@ extension SimulatedSMMUState {
                 model.illegalCommandsSkipped += 1
                 continue
             }
-            execute(physical, vmid: vmid, received: opcode.rawValue)
+            execute(physical, vmid: vmid, space: record.space, received: opcode.rawValue)
             if opcode.rawValue != runOpcode {
                 if runLength > 0 { tally.byOpcode[Int(runOpcode)] &+= runLength }
                 runOpcode = opcode.rawValue
@@ -108,7 +109,9 @@ extension SimulatedSMMUState {
     /// through reach here; TLBIs carry `vmid` (the conversion wrote it). An empty TLB holds nothing a
     /// TLBI could remove, so the address span is only decoded when there are entries.
     @inline(__always)
-    private mutating func execute(_ command: Command, vmid: VMID, received opcode: UInt8) {
+    /// ATC_INV and CFGI_CD* reach the caches of `space`, the viommu's tenant's (the pSID names a device of
+    /// that tenant).
+    private mutating func execute(_ command: Command, vmid: VMID, space: TenantSpace, received opcode: UInt8) {
         switch command.opcode {
         case .tlbiNHAll:
             guard tlb.count > 0 else { return }
@@ -128,13 +131,13 @@ extension SimulatedSMMUState {
             tally.tlbInvalidatedByOpcode[Int(opcode)] &+= UInt64(n)
         case .atcInv:
             let span = ViommuCommandConversion.atcSpan(command)
-            let n = atc.invalidate(streamID: command.streamID, substreamID: command.ssv ? command.substreamID : nil,
+            let n = space.atc.invalidate(streamID: command.streamID, substreamID: command.ssv ? command.substreamID : nil,
                                    first: span.first, last: span.last)
             model.atcEntriesInvalidated += UInt64(n)
         case .cfgiCD:
-            tally.configInvalidatedByOpcode[Int(opcode)] &+= UInt64(config.dropCD(command.streamID, command.substreamID))
+            tally.configInvalidatedByOpcode[Int(opcode)] &+= UInt64(space.config.dropCD(command.streamID, command.substreamID))
         case .cfgiCDAll:
-            tally.configInvalidatedByOpcode[Int(opcode)] &+= UInt64(config.dropCDs(command.streamID))
+            tally.configInvalidatedByOpcode[Int(opcode)] &+= UInt64(space.config.dropCDs(command.streamID))
         default:
             break
         }

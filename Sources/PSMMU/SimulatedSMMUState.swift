@@ -2,9 +2,10 @@ import SMMUv3
 
 /// The S2 (nest-parent) HWPT a viommu nests on, which owns the viommu's VMID.
 enum NestParentKey: Hashable, Sendable {
-    /// The S2 HWPT the VMM named (``ViommuAttachRequest/nestParentHWPT`` ≠ 0), shared by every viommu
-    /// that names it.
-    case named(UInt32)
+    /// The S2 HWPT the VMM named (``ViommuAttachRequest/nestParentHWPT`` ≠ 0) in its tenant's namespace
+    /// (a hwpt id is an object of the VMM's own iommufd), shared by every viommu of that tenant that
+    /// names it. Two tenants naming the same id name two S2s, with two VMIDs.
+    case named(TenantID, UInt32)
     /// No S2 named (`nestParentHWPT` = 0): a private S2 of this one viommu.
     case `private`(ViommuHandle)
 }
@@ -22,7 +23,8 @@ struct Vmaster: Hashable, Sendable {
     let virtualStreamID: StreamID
 }
 
-/// A host device behind the pSMMU.
+/// A host device behind the pSMMU, in one tenant's namespace. Kept only while it differs from a fresh
+/// device (``isPristine``): an untouched device costs nothing.
 struct DeviceRecord: Sendable {
     let streamID: StreamID
     /// Its vdevices, in allocation order: at most one from kernel 6.17 on.
@@ -34,6 +36,9 @@ struct DeviceRecord: Sendable {
     var attachedThrough: VDeviceHandle?
     /// Where its events go; `nil` on a paging (S2) domain, which clears the vmaster.
     var vmaster: Vmaster?
+
+    /// Whether it is what a device no VMM registered is: no vdevice, on its nest parent, no vmaster.
+    var isPristine: Bool { vdevices.isEmpty && domain == .nestParent && attachedThrough == nil && vmaster == nil }
 
     /// The nested HWPT its STE comes from, if it is attached to one.
     var hwpt: HWPTHandle? {
@@ -50,6 +55,9 @@ struct DeviceRecord: Sendable {
 /// ``SimulatedSMMU``'s mutex, and the state is never copied.
 final class ViommuRecord: @unchecked Sendable {
     let handle: ViommuHandle
+    /// The tenant whose namespace it lives in, and that namespace (its devices and their caches).
+    let tenant: TenantID
+    let space: TenantSpace
     /// The VMID of its nest parent (`vsmmu->vmid = s2_parent->s2_cfg.vmid` in `arm_vsmmu_init`).
     let vmid: VMID
     let nestParent: NestParentKey
@@ -62,8 +70,10 @@ final class ViommuRecord: @unchecked Sendable {
     /// Commands processed (executed or failed) since attach: the position fault injection counts.
     var processed: UInt64 = 0
 
-    init(handle: ViommuHandle, vmid: VMID, nestParent: NestParentKey) {
+    init(handle: ViommuHandle, tenant: TenantID, space: TenantSpace, vmid: VMID, nestParent: NestParentKey) {
         self.handle = handle
+        self.tenant = tenant
+        self.space = space
         self.vmid = vmid
         self.nestParent = nestParent
     }
@@ -71,6 +81,7 @@ final class ViommuRecord: @unchecked Sendable {
 
 struct VDeviceRecord: Sendable {
     let viommu: ViommuHandle
+    let tenant: TenantID
     let hostDeviceID: UInt32
     let virtualStreamID: StreamID
     let physicalStreamID: StreamID
@@ -78,6 +89,7 @@ struct VDeviceRecord: Sendable {
 
 struct HWPTRecord: Sendable {
     let viommu: ViommuHandle
+    let tenant: TenantID
     let hostDeviceID: UInt32
     /// The STE the kernel installed (after `nestingValidated()`).
     let ste: StreamTableEntry
@@ -89,7 +101,12 @@ struct HWPTRecord: Sendable {
 
 /// Everything a ``SimulatedSMMU`` holds, guarded by its one mutex.
 struct SimulatedSMMUState: Sendable {
-    var deviceRecords: [UInt32: DeviceRecord]
+    /// The host devices behind the pSMMU (host device id → physical StreamID): every tenant has all of
+    /// them, in its own namespace.
+    let deviceTemplate: [UInt32: StreamID]
+    /// The namespaces of the tenants that have a viommu (or, for ``TenantID/host``, a device record):
+    /// created at a tenant's first viommu, dropped with its last (``releaseSpaceIfUnused(_:)``).
+    var spaces: [TenantID: TenantSpace] = [:]
     var viommus: [ViommuHandle: ViommuRecord] = [:]
     /// The viommu of the last invalidation: consecutive calls for one viommu skip the dictionary's hash.
     var lastInvalidated: ViommuRecord?
@@ -100,13 +117,12 @@ struct SimulatedSMMUState: Sendable {
     /// Whether a named nest parent outlives its last viommu (until `destroyNestParent`).
     var retainsNestParents = false
     let kernelVersion: KernelVersion
-    /// iommufd-like object ids, shared by viommus, vdevices and HWPTs.
+    /// iommufd-like object ids, shared by viommus, vdevices and HWPTs: sequential for ``TenantID/host``,
+    /// random for the others (``takeObjectID(for:)``).
     var nextObjectID: UInt32 = 1
     var nextFaultID: UInt64 = 1
 
     var tlb = TLBModel()
-    var atc = ATCModel()
-    var config = ConfigCacheModel()
 
     var faults: [ArmedFault] = []
     var gates: [StallGate] = []
@@ -129,15 +145,74 @@ struct SimulatedSMMUState: Sendable {
     init(devices: [UInt32: StreamID], costModel: CostModel, eventQueueDepth: Int, kernelVersion: KernelVersion,
          atsSupported: Bool = true) {
         self.atsSupported = atsSupported
-        deviceRecords = devices.mapValues { DeviceRecord(streamID: $0) }
+        deviceTemplate = devices
         self.costModel = costModel
         self.eventQueueDepth = eventQueueDepth
         self.kernelVersion = kernelVersion
     }
 
-    mutating func takeObjectID() -> UInt32 {
-        defer { nextObjectID &+= 1 }
-        return nextObjectID
+    /// A new object id for `tenant`'s viommu, vdevice or HWPT, in use by no object of the pSMMU.
+    ///
+    /// The kernel numbers objects per iommufd (`iommufd_object_alloc`: `xa_alloc` in the ictx's
+    /// `objects` xarray, `xa_limit_31b`), so one VMM's ids say nothing of another's. The model keeps one
+    /// table for the whole pSMMU, so a tenant's ids are drawn at random from the kernel's range (1 …
+    /// 2^31 − 1) and reveal neither how many objects other tenants allocated nor which ids are theirs.
+    /// ``TenantID/host`` (tests and tools driving the model directly) keeps sequential ids from 1.
+    mutating func takeObjectID(for tenant: TenantID) -> UInt32 {
+        func isUsed(_ id: UInt32) -> Bool {
+            viommus[ViommuHandle(rawValue: id)] != nil || vdevices[VDeviceHandle(rawValue: id)] != nil
+                || hwpts[HWPTHandle(rawValue: id)] != nil
+        }
+        if tenant == .host {
+            while nextObjectID == 0 || isUsed(nextObjectID) { nextObjectID &+= 1 }
+            defer { nextObjectID &+= 1 }
+            return nextObjectID
+        }
+        var generator = SystemRandomNumberGenerator()
+        while true {
+            let id = UInt32.random(in: 1...0x7fff_ffff, using: &generator)
+            if !isUsed(id) { return id }
+        }
+    }
+
+    // MARK: - Tenants' device namespaces
+
+    /// `tenant`'s record of host device `hostDeviceID`: the one kept, or a fresh device when the pSMMU has
+    /// it and the tenant never touched it; `nil` for a device not behind this pSMMU.
+    func device(_ hostDeviceID: UInt32, of tenant: TenantID) -> DeviceRecord? {
+        if let kept = spaces[tenant]?.devices[hostDeviceID] { return kept }
+        return deviceTemplate[hostDeviceID].map { DeviceRecord(streamID: $0) }
+    }
+
+    /// Keeps `record` as `tenant`'s device `hostDeviceID`, or forgets it when it is pristine again.
+    mutating func store(_ record: DeviceRecord, _ hostDeviceID: UInt32, of tenant: TenantID) {
+        if record.isPristine {
+            spaces[tenant]?.devices.removeValue(forKey: hostDeviceID)
+        } else {
+            space(of: tenant).devices[hostDeviceID] = record
+        }
+    }
+
+    /// `tenant`'s namespace, created when it has none yet.
+    mutating func space(of tenant: TenantID) -> TenantSpace {
+        if let space = spaces[tenant] { return space }
+        let space = TenantSpace()
+        spaces[tenant] = space
+        return space
+    }
+
+    /// Drops `tenant`'s namespace once it has no viommu and no device record: a tenant costs nothing
+    /// once its last viommu is gone. (Its caches are empty by then: each of its devices went back to its
+    /// nest parent, which drops the device's cached STE, CDs and ATC.)
+    mutating func releaseSpaceIfUnused(_ tenant: TenantID) {
+        guard let space = spaces[tenant], space.viommuCount == 0, space.devices.isEmpty else { return }
+        spaces.removeValue(forKey: tenant)
+    }
+
+    /// Whether `viommu` is a viommu of `tenant` (another tenant's handle is answered as an unknown one).
+    func viommu(_ viommu: ViommuHandle, of tenant: TenantID) -> ViommuRecord? {
+        guard let record = viommus[viommu], record.tenant == tenant else { return nil }
+        return record
     }
 
     // MARK: - Viommus and their nest parents
@@ -145,40 +220,45 @@ struct SimulatedSMMUState: Sendable {
     /// `IOMMU_VIOMMU_ALLOC` on the S2 HWPT the request names. The VMID is the nest parent's
     /// (`vsmmu->vmid = s2_parent->s2_cfg.vmid` in `arm_vsmmu_init`): viommus on one S2 share it; a new S2
     /// parent takes the lowest free VMID from 1 (`ida_alloc_range(&smmu->vmid_map, 1, …)`).
-    mutating func attachViommu(_ request: ViommuAttachRequest, name: String) throws(BackendError) -> ViommuHandle {
-        guard deviceRecords[request.hostDeviceID] != nil else {
+    mutating func attachViommu(_ request: ViommuAttachRequest, tenant: TenantID, name: String) throws(BackendError) -> ViommuHandle {
+        guard deviceTemplate[request.hostDeviceID] != nil else {
             throw BackendError(.invalidArgument, errno: Errno.invalid, "device \(request.hostDeviceID) is not behind \(name)")
         }
-        let handle = ViommuHandle(rawValue: nextObjectID)
-        let key: NestParentKey = request.nestParentHWPT == 0 ? .private(handle) : .named(request.nestParentHWPT)
+        let counter = nextObjectID
+        let handle = ViommuHandle(rawValue: takeObjectID(for: tenant))
+        let key: NestParentKey = request.nestParentHWPT == 0 ? .private(handle) : .named(tenant, request.nestParentHWPT)
         var parent: NestParentRecord
         if let existing = nestParents[key] {
             parent = existing
         } else {
             guard let vmid = (1...VMID.max).first(where: { !usedVMIDs.contains($0) }) else {
+                nextObjectID = counter
                 throw BackendError(.failed, errno: Errno.noSpace, "\(name) has no free VMID")
             }
             usedVMIDs.insert(vmid)
             parent = NestParentRecord(vmid: vmid)
         }
-        _ = takeObjectID()
         parent.viommus.insert(handle)
         nestParents[key] = parent
-        viommus[handle] = ViommuRecord(handle: handle, vmid: parent.vmid, nestParent: key)
+        let space = space(of: tenant)
+        space.viommuCount += 1
+        viommus[handle] = ViommuRecord(handle: handle, tenant: tenant, space: space, vmid: parent.vmid, nestParent: key)
         viommusAttached += 1
         return handle
     }
 
     /// `IOMMU_DESTROY` of a viommu. Its nest parent's VMID is flushed and freed only when the S2 goes:
     /// a private one now; a named one when its last viommu goes, unless nest parents are retained.
-    mutating func detachViommu(_ viommu: ViommuHandle, name: String) throws(BackendError) {
-        guard let record = viommus[viommu] else {
+    mutating func detachViommu(_ viommu: ViommuHandle, tenant: TenantID, name: String) throws(BackendError) {
+        guard let record = self.viommu(viommu, of: tenant) else {
             throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(viommu) is not a viommu of \(name)")
         }
         guard record.vdevices.isEmpty, record.hwpts.isEmpty else {
             throw BackendError(.busy, errno: Errno.busy, "\(viommu) still has \(record.vdevices.count) vdevice(s) and \(record.hwpts.count) HWPT(s)")
         }
         viommus.removeValue(forKey: viommu)
+        record.space.viommuCount -= 1
+        releaseSpaceIfUnused(tenant)
         if lastInvalidated?.handle == viommu { lastInvalidated = nil }
         faults.removeAll { $0.viommu == viommu }
         gates.removeAll { $0.viommu == viommu }
@@ -189,8 +269,8 @@ struct SimulatedSMMUState: Sendable {
     }
 
     /// `IOMMU_DESTROY` of a named S2 HWPT that no viommu uses any more.
-    mutating func destroyNestParent(_ hwptID: UInt32, name: String) throws(BackendError) {
-        let key = NestParentKey.named(hwptID)
+    mutating func destroyNestParent(_ hwptID: UInt32, tenant: TenantID, name: String) throws(BackendError) {
+        let key = NestParentKey.named(tenant, hwptID)
         guard let parent = nestParents[key] else {
             throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(name) has no nest-parent HWPT \(hwptID)")
         }
@@ -217,12 +297,15 @@ struct SimulatedSMMUState: Sendable {
     /// `iommufd_vdevice_alloc_ioctl`: the viommu (ENOENT), the device (EINVAL: not behind this pSMMU),
     /// from 6.17 a device that already has a vdevice (EEXIST: `idev->vdev`), then a `virt_id` already
     /// used on the viommu (EEXIST: `xa_cmpxchg` on `viommu->vdevs`). The device stays where it is attached.
-    mutating func allocateVDevice(viommu: ViommuHandle, hostDeviceID: UInt32, virtualStreamID: StreamID,
+    ///
+    /// Devices are `tenant`'s: another tenant's vdevice of the same host device id is another device
+    /// and never conflicts (`iommufd_device_bind` gives each VMM's iommufd its own `dev_id`s).
+    mutating func allocateVDevice(viommu: ViommuHandle, tenant: TenantID, hostDeviceID: UInt32, virtualStreamID: StreamID,
                                   name: String) throws(BackendError) -> VDeviceHandle {
-        guard let record = viommus[viommu] else {
+        guard let record = self.viommu(viommu, of: tenant) else {
             throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(viommu) is not a viommu of \(name)")
         }
-        guard let device = deviceRecords[hostDeviceID] else {
+        guard var device = self.device(hostDeviceID, of: tenant) else {
             throw BackendError(.invalidArgument, errno: Errno.invalid, "device \(hostDeviceID) is not behind \(name)")
         }
         if kernelVersion.allowsOneVDevicePerDevice, let existing = device.vdevices.first {
@@ -232,12 +315,13 @@ struct SimulatedSMMUState: Sendable {
         guard record.physicalStreamIDs[virtualStreamID] == nil else {
             throw BackendError(.alreadyExists, errno: Errno.exists, "vSID \(virtualStreamID) is already used on \(viommu)")
         }
-        let handle = VDeviceHandle(rawValue: takeObjectID())
-        vdevices[handle] = VDeviceRecord(viommu: viommu, hostDeviceID: hostDeviceID,
+        let handle = VDeviceHandle(rawValue: takeObjectID(for: tenant))
+        vdevices[handle] = VDeviceRecord(viommu: viommu, tenant: tenant, hostDeviceID: hostDeviceID,
                                          virtualStreamID: virtualStreamID, physicalStreamID: device.streamID)
         record.physicalStreamIDs[virtualStreamID] = device.streamID
         record.vdevices.insert(handle)
-        deviceRecords[hostDeviceID]?.vdevices.append(handle)
+        device.vdevices.append(handle)
+        store(device, hostDeviceID, of: tenant)
         vdevicesAllocated += 1
         return handle
     }
@@ -245,19 +329,22 @@ struct SimulatedSMMUState: Sendable {
     /// Destroys a vdevice. A device attached through it goes back to its nest parent first, as the
     /// iommufd backend's `destroyVDevice` does, so that no device is left on a nested HWPT without
     /// the vdevice that gave it its vSID.
-    mutating func destroyVDevice(_ vdevice: VDeviceHandle, name: String) throws(BackendError) {
-        guard let record = vdevices[vdevice] else {
+    mutating func destroyVDevice(_ vdevice: VDeviceHandle, tenant: TenantID, name: String) throws(BackendError) {
+        guard let record = vdevices[vdevice], record.tenant == tenant else {
             throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(vdevice) is not a vdevice of \(name)")
         }
         let host = record.hostDeviceID
-        if let device = deviceRecords[host], device.attachedThrough == vdevice, device.domain != .nestParent {
-            commitAttachment(hostDeviceID: host, to: .nestParent, through: vdevice, vmaster: nil)
+        if let device = self.device(host, of: tenant), device.attachedThrough == vdevice, device.domain != .nestParent {
+            commitAttachment(hostDeviceID: host, of: tenant, to: .nestParent, through: vdevice, vmaster: nil)
         }
         vdevices.removeValue(forKey: vdevice)
         viommus[record.viommu]?.physicalStreamIDs.removeValue(forKey: record.virtualStreamID)
         viommus[record.viommu]?.vdevices.remove(vdevice)
-        deviceRecords[host]?.vdevices.removeAll { $0 == vdevice }
-        if deviceRecords[host]?.attachedThrough == vdevice { deviceRecords[host]?.attachedThrough = nil }
+        if var device = self.device(host, of: tenant) {
+            device.vdevices.removeAll { $0 == vdevice }
+            if device.attachedThrough == vdevice { device.attachedThrough = nil }
+            store(device, host, of: tenant)
+        }
     }
 
     // MARK: - Attachment
@@ -265,14 +352,14 @@ struct SimulatedSMMUState: Sendable {
     /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` → `iommufd_device_replace`: checks everything, then switches the
     /// device's STE in one step (make-before-break: the device is never without a domain, and a refused
     /// attach changes nothing).
-    mutating func attachDevice(_ vdevice: VDeviceHandle, to domain: DeviceDomain, name: String) throws(BackendError) {
-        guard let record = vdevices[vdevice], let device = deviceRecords[record.hostDeviceID] else {
+    mutating func attachDevice(_ vdevice: VDeviceHandle, to domain: DeviceDomain, tenant: TenantID, name: String) throws(BackendError) {
+        guard let record = vdevices[vdevice], record.tenant == tenant, let device = self.device(record.hostDeviceID, of: tenant) else {
             throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(vdevice) is not a vdevice of \(name)")
         }
         let vmaster: Vmaster?
         switch domain {
         case .nested(let hwpt):
-            guard let target = hwpts[hwpt] else {
+            guard let target = hwpts[hwpt], target.tenant == tenant else {
                 // `iommufd_device_change_pt`: `iommufd_get_object` of an unknown pt_id.
                 throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(hwpt) is not a HWPT of \(name)")
             }
@@ -295,7 +382,7 @@ struct SimulatedSMMUState: Sendable {
             if case .nested = domain { return }
             if sameViommu { return }
         }
-        commitAttachment(hostDeviceID: record.hostDeviceID, to: domain, through: vdevice, vmaster: vmaster)
+        commitAttachment(hostDeviceID: record.hostDeviceID, of: tenant, to: domain, through: vdevice, vmaster: vmaster)
     }
 
     /// The vmaster `arm_vsmmu_attach_prepare` finds for `device` on `viommu`: the vSID of its vdevice
@@ -310,20 +397,21 @@ struct SimulatedSMMUState: Sendable {
     /// ends with a CFGI_STE of the pSID, which drops the cached STE and CDs; `arm_smmu_attach_commit`
     /// then invalidates the device's whole ATC when ATS was on (the translation changed, or ATS went off),
     /// and when ATS was off the ATC holds nothing.
-    private mutating func commitAttachment(hostDeviceID: UInt32, to domain: DeviceDomain,
+    private mutating func commitAttachment(hostDeviceID: UInt32, of tenant: TenantID, to domain: DeviceDomain,
                                            through vdevice: VDeviceHandle, vmaster: Vmaster?) {
-        guard var device = deviceRecords[hostDeviceID] else { return }
+        guard var device = self.device(hostDeviceID, of: tenant) else { return }
         if let old = device.hwpt { hwpts[old]?.attachedDevices.remove(hostDeviceID) }
         if case .nested(let new) = domain { hwpts[new]?.attachedDevices.insert(hostDeviceID) }
         device.domain = domain
         device.attachedThrough = vdevice
         device.vmaster = vmaster
-        deviceRecords[hostDeviceID] = device
+        store(device, hostDeviceID, of: tenant)
         model.steWrites += 1
-        let dropped = config.dropStream(device.streamID)
+        guard let space = spaces[tenant] else { return }
+        let dropped = space.config.dropStream(device.streamID)
         model.configEntriesDroppedOnSTEChange += UInt64(dropped.stes + dropped.cds)
-        model.atcEntriesDroppedOnAttach += UInt64(atc.invalidate(streamID: device.streamID, substreamID: nil,
-                                                                 first: 0, last: .max))
+        model.atcEntriesDroppedOnAttach += UInt64(space.atc.invalidate(streamID: device.streamID, substreamID: nil,
+                                                                       first: 0, last: .max))
     }
 
     // MARK: - Nested HWPTs
@@ -331,13 +419,13 @@ struct SimulatedSMMUState: Sendable {
     /// `iommufd_hwpt_alloc` with `pt_id` = a viommu: `iommufd_get_object(…, IOMMUFD_OBJ_ANY)` failing is
     /// `-EINVAL` (not ENOENT), as is a device behind another pSMMU; the vSTE goes through
     /// `arm_smmu_validate_vste` (EIO). Allocating installs nothing: only an attach does.
-    mutating func allocateNestedHWPT(viommu: ViommuHandle, hostDeviceID: UInt32, ste: StreamTableEntry,
+    mutating func allocateNestedHWPT(viommu: ViommuHandle, tenant: TenantID, hostDeviceID: UInt32, ste: StreamTableEntry,
                                      contextDescriptors: [ContextDescriptor],
                                      name: String) throws(BackendError) -> HWPTHandle {
-        guard viommus[viommu] != nil else {
+        guard self.viommu(viommu, of: tenant) != nil else {
             throw BackendError(.invalidArgument, errno: Errno.invalid, "pt_id \(viommu.rawValue) is not a viommu of \(name)")
         }
-        guard deviceRecords[hostDeviceID] != nil else {
+        guard deviceTemplate[hostDeviceID] != nil else {
             throw BackendError(.invalidArgument, errno: Errno.invalid, "device \(hostDeviceID) is not behind \(name)")
         }
         let installed: StreamTableEntry
@@ -350,8 +438,8 @@ struct SimulatedSMMUState: Sendable {
             throw BackendError(.invalidArgument, errno: Errno.invalid,
                                "\(contextDescriptors.count) CDs given for an STE that links \(installed.contextDescriptorCount)")
         }
-        let handle = HWPTHandle(rawValue: takeObjectID())
-        hwpts[handle] = HWPTRecord(viommu: viommu, hostDeviceID: hostDeviceID, ste: installed,
+        let handle = HWPTHandle(rawValue: takeObjectID(for: tenant))
+        hwpts[handle] = HWPTRecord(viommu: viommu, tenant: tenant, hostDeviceID: hostDeviceID, ste: installed,
                                    contextDescriptors: installed.translatesStage1 ? contextDescriptors : [])
         viommus[viommu]?.hwpts.insert(handle)
         hwptsAllocated += 1
@@ -360,8 +448,8 @@ struct SimulatedSMMUState: Sendable {
 
     /// `IOMMU_DESTROY` of a nested HWPT: EBUSY while a device is attached to it (each attachment holds
     /// a reference, `iommufd_hw_pagetable_attach`, so `iommufd_object_remove` refuses).
-    mutating func destroyHWPT(_ hwpt: HWPTHandle, name: String) throws(BackendError) {
-        guard let record = hwpts[hwpt] else {
+    mutating func destroyHWPT(_ hwpt: HWPTHandle, tenant: TenantID, name: String) throws(BackendError) {
+        guard let record = hwpts[hwpt], record.tenant == tenant else {
             throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(hwpt) is not a HWPT of \(name)")
         }
         guard record.attachedDevices.isEmpty else {
@@ -377,8 +465,8 @@ struct SimulatedSMMUState: Sendable {
     /// Delivers `record` (physical StreamID) as the kernel would: only a type
     /// ``ViommuEventForwarding`` forwards, only to the device's vmaster, vSID substituted; a full
     /// queue loses it.
-    mutating func report(_ record: EventRecord, hostDeviceID: UInt32) {
-        guard ViommuEventForwarding.isForwarded(record), let vmaster = deviceRecords[hostDeviceID]?.vmaster,
+    mutating func report(_ record: EventRecord, hostDeviceID: UInt32, of tenant: TenantID) {
+        guard ViommuEventForwarding.isForwarded(record), let vmaster = spaces[tenant]?.devices[hostDeviceID]?.vmaster,
               let owner = viommus[vmaster.viommu] else {
             model.eventsNotForwarded += 1
             return
@@ -393,8 +481,8 @@ struct SimulatedSMMUState: Sendable {
         eventsReported += 1
     }
 
-    mutating func takeEvents(viommu: ViommuHandle) -> [EventRecord] {
-        guard let events = viommus[viommu]?.events, !events.isEmpty else { return [] }
+    mutating func takeEvents(viommu: ViommuHandle, tenant: TenantID) -> [EventRecord] {
+        guard let events = self.viommu(viommu, of: tenant)?.events, !events.isEmpty else { return [] }
         viommus[viommu]?.events = []
         return events
     }

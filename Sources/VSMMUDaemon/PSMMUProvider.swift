@@ -30,6 +30,12 @@ public enum PSMMUProvider: Sendable {
         }
     }
 
+    /// Whether the pSMMU is simulated (its host devices need no VFIO descriptor).
+    var isSimulated: Bool {
+        if case .simulated = self { return true }
+        return false
+    }
+
     /// The embedded default: two simulated pSMMUs, `smmu0` with host devices 0…63 and `smmu1` with
     /// host devices 64…127 (physical StreamIDs equal to the host device ids), free cost model.
     public static func embeddedDefault(devicesPerPSMMU: Int = 64) -> [PSMMUProvider] {
@@ -44,12 +50,16 @@ public enum PSMMUProvider: Sendable {
 extension PSMMUProvider {
     /// The backend an ATTACH_VIOMMU attaches to, given the fd that came with it (owned by this call:
     /// closed or adopted).
+    ///
+    /// A simulated pSMMU answers with `tenant`'s view (``SimulatedSMMU/tenant(_:)``): the vSMMU's host
+    /// devices, nest parents and object ids live in its tenant's namespace, as a real host's live in the
+    /// VMM's own iommufd. An iommufd pSMMU needs no tenant: the VMM's iommufd is the namespace.
     /// - Throws: `BAD_FILE_DESCRIPTOR` (detail 1) for an iommufd pSMMU without an fd.
-    func backend(for fd: Int32?, type: MessageType) throws(ProtocolError) -> any PSMMUBackend {
+    func backend(for fd: Int32?, type: MessageType, tenant: UInt64) throws(ProtocolError) -> any PSMMUBackend {
         switch self {
         case .simulated(let smmu):
             if let fd { _ = try? FileDescriptor(rawValue: fd).close() }
-            return smmu
+            return smmu.tenant(TenantID(rawValue: tenant))
         case .iommufd(let name, let adoption):
             guard let fd else {
                 throw .badFileDescriptor(.missing, type: type,

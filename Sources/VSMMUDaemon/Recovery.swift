@@ -168,7 +168,7 @@ extension VSMMUServer {
         let waiting: Bool
         if awaited.isComplete {
             do throws(EngineRestoreError) {
-                engine = try restoredEngine(awaited)
+                engine = try restoredEngine(awaited, tenant: record.tenant)
             } catch {
                 // The descriptors were consumed; their objects are gone: out of the fd store too.
                 for name in claimed { configuration.fileDescriptorStore?.remove(name: name) }
@@ -213,7 +213,7 @@ extension VSMMUServer {
     /// its snapshot, each iommufd viommu on a new ``IOMMUFDBackend`` adopting its iommufd and re-adopting
     /// its objects by id (`IOMMUFDBackend.restoreViommu` checks every id first), each simulated one
     /// re-created. Every descriptor in `awaited` is consumed.
-    func restoredEngine(_ awaited: ServedVSMMU.AwaitedDescriptors) throws(EngineRestoreError) -> VSMMUEngine {
+    func restoredEngine(_ awaited: ServedVSMMU.AwaitedDescriptors, tenant: UInt64) throws(EngineRestoreError) -> VSMMUEngine {
         var iommufds = awaited.iommufds
         defer { for fd in iommufds.values { _ = Glibc.close(fd) } }
         let providers = self.providers
@@ -221,7 +221,7 @@ extension VSMMUServer {
             awaited.snapshot, configuration: configuration.engine,
             backends: { viommu -> (any PSMMUBackend)? in
                 switch providers[viommu.pSMMU] {
-                case .simulated(let smmu): return smmu
+                case .simulated(let smmu): return smmu.tenant(TenantID(rawValue: tenant))
                 case .iommufd(let name, let adoption):
                     guard let fd = iommufds.removeValue(forKey: viommu.index) else { return nil }
                     return IOMMUFDBackend(name: name, device: adoption.adopt(FileDescriptor(rawValue: fd)))

@@ -66,9 +66,12 @@ extension VSMMUServer {
                                          "another CREATE_VSMMU (another request id or payload) already used this create key")
                 }
                 let id = Self.unusedRandomID(among: s.vsmmus)
+                // The creating connection's tenant (PROTOCOL.md §3.3: host devices are per tenant).
+                let tenant = s.connections[connection.id]?.tenant ?? Self.newTenant()
+                s.connections[connection.id]?.tenant = tenant
                 let served = ServedVSMMU(id: id, name: create.name, owner: connection.id,
                                          ownerCredentials: connection.credentials,
-                                         engine: VSMMUEngine(configuration: configuration.engine), token: token,
+                                         engine: VSMMUEngine(configuration: configuration.engine), tenant: tenant, token: token,
                                          createKey: create.createKey,
                                          fileDescriptorStore: configuration.fileDescriptorStore)
                 s.vsmmus[id] = served
@@ -97,7 +100,7 @@ extension VSMMUServer {
             var storeCopy: Int32?
             if case .iommufd = provider, let fd { storeCopy = dup(fd) }
             defer { if let storeCopy { _ = Glibc.close(storeCopy) } }
-            let backend = try provider.backend(for: fd, type: type)
+            let backend = try provider.backend(for: fd, type: type, tenant: served.tenant)
             let index: ViommuIndex
             do throws(EngineError) {
                 index = try served.engine.attachViommu(
@@ -150,23 +153,36 @@ extension VSMMUServer {
                               on: served, fileDescriptor: &fileDescriptor, type: type) {
                 return .setDeviceID
             }
-            // A host device that a peer which already hung up still holds is free by the time this is
-            // served (PROTOCOL.md §3.3): a quick VMM restart never sees a ghost.
-            awaitTeardownOfHungUpPeers(except: connection.id)
             let pSMMU = served.engine.viommuStatistics.first { $0.index == index }?.pSMMU
             if let pSMMU, case .iommufd = providers[pSMMU], fileDescriptor == nil {
                 throw .badFileDescriptor(.missing, type: type,
                                          message: "viommu \(index.rawValue) is on the iommufd pSMMU \(pSMMU): SET_DEV_ID must pass the device's VFIO cdev (protocol version 2), through which the daemon attaches the device")
             }
-            let fd = fileDescriptor
+            let simulated = pSMMU.flatMap { providers[$0] }?.isSimulated ?? false
+            var fd = fileDescriptor
             fileDescriptor = nil
             // The fd store gets its own duplicate of an iommufd device's cdev once it is registered.
             var storeCopy: Int32?
             if let pSMMU, case .iommufd = providers[pSMMU], let fd { storeCopy = dup(fd) }
             defer { if let storeCopy { _ = Glibc.close(storeCopy) } }
+            if simulated, let unneeded = fd {
+                // A simulated pSMMU attaches by host device id: the cdev is not needed (and a retry needs none).
+                _ = close(unneeded)
+                fd = nil
+            }
             do throws(EngineError) {
-                try served.engine.setDeviceID(viommu: index, device: HostDevice(id: registration.hostDeviceID, vfioDevice: fd),
-                                              streamID: registration.streamID)
+                do throws(EngineError) {
+                    try served.engine.setDeviceID(viommu: index, device: HostDevice(id: registration.hostDeviceID, vfioDevice: fd),
+                                                  streamID: registration.streamID)
+                } catch {
+                    // The device is held by another vSMMU of this tenant. When that one's owner has gone and
+                    // its teardown is under way, wait for it and retry once (PROTOCOL.md §3.3: a quick VMM
+                    // restart never sees a ghost). Nothing is waited for in the common case.
+                    guard simulated, case .backend(let backendError) = error, backendError.kind == .alreadyExists,
+                          awaitTeardownOfGoneOwners(colliding: served) else { throw error }
+                    try served.engine.setDeviceID(viommu: index, device: HostDevice(id: registration.hostDeviceID),
+                                                  streamID: registration.streamID)
+                }
             } catch {
                 // The fd is not a VFIO cdev bound to the VMM's iommufd, behind this viommu's pSMMU.
                 if case .backend(let backendError) = error, backendError.kind == .unusableDescriptor {
@@ -248,9 +264,10 @@ extension VSMMUServer {
 
         case .resumeVSMMU(let request):
             // The VMM's iommufd handed back with RESUME: taken by an iommufd vSMMU that awaits it (PROTOCOL.md
-            // §5.14); closed by the caller otherwise.
+            // §5.14); closed by the caller otherwise. The connection joins the vSMMU's tenant.
             let outcome = try resume(request.vsmmu, token: request.resumeToken.bytes, connection: connection, type: type,
                                      iommufd: &fileDescriptor)
+            join(tenantOf: outcome.vsmmu, connection: connection.id)
             return .resumeVSMMU(VSMMUResumed(vsmmu: outcome.vsmmu, viommuCount: outcome.viommuCount,
                                              deviceCount: outcome.deviceCount, lastRequestID: outcome.lastRequestID))
 

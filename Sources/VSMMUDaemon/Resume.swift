@@ -130,6 +130,7 @@ extension VSMMUServer {
             return o.connection
         }
         guard let previous else { return nil }
+        join(tenantOf: served.id, connection: connection.id)
         do throws(ProtocolError) { try journal(served, type: .createVSMMU) } catch {
             return error.replyFrame(requestID: header.requestID)
         }
@@ -309,7 +310,7 @@ extension VSMMUServer {
             return w
         }) else { return }
         let engine: VSMMUEngine
-        do throws(EngineRestoreError) { engine = try restoredEngine(ready) } catch {
+        do throws(EngineRestoreError) { engine = try restoredEngine(ready, tenant: served.tenant) } catch {
             served.awaited.withLock { a in
                 a?.iommufds = [:]
                 a?.vfioDevices = [:]

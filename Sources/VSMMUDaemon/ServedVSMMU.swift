@@ -96,7 +96,9 @@ final class ServedVSMMU: Sendable {
     let statistics = Locked(Statistics())
     /// The owner's uid when it was created (kept in the journal; a resume must come from the same uid).
     let ownerUserID: UInt32
-    /// The tenant whose namespace its simulated host devices live in.
+    /// The tenant whose namespace its simulated host devices live in: the connection that created it
+    /// (``VSMMUServer/tenant(of:)``), kept across resumes and restarts (journaled). Never 0 (the
+    /// simulated pSMMU's own namespace, ``TenantID/host``).
     let tenant: UInt64
     /// The resume token (`nil`: created on protocol version 1-2, cannot be resumed).
     let token: ResumeToken?
@@ -118,7 +120,8 @@ final class ServedVSMMU: Sendable {
         engineSlot = Locked(engine)
         self.fileDescriptorStore = fileDescriptorStore
         self.ownerUserID = ownerUserID ?? ownerCredentials?.userID ?? 0
-        self.tenant = tenant
+        // 0: a tenant of its own (a journal record written before tenants were kept).
+        self.tenant = tenant != 0 ? tenant : VSMMUServer.newTenant()
         self.token = token
         self.createKey = createKey
         ownership = Locked(Ownership(connection: owner, credentials: ownerCredentials))

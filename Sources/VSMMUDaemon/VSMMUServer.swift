@@ -147,6 +147,9 @@ public final class VSMMUServer: Sendable {
         var thread: OSThread?
         /// The peer's uid (`SO_PEERCRED`), which ``Configuration/connectionLimits`` counts by.
         var userID: UInt32?
+        /// The tenant its new vSMMUs go to: drawn at its first CREATE_VSMMU, or that of the first vSMMU it
+        /// resumed (``tenant(of:)``, ``join(tenantOf:connection:)``).
+        var tenant: UInt64?
     }
 
     struct State: Sendable {
@@ -521,27 +524,72 @@ public final class VSMMUServer: Sendable {
         close(fd)
     }
 
-    /// Waits until every other connection whose peer has already closed its socket (POLLRDHUP/POLLHUP)
-    /// has been torn down, so that what it held (host devices in the simulated pSMMUs) is free before a
-    /// request that could collide with it is served. Such a connection's thread has the end of stream
-    /// ready to read and tears down at once; the wait is bounded (5 s) against a teardown stuck in a
-    /// stalled backend, after which the request goes on and meets the collision as before.
-    func awaitTeardownOfHungUpPeers(except id: UInt64) {
-        let peers = state.withLock { s in s.connections.compactMap { $0.key == id ? nil : ($0.key, $0.value.fd) } }
-        var hungUp: [UInt64] = []
-        for (peer, fd) in peers {
-            // An fd closed and reused since the snapshot only makes this look at an unrelated live socket.
-            // POLLRDHUP (Linux's <bits/poll.h>, 0x2000) is behind _GNU_SOURCE, which Glibc's module lacks.
-            let peerClosed: Int16 = 0x2000
-            var p = pollfd(fd: fd, events: peerClosed, revents: 0)
-            if poll(&p, 1, 0) > 0, p.revents & (peerClosed | Int16(POLLHUP)) != 0 { hungUp.append(peer) }
+    // MARK: Tenants
+
+    /// A new tenant: a uniformly random non-zero u64 (from getrandom(2)). Random rather than a counter so
+    /// that a tenant journaled by an earlier process never meets a new connection's (connection ids start
+    /// at 1 again after a restart); with at most thousands of live tenants among 2^64 − 1 a draw collides
+    /// with probability < 10^-12.
+    static func newTenant() -> UInt64 {
+        var generator = SystemRandomNumberGenerator()
+        return UInt64.random(in: 1...UInt64.max, using: &generator)
+    }
+
+    /// The tenant of `connection`'s new vSMMUs: the one it has, or a new one from now on. The tenant is the
+    /// identity that creates vSMMUs: a VMM's connection, and whichever connection later resumes them.
+    func tenant(of connection: UInt64) -> UInt64 {
+        state.withLock { s in
+            if let tenant = s.connections[connection]?.tenant { return tenant }
+            let tenant = Self.newTenant()
+            s.connections[connection]?.tenant = tenant
+            return tenant
         }
-        guard !hungUp.isEmpty else { return }
+    }
+
+    /// RESUME_VSMMU: a connection with no tenant yet joins the tenant of the vSMMU it resumed, so that a VMM
+    /// that reconnects and resumes its vSMMUs, then creates more, keeps them all in one device namespace.
+    /// A connection that already has a tenant keeps it (a resumed vSMMU keeps its own tenant in any case:
+    /// its registrations live there).
+    func join(tenantOf vsmmu: VSMMUID, connection: UInt64) {
+        state.withLock { s in
+            guard let tenant = s.vsmmus[vsmmu]?.tenant, s.connections[connection] != nil,
+                  s.connections[connection]?.tenant == nil else { return }
+            s.connections[connection]?.tenant = tenant
+        }
+    }
+
+    // MARK: Synchronous teardown
+
+    /// After a SET_DEV_ID that met an existing registration of its host device (EEXIST in the pSMMU):
+    /// waits until every other vSMMU of `served`'s tenant whose owner has gone — its connection is tearing
+    /// it down, or its peer has already closed the socket (POLLRDHUP/POLLHUP) and its thread is about to —
+    /// has been torn down, so that the caller's one retry finds the device free (PROTOCOL.md §3.3: a
+    /// quick VMM restart never sees a ghost).
+    ///
+    /// Costs nothing unless a registration collides: no peer's socket is looked at before. A collision
+    /// can only be within a tenant (the simulated pSMMUs scope host devices per tenant), so only the
+    /// tenant's vSMMUs are looked at. Bounded (5 s) against a teardown stuck in a stalled backend.
+    /// - Returns: whether there was such a vSMMU (so that a retry may succeed).
+    func awaitTeardownOfGoneOwners(colliding served: ServedVSMMU) -> Bool {
+        // POLLRDHUP (Linux's <bits/poll.h>, 0x2000) is behind _GNU_SOURCE, which Glibc's module lacks.
+        let peerClosed: Int16 = 0x2000
+        let gone: [VSMMUID] = state.withLock { s in
+            s.vsmmus.values.compactMap { other -> VSMMUID? in
+                guard other.id != served.id, other.tenant == served.tenant else { return nil }
+                let owner = other.owner
+                if owner == UInt64.max { return other.id } // its connection is tearing it down
+                // Polled under the lock: a connection's fd is closed under it too, so it is never a reused one.
+                guard owner != 0, let fd = s.connections[owner]?.fd else { return nil }
+                var p = pollfd(fd: fd, events: peerClosed, revents: 0)
+                return poll(&p, 1, 0) > 0 && p.revents & (peerClosed | Int16(POLLHUP)) != 0 ? other.id : nil
+            }
+        }
+        guard !gone.isEmpty else { return false }
         let deadline = POSIX.monotonicNanoseconds() &+ 5_000_000_000
-        while state.withLock({ s in hungUp.contains { s.connections[$0] != nil } }),
-              POSIX.monotonicNanoseconds() < deadline {
+        while state.withLock({ s in gone.contains { s.vsmmus[$0] != nil } }), POSIX.monotonicNanoseconds() < deadline {
             usleep(200)
         }
+        return true
     }
 
     /// A connection's thread ends: tear down its vSMMUs, forget it, close its socket.

@@ -165,13 +165,20 @@ struct Registrations: Equatable, CustomStringConvertible {
         // New vSMMUs get new ids: the journaled ones are not reused.
         let fresh = try admin.createVSMMU(name: "new")
         #expect(fresh != vsmmu)
-        // The simulated pSMMUs of the new process hold the rebuilt registrations: host device 17 is taken.
-        let taken = try admin.createVSMMU(name: "probe")
-        _ = try admin.attachViommu(vsmmu: taken, pSMMU: "smmu1", hostDeviceID: 16)
-        let conflict = refusal("SET_DEV_ID of a host device a rebuilt vSMMU holds") {
-            try admin.setDeviceID(vsmmu: taken, viommu: 0, hostDeviceID: 17, streamID: 0x50)
+        // The simulated pSMMUs of the new process hold the rebuilt registrations in the vSMMU's tenant: for
+        // a connection that resumed it (and so joined its tenant), host device 17 is taken.
+        let token = try #require(client.resumeTokens[vsmmu])
+        let owner = try second.client()
+        _ = try owner.resumeVSMMU(vsmmu, token: token)
+        let taken = try owner.createVSMMU(name: "probe")
+        _ = try owner.attachViommu(vsmmu: taken, pSMMU: "smmu1", hostDeviceID: 16)
+        let conflict = refusal("SET_DEV_ID of a host device a rebuilt vSMMU of the same tenant holds") {
+            try owner.setDeviceID(vsmmu: taken, viommu: 0, hostDeviceID: 17, streamID: 0x50)
         }
-        #expect(conflict != nil)
+        #expect(conflict?.code == .backendFailure && conflict?.detail == UInt32(EEXIST), "\(String(describing: conflict))")
+        // Another tenant (admin's connection, which created its own vSMMU) has a namespace of its own.
+        _ = try admin.attachViommu(vsmmu: fresh, pSMMU: "smmu1", hostDeviceID: 16)
+        try admin.setDeviceID(vsmmu: fresh, viommu: 0, hostDeviceID: 17, streamID: 0x50)
     }
 
     @Test func aVSMMUThatCannotBeRebuiltIsDroppedAndLoggedAndTheOthersComeBack() throws {
