@@ -302,8 +302,8 @@ extension VSMMU {
             if op &- 0x11 < 2 {  // TLBI_NH_ASID, TLBI_NH_VA
                 // The run of them starting here goes through a tight loop; it stops before a command
                 // that reaches a viommu its ASID is retiring from, which the code below handles.
-                let end = asidIndex.masks.withUnsafeBufferPointer { masks in
-                    Self.routeASIDRun(batch, from: index, masks: masks, all: all, cursor: &cursor,
+                let end = asidIndex.withTargetTable { table in
+                    Self.routeASIDRun(batch, from: index, table: table, all: all, cursor: &cursor,
                                       asidRouted: &asidRouted, asidWithoutTarget: &asidWithoutTarget)
                 }
                 if end > index {
@@ -336,7 +336,7 @@ extension VSMMU {
                 counters.broadcast &+= 1
                 let forwarded = op == 0x28 ? Command.tlbiNHAll(vmid: command.vmid) : command
                 cursor.deliver(forwarded, toEvery: all, from: index)
-                if op != 0x13 && !asidIndex.retiringList.isEmpty {
+                if op != 0x13 && asidIndex.hasRetiringASIDs {
                     counters.retirementsEnded &+= asidIndex.invalidatedAll(on: ViommuSet(mask: all))
                 }
             case 0x40, 0x05, 0x06:  // ATC_INV, CFGI_CD, CFGI_CD_ALL
@@ -385,18 +385,16 @@ extension VSMMU {
     /// registers.
     @inline(__always)
     private static func routeASIDRun(_ batch: UnsafeBufferPointer<Command>, from start: Int,
-                                     masks: UnsafeBufferPointer<UInt64>, all: UInt64, cursor: inout RoutedBatch.Cursor,
+                                     table: ASIDIndex.TargetTable, all: UInt64, cursor: inout RoutedBatch.Cursor,
                                      asidRouted: inout UInt64, asidWithoutTarget: inout UInt64) -> Int {
         var index = start
         let n = batch.count
-        // `masks` has an entry pair for every 16-bit ASID: no index below can be out of bounds.
-        guard masks.count >= 2 << 16, let masks = masks.baseAddress else { return start }
+        // `table` has a mask pair for every 16-bit ASID: no lookup below can be out of bounds.
         while index < n {
             let command = batch[index]
             guard command.opcode.rawValue &- 0x11 < 2 else { break }
-            let asid = Int(command.asid)
-            let targets = masks[2 &* asid] & all
-            if targets & ~masks[2 &* asid &+ 1] != 0 { break }  // retiring somewhere
+            let (targets, retiring) = table.route(command.asid, within: all)
+            if retiring { break }  // retiring from some of its targets
             if targets == 0 {
                 asidWithoutTarget &+= 1
             } else {

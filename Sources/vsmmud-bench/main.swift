@@ -3,6 +3,7 @@
 //   swift run -c release vsmmud-bench [router|ring|e2e|all]   (all = router + ring; e2e runs alone)
 //   vsmmud-bench e2e [REQUEST-POLL-US]  (the daemon's request polling window, default the daemon's 30; 0: off)
 //   vsmmud-bench e2e-one daemon|echo CLIENTS BATCH SECONDS  (one cell alone, for strace/perf/callgrind)
+//   vsmmud-bench scale [VSMMUD]  (the real daemon with 256 vSMMUs x 4 viommus x 64 devices: RSS, threads, fds)
 
 import VSMMUDaemon
 
@@ -14,9 +15,10 @@ case "e2e":
     let poll = CommandLine.arguments.dropFirst(2).first.flatMap { Int($0) } ?? VSMMUServer.Configuration.defaultRequestPollMicroseconds
     runEndToEndBenchmark(requestPollMicroseconds: max(0, poll))
 case "e2e-one": runEndToEndProfile(Array(CommandLine.arguments.dropFirst(2)))
+case "scale": runScaleBenchmark(Array(CommandLine.arguments.dropFirst(2)))
 case "all":
     runRouterBenchmark()
     runRingBenchmark()
 default:
-    print("usage: vsmmud-bench [router|ring|e2e|all]  (all = router + ring; e2e runs alone)")
+    print("usage: vsmmud-bench [router|ring|e2e|e2e-one|scale|all]  (all = router + ring; e2e and scale run alone)")
 }
