@@ -10,15 +10,9 @@ import Glibc
 #endif
 
 extension ResumeToken {
-    /// A new token from the kernel's CSPRNG: the standard library's `SystemRandomNumberGenerator`, which on
-    /// Linux is `getrandom(2)` (blocking until the pool is seeded; it traps rather than return weak bytes).
+    /// A new token from the kernel's CSPRNG (`randomSecretBytes`).
     static func random() throws(SystemCallError) -> ResumeToken {
-        var generator = SystemRandomNumberGenerator()
-        var bytes: [UInt8] = []
-        for _ in 0..<(byteCount / 8) {
-            withUnsafeBytes(of: generator.next() as UInt64) { bytes.append(contentsOf: $0) }
-        }
-        guard let token = ResumeToken(bytes: bytes) else { throw SystemCallError("getrandom", errno: EIO) }
+        guard let token = ResumeToken(bytes: randomSecretBytes()) else { throw SystemCallError("getrandom", errno: EIO) }
         return token
     }
 }

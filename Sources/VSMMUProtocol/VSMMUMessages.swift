@@ -42,6 +42,17 @@ extension CreateVSMMU: PayloadCoding {
     }
 }
 
+/// 16 bytes (a resume token's or a create key's size) from the system's CSPRNG: the standard library's
+/// `SystemRandomNumberGenerator`, which on Linux is getrandom(2), blocking until the pool is seeded (it
+/// traps rather than return weak bytes).
+public func randomSecretBytes() -> [UInt8] {
+    var generator = SystemRandomNumberGenerator()
+    var bytes: [UInt8] = []
+    bytes.reserveCapacity(ResumeToken.byteCount)
+    for _ in 0..<(ResumeToken.byteCount / 8) { withUnsafeBytes(of: generator.next() as UInt64) { bytes.append(contentsOf: $0) } }
+    return bytes
+}
+
 /// Compares two byte strings of public length in time independent of where they differ (every byte is
 /// compared; only a length mismatch, which is public, returns early).
 func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
@@ -67,14 +78,8 @@ public struct CreateKey: Hashable, Sendable, CustomStringConvertible {
         self.bytes = bytes
     }
 
-    /// A new key from the system's CSPRNG (`SystemRandomNumberGenerator`: getrandom(2) on Linux).
-    public static func random() -> CreateKey {
-        var generator = SystemRandomNumberGenerator()
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(byteCount)
-        for _ in 0..<(byteCount / 8) { withUnsafeBytes(of: generator.next() as UInt64) { bytes.append(contentsOf: $0) } }
-        return CreateKey(unchecked: bytes)
-    }
+    /// A new key from the system's CSPRNG (``randomSecretBytes()``).
+    public static func random() -> CreateKey { CreateKey(unchecked: randomSecretBytes()) }
 
     private init(unchecked bytes: [UInt8]) { self.bytes = bytes }
 

@@ -221,46 +221,22 @@ final class ReplyDroppingRelay: @unchecked Sendable {
     /// it under a new id, the restored registration would refuse it (`ALREADY_EXISTS`, StreamID).
     @Test(.enabled(if: enabled, "vsmmud was not built beside the tests"))
     func aControlRequestWhoseReplyDiedWithTheDaemonIsAnsweredFromTheJournalNotAppliedTwice() throws {
-        let daemonSocket = uniqueSocketPath("replayd")
-        let directory = temporaryStateDirectory()
-        defer { removeStateDirectory(directory) }
-        let restart = KillNineRestartTests()
-        let first = try restart.startDaemon(socket: daemonSocket, stateDirectory: directory)
-        defer { if first.isRunning { kill(first.processIdentifier, SIGKILL) } }
-        let relay = try ReplyDroppingRelay(path: uniqueSocketPath("replayr"), upstream: daemonSocket)
-        defer { relay.close() }
-
-        let client = try VSMMUClient(socketPath: relay.path, reconnect: KillNineRestartTests.reconnect)
-        try client.hello(name: "replay")
+        let rig = try LostReplyRig("replay")
+        let client = rig.client
         let vsmmu = try client.createVSMMU(name: "replay")
         _ = try client.attachViommu(vsmmu: vsmmu, pSMMU: "smmu0", hostDeviceID: 0)
         try client.setDeviceID(vsmmu: vsmmu, viommu: 0, hostDeviceID: 0, streamID: 0x10)
 
-        relay.dropReplies = true
-        let outcome = Outcome()
-        let finished = DispatchSemaphore(value: 0)
-        let box = ClientBox(client)
-        let worker = Thread {
-            do throws(VSMMUClientError) {
-                try box.client.setDeviceID(vsmmu: vsmmu, viommu: 0, hostDeviceID: 1, streamID: 0x11)
-                outcome.set("ok")
-            } catch { outcome.set("\(error)") }
-            finished.signal()
-        }
-        worker.start()
-        // The daemon applied (and journaled: before its reply) the second SET_DEV_ID.
-        let admin = try VSMMUClient(socketPath: daemonSocket)
-        try admin.hello(name: "admin")
-        eventually(attempts: 30_000) { (try? admin.stats(vsmmu: vsmmu).value(.devices)) == 2 }
-        #expect(try admin.stats(vsmmu: vsmmu).value(.devices) == 2)
-        kill(first.processIdentifier, SIGKILL)
-        first.waitUntilExit()
-        relay.dropReplies = false
-        unlink(daemonSocket)
-        let second = try restart.startDaemon(socket: daemonSocket, stateDirectory: directory)
-        defer { if second.isRunning { kill(second.processIdentifier, SIGKILL) } }
-        finished.wait()
-        #expect(outcome.value == "ok")
+        let outcome = try rig.callWithItsReplyLost({ client throws(VSMMUClientError) in
+            try client.setDeviceID(vsmmu: vsmmu, viommu: 0, hostDeviceID: 1, streamID: 0x11)
+            return "ok"
+        }, applied: { admin throws in
+            // The daemon applied (and journaled: before its reply) the second SET_DEV_ID.
+            eventually(attempts: 30_000) { (try? admin.stats(vsmmu: vsmmu).value(.devices)) == 2 }
+            let devices = try admin.stats(vsmmu: vsmmu).value(.devices)
+            #expect(devices == 2)
+        })
+        #expect(outcome == "ok")
         #expect(client.reconnectCount == 1)
         #expect(client.lostVSMMUs.isEmpty)
         // Both registrations are there, once, and the client goes on on its resumed vSMMU.
@@ -280,59 +256,30 @@ final class ReplyDroppingRelay: @unchecked Sendable {
     /// the re-sending connection. Without the key the re-sent request made a second vSMMU: HEALTH counts one.
     @Test(.enabled(if: enabled, "vsmmud was not built beside the tests"))
     func aCreateWhoseReplyDiedWithTheDaemonIsAnsweredWithTheVSMMUItMadeNotASecondOne() throws {
-        let daemonSocket = uniqueSocketPath("createkd")
-        let directory = temporaryStateDirectory()
-        defer { removeStateDirectory(directory) }
-        let restart = KillNineRestartTests()
-        let first = try restart.startDaemon(socket: daemonSocket, stateDirectory: directory)
-        defer { if first.isRunning { kill(first.processIdentifier, SIGKILL) } }
-        let relay = try ReplyDroppingRelay(path: uniqueSocketPath("createkr"), upstream: daemonSocket)
-        defer { relay.close() }
-
-        let client = try VSMMUClient(socketPath: relay.path, reconnect: KillNineRestartTests.reconnect)
-        try client.hello(name: "createkey")
-        relay.dropReplies = true
-        let outcome = Outcome()
-        let finished = DispatchSemaphore(value: 0)
-        let box = ClientBox(client)
-        let worker = Thread {
-            do throws(VSMMUClientError) {
-                let id = try box.client.createVSMMU(name: "createkey")
-                outcome.set("ok \(id.rawValue)")
-            } catch { outcome.set("\(error)") }
-            finished.signal()
-        }
-        worker.start()
-        // The daemon applied (and journaled: before its reply) the CREATE_VSMMU.
-        let admin = try VSMMUClient(socketPath: daemonSocket)
-        try admin.hello(name: "admin")
-        eventually(attempts: 30_000) { (try? admin.health().vsmmuCount) == 1 }
-        let before = try listedVSMMUs(admin)
-        #expect(before.count == 1)
-        kill(first.processIdentifier, SIGKILL)
-        first.waitUntilExit()
-        relay.dropReplies = false
-        unlink(daemonSocket)
-        let second = try restart.startDaemon(socket: daemonSocket, stateDirectory: directory)
-        defer { if second.isRunning { kill(second.processIdentifier, SIGKILL) } }
-        finished.wait()
-        let answer = try #require(outcome.value)
+        let rig = try LostReplyRig("createk")
+        let client = rig.client
+        var before: [VSMMUID] = []
+        let outcome = try rig.callWithItsReplyLost({ client throws(VSMMUClientError) in
+            "ok \(try client.createVSMMU(name: "createkey").rawValue)"
+        }, applied: { admin throws in
+            // The daemon applied (and journaled: before its reply) the CREATE_VSMMU.
+            eventually(attempts: 30_000) { (try? admin.health().vsmmuCount) == 1 }
+            before = try listedVSMMUs(admin)
+            #expect(before.count == 1)
+        })
+        let answer = try #require(outcome)
         #expect(answer.hasPrefix("ok "), "\(answer)")
         #expect(client.reconnectCount == 1)
         let vsmmu = VSMMUID(try #require(UInt32(answer.dropFirst(3))))
         #expect(before == [vsmmu])
         // One vSMMU, the one the first daemon made, owned by the client (it serves its requests).
-        let admin2 = try VSMMUClient(socketPath: daemonSocket)
+        let admin2 = try VSMMUClient(socketPath: rig.daemonSocket)
         try admin2.hello(name: "admin2")
         #expect(try admin2.health().vsmmuCount == 1)
         #expect(try listedVSMMUs(admin2) == [vsmmu])
         _ = try client.attachViommu(vsmmu: vsmmu, pSMMU: "smmu0", hostDeviceID: 0)
         // The token the re-sent reply carried is the vSMMU's: a later restart resumes it (RESUME_VSMMU).
-        kill(second.processIdentifier, SIGKILL)
-        second.waitUntilExit()
-        unlink(daemonSocket)
-        let third = try restart.startDaemon(socket: daemonSocket, stateDirectory: directory)
-        defer { if third.isRunning { kill(third.processIdentifier, SIGKILL) } }
+        try rig.killAndRestart()
         #expect(try client.stats(vsmmu: vsmmu).value(.viommus) == 1)
         #expect(client.reconnectCount == 2 && client.lostVSMMUs.isEmpty)
     }
@@ -388,6 +335,63 @@ final class ReplyDroppingRelay: @unchecked Sendable {
             #expect(error.description.contains("reconnection attempts failed within the deadline; last: connect"), "\(error)")
             #expect(error.description.contains("(errno \(ECONNREFUSED))"), "\(error)")
         }
+    }
+}
+
+/// A daemon with a journal behind a ``ReplyDroppingRelay``, and a client with a reconnect policy talking
+/// through the relay: the rig for a request whose reply dies with a daemon that is killed after applying it.
+final class LostReplyRig {
+    let daemonSocket: String
+    let directory: String
+    let relay: ReplyDroppingRelay
+    let client: VSMMUClient
+    private let restart = KillNineRestartTests()
+    private var daemon: Process
+
+    init(_ label: String) throws {
+        daemonSocket = uniqueSocketPath(label + "d")
+        directory = temporaryStateDirectory()
+        daemon = try restart.startDaemon(socket: daemonSocket, stateDirectory: directory)
+        relay = try ReplyDroppingRelay(path: uniqueSocketPath(label + "r"), upstream: daemonSocket)
+        client = try VSMMUClient(socketPath: relay.path, reconnect: KillNineRestartTests.reconnect)
+        try client.hello(name: label)
+    }
+
+    deinit {
+        if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) }
+        relay.close()
+        removeStateDirectory(directory)
+    }
+
+    /// SIGKILL of the daemon, then (replies let through again) a new one on the same socket and state
+    /// directory.
+    func killAndRestart() throws {
+        kill(daemon.processIdentifier, SIGKILL)
+        daemon.waitUntilExit()
+        relay.dropReplies = false
+        unlink(daemonSocket)
+        daemon = try restart.startDaemon(socket: daemonSocket, stateDirectory: directory)
+    }
+
+    /// Runs `call` on another thread with the daemon's replies swallowed; once `applied` (given a client
+    /// straight to the daemon) has seen its effect, kills and restarts the daemon and lets replies through
+    /// again. - Returns: what `call` returned after the client reconnected, or its error's description.
+    func callWithItsReplyLost(_ call: @escaping @Sendable (VSMMUClient) throws(VSMMUClientError) -> String,
+                              applied: (VSMMUClient) throws -> Void) throws -> String? {
+        relay.dropReplies = true
+        let outcome = Outcome()
+        let finished = DispatchSemaphore(value: 0)
+        let box = ClientBox(client)
+        Thread {
+            do throws(VSMMUClientError) { outcome.set(try call(box.client)) } catch { outcome.set("\(error)") }
+            finished.signal()
+        }.start()
+        let admin = try VSMMUClient(socketPath: daemonSocket)
+        try admin.hello(name: "admin")
+        try applied(admin)
+        try killAndRestart()
+        finished.wait()
+        return outcome.value
     }
 }
 

@@ -15,15 +15,7 @@ import Glibc
 /// daemon leaves a socket path that another daemon has re-bound in place.
 @Suite struct ConnectionLimitsTests {
     static func server(_ label: String, limits: ConnectionLimits) throws -> (VSMMUServer, String) {
-        let path = uniqueSocketPath(label)
-        var logger = Logger(label: "vsmmud-test")
-        logger.logLevel = .critical
-        var configuration = VSMMUServer.Configuration(socketPath: path, pSMMUs: simulatedPSMMUs(2).map { .simulated($0) },
-                                                      socketMode: 0o666)
-        configuration.connectionLimits = limits
-        let server = VSMMUServer(configuration: configuration, logger: logger)
-        try server.start()
-        return (server, path)
+        try openSocketServer(label) { $0.connectionLimits = limits }
     }
 
     /// A connected socket that says nothing (a slowloris client), or -1.

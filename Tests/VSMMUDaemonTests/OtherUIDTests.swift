@@ -42,16 +42,7 @@ import Glibc
     }
 
     static func server(_ label: String, access: AccessList = .open) throws -> (VSMMUServer, String) {
-        let path = uniqueSocketPath(label)
-        var logger = Logger(label: "vsmmud-test")
-        logger.logLevel = .critical
-        // Mode 0666: the socket's permissions let every uid connect, so what is pinned is the daemon's own check.
-        var configuration = VSMMUServer.Configuration(socketPath: path, pSMMUs: simulatedPSMMUs(2).map { .simulated($0) },
-                                                      socketMode: 0o666)
-        configuration.access = access
-        let server = VSMMUServer(configuration: configuration, logger: logger)
-        try server.start()
-        return (server, path)
+        try openSocketServer(label) { $0.access = access }
     }
 
     @Test(.enabled(if: enabled, "vsmmud-cli and vmm-sim were not built beside the tests"))

@@ -25,6 +25,22 @@ func simulatedPSMMUs(_ count: Int) -> [SimulatedSMMU] {
     }
 }
 
+/// An in-process server with two simulated pSMMUs on a fresh socket of mode 0666, so that every uid can
+/// connect and only the daemon's own checks (allow-list, limits, admin) decide; `configure` adjusts the rest.
+/// - Returns: the started server and its socket path.
+func openSocketServer(_ label: String,
+                      _ configure: (inout VSMMUServer.Configuration) -> Void = { _ in }) throws -> (VSMMUServer, String) {
+    let path = uniqueSocketPath(label)
+    var logger = Logger(label: "vsmmud-test")
+    logger.logLevel = .critical
+    var configuration = VSMMUServer.Configuration(socketPath: path, pSMMUs: simulatedPSMMUs(2).map { .simulated($0) },
+                                                  socketMode: 0o666)
+    configure(&configuration)
+    let server = VSMMUServer(configuration: configuration, logger: logger)
+    try server.start()
+    return (server, path)
+}
+
 /// An in-process server on a fresh socket; stopped by `stop()` (call it with `defer`).
 struct TestServer {
     let server: VSMMUServer
