@@ -86,7 +86,7 @@ let package = Package(
         .target(
             name: "VSMMUDaemon",
             dependencies: [
-                "SMMUv3", "VirtualSMMU", "PSMMU", "IOMMUFD", "InvalidationEngine", "VSMMUProtocol", "CSocketShims",
+                "SMMUv3", "VirtualSMMU", "PSMMU", "IOMMUFD", "InvalidationEngine", "CommandRing", "VSMMUProtocol", "CSocketShims",
                 "VSMMUConfiguration", "VSMMUJournal",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),

@@ -32,6 +32,11 @@ import Darwin
 /// to take the role relies on that re-check (the classic lost-wakeup race; see
 /// ``ConsumerRole/release()``).
 ///
+/// **Memory grows with use.** The slots and headers live in one anonymous mapping that the kernel
+/// commits page by page on first touch, so a ring nobody pushes to costs no resident memory, and a
+/// ring's resident memory is bounded by the slots its positions have reached (at most ``capacity``
+/// × 24 bytes, once it has carried a lap of commands).
+///
 /// **Markers** (``pushMarker(_:whileFull:)``) are 16-byte tokens ordered with the commands that the
 /// consumer receives separately (``CommandRingVisitor/visit(marker:at:)``), never inside a command
 /// run: ``ViommuQueue`` places its sync fences in the stream with them.
@@ -46,12 +51,16 @@ public final class CommandRing: @unchecked Sendable {
     private let mask: UInt64
 
     /// The command slots, contiguous so that a run of positions is an `UnsafeBufferPointer<Command>`.
+    /// With ``headers``, in one anonymous mapping (``mapping``) committed lazily by the kernel.
     private let slots: UnsafeMutablePointer<Command>
     /// Per-slot header words: non-zero only in the first slot of a published, not yet scanned batch,
     /// where it holds the batch's length (| ``markerBit`` for a marker).
     private let headers: UnsafeMutablePointer<UInt64.AtomicRepresentation>
     /// Control words, each on its own cache-line pair so producers and the consumer don't false-share.
     private let control: UnsafeMutableRawPointer
+    /// The mapping holding ``slots`` then ``headers``, and its length (whole pages).
+    private let mapping: UnsafeMutableRawPointer
+    private let mappingLength: Int
 
     /// The next position to claim, with ``closedBit`` set once the ring is closed.
     private let tail: UnsafeAtomic<UInt64>
@@ -89,19 +98,31 @@ public final class CommandRing: @unchecked Sendable {
     /// The largest capacity accepted: 2^30 slots (16 GiB of commands).
     public static let maximumCapacity = 1 << 30
 
-    /// Creates an empty ring of `capacity` slots.
+    /// Creates an empty ring of `capacity` slots. Its memory is reserved, not committed: pages become
+    /// resident as the ring uses them.
     /// - Throws: ``CommandRingError/invalidCapacity(_:)`` unless `capacity` is a power of two in
-    ///   `2...maximumCapacity`.
+    ///   `2...maximumCapacity`; ``CommandRingError/memoryUnavailable(errno:)`` when the slots cannot be mapped.
     public init(capacity: Int) throws(CommandRingError) {
         guard capacity >= 2, capacity <= Self.maximumCapacity, capacity & (capacity - 1) == 0 else {
             throw .invalidCapacity(capacity)
         }
         self.capacity = capacity
         self.mask = UInt64(capacity - 1)
-        slots = .allocate(capacity: capacity)
-        slots.initialize(repeating: Command(w0: 0, w1: 0), count: capacity)
-        headers = .allocate(capacity: capacity)
-        headers.initialize(repeating: UInt64.AtomicRepresentation(0), count: capacity)
+        // Slots first (16-byte aligned at the page start), then the 8-byte headers. Anonymous memory
+        // reads as zeros, which is an empty slot and an unpublished header: nothing to initialise, so
+        // nothing is touched until used.
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let bytes = capacity * (MemoryLayout<Command>.stride + MemoryLayout<UInt64.AtomicRepresentation>.stride)
+        let length = (bytes + page - 1) / page * page
+        guard let mapped = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+              mapped != MAP_FAILED else {
+            throw .memoryUnavailable(errno: errno)
+        }
+        mapping = mapped
+        mappingLength = length
+        slots = mapped.bindMemory(to: Command.self, capacity: capacity)
+        headers = (mapped + capacity * MemoryLayout<Command>.stride)
+            .bindMemory(to: UInt64.AtomicRepresentation.self, capacity: capacity)
 
         let control = UnsafeMutableRawPointer.allocate(
             byteCount: Self.lineStride * Self.controlLines, alignment: Self.lineStride)
@@ -123,10 +144,8 @@ public final class CommandRing: @unchecked Sendable {
     }
 
     deinit {
-        slots.deinitialize(count: capacity)
-        slots.deallocate()
-        headers.deinitialize(count: capacity)
-        headers.deallocate()
+        // Commands and atomic words are trivial: unmapping is their deinitialisation.
+        munmap(mapping, mappingLength)
         control.deallocate()
     }
 
@@ -152,6 +171,28 @@ public final class CommandRing: @unchecked Sendable {
         // Stored before `consumed` by the consumer, so at least as recent.
         if scannedEnd.load(ordering: .acquiring) > position { return true }
         return header(position).load(ordering: .acquiring) != 0
+    }
+
+    /// Claimed entries not yet consumed, at most ``capacity``: a snapshot that reads the consumed
+    /// position before the tail, so that it never underflows (both only grow).
+    public var occupancy: Int {
+        let consumedNow = consumed.load(ordering: .acquiring)
+        let claimed = tail.load(ordering: .acquiring) & ~Self.closedBit
+        return Int(min(claimed &- consumedNow, UInt64(capacity)))
+    }
+
+    /// The slots free for producers: ``capacity`` minus ``occupancy``.
+    public var freeSlots: Int { capacity - occupancy }
+
+    /// The bytes of the ring's slots and headers the kernel holds resident (`mincore`): for tests
+    /// and diagnostics of the lazily committed memory. A page only read (never written) may count.
+    public var residentBytes: Int {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let pages = mappingLength / page
+        var vector = [UInt8](repeating: 0, count: pages)
+        let status = vector.withUnsafeMutableBufferPointer { mincore(mapping, mappingLength, $0.baseAddress) }
+        guard status == 0 else { return -1 }
+        return vector.reduce(0) { $0 + Int($1 & 1) } * page
     }
 
     /// How many times a producer found the ring full (one count per piece that had to wait).
@@ -480,11 +521,15 @@ public protocol CommandRingVisitor {
 public enum CommandRingError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The capacity is not a power of two in `2...CommandRing.maximumCapacity`.
     case invalidCapacity(Int)
+    /// `mmap` refused the ring's memory (e.g. `ENOMEM` under an address-space limit).
+    case memoryUnavailable(errno: Int32)
 
     public var description: String {
         switch self {
         case .invalidCapacity(let capacity):
             return "ring capacity \(capacity) is not a power of two in 2...\(CommandRing.maximumCapacity)"
+        case .memoryUnavailable(let errno):
+            return "cannot map the ring's memory (errno \(errno))"
         }
     }
 }

@@ -39,6 +39,11 @@ import Darwin
 /// ``DrainPolicy/drainThread`` hands every command to the drain thread instead (the classic design,
 /// kept to measure the difference), and ``DrainPolicy/inline`` has no drain thread at all.
 ///
+/// ## Whose drain thread
+/// A queue made with a ``DrainLane`` (its pSMMU's lane of a ``DrainPool``, as the daemon makes them) has
+/// no thread of its own: "waking the drain thread" puts the queue on the lane's ready list, and one of the
+/// lane's threads makes the pass. Without a lane the queue starts its own thread, as above.
+///
 /// ## Lifetime
 /// ``stop()`` closes the ring, drains everything pushed before (completing or failing the fences in
 /// it) and joins the drain thread. The drain thread keeps the queue alive until then, so a queue with
@@ -139,6 +144,14 @@ public final class ViommuQueue: @unchecked Sendable {
     private let stopLock = Parker()
     /// Whether the policy has a drain thread (constant, unlike `drainThread`, which `stop()` clears).
     private let hasDrainThread: Bool
+    /// The pool lane whose threads are this queue's drain thread; `nil`: it has its own (`drainThread`).
+    private let lane: DrainLane?
+    /// Whether the queue is on `lane`'s ready list (set by whoever puts it there, cleared by the lane
+    /// thread before its pass).
+    private let scheduled = ManagedAtomic<Bool>(false)
+    /// Times the queue was put on its lane's ready list: its drain thread's wake-ups (written by any
+    /// thread, unlike `counters`).
+    private let laneWakeups = ManagedAtomic<Int>(0)
     private var drainThread: JoinableThread?
     private var stopped = false
 
@@ -156,22 +169,28 @@ public final class ViommuQueue: @unchecked Sendable {
         case immediateInFlight
     }
 
-    /// Creates a queue draining into `sink`, and its drain thread when the policy has one.
+    /// Creates a queue draining into `sink`. When the policy has a drain thread, that is `drainLane`'s
+    /// threads when one is given, else a thread of the queue's own.
     /// - Throws: ``ViommuQueueError``.
-    public init(configuration: Configuration = Configuration(), sink: @escaping CommandSink) throws(ViommuQueueError) {
+    public init(configuration: Configuration = Configuration(), drainLane: DrainLane? = nil,
+                sink: @escaping CommandSink) throws(ViommuQueueError) {
         self.configuration = configuration
-        do {
+        do throws(CommandRingError) {
             ring = try CommandRing(capacity: configuration.capacity)
         } catch {
-            throw .invalidCapacity(configuration.capacity)
+            switch error {
+            case .invalidCapacity(let capacity): throw .invalidCapacity(capacity)
+            case .memoryUnavailable(let errno): throw .ringMemoryUnavailable(errno: errno)
+            }
         }
         self.sink = sink
         hasDrainThread = configuration.drainPolicy != .inline
+        lane = hasDrainThread ? drainLane : nil
         batchSizes = .allocate(capacity: Self.batchSizeBuckets)
         batchSizes.initialize(repeating: Int.AtomicRepresentation(0), count: Self.batchSizeBuckets)
         counters = .allocate(capacity: Counter.allCases.count)
         counters.initialize(repeating: Int.AtomicRepresentation(0), count: Counter.allCases.count)
-        if hasDrainThread {
+        if hasDrainThread, lane == nil {
             do {
                 drainThread = try JoinableThread { [self] in drainThreadMain() }
             } catch {
@@ -202,7 +221,7 @@ public final class ViommuQueue: @unchecked Sendable {
     /// ``executeAndSync(_:)`` is handing to the sink right now.
     public var occupancy: UInt64 {
         let inFlight = UInt64(max(0, load(.immediateInFlight)))
-        return (ring.claimedPosition &- ring.consumedPosition) &+ inFlight
+        return UInt64(ring.occupancy) &+ inFlight
     }
 
     /// A snapshot of the counters.
@@ -213,7 +232,7 @@ public final class ViommuQueue: @unchecked Sendable {
         statistics.commandsCompleted = load(.commandsCompleted)
         statistics.commandsFailed = load(.commandsFailed)
         statistics.fencesReached = load(.fencesReached)
-        statistics.drainThreadWakeups = load(.drainThreadWakeups)
+        statistics.drainThreadWakeups = load(.drainThreadWakeups) + laneWakeups.load(ordering: .relaxed)
         statistics.immediateSyncs = load(.immediateSyncs)
         statistics.fullRingWaits = ring.fullRingWaits
         statistics.producerParks = ring.producerParks
@@ -249,7 +268,9 @@ public final class ViommuQueue: @unchecked Sendable {
     @discardableResult
     public func push(_ commands: UnsafeBufferPointer<Command>) throws(CommandRingClosedError) -> Range<UInt64> {
         let positions = try ring.push(commands, whileFull: { whileFull() })
-        raiseHighWater(positions.upperBound &- ring.consumedPosition)
+        // The consumer may have consumed past our batch already: then it adds nothing to the occupancy.
+        let consumedNow = ring.consumedPosition
+        if positions.upperBound > consumedNow { raiseHighWater(positions.upperBound &- consumedNow) }
         afterPublish()
         return positions
     }
@@ -344,7 +365,7 @@ public final class ViommuQueue: @unchecked Sendable {
         case .inline, .inlineWithDrainThread:
             drainOnCallingThread()
         case .drainThread:
-            if drainSleeping.load(ordering: .relaxed) { wakeDrainThread() }
+            if lane != nil || drainSleeping.load(ordering: .relaxed) { wakeDrainThread() }
         }
     }
 
@@ -354,7 +375,7 @@ public final class ViommuQueue: @unchecked Sendable {
         case .inline, .inlineWithDrainThread:
             drainOnCallingThread()
         case .drainThread:
-            if drainSleeping.load(ordering: .relaxed) { wakeDrainThread() }
+            if lane != nil || drainSleeping.load(ordering: .relaxed) { wakeDrainThread() }
         }
     }
 
@@ -500,6 +521,20 @@ public final class ViommuQueue: @unchecked Sendable {
         }
     }
 
+    /// One pass by a lane thread (``DrainLane``): returns whether commands arrived during it, so the
+    /// queue goes back on the ready list.
+    func drainOnLane() -> Bool {
+        scheduled.store(false, ordering: .sequentiallyConsistent)
+        // Role busy: its holder's release re-checks the ring and wakes us again if need be.
+        guard let role = ring.tryAcquireConsumerRole() else { return false }
+        var visitor = DrainVisitor(queue: self, onDrainThread: true)
+        role.drain(upTo: ring.claimedPosition, into: &visitor)
+        let completed = consumer.completed.take()
+        let pending = role.release()
+        SyncFence.notifyAll(completed)
+        return pending
+    }
+
     /// Whether the drain thread is parked on its condition variable until someone wakes it: tests.
     var isDrainThreadParked: Bool { drainParker.withLock { drainThreadParked } }
 
@@ -533,7 +568,18 @@ public final class ViommuQueue: @unchecked Sendable {
         add(.drainThreadWakeups, 1)
     }
 
-    private func wakeDrainThread() {
+    /// Gets the drain thread to make a pass: puts the queue on its lane's ready list (unless it is there
+    /// already), or wakes its own thread.
+    func wakeDrainThread() {
+        if let lane {
+            // Sequentially consistent: ordered after the caller's publication, and against the lane
+            // thread's clearing of the flag before its pass (`drainOnLane`): one of them sees the other.
+            if !scheduled.exchange(true, ordering: .sequentiallyConsistent) {
+                laneWakeups.wrappingIncrement(ordering: .relaxed)
+                lane.schedule(self)
+            }
+            return
+        }
         drainParker.withLock {
             wakeRequested = true
             drainParker.broadcastLocked()
@@ -556,6 +602,8 @@ public final class ViommuQueue: @unchecked Sendable {
                 drainThread.join()
                 self.drainThread = nil
             } else {
+                // No thread of our own (inline, or a lane's): the calling thread drains what is left.
+                var waits = 0
                 while ring.consumedPosition != ring.claimedPosition {
                     if let role = ring.tryAcquireConsumerRole() {
                         var visitor = DrainVisitor(queue: self, onDrainThread: false)
@@ -564,20 +612,35 @@ public final class ViommuQueue: @unchecked Sendable {
                         _ = role.release()
                         SyncFence.notifyAll(completed)
                     } else {
-                        sched_yield()
+                        Self.pause(&waits)
                     }
                 }
             }
             // An `executeAndSync` that took the role before the ring closed may still be in its sink:
             // once we hold the role, none is (and a later one sees the ring closed and declines).
+            var waits = 0
             while true {
                 if let role = ring.tryAcquireConsumerRole() {
                     _ = role.release()
                     break
                 }
-                sched_yield()
+                Self.pause(&waits)
             }
             stopped = true
+        }
+    }
+}
+
+extension ViommuQueue {
+    /// A wait for another consumer-role holder (which may be inside a stalled backend): yields at first,
+    /// then sleeps 200 µs at a time rather than keep a core busy.
+    fileprivate static func pause(_ waits: inout Int) {
+        waits += 1
+        if waits <= 100 {
+            sched_yield()
+        } else {
+            var interval = timespec(tv_sec: 0, tv_nsec: 200_000)
+            _ = nanosleep(&interval, nil)
         }
     }
 }
@@ -588,11 +651,17 @@ public enum ViommuQueueError: Error, Hashable, Sendable, CustomStringConvertible
     case invalidCapacity(Int)
     /// `pthread_create` failed for the drain thread.
     case drainThreadStartFailed(errno: Int32)
+    /// The ring's memory could not be mapped (``CommandRingError/memoryUnavailable(errno:)``).
+    case ringMemoryUnavailable(errno: Int32)
+    /// The ``DrainPool`` was stopped: it makes no more lanes.
+    case drainPoolStopped
 
     public var description: String {
         switch self {
         case .invalidCapacity(let capacity): return CommandRingError.invalidCapacity(capacity).description
+        case .ringMemoryUnavailable(let errno): return CommandRingError.memoryUnavailable(errno: errno).description
         case .drainThreadStartFailed(let errno): return "cannot start the drain thread (errno \(errno))"
+        case .drainPoolStopped: return "the drain pool was stopped"
         }
     }
 }

@@ -288,7 +288,8 @@ extension VSMMUEngine {
         let handle = restored.handle
         let queue: ViommuQueue
         do throws(ViommuQueueError) {
-            queue = try ViommuQueue(configuration: configuration.queue) { commands in
+            // The same queue an attach makes (with a stall limit, one that drains only on its drain thread).
+            queue = try configuration.makeQueue(pSMMU: viommu.pSMMU) { commands in
                 SinkResult(backend.invalidate(viommu: handle, commands: commands))
             }
         } catch {

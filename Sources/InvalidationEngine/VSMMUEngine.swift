@@ -61,10 +61,23 @@ public final class VSMMUEngine: Sendable {
         /// hand-off per CMD_SYNC (BENCHMARKS.md). What stays queued behind an abandoned CMD_SYNC still
         /// executes, in order; see ``Submission/expire()`` and ``GuestQueueState``.
         public var stallTimeout: Duration?
+        /// Where the queues' drain threads come from: the lane of each viommu's pSMMU in this pool
+        /// (shared by every engine of a daemon, so threads do not grow with the VMs), or, when `nil`,
+        /// a thread per queue.
+        public var drainPool: DrainPool?
 
-        public init(queue: ViommuQueue.Configuration = .init(), stallTimeout: Duration? = nil) {
+        public init(queue: ViommuQueue.Configuration = .init(), stallTimeout: Duration? = nil, drainPool: DrainPool? = nil) {
             self.queue = queue
             self.stallTimeout = stallTimeout
+            self.drainPool = drainPool
+        }
+
+        /// Makes a queue for a viommu on `pSMMU` with ``effectiveQueue``, on that pSMMU's lane of
+        /// ``drainPool`` if there is one.
+        func makeQueue(pSMMU: String, sink: @escaping CommandSink) throws(ViommuQueueError) -> ViommuQueue {
+            let queue = effectiveQueue
+            let lane = try queue.drainPolicy == .inline ? nil : drainPool?.lane(for: pSMMU)
+            return try ViommuQueue(configuration: queue, drainLane: lane, sink: sink)
         }
 
         /// The queue configuration the engine builds its queues with: ``queue``, draining on the drain
@@ -191,7 +204,7 @@ public final class VSMMUEngine: Sendable {
             }
             let queue: ViommuQueue
             do throws(ViommuQueueError) {
-                queue = try ViommuQueue(configuration: configuration.effectiveQueue) { commands in
+                queue = try configuration.makeQueue(pSMMU: pSMMU) { commands in
                     SinkResult(backend.invalidate(viommu: handle, commands: commands))
                 }
             } catch {
@@ -620,7 +633,7 @@ public final class VSMMUEngine: Sendable {
     /// Free ring slots of `queue`. Only this engine pushes to its queues, under its submit lock, so
     /// while it holds that lock the room can only grow.
     private static func room(in queue: ViommuQueue) -> Int {
-        queue.ring.capacity - Int(truncatingIfNeeded: queue.claimedPosition &- queue.consumedPosition)
+        queue.ring.freeSlots
     }
 
     /// With a stall limit: pushes `viommu`'s commands `start..<end` in pieces that fit the ring, each

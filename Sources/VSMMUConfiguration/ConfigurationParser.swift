@@ -15,7 +15,7 @@ enum ConfigurationParser {
         static let limits = ["max_frame_size", "max_commands_per_invalidate", "max_vsmmus_per_connection",
                              "max_context_descriptors", "max_connections", "max_connections_per_uid",
                              "hello_timeout_ms"]
-        static let queue = ["ring_capacity", "stall_timeout_ms"]
+        static let queue = ["ring_capacity", "stall_timeout_ms", "drain_threads_per_psmmu"]
         static let psmmu = ["name", "backend"] + simulatedOnly
         /// Keys only a simulated pSMMU may have.
         static let simulatedOnly = ["first_host_device", "devices", "first_stream_id", "event_queue_depth", "idr",
@@ -111,6 +111,9 @@ enum ConfigurationParser {
             }
             if let stall = try queue.integer("stall_timeout_ms", in: DaemonConfiguration.stallTimeoutRange) {
                 configuration.stallTimeoutMilliseconds = stall
+            }
+            if let threads = try queue.integer("drain_threads_per_psmmu", in: DaemonConfiguration.drainThreadsPerPSMMURange) {
+                configuration.drainThreadsPerPSMMU = threads
             }
         }
         if let sections = try root.arrayOfTables("psmmu") {

@@ -42,6 +42,10 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// waits on a viommu whose backend consumes nothing before INVALIDATE answers it with CERROR_ABT
     /// (the engine's ``VSMMUEngine/Configuration/stallTimeout``; PROTOCOL.md, INVALIDATE).
     public var stallTimeoutMilliseconds: Int = DaemonConfiguration.defaultStallTimeoutMilliseconds
+    /// `[queue] drain_threads_per_psmmu` (default 1, range ``drainThreadsPerPSMMURange``): the drain
+    /// threads each pSMMU's lane of the daemon's drain pool runs, shared by every viommu on that pSMMU
+    /// (``DrainPool``): the daemon's drain threads are this times the pSMMUs in use, whatever the VMs.
+    public var drainThreadsPerPSMMU: Int = DaemonConfiguration.defaultDrainThreadsPerPSMMU
     /// `[[psmmu]]`: the pSMMUs offered to VMMs, in the file's order; when the file has none, the
     /// embedded default's (``PSMMUDefinition/embeddedDefault``).
     public var pSMMUs: [PSMMUDefinition]
@@ -68,6 +72,9 @@ public struct DaemonConfiguration: Sendable, Equatable {
     /// Accepted `stall_timeout_ms` values: 0 (no limit) up to an hour.
     public static let stallTimeoutRange = 0...3_600_000
     public static let defaultResumeGraceSeconds = 120
+    public static let defaultDrainThreadsPerPSMMU = 1
+    /// Accepted `drain_threads_per_psmmu` values.
+    public static let drainThreadsPerPSMMURange = 1...64
     /// Accepted `resume_grace_seconds` values.
     public static let resumeGraceRange = 0...86_400
 
@@ -129,6 +136,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
         if socket.group != new.socket.group { plan.needsRestart.append("socket.group") }
         if ringCapacity != new.ringCapacity { plan.needsRestart.append("queue.ring_capacity") }
         if stallTimeoutMilliseconds != new.stallTimeoutMilliseconds { plan.needsRestart.append("queue.stall_timeout_ms") }
+        if drainThreadsPerPSMMU != new.drainThreadsPerPSMMU { plan.needsRestart.append("queue.drain_threads_per_psmmu") }
         if pSMMUs != new.pSMMUs { plan.needsRestart.append("psmmu") }
         return plan
     }

@@ -45,6 +45,7 @@ extension VSMMUServer.Configuration {
                   engine: engine, inheritedListener: inheritedListener, socketMode: daemon.socket.mode,
                   socketGroupID: groupID, access: daemon.access, requestPolling: requestPolling)
         connectionLimits = daemon.connectionLimits
+        drainThreadsPerPSMMU = daemon.drainThreadsPerPSMMU
         self.stateDirectory = stateDirectory
         resumeGrace = .seconds(daemon.resumeGraceSeconds)
     }

@@ -1,4 +1,5 @@
 import CSocketShims
+import CommandRing
 import InvalidationEngine
 import VSMMUConfiguration
 import Logging
@@ -98,6 +99,9 @@ public final class VSMMUServer: Sendable {
         public var fileDescriptorStore: (any FileDescriptorStore)?
         /// The fds a previous process of the service stored, handed to this one at start.
         public var inheritedFileDescriptors = InheritedFileDescriptors()
+        /// Threads of each pSMMU's lane of the drain pool the server makes when ``engine`` names none
+        /// (`[queue] drain_threads_per_psmmu`).
+        public var drainThreadsPerPSMMU = 1
 
         /// The default ``resumeGrace``, in seconds.
         public static let defaultResumeGraceSeconds = 120
@@ -184,6 +188,9 @@ public final class VSMMUServer: Sendable {
     var journal: Journal? { state.withLock { $0.journal } }
 
     public let configuration: Configuration
+    /// The drain pool the server made for its engines (``Configuration/engine`` named none): stopped
+    /// with the server. A pool the caller gave is the caller's to stop.
+    private let ownDrainPool: DrainPool?
     let logger: Logger
     let state = Locked(State())
     let providers: [String: PSMMUProvider]
@@ -201,6 +208,15 @@ public final class VSMMUServer: Sendable {
 
     /// A server for `configuration`; nothing is bound until ``start()``.
     public init(configuration: Configuration, logger: Logger = Logger(label: "vsmmud")) {
+        var configuration = configuration
+        if configuration.engine.drainPool == nil {
+            // Every vSMMU's queues share it: drain threads per pSMMU, not per viommu (issue 11 §3).
+            let pool = DrainPool(threadsPerLane: configuration.drainThreadsPerPSMMU)
+            configuration.engine.drainPool = pool
+            ownDrainPool = pool
+        } else {
+            ownDrainPool = nil
+        }
         self.configuration = configuration
         self.logger = logger
         pollingSlots = RequestPollingSlots(capacity: max(0, configuration.requestPollingThreads))
@@ -357,6 +373,8 @@ public final class VSMMUServer: Sendable {
             for served in kept { served.engine.stop() }
             if !kept.isEmpty { logger.notice("stopped with the vSMMUs kept in the journal", metadata: ["vsmmus": "\(kept.count)"]) }
         }
+        // Every queue is stopped by now (torn down with its connection, or kept for the journal above).
+        ownDrainPool?.stop()
         if configuration.inheritedListener == nil { removeSocketFileIfStillOurs() }
         logger.info("stopped", metadata: ["socket": "\(configuration.socketPath)"])
     }

@@ -19,8 +19,10 @@ struct ThreePSMMUs {
     let backends: [RecordingBackend]
     let handles: [ViommuHandle]
 
-    init(policy: ViommuQueue.DrainPolicy = .inlineWithDrainThread, capacity: Int = 256, stallTimeout: Duration? = nil) throws {
-        engine = VSMMUEngine(configuration: .init(queue: .init(capacity: capacity, drainPolicy: policy), stallTimeout: stallTimeout))
+    init(policy: ViommuQueue.DrainPolicy = .inlineWithDrainThread, capacity: Int = 256, stallTimeout: Duration? = nil,
+         drainPool: DrainPool? = nil) throws {
+        engine = VSMMUEngine(configuration: .init(queue: .init(capacity: capacity, drainPolicy: policy), stallTimeout: stallTimeout,
+                                                  drainPool: drainPool))
         backends = (0..<3).map { RecordingBackend(name: "pSMMU\($0)") }
         var handles: [ViommuHandle] = []
         for (i, backend) in backends.enumerated() {
