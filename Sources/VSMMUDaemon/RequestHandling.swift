@@ -176,10 +176,12 @@ extension VSMMUServer {
                                                   streamID: registration.streamID)
                 } catch {
                     // The device is held by another vSMMU of this tenant. When that one's owner has gone and
-                    // its teardown is under way, wait for it and retry once (PROTOCOL.md §3.3: a quick VMM
-                    // restart never sees a ghost). Nothing is waited for in the common case.
-                    guard simulated, case .backend(let backendError) = error, backendError.kind == .alreadyExists,
-                          awaitTeardownOfGoneOwners(colliding: served) else { throw error }
+                    // its teardown is under way, wait for it, then retry once (PROTOCOL.md §3.3: a quick VMM
+                    // restart never sees a ghost). The retry is unconditional: the teardown may have ended
+                    // between the refusal and the look at the owners, and then there is nothing left to wait
+                    // for but the device is free. A device a live vSMMU holds is refused again, unchanged.
+                    guard simulated, case .backend(let backendError) = error, backendError.kind == .alreadyExists else { throw error }
+                    awaitTeardownOfGoneOwners(colliding: served)
                     try served.engine.setDeviceID(viommu: index, device: HostDevice(id: registration.hostDeviceID),
                                                   streamID: registration.streamID)
                 }

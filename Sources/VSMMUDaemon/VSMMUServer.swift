@@ -588,6 +588,7 @@ public final class VSMMUServer: Sendable {
     /// can only be within a tenant (the simulated pSMMUs scope host devices per tenant), so only the
     /// tenant's vSMMUs are looked at. Bounded (5 s) against a teardown stuck in a stalled backend.
     /// - Returns: whether there was such a vSMMU (so that a retry may succeed).
+    @discardableResult
     func awaitTeardownOfGoneOwners(colliding served: ServedVSMMU) -> Bool {
         // POLLRDHUP (Linux's <bits/poll.h>, 0x2000) is behind _GNU_SOURCE, which Glibc's module lacks.
         let peerClosed: Int16 = 0x2000

@@ -89,4 +89,35 @@ import Glibc
         #expect(smmu.tenantsHeld == baseline, "every tenant's namespace went with its vSMMU")
         #expect(smmu.deviceRecordsHeld == 0)
     }
+
+    /// The ghost within one tenant: a VMM whose first connection created vSMMU X (device 5) and vSMMU Y,
+    /// and whose second connection resumed Y (joining the tenant), registers device 5 on Y right after the
+    /// first connection closed. X's teardown (its owner has gone) is awaited and the registration retried,
+    /// so it finds the device free: never EEXIST (`awaitTeardownOfGoneOwners`). The retry is unconditional:
+    /// without that, a teardown that ended between the refusal and the look at the owners left nothing to
+    /// wait for and the refusal went out (1 in 200 rounds under full-suite load).
+    @Test func aQuickReRegistrationInTheSameTenantAfterTheOldOwnerClosedNeverSeesAGhost() throws {
+        let t = try TestServer(pSMMUCount: 1)
+        defer { t.stop() }
+        var failures: [String] = []
+        for round in 0..<200 {
+            let old = try t.client()
+            let x = try old.createVSMMU(name: "x\(round)"), y = try old.createVSMMU(name: "y\(round)")
+            _ = try old.attachViommu(vsmmu: x, pSMMU: "smmu0", hostDeviceID: 5)
+            _ = try old.attachViommu(vsmmu: y, pSMMU: "smmu0", hostDeviceID: 6)
+            try old.setDeviceID(vsmmu: x, viommu: 0, hostDeviceID: 5, streamID: 0x8)
+            let token = try #require(old.resumeTokens[y])
+            let new = try t.client()
+            _ = try new.resumeVSMMU(y, token: token)
+            old.shutdownWrite() // the old connection goes: X is torn down
+            do {
+                try new.setDeviceID(vsmmu: y, viommu: 0, hostDeviceID: 5, streamID: 0x9)
+            } catch {
+                failures.append("\(error)")
+            }
+            try new.destroyVSMMU(y)
+            withExtendedLifetime(old) {}
+        }
+        #expect(failures.isEmpty, "\(failures.count) of 200: \(failures.first ?? "")")
+    }
 }
