@@ -394,13 +394,7 @@ public final class ViommuQueue: @unchecked Sendable {
         while let role = ring.tryAcquireConsumerRole() {
             // One pass covers what was claimed when it began, so a submitter is not kept draining a
             // stream that other producers keep feeding.
-            let limit = ring.claimedPosition
-            var visitor = DrainVisitor(queue: self, onDrainThread: false)
-            role.drain(upTo: limit, into: &visitor)
-            let completed = consumer.completed.take()
-            let pending = role.release()
-            SyncFence.notifyAll(completed)
-            guard pending else { return }
+            guard drainAndRelease(role, upTo: ring.claimedPosition, onDrainThread: false).pending else { return }
             rounds += 1
             if hasDrainThread, rounds >= configuration.tuning.inlineRounds {
                 wakeDrainThread()
@@ -410,13 +404,27 @@ public final class ViommuQueue: @unchecked Sendable {
         // Another thread holds the role: its release re-check will see what we published.
     }
 
-    /// Gives back a role taken with ``tryAcquireConsumerRole()`` and makes sure the commands published
-    /// while it was held get drained: by waking the drain thread, or inline when there is none.
-    public func release(_ role: consuming ConsumerRole) {
+    /// The consumer's hand-over, the one place it is written: with `role`, drains the ring up to `limit`
+    /// (`nil`: drains nothing), gives the role back, then notifies the fences completed while it was held
+    /// (after the release, so a woken waiter finds the role free). Returns the entries consumed and
+    /// whether commands were published meanwhile (``ConsumerRole/release()``'s re-check).
+    private func drainAndRelease(_ role: consuming ConsumerRole, upTo limit: UInt64?,
+                                 onDrainThread: Bool) -> (consumed: UInt64, pending: Bool) {
+        var consumed: UInt64 = 0
+        if let limit {
+            var visitor = DrainVisitor(queue: self, onDrainThread: onDrainThread)
+            consumed = role.drain(upTo: limit, into: &visitor)
+        }
         let completed = consumer.completed.take()
         let pending = role.release()
         SyncFence.notifyAll(completed)
-        guard pending else { return }
+        return (consumed, pending)
+    }
+
+    /// Gives back a role taken with ``tryAcquireConsumerRole()`` and makes sure the commands published
+    /// while it was held get drained: by waking the drain thread, or inline when there is none.
+    public func release(_ role: consuming ConsumerRole) {
+        guard drainAndRelease(role, upTo: nil, onDrainThread: false).pending else { return }
         if hasDrainThread { wakeDrainThread() } else { drainOnCallingThread() }
     }
 
@@ -504,12 +512,8 @@ public final class ViommuQueue: @unchecked Sendable {
         let tuning = configuration.tuning
         while true {
             if let role = ring.tryAcquireConsumerRole() {
-                var visitor = DrainVisitor(queue: self, onDrainThread: true)
-                let consumed = role.drain(upTo: ring.claimedPosition, into: &visitor)
-                let completed = consumer.completed.take()
-                let pending = role.release()
-                SyncFence.notifyAll(completed)
-                if pending || consumed > 0 { continue }
+                let pass = drainAndRelease(role, upTo: ring.claimedPosition, onDrainThread: true)
+                if pass.pending || pass.consumed > 0 { continue }
             }
             if stopRequested.load(ordering: .acquiring), ring.consumedPosition == ring.claimedPosition {
                 return  // the ring is closed and everything claimed was drained
@@ -527,12 +531,7 @@ public final class ViommuQueue: @unchecked Sendable {
         scheduled.store(false, ordering: .sequentiallyConsistent)
         // Role busy: its holder's release re-checks the ring and wakes us again if need be.
         guard let role = ring.tryAcquireConsumerRole() else { return false }
-        var visitor = DrainVisitor(queue: self, onDrainThread: true)
-        role.drain(upTo: ring.claimedPosition, into: &visitor)
-        let completed = consumer.completed.take()
-        let pending = role.release()
-        SyncFence.notifyAll(completed)
-        return pending
+        return drainAndRelease(role, upTo: ring.claimedPosition, onDrainThread: true).pending
     }
 
     /// Whether the drain thread is parked on its condition variable until someone wakes it: tests.
@@ -606,11 +605,7 @@ public final class ViommuQueue: @unchecked Sendable {
                 var waits = 0
                 while ring.consumedPosition != ring.claimedPosition {
                     if let role = ring.tryAcquireConsumerRole() {
-                        var visitor = DrainVisitor(queue: self, onDrainThread: false)
-                        role.drain(into: &visitor)
-                        let completed = consumer.completed.take()
-                        _ = role.release()
-                        SyncFence.notifyAll(completed)
+                        _ = drainAndRelease(role, upTo: .max, onDrainThread: false)
                     } else {
                         Self.pause(&waits)
                     }
