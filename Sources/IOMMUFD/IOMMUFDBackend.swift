@@ -562,14 +562,9 @@ public final class IOMMUFDBackend: PSMMUBackend {
         #endif
     }()
 
-    /// The commands a viommu takes (`arm_vsmmu_convert_user_cmd`); the kernel answers `EIO` to the rest.
-    public static let opcodesAcceptedOnViommu: Set<Opcode> = [
-        .tlbiNSNHAll, .tlbiNHVA, .tlbiNHVAA, .tlbiNHAll, .tlbiNHASID, .atcInv, .cfgiCD, .cfgiCDAll,
-    ]
-
     private func refusal(of command: Command, on viommu: ViommuHandle) -> InvalidationFailure {
         let reason: String
-        if !Self.opcodesAcceptedOnViommu.contains(command.opcode) {
+        if !command.opcode.isAcceptedOnViommu {
             reason = "\(command.opcode.name) is not a command a viommu takes"
         } else if command.opcode == .atcInv {
             // Linux 7.3 also refuses ATC_INV for a registered vSID when the pSMMU has no ATS (the rig).

@@ -71,7 +71,8 @@ enum ViommuCommandConversion {
     /// stage-1 TLBI of the viommu's VMID (TLBI_NH_ALL, NH_ASID, NH_VA, NH_VAA, NSNH_ALL): a conversion
     /// that never fails.
     static let convertsToStage1TLBI: [Bool] = (0...255).map { raw in
-        [Opcode.tlbiNHAll, .tlbiNHASID, .tlbiNHVA, .tlbiNHVAA, .tlbiNSNHAll].contains(Opcode(rawValue: UInt8(raw)))
+        let opcode = Opcode(rawValue: UInt8(raw))
+        return opcode.isAcceptedOnViommu && opcode.family == .tlbi
     }
 
     /// The input-address span `[first, last]` a TLBI by address names: with TG = 0 the page holding VA

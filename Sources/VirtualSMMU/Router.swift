@@ -298,8 +298,8 @@ extension VSMMU {
         var consumed = n
         routing: while index < n {
             let command = batch[index]
-            let op = command.opcode.rawValue
-            if op &- 0x11 < 2 {  // TLBI_NH_ASID, TLBI_NH_VA
+            let opcode = command.opcode
+            if opcode.isRoutedByASID {
                 // The run of them starting here goes through a tight loop; it stops before a command
                 // that reaches a viommu its ASID is retiring from, which the code below handles.
                 let end = asidIndex.withTargetTable { table in
@@ -317,14 +317,14 @@ extension VSMMU {
                 if targets == 0 { asidWithoutTarget &+= 1 }
                 cursor.deliver(command, toEvery: targets, from: index)
                 let retiring = targets & ~asidIndex.liveViommus(of: asid).mask
-                if retiring != 0 { endRetirement(op: op, asid: asid, retiring: retiring) }
+                if retiring != 0 { endRetirement(opcode, asid: asid, retiring: retiring) }
                 index &+= 1
                 continue
             }
-            switch op {
-            case 0x46:  // CMD_SYNC
-                if command[Command.Field.syncCS] == 3 {
-                    if refuse(command, at: index, .illegal(.reservedSyncCompletion), into: output, policy) {
+            switch opcode.rawValue {
+            case Opcode.sync.rawValue:
+                if let illegal = command.validate() {  // CS = 0b11
+                    if refuse(command, at: index, .illegal(illegal.reason), into: output, policy) {
                         consumed = index
                         break routing
                     }
@@ -332,17 +332,16 @@ extension VSMMU {
                 }
                 counters.syncs &+= 1
                 output.sync(command, at: index, cursor: &cursor)
-            case 0x10, 0x13, 0x30, 0x28:  // TLBI_NH_ALL, TLBI_NH_VAA, TLBI_NSNH_ALL, TLBI_S12_VMALL
+            case Opcode.tlbiNHAll.rawValue, Opcode.tlbiNHVAA.rawValue, Opcode.tlbiNSNHAll.rawValue, Opcode.tlbiS12VMAll.rawValue:
                 counters.broadcast &+= 1
-                let forwarded = op == 0x28 ? Command.tlbiNHAll(vmid: command.vmid) : command
+                let forwarded = opcode == .tlbiS12VMAll ? Command.tlbiNHAll(vmid: command.vmid) : command
                 cursor.deliver(forwarded, toEvery: all, from: index)
-                if op != 0x13 && asidIndex.hasRetiringASIDs {
+                if opcode != .tlbiNHVAA && asidIndex.hasRetiringASIDs {
                     counters.retirementsEnded &+= asidIndex.invalidatedAll(on: ViommuSet(mask: all))
                 }
-            case 0x40, 0x05, 0x06:  // ATC_INV, CFGI_CD, CFGI_CD_ALL
-                if command[flag: Command.Field.ssec] {
-                    let reason = IllegalCommandReason.secureStreamOnNonSecureQueue(command.opcode)
-                    if refuse(command, at: index, .illegal(reason), into: output, policy) {
+            case Opcode.atcInv.rawValue, Opcode.cfgiCD.rawValue, Opcode.cfgiCDAll.rawValue:
+                if let illegal = command.validate() {  // SSEC on the non-secure queue
+                    if refuse(command, at: index, .illegal(illegal.reason), into: output, policy) {
                         consumed = index
                         break routing
                     }
@@ -368,8 +367,8 @@ extension VSMMU {
                 }
                 // Defined, legal and not forwarded by rule: CFGI_STE*, PREFETCH_*, EL2/EL3 TLBIs,
                 // TLBI_S2_IPA, PRI_RESP, RESUME, STALL_TERM.
-                if op == 0x03 || op == 0x04 { counters.configSTEInvalidations &+= 1 }
-                counters.droppedByOpcode[op, default: 0] &+= 1
+                if opcode == .cfgiSTE || opcode == .cfgiSTERange { counters.configSTEInvalidations &+= 1 }
+                counters.droppedByOpcode[opcode.rawValue, default: 0] &+= 1
             }
             index += 1
         }
@@ -392,7 +391,7 @@ extension VSMMU {
         // `table` has a mask pair for every 16-bit ASID: no lookup below can be out of bounds.
         while index < n {
             let command = batch[index]
-            guard command.opcode.rawValue &- 0x11 < 2 else { break }
+            guard command.opcode.isRoutedByASID else { break }
             let (targets, retiring) = table.route(command.asid, within: all)
             if retiring { break }  // retiring from some of its targets
             if targets == 0 {
@@ -408,10 +407,10 @@ extension VSMMU {
 
     /// An ASID-routed command reached viommus the ASID is retiring from: count it, and end the
     /// retirement there if it is a TLBI_NH_ASID.
-    private mutating func endRetirement(op: UInt8, asid: ASID, retiring: UInt64) {
+    private mutating func endRetirement(_ opcode: Opcode, asid: ASID, retiring: UInt64) {
         let n = UInt64(retiring.nonzeroBitCount)
         counters.retiringDeliveries &+= n
-        if op == 0x11 {
+        if opcode == .tlbiNHASID {
             counters.retirementsEnded &+= n
             asidIndex.invalidated(asid: asid, on: ViommuSet(mask: retiring))
         }
@@ -458,4 +457,11 @@ extension VSMMU {
         output.fail(RoutingError(index: index, command: command, reason: reason))
         return policy == .stopAtFirstError
     }
+}
+
+extension Opcode {
+    /// TLBI_NH_ASID or TLBI_NH_VA: the commands routed by their ASID's target set. One subtraction and
+    /// compare, since their opcodes are adjacent (0x11, 0x12).
+    @inline(__always)
+    var isRoutedByASID: Bool { rawValue &- Opcode.tlbiNHASID.rawValue < 2 }
 }
