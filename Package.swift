@@ -155,6 +155,17 @@ let package = Package(
             name: "vsmmud-soak",
             dependencies: ["SMMUv3", "VSMMUProtocol", "VSMMUClient", "VSMMUTestSupport"]
         ),
+        // Hostile connections served in memory and checked (RELIABILITY.md §4): the CI test and the fuzz target.
+        .target(name: "HostileInput", dependencies: ["VSMMUDaemon", "VSMMUProtocol", "SMMUv3", "VSMMUTestSupport"]),
+        // libFuzzer's driver when built with -sanitize=fuzzer (scripts/fuzz); absent otherwise.
+        .target(name: "CLibFuzzer"),
+        // The fuzz target: libFuzzer over the frame decoder and request handlers (scripts/fuzz), or, in a
+        // plain build, a replayer of inputs and generated corpora.
+        .executableTarget(
+            name: "vsmmud-fuzz",
+            dependencies: ["HostileInput", "CLibFuzzer", "VSMMUDaemon", "VSMMUProtocol", "PSMMU", "SMMUv3",
+                           .product(name: "Logging", package: "swift-log")]
+        ),
         .testTarget(name: "SMMUv3Tests", dependencies: ["SMMUv3", "VSMMUTestSupport"]),
         .testTarget(
             name: "VirtualSMMUTests",
@@ -172,7 +183,7 @@ let package = Package(
         ),
         .testTarget(
             name: "VSMMUDaemonTests",
-            dependencies: ["VSMMUDaemon", "VSMMUConfiguration", "VSMMUClient", "VSMMUProtocol", "SMMUv3", "PSMMU", "VSMMUTestSupport",
+            dependencies: ["VSMMUDaemon", "HostileInput", "VSMMUConfiguration", "VSMMUClient", "VSMMUProtocol", "SMMUv3", "PSMMU", "VSMMUTestSupport",
                            "IOMMUFD", "IOMMUFDSimulation", .product(name: "SystemPackage", package: "swift-system")]
         ),
         .testTarget(name: "VSMMUConfigurationTests", dependencies: ["VSMMUConfiguration", "PSMMU", "VSMMUProtocol", "SMMUv3"]),

@@ -37,9 +37,13 @@ struct Connection {
     /// Whether SO_RCVTIMEO is armed for the HELLO deadline.
     private var receiveTimeoutArmed = false
 
-    init(id: UInt64, fd: Int32, credentials: PeerCredentials?, server: VSMMUServer) {
+    /// Where replies go: the socket, or a buffer (``VSMMUServer/serveInMemory(_:)``).
+    let output: ReplyOutput
+
+    init(id: UInt64, fd: Int32, credentials: PeerCredentials?, server: VSMMUServer, output: ReplyOutput = .socket) {
         self.id = id
         self.fd = fd
+        self.output = output
         self.credentials = credentials
         self.server = server
         limits = server.limits
@@ -83,7 +87,7 @@ struct Connection {
                                                 type: .hello,
                                                 "no HELLO within \(helloTimeoutMilliseconds) ms of connecting: closing")
         logger.info("closing a connection that did not complete HELLO in time")
-        try? POSIX.sendAll(fd, error.replyFrame(requestID: 0))
+        try? write(error.replyFrame(requestID: 0))
     }
 
     /// Receives the next bytes (and fds) from the peer: polls for them first while the adaptive window
@@ -173,47 +177,53 @@ struct Connection {
             }
             server.pollingSlots.beginServing()
             serving = true
-            decoder.feed(buffer[0..<received])
-            while true {
-                // Fast path: a well-formed INVALIDATE is decoded straight from the decoder's buffer into
-                // `commands` (reused), without building a `Frame` or a `Request`; anything else, and every
-                // malformed INVALIDATE, takes the general path below, which answers the error.
-                var target: VSMMUID?
-                if handshakeCompleted,
-                   let header = decoder.takeFrame(ofType: .invalidate, { _, payload in
-                       target = Invalidate.decodeCommands(payload: payload, into: &commands)
-                       return target != nil
-                   }), let vsmmu = target {
-                    server.framesReceived.add(1, ordering: .relaxed)
-                    let response: Response
-                    do throws(ProtocolError) {
-                        response = try commands.withUnsafeBufferPointer { (batch) throws(ProtocolError) -> Response in
-                            try server.invalidate(vsmmu, commands: batch, connection: self)
-                        }
-                    } catch {
-                        response = .error(error)
+            guard process(buffer[0..<received], commands: &commands) else { return }
+        }
+    }
+
+    /// Cuts `bytes` into frames and handles each in order, writing their replies. Returns `false` when
+    /// the connection must end (a fatal framing error, or a reply that cannot be written).
+    mutating func process(_ bytes: ArraySlice<UInt8>, commands: inout [Command]) -> Bool {
+        decoder.feed(bytes)
+        while true {
+            // Fast path: a well-formed INVALIDATE is decoded straight from the decoder's buffer into
+            // `commands` (reused), without building a `Frame` or a `Request`; anything else, and every
+            // malformed INVALIDATE, takes the general path below, which answers the error.
+            var target: VSMMUID?
+            if handshakeCompleted,
+               let header = decoder.takeFrame(ofType: .invalidate, { _, payload in
+                   target = Invalidate.decodeCommands(payload: payload, into: &commands)
+                   return target != nil
+               }), let vsmmu = target {
+                server.framesReceived.add(1, ordering: .relaxed)
+                let response: Response
+                do throws(ProtocolError) {
+                    response = try commands.withUnsafeBufferPointer { (batch) throws(ProtocolError) -> Response in
+                        try server.invalidate(vsmmu, commands: batch, connection: self)
                     }
-                    guard reply(response, to: header) else { return }
-                    continue
+                } catch {
+                    response = .error(error)
                 }
-                let frame: Frame?
-                do throws(FrameError) { frame = try decoder.nextFrame() } catch {
-                    logger.warning("fatal framing error, closing", metadata: ["error": "\(error)"])
-                    server.protocolErrors.add(1, ordering: .relaxed)
-                    try? POSIX.sendAll(fd, error.replyFrame())
-                    return
-                }
-                guard let frame else { break }
-                guard handle(frame) else { return }
+                guard reply(response, to: header) else { return false }
+                continue
             }
+            let frame: Frame?
+            do throws(FrameError) { frame = try decoder.nextFrame() } catch {
+                logger.warning("fatal framing error, closing", metadata: ["error": "\(error)"])
+                server.protocolErrors.add(1, ordering: .relaxed)
+                try? write(error.replyFrame())
+                return false
+            }
+            guard let frame else { return true }
+            guard handle(frame) else { return false }
         }
     }
 
     /// The peer closed its writing side: answer TRUNCATED_FRAME if it stopped inside a frame.
-    private func endOfStream() {
+    func endOfStream() {
         do throws(FrameError) { try decoder.finish() } catch {
             server.protocolErrors.add(1, ordering: .relaxed)
-            do throws(SystemCallError) { try POSIX.sendAll(fd, error.replyFrame()) } catch {
+            do throws(SystemCallError) { try write(error.replyFrame()) } catch {
                 logger.info("peer vanished inside a frame", metadata: ["error": "\(error)"])
                 return
             }
@@ -251,7 +261,7 @@ struct Connection {
 
     /// Writes a reply frame as it is. Returns `false` when the connection must end.
     private func send(_ frame: [UInt8]) -> Bool {
-        do throws(SystemCallError) { try POSIX.sendAll(fd, frame) } catch {
+        do throws(SystemCallError) { try write(frame) } catch {
             logger.info("cannot write a reply, closing", metadata: ["error": "\(error)"])
             return false
         }
@@ -272,11 +282,32 @@ struct Connection {
         }
         // A control change is durable before its reply leaves (PROTOCOL.md "Durability and restarts").
         if let request { server.commit(request, header: header, payload: payload, response: response, reply: &replyBuffer) }
-        do throws(SystemCallError) { try POSIX.sendAll(fd, replyBuffer) } catch {
+        do throws(SystemCallError) { try write(replyBuffer) } catch {
             logger.info("cannot write a reply, closing", metadata: ["error": "\(error)"])
             return false
         }
         if case .error(let error) = response, error.closesConnection { return false }
         return true
     }
+
+    /// Writes `bytes` to ``output``.
+    private func write(_ bytes: [UInt8]) throws(SystemCallError) {
+        switch output {
+        case .socket: try POSIX.sendAll(fd, bytes)
+        case .memory(let recorder): recorder.bytes.append(contentsOf: bytes)
+        }
+    }
+}
+
+/// Where a ``Connection`` writes its replies.
+enum ReplyOutput {
+    /// The connection's socket.
+    case socket
+    /// A buffer: a connection served in memory, without a socket.
+    case memory(ReplyRecorder)
+}
+
+/// The replies of a connection served in memory, in order.
+final class ReplyRecorder {
+    var bytes: [UInt8] = []
 }

@@ -4,6 +4,7 @@ import InvalidationEngine
 import VSMMUConfiguration
 import Logging
 import PSMMU
+import SMMUv3
 import Synchronization
 import VSMMUJournal
 import VSMMUProtocol
@@ -611,8 +612,23 @@ public final class VSMMUServer: Sendable {
         return true
     }
 
+    /// Registers a connection without a socket (``InMemoryConnection``), as the accept loop registers one.
+    func registerInMemoryConnection(userID: UInt32?) -> UInt64 {
+        state.withLock { s -> UInt64 in
+            let id = s.nextConnectionID
+            s.nextConnectionID += 1
+            s.connections[id] = ConnectionRecord(fd: -1, thread: nil, userID: userID)
+            return id
+        }
+    }
+
+    /// How many vSMMUs the daemon holds, and how many connections.
+    package var registryCounts: (vsmmus: Int, connections: Int) {
+        state.withLock { s in (s.vsmmus.count, s.connections.count) }
+    }
+
     /// A connection's thread ends: tear down its vSMMUs, forget it, close its socket.
-    private func finish(connection id: UInt64, fd: Int32) {
+    func finish(connection id: UInt64, fd: Int32) {
         // Torn down before they leave the registry: once a vSMMU is gone from LIST and HEALTH, its host
         // devices are free in the pSMMUs. A daemon that stops with a journal keeps them for the next process.
         let keep = journal != nil && isStopping
@@ -638,7 +654,7 @@ public final class VSMMUServer: Sendable {
             if let record = s.connections.removeValue(forKey: id), let thread = record.thread {
                 s.finishedThreads.append(thread)
             }
-            close(fd) // under the lock: stop() never shuts down a reused fd number
+            if fd >= 0 { close(fd) } // under the lock: stop() never shuts down a reused fd number
         }
         logger.info("connection closed", metadata: ["connection": "\(id)"])
     }
