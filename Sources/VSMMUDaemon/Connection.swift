@@ -243,7 +243,15 @@ struct Connection {
         let response: Response
         var applied: Request?
         do throws(ProtocolError) {
-            let request = try Request.decode(frame, handshakeCompleted: handshakeCompleted)
+            var decoded: Request?
+            var decodeError: ProtocolError?
+            do throws(ProtocolError) { decoded = try Request.decode(frame, handshakeCompleted: handshakeCompleted) } catch {
+                decodeError = error
+            }
+            // §2.2 step 5 (FD_ATTACHED without an fd) before step 6 (the fields, the daemon's state).
+            if let missing = Self.missingDescriptor(header, claimed: attachedFD != nil, decodeError: decodeError) { throw missing }
+            if let decodeError { throw decodeError }
+            guard let request = decoded else { throw ProtocolError.internalError(type: header.type, "no request decoded") }
             // A control request re-sent after a resume whose reply was lost: answered again, not applied twice.
             if let replayed = server.replayedReply(to: request, header: header, payload: frame.payload, connection: self) {
                 if let fd = attachedFD { close(fd) }
@@ -257,6 +265,20 @@ struct Connection {
         }
         if let fd = attachedFD { close(fd) } // not adopted by the request
         return reply(response, to: header, request: applied, payload: frame.payload)
+    }
+
+    /// The `BAD_FILE_DESCRIPTOR` (detail 1) that answers a frame with `FD_ATTACHED` whose fd did not arrive,
+    /// on a type that takes one (ATTACH_VIOMMU, SET_DEV_ID), in the order of PROTOCOL.md §2.2: after the
+    /// checks of steps 1-5 the decoder made (`decodeError` other than a field's `BAD_FIELD` wins), before
+    /// the field checks of step 6 (a `BAD_FIELD` at a payload offset yields to it) and before anything the
+    /// request means for the daemon's state. Only the connection knows whether the fd arrived.
+    static func missingDescriptor(_ header: FrameHeader, claimed: Bool, decodeError: ProtocolError?) -> ProtocolError? {
+        guard header.flags.contains(.fileDescriptorAttached), !claimed,
+              header.type == .attachViommu || header.type == .setDeviceID else { return nil }
+        if let decodeError {
+            guard decodeError.code == .badField, decodeError.detail < UInt32(ProtocolError.headerFieldOffset) else { return nil }
+        }
+        return .badFileDescriptor(.missing, type: header.type)
     }
 
     /// Writes a reply frame as it is. Returns `false` when the connection must end.
