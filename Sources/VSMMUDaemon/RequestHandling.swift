@@ -50,7 +50,7 @@ extension VSMMUServer {
             }
             // A create key makes the creation answerable again after a restart (version 3, which has tokens).
             if create.createKey != nil && connection.version < 3 {
-                throw .badField(type, offset: 0, value: UInt64(CreateVSMMU.keyFlag),
+                throw .badField(type, offset: CreateVSMMU.flagsOffset, value: UInt64(CreateVSMMU.keyFlag),
                                 "VSMMU_CREATE_FLAG_KEY needs protocol version 3 (this connection negotiated \(connection.version))")
             }
             let served = try state.withLock { (s: inout State) throws(ProtocolError) -> ServedVSMMU in
@@ -206,11 +206,11 @@ extension VSMMUServer {
                 throw .unknownStreamID(registration.streamID, type: type)
             }
             guard UInt32(device.viommu.rawValue) == registration.viommu else {
-                throw .badField(type, offset: 4, value: UInt64(registration.viommu),
+                throw .badField(type, offset: DeviceRegistration.Field.viommu.rawValue, value: UInt64(registration.viommu),
                                 "StreamID 0x\(String(registration.streamID, radix: 16)) is registered behind viommu \(device.viommu.rawValue)")
             }
             guard device.hostDeviceID == registration.hostDeviceID else {
-                throw .badField(type, offset: 8, value: UInt64(registration.hostDeviceID),
+                throw .badField(type, offset: DeviceRegistration.Field.hostDeviceID.rawValue, value: UInt64(registration.hostDeviceID),
                                 "StreamID 0x\(String(registration.streamID, radix: 16)) is registered for host device \(device.hostDeviceID)")
             }
             do throws(EngineError) { try served.engine.unsetDeviceID(streamID: registration.streamID) } catch {

@@ -7,6 +7,8 @@ import SMMUv3
 public struct CreateVSMMU: Hashable, Sendable {
     /// `flags` bit 0, `VSMMU_CREATE_FLAG_KEY`: the payload ends with a 16-byte create key.
     public static let keyFlag: UInt32 = 1 << 0
+    /// The byte offset of `flags` in the payload, for a `BAD_FIELD` that names it.
+    public static let flagsOffset = 0
     /// A label for admin listings (e.g. the VM's name), at most 64 UTF-8 bytes; may be empty.
     public var name: String
     /// The client's key for this creation (version 3): the same frame re-sent after a daemon restart
@@ -345,6 +347,11 @@ extension DetachViommu: PayloadCoding {
 /// SET_DEV_ID and UNSET_DEV_ID (`struct vsmmu_dev_id`, 16 bytes): a device's vSID behind a viommu.
 /// Reply: empty.
 public struct DeviceRegistration: Hashable, Sendable {
+    /// The byte offset of each field in the payload, for a `BAD_FIELD` that names one.
+    public enum Field: Int, Sendable {
+        case vsmmu = 0, viommu = 4, hostDeviceID = 8, streamID = 12
+    }
+
     public var vsmmu: VSMMUID
     /// The viommu the device sits behind.
     public var viommu: UInt32
