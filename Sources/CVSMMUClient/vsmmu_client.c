@@ -61,8 +61,11 @@ void vsmmu_client_close(struct vsmmu_client *client)
 		close(client->fd);
 	client->fd = -1;
 	free(client->resumables);
+	free(client->resume_cdevs);
 	client->resumables = NULL;
 	client->resumable_count = client->resumable_capacity = 0;
+	client->resume_cdevs = NULL;
+	client->resume_cdev_count = client->resume_cdev_capacity = 0;
 	client->reconnect_enabled = 0;
 }
 
@@ -127,6 +130,38 @@ int vsmmu_client_set_resume_iommufd(struct vsmmu_client *client, uint32_t vsmmu_
 	if (!r)
 		return -ENOENT;
 	r->iommufd = iommufd < 0 ? -1 : iommufd;
+	return 0;
+}
+
+/* Forgets the resume cdev of `vsid` on `vsmmu_id` (all of the vSMMU's when `all`). */
+static void forget_resume_cdevs(struct vsmmu_client *client, uint32_t vsmmu_id, int all, uint32_t vsid)
+{
+	for (size_t i = 0; i < client->resume_cdev_count;) {
+		struct vsmmu_client_resume_cdev *c = &client->resume_cdevs[i];
+		if (c->vsmmu_id == vsmmu_id && (all || c->vsid == vsid))
+			*c = client->resume_cdevs[--client->resume_cdev_count];
+		else
+			i++;
+	}
+}
+
+int vsmmu_client_set_resume_vfio_device(struct vsmmu_client *client, uint32_t vsmmu_id, uint32_t viommu,
+					uint32_t host_device_id, uint32_t vsid, int cdev)
+{
+	forget_resume_cdevs(client, vsmmu_id, 0, vsid);
+	if (cdev < 0)
+		return 0;
+	if (client->resume_cdev_count == client->resume_cdev_capacity) {
+		size_t capacity = client->resume_cdev_capacity ? client->resume_cdev_capacity * 2 : 4;
+		struct vsmmu_client_resume_cdev *grown = realloc(client->resume_cdevs, capacity * sizeof(*grown));
+		if (!grown)
+			return -ENOMEM;
+		client->resume_cdevs = grown;
+		client->resume_cdev_capacity = capacity;
+	}
+	client->resume_cdevs[client->resume_cdev_count++] = (struct vsmmu_client_resume_cdev){
+		.vsmmu_id = vsmmu_id, .viommu = viommu, .host_device_id = host_device_id, .vsid = vsid, .cdev = cdev,
+	};
 	return 0;
 }
 
@@ -386,9 +421,23 @@ static int recover(struct vsmmu_client *client, struct backoff *b, int cause, ui
 				if (r->vsmmu_id == destroying && destroyed)
 					*destroyed = 1;
 				client->lost_vsmmus++;
+				forget_resume_cdevs(client, r->vsmmu_id, 1, 0);
 				forget_resumable(client, r->vsmmu_id);
 				rc = 0;
 				continue;
+			}
+			/* Each cdev back with its SET_DEV_ID (§5.14); a refusal leaves it pending on the daemon. */
+			for (size_t k = 0; rc == 0 && k < client->resume_cdev_count; k++) {
+				struct vsmmu_client_resume_cdev *c = &client->resume_cdevs[k];
+				if (c->vsmmu_id != r->vsmmu_id)
+					continue;
+				struct vsmmu_dev_id again = {
+					.vsmmu_id = c->vsmmu_id, .viommu = c->viommu, .host_device_id = c->host_device_id, .vsid = c->vsid,
+				};
+				rc = call_once(client, client->next_request_id++, VSMMU_MSG_SET_DEV_ID, &again, sizeof(again), NULL, 0,
+					       c->cdev, NULL, 0);
+				if (rc != 0 && !is_connection_failure(rc) && rc != VSMMU_ERR_SHUTTING_DOWN)
+					rc = 0;
 			}
 			i++;
 		}
@@ -542,8 +591,10 @@ int vsmmu_client_destroy_vsmmu(struct vsmmu_client *client, uint32_t vsmmu_id)
 {
 	struct vsmmu_destroy_vsmmu req = { .vsmmu_id = vsmmu_id };
 	int rc = call(client, VSMMU_MSG_DESTROY_VSMMU, &req, sizeof(req), NULL, 0, -1, NULL, 0);
-	if (rc == 0)
+	if (rc == 0) {
+		forget_resume_cdevs(client, vsmmu_id, 1, 0);
 		forget_resumable(client, vsmmu_id);
+	}
 	return rc;
 }
 
@@ -588,7 +639,10 @@ int vsmmu_client_set_dev_id(struct vsmmu_client *client, uint32_t vsmmu_id, uint
 int vsmmu_client_unset_dev_id(struct vsmmu_client *client, uint32_t vsmmu_id, uint32_t viommu,
 			      uint32_t host_device_id, uint32_t vsid)
 {
-	return dev_id(client, VSMMU_MSG_UNSET_DEV_ID, vsmmu_id, viommu, host_device_id, vsid, -1);
+	int rc = dev_id(client, VSMMU_MSG_UNSET_DEV_ID, vsmmu_id, viommu, host_device_id, vsid, -1);
+	if (rc == 0)
+		forget_resume_cdevs(client, vsmmu_id, 0, vsid);
+	return rc;
 }
 
 int vsmmu_client_get_hw_info(struct vsmmu_client *client, uint32_t vsmmu_id, struct vsmmu_hw_info_reply *reply)

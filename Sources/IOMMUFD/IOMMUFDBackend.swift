@@ -346,27 +346,39 @@ public final class IOMMUFDBackend: PSMMUBackend {
     ///   ioctl; otherwise the kind of the errno.
     public func attachDevice(_ vdevice: VDeviceHandle, to domain: DeviceDomain) throws(BackendError) {
         let (record, ptID, device) = try state.withLock { (state) throws(BackendError) -> (VDeviceRecord, UInt32, any IOMMUFDDevice) in
-            guard let record = state.vdevices[vdevice], let viommu = state.viommus[record.viommu],
-                  let device = state.device else { throw unknown(vdevice) }
-            let ptID: UInt32
-            switch domain {
-            case .nested(let hwpt):
-                guard state.hwpts[hwpt] == record.viommu else {
-                    throw BackendError(.invalidArgument, "\(name): \(hwpt) is not a nested HWPT of \(record.viommu), where \(vdevice) is")
-                }
-                ptID = hwpt.rawValue
-            case .abort: ptID = viommu.abortHWPT
-            case .bypass: ptID = viommu.bypassHWPT
-            case .nestParent: ptID = viommu.nestParent
-            }
-            return (record, ptID, device)
+            guard let record = state.vdevices[vdevice], let device = state.device else { throw unknown(vdevice) }
+            return (record, try self.ptID(of: domain, for: vdevice, record, in: state), device)
         }
         guard record.domain != domain else { return }
-        if let errno = attach(record.vfio, to: ptID, on: device) {
+        guard let vfio = record.vfio else { throw pendingCdev(vdevice, record, "attach it to \(domain)") }
+        if let errno = attach(vfio, to: ptID, on: device) {
             throw BackendError(BackendError.Kind(iommufdErrno: errno), errno: errno.rawValue,
                                "\(name): \(VFIODeviceRequest.attachIOMMUFDPT) of dev_id \(record.hostDeviceID) to \(domain) (pt_id \(ptID)) failed: \(errno)")
         }
         state.withLock { $0.vdevices[vdevice]?.domain = domain }
+    }
+
+    /// The `pt_id` of `domain` for `vdevice`'s device (`record`), as `VFIO_DEVICE_ATTACH_IOMMUFD_PT` takes it.
+    /// - Throws: ``BackendError/Kind/invalidArgument`` for a nested HWPT of another viommu.
+    private func ptID(of domain: DeviceDomain, for vdevice: VDeviceHandle, _ record: VDeviceRecord,
+                      in state: State) throws(BackendError) -> UInt32 {
+        guard let viommu = state.viommus[record.viommu] else { throw unknown(vdevice) }
+        switch domain {
+        case .nested(let hwpt):
+            guard state.hwpts[hwpt] == record.viommu else {
+                throw BackendError(.invalidArgument, "\(name): \(hwpt) is not a nested HWPT of \(record.viommu), where \(vdevice) is")
+            }
+            return hwpt.rawValue
+        case .abort: return viommu.abortHWPT
+        case .bypass: return viommu.bypassHWPT
+        case .nestParent: return viommu.nestParent
+        }
+    }
+
+    /// The refusal of an operation that needs the VFIO cdev of a vdevice re-adopted without it.
+    private func pendingCdev(_ vdevice: VDeviceHandle, _ record: VDeviceRecord, _ what: String) -> BackendError {
+        BackendError(.invalidArgument,
+                     "\(name): cannot \(what): the VFIO cdev of dev_id \(record.hostDeviceID) (\(vdevice)) has not been handed back since the restart (SET_DEV_ID with FD_ATTACHED repeating its registration hands it back)")
     }
 
     /// Closes `host`'s VFIO descriptor through the iommufd seam (`close(2)` when no iommufd is open yet).
@@ -394,7 +406,22 @@ public final class IOMMUFDBackend: PSMMUBackend {
     /// Puts the device back on the viommu's nest parent if it is elsewhere (the kernel would otherwise
     /// keep it on a nested HWPT whose vdevice is gone), destroys the vdevice and closes the VFIO
     /// descriptor.
+    ///
+    /// A vdevice re-adopted without its cdev (``restoreViommu(_:)``) cannot be moved: it is destroyed
+    /// where its device is, and forgotten even when the kernel refuses (the error says so), so that a
+    /// teardown always completes. What the kernel still holds then goes with the VMM's cdev and iommufd
+    /// (`vfio_df_unbind_iommufd` detaches the device at the cdev's release, `iommufd_fops_release`
+    /// destroys every object at the iommufd's).
     public func destroyVDevice(_ vdevice: VDeviceHandle) throws(BackendError) {
+        if let pending = state.withLock({ $0.vdevices[vdevice] }), pending.vfio == nil {
+            state.withLock { _ = $0.vdevices.removeValue(forKey: vdevice) }
+            guard let device = state.withLock({ $0.device }) else { throw unknown(vdevice) }
+            if let errno = destroyObject(vdevice.rawValue, on: device) {
+                throw BackendError(BackendError.Kind(iommufdErrno: errno), errno: errno.rawValue,
+                                   "\(name): \(IOMMUFDRequest.destroy) of \(vdevice), re-adopted without its VFIO cdev and left on \(pending.domain), failed: \(errno); forgotten: the kernel frees it with the VMM's cdev and iommufd")
+            }
+            return
+        }
         try attachDevice(vdevice, to: .nestParent)
         let (record, device) = try state.withLock { (state) throws(BackendError) -> (VDeviceRecord, any IOMMUFDDevice) in
             guard let record = state.vdevices.removeValue(forKey: vdevice), let device = state.device else {
@@ -406,7 +433,7 @@ public final class IOMMUFDBackend: PSMMUBackend {
             state.withLock { $0.vdevices[vdevice] = record }
             throw failure(.destroy, errno, "of \(vdevice)")
         }
-        device.close(vfioDevice: record.vfio)
+        if let vfio = record.vfio { device.close(vfioDevice: vfio) }
     }
 
     // MARK: - nested HWPT
@@ -668,7 +695,9 @@ public final class IOMMUFDBackend: PSMMUBackend {
             guard let record = state.viommus[viommu] else { return HeldDescriptors() }
             var held = HeldDescriptors(iommufd: (state.device as? SystemIOMMUFD)?.descriptor.rawValue,
                                        eventQueue: record.eventQueue?.descriptor.rawValue)
-            for (handle, vdevice) in state.vdevices where vdevice.viommu == viommu { held.vfioDevices[handle] = vdevice.vfio.rawValue }
+            for (handle, vdevice) in state.vdevices where vdevice.viommu == viommu {
+                if let vfio = vdevice.vfio { held.vfioDevices[handle] = vfio.rawValue }
+            }
             return held
         }
     }
@@ -683,9 +712,15 @@ public final class IOMMUFDBackend: PSMMUBackend {
     /// on the viommu (`iommufd_hwpt_invalidate`: `ENOENT` when the id names nothing, which is what a VMM
     /// that closed its iommufd meanwhile leaves) and on each nested HWPT (`EOPNOTSUPP`: a nested HWPT
     /// takes no invalidation of its own). The ID registers are read again (`IOMMU_GET_HW_INFO`).
+    ///
+    /// A device whose VFIO cdev did not come back is re-adopted too, its cdev pending: invalidations
+    /// need none (they go through the iommufd), the device stays attached where it was (the VMM still
+    /// holds the cdev, which holds the attachment: `vfio_df_unbind_iommufd` runs only at its release), and
+    /// ``resupply(_:device:)`` takes it when the VMM hands it back. Until then ``attachDevice(_:to:)``
+    /// refuses to move that device, with an error that says what is missing.
     /// - Throws: ``BackendError/Kind/unknownHandle`` (errno ENOENT) naming the object that is gone;
-    ///   ``BackendError/Kind/invalidArgument`` for objects this backend cannot read or a device whose
-    ///   VFIO cdev did not survive (this version needs every one back). Every descriptor was consumed.
+    ///   ``BackendError/Kind/invalidArgument`` for objects this backend cannot read. Every descriptor
+    ///   was consumed.
     public func restoreViommu(_ restoration: ViommuRestoration) throws(BackendError) -> RestoredViommu {
         func giveUp(_ error: BackendError) -> BackendError {
             restoration.closeDescriptors()
@@ -699,9 +734,6 @@ public final class IOMMUFDBackend: PSMMUBackend {
         let viommu = ViommuHandle(rawValue: id(0)), abort = id(1), bypass = id(2), oldQueue = id(3)
         guard viommu == restoration.handle else {
             throw giveUp(BackendError(.invalidArgument, "\(name): the objects name \(viommu), the snapshot \(restoration.handle)"))
-        }
-        if let missing = restoration.devices.first(where: { $0.host.vfioDevice == nil }) {
-            throw giveUp(BackendError(.invalidArgument, "\(name): the VFIO cdev of dev_id \(missing.host.id) (\(missing.vdevice)) did not survive the restart: hand it back before restoring \(viommu)"))
         }
         let device: any IOMMUFDDevice
         do { device = try openedDevice() } catch { throw giveUp(error) }
@@ -745,9 +777,9 @@ public final class IOMMUFDBackend: PSMMUBackend {
             state.viommus[viommu] = ViommuRecord(eventQueue: eventQueue, nestParent: restoration.request.nestParentHWPT,
                                                  abortHWPT: abort, bypassHWPT: bypass, idRegisters: idRegisters)
             for d in restoration.devices {
-                guard let fd = d.host.vfioDevice else { continue }
                 state.vdevices[d.vdevice] = VDeviceRecord(viommu: viommu, hostDeviceID: d.host.id,
-                                                          vfio: FileDescriptor(rawValue: fd), domain: d.domain)
+                                                          vfio: d.host.vfioDevice.map(FileDescriptor.init(rawValue:)),
+                                                          domain: d.domain)
                 restored.vdevices[d.virtualStreamID] = d.vdevice
                 if let h = d.nestedHWPT {
                     state.hwpts[h.handle] = viommu
@@ -758,17 +790,46 @@ public final class IOMMUFDBackend: PSMMUBackend {
         return restored
     }
 
-    /// A VFIO cdev handed back for a re-adopted vdevice. This version re-adopts only vdevices whose
-    /// cdev survived, so the backend holds one already: the new descriptor is closed.
+    /// A VFIO cdev handed back for a re-adopted vdevice. When the backend holds one already (it survived
+    /// the restart) the new descriptor is closed. When the vdevice's cdev is pending, the descriptor is
+    /// checked with `VFIO_DEVICE_ATTACH_IOMMUFD_PT` to the HWPT the device is on, which changes nothing
+    /// for the right cdev (`iommufd_device_do_replace` returns early for the HWPT the device is on) and
+    /// fails for anything else (`ENOTTY`/`EBADF`: no VFIO cdev; `EINVAL`: not bound to an iommufd;
+    /// `ENOENT`: bound to another iommufd), and kept.
+    /// - Returns: whether the backend kept the descriptor (the cdev was pending).
     /// - Throws: ``BackendError/Kind/unknownHandle`` for a vdevice it does not hold,
-    ///   ``BackendError/Kind/invalidArgument`` for another host device.
-    public func resupply(_ vdevice: VDeviceHandle, device host: HostDevice) throws(BackendError) {
-        defer { discard(host) }
-        let record = state.withLock { $0.vdevices[vdevice] }
-        guard let record else { throw unknown(vdevice) }
+    ///   ``BackendError/Kind/invalidArgument`` for another host device, ``BackendError/Kind/unusableDescriptor``
+    ///   for a descriptor that is not the device's cdev. The descriptor is closed.
+    public func resupply(_ vdevice: VDeviceHandle, device host: HostDevice) throws(BackendError) -> Bool {
+        let (record, ptID, device) = try state.withLock { (state) throws(BackendError) -> (VDeviceRecord?, UInt32, (any IOMMUFDDevice)?) in
+            guard let record = state.vdevices[vdevice], record.vfio == nil else { return (state.vdevices[vdevice], 0, nil) }
+            return (record, try self.ptID(of: record.domain, for: vdevice, record, in: state), state.device)
+        }
+        guard let record else {
+            discard(host)
+            throw unknown(vdevice)
+        }
         guard record.hostDeviceID == host.id else {
+            discard(host)
             throw BackendError(.invalidArgument, "\(name): \(vdevice) is dev_id \(record.hostDeviceID), not \(host.id)")
         }
+        guard record.vfio == nil, let device, let fd = host.vfioDevice else {
+            discard(host)
+            return false
+        }
+        let vfio = FileDescriptor(rawValue: fd)
+        if let errno = attach(vfio, to: ptID, on: device) {
+            device.close(vfioDevice: vfio)
+            throw BackendError(.unusableDescriptor, errno: errno.rawValue,
+                               "\(name): the descriptor handed back for dev_id \(host.id) (\(vdevice)) is not its VFIO cdev on this iommufd: \(VFIODeviceRequest.attachIOMMUFDPT) to \(record.domain) (pt_id \(ptID)) failed: \(errno)")
+        }
+        let kept = state.withLock { state -> Bool in
+            guard state.vdevices[vdevice] != nil, state.vdevices[vdevice]?.vfio == nil else { return false }
+            state.vdevices[vdevice]?.vfio = vfio
+            return true
+        }
+        if !kept { device.close(vfioDevice: vfio) }
+        return kept
     }
 
     // MARK: - Plumbing
@@ -794,8 +855,9 @@ public final class IOMMUFDBackend: PSMMUBackend {
     private struct VDeviceRecord {
         var viommu: ViommuHandle
         var hostDeviceID: UInt32
-        /// The VMM's VFIO device cdev, bound to the iommufd; owned by the backend.
-        var vfio: FileDescriptor
+        /// The VMM's VFIO device cdev, bound to the iommufd; owned by the backend. `nil`: pending, a
+        /// vdevice re-adopted after a restart whose cdev did not come back yet (``resupply(_:device:)``).
+        var vfio: FileDescriptor?
         /// Where the device is attached.
         var domain: DeviceDomain = .nestParent
     }

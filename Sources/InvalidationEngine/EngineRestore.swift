@@ -200,11 +200,14 @@ extension VSMMUEngine {
     /// backend takes it (``PSMMUBackend/resupply(_:device:)``) and nothing else changes.
     ///
     /// Takes ownership of `device.vfioDevice` (closed when refused).
+    /// - Returns: whether the backend kept the descriptor (the device was re-adopted without its cdev);
+    ///   `false`: it had one, and the new descriptor was closed.
     /// - Throws: ``EngineError/vsmmu(_:)`` when `streamID` is not registered for `device.id` behind
     ///   `viommu` (`.unknownStreamID`, or `.streamIDInUse` naming the registration that exists), or
     ///   the backend's refusal.
-    public func resupplyDevice(viommu: ViommuIndex, device: HostDevice, streamID: StreamID) throws(EngineError) {
-        try serialised { (state: inout State) throws(EngineError) in
+    @discardableResult
+    public func resupplyDevice(viommu: ViommuIndex, device: HostDevice, streamID: StreamID) throws(EngineError) -> Bool {
+        try serialised { (state: inout State) throws(EngineError) -> Bool in
             let attached = state.viommus[viommu]
             func refuse(_ error: VSMMUError) -> EngineError {
                 if let attached { attached.backend.discard(device) } else if let fd = device.vfioDevice { _ = Glibc.close(fd) }
@@ -215,7 +218,7 @@ extension VSMMUEngine {
                   let attached, let vdevice = attached.vdevices[streamID] else {
                 throw refuse(.streamIDInUse(streamID: streamID, viommu: registered.viommu, hostDeviceID: registered.hostDeviceID))
             }
-            do throws(BackendError) { try attached.backend.resupply(vdevice, device: device) } catch { throw .backend(error) }
+            do throws(BackendError) { return try attached.backend.resupply(vdevice, device: device) } catch { throw .backend(error) }
         }
     }
 

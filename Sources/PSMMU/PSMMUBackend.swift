@@ -248,7 +248,8 @@ public protocol PSMMUBackend: AnyObject, Sendable {
     /// repeats its SET_DEV_ID with `FD_ATTACHED`). `device.id` must be the vdevice's host device. Takes
     /// ownership of `device.vfioDevice`, like ``allocateVDevice(viommu:device:virtualStreamID:)``.
     /// Changes nothing else. The default closes it (a backend that needs none).
-    func resupply(_ vdevice: VDeviceHandle, device: HostDevice) throws(BackendError)
+    /// - Returns: whether the backend kept the descriptor (it had none for the vdevice); `false`: closed.
+    func resupply(_ vdevice: VDeviceHandle, device: HostDevice) throws(BackendError) -> Bool
 
     /// A snapshot of the backend's counters.
     var counters: BackendCounters { get }
@@ -460,7 +461,8 @@ extension PSMMUBackend {
 
     /// Takes a VFIO device cdev handed back for a restored vdevice (a SET_DEV_ID that repeats the
     /// registration): a backend that needs none closes it.
-    public func resupply(_ vdevice: VDeviceHandle, device: HostDevice) throws(BackendError) {
+    public func resupply(_ vdevice: VDeviceHandle, device: HostDevice) throws(BackendError) -> Bool {
         discard(device)
+        return false
     }
 }

@@ -71,7 +71,8 @@ extension VSMMUClient {
     }
 
     /// After `failure`: connects again (backing off), sends the HELLO the client had sent and RESUME_VSMMU
-    /// for every vSMMU it holds a token for (PROTOCOL.md §5.13), on the new connection.
+    /// for every vSMMU it holds a token for (PROTOCOL.md §5.13), then SET_DEV_ID with each VFIO cdev set
+    /// by ``setResumeVFIODevice(_:vsmmu:viommu:hostDeviceID:streamID:)`` (§5.14), on the new connection.
     /// - Returns: the vSMMUs the new daemon does not know (RESUME_VSMMU answered `UNKNOWN_VSMMU`); their
     ///   tokens are dropped and they join ``lostVSMMUs``.
     /// - Throws: `ETIMEDOUT` (``VSMMUClientError/isReconnectFailure``) after the deadline; an ERROR answer to HELLO or RESUME_VSMMU other than
@@ -98,6 +99,20 @@ extension VSMMUClient {
                             lost.insert(vsmmu)
                             resumeTokens[vsmmu] = nil
                             resumeIOMMUFDs[vsmmu] = nil
+                            resumeVFIODevices[vsmmu] = nil
+                            continue
+                        }
+                        // Each cdev back with its SET_DEV_ID (§5.14). A refusal leaves that device's cdev
+                        // pending on the daemon, which then says so when the device must move: not a
+                        // reason to fail the resume.
+                        for (sid, d) in (resumeVFIODevices[vsmmu] ?? [:]).sorted(by: { $0.key < $1.key }) {
+                            let again = Request.setDeviceID(DeviceRegistration(vsmmu: vsmmu, viommu: d.viommu, hostDeviceID: d.hostDeviceID,
+                                                                               streamID: sid, fileDescriptorAttached: true))
+                            do throws(VSMMUClientError) {
+                                _ = try awaitReply(to: again, id: try send(again, fileDescriptor: d.cdev))
+                            } catch where !error.isConnectionFailure && error.code != .shuttingDown {
+                                continue
+                            }
                         }
                     }
                 }

@@ -66,6 +66,9 @@ public final class VSMMUClient {
     var handshake: (name: String, versions: ClosedRange<UInt16>)?
     /// The iommufd to hand back with RESUME_VSMMU for a vSMMU, when the client resumes it on its own.
     var resumeIOMMUFDs: [VSMMUID: Int32] = [:]
+    /// The VFIO cdevs to hand back with SET_DEV_ID after the RESUME_VSMMU of a vSMMU, by vSID.
+    var resumeVFIODevices: [VSMMUID: [StreamID: ResumeVFIODevice]] = [:]
+    struct ResumeVFIODevice { var viommu: UInt32, hostDeviceID: UInt32, cdev: Int32 }
     var decoder = FrameDecoder()
     /// The id the next request gets. Ids stay unique over a client's whole life: a client that reconnects
     /// after a daemon restart starts its new connection where the old one stopped
@@ -259,11 +262,21 @@ public final class VSMMUClient {
     /// The client does not own the descriptor: keep it open while it is set.
     public func setResumeIOMMUFD(_ iommufd: Int32?, for vsmmu: VSMMUID) { resumeIOMMUFDs[vsmmu] = iommufd }
 
+    /// The VFIO cdev of the device registered as `streamID` (SET_DEV_ID on `viommu` with `hostDeviceID`) to
+    /// hand back after the RESUME_VSMMU of `vsmmu` when the client resumes it on its own: it repeats that
+    /// SET_DEV_ID with the cdev (PROTOCOL.md §5.14), which a daemon that re-adopted the device without
+    /// its cdev keeps and any other answers without a change. `nil` forgets it (UNSET_DEV_ID does too).
+    /// The client does not own the descriptor: keep it open while it is set.
+    public func setResumeVFIODevice(_ cdev: Int32?, vsmmu: VSMMUID, viommu: UInt32, hostDeviceID: UInt32, streamID: StreamID) {
+        resumeVFIODevices[vsmmu, default: [:]][streamID] = cdev.map { ResumeVFIODevice(viommu: viommu, hostDeviceID: hostDeviceID, cdev: $0) }
+    }
+
     /// DESTROY_VSMMU. The vSMMU's resume token is forgotten.
     public func destroyVSMMU(_ vsmmu: VSMMUID) throws(VSMMUClientError) {
         _ = try call(.destroyVSMMU(DestroyVSMMU(vsmmu: vsmmu)))
         resumeTokens[vsmmu] = nil
         resumeIOMMUFDs[vsmmu] = nil
+        resumeVFIODevices[vsmmu] = nil
     }
 
     /// ATTACH_VIOMMU, passing `iommufd` with SCM_RIGHTS when given (the iommufd backend needs it).
@@ -297,6 +310,7 @@ public final class VSMMUClient {
     /// UNSET_DEV_ID.
     public func unsetDeviceID(vsmmu: VSMMUID, viommu: UInt32, hostDeviceID: UInt32, streamID: StreamID) throws(VSMMUClientError) {
         _ = try call(.unsetDeviceID(DeviceRegistration(vsmmu: vsmmu, viommu: viommu, hostDeviceID: hostDeviceID, streamID: streamID)))
+        resumeVFIODevices[vsmmu]?[streamID] = nil
     }
 
     /// LINK_STE. - Returns: the stage-1 HWPT now serving the vSID.

@@ -33,14 +33,15 @@ extension VSMMUServer {
     /// Each record holds the engine's snapshot, and the engine is restored from it
     /// (`VSMMUEngine.restore`), with its viommu indices, StreamIDs, vSTEs, CDs and retiring ASIDs:
     /// - a simulated viommu comes back as a new object with empty caches (a reset SMMU caches nothing);
-    /// - an iommufd viommu is re-adopted by its kernel object ids when its VMM's iommufd and every device's
-    ///   VFIO cdev came back from the fd store (``Configuration/inheritedFileDescriptors``): the objects live
-    ///   in the VMM's iommufd file, which the VMM still holds (`iommufd_fops_release` destroys them only
-    ///   when the file's last reference goes), an id names the same object for as long as the file lives
-    ///   (`iommufd_get_object` looks it up in the file's `objects` xarray), and a device's attachment lives
-    ///   in its cdev's file (`vfio_df_unbind_iommufd` runs only at that file's release). When a descriptor
-    ///   is missing, the vSMMU waits for its VMM to bring them (RESUME_VSMMU, SET_DEV_ID:
-    ///   ``ServedVSMMU/AwaitedDescriptors``).
+    /// - an iommufd viommu is re-adopted by its kernel object ids when its VMM's iommufd came back from the
+    ///   fd store (``Configuration/inheritedFileDescriptors``): the objects live in the VMM's iommufd file,
+    ///   which the VMM still holds (`iommufd_fops_release` destroys them only when the file's last
+    ///   reference goes), and an id names the same object for as long as the file lives
+    ///   (`iommufd_get_object` looks it up in the file's `objects` xarray). A device's attachment lives in
+    ///   its cdev's file (`vfio_df_unbind_iommufd` runs only at that file's release), which the VMM holds
+    ///   too: a device whose cdev did not come back is re-adopted with it pending, and SET_DEV_ID hands it
+    ///   back later (`IOMMUFDBackend.restoreViommu`, `resupply`). When the iommufd is missing, the vSMMU
+    ///   waits for its VMM to bring it (RESUME_VSMMU: ``ServedVSMMU/AwaitedDescriptors``).
     ///
     /// Inherited descriptors that no record claims are closed and removed from the fd store.
     /// - Returns: how many vSMMUs were rebuilt (0 without a state directory).
@@ -192,7 +193,7 @@ extension VSMMUServer {
         if configuration.fileDescriptorStore != nil { served.storedNames.withLock { $0 = claimed } }
         if waiting {
             served.awaited.withLock { $0 = awaited }
-            logger.notice("iommufd vSMMU awaits its descriptors from its VMM: RESUME_VSMMU with the iommufd, SET_DEV_ID with each cdev", metadata: [
+            logger.notice("iommufd vSMMU awaits its iommufd from its VMM: RESUME_VSMMU with it (SET_DEV_ID then hands back each cdev)", metadata: [
                 "vsmmu": "\(record.id)", "missing": "\(awaited.missing)",
             ])
         } else {
@@ -209,7 +210,7 @@ extension VSMMUServer {
         }
     }
 
-    /// The serving engine of a vSMMU whose descriptors are all there (`awaited.isComplete`): restored from
+    /// The serving engine of a vSMMU whose iommufds are all there (`awaited.isComplete`): restored from
     /// its snapshot, each iommufd viommu on a new ``IOMMUFDBackend`` adopting its iommufd and re-adopting
     /// its objects by id (`IOMMUFDBackend.restoreViommu` checks every id first), each simulated one
     /// re-created. Every descriptor in `awaited` is consumed.

@@ -64,8 +64,9 @@ extension VSMMUServer {
     /// vSMMU that awaits its descriptors after a restart (``ServedVSMMU/AwaitedDescriptors``), it must hold
     /// the journaled viommu ids, checked before anything changes (a wrong one is refused with
     /// `BACKEND_FAILURE`, errno `ENOENT`, and the vSMMU stays as it was, awaiting its owner); then each
-    /// iommufd viommu takes a duplicate, the fd store another, and once every device's cdev is back too
-    /// (SET_DEV_ID) the engine is restored by id. Otherwise it is not needed and the caller closes it.
+    /// iommufd viommu takes a duplicate, the fd store another, and the engine is restored by id (a device
+    /// whose cdev did not come back is re-adopted with it pending, until SET_DEV_ID hands it back).
+    /// Otherwise it is not needed and the caller closes it.
     func resume(_ id: VSMMUID, token: [UInt8], connection: Connection, type: MessageType,
                 iommufd: inout Int32?) throws(ProtocolError) -> ResumeOutcome {
         guard let served = state.withLock({ $0.vsmmus[id] }), let expected = served.token, expected.matches(token) else {
@@ -259,9 +260,10 @@ extension VSMMUServer {
     }
 
     /// SET_DEV_ID that repeats a registration after a restart, with the device's VFIO cdev: on a vSMMU that
-    /// awaits its descriptors it hands the cdev back (and to the fd store) and restores the engine once
-    /// every descriptor is there; on a resumed vSMMU whose cdev survived it goes to the backend
-    /// (`VSMMUEngine.resupplyDevice`), which changes nothing else.
+    /// awaits its iommufd it is kept for the restore (and handed to the fd store); on a resumed vSMMU it
+    /// goes to the backend (`VSMMUEngine.resupplyDevice`), which keeps it when the device was re-adopted
+    /// without its cdev (it is then handed to the fd store too) and closes it when its cdev survived.
+    /// Nothing else changes.
     /// - Returns: whether it was such a SET_DEV_ID (answered); `false`: an ordinary one.
     /// - Throws: the awaiting refusal for another registration; the restore's failure.
     func resupplied(viommu index: ViommuIndex, hostDeviceID: UInt32, streamID: StreamID, on served: ServedVSMMU,
@@ -293,10 +295,31 @@ extension VSMMUServer {
             return false
         }
         fileDescriptor = nil
+        // Stored before the backend owns it (a refused descriptor is closed there): out again unless kept.
+        let name = ServedVSMMU.cdevName(served.id, streamID)
+        let alreadyStored = served.storedNames.withLock { $0.contains(name) }
+        var storeError: (any Error)?
+        if !alreadyStored { storeError = served.storeDescriptor(cdev, name: name) }
+        let kept: Bool
         do throws(EngineError) {
-            try served.engine.resupplyDevice(viommu: index, device: HostDevice(id: hostDeviceID, vfioDevice: cdev), streamID: streamID)
+            kept = try served.engine.resupplyDevice(viommu: index, device: HostDevice(id: hostDeviceID, vfioDevice: cdev), streamID: streamID)
         } catch {
+            if !alreadyStored { served.removeDescriptor(name: name) }
+            if case .backend(let backendError) = error, backendError.kind == .unusableDescriptor {
+                throw .badFileDescriptor(.unusable, type: type, errno: backendError.errno ?? 0,
+                                         message: "the fd is not this device's VFIO cdev: \(backendError)")
+            }
             throw Self.protocolError(error, type: type, viommu: UInt32(index.rawValue))
+        }
+        if kept, let storeError {
+            logger.error("cannot hand a VFIO cdev to the fd store: a later restart needs it from the VMM again",
+                         metadata: ["vsmmu": "\(served.id.rawValue)", "stream_id": "\(streamID)", "error": "\(storeError)"])
+        }
+        if !kept, !alreadyStored { served.removeDescriptor(name: name) }
+        if kept {
+            logger.notice("VFIO cdev handed back for a device re-adopted without it: it can be attached again", metadata: [
+                "vsmmu": "\(served.id.rawValue)", "stream_id": "\(streamID)",
+            ])
         }
         return true
     }

@@ -55,24 +55,19 @@ final class ServedVSMMU: Sendable {
         /// Each iommufd viommu's vEVENTQ, when it came back from the fd store (owned). Not awaited: a
         /// viommu whose queue did not come back gets a new one (the events the old one held are lost).
         var eventQueues: [ViommuIndex: Int32] = [:]
-        /// The iommufd viommus and the devices behind them: what must come back.
+        /// The iommufd viommus, which must come back, and the devices behind them, whose cdevs may come
+        /// later (a device re-adopted without its cdev is pending in the backend until SET_DEV_ID hands it
+        /// back: `IOMMUFDBackend.restoreViommu`).
         var neededIOMMUFDs: Set<ViommuIndex>
         var neededVFIODevices: Set<StreamID>
 
-        /// Whether every descriptor is back.
-        var isComplete: Bool {
-            neededIOMMUFDs.isSubset(of: Set(iommufds.keys)) && neededVFIODevices.isSubset(of: Set(vfioDevices.keys))
-        }
+        /// Whether the restore can run: every iommufd is back (the objects live in it; invalidations need
+        /// nothing else).
+        var isComplete: Bool { neededIOMMUFDs.isSubset(of: Set(iommufds.keys)) }
 
         /// What is still missing, for the error that says so.
         var missing: String {
-            var parts: [String] = []
-            if !neededIOMMUFDs.isSubset(of: Set(iommufds.keys)) { parts.append("the VMM's iommufd (RESUME_VSMMU)") }
-            let cdevs = neededVFIODevices.subtracting(vfioDevices.keys).sorted()
-            if !cdevs.isEmpty {
-                parts.append("the VFIO cdev of StreamID " + cdevs.map { "0x" + String($0, radix: 16) }.joined(separator: ", ") + " (SET_DEV_ID)")
-            }
-            return parts.joined(separator: " and ")
+            neededIOMMUFDs.isSubset(of: Set(iommufds.keys)) ? "nothing" : "the VMM's iommufd (RESUME_VSMMU)"
         }
 
         /// Closes the descriptors held.

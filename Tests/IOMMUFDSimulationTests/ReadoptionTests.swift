@@ -71,6 +71,47 @@ import VirtualSMMU
         #expect(issued.first?.command.opcode == .tlbiNHASID)
     }
 
+    @Test func aDeviceWhoseCdevDidNotComeBackIsReadoptedPendingAndResupplyLetsItMoveAgain() throws {
+        // The VMM still holds the cdev, and with it the attachment (vfio_df_unbind_iommufd runs only at
+        // the file's release): the first engine's descriptors stay open here, as the VMM's would.
+        let rig = try Rig()
+        let (engine, _) = try populated(rig)
+        let snapshot = try engine.snapshot()
+        try rig.kernel.close(descriptor: try #require(engine.heldDescriptors.eventQueues[ViommuIndex(0)]))
+        let second = rig.backend(0)
+        let restored = try VSMMUEngine.restore(snapshot, backends: { _ in second }, descriptors: EngineDescriptors())
+        #expect(restored.heldDescriptors.vfioDevices.isEmpty, "both cdevs pending")
+        // Invalidations need only the iommufd (arm_vsmmu_cache_invalidate on the re-adopted viommu id).
+        rig.kernel.clearIssuedCommands()
+        #expect(restored.submit([.tlbiNHASID(asid: 5), .sync()]).wait().failure == nil)
+        #expect(rig.kernel.issuedCommands(pSMMU: 0).map(\.command.opcode) == [.tlbiNHASID])
+        // The device stays where it was; moving it needs VFIO_DEVICE_ATTACH_IOMMUFD_PT on its cdev.
+        let hwpt = try #require(snapshot.devices[0].link?.hwpt)
+        #expect(rig.kernel.attachment(ofDevice: rig.device(0, 0).devID) == hwpt.rawValue)
+        var refusal: EngineError?
+        do { try restored.link(streamID: 0x10, ste: .abort, contextDescriptors: []) } catch { refusal = error }
+        #expect("\(String(describing: refusal))".contains("has not been handed back since the restart"))
+        #expect(rig.kernel.attachment(ofDevice: rig.device(0, 0).devID) == hwpt.rawValue, "not moved")
+        // Another device's cdev is not this device's: refused (the host device ids differ).
+        #expect(throws: EngineError.self) {
+            try restored.resupplyDevice(viommu: ViommuIndex(0), device: try rig.hostDevice(0, 1), streamID: 0x10)
+        }
+        // The right cdev is checked by an attach to the HWPT the device is on (iommufd_device_do_replace
+        // returns early) and kept; the device then moves.
+        #expect(try restored.resupplyDevice(viommu: ViommuIndex(0), device: try rig.hostDevice(0, 0), streamID: 0x10))
+        #expect(restored.heldDescriptors.vfioDevices.keys.sorted() == [0x10])
+        #expect(try restored.resupplyDevice(viommu: ViommuIndex(0), device: try rig.hostDevice(0, 0), streamID: 0x10) == false,
+                "a second cdev is closed: the backend holds one")
+        try restored.link(streamID: 0x10, ste: .abort, contextDescriptors: [])
+        #expect(rig.kernel.attachment(ofDevice: rig.device(0, 0).devID) != hwpt.rawValue)
+        // The other device, still pending and on its bypass HWPT, is torn down where it is: its vdevice
+        // goes, and the registration with it.
+        let vdevice = try #require(snapshot.devices.first { $0.streamID == 0x11 }?.vdevice)
+        try? restored.unsetDeviceID(streamID: 0x11)
+        #expect(!rig.kernel.liveObjects(.vdevice).contains(vdevice.rawValue))
+        #expect(restored.vsmmu.devices[0x11] == nil)
+    }
+
     @Test func relinkUnlinkAndUnregisterAfterReadoptionDestroyTheRightObjects() throws {
         let rig = try Rig()
         let (engine, _) = try populated(rig)

@@ -106,14 +106,14 @@ import Glibc
 
         /// A journaled server ("a process") on this host.
         func server(store: RecordingStore, inherited: InheritedFileDescriptors = InheritedFileDescriptors(),
-                    log: MessageLog? = nil, label: String = #function) throws -> VSMMUServer {
+                    log: MessageLog? = nil, socketPath: String? = nil, label: String = #function) throws -> VSMMUServer {
             let adoption = IOMMUFDAdoption { [self] fd in
                 let model = lock.withLock { kernelsByInode[Translation.inode(fd.rawValue)] } ?? kernel
                 _ = Glibc.close(fd.rawValue)
                 return Adapter(model, translation, realEventQueues: true)
             }
             let name = String(label.prefix { $0.isLetter }.prefix(20))
-            var configuration = VSMMUServer.Configuration(socketPath: uniqueSocketPath(name),
+            var configuration = VSMMUServer.Configuration(socketPath: socketPath ?? uniqueSocketPath(name),
                                                           pSMMUs: [.iommufd(name: "smmu0", adoption: adoption),
                                                                    .iommufd(name: "smmu1", adoption: adoption)])
             configuration.stateDirectory = directory
@@ -280,7 +280,7 @@ import Glibc
         #expect(rig.kernel.executedCommands(pSMMU: 1).map(\.opcode) == [.tlbiNHAll])
     }
 
-    @Test func withoutTheFdsTheVSMMUAwaitsItsVMMUntilResumeBringsTheIommufdAndSetDevIDTheCdev() throws {
+    @Test func withoutTheFdsTheVSMMUAwaitsItsIommufdThenServesWithTheCdevPendingUntilSetDevIDHandsItBack() throws {
         let rig = try Rig()
         let store = RecordingStore()
         let first = try rig.server(store: store)
@@ -312,27 +312,35 @@ import Glibc
         #expect(early?.code == .backendFailure)
         #expect(early?.message.contains("iommufd (RESUME_VSMMU)") == true)
 
-        // RESUME again, now with the VMM's iommufd: still the cdev to come.
+        // RESUME again, now with the VMM's iommufd: re-adopted by id at once, the device's cdev pending
+        // (IOMMUFDBackend.restoreViommu): invalidations need only the iommufd.
         let fd = try rig.iommufd()
         defer { close(fd) }
         _ = try vmm.resumeVSMMU(vsmmu, token: token, iommufd: fd)
-        let waiting = refusal("INVALIDATE before the cdev is back") {
-            _ = try vmm.invalidate(vsmmu: vsmmu, commands: [.sync()])
+        #expect(try backendViommuIDs(vmm) == ids, "re-adopted by id")
+        #expect(try rig.invalidationReachesTheKernel(vmm, vsmmu), "invalidations flow before the cdev is back")
+        // Moving the device needs its cdev (VFIO_DEVICE_ATTACH_IOMMUFD_PT): refused, saying what is missing.
+        let relink = refusal("a new vSTE for the device whose cdev is pending") {
+            _ = try vmm.linkSTE(vsmmu: vsmmu, streamID: 0x8, ste: .stage1(contextTable: 0x9000_0000),
+                                contextDescriptors: [.valid(asid: 4)])
         }
-        #expect(waiting?.code == .backendFailure)
-        #expect(waiting?.message.contains("StreamID 0x8") == true)
-        // Another registration than the journaled one is refused meanwhile.
-        let other = refusal("SET_DEV_ID of another vSID while awaiting") {
-            let cdev = try rig.cdev(1)
-            defer { close(cdev) }
-            try vmm.setDeviceID(vsmmu: vsmmu, viommu: 0, hostDeviceID: rig.devices[1].devID, streamID: 0x9, vfioDevice: cdev)
+        #expect(relink?.message.contains("has not been handed back since the restart") == true)
+        // Another device's cdev handed back as this one's fails the check attach: refused, still pending.
+        let wrong = refusal("device 1's cdev handed back as device 0's") {
+            let other = try rig.cdev(1)
+            defer { close(other) }
+            try vmm.setDeviceID(vsmmu: vsmmu, viommu: 0, hostDeviceID: rig.devices[0].devID, streamID: 0x8, vfioDevice: other)
         }
-        #expect(other?.code == .backendFailure)
+        #expect(wrong?.code == .badFileDescriptor)
+        #expect(bare.names == [ServedVSMMU.iommufdName(vsmmu, ViommuIndex(0)), ServedVSMMU.eventQueueName(vsmmu, ViommuIndex(0))],
+                "a refused cdev is not stored")
 
         let cdev = try rig.cdev(0)
         defer { close(cdev) }
         try vmm.setDeviceID(vsmmu: vsmmu, viommu: 0, hostDeviceID: rig.devices[0].devID, streamID: 0x8, vfioDevice: cdev)
-        #expect(try backendViommuIDs(vmm) == ids, "re-adopted by id")
+        // With the cdev back the device moves again, and the guest's ASID 3 still reaches the kernel.
+        _ = try vmm.linkSTE(vsmmu: vsmmu, streamID: 0x8, ste: .stage1(contextTable: 0x9000_0000),
+                            contextDescriptors: [.valid(asid: 3)])
         #expect(try rig.invalidationReachesTheKernel(vmm, vsmmu))
         // The vEVENTQ was released with the first process's last descriptor: destroyed by id and allocated
         // again (its events are lost), and the new one's descriptor goes to the store too.
@@ -341,6 +349,34 @@ import Glibc
         // What the VMM handed back went to the store under the same names.
         #expect(bare.names == [ServedVSMMU.iommufdName(vsmmu, ViommuIndex(0)), ServedVSMMU.cdevName(vsmmu, 0x8),
                                ServedVSMMU.eventQueueName(vsmmu, ViommuIndex(0))])
+    }
+
+    @Test func aReconnectingClientHandsBackItsIommufdAndCdevOnItsOwnSoTheDeviceMovesAgain() throws {
+        let rig = try Rig()
+        let store = RecordingStore()
+        let first = try rig.server(store: store)
+        let path = first.configuration.socketPath
+        let vmm = try VSMMUClient(socketPath: path, reconnect: .init(deadline: .seconds(30)))
+        try vmm.hello(name: "readopt-test")
+        let vsmmu = try rig.register(on: vmm)
+        let fd = try rig.iommufd()
+        defer { close(fd) }
+        let cdev = try rig.cdev(0)
+        defer { close(cdev) }
+        vmm.setResumeIOMMUFD(fd, for: vsmmu)
+        vmm.setResumeVFIODevice(cdev, vsmmu: vsmmu, viommu: 0, hostDeviceID: rig.devices[0].devID, streamID: 0x8)
+        rig.die(first)
+        store.discard()
+
+        // Started by hand, with no fd store: everything comes from the VMM.
+        let second = try rig.server(store: RecordingStore(), socketPath: path)
+        defer { second.stop() }
+        // The next request finds the connection gone: reconnect, HELLO, RESUME_VSMMU with the iommufd, then
+        // SET_DEV_ID with the cdev; the new vSTE needs the cdev to move the device.
+        _ = try vmm.linkSTE(vsmmu: vsmmu, streamID: 0x8, ste: .stage1(contextTable: 0x9000_0000),
+                            contextDescriptors: [.valid(asid: 3)])
+        #expect(vmm.reconnectCount == 1)
+        #expect(try rig.invalidationReachesTheKernel(vmm, vsmmu))
     }
 
     @Test func aWrongIommufdAtResumeIsRefusedAndTheVSMMUStaysAsItWas() throws {

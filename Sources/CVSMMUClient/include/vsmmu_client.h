@@ -39,6 +39,12 @@ struct vsmmu_client_resumable {
 	uint8_t resume_token[VSMMU_RESUME_TOKEN_SIZE];
 };
 
+/* A VFIO cdev to hand back after a reconnect: the SET_DEV_ID to repeat with it once its vSMMU resumed. */
+struct vsmmu_client_resume_cdev {
+	uint32_t vsmmu_id, viommu, host_device_id, vsid;
+	int cdev;
+};
+
 struct vsmmu_client {
 	int fd;
 	uint64_t next_request_id;
@@ -63,6 +69,8 @@ struct vsmmu_client {
 	uint16_t hello_min_version, hello_max_version;
 	struct vsmmu_client_resumable *resumables; /* the vSMMUs it holds tokens for */
 	size_t resumable_count, resumable_capacity;
+	struct vsmmu_client_resume_cdev *resume_cdevs; /* vsmmu_client_set_resume_vfio_device */
+	size_t resume_cdev_count, resume_cdev_capacity;
 };
 
 /* Connects to the daemon's Unix socket at `path` (no handshake yet). */
@@ -85,6 +93,13 @@ int vsmmu_client_adopt_resume_token(struct vsmmu_client *client, uint32_t vsmmu_
  * store needs it), -1 for none. The client does not own it: keep it open. Returns 0, or -ENOENT when the
  * client holds no token for the vSMMU. */
 int vsmmu_client_set_resume_iommufd(struct vsmmu_client *client, uint32_t vsmmu_id, int iommufd);
+/* The VFIO cdev of the device registered as `vsid` (SET_DEV_ID on `viommu` with `host_device_id`) to hand
+ * back after the automatic RESUME_VSMMU of `vsmmu_id`: the client repeats that SET_DEV_ID with it
+ * (PROTOCOL.md §5.14), which a daemon that re-adopted the device without its cdev keeps and any other
+ * answers without a change; a refusal does not fail the reconnect. -1 forgets it (so does
+ * vsmmu_client_unset_dev_id). The client does not own it: keep it open. Returns 0 or -ENOMEM. */
+int vsmmu_client_set_resume_vfio_device(struct vsmmu_client *client, uint32_t vsmmu_id, uint32_t viommu,
+					uint32_t host_device_id, uint32_t vsid, int cdev);
 
 /* HELLO: the first exchange, offering versions VSMMU_MIN_PROTOCOL_VERSION … VSMMU_PROTOCOL_VERSION; the
  * server picks the highest it speaks (client->version). `reply` may be NULL. */
