@@ -43,7 +43,7 @@ struct EngineChecks {
         checks.run("engine relink and unlink of StreamID 0x10: make-before-break, then the abort HWPT") { try linkCycle() }
         checks.run("routing: ASID-routed TLBIs reach only the viommu whose S1 HWPT holds the ASID; CFGI_CD and ATC_INV the device's own") { try routing() }
         checks.run("replay of linux-strict-cmdq.bin through VSMMUEngine + router onto both pSMMUs: 0 errors") { try replay() }
-        checks.run("re-adoption: snapshot, new backends on the same iommufd restore the engine by id, invalidate through it; a wrong id fails with ENOENT") { try readoption() }
+        checks.run("re-adoption: snapshot, new backends on the same iommufd restore the engine by id, invalidate through it; a cdev pending, then handed back; a wrong id fails with ENOENT") { try readoption() }
         checks.run("engine teardown: UNSET_DEV_ID, detach; every id the engine's backends allocated is gone (ENOENT)") { try teardown() }
         engine.stop()
     }
@@ -216,6 +216,41 @@ struct EngineChecks {
         let sent = zip(fresh, ioctls).map { $0.invalidateIoctlCount - $1 }
         try expect(sent == [1, 1], "IOMMU_HWPT_INVALIDATE calls through the new backends: \(sent)")
 
+        // A device whose cdev did not come back (no fd store): re-adopted with it pending. Invalidations
+        // flow; moving it is refused before any ioctl; the cdev handed back is checked with
+        // VFIO_DEVICE_ATTACH_IOMMUFD_PT to the HWPT the device is on, which the kernel accepts without
+        // moving it (iommufd_device_do_replace returns early for the HWPT the device is on). Nothing moves,
+        // so the first engine's teardown below still finds every object where it left it.
+        let pendingEntry = traceDevices[0]
+        guard let pendingDevice = snapshot.devices.first(where: { $0.streamID == pendingEntry.streamID }) else {
+            throw CheckFailure(description: "the snapshot has no StreamID \(hex(pendingEntry.streamID))")
+        }
+        let later = ["smmu0", "smmu1"].map {
+            IOMMUFDBackend(name: $0, device: spy, configuration: IOMMUFDBackend.Configuration(eventQueueDepth: nil))
+        }
+        var someCdevs: [StreamID: Int32] = [:]
+        for entry in traceDevices where entry.streamID != pendingEntry.streamID {
+            someCdevs[entry.streamID] = try vmm.hostDevice(entry.device).vfioDevice
+        }
+        let pending = try VSMMUEngine.restore(snapshot, backends: { viommu in
+            viommu.index.index < later.count ? later[viommu.index.index] : nil
+        }, descriptors: EngineDescriptors(vfioDevices: someCdevs))
+        defer { pending.stop() }
+        let flowed = pending.submit([.tlbiNHAll(), .sync()]).wait()
+        try expect(flowed.failure == nil && flowed.syncs == 1, "TLBI_NH_ALL + CMD_SYNC with a cdev pending: \(flowed)")
+        var refusal: EngineError?
+        do throws(EngineError) { try pending.link(streamID: pendingEntry.streamID, ste: .abort, contextDescriptors: []) } catch { refusal = error }
+        try expect(refusal.map { "\($0)".contains("has not been handed back since the restart") } == true,
+                   "moving StreamID \(hex(pendingEntry.streamID)) with its cdev pending: \(String(describing: refusal))")
+        let handedBack = try vmm.hostDevice(pendingEntry.device)
+        let kept = try pending.resupplyDevice(viommu: pendingDevice.viommu, device: handedBack, streamID: pendingEntry.streamID)
+        try expect(kept, "the cdev handed back for StreamID \(hex(pendingEntry.streamID)) was not kept")
+        let again = try pending.resupplyDevice(viommu: pendingDevice.viommu, device: try vmm.hostDevice(pendingEntry.device),
+                                               streamID: pendingEntry.streamID)
+        try expect(!again, "a second cdev for StreamID \(hex(pendingEntry.streamID)) was kept")
+        let attachedTo = pending.backendHandles(of: pendingEntry.streamID).hwpt
+        try expect(attachedTo == pendingDevice.link?.hwpt, "StreamID \(hex(pendingEntry.streamID)) moved: \(String(describing: attachedTo))")
+
         // A snapshot naming a viommu id the iommufd does not hold: the kernel's ENOENT, a clear BackendError.
         var wrong = snapshot
         wrong.devices = []
@@ -240,6 +275,7 @@ struct EngineChecks {
         return ["snapshot of \(snapshot.viommus.count) viommus, \(snapshot.devices.count) devices → \(snapshot.encode().count) bytes; "
                 + "restored on new backends: no object allocated, the same vdevices and HWPTs",
                 "TLBI_NH_ALL + CMD_SYNC through the restored engine: one IOMMU_HWPT_INVALIDATE per viommu, no error",
+                "StreamID \(hex(pendingEntry.streamID))'s cdev pending: invalidations flow, a move is refused; the cdev handed back passes VFIO_DEVICE_ATTACH_IOMMUFD_PT to its own HWPT and is kept",
                 "a snapshot naming viommu id \(bogus): restore refused with the kernel's ENOENT"]
     }
 
