@@ -184,7 +184,7 @@ let package = Package(
         .testTarget(
             name: "VSMMUDaemonTests",
             dependencies: ["VSMMUDaemon", "HostileInput", "VSMMUConfiguration", "VSMMUClient", "VSMMUProtocol", "SMMUv3", "PSMMU", "VSMMUTestSupport",
-                           "IOMMUFD", "IOMMUFDSimulation", .product(name: "SystemPackage", package: "swift-system")]
+                           "IOMMUFD", "IOMMUFDSimulation", "CVSMMUClient", .product(name: "SystemPackage", package: "swift-system")]
         ),
         .testTarget(name: "VSMMUConfigurationTests", dependencies: ["VSMMUConfiguration", "PSMMU", "VSMMUProtocol", "SMMUv3"]),
         .testTarget(

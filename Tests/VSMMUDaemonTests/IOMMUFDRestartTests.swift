@@ -1,3 +1,4 @@
+import CVSMMUClient
 import Foundation
 import IOMMUFD
 import IOMMUFDSimulation
@@ -377,6 +378,41 @@ import Glibc
                             contextDescriptors: [.valid(asid: 3)])
         #expect(vmm.reconnectCount == 1)
         #expect(try rig.invalidationReachesTheKernel(vmm, vsmmu))
+    }
+
+    @Test func theCClientHandsBackItsIommufdAndCdevOnItsOwnAfterAReconnectSoTheDeviceMovesAgain() throws {
+        let rig = try Rig()
+        let store = RecordingStore()
+        let first = try rig.server(store: store)
+        let path = first.configuration.socketPath
+        let owner = try rig.client(first)
+        let vsmmu = try rig.register(on: owner)
+        let token = try #require(owner.resumeTokens[vsmmu])
+        // The C client takes the vSMMU over after the restart: its token, iommufd and cdev set beforehand.
+        var c = vsmmu_client()
+        try #require(vsmmu_client_connect(&c, path) == 0)
+        defer { vsmmu_client_close(&c) }
+        try #require(vsmmu_client_set_reconnect(&c, 10, 500, 30_000) == 0)
+        try #require(vsmmu_client_hello(&c, "c-readopt", nil) == 0)
+        try #require(token.bytes.withUnsafeBufferPointer { vsmmu_client_adopt_resume_token(&c, vsmmu.rawValue, $0.baseAddress) } == 0)
+        let fd = try rig.iommufd()
+        defer { close(fd) }
+        let cdev = try rig.cdev(0)
+        defer { close(cdev) }
+        try #require(vsmmu_client_set_resume_iommufd(&c, vsmmu.rawValue, fd) == 0)
+        try #require(vsmmu_client_set_resume_vfio_device(&c, vsmmu.rawValue, 0, rig.devices[0].devID, 0x8, cdev) == 0)
+        rig.die(first)
+        store.discard()
+        withExtendedLifetime(owner) {}
+
+        let second = try rig.server(store: RecordingStore(), socketPath: path)
+        defer { second.stop() }
+        // UNLINK_STE moves the device to the abort HWPT: it needs the cdev, which only the automatic
+        // SET_DEV_ID after the automatic RESUME_VSMMU brings.
+        let rc = vsmmu_client_unlink_ste(&c, vsmmu.rawValue, 0x8)
+        let message = withUnsafeBytes(of: c.last_message) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        #expect(rc == 0, "UNLINK_STE: \(rc) \(message)")
+        #expect(c.reconnects == 1)
     }
 
     @Test func aWrongIommufdAtResumeIsRefusedAndTheVSMMUStaysAsItWas() throws {
