@@ -4,23 +4,20 @@ import PackageDescription
 let package = Package(
     name: "vsmmud",
     platforms: [.macOS(.v15)],
+    // The product: the daemon and its tools, the wire protocol, and the two client libraries a VMM links.
+    // Every other target is internal to the package (`package` or internal access; tests use
+    // `@testable import` or `package` API).
     products: [
-        .library(name: "SMMUv3", targets: ["SMMUv3"]),
-        .library(name: "VirtualSMMU", targets: ["VirtualSMMU"]),
-        .library(name: "CommandRing", targets: ["CommandRing"]),
-        .library(name: "PSMMU", targets: ["PSMMU"]),
-        .library(name: "IOMMUFD", targets: ["IOMMUFD"]),
-        .library(name: "InvalidationEngine", targets: ["InvalidationEngine"]),
-        .library(name: "VSMMUProtocol", targets: ["VSMMUProtocol"]),
-        .library(name: "VSMMUJournal", targets: ["VSMMUJournal"]),
-        .library(name: "VSMMUDaemon", targets: ["VSMMUDaemon"]),
-        .library(name: "VSMMUClient", targets: ["VSMMUClient"]),
         .executable(name: "vsmmud", targets: ["vsmmud"]),
-        .library(name: "CVSMMUClient", targets: ["CVSMMUClient"]),
+        .executable(name: "vsmmud-cli", targets: ["vsmmud-cli"]),
         .executable(name: "vmm-sim", targets: ["vmm-sim"]),
         .executable(name: "vsmmud-bench", targets: ["vsmmud-bench"]),
-        .executable(name: "vsmmud-cli", targets: ["vsmmud-cli"]),
-        .library(name: "VSMMUConfiguration", targets: ["VSMMUConfiguration"]),
+        .executable(name: "vsmmud-soak", targets: ["vsmmud-soak"]),
+        .executable(name: "vsmmud-fuzz", targets: ["vsmmud-fuzz"]),
+        .executable(name: "vsmmud-realkernel", targets: ["vsmmud-realkernel"]),
+        .library(name: "VSMMUProtocol", targets: ["VSMMUProtocol"]),
+        .library(name: "VSMMUClient", targets: ["VSMMUClient"]),
+        .library(name: "CVSMMUClient", targets: ["CVSMMUClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),

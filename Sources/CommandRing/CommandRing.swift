@@ -186,7 +186,7 @@ public final class CommandRing: @unchecked Sendable {
 
     /// The bytes of the ring's slots and headers the kernel holds resident (`mincore`): for tests
     /// and diagnostics of the lazily committed memory. A page only read (never written) may count.
-    public var residentBytes: Int {
+    package var residentBytes: Int {
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let pages = mappingLength / page
         var vector = [UInt8](repeating: 0, count: pages)

@@ -134,7 +134,7 @@ public final class DrainLane: @unchecked Sendable {
     }
 
     /// Queue visits made by this lane's threads (one drain pass each): diagnostics and tests.
-    public var visits: Int { visitCounter.load(ordering: .relaxed) }
+    package var visits: Int { visitCounter.load(ordering: .relaxed) }
 
     /// Whether every thread of the lane is asleep with nothing ready: tests.
     var isIdle: Bool { parker.withLock { sleepers == threads.count && readyHead == ready.count } }

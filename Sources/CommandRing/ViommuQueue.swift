@@ -130,7 +130,7 @@ public final class ViommuQueue: @unchecked Sendable {
     /// The queue's configuration.
     public let configuration: Configuration
     /// The ring (its positions are the ones ``push(_:)-(UnsafeBufferPointer<Command>)`` returns).
-    public let ring: CommandRing
+    package let ring: CommandRing
     private let sink: CommandSink
     private let consumer = ConsumerState()
     private let counters: UnsafeMutablePointer<Int.AtomicRepresentation>
@@ -433,7 +433,7 @@ public final class ViommuQueue: @unchecked Sendable {
     /// ring's markers are the queue's fences); hold it only to pause the queue, e.g. in a test. Give it
     /// back with ``release(_:)``, not by dropping it: dropping skips the re-check, leaving what was
     /// pushed meanwhile until the next push or fence.
-    public func tryAcquireConsumerRole() -> ConsumerRole? {
+    package func tryAcquireConsumerRole() -> ConsumerRole? {
         ring.tryAcquireConsumerRole()
     }
 

@@ -176,7 +176,7 @@ public final class VSMMUEngine: Sendable {
     }
 
     /// The backend handle of a vdevice / HWPT, for diagnostics and tests.
-    public func backendHandles(of streamID: StreamID) -> (vdevice: VDeviceHandle?, hwpt: HWPTHandle?) {
+    package func backendHandles(of streamID: StreamID) -> (vdevice: VDeviceHandle?, hwpt: HWPTHandle?) {
         state.withLock { state in
             guard let device = state.vsmmu.devices[streamID], let attached = state.viommus[device.viommu] else {
                 return (nil, nil)
