@@ -105,6 +105,9 @@ public final class ViommuQueue: @unchecked Sendable {
         public var inlineSinkCalls: Int = 0
         /// Sink calls made by the drain thread.
         public var drainThreadSinkCalls: Int = 0
+        /// Commands handed to the sink, summed over its calls (the commands after a failed one go again in
+        /// the next call and count again, as a backend's own `commandsReceived` counts them).
+        public var sinkCommands: Int = 0
         /// Commands the sink reported completed.
         public var commandsCompleted: Int = 0
         /// Commands the sink reported failed.
@@ -125,6 +128,9 @@ public final class ViommuQueue: @unchecked Sendable {
         /// Sink calls by batch size: entry *b* counts calls of *n* commands with 2^*b* ≤ *n* < 2^(*b*+1).
         public var sinkBatchSizeLog2: [Int] = Array(repeating: 0, count: ViommuQueue.batchSizeBuckets)
         public init() {}
+
+        /// Sink calls by anyone: what this queue asked of its backend (one call each).
+        public var sinkCalls: Int { inlineSinkCalls + drainThreadSinkCalls }
     }
 
     /// The queue's configuration.
@@ -164,7 +170,7 @@ public final class ViommuQueue: @unchecked Sendable {
 
     private enum Counter: Int, CaseIterable {
         case inlineSinkCalls, drainThreadSinkCalls, commandsCompleted, commandsFailed, fencesReached, drainThreadWakeups
-        case immediateSyncs
+        case immediateSyncs, sinkCommands
         /// Commands handed to the sink by ``executeAndSync(_:)`` and not yet returned: part of the occupancy.
         case immediateInFlight
     }
@@ -229,6 +235,7 @@ public final class ViommuQueue: @unchecked Sendable {
         var statistics = Statistics()
         statistics.inlineSinkCalls = load(.inlineSinkCalls)
         statistics.drainThreadSinkCalls = load(.drainThreadSinkCalls)
+        statistics.sinkCommands = load(.sinkCommands)
         statistics.commandsCompleted = load(.commandsCompleted)
         statistics.commandsFailed = load(.commandsFailed)
         statistics.fencesReached = load(.fencesReached)
@@ -462,10 +469,12 @@ public final class ViommuQueue: @unchecked Sendable {
         var calls = 0
         var completedCount = 0
         var failedCount = 0
+        var sentCount = 0
         while offset < commands.count {
             let batch = UnsafeBufferPointer(rebasing: commands[offset...])
             let result = sink(batch)
             calls += 1
+            sentCount += batch.count
             recordBatchSize(batch.count)
             let completed = min(max(result.completed, 0), batch.count)
             completedCount += completed
@@ -483,6 +492,7 @@ public final class ViommuQueue: @unchecked Sendable {
             offset = failedIndex + 1
         }
         add(onDrainThread ? .drainThreadSinkCalls : .inlineSinkCalls, calls)
+        add(.sinkCommands, sentCount)
         add(.commandsCompleted, completedCount)
         if failedCount > 0 { add(.commandsFailed, failedCount) }
     }

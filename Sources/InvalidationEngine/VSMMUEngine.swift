@@ -170,6 +170,35 @@ public final class VSMMUEngine: Sendable {
         }
     }
 
+    /// One attached viommu as the control path sees it: where it sits and its backend's handle.
+    public struct AttachedViommuBinding: Hashable, Sendable {
+        /// The viommu's index in the vSMMU.
+        public var index: ViommuIndex
+        /// The pSMMU it sits on (the ATTACH_VIOMMU name).
+        public var pSMMU: String
+        /// The backend's handle of the viommu (the iommufd `viommu_id`).
+        public var handle: ViommuHandle
+    }
+
+    /// The binding of `index` if it is attached and has a backend, without a statistics pass or a
+    /// ``vsmmu`` copy (the viommus ``viommuStatistics`` lists).
+    public func viommu(_ index: ViommuIndex) -> AttachedViommuBinding? {
+        state.withLock { state in
+            guard let attached = state.viommus[index], let viommu = try? state.vsmmu.viommu(index) else { return nil }
+            return AttachedViommuBinding(index: index, pSMMU: viommu.pSMMU, handle: attached.handle)
+        }
+    }
+
+    /// Whether the vSMMU has viommu `index` attached (``VSMMU/attachedViommus``).
+    public func isAttached(_ index: ViommuIndex) -> Bool {
+        state.withLock { $0.vsmmu.attachedViommus.contains(index) }
+    }
+
+    /// The device registered for `streamID`, if any (``VSMMU/devices``).
+    public func device(_ streamID: StreamID) -> VSMMU.Device? {
+        state.withLock { $0.vsmmu.devices[streamID] }
+    }
+
     /// The queue of an attached viommu (tests: to hold its consumer role and see the ring path).
     func queue(of viommu: ViommuIndex) -> ViommuQueue? {
         state.withLock { $0.queue(viommu) }

@@ -6,7 +6,8 @@ import VSMMUProtocol
 ///
 /// Counters and gauges go through a `PrometheusCollectorRegistry` made for each call (a registry
 /// keeps its metrics for its lifetime); their names come from ``StatField`` (`vsmmud_…`, counters
-/// ending in `_total`) with labels `vsmmu`, `viommu` and `psmmu`. The registry emits its families in no
+/// ending in `_total`) with labels `vsmmu`, `viommu` and `psmmu` (the `vsmmud_psmmu_*` series carry `psmmu`
+/// alone: a pSMMU's totals over every vSMMU). The registry emits its families in no
 /// stable order, so the output is regrouped and sorted by family name and label set. The sync latency
 /// is already a histogram in STATS (log2 buckets, nanoseconds), which swift-prometheus cannot take (it
 /// records single observations): it is written here as a Prometheus histogram in seconds,
@@ -53,6 +54,7 @@ public enum PrometheusExposition {
                 record(StatField.viommu, o.values, [vsmmuLabel, ("viommu", String(o.index)), ("psmmu", o.pSMMU)])
             }
         }
+        for p in snapshot.pSMMUs { record(StatField.psmmu, p.values, [("psmmu", p.name)]) }
         var out = sortedFamilies(registry.emitToString())
         if !snapshot.vsmmus.isEmpty {
             out += "# HELP \(syncLatencyName) CMD_SYNC latency, INVALIDATE request received to sync completed "

@@ -113,6 +113,20 @@ extension StatField {
                   help: "Times a producer found the viommu's ring full."),
         StatField(.viommuSyncs, label: "syncs", json: "syncs", metric: "viommu_syncs", help: "Sync fences the viommu reached."),
         StatField(.viommuEvents, label: "events", json: "events", metric: "viommu_events",
+                  help: "Event records the pSMMU reported (not yet attributed to a viommu)."),
+    ]
+
+    /// A pSMMU's backend totals, over every vSMMU whose viommus sit on it (labelled by pSMMU name).
+    public static let psmmu: [StatField] = [
+        StatField(.psmmuBackendCalls, label: "backend calls", json: "backend_calls", metric: "psmmu_backend_calls",
+                  help: "Calls to the pSMMU backend's invalidate, all vSMMUs (iommufd: IOMMU_HWPT_INVALIDATE ioctls)."),
+        StatField(.psmmuBackendCommands, label: "backend commands", json: "backend_commands", metric: "psmmu_backend_commands",
+                  help: "Commands handed to the pSMMU backend's invalidate calls, all vSMMUs."),
+        StatField(.psmmuBackendCompleted, label: "completed", json: "backend_completed", metric: "psmmu_backend_completed",
+                  help: "Commands the pSMMU completed, all vSMMUs."),
+        StatField(.psmmuBackendFailed, label: "failed", json: "backend_failed", metric: "psmmu_backend_failed",
+                  help: "Commands the pSMMU failed, all vSMMUs."),
+        StatField(.psmmuEvents, label: "events", json: "events", metric: "psmmu_events",
                   help: "Event records the pSMMU reported."),
     ]
 }

@@ -53,6 +53,22 @@ public struct ViommuFigures: Hashable, Sendable {
     }
 }
 
+/// One pSMMU: its backend's totals over every vSMMU whose viommus sit on it (`PSMMU_*` keys).
+public struct PSMMUFigures: Hashable, Sendable {
+    /// The pSMMU's name (from LIST viommus); `vSMMU <id> viommu <index>` when LIST did not name it.
+    public var name: String
+    /// The values of ``StatField/psmmu``, by key.
+    public var values: [StatKey: UInt64]
+
+    public init(name: String, values: [StatKey: UInt64]) {
+        self.name = name
+        self.values = values
+    }
+
+    /// The value of `key`, 0 when absent.
+    public subscript(key: StatKey) -> UInt64 { values[key] ?? 0 }
+}
+
 /// One vSMMU: its router and engine counters, its sync latency histogram and its viommus.
 public struct VSMMUFigures: Hashable, Sendable {
     public var id: VSMMUID
@@ -64,13 +80,17 @@ public struct VSMMUFigures: Hashable, Sendable {
     public var syncLatency: Log2Histogram
     /// Its viommus by index.
     public var viommus: [ViommuFigures]
+    /// The pSMMUs its viommus sit on, as its STATS reply reported them, by viommu index.
+    public var pSMMUs: [PSMMUFigures]
 
-    public init(id: VSMMUID, name: String, values: [StatKey: UInt64], syncLatency: Log2Histogram, viommus: [ViommuFigures]) {
+    public init(id: VSMMUID, name: String, values: [StatKey: UInt64], syncLatency: Log2Histogram, viommus: [ViommuFigures],
+                pSMMUs: [PSMMUFigures] = []) {
         self.id = id
         self.name = name
         self.values = values
         self.syncLatency = syncLatency
         self.viommus = viommus
+        self.pSMMUs = pSMMUs
     }
 
     /// The figures of vSMMU `id` in its STATS reply; `pSMMUs` names the pSMMU of each viommu index.
@@ -79,8 +99,10 @@ public struct VSMMUFigures: Hashable, Sendable {
         var values: [StatKey: UInt64] = [:]
         var latencyBuckets: [(bucket: Int, count: UInt64)] = []
         var perViommu: [UInt16: (values: [StatKey: UInt64], batches: [(bucket: Int, count: UInt64)])] = [:]
+        var perPSMMU: [UInt16: [StatKey: UInt64]] = [:]
         for entry in reply.entries where entry.vsmmu == id {
             if let viommu = entry.viommu {
+                if entry.key.scope == .psmmu { perPSMMU[viommu, default: [:]][entry.key] = entry.value }
                 guard entry.key.scope == .viommu else { continue }
                 if let bucket = entry.key.histogramBucket {
                     perViommu[viommu, default: ([:], [])].batches.append((bucket, entry.value))
@@ -102,8 +124,13 @@ public struct VSMMUFigures: Hashable, Sendable {
             return ViommuFigures(index: index, pSMMU: pSMMUs[index] ?? "", values: v.values,
                                  batchSizes: Log2Histogram(buckets: v.batches, count: v.values[.viommuBackendCalls]))
         }
+        let psmmus = perPSMMU.keys.sorted().map { index in
+            PSMMUFigures(name: pSMMUs[index].flatMap { $0.isEmpty ? nil : $0 } ?? "vSMMU \(id.rawValue) viommu \(index)",
+                         values: perPSMMU[index] ?? [:])
+        }
         self.init(id: id, name: name, values: values,
-                  syncLatency: Log2Histogram(buckets: latencyBuckets, count: count, sum: sum), viommus: viommus)
+                  syncLatency: Log2Histogram(buckets: latencyBuckets, count: count, sum: sum), viommus: viommus,
+                  pSMMUs: psmmus)
     }
 
     /// The value of `key`, 0 when absent.
@@ -119,5 +146,15 @@ public struct StatsSnapshot: Hashable, Sendable {
     public init(daemon: DaemonFigures, vsmmus: [VSMMUFigures]) {
         self.daemon = daemon
         self.vsmmus = vsmmus.sorted { $0.id < $1.id }
+    }
+
+    /// Every pSMMU some vSMMU's viommu sits on, by name: its backend's totals. Several vSMMUs report the
+    /// same pSMMU, read a moment apart; the counters only grow, so each shows its largest reading.
+    public var pSMMUs: [PSMMUFigures] {
+        var byName: [String: [StatKey: UInt64]] = [:]
+        for v in vsmmus {
+            for p in v.pSMMUs { byName[p.name, default: [:]].merge(p.values, uniquingKeysWith: max) }
+        }
+        return byName.keys.sorted().map { PSMMUFigures(name: $0, values: byName[$0] ?? [:]) }
     }
 }

@@ -7,6 +7,8 @@ public enum StatsTable {
     /// The whole report, ending in a newline.
     public static func render(_ snapshot: StatsSnapshot, rates: StatsRates? = nil) -> String {
         var out = daemonSection(snapshot.daemon, rates: rates)
+        let pSMMUs = snapshot.pSMMUs
+        if !pSMMUs.isEmpty { out += "\n" + pSMMUSection(pSMMUs) }
         if snapshot.vsmmus.isEmpty { out += "\nno vSMMUs\n" }
         for vsmmu in snapshot.vsmmus { out += "\n" + vsmmuSection(vsmmu, rates: rates) }
         return out
@@ -20,6 +22,16 @@ public enum StatsTable {
             table.append([field.label, String(daemon[field.key]), rateCell(rates?.daemon[field.key])])
         }
         return "vsmmud\n" + table.render(indent: "  ", header: false)
+    }
+
+    /// The pSMMU table: each pSMMU's backend totals, over every vSMMU on it.
+    public static func pSMMUSection(_ pSMMUs: [PSMMUFigures]) -> String {
+        var table = TextTable(["pSMMU"] + StatField.psmmu.map(\.label),
+                              alignments: [.left] + Array(repeating: .right, count: StatField.psmmu.count))
+        for p in pSMMUs {
+            table.append([p.name] + StatField.psmmu.map { p.values[$0.key].map { String($0) } ?? "-" })
+        }
+        return "pSMMUs (all vSMMUs)\n" + table.render(indent: "  ")
     }
 
     /// One vSMMU: counters, sync latency and the viommu table.

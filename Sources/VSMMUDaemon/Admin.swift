@@ -65,14 +65,23 @@ extension VSMMUServer {
             for (bucket, calls) in viommu.queue.sinkBatchSizeLog2.enumerated() where calls > 0 {
                 add(.viommuBatchSizeLog2(bucket: bucket), UInt64(calls), viommu: v)
             }
-            add(.viommuBackendCalls, viommu.backend.invalidateCalls, viommu: v)
-            add(.viommuBackendCommands, viommu.backend.commandsReceived, viommu: v)
-            add(.viommuBackendCompleted, viommu.backend.commandsCompleted, viommu: v)
-            add(.viommuBackendFailed, viommu.backend.commandsFailed, viommu: v)
+            // What this viommu's queue handed to its backend, not the pSMMU backend's totals (which count
+            // every vSMMU's viommus on that pSMMU).
+            add(.viommuBackendCalls, UInt64(viommu.queue.sinkCalls), viommu: v)
+            add(.viommuBackendCommands, UInt64(viommu.queue.sinkCommands), viommu: v)
+            add(.viommuBackendCompleted, UInt64(viommu.queue.commandsCompleted), viommu: v)
+            add(.viommuBackendFailed, UInt64(viommu.queue.commandsFailed), viommu: v)
             add(.viommuSyncs, UInt64(viommu.queue.fencesReached), viommu: v)
             add(.viommuRingFullWaits, UInt64(viommu.queue.fullRingWaits), viommu: v)
             add(.viommuDevices, UInt64((try? snapshot.viommu(viommu.index))?.streamIDs.count ?? 0), viommu: v)
+            // Events are not attributed to a viommu yet: VIOMMU_EVENTS is still the pSMMU's count.
             add(.viommuEvents, viommu.backend.events, viommu: v)
+            // The pSMMU's totals, on the entry of this vSMMU's one viommu on it.
+            add(.psmmuBackendCalls, viommu.backend.invalidateCalls, viommu: v)
+            add(.psmmuBackendCommands, viommu.backend.commandsReceived, viommu: v)
+            add(.psmmuBackendCompleted, viommu.backend.commandsCompleted, viommu: v)
+            add(.psmmuBackendFailed, viommu.backend.commandsFailed, viommu: v)
+            add(.psmmuEvents, viommu.backend.events, viommu: v)
         }
         return StatsReply(entries: entries)
     }

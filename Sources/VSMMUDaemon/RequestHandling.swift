@@ -122,7 +122,7 @@ extension VSMMUServer {
                 connection.logger.error("cannot hand a vEVENTQ to the fd store: its events do not outlive a restart",
                                         metadata: ["vsmmu": "\(served.id.rawValue)", "viommu": "\(queue.rawValue)", "error": "\(error)"])
             }
-            let handle = served.engine.viommuStatistics.first { $0.index == index }?.handle.rawValue ?? 0
+            let handle = served.engine.viommu(index)?.handle.rawValue ?? 0
             return .attachViommu(ViommuAttached(viommu: UInt32(index.rawValue), backendViommuID: handle))
 
         case .detachViommu(let detach):
@@ -153,7 +153,7 @@ extension VSMMUServer {
                               on: served, fileDescriptor: &fileDescriptor, type: type) {
                 return .setDeviceID
             }
-            let pSMMU = served.engine.viommuStatistics.first { $0.index == index }?.pSMMU
+            let pSMMU = served.engine.viommu(index)?.pSMMU
             if let pSMMU, case .iommufd = providers[pSMMU], fileDescriptor == nil {
                 throw .badFileDescriptor(.missing, type: type,
                                          message: "viommu \(index.rawValue) is on the iommufd pSMMU \(pSMMU): SET_DEV_ID must pass the device's VFIO cdev (protocol version 2), through which the daemon attaches the device")
@@ -202,7 +202,7 @@ extension VSMMUServer {
 
         case .unsetDeviceID(let registration):
             let served = try owned(registration.vsmmu, by: connection, type: type)
-            guard let device = served.engine.vsmmu.devices[registration.streamID] else {
+            guard let device = served.engine.device(registration.streamID) else {
                 throw .unknownStreamID(registration.streamID, type: type)
             }
             guard UInt32(device.viommu.rawValue) == registration.viommu else {
@@ -352,7 +352,7 @@ extension VSMMUServer {
     /// A viommu index on the wire (u32) as the engine's, if that viommu is attached.
     /// - Throws: `UNKNOWN_VIOMMU`.
     private func viommuIndex(_ raw: UInt32, on served: ServedVSMMU, type: MessageType) throws(ProtocolError) -> ViommuIndex {
-        guard raw < UInt32(VSMMU.maximumViommus), served.engine.vsmmu.attachedViommus.contains(ViommuIndex(Int(raw))) else {
+        guard raw < UInt32(VSMMU.maximumViommus), served.engine.isAttached(ViommuIndex(Int(raw))) else {
             throw .unknownViommu(raw, type: type)
         }
         return ViommuIndex(Int(raw))

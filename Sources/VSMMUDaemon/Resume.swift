@@ -291,7 +291,7 @@ extension VSMMUServer {
             return true
         }
         guard let cdev = fileDescriptor, served.ownership.withLock({ $0.resumed }),
-              let device = served.engine.vsmmu.devices[streamID], device.viommu == index, device.hostDeviceID == hostDeviceID else {
+              let device = served.engine.device(streamID), device.viommu == index, device.hostDeviceID == hostDeviceID else {
             return false
         }
         fileDescriptor = nil

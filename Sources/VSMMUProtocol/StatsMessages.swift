@@ -9,7 +9,16 @@ public struct StatKey: RawRepresentable, Hashable, Comparable, Sendable, CustomS
 
     /// What a key describes.
     public enum Scope: Hashable, Sendable {
-        case daemon, vsmmu, viommu, unknown
+        /// The daemon's own counters (`vsmmu_id` 0).
+        case daemon
+        /// One vSMMU's router and engine.
+        case vsmmu
+        /// One viommu: what its own queue did (`viommu` = its index).
+        case viommu
+        /// The pSMMU a viommu sits on, over every vSMMU that used it (`viommu` = the index of this vSMMU's
+        /// viommu on it, which names the pSMMU in LIST viommus).
+        case psmmu
+        case unknown
     }
 
     // vSMMU keys
@@ -82,13 +91,26 @@ public struct StatKey: RawRepresentable, Hashable, Comparable, Sendable, CustomS
     public static let viommuRingFullWaits = StatKey(rawValue: 0x0048)
     /// Devices behind the viommu now. `VSMMU_STAT_VIOMMU_DEVICES` (0x0049).
     public static let viommuDevices = StatKey(rawValue: 0x0049)
-    /// Event records reported. `VSMMU_STAT_VIOMMU_EVENTS` (0x004A).
+    /// Event records reported. `VSMMU_STAT_VIOMMU_EVENTS` (0x004A). The backends do not attribute events
+    /// to a viommu yet: the value is its pSMMU's (``psmmuEvents``).
     public static let viommuEvents = StatKey(rawValue: 0x004A)
     /// Histogram bucket *b* (0-63) of backend batch sizes: calls with 2^b ≤ n < 2^(b+1) commands.
     /// `VSMMU_STAT_VIOMMU_BATCH_SIZE_LOG2(b)` (0x0300 + b).
     public static func viommuBatchSizeLog2(bucket: Int) -> StatKey {
         StatKey(rawValue: 0x0300 + UInt16(clamping: min(max(bucket, 0), 63)))
     }
+
+    // pSMMU keys: the pSMMU backend's totals, over every vSMMU's viommus on it
+    /// Backend invalidate calls. `VSMMU_STAT_PSMMU_BACKEND_CALLS` (0x0060).
+    public static let psmmuBackendCalls = StatKey(rawValue: 0x0060)
+    /// Commands handed to them. `VSMMU_STAT_PSMMU_BACKEND_COMMANDS` (0x0061).
+    public static let psmmuBackendCommands = StatKey(rawValue: 0x0061)
+    /// Commands completed. `VSMMU_STAT_PSMMU_BACKEND_COMPLETED` (0x0062).
+    public static let psmmuBackendCompleted = StatKey(rawValue: 0x0062)
+    /// Commands failed. `VSMMU_STAT_PSMMU_BACKEND_FAILED` (0x0063).
+    public static let psmmuBackendFailed = StatKey(rawValue: 0x0063)
+    /// Event records the pSMMU reported. `VSMMU_STAT_PSMMU_EVENTS` (0x0064).
+    public static let psmmuEvents = StatKey(rawValue: 0x0064)
 
     // daemon keys
     /// `VSMMU_STAT_DAEMON_CONNECTIONS` (0x0080).
@@ -118,6 +140,7 @@ public struct StatKey: RawRepresentable, Hashable, Comparable, Sendable, CustomS
         switch rawValue {
         case 0x0001...0x0015, 0x0200...0x023F: return .vsmmu
         case 0x0040...0x004A, 0x0300...0x033F: return .viommu
+        case 0x0060...0x0064: return .psmmu
         case 0x0080...0x0085: return .daemon
         default: return .unknown
         }
@@ -141,6 +164,8 @@ public struct StatKey: RawRepresentable, Hashable, Comparable, Sendable, CustomS
             0x43: "VIOMMU_BACKEND_CALLS", 0x44: "VIOMMU_BACKEND_COMMANDS", 0x45: "VIOMMU_BACKEND_COMPLETED",
             0x46: "VIOMMU_BACKEND_FAILED", 0x47: "VIOMMU_SYNCS", 0x48: "VIOMMU_RING_FULL_WAITS",
             0x49: "VIOMMU_DEVICES", 0x4A: "VIOMMU_EVENTS",
+            0x60: "PSMMU_BACKEND_CALLS", 0x61: "PSMMU_BACKEND_COMMANDS", 0x62: "PSMMU_BACKEND_COMPLETED",
+            0x63: "PSMMU_BACKEND_FAILED", 0x64: "PSMMU_EVENTS",
             0x80: "DAEMON_CONNECTIONS", 0x81: "DAEMON_VSMMUS", 0x82: "DAEMON_UPTIME_NS",
             0x83: "DAEMON_FRAMES_RECEIVED", 0x84: "DAEMON_PROTOCOL_ERRORS", 0x85: "DAEMON_CONNECTIONS_TOTAL",
         ]

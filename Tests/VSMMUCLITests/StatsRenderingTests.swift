@@ -62,7 +62,9 @@ import VSMMUProtocol
         #expect(text.contains("4 syncs timed"))
         #expect(text.contains("bucket bounds"))
         // The viommu table: one row per viommu with its pSMMU, devices and delivered commands.
-        let viommuRows = lines.filter { $0.contains("smmu0") || $0.contains("smmu1") }.map { $0.split(separator: " ").map(String.init) }
+        // (Its lines follow the vSMMU's heading; the pSMMU table above it names the pSMMUs too.)
+        let vsmmuLines = lines.drop { !$0.hasPrefix("vSMMU \(scenario.vsmmu.rawValue)") }
+        let viommuRows = vsmmuLines.filter { $0.contains("smmu0") || $0.contains("smmu1") }.map { $0.split(separator: " ").map(String.init) }
         #expect(viommuRows.count == 2)
         for (row, figures) in zip(viommuRows, vsmmu.viommus) {
             #expect(row[0] == String(figures.index) && row[1] == figures.pSMMU)
@@ -72,6 +74,28 @@ import VSMMUProtocol
             #expect(row[8] == String(figures[.viommuSyncs]))
         }
         #expect(!lines.contains { $0.hasSuffix(" ") })
+        // The pSMMU table, above the vSMMUs: one row per pSMMU with its backend's totals (here only this
+        // vSMMU used them, so they equal its viommus' own counts).
+        #expect(lines.contains("pSMMUs (all vSMMUs)"))
+        let pSMMURows = lines.prefix { !$0.hasPrefix("vSMMU ") }.filter { $0.hasPrefix("  smmu") }
+            .map { $0.split(separator: " ").map(String.init) }
+        #expect(pSMMURows.map { $0[0] } == ["smmu0", "smmu1"])
+        for (row, figures) in zip(pSMMURows, vsmmu.viommus) {
+            #expect(row[1] == String(figures[.viommuBackendCalls]) && row[2] == String(figures[.viommuBackendCommands]))
+            #expect(row[3] == String(figures[.viommuBackendCompleted]) && row[4] == String(figures[.viommuBackendFailed]))
+        }
+    }
+
+    @Test func pSMMUFiguresAreTheBackendTotalsByName() throws {
+        let scenario = try Scenario()
+        defer { scenario.stop() }
+        let snapshot = try DaemonSession(socketPath: scenario.path).snapshot()
+        let vsmmu = try #require(snapshot.vsmmus.first)
+        #expect(snapshot.pSMMUs.map(\.name) == ["smmu0", "smmu1"])
+        #expect(snapshot.pSMMUs.map { $0[.psmmuBackendCommands] } == [4, 3])
+        #expect(snapshot.pSMMUs.map { $0[.psmmuBackendCommands] } == vsmmu.viommus.map { $0[.viommuBackendCommands] })
+        #expect(snapshot.pSMMUs.map { $0[.psmmuBackendCompleted] } == [4, 3])
+        #expect(snapshot.pSMMUs.allSatisfy { $0.values[.psmmuEvents] == 0 && $0.values[.psmmuBackendFailed] == 0 })
     }
 
     @Test func jsonDecodesBackToTheSameNumbers() throws {
@@ -138,6 +162,15 @@ import VSMMUProtocol
                 #expect(exposition.value(field.prometheusName, labels) == Double(figures[field.key]), "\(field.prometheusName)")
             }
         }
+        // The pSMMU series: labelled by pSMMU alone.
+        for figures in snapshot.pSMMUs {
+            for field in StatField.psmmu {
+                #expect(exposition.value(field.prometheusName, ["psmmu": figures.name]) == Double(figures[field.key]),
+                        "\(field.prometheusName)")
+            }
+        }
+        #expect(exposition.types["vsmmud_psmmu_backend_calls_total"] == "counter")
+        #expect(exposition.value("vsmmud_psmmu_backend_commands_total", ["psmmu": "smmu0"]) == 4)
         let latency = PrometheusExposition.syncLatencyName
         #expect(exposition.types[latency] == "histogram")
         #expect(exposition.value(latency + "_count", ["vsmmu": id]) == 4)
