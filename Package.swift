@@ -34,19 +34,31 @@ let package = Package(
         .target(name: "SMMUv3"),
         // One guest SMMU: device table, vSTE table, S1 HWPT/ASID index and the invalidation router. Pure.
         .target(name: "VirtualSMMU", dependencies: ["SMMUv3"]),
+        // The system layer: typed system calls that retry EINTR and throw swift-system's Errno, the one thread
+        // type (OSThread) and the one lock type (Locked, visible to ThreadSanitizer).
+        .target(name: "VSMMUSystem", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
         // The lock-free per-viommu command ring, its consumer role and CMD_SYNC fences.
         .target(
             name: "CommandRing",
-            dependencies: ["SMMUv3", .product(name: "Atomics", package: "swift-atomics")]
+            dependencies: [
+                "SMMUv3", "VSMMUSystem", .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            // Members only from each file's own imports: SystemPackage (needed for Errno) imports
+            // Synchronization, whose `AtomicRepresentation` would otherwise clash with swift-atomics'.
+            swiftSettings: [.enableUpcomingFeature("MemberImportVisibility")]
         ),
         // The pSMMU backend protocol and the simulated pSMMU (TLB and config-cache model).
-        .target(name: "PSMMU", dependencies: ["SMMUv3"]),
+        .target(
+            name: "PSMMU",
+            dependencies: ["SMMUv3", "VSMMUSystem", .product(name: "SystemPackage", package: "swift-system")]
+        ),
         // The iommufd UAPI structs and ioctl numbers (Linux 6.13+), declared here: Debian 12's headers predate them.
         .target(name: "CIOMMUFD"),
         // The pSMMU backend on Linux iommufd (/dev/iommu).
         .target(
             name: "IOMMUFD",
-            dependencies: ["SMMUv3", "PSMMU", "CIOMMUFD", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: ["SMMUv3", "PSMMU", "CIOMMUFD", "VSMMUSystem", .product(name: "SystemPackage", package: "swift-system")]
         ),
         // A model of the Linux kernel behind the iommufd seam (iommufd core, arm-smmu-v3-iommufd, VFIO cdev
         // attach): object ids, references, errnos, entry_num and the 63-command chunks, for backend tests.
@@ -68,7 +80,7 @@ let package = Package(
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
         // Router → per-viommu rings → drain → backends → sync completion: the vSMMU's data path.
-        .target(name: "InvalidationEngine", dependencies: ["SMMUv3", "VirtualSMMU", "CommandRing", "PSMMU"]),
+        .target(name: "InvalidationEngine", dependencies: ["SMMUv3", "VirtualSMMU", "CommandRing", "PSMMU", "VSMMUSystem"]),
         // The wire format between VMMs and the daemon: frames and messages. Pure, shared by daemon and clients.
         .target(name: "VSMMUProtocol", dependencies: ["SMMUv3"]),
         // SCM_RIGHTS, SO_PEERCRED and the CMSG_* macros, which Glibc does not import.
@@ -84,7 +96,7 @@ let package = Package(
             name: "VSMMUDaemon",
             dependencies: [
                 "SMMUv3", "VirtualSMMU", "PSMMU", "IOMMUFD", "InvalidationEngine", "CommandRing", "VSMMUProtocol", "CSocketShims",
-                "VSMMUConfiguration", "VSMMUJournal",
+                "VSMMUConfiguration", "VSMMUJournal", "VSMMUSystem",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
@@ -143,7 +155,7 @@ let package = Package(
             name: "vsmmud-bench",
             dependencies: [
                 "SMMUv3", "VirtualSMMU", "CommandRing", "PSMMU", "InvalidationEngine", "VSMMUTestSupport",
-                "VSMMUDaemon", "VSMMUClient", "VSMMUProtocol", .product(name: "Logging", package: "swift-log"),
+                "VSMMUDaemon", "VSMMUClient", "VSMMUProtocol", "VSMMUSystem", .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // The soak driver: 32 clients of random valid traffic, bad frames and reconnects against a running
@@ -171,8 +183,8 @@ let package = Package(
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ]
         ),
-        .testTarget(name: "CommandRingTests", dependencies: ["CommandRing", "SMMUv3", "VSMMUTestSupport"]),
-        .testTarget(name: "PSMMUTests", dependencies: ["PSMMU", "SMMUv3", "VSMMUTestSupport"]),
+        .testTarget(name: "CommandRingTests", dependencies: ["CommandRing", "SMMUv3", "VSMMUSystem", "VSMMUTestSupport"]),
+        .testTarget(name: "PSMMUTests", dependencies: ["PSMMU", "SMMUv3", "VSMMUSystem", "VSMMUTestSupport"]),
         .testTarget(name: "IOMMUFDTests", dependencies: ["IOMMUFD", "CIOMMUFD", "PSMMU", "SMMUv3", "InvalidationEngine", "VirtualSMMU"]),
         .testTarget(
             name: "IOMMUFDSimulationTests",
@@ -201,7 +213,7 @@ let package = Package(
         .testTarget(name: "VSMMUProtocolTests", dependencies: ["VSMMUProtocol", "SMMUv3", "VSMMUTestSupport"]),
         .testTarget(
             name: "InvalidationEngineTests",
-            dependencies: ["InvalidationEngine", "VirtualSMMU", "CommandRing", "PSMMU", "SMMUv3", "VSMMUTestSupport"]
+            dependencies: ["InvalidationEngine", "VirtualSMMU", "CommandRing", "PSMMU", "SMMUv3", "VSMMUSystem", "VSMMUTestSupport"]
         ),
     ],
     swiftLanguageModes: [.v6],

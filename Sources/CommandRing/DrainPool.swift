@@ -1,4 +1,6 @@
 import Atomics
+import SystemPackage
+import VSMMUSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -65,11 +67,11 @@ public final class DrainPool: @unchecked Sendable {
             guard !stopped else { return .failure(.drainPoolStopped) }
             if let lane = lanes[pSMMU] { return .success(lane) }
             let lane = DrainLane(name: pSMMU, idleSpins: idleSpins)
-            do throws(JoinableThread.StartError) {
+            do throws(Errno) {
                 try lane.start(threads: threadsPerLane)
             } catch {
                 lane.stop()
-                return .failure(.drainThreadStartFailed(errno: error.errno))
+                return .failure(.drainThreadStartFailed(errno: error.rawValue))
             }
             lanes[pSMMU] = lane
             return .success(lane)
@@ -117,7 +119,7 @@ public final class DrainLane: @unchecked Sendable {
     private var readyHead = 0
     private var sleepers = 0
     private var stopping = false
-    private var threads: [JoinableThread] = []
+    private var threads: [OSThread] = []
     private let readyCount = ManagedAtomic<Int>(0)
     private let visitCounter = ManagedAtomic<Int>(0)
 
@@ -126,9 +128,9 @@ public final class DrainLane: @unchecked Sendable {
         self.idleSpins = idleSpins
     }
 
-    fileprivate func start(threads count: Int) throws(JoinableThread.StartError) {
+    fileprivate func start(threads count: Int) throws(Errno) {
         for _ in 0..<count {
-            let thread = try JoinableThread { [self] in run() }
+            let thread = try OSThread { [self] in run() }
             parker.withLock { threads.append(thread) }
         }
     }
@@ -182,7 +184,7 @@ public final class DrainLane: @unchecked Sendable {
     }
 
     fileprivate func stop() {
-        let joining = parker.withLock { () -> [JoinableThread] in
+        let joining = parker.withLock { () -> [OSThread] in
             stopping = true
             parker.broadcastLocked()
             defer { threads = [] }

@@ -1,5 +1,7 @@
 import Atomics
 import SMMUv3
+import SystemPackage
+import VSMMUSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -158,7 +160,7 @@ public final class ViommuQueue: @unchecked Sendable {
     /// Times the queue was put on its lane's ready list: its drain thread's wake-ups (written by any
     /// thread, unlike `counters`).
     private let laneWakeups = ManagedAtomic<Int>(0)
-    private var drainThread: JoinableThread?
+    private var drainThread: OSThread?
     private var stopped = false
 
     /// Buckets of the sink batch-size histogram (batches up to 2^32 commands).
@@ -197,10 +199,10 @@ public final class ViommuQueue: @unchecked Sendable {
         counters = .allocate(capacity: Counter.allCases.count)
         counters.initialize(repeating: Int.AtomicRepresentation(0), count: Counter.allCases.count)
         if hasDrainThread, lane == nil {
-            do {
-                drainThread = try JoinableThread { [self] in drainThreadMain() }
+            do throws(Errno) {
+                drainThread = try OSThread { [self] in drainThreadMain() }
             } catch {
-                throw .drainThreadStartFailed(errno: error.errno)
+                throw .drainThreadStartFailed(errno: error.rawValue)
             }
         }
     }

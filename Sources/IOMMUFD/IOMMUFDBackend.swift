@@ -1,8 +1,8 @@
 import CIOMMUFD
 import PSMMU
 import SMMUv3
-import Synchronization
 import SystemPackage
+import VSMMUSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -71,8 +71,8 @@ public final class IOMMUFDBackend: PSMMUBackend {
     public let configuration: Configuration
 
     private let openDevice: @Sendable () throws(BackendError) -> any IOMMUFDDevice
-    private let state = Mutex(State())
-    private let statistics = Mutex(Statistics())
+    private let state = Locked(State())
+    private let statistics = Locked(Statistics())
 
     /// A backend on the iommufd device node at `devicePath`, opened at the first attach.
     ///

@@ -4,6 +4,7 @@ import SMMUv3
 import PSMMU
 import Synchronization
 import VirtualSMMU
+import VSMMUSystem
 
 #if canImport(Glibc)
 import Glibc

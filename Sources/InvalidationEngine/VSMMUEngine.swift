@@ -5,6 +5,7 @@ import CommandRing
 import PSMMU
 import SMMUv3
 import VirtualSMMU
+import VSMMUSystem
 
 /// One vSMMU's data path and control path: the pure ``VSMMU`` state and router, one ``ViommuQueue``
 /// (lock-free ring + drain) per viommu, and the pSMMU backends the queues drain into.

@@ -1,4 +1,5 @@
 import SMMUv3
+import SystemPackage
 
 /// What a simulated pSMMU did with one device access
 /// (``SimulatedSMMU/touch(hostDeviceID:substreamID:address:size:mapped:throughATS:)``).
@@ -64,10 +65,10 @@ extension SimulatedSMMUState {
     mutating func touch(hostDeviceID: UInt32, of tenant: TenantID, substreamID: SubstreamID?, address: UInt64, size: UInt64,
                         mapped: Bool, throughATS: Bool, name: String) throws(BackendError) -> DMAOutcome {
         guard let device = self.device(hostDeviceID, of: tenant) else {
-            throw BackendError(.invalidArgument, errno: Errno.invalid, "device \(hostDeviceID) is not behind \(name)")
+            throw BackendError(.invalidArgument, errno: Errno.invalidArgument.rawValue, "device \(hostDeviceID) is not behind \(name)")
         }
         guard size >= 4096, size.nonzeroBitCount == 1 else {
-            throw BackendError(.invalidArgument, errno: Errno.invalid, "mapping size 0x\(String(size, radix: 16)) is not a power of two of at least 4 KiB")
+            throw BackendError(.invalidArgument, errno: Errno.invalidArgument.rawValue, "mapping size 0x\(String(size, radix: 16)) is not a power of two of at least 4 KiB")
         }
         model.dmaAccesses += 1
         let outcome = translate(device: device, space: spaces[tenant] ?? TenantSpace(), substreamID: substreamID, address: address,

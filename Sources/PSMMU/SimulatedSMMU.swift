@@ -2,6 +2,8 @@
 import Glibc
 #endif
 import SMMUv3
+import VSMMUSystem
+import SystemPackage
 
 /// A software model of one physical SMMUv3 behind the kernel's iommufd vIOMMU interface: the
 /// embedded default backend, used on hosts without the hardware, in tests and in benchmarks.
@@ -169,7 +171,7 @@ public final class SimulatedSMMU: PSMMUBackend {
     func hardwareInfo(viommu: ViommuHandle, tenant: TenantID) throws(BackendError) -> IDRegisters {
         try state.withLock { s throws(BackendError) in
             guard s.viommu(viommu, of: tenant) != nil else {
-                throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(name): \(viommu) is not attached")
+                throw BackendError(.unknownHandle, errno: Errno.noSuchFileOrDirectory.rawValue, "\(name): \(viommu) is not attached")
             }
             return idRegisters
         }
@@ -324,11 +326,11 @@ public final class SimulatedSMMU: PSMMUBackend {
                                   tenant: TenantID) throws(BackendError) {
         try state.withLock { s throws(BackendError) in
             guard var record = s.hwpts[hwpt], record.tenant == tenant else {
-                throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(hwpt) is not a HWPT of \(name)")
+                throw BackendError(.unknownHandle, errno: Errno.noSuchFileOrDirectory.rawValue, "\(hwpt) is not a HWPT of \(name)")
             }
             guard record.ste.translatesStage1 else { return }
             guard contextDescriptors.count <= record.ste.contextDescriptorCount else {
-                throw BackendError(.invalidArgument, errno: Errno.invalid,
+                throw BackendError(.invalidArgument, errno: Errno.invalidArgument.rawValue,
                                    "\(contextDescriptors.count) CDs given for an STE that links \(record.ste.contextDescriptorCount)")
             }
             record.contextDescriptors = contextDescriptors
@@ -343,10 +345,10 @@ public final class SimulatedSMMU: PSMMUBackend {
                                        substreamID: SubstreamID) throws(BackendError) {
         try state.withLock { s throws(BackendError) in
             guard var record = s.hwpts[hwpt], record.tenant == .host else {
-                throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(hwpt) is not a HWPT of \(name)")
+                throw BackendError(.unknownHandle, errno: Errno.noSuchFileOrDirectory.rawValue, "\(hwpt) is not a HWPT of \(name)")
             }
             guard record.ste.translatesStage1, Int(substreamID) < record.ste.contextDescriptorCount else {
-                throw BackendError(.invalidArgument, errno: Errno.invalid, "the STE of \(hwpt) links no CD \(substreamID)")
+                throw BackendError(.invalidArgument, errno: Errno.invalidArgument.rawValue, "the STE of \(hwpt) links no CD \(substreamID)")
             }
             let index = Int(substreamID)
             if record.contextDescriptors.count <= index {
@@ -364,7 +366,7 @@ public final class SimulatedSMMU: PSMMUBackend {
     public func writeContextDescriptor(_ cd: ContextDescriptor, hostDeviceID: UInt32,
                                        substreamID: SubstreamID) throws(BackendError) {
         guard let hwpt = installedHWPT(hostDeviceID: hostDeviceID) else {
-            throw BackendError(.invalidArgument, errno: Errno.invalid, "device \(hostDeviceID) is not attached to a nested HWPT on \(name)")
+            throw BackendError(.invalidArgument, errno: Errno.invalidArgument.rawValue, "device \(hostDeviceID) is not attached to a nested HWPT on \(name)")
         }
         try writeContextDescriptor(cd, hwpt: hwpt, substreamID: substreamID)
     }
@@ -486,14 +488,14 @@ public final class SimulatedSMMU: PSMMUBackend {
                             with error: CommandQueueError = .illegal) throws(BackendError) -> InjectedFaultID {
         try state.withLock { s throws(BackendError) in
             guard let processed = s.viommus[viommu]?.processed else {
-                throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(viommu) is not a viommu of \(name)")
+                throw BackendError(.unknownHandle, errno: Errno.noSuchFileOrDirectory.rawValue, "\(viommu) is not a viommu of \(name)")
             }
             let position: UInt64
             switch origin {
             case .arming: position = processed &+ index
             case .attach:
                 guard index >= processed else {
-                    throw BackendError(.invalidArgument, errno: Errno.invalid, "\(viommu) has already processed command #\(index)")
+                    throw BackendError(.invalidArgument, errno: Errno.invalidArgument.rawValue, "\(viommu) has already processed command #\(index)")
                 }
                 position = index
             }
@@ -514,7 +516,7 @@ public final class SimulatedSMMU: PSMMUBackend {
                              where predicate: @escaping @Sendable (Command) -> Bool) throws(BackendError) -> InjectedFaultID {
         try state.withLock { s throws(BackendError) in
             if let viommu, s.viommus[viommu] == nil {
-                throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(viommu) is not a viommu of \(name)")
+                throw BackendError(.unknownHandle, errno: Errno.noSuchFileOrDirectory.rawValue, "\(viommu) is not a viommu of \(name)")
             }
             let id = InjectedFaultID(rawValue: s.nextFaultID)
             s.nextFaultID += 1

@@ -1,4 +1,5 @@
 import SMMUv3
+import SystemPackage
 
 extension SimulatedSMMUState {
     /// What one `invalidate` call did, and until when its cost runs.
@@ -24,7 +25,7 @@ extension SimulatedSMMUState {
         let cached = lastInvalidated.flatMap { $0.handle == viommu ? $0 : nil }
         guard let record = cached ?? viommus[viommu], record.tenant == tenant else {
             tally.failed += commands.isEmpty ? 0 : 1
-            let failure = InvalidationFailure(queueError: .abort, errno: Errno.noEntry,
+            let failure = InvalidationFailure(queueError: .abort, errno: Errno.noSuchFileOrDirectory.rawValue,
                                               message: "\(viommu) is not a viommu of this pSMMU")
             return InvalidationOutcome(result: InvalidationResult(completed: 0, failure: commands.isEmpty ? nil : failure))
         }
@@ -71,7 +72,7 @@ extension SimulatedSMMUState {
             case .failure(let rejection):
                 model.commandsRejected += 1
                 result = InvalidationResult(completed: index, failure: InvalidationFailure(
-                    queueError: .illegal, errno: Errno.io, message: rejection.message(viommu: viommu)))
+                    queueError: .illegal, errno: Errno.ioError.rawValue, message: rejection.message(viommu: viommu)))
                 break commandLoop
             }
             if checkFaults, let error = fireFault(viommu: viommu, position: position, command: command) {

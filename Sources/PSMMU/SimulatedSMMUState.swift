@@ -1,4 +1,5 @@
 import SMMUv3
+import SystemPackage
 
 /// The S2 (nest-parent) HWPT a viommu nests on, which owns the viommu's VMID.
 enum NestParentKey: Hashable, Sendable {
@@ -222,7 +223,7 @@ struct SimulatedSMMUState: Sendable {
     /// parent takes the lowest free VMID from 1 (`ida_alloc_range(&smmu->vmid_map, 1, …)`).
     mutating func attachViommu(_ request: ViommuAttachRequest, tenant: TenantID, name: String) throws(BackendError) -> ViommuHandle {
         guard deviceTemplate[request.hostDeviceID] != nil else {
-            throw BackendError(.invalidArgument, errno: Errno.invalid, "device \(request.hostDeviceID) is not behind \(name)")
+            throw BackendError(.invalidArgument, errno: Errno.invalidArgument.rawValue, "device \(request.hostDeviceID) is not behind \(name)")
         }
         let counter = nextObjectID
         let handle = ViommuHandle(rawValue: takeObjectID(for: tenant))
@@ -233,7 +234,7 @@ struct SimulatedSMMUState: Sendable {
         } else {
             guard let vmid = (1...VMID.max).first(where: { !usedVMIDs.contains($0) }) else {
                 nextObjectID = counter
-                throw BackendError(.failed, errno: Errno.noSpace, "\(name) has no free VMID")
+                throw BackendError(.failed, errno: Errno.noSpace.rawValue, "\(name) has no free VMID")
             }
             usedVMIDs.insert(vmid)
             parent = NestParentRecord(vmid: vmid)
@@ -251,10 +252,10 @@ struct SimulatedSMMUState: Sendable {
     /// a private one now; a named one when its last viommu goes, unless nest parents are retained.
     mutating func detachViommu(_ viommu: ViommuHandle, tenant: TenantID, name: String) throws(BackendError) {
         guard let record = self.viommu(viommu, of: tenant) else {
-            throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(viommu) is not a viommu of \(name)")
+            throw BackendError(.unknownHandle, errno: Errno.noSuchFileOrDirectory.rawValue, "\(viommu) is not a viommu of \(name)")
         }
         guard record.vdevices.isEmpty, record.hwpts.isEmpty else {
-            throw BackendError(.busy, errno: Errno.busy, "\(viommu) still has \(record.vdevices.count) vdevice(s) and \(record.hwpts.count) HWPT(s)")
+            throw BackendError(.busy, errno: Errno.resourceBusy.rawValue, "\(viommu) still has \(record.vdevices.count) vdevice(s) and \(record.hwpts.count) HWPT(s)")
         }
         viommus.removeValue(forKey: viommu)
         record.space.viommuCount -= 1
@@ -272,12 +273,12 @@ struct SimulatedSMMUState: Sendable {
     mutating func destroyNestParent(_ hwptID: UInt32, tenant: TenantID, name: String) throws(BackendError) {
         let key = NestParentKey.named(tenant, hwptID)
         guard let parent = nestParents[key] else {
-            throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(name) has no nest-parent HWPT \(hwptID)")
+            throw BackendError(.unknownHandle, errno: Errno.noSuchFileOrDirectory.rawValue, "\(name) has no nest-parent HWPT \(hwptID)")
         }
         guard parent.viommus.isEmpty else {
             // Each viommu holds a reference on its S2 (`iommufd_viommu_alloc_ioctl`), so
             // `iommufd_object_remove` refuses the destroy.
-            throw BackendError(.busy, errno: Errno.busy, "nest-parent HWPT \(hwptID) still has \(parent.viommus.count) viommu(s)")
+            throw BackendError(.busy, errno: Errno.resourceBusy.rawValue, "nest-parent HWPT \(hwptID) still has \(parent.viommus.count) viommu(s)")
         }
         model.tlbEntriesFlushedOnNestParentDestroy += UInt64(freeNestParent(key))
     }
@@ -303,17 +304,17 @@ struct SimulatedSMMUState: Sendable {
     mutating func allocateVDevice(viommu: ViommuHandle, tenant: TenantID, hostDeviceID: UInt32, virtualStreamID: StreamID,
                                   name: String) throws(BackendError) -> VDeviceHandle {
         guard let record = self.viommu(viommu, of: tenant) else {
-            throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(viommu) is not a viommu of \(name)")
+            throw BackendError(.unknownHandle, errno: Errno.noSuchFileOrDirectory.rawValue, "\(viommu) is not a viommu of \(name)")
         }
         guard var device = self.device(hostDeviceID, of: tenant) else {
-            throw BackendError(.invalidArgument, errno: Errno.invalid, "device \(hostDeviceID) is not behind \(name)")
+            throw BackendError(.invalidArgument, errno: Errno.invalidArgument.rawValue, "device \(hostDeviceID) is not behind \(name)")
         }
         if kernelVersion.allowsOneVDevicePerDevice, let existing = device.vdevices.first {
-            throw BackendError(.alreadyExists, errno: Errno.exists,
+            throw BackendError(.alreadyExists, errno: Errno.fileExists.rawValue,
                                "device \(hostDeviceID) already has \(existing) (one vdevice per device from kernel \(KernelVersion.firstWithOneVDevicePerDevice))")
         }
         guard record.physicalStreamIDs[virtualStreamID] == nil else {
-            throw BackendError(.alreadyExists, errno: Errno.exists, "vSID \(virtualStreamID) is already used on \(viommu)")
+            throw BackendError(.alreadyExists, errno: Errno.fileExists.rawValue, "vSID \(virtualStreamID) is already used on \(viommu)")
         }
         let handle = VDeviceHandle(rawValue: takeObjectID(for: tenant))
         vdevices[handle] = VDeviceRecord(viommu: viommu, tenant: tenant, hostDeviceID: hostDeviceID,
@@ -331,7 +332,7 @@ struct SimulatedSMMUState: Sendable {
     /// the vdevice that gave it its vSID.
     mutating func destroyVDevice(_ vdevice: VDeviceHandle, tenant: TenantID, name: String) throws(BackendError) {
         guard let record = vdevices[vdevice], record.tenant == tenant else {
-            throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(vdevice) is not a vdevice of \(name)")
+            throw BackendError(.unknownHandle, errno: Errno.noSuchFileOrDirectory.rawValue, "\(vdevice) is not a vdevice of \(name)")
         }
         let host = record.hostDeviceID
         if let device = self.device(host, of: tenant), device.attachedThrough == vdevice, device.domain != .nestParent {
@@ -354,17 +355,17 @@ struct SimulatedSMMUState: Sendable {
     /// attach changes nothing).
     mutating func attachDevice(_ vdevice: VDeviceHandle, to domain: DeviceDomain, tenant: TenantID, name: String) throws(BackendError) {
         guard let record = vdevices[vdevice], record.tenant == tenant, let device = self.device(record.hostDeviceID, of: tenant) else {
-            throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(vdevice) is not a vdevice of \(name)")
+            throw BackendError(.unknownHandle, errno: Errno.noSuchFileOrDirectory.rawValue, "\(vdevice) is not a vdevice of \(name)")
         }
         let vmaster: Vmaster?
         switch domain {
         case .nested(let hwpt):
             guard let target = hwpts[hwpt], target.tenant == tenant else {
                 // `iommufd_device_change_pt`: `iommufd_get_object` of an unknown pt_id.
-                throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(hwpt) is not a HWPT of \(name)")
+                throw BackendError(.unknownHandle, errno: Errno.noSuchFileOrDirectory.rawValue, "\(hwpt) is not a HWPT of \(name)")
             }
             guard target.viommu == record.viommu else {
-                throw BackendError(.invalidArgument, errno: Errno.invalid,
+                throw BackendError(.invalidArgument, errno: Errno.invalidArgument.rawValue,
                                    "\(hwpt) is a nested HWPT of \(target.viommu), not of \(record.viommu), where \(vdevice) is")
             }
             vmaster = self.vmaster(of: device, on: record.viommu)
@@ -423,19 +424,19 @@ struct SimulatedSMMUState: Sendable {
                                      contextDescriptors: [ContextDescriptor],
                                      name: String) throws(BackendError) -> HWPTHandle {
         guard self.viommu(viommu, of: tenant) != nil else {
-            throw BackendError(.invalidArgument, errno: Errno.invalid, "pt_id \(viommu.rawValue) is not a viommu of \(name)")
+            throw BackendError(.invalidArgument, errno: Errno.invalidArgument.rawValue, "pt_id \(viommu.rawValue) is not a viommu of \(name)")
         }
         guard deviceTemplate[hostDeviceID] != nil else {
-            throw BackendError(.invalidArgument, errno: Errno.invalid, "device \(hostDeviceID) is not behind \(name)")
+            throw BackendError(.invalidArgument, errno: Errno.invalidArgument.rawValue, "device \(hostDeviceID) is not behind \(name)")
         }
         let installed: StreamTableEntry
         do {
             installed = try ste.nestingValidated()
         } catch {
-            throw BackendError(.invalidArgument, errno: Errno.io, "vSTE rejected: \(error)")
+            throw BackendError(.invalidArgument, errno: Errno.ioError.rawValue, "vSTE rejected: \(error)")
         }
         if installed.translatesStage1, contextDescriptors.count > installed.contextDescriptorCount {
-            throw BackendError(.invalidArgument, errno: Errno.invalid,
+            throw BackendError(.invalidArgument, errno: Errno.invalidArgument.rawValue,
                                "\(contextDescriptors.count) CDs given for an STE that links \(installed.contextDescriptorCount)")
         }
         let handle = HWPTHandle(rawValue: takeObjectID(for: tenant))
@@ -450,11 +451,11 @@ struct SimulatedSMMUState: Sendable {
     /// a reference, `iommufd_hw_pagetable_attach`, so `iommufd_object_remove` refuses).
     mutating func destroyHWPT(_ hwpt: HWPTHandle, tenant: TenantID, name: String) throws(BackendError) {
         guard let record = hwpts[hwpt], record.tenant == tenant else {
-            throw BackendError(.unknownHandle, errno: Errno.noEntry, "\(hwpt) is not a HWPT of \(name)")
+            throw BackendError(.unknownHandle, errno: Errno.noSuchFileOrDirectory.rawValue, "\(hwpt) is not a HWPT of \(name)")
         }
         guard record.attachedDevices.isEmpty else {
             let devices = record.attachedDevices.sorted().map(String.init).joined(separator: ", ")
-            throw BackendError(.busy, errno: Errno.busy, "\(hwpt) is attached to device(s) \(devices)")
+            throw BackendError(.busy, errno: Errno.resourceBusy.rawValue, "\(hwpt) is attached to device(s) \(devices)")
         }
         hwpts.removeValue(forKey: hwpt)
         viommus[record.viommu]?.hwpts.remove(hwpt)
@@ -509,20 +510,4 @@ struct SimulatedSMMUState: Sendable {
         c.configEntriesInvalidated = CommandTally.dictionary(tally.configInvalidatedByOpcode)
         return c
     }
-}
-
-/// The errno values the simulated pSMMU reports, as the iommufd ioctls would.
-enum Errno {
-    /// `ENOENT`: no such object.
-    static let noEntry: Int32 = 2
-    /// `EIO`: the kernel refuses a vSTE or a command.
-    static let io: Int32 = 5
-    /// `EBUSY`: the object is still in use.
-    static let busy: Int32 = 16
-    /// `EEXIST`: the object already exists.
-    static let exists: Int32 = 17
-    /// `EINVAL`: an invalid argument.
-    static let invalid: Int32 = 22
-    /// `ENOSPC`: no identifier left.
-    static let noSpace: Int32 = 28
 }

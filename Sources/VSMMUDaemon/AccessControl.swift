@@ -1,6 +1,7 @@
 import Logging
 import VSMMUConfiguration
 import VSMMUProtocol
+import VSMMUSystem
 
 #if canImport(Glibc)
 import Glibc

@@ -1,7 +1,6 @@
 import CSocketShims
 import Logging
 import SMMUv3
-import SystemPackage
 import VSMMUProtocol
 
 #if canImport(Glibc)

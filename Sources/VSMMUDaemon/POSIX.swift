@@ -1,18 +1,24 @@
 import CSocketShims
+import SystemPackage
+import VSMMUSystem
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// A failed system call: which one and its errno.
+/// A failed system call: which one (with the daemon's context) and its `Errno`.
 public struct SystemCallError: Error, Hashable, Sendable, CustomStringConvertible {
     public var call: String
-    public var errno: Int32
-    public init(_ call: String, errno: Int32) {
+    public var errno: Errno
+    public init(_ call: String, errno: Errno) {
         self.call = call
         self.errno = errno
     }
-    public var description: String { "\(call): \(String(cString: strerror(errno))) (errno \(errno))" }
+    /// `call` failed with the C errno value `errno`.
+    init(_ call: String, errno: Int32) {
+        self.init(call, errno: Errno(rawValue: errno))
+    }
+    public var description: String { "\(call): \(String(cString: strerror(errno.rawValue))) (errno \(errno.rawValue))" }
 }
 
 /// Thin wrappers over the socket calls the daemon makes, retrying `EINTR`.
@@ -105,34 +111,4 @@ public struct PeerCredentials: Hashable, Sendable, CustomStringConvertible {
         self.groupID = groupID
     }
     public var description: String { "pid \(processID) uid \(userID) gid \(groupID)" }
-}
-
-/// A joinable POSIX thread running one closure: the daemon's accept loop and each connection's loop.
-struct OSThread: @unchecked Sendable {
-    private final class Body {
-        let run: @Sendable () -> Void
-        init(_ run: @escaping @Sendable () -> Void) { self.run = run }
-    }
-
-    let handle: pthread_t
-
-    /// Starts a thread running `body`.
-    /// - Throws: `pthread_create`'s error.
-    init(_ body: @escaping @Sendable () -> Void) throws(SystemCallError) {
-        let box = Unmanaged.passRetained(Body(body))
-        var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { argument in
-            guard let argument else { return nil }
-            Unmanaged<Body>.fromOpaque(argument).takeRetainedValue().run()
-            return nil
-        }, box.toOpaque())
-        guard rc == 0 else {
-            box.release()
-            throw SystemCallError("pthread_create", errno: rc)
-        }
-        handle = thread
-    }
-
-    /// Waits for the thread to end.
-    func join() { pthread_join(handle, nil) }
 }

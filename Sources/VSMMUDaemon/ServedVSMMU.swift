@@ -4,6 +4,7 @@ import SMMUv3
 import VirtualSMMU
 import VSMMUJournal
 import VSMMUProtocol
+import VSMMUSystem
 
 #if canImport(Glibc)
 import Glibc

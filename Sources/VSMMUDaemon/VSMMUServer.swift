@@ -6,8 +6,10 @@ import Logging
 import PSMMU
 import SMMUv3
 import Synchronization
+import SystemPackage
 import VSMMUJournal
 import VSMMUProtocol
+import VSMMUSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -246,8 +248,7 @@ public final class VSMMUServer: Sendable {
             fd = inherited
         } else {
             try Self.prepareDirectory(of: path)
-            var st = stat()
-            if lstat(path, &st) == 0 {
+            if let st = try? SystemCall.lstat(path) {
                 guard (st.st_mode & S_IFMT) == S_IFSOCK else { throw SystemCallError("\(path) exists and is not a socket", errno: EEXIST) }
                 guard !POSIX.isListening(path) else { throw SystemCallError("another daemon listens on \(path)", errno: EADDRINUSE) }
                 unlink(path)
@@ -259,27 +260,43 @@ public final class VSMMUServer: Sendable {
                 unlink(path)
                 throw error
             }
-            var bound = stat()
-            if lstat(path, &bound) == 0 {
+            if let bound = try? SystemCall.lstat(path) {
                 state.withLock { $0.boundSocket = (UInt64(bound.st_dev), UInt64(bound.st_ino)) }
             }
         }
         // The accept loop polls; accept itself must never block (a connection that went away between
         // poll and accept).
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-        var pipeFDs: [Int32] = [-1, -1]
-        guard pipe(&pipeFDs) == 0 else { throw SystemCallError("pipe", errno: errno) }
-        for end in pipeFDs { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
-        state.withLock { $0.listenFD = fd; $0.wakeFD = pipeFDs[1]; $0.started = true }
-        let wakeReadFD = pipeFDs[0]
-        let thread = try OSThread { [self] in
-            acceptLoop(fd, wake: wakeReadFD)
-            close(wakeReadFD)
+        let wake: (read: Int32, write: Int32)
+        var failedCall = "fcntl(F_SETFL, O_NONBLOCK)"
+        do throws(Errno) {
+            try SystemCall.setNonBlocking(fd)
+            failedCall = "pipe"
+            wake = try SystemCall.pipe()
+        } catch {
+            if configuration.inheritedListener == nil {
+                close(fd)
+                unlink(path)
+            }
+            throw SystemCallError(failedCall, errno: error)
+        }
+        state.withLock { $0.listenFD = fd; $0.wakeFD = wake.write; $0.started = true }
+        let wakeReadFD = wake.read
+        let thread: OSThread
+        do throws(Errno) {
+            thread = try OSThread { [self] in
+                acceptLoop(fd, wake: wakeReadFD)
+                close(wakeReadFD)
+            }
+        } catch {
+            throw SystemCallError("pthread_create", errno: error)
         }
         state.withLock { $0.acceptThread = thread }
         if recovered > 0 {
             let deadline = startTime &+ UInt64(max(0, configuration.resumeGrace.nanosecondsClamped))
-            let reclaimer = try OSThread { [self] in reclaimUnclaimed(deadline: deadline) }
+            let reclaimer: OSThread
+            do throws(Errno) { reclaimer = try OSThread { [self] in reclaimUnclaimed(deadline: deadline) } } catch {
+                throw SystemCallError("pthread_create", errno: error)
+            }
             state.withLock { $0.reclaimThread = reclaimer }
         }
         logger.info("listening", metadata: [
@@ -385,8 +402,7 @@ public final class VSMMUServer: Sendable {
     private func removeSocketFileIfStillOurs() {
         let path = configuration.socketPath
         guard let bound = state.withLock({ $0.boundSocket }) else { return }
-        var now = stat()
-        guard lstat(path, &now) == 0 else { return }
+        guard let now = try? SystemCall.lstat(path) else { return }
         guard UInt64(now.st_dev) == bound.device, UInt64(now.st_ino) == bound.inode else {
             logger.notice("socket path now belongs to another listener: left in place", metadata: ["socket": "\(path)"])
             return
@@ -449,30 +465,38 @@ public final class VSMMUServer: Sendable {
                 if let heartbeat = state.withLock({ $0.heartbeat }) { heartbeat(self) }
             }
             guard ready > 0, fds[0].revents != 0 else { continue }
-            let fd = accept(listenFD, nil, nil)
-            if fd < 0 {
-                if errno == EINTR || errno == ECONNABORTED || errno == EAGAIN || errno == EWOULDBLOCK { continue }
-                if (errno == EMFILE || errno == ENFILE) && reserveFD >= 0 {
+            let fd: Int32
+            do throws(Errno) { fd = try SystemCall.accept(listenFD) } catch {
+                let failure = error.rawValue
+                if failure == ECONNABORTED || failure == EAGAIN || failure == EWOULDBLOCK { continue }
+                if (failure == EMFILE || failure == ENFILE) && reserveFD >= 0 {
                     close(reserveFD)
-                    let waiting = accept(listenFD, nil, nil)
-                    if waiting >= 0 {
-                        refuseAtAccept(waiting, .limitExceeded(limit: 0, asked: 1, type: MessageType(rawValue: 0),
-                                                               "the daemon is out of file descriptors: try again later"))
+                    var refused = failure
+                    do throws(Errno) {
+                        refuseAtAccept(try SystemCall.accept(listenFD),
+                                       .limitExceeded(limit: 0, asked: 1, type: MessageType(rawValue: 0),
+                                                      "the daemon is out of file descriptors: try again later"))
+                    } catch {
+                        refused = error.rawValue
                     }
-                    logger.error("out of file descriptors: refused a connection", metadata: ["errno": "\(errno)"])
+                    logger.error("out of file descriptors: refused a connection", metadata: ["errno": "\(refused)"])
                     reserveFD = open("/dev/null", O_RDONLY | O_CLOEXEC)
                     continue
                 }
-                if errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM {
+                if failure == EMFILE || failure == ENFILE || failure == ENOBUFS || failure == ENOMEM {
                     // Out of fds or memory: back off rather than spin, keep serving the connections we have.
-                    logger.error("accept failed, retrying", metadata: ["errno": "\(errno)"])
+                    logger.error("accept failed, retrying", metadata: ["errno": "\(failure)"])
                     usleep(100_000)
                     continue
                 }
-                if !isStopping { logger.error("accept failed", metadata: ["errno": "\(errno)"]) }
+                if !isStopping { logger.error("accept failed", metadata: ["errno": "\(failure)"]) }
                 return
             }
-            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            do throws(Errno) { try SystemCall.setCloseOnExec(fd) } catch {
+                logger.error("cannot make an accepted connection close-on-exec: closed", metadata: ["errno": "\(error.rawValue)"])
+                close(fd)
+                continue
+            }
             // Reap the threads of connections that ended since.
             for thread in state.withLock({ s -> [OSThread] in defer { s.finishedThreads = [] }; return s.finishedThreads }) {
                 thread.join()
@@ -537,9 +561,11 @@ public final class VSMMUServer: Sendable {
     /// Answers a connection the accept loop will not serve with `error` and closes it, without blocking
     /// the loop: the frame is small and the socket's buffer empty, and a send that would block is dropped.
     private func refuseAtAccept(_ fd: Int32, _ error: ProtocolError) {
-        _ = fcntl(fd, F_SETFL, O_NONBLOCK)
-        let frame = error.replyFrame(requestID: 0)
-        _ = frame.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        // A socket that cannot be made non-blocking is closed unanswered: the send could block the loop.
+        if (try? SystemCall.setNonBlocking(fd)) != nil {
+            let frame = error.replyFrame(requestID: 0)
+            _ = frame.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        }
         close(fd)
     }
 

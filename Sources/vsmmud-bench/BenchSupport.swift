@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import VSMMUSystem
 
 // What the benchmarks share: a monotonic clock, real threads, quantiles and column padding.
 
@@ -11,28 +12,15 @@ func benchNow() -> UInt64 {
     return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
 }
 
-/// A joinable POSIX thread: benchmark threads spin or block in syscalls, so they must not be Swift
-/// concurrency tasks.
-final class BenchThread: @unchecked Sendable {
-    // `@unchecked Sendable`: `handle` is written in `init` before the object is shared and only read by `join()`.
-    private var handle = pthread_t()
-
-    private final class Box {
-        let body: @Sendable () -> Void
-        init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+/// Starts an ``OSThread`` running `body`: benchmark threads spin or block in syscalls, so they must not
+/// be Swift concurrency tasks. A benchmark cannot go on without its threads.
+@discardableResult
+func startBenchThread(_ body: @escaping @Sendable () -> Void) -> OSThread {
+    do {
+        return try OSThread(body)
+    } catch {
+        fatalError("pthread_create failed: \(error)")
     }
-
-    init(_ body: @escaping @Sendable () -> Void) {
-        let box = Unmanaged.passRetained(Box(body)).toOpaque()
-        let status = pthread_create(&handle, nil, { argument in
-            guard let argument else { return nil }
-            Unmanaged<Box>.fromOpaque(argument).takeRetainedValue().body()
-            return nil
-        }, box)
-        precondition(status == 0, "pthread_create failed: \(status)")
-    }
-
-    func join() { pthread_join(handle, nil) }
 }
 
 /// The `fraction` quantile (0.5 = median) of sorted nanosecond samples, in microseconds; NaN when empty.

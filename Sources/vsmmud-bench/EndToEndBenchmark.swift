@@ -3,6 +3,7 @@ import InvalidationEngine
 import Logging
 import PSMMU
 import SMMUv3
+import VSMMUSystem
 import Synchronization
 import VSMMUClient
 import VSMMUDaemon
@@ -96,7 +97,7 @@ private func e2eRunSlice(threads: Int, seconds: Double, warmUp: Double = 0.01,
     let start = benchNow() + UInt64(warmUp * 1e9)
     let end = start + UInt64(seconds * 1e9)
     let workers = (0..<threads).map { thread in
-        BenchThread {
+        startBenchThread {
             var local: [UInt64] = []
             local.reserveCapacity(1 << 16)
             while true {
@@ -170,7 +171,7 @@ private final class EchoServer: Sendable {
     let path: String
     private let listener: Int32
     private let stopping = Atomic<Bool>(false)
-    private let acceptThread = Mutex<BenchThread?>(nil)
+    private let acceptThread = Mutex<OSThread?>(nil)
 
     init(path: String) {
         self.path = path
@@ -185,12 +186,12 @@ private final class EchoServer: Sendable {
     }
 
     func start() {
-        let thread = BenchThread { [self] in
+        let thread = startBenchThread { [self] in
             while true {
                 let fd = accept(listener, nil, nil)
                 if stopping.load(ordering: .acquiring) { if fd >= 0 { close(fd) }; return }
                 if fd < 0 { continue }
-                _ = BenchThread { EchoServer.serve(fd) }  // detached: ends when the client closes
+                _ = startBenchThread { EchoServer.serve(fd) }  // detached: ends when the client closes
             }
         }
         acceptThread.withLock { $0 = thread }

@@ -1,5 +1,6 @@
 import CommandRing
 import SMMUv3
+import VSMMUSystem
 import Synchronization
 
 #if canImport(Glibc)
@@ -44,9 +45,9 @@ private func measureThroughput(_ subject: RingBenchSubject, producers: Int, tota
     let expected = perProducer * producers
     let sum = Mutex<UInt64>(0)
     let start = benchNow()
-    let consumer = BenchThread { sum.withLock { $0 = subject.consume(total: expected) } }
+    let consumer = startBenchThread { sum.withLock { $0 = subject.consume(total: expected) } }
     let threads = (0..<producers).map { producer in
-        BenchThread {
+        startBenchThread {
             let batch = ringBenchBatch(size: batchSize, producer: producer)
             batch.withUnsafeBufferPointer { buffer in
                 for _ in 0..<(perProducer / batchSize) { subject.push(buffer) }

@@ -1,5 +1,6 @@
 import Foundation
 import SMMUv3
+import VSMMUSystem
 import VSMMUClient
 import VSMMUProtocol
 
@@ -133,7 +134,7 @@ func runScaleBenchmark(_ arguments: [String]) {
     var clients: [(VSMMUClient, [VSMMUID])?] = []
     let slots = ClientSlots(count: shape.connections)
     let threads = (0..<shape.connections).map { c in
-        BenchThread {
+        startBenchThread {
             do {
                 let client = try VSMMUClient(socketPath: socketPath)
                 try client.hello(name: "scale-\(c)")

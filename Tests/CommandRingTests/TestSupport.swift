@@ -8,6 +8,7 @@ import Testing
 import Glibc
 import VSMMUTestSupport
 #endif
+import VSMMUSystem
 
 /// Commands per producer in the stress tests: `VSMMUD_RING_STRESS_COUNT`, 1,000,000 by default.
 let stressCount: Int = {
@@ -32,8 +33,8 @@ func decodeTag(_ command: Command) -> (producer: Int, sequence: Int)? {
 
 
 /// Starts `body` on a new POSIX thread (not a Swift concurrency task: these threads spin and block).
-func startThread(_ body: @escaping @Sendable () -> Void) throws -> JoinableThread {
-    try JoinableThread(body)
+func startThread(_ body: @escaping @Sendable () -> Void) throws -> OSThread {
+    try OSThread(body)
 }
 
 /// Polls `condition` until it holds, yielding between polls. Records an issue and returns `false`

@@ -1,5 +1,6 @@
 import PSMMU
 import SMMUv3
+import VSMMUSystem
 
 /// A backend double that records every call and can be told to refuse things. It checks the contract
 /// the engine must keep (no command ever reaches it that a viommu would refuse).

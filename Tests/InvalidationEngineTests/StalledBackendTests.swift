@@ -6,6 +6,7 @@ import PSMMU
 import SMMUv3
 import Testing
 import VirtualSMMU
+import VSMMUSystem
 
 /// Holds a backend's `invalidate` calls while closed: a pSMMU that stalls on demand. Tests synchronise
 /// with ``waitForHeldCalls(_:timeout:)``, never by sleeping.

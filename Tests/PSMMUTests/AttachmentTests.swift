@@ -2,6 +2,7 @@ import Foundation
 import PSMMU
 import SMMUv3
 import Testing
+import VSMMUSystem
 
 /// `attachDevice`: where a device's STE points (`VFIO_DEVICE_ATTACH_IOMMUFD_PT` → `iommufd_device_replace`),
 /// and what its DMA translates through.

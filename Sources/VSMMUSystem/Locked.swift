@@ -4,13 +4,16 @@ import Glibc
 import Darwin
 #endif
 
-/// A value guarded by a `pthread_mutex_t`. Used by the simulated pSMMU and by the engines that drive
-/// backends, so that every lock on the data path is visible to ThreadSanitizer.
+/// A value guarded by a `pthread_mutex_t`: the one lock type of the simulated pSMMU, the iommufd backend,
+/// the engines that drive backends and the daemon, so that every lock on the data path is visible to
+/// ThreadSanitizer.
 ///
-/// The simulated pSMMU uses this rather than `Synchronization.Mutex`: on Linux (Swift 6.3) `Mutex` is
-/// built on raw futex calls that ThreadSanitizer does not see, so every `withLock` body is reported as
-/// a race under `--sanitize=thread`, and the engine's TSan runs go through this model. TSan intercepts
+/// Used rather than `Synchronization.Mutex`: on Linux (Swift 6.3) `Mutex` is built on raw futex calls
+/// that ThreadSanitizer does not see, so every `withLock` body is reported as a race under
+/// `--sanitize=thread`, and the engine's TSan runs go through the simulated pSMMU. TSan intercepts
 /// `pthread_mutex_lock`/`unlock`, and an uncontended pthread mutex costs no more.
+///
+/// The corresponding C functions are `pthread_mutex_lock` and `pthread_mutex_unlock`.
 public final class Locked<Value: Sendable>: @unchecked Sendable {
     // `value` is only accessed between `pthread_mutex_lock` and `pthread_mutex_unlock` of `mutex`.
     // `@usableFromInline` so that `withLock` inlines into (and specialises for) its callers in other

@@ -1,0 +1,68 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import SystemPackage
+
+/// Runs `body`, a system call that returns -1 and sets `errno` on failure, until it does not fail with
+/// `EINTR`; throws any other failure as swift-system's `Errno`. The one home of the retry.
+@inlinable
+package func syscall<Result: FixedWidthInteger>(_ body: () -> Result) throws(Errno) -> Result {
+    while true {
+        let result = body()
+        guard result == -1 else { return result }
+        let error = Errno(rawValue: errno)
+        if error != .interrupted { throw error }
+    }
+}
+
+/// The system calls the daemon makes, typed: each retries `EINTR`, checks its result and throws `Errno`.
+package enum SystemCall {
+    /// The status of the file at `path`, not following a final symbolic link.
+    ///
+    /// The corresponding C function is `lstat`.
+    package static func lstat(_ path: String) throws(Errno) -> stat {
+        var status = stat()
+        _ = try syscall { Glibc.lstat(path, &status) }
+        return status
+    }
+
+    /// A pipe with both ends close-on-exec: `(read, write)`. Closes both ends when either cannot be
+    /// made close-on-exec.
+    ///
+    /// The corresponding C functions are `pipe` and `fcntl` with `F_SETFD`.
+    package static func pipe() throws(Errno) -> (read: Int32, write: Int32) {
+        var ends: [Int32] = [-1, -1]
+        _ = try syscall { Glibc.pipe(&ends) }
+        do {
+            for end in ends { try setCloseOnExec(end) }
+        } catch {
+            for end in ends { close(end) }
+            throw error
+        }
+        return (ends[0], ends[1])
+    }
+
+    /// Adds `O_NONBLOCK` to the file status flags of `fd`.
+    ///
+    /// The corresponding C function is `fcntl` with `F_GETFL` and `F_SETFL`.
+    package static func setNonBlocking(_ fd: Int32) throws(Errno) {
+        let flags = try syscall { fcntl(fd, F_GETFL) }
+        _ = try syscall { fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
+    }
+
+    /// Sets `FD_CLOEXEC` on `fd`.
+    ///
+    /// The corresponding C function is `fcntl` with `F_SETFD`.
+    package static func setCloseOnExec(_ fd: Int32) throws(Errno) {
+        _ = try syscall { fcntl(fd, F_SETFD, FD_CLOEXEC) }
+    }
+
+    /// Accepts a connection on the listening socket `fd`, without the peer's address.
+    ///
+    /// The corresponding C function is `accept`.
+    package static func accept(_ fd: Int32) throws(Errno) -> Int32 {
+        try syscall { Glibc.accept(fd, nil, nil) }
+    }
+}
