@@ -7,50 +7,7 @@ import SMMUv3
 /// as completed are complete (the kernel's `IOMMU_HWPT_INVALIDATE` returns after the hardware
 /// finished), so it may block. Calls for one queue never overlap; calls for different queues may.
 /// It must not push to, sync on or stop its own queue.
-public typealias CommandSink = @Sendable (UnsafeBufferPointer<Command>) -> SinkResult
-
-/// What a ``CommandSink`` did with one batch.
-public struct SinkResult: Hashable, Sendable, CustomStringConvertible {
-    /// How many commands, from the start of the batch, completed.
-    public var completed: Int
-    /// Why the command at index ``completed`` failed; ignored when every command completed.
-    ///
-    /// When `completed` is short of the batch and this is `nil`, the queue records the command at
-    /// index `completed` as failed with `CERROR_ABT` (a sink must say why it stopped).
-    public var failure: SinkFailure?
-
-    public init(completed: Int, failure: SinkFailure? = nil) {
-        self.completed = completed
-        self.failure = failure
-    }
-
-    /// Every one of `count` commands completed.
-    public static func completed(_ count: Int) -> SinkResult { SinkResult(completed: count) }
-
-    /// The first `completed` commands completed and the next one failed with `queueError`.
-    public static func failed(completed: Int, queueError: CommandQueueError, message: String) -> SinkResult {
-        SinkResult(completed: completed, failure: SinkFailure(queueError: queueError, message: message))
-    }
-
-    public var description: String {
-        failure.map { "completed \(completed), then \($0)" } ?? "completed \(completed)"
-    }
-}
-
-/// Why a sink stopped at a command: the SMMU error the guest must observe in `CMDQ_CONS.ERR`.
-public struct SinkFailure: Hashable, Sendable, CustomStringConvertible {
-    /// The command-queue error for the failing command (`CERROR_ILL`, `CERROR_ABT`, `CERROR_ATC_INV_SYNC`).
-    public var queueError: CommandQueueError
-    /// What the backend said (e.g. the ioctl's errno and what it means).
-    public var message: String
-
-    public init(queueError: CommandQueueError, message: String) {
-        self.queueError = queueError
-        self.message = message
-    }
-
-    public var description: String { "\(queueError): \(message)" }
-}
+public typealias CommandSink = @Sendable (UnsafeBufferPointer<Command>) -> InvalidationResult
 
 /// A command that failed in a ``ViommuQueue``: where it was in the ring, what it was and why.
 public struct CommandFailure: Hashable, Sendable, CustomStringConvertible {
@@ -58,17 +15,27 @@ public struct CommandFailure: Hashable, Sendable, CustomStringConvertible {
     public var position: UInt64
     /// The command itself.
     public var command: Command
-    /// The error the sink reported.
-    public var queueError: CommandQueueError
-    /// The sink's message.
-    public var message: String
+    /// What the sink reported: the CERROR, the errno and the message.
+    public var failure: InvalidationFailure
 
-    public init(position: UInt64, command: Command, queueError: CommandQueueError, message: String) {
+    public init(position: UInt64, command: Command, failure: InvalidationFailure) {
         self.position = position
         self.command = command
-        self.queueError = queueError
-        self.message = message
+        self.failure = failure
     }
+
+    public init(position: UInt64, command: Command, queueError: CommandQueueError, errno: Int32? = nil,
+                message: String) {
+        self.init(position: position, command: command,
+                  failure: InvalidationFailure(queueError: queueError, errno: errno, message: message))
+    }
+
+    /// The error the sink reported.
+    public var queueError: CommandQueueError { failure.queueError }
+    /// The errno the sink reported, if any.
+    public var errno: Int32? { failure.errno }
+    /// The sink's message.
+    public var message: String { failure.message }
 
     public var description: String { "\(command) at position \(position): \(queueError): \(message)" }
 }

@@ -482,13 +482,12 @@ public final class ViommuQueue: @unchecked Sendable {
             completedCount += completed
             if completed == batch.count { break }
             let failedIndex = offset + completed
-            let failure = result.failure ?? SinkFailure(
+            let failure = result.failure ?? InvalidationFailure(
                 queueError: .abort,
                 message: "the sink completed \(completed) of \(batch.count) commands without reporting a failure")
             if consumer.firstFailure == nil {
                 consumer.firstFailure = CommandFailure(
-                    position: position + UInt64(failedIndex), command: commands[failedIndex],
-                    queueError: failure.queueError, message: failure.message)
+                    position: position + UInt64(failedIndex), command: commands[failedIndex], failure: failure)
             }
             failedCount += 1
             offset = failedIndex + 1

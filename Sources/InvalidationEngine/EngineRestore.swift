@@ -293,7 +293,7 @@ extension VSMMUEngine {
         do throws(ViommuQueueError) {
             // The same queue an attach makes (with a stall limit, one that drains only on its drain thread).
             queue = try configuration.makeQueue(pSMMU: viommu.pSMMU) { commands in
-                SinkResult(backend.invalidate(viommu: handle, commands: commands))
+                backend.invalidate(viommu: handle, commands: commands)
             }
         } catch {
             Self.release(restored, on: backend)

@@ -22,6 +22,8 @@ public struct SubmissionResult: Hashable, Sendable, CustomStringConvertible {
         public var queueError: CommandQueueError
         /// Where it came from: the router, or a pSMMU backend.
         public var origin: Origin
+        /// The errno of the backend's ioctl that failed the command, when a backend reported one.
+        public var errno: Int32?
         public var message: String
 
         public enum Origin: Hashable, Sendable {
@@ -29,10 +31,12 @@ public struct SubmissionResult: Hashable, Sendable, CustomStringConvertible {
             case backend(ViommuIndex)
         }
 
-        public init(index: Int, queueError: CommandQueueError, origin: Origin, message: String) {
+        public init(index: Int, queueError: CommandQueueError, origin: Origin, errno: Int32? = nil,
+                    message: String) {
             self.index = index
             self.queueError = queueError
             self.origin = origin
+            self.errno = errno
             self.message = message
         }
 
@@ -245,7 +249,7 @@ public final class Submission: @unchecked Sendable {
 
     /// The failure the guest sees for a command a backend failed.
     private static func backendFailure(_ command: CommandFailure, on viommu: ViommuIndex, at index: Int) -> SubmissionResult.Failure {
-        .init(index: index, queueError: command.queueError, origin: .backend(viommu),
+        .init(index: index, queueError: command.queueError, origin: .backend(viommu), errno: command.errno,
               message: "\(command.command.opcode.name) on \(viommu): \(command.message)")
     }
 
@@ -300,8 +304,7 @@ public final class Submission: @unchecked Sendable {
             if case .failure(let failure) = outcome {
                 for queueFailure in failure.failures {
                     guard case .commandFailed(let command) = queueFailure.reason else { continue }
-                    let viommu = queueFailure.queueIndex < sync.coveredCount
-                        ? coveredViommus[sync.coveredStart + queueFailure.queueIndex] : ViommuIndex(0)
+                    let viommu = coveredViommu(queueFailure.queueIndex, of: sync)
                     limit.queueState.carry(.init(queueError: command.queueError, viommu: viommu,
                                                  message: "\(command.command.opcode.name) on \(viommu): \(command.message)"))
                 }
@@ -482,8 +485,7 @@ public final class Submission: @unchecked Sendable {
             case .success?: if !sync.failedImmediately { completedSyncs += 1 }
             case .failure(let syncFailure)?:
                 for queueFailure in syncFailure.failures {
-                    let viommu = queueFailure.queueIndex < sync.coveredCount
-                        ? coveredViommus[sync.coveredStart + queueFailure.queueIndex] : ViommuIndex(0)
+                    let viommu = coveredViommu(queueFailure.queueIndex, of: sync)
                     switch queueFailure.reason {
                     case .commandFailed(let command):
                         let index = guestIndex(of: command.position, on: viommu) ?? sync.index
@@ -500,6 +502,15 @@ public final class Submission: @unchecked Sendable {
     }
 
     /// The guest index of the command this submission pushed at `position` on `viommu`, if it did.
+    /// The viommu of the fence's covered queue `queueIndex`. A fence reports only the queues it was
+    /// submitted with, so an index outside them is a broken invariant: a `precondition` failure, never a
+    /// silent fallback to another viommu.
+    private func coveredViommu(_ queueIndex: Int, of sync: PendingSync) -> ViommuIndex {
+        precondition(queueIndex >= 0 && queueIndex < sync.coveredCount,
+                     "fence reported covered queue \(queueIndex) of \(sync.coveredCount)")
+        return coveredViommus[sync.coveredStart + queueIndex]
+    }
+
     private func guestIndex(of position: UInt64, on viommu: ViommuIndex) -> Int? {
         for push in pushes where push.viommu == viommu && position >= push.firstPosition {
             let offset = position - push.firstPosition

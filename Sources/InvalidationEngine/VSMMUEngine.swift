@@ -235,7 +235,7 @@ public final class VSMMUEngine: Sendable {
             let queue: ViommuQueue
             do throws(ViommuQueueError) {
                 queue = try configuration.makeQueue(pSMMU: pSMMU) { commands in
-                    SinkResult(backend.invalidate(viommu: handle, commands: commands))
+                    backend.invalidate(viommu: handle, commands: commands)
                 }
             } catch {
                 try? backend.detachViommu(handle)
@@ -730,17 +730,6 @@ public final class VSMMUEngine: Sendable {
             return state.viommus.values.map(\.queue)
         }
         for queue in queues { queue.stop() }
-    }
-}
-
-extension SinkResult {
-    /// The ring's view of a backend call's outcome.
-    init(_ result: InvalidationResult) {
-        if let failure = result.failure {
-            self = .failed(completed: result.completed, queueError: failure.queueError, message: failure.message)
-        } else {
-            self = .completed(result.completed)
-        }
     }
 }
 

@@ -115,39 +115,6 @@ public struct BackendError: Error, Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// The outcome of one ``PSMMUBackend/invalidate(viommu:commands:)`` call.
-public struct InvalidationResult: Hashable, Sendable {
-    /// How many commands, from the start of the batch, the pSMMU executed and completed.
-    public var completed: Int
-    /// The failure that stopped the batch at index `completed`, if any.
-    public var failure: InvalidationFailure?
-
-    public init(completed: Int, failure: InvalidationFailure? = nil) {
-        self.completed = completed
-        self.failure = failure
-    }
-
-    /// Whether every command of a batch of `count` completed.
-    public func isComplete(of count: Int) -> Bool { failure == nil && completed == count }
-}
-
-/// Why a pSMMU stopped at a command: the SMMU error the guest must observe in `CMDQ_CONS.ERR`.
-public struct InvalidationFailure: Error, Hashable, Sendable, CustomStringConvertible {
-    /// The error the guest sees for the failing command.
-    public var queueError: CommandQueueError
-    /// The errno of the ioctl, for the iommufd backend.
-    public var errno: Int32?
-    public var message: String
-
-    public init(queueError: CommandQueueError, errno: Int32? = nil, message: String) {
-        self.queueError = queueError
-        self.errno = errno
-        self.message = message
-    }
-
-    public var description: String { "\(queueError): \(message)" }
-}
-
 /// Counters a backend keeps for everything it did.
 public struct BackendCounters: Hashable, Sendable {
     public var viommusAttached: UInt64 = 0

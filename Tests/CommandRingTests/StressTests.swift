@@ -73,7 +73,7 @@ final class VerifyingSink: @unchecked Sendable {
         progress = (0..<producers).map { _ in ManagedAtomic(0) }
     }
 
-    func execute(_ batch: UnsafeBufferPointer<Command>) -> SinkResult {
+    func execute(_ batch: UnsafeBufferPointer<Command>) -> InvalidationResult {
         if inside.loadThenWrappingIncrement(ordering: .acquiringAndReleasing) != 0 {
             overlaps.wrappingIncrement(ordering: .relaxed)
         }

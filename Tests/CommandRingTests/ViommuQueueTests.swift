@@ -234,7 +234,7 @@ struct ViommuQueueTests {
     }
 
     @Test func sinkStoppingWithoutAReasonFailsTheCommandWithAbort() throws {
-        let queue = try queue(.inline, sink: { batch in SinkResult(completed: batch.count - 1) })
+        let queue = try queue(.inline, sink: { batch in InvalidationResult(completed: batch.count - 1) })
         defer { queue.stop() }
         try queue.push(commands(0..<3))
         let failure = try #require(throws: SyncFailure.self) { try queue.sync().wait() }
