@@ -122,7 +122,7 @@ let package = Package(
         .executableTarget(
             name: "vsmmud",
             dependencies: [
-                "VSMMUDaemon", "VSMMUConfiguration", "VSMMUSystemd",
+                "VSMMUDaemon", "VSMMUConfiguration", "VSMMUSystemd", "VSMMUSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

@@ -307,11 +307,15 @@ public final class VSMMUServer: Sendable {
 
     /// Gives the bound socket file its configured mode and group.
     private func applyOwnership(_ path: String) throws(SystemCallError) {
-        if let group = configuration.socketGroupID, chown(path, uid_t.max, gid_t(group)) != 0 {
-            throw SystemCallError("chown \(path) to group \(group)", errno: errno)
+        if let group = configuration.socketGroupID {
+            do throws(Errno) { try SystemCall.chown(path, group: gid_t(group)) } catch {
+                throw SystemCallError("chown \(path) to group \(group)", errno: error)
+            }
         }
-        if let mode = configuration.socketMode, chmod(path, mode_t(mode)) != 0 {
-            throw SystemCallError("chmod \(path)", errno: errno)
+        if let mode = configuration.socketMode {
+            do throws(Errno) { try SystemCall.chmod(path, mode: mode_t(mode)) } catch {
+                throw SystemCallError("chmod \(path)", errno: error)
+            }
         }
     }
 
@@ -435,9 +439,9 @@ public final class VSMMUServer: Sendable {
         for component in directory.split(separator: "/") {
             components.append(component)
             let partial = (directory.hasPrefix("/") ? "/" : "") + components.joined(separator: "/")
-            if mkdir(partial, 0o755) != 0 && errno != EEXIST {
-                throw SystemCallError("mkdir \(partial)", errno: errno)
-            }
+            do throws(Errno) { try SystemCall.mkdir(partial, mode: 0o755) } catch where error != .fileExists {
+                throw SystemCallError("mkdir \(partial)", errno: error)
+            } catch {}
         }
     }
 
@@ -454,9 +458,9 @@ public final class VSMMUServer: Sendable {
             var fds = [pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: wakeFD, events: Int16(POLLIN), revents: 0)]
             let remaining = Int32(clamping: max(0, interval - Int((POSIX.monotonicNanoseconds() &- lastBeat) / 1_000_000)))
-            let ready = poll(&fds, 2, remaining)
-            if ready < 0 && errno != EINTR {
-                logger.error("poll failed", metadata: ["errno": "\(errno)"])
+            let ready: Int
+            do throws(Errno) { ready = try SystemCall.poll(&fds, timeoutMilliseconds: remaining) } catch {
+                logger.error("poll failed", metadata: ["errno": "\(error.rawValue)"])
                 return
             }
             if isStopping || fds[1].revents != 0 { return }
@@ -626,8 +630,9 @@ public final class VSMMUServer: Sendable {
                 if owner == UInt64.max { return other.id } // its connection is tearing it down
                 // Polled under the lock: a connection's fd is closed under it too, so it is never a reused one.
                 guard owner != 0, let fd = s.connections[owner]?.fd else { return nil }
-                var p = pollfd(fd: fd, events: peerClosed, revents: 0)
-                return poll(&p, 1, 0) > 0 && p.revents & (peerClosed | Int16(POLLHUP)) != 0 ? other.id : nil
+                var p = [pollfd(fd: fd, events: peerClosed, revents: 0)]
+                let ready = (try? SystemCall.poll(&p, timeoutMilliseconds: 0)) ?? 0
+                return ready > 0 && p[0].revents & (peerClosed | Int16(POLLHUP)) != 0 ? other.id : nil
             }
         }
         guard !gone.isEmpty else { return false }

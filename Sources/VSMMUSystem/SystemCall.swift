@@ -59,6 +59,38 @@ package enum SystemCall {
         _ = try syscall { fcntl(fd, F_SETFD, FD_CLOEXEC) }
     }
 
+    /// Creates the directory `path` with `mode` (less the umask).
+    ///
+    /// The corresponding C function is `mkdir`.
+    package static func mkdir(_ path: String, mode: mode_t) throws(Errno) {
+        _ = try syscall { Glibc.mkdir(path, mode) }
+    }
+
+    /// Gives the file at `path` the group `group`, leaving its owner.
+    ///
+    /// The corresponding C function is `chown` with owner `(uid_t)-1`.
+    package static func chown(_ path: String, group: gid_t) throws(Errno) {
+        _ = try syscall { Glibc.chown(path, uid_t.max, group) }
+    }
+
+    /// Sets the permission bits of the file at `path`.
+    ///
+    /// The corresponding C function is `chmod`.
+    package static func chmod(_ path: String, mode: mode_t) throws(Errno) {
+        _ = try syscall { Glibc.chmod(path, mode) }
+    }
+
+    /// Waits up to `timeoutMilliseconds` (-1: forever) for an event on `fds`; the number of descriptors
+    /// with an event (0: the timeout passed). An `EINTR` restarts the wait with the same timeout.
+    ///
+    /// The corresponding C function is `poll`.
+    package static func poll(_ fds: inout [pollfd], timeoutMilliseconds: Int32) throws(Errno) -> Int {
+        let count = nfds_t(fds.count)
+        return Int(try fds.withUnsafeMutableBufferPointer { buffer throws(Errno) -> Int32 in
+            try syscall { Glibc.poll(buffer.baseAddress, count, timeoutMilliseconds) }
+        })
+    }
+
     /// Accepts a connection on the listening socket `fd`, without the peer's address.
     ///
     /// The corresponding C function is `accept`.

@@ -1,7 +1,7 @@
 import Logging
-import Synchronization
 import VSMMUConfiguration
 import VSMMUDaemon
+import VSMMUSystem
 import VSMMUSystemd
 
 #if canImport(Glibc)
@@ -14,7 +14,7 @@ import Glibc
 /// configuration it has and logs why (file, line, key).
 final class ConfigurationReloader: Sendable {
     private let file: String?
-    private let current: Mutex<DaemonConfiguration>
+    private let current: Locked<DaemonConfiguration>
     private let server: VSMMUServer
     private let levelControl: LogLevelControl
     /// `--log-level` was given: the command line wins over the file, at reload too.
@@ -25,7 +25,7 @@ final class ConfigurationReloader: Sendable {
     init(file: String?, current: DaemonConfiguration, server: VSMMUServer, levelControl: LogLevelControl,
          levelPinned: Bool, notifier: SystemdNotifier, logger: Logger) {
         self.file = file
-        self.current = Mutex(current)
+        self.current = Locked(current)
         self.server = server
         self.levelControl = levelControl
         self.levelPinned = levelPinned
