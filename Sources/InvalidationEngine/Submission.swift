@@ -501,7 +501,6 @@ public final class Submission: @unchecked Sendable {
         return SubmissionResult(consumed: failure?.index ?? batchCount, failure: failure, syncs: completedSyncs)
     }
 
-    /// The guest index of the command this submission pushed at `position` on `viommu`, if it did.
     /// The viommu of the fence's covered queue `queueIndex`. A fence reports only the queues it was
     /// submitted with, so an index outside them is a broken invariant: a `precondition` failure, never a
     /// silent fallback to another viommu.
@@ -511,6 +510,9 @@ public final class Submission: @unchecked Sendable {
         return coveredViommus[sync.coveredStart + queueIndex]
     }
 
+    /// The guest index of the command this submission pushed at `position` on `viommu`, if it did (a
+    /// failure path only: a scan of this submission's pushes, each of which records its commands' guest
+    /// indices).
     private func guestIndex(of position: UInt64, on viommu: ViommuIndex) -> Int? {
         for push in pushes where push.viommu == viommu && position >= push.firstPosition {
             let offset = position - push.firstPosition
