@@ -37,9 +37,12 @@ import Darwin
 /// ring's resident memory is bounded by the slots its positions have reached (at most ``capacity``
 /// × 24 bytes, once it has carried a lap of commands).
 ///
-/// **Markers** (``pushMarker(_:whileFull:)``) are 16-byte tokens ordered with the commands that the
-/// consumer receives separately (``CommandRingVisitor/visit(marker:at:)``), never inside a command
-/// run: ``ViommuQueue`` places its sync fences in the stream with them.
+/// **Markers** (``pushMarker(_:whileFull:)``) are ``RingMarker``s, 16-byte tokens of their own type
+/// ordered with the commands, that the consumer receives separately
+/// (``CommandRingVisitor/visit(marker:at:)``), never inside a command run: ``ViommuQueue`` places its
+/// sync fences in the stream with them. A marker occupies one slot of the buffer (the slots hold
+/// commands back to back, as the backends take them), told apart by its header's ``markerBit``; it never
+/// reaches a visitor, nor leaves this file, as a `Command`.
 ///
 /// `@unchecked Sendable`: all shared state is either atomic (tail, consumed position, role flag,
 /// batch headers, counters) or slot memory whose ownership passes between a producer and the consumer
@@ -255,9 +258,9 @@ public final class CommandRing: @unchecked Sendable {
     /// ``CommandRingVisitor/visit(marker:at:)``, after every entry before it and never inside a command run.
     /// - Returns: the marker's position.
     @discardableResult
-    public func pushMarker(_ payload: Command, whileFull: () -> Void = {}) throws(CommandRingClosedError) -> UInt64 {
+    public func pushMarker(_ marker: RingMarker, whileFull: () -> Void = {}) throws(CommandRingClosedError) -> UInt64 {
         let positions = try pushPiece(count: 1, whileFull: whileFull) { destination, _ in
-            destination.pointee = payload
+            destination.pointee = Command(w0: marker.first, w1: marker.second)
         }
         publish(positions, marker: true)
         return positions.lowerBound
@@ -444,8 +447,8 @@ public final class CommandRing: @unchecked Sendable {
             let word = header(position)
             guard word.load(ordering: .acquiring) & Self.markerBit != 0 else { break }
             word.store(0, ordering: .relaxed)
-            let payload = slots[Int(position & mask)]
-            visitor.visit(marker: payload, at: position)
+            let slot = slots[Int(position & mask)]
+            visitor.visit(marker: RingMarker(slot.w0, slot.w1), at: position)
             position &+= 1
             known = position
             advanceConsumed(to: position, scanned: known)
@@ -514,7 +517,21 @@ public protocol CommandRingVisitor {
     /// contiguous in the ring's memory. Valid only during the call: the slots are reused after it.
     mutating func visit(commands: UnsafeBufferPointer<Command>, at position: UInt64)
     /// A marker pushed with ``CommandRing/pushMarker(_:whileFull:)``, at `position`.
-    mutating func visit(marker: Command, at position: UInt64)
+    mutating func visit(marker: RingMarker, at position: UInt64)
+}
+
+/// The payload of a ring marker: two words the ring carries in order with the commands and hands to the
+/// consumer untouched, never as a command. What they mean is the pusher's (``ViommuQueue``: a sync
+/// fence's reference and the queue's index in it).
+public struct RingMarker: Hashable, Sendable, BitwiseCopyable {
+    public var first: UInt64
+    public var second: UInt64
+
+    @inlinable
+    public init(_ first: UInt64, _ second: UInt64) {
+        self.first = first
+        self.second = second
+    }
 }
 
 /// Why a ``CommandRing`` could not be created.

@@ -353,9 +353,9 @@ public final class ViommuQueue: @unchecked Sendable {
     /// Places `fence`'s marker for `queueIndex` in the ring and gets it drained; `false` when stopped.
     func placeFence(_ fence: SyncFence, queueIndex: Int) -> Bool {
         let reference = Unmanaged.passRetained(fence)
-        let marker = Command(w0: UInt64(UInt(bitPattern: reference.toOpaque())), w1: UInt64(queueIndex))
+        let marker = FenceMarker(fence: reference, queueIndex: queueIndex)
         do {
-            try ring.pushMarker(marker, whileFull: { whileFull() })
+            try ring.pushMarker(marker.ringMarker, whileFull: { whileFull() })
         } catch {
             reference.release()
             return false
@@ -499,23 +499,16 @@ public final class ViommuQueue: @unchecked Sendable {
     }
 
     /// The consumer reached a fence marker: the fence's part for this queue is done.
-    fileprivate func reachFence(_ marker: Command) {
+    fileprivate func reachFence(_ marker: FenceMarker) {
         add(.fencesReached, 1)
-        let fence = Self.fence(from: marker)
+        let fence = marker.fence.takeRetainedValue()
         let failure = consumer.firstFailure.map(SyncFailure.Reason.commandFailed)
         consumer.firstFailure = nil
-        if fence.arrive(queueIndex: Int(marker.w1), failure: failure) {
+        if fence.arrive(queueIndex: marker.queueIndex, failure: failure) {
             consumer.completed.append(fence)
         }
     }
 
-    /// The fence a marker refers to, taking over the reference the marker held.
-    fileprivate static func fence(from marker: Command) -> SyncFence {
-        guard let pointer = UnsafeRawPointer(bitPattern: UInt(truncatingIfNeeded: marker.w0)) else {
-            preconditionFailure("a fence marker holds a SyncFence reference")
-        }
-        return Unmanaged<SyncFence>.fromOpaque(pointer).takeRetainedValue()
-    }
 
     // MARK: The drain thread
 
@@ -708,7 +701,30 @@ private struct DrainVisitor: CommandRingVisitor {
         queue.execute(commands, at: position, onDrainThread: onDrainThread)
     }
 
-    mutating func visit(marker: Command, at position: UInt64) {
-        queue.reachFence(marker)
+    mutating func visit(marker: RingMarker, at position: UInt64) {
+        queue.reachFence(FenceMarker(marker))
     }
+}
+
+/// A queue's marker in its ring: the sync fence it stands for, holding one retained reference that
+/// ``ViommuQueue/reachFence(_:)`` takes over, and the queue's index among the fence's covered queues.
+private struct FenceMarker {
+    let fence: Unmanaged<SyncFence>
+    let queueIndex: Int
+
+    init(fence: Unmanaged<SyncFence>, queueIndex: Int) {
+        self.fence = fence
+        self.queueIndex = queueIndex
+    }
+
+    /// The marker this queue pushed (only ``ViommuQueue/placeFence(_:queueIndex:)`` pushes to its ring).
+    init(_ marker: RingMarker) {
+        guard let pointer = UnsafeRawPointer(bitPattern: UInt(truncatingIfNeeded: marker.first)) else {
+            preconditionFailure("a fence marker holds a SyncFence reference")
+        }
+        fence = Unmanaged<SyncFence>.fromOpaque(pointer)
+        queueIndex = Int(truncatingIfNeeded: marker.second)
+    }
+
+    var ringMarker: RingMarker { RingMarker(UInt64(UInt(bitPattern: fence.toOpaque())), UInt64(queueIndex)) }
 }

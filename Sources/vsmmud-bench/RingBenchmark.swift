@@ -79,7 +79,7 @@ private struct SummingVisitor: CommandRingVisitor {
         count += commands.count
     }
 
-    mutating func visit(marker: Command, at position: UInt64) {}
+    mutating func visit(marker: RingMarker, at position: UInt64) {}
 }
 
 /// The lock-free ring with a dedicated consumer thread holding the consumer role.

@@ -10,7 +10,7 @@ struct RecordingVisitor: CommandRingVisitor {
         var commands: [Command]
     }
     var runs: [Run] = []
-    var markers: [(position: UInt64, payload: Command)] = []
+    var markers: [(position: UInt64, payload: RingMarker)] = []
     var entries: [String] = []
 
     mutating func visit(commands: UnsafeBufferPointer<Command>, at position: UInt64) {
@@ -18,7 +18,7 @@ struct RecordingVisitor: CommandRingVisitor {
         entries.append("commands@\(position)x\(commands.count)")
     }
 
-    mutating func visit(marker: Command, at position: UInt64) {
+    mutating func visit(marker: RingMarker, at position: UInt64) {
         markers.append((position, marker))
         entries.append("marker@\(position)")
     }
@@ -110,7 +110,7 @@ struct CommandRingTests {
     @Test func markersArriveInOrderAndNeverInsideACommandRun() throws {
         let ring = try CommandRing(capacity: 16)
         try ring.push(commands(0..<3))
-        let markerPosition = try ring.pushMarker(Command(w0: 0xFE, w1: 7))
+        let markerPosition = try ring.pushMarker(RingMarker(0xFE, 7))
         try ring.push(commands(3..<5))
         #expect(markerPosition == 3)
 
@@ -119,7 +119,7 @@ struct CommandRingTests {
         #expect(role.drain(into: &visitor) == 6)
         _ = role.release()
         #expect(visitor.entries == ["commands@0x3", "marker@3", "commands@4x2"])
-        #expect(visitor.markers.first?.payload == Command(w0: 0xFE, w1: 7))
+        #expect(visitor.markers.first?.payload == RingMarker(0xFE, 7))
         #expect(visitor.commands == commands(0..<5))
     }
 
@@ -176,13 +176,13 @@ struct CommandRingTests {
                 seen.append(ring.consumedPosition)
                 #expect(ring.consumedPosition == position)
             }
-            mutating func visit(marker: Command, at position: UInt64) {
+            mutating func visit(marker: RingMarker, at position: UInt64) {
                 #expect(ring.consumedPosition == position)
             }
         }
         let ring = try CommandRing(capacity: 8)
         try ring.push(commands(0..<2))
-        try ring.pushMarker(Command(w0: 0, w1: 0))
+        try ring.pushMarker(RingMarker(0, 0))
         try ring.push(commands(2..<7))
         var visitor = Checking(ring: ring)
         let role = try acquireRole(ring)
@@ -233,7 +233,7 @@ struct CommandRingTests {
         #expect(ring.isClosed)
         #expect(ring.claimedPosition == 2)
         #expect(throws: CommandRingClosedError()) { try ring.push(commands(0..<1)) }
-        #expect(throws: CommandRingClosedError()) { try ring.pushMarker(Command(w0: 0, w1: 0)) }
+        #expect(throws: CommandRingClosedError()) { try ring.pushMarker(RingMarker(0, 0)) }
 
         // What was pushed before closing can still be drained.
         let role = try acquireRole(ring)

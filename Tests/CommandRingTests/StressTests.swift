@@ -37,7 +37,7 @@ struct StreamVerifier {
 
 extension StreamVerifier: CommandRingVisitor {
     mutating func visit(commands: UnsafeBufferPointer<Command>, at position: UInt64) { check(commands) }
-    mutating func visit(marker: Command, at position: UInt64) { report("unexpected marker at \(position)") }
+    mutating func visit(marker: RingMarker, at position: UInt64) { report("unexpected marker at \(position)") }
 }
 
 /// Pushes `count` tagged commands for `producer` in random batches of 1...64.
