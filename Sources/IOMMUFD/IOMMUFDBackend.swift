@@ -413,9 +413,13 @@ public final class IOMMUFDBackend: PSMMUBackend {
     /// (`vfio_df_unbind_iommufd` detaches the device at the cdev's release, `iommufd_fops_release`
     /// destroys every object at the iommufd's).
     public func destroyVDevice(_ vdevice: VDeviceHandle) throws(BackendError) {
-        if let pending = state.withLock({ $0.vdevices[vdevice] }), pending.vfio == nil {
-            state.withLock { _ = $0.vdevices.removeValue(forKey: vdevice) }
-            guard let device = state.withLock({ $0.device }) else { throw unknown(vdevice) }
+        let pendingCdev = state.withLock { state -> (record: VDeviceRecord, device: (any IOMMUFDDevice)?)? in
+            guard let record = state.vdevices[vdevice], record.vfio == nil else { return nil }
+            state.vdevices[vdevice] = nil
+            return (record, state.device)
+        }
+        if let (pending, opened) = pendingCdev {
+            guard let device = opened else { throw unknown(vdevice) }
             if let errno = destroyObject(vdevice.rawValue, on: device) {
                 throw BackendError(BackendError.Kind(iommufdErrno: errno), errno: errno.rawValue,
                                    "\(name): \(IOMMUFDRequest.destroy) of \(vdevice), re-adopted without its VFIO cdev and left on \(pending.domain), failed: \(errno); forgotten: the kernel frees it with the VMM's cdev and iommufd")
@@ -801,11 +805,8 @@ public final class IOMMUFDBackend: PSMMUBackend {
     ///   ``BackendError/Kind/invalidArgument`` for another host device, ``BackendError/Kind/unusableDescriptor``
     ///   for a descriptor that is not the device's cdev. The descriptor is closed.
     public func resupply(_ vdevice: VDeviceHandle, device host: HostDevice) throws(BackendError) -> Bool {
-        let (record, ptID, device) = try state.withLock { (state) throws(BackendError) -> (VDeviceRecord?, UInt32, (any IOMMUFDDevice)?) in
-            guard let record = state.vdevices[vdevice], record.vfio == nil else { return (state.vdevices[vdevice], 0, nil) }
-            return (record, try self.ptID(of: record.domain, for: vdevice, record, in: state), state.device)
-        }
-        guard let record else {
+        let (found, opened) = state.withLock { ($0.vdevices[vdevice], $0.device) }
+        guard let record = found else {
             discard(host)
             throw unknown(vdevice)
         }
@@ -813,9 +814,18 @@ public final class IOMMUFDBackend: PSMMUBackend {
             discard(host)
             throw BackendError(.invalidArgument, "\(name): \(vdevice) is dev_id \(record.hostDeviceID), not \(host.id)")
         }
-        guard record.vfio == nil, let device, let fd = host.vfioDevice else {
+        guard record.vfio == nil, let device = opened, let fd = host.vfioDevice else {
             discard(host)
             return false
+        }
+        let ptID: UInt32
+        do {
+            ptID = try state.withLock { (state) throws(BackendError) -> UInt32 in
+                try self.ptID(of: record.domain, for: vdevice, record, in: state)
+            }
+        } catch {
+            discard(host)
+            throw error
         }
         let vfio = FileDescriptor(rawValue: fd)
         if let errno = attach(vfio, to: ptID, on: device) {
