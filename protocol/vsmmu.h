@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vsmmu.h — the vsmmud wire protocol, version 2: every frame and message structure and constant.
+ * vsmmu.h — the vsmmud wire protocol, version 4: every frame and message structure and constant.
  *
  * PROTOCOL.md (next to this file) is the specification; this header mirrors it. All integers are
  * little-endian; the structures below are packed and their layouts pinned with _Static_assert, so on a
@@ -33,10 +33,11 @@ extern "C" {
 
 /* HELLO magic: the bytes "VSMU". */
 #define VSMMU_MAGIC 0x554D5356u
-/* The version this header describes, and the lowest one a version-3 server still speaks (version 2
+/* The version this header describes, and the lowest one a version-4 server still speaks (version 2
  * adds GET_HW_INFO and the device's VFIO cdev on SET_DEV_ID; version 3 adds the resume token in
- * CREATE_VSMMU's reply, RESUME_VSMMU and LIST's vSMMU flags; PROTOCOL.md §3.1). */
-#define VSMMU_PROTOCOL_VERSION 3u
+ * CREATE_VSMMU's reply, RESUME_VSMMU and LIST's vSMMU flags; version 4 adds the shared command queue,
+ * MAP_QUEUE and UNMAP_QUEUE; PROTOCOL.md §3.1, §8). */
+#define VSMMU_PROTOCOL_VERSION 4u
 #define VSMMU_MIN_PROTOCOL_VERSION 1u
 /* No frame, in either direction, is larger (header included): 1 MiB. */
 #define VSMMU_MAX_FRAME_SIZE 1048576u
@@ -56,7 +57,7 @@ extern "C" {
 /* ---- Frame header ---------------------------------------------------------------------------- */
 
 /* header.flags */
-#define VSMMU_FRAME_FD_ATTACHED 0x0001u /* one fd passed with SCM_RIGHTS in the frame's sendmsg */
+#define VSMMU_FRAME_FD_ATTACHED 0x0001u /* one fd (MAP_QUEUE: three) passed with SCM_RIGHTS in the frame's sendmsg */
 #define VSMMU_FRAME_RESERVED_FLAGS 0xFFFEu
 
 struct vsmmu_frame_header {
@@ -83,6 +84,8 @@ enum vsmmu_message_type {
 	VSMMU_MSG_UPDATE_CD = 0x0018,
 	VSMMU_MSG_GET_HW_INFO = 0x0019,       /* version 2 */
 	VSMMU_MSG_RESUME_VSMMU = 0x001A,      /* version 3 */
+	VSMMU_MSG_MAP_QUEUE = 0x001B,         /* version 4 */
+	VSMMU_MSG_UNMAP_QUEUE = 0x001C,       /* version 4 */
 	VSMMU_MSG_INVALIDATE = 0x0020,
 	VSMMU_MSG_STATS = 0x0040,
 	VSMMU_MSG_LIST = 0x0041,
@@ -101,6 +104,8 @@ enum vsmmu_message_type {
 	VSMMU_MSG_UPDATE_CD_REPLY = 0x8018,
 	VSMMU_MSG_GET_HW_INFO_REPLY = 0x8019, /* version 2 */
 	VSMMU_MSG_RESUME_VSMMU_REPLY = 0x801A, /* version 3 */
+	VSMMU_MSG_MAP_QUEUE_REPLY = 0x801B,   /* version 4 */
+	VSMMU_MSG_UNMAP_QUEUE_REPLY = 0x801C, /* version 4 */
 	VSMMU_MSG_INVALIDATE_REPLY = 0x8020,
 	VSMMU_MSG_STATS_REPLY = 0x8040,
 	VSMMU_MSG_LIST_REPLY = 0x8041,
@@ -140,6 +145,8 @@ enum vsmmu_error_code {
 #define VSMMU_FD_MISSING 1u
 #define VSMMU_FD_UNEXPECTED 2u
 #define VSMMU_FD_UNUSABLE 3u
+#define VSMMU_FD_QUEUE_MEMORY 4u  /* MAP_QUEUE: not a memfd sealed with F_SEAL_SHRINK, too small, or a bad header */
+#define VSMMU_FD_QUEUE_EVENTFD 5u /* MAP_QUEUE: kick or call is not an eventfd */
 
 /* ALREADY_EXISTS details: what conflicts. */
 #define VSMMU_CONFLICT_PSMMU 1u       /* value: the index of the pSMMU's existing viommu */
@@ -147,6 +154,7 @@ enum vsmmu_error_code {
 #define VSMMU_CONFLICT_HOST_DEVICE 3u /* value: the host device id */
 #define VSMMU_CONFLICT_HANDSHAKE 4u   /* a second HELLO */
 #define VSMMU_CONFLICT_CREATE_KEY 5u  /* CREATE_VSMMU: another request already used this create key */
+#define VSMMU_CONFLICT_QUEUE 6u       /* MAP_QUEUE: the vSMMU has a shared queue over other memory */
 
 /* INVALID_STE details. */
 #define VSMMU_STE_DISALLOWED_BITS_W0 1u
@@ -251,6 +259,28 @@ struct vsmmu_resume_vsmmu_reply {
 } VSMMU_PACKED;
 
 struct vsmmu_destroy_vsmmu {
+	uint32_t vsmmu_id;
+	uint32_t reserved;
+} VSMMU_PACKED;
+
+/* MAP_QUEUE (version 4): the vSMMU's shared command queue (PROTOCOL.md §5.15, §8). Sent with
+ * VSMMU_FRAME_FD_ATTACHED and three fds in one SCM_RIGHTS message: the memfd (struct vsmmu_queue_header
+ * at offset 0, sealed with F_SEAL_SHRINK), the kick eventfd (VMM -> daemon), the call eventfd (daemon -> VMM). */
+struct vsmmu_map_queue {
+	uint32_t vsmmu_id;
+	uint32_t log2_entries; /* VSMMU_QUEUE_MIN_LOG2_ENTRIES ... VSMMU_QUEUE_MAX_LOG2_ENTRIES */
+	uint32_t flags;        /* 0 */
+	uint32_t reserved;
+} VSMMU_PACKED;
+
+/* MAP_QUEUE's reply: the CONS the daemon starts consuming from (SMMUv3 form). */
+struct vsmmu_map_queue_reply {
+	uint32_t cons;
+	uint32_t reserved;
+} VSMMU_PACKED;
+
+/* UNMAP_QUEUE (version 4); the reply is empty. */
+struct vsmmu_unmap_queue {
 	uint32_t vsmmu_id;
 	uint32_t reserved;
 } VSMMU_PACKED;
@@ -561,6 +591,53 @@ struct vsmmu_health_reply {
 
 /* ---- Layout pins ----------------------------------------------------------------------------- */
 
+/* ---- The shared command queue's memory (PROTOCOL.md §8) ------------------------------------------- */
+
+#define VSMMU_QUEUE_MAGIC 0x514D5356u /* the bytes "VSMQ" */
+#define VSMMU_QUEUE_VERSION 1u
+#define VSMMU_QUEUE_MIN_LOG2_ENTRIES 8u
+#define VSMMU_QUEUE_MAX_LOG2_ENTRIES 16u
+/* The slots (16-byte commands) start here; the memfd holds at least this + 16 << log2_entries bytes. */
+#define VSMMU_QUEUE_SLOTS_OFFSET 0x1000u
+/* A cache line: each writer's fields sit on lines of their own. */
+#define VSMMU_QUEUE_LINE_SIZE 64u
+
+/* error_kind */
+#define VSMMU_QUEUE_ERROR_COMMAND 1u /* the command at error_cons failed with cerror */
+#define VSMMU_QUEUE_ERROR_PROD 2u    /* PROD was not a valid index for this queue */
+/* state */
+#define VSMMU_QUEUE_STATE_UNMAPPED 0u /* the VMM's initial value */
+#define VSMMU_QUEUE_STATE_RUNNING 1u
+#define VSMMU_QUEUE_STATE_STOPPED 2u
+
+/* The header at offset 0 of the memfd. Each field has one writer (the comment says which); the u32s are
+ * read and written as single 32-bit atomics. PROD and CONS are in SMMUv3 form: bits [n-1:0] index,
+ * bit n wrap (n = log2_entries), no other bit set. */
+struct vsmmu_queue_header {
+	/* Configuration: written by the VMM before MAP_QUEUE, read once by the daemon when it maps. */
+	uint32_t magic;          /* VSMMU_QUEUE_MAGIC */
+	uint16_t version;        /* VSMMU_QUEUE_VERSION */
+	uint8_t log2_entries;    /* as MAP_QUEUE's */
+	uint8_t reserved0[57];
+	uint32_t prod;           /* VMM: release store after the slots it publishes */
+	uint8_t reserved1[60];
+	uint32_t cons;           /* daemon: release store once consumed (past a CMD_SYNC: once it completed) */
+	uint8_t reserved2[60];
+	uint32_t error_sequence; /* daemon: + 1 per queue error, release store after the fields below */
+	uint8_t cerror;          /* daemon: CMDQ_CONS.ERR of the last error (VSMMU_CERROR_*) */
+	uint8_t error_kind;      /* daemon: VSMMU_QUEUE_ERROR_* */
+	uint16_t reserved3;
+	uint32_t error_cons;     /* daemon: the CONS the queue stopped at */
+	uint32_t state;          /* daemon: VSMMU_QUEUE_STATE_* */
+	uint8_t reserved4[48];
+	uint32_t error_ack;      /* VMM: the error_sequence acknowledged (the guest's GERRORN) */
+	uint8_t reserved5[60];
+	uint32_t daemon_sleeping; /* daemon: 1 = going to sleep on kick, signal me */
+	uint8_t reserved6[60];
+	uint32_t vmm_sleeping;   /* VMM: 1 = going to sleep on call, signal me */
+	uint8_t reserved7[3708];
+} VSMMU_PACKED;
+
 #define VSMMU_PIN_SIZE(type, size) VSMMU_STATIC_ASSERT(sizeof(struct type) == (size), #type " size")
 #define VSMMU_PIN(type, field, offset) \
 	VSMMU_STATIC_ASSERT(__builtin_offsetof(struct type, field) == (offset), #type "." #field " offset")
@@ -758,6 +835,33 @@ VSMMU_PIN(vsmmu_health_reply, psmmu_count, 12);
 VSMMU_PIN(vsmmu_health_reply, uptime_ns, 16);
 VSMMU_PIN(vsmmu_health_reply, server_pid, 24);
 
+VSMMU_PIN_SIZE(vsmmu_map_queue, 16);
+VSMMU_PIN(vsmmu_map_queue, vsmmu_id, 0);
+VSMMU_PIN(vsmmu_map_queue, log2_entries, 4);
+VSMMU_PIN(vsmmu_map_queue, flags, 8);
+VSMMU_PIN(vsmmu_map_queue, reserved, 12);
+VSMMU_PIN_SIZE(vsmmu_map_queue_reply, 8);
+VSMMU_PIN(vsmmu_map_queue_reply, cons, 0);
+VSMMU_PIN(vsmmu_map_queue_reply, reserved, 4);
+VSMMU_PIN_SIZE(vsmmu_unmap_queue, 8);
+VSMMU_PIN(vsmmu_unmap_queue, vsmmu_id, 0);
+VSMMU_PIN(vsmmu_unmap_queue, reserved, 4);
+
+VSMMU_PIN_SIZE(vsmmu_queue_header, VSMMU_QUEUE_SLOTS_OFFSET);
+VSMMU_PIN(vsmmu_queue_header, magic, 0x000);
+VSMMU_PIN(vsmmu_queue_header, version, 0x004);
+VSMMU_PIN(vsmmu_queue_header, log2_entries, 0x006);
+VSMMU_PIN(vsmmu_queue_header, prod, 0x040);
+VSMMU_PIN(vsmmu_queue_header, cons, 0x080);
+VSMMU_PIN(vsmmu_queue_header, error_sequence, 0x0C0);
+VSMMU_PIN(vsmmu_queue_header, cerror, 0x0C4);
+VSMMU_PIN(vsmmu_queue_header, error_kind, 0x0C5);
+VSMMU_PIN(vsmmu_queue_header, error_cons, 0x0C8);
+VSMMU_PIN(vsmmu_queue_header, state, 0x0CC);
+VSMMU_PIN(vsmmu_queue_header, error_ack, 0x100);
+VSMMU_PIN(vsmmu_queue_header, daemon_sleeping, 0x140);
+VSMMU_PIN(vsmmu_queue_header, vmm_sleeping, 0x180);
+
 #undef VSMMU_PIN
 #undef VSMMU_PIN_SIZE
 
@@ -790,6 +894,8 @@ static inline int64_t vsmmu_request_payload_length(uint16_t type, const void *pa
 	case VSMMU_MSG_UPDATE_CD: return sizeof(struct vsmmu_update_cd);
 	case VSMMU_MSG_GET_HW_INFO: return sizeof(struct vsmmu_get_hw_info);
 	case VSMMU_MSG_RESUME_VSMMU: return sizeof(struct vsmmu_resume_vsmmu);
+	case VSMMU_MSG_MAP_QUEUE: return sizeof(struct vsmmu_map_queue);
+	case VSMMU_MSG_UNMAP_QUEUE: return sizeof(struct vsmmu_unmap_queue);
 	case VSMMU_MSG_INVALIDATE:
 		if (payload_length < sizeof(struct vsmmu_invalidate))
 			return sizeof(struct vsmmu_invalidate);

@@ -273,6 +273,10 @@ extension VSMMUServer {
             return .resumeVSMMU(VSMMUResumed(vsmmu: outcome.vsmmu, viommuCount: outcome.viommuCount,
                                              deviceCount: outcome.deviceCount, lastRequestID: outcome.lastRequestID))
 
+        case .mapQueue, .unmapQueue:
+            // Not served yet: the shared queue's consumer lands with issue 13's daemon side.
+            throw .unknownMessageType(type)
+
         case .invalidate(let invalidate):
             return try invalidate.commands.withUnsafeBufferPointer { (commands) throws(ProtocolError) -> Response in
                 try self.invalidate(invalidate.vsmmu, commands: commands, connection: connection)

@@ -20,8 +20,9 @@ extension Request {
         case .createVSMMU, .destroyVSMMU, .attachViommu, .detachViommu, .setDeviceID, .unsetDeviceID,
              .linkSTE, .unlinkSTE, .updateCD:
             return true
-        case .hello, .getHWInfo, .invalidate, .stats, .list, .health, .resumeVSMMU:
-            // RESUME_VSMMU journals its change of owner itself (``resume(_:token:connection:type:)``).
+        case .hello, .getHWInfo, .invalidate, .stats, .list, .health, .resumeVSMMU, .mapQueue, .unmapQueue:
+            // A shared queue is not journaled: its state is in the VMM's memory, and the fd store or the VMM
+            // hands it back (PROTOCOL.md §8.6). RESUME_VSMMU journals its change of owner itself (``resume(_:token:connection:type:)``).
             return false
         }
     }
@@ -37,7 +38,8 @@ extension Request {
         case .linkSTE(let r): return r.vsmmu
         case .unlinkSTE(let r): return r.vsmmu
         case .updateCD(let r): return r.vsmmu
-        case .createVSMMU, .hello, .getHWInfo, .invalidate, .stats, .list, .health, .resumeVSMMU: return nil
+        case .createVSMMU, .hello, .getHWInfo, .invalidate, .stats, .list, .health, .resumeVSMMU, .mapQueue, .unmapQueue:
+            return nil
         }
     }
 }

@@ -38,6 +38,12 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// (version 3; may carry the VMM's iommufd). The corresponding C constant is
     /// `VSMMU_MSG_RESUME_VSMMU` (0x001A).
     public static let resumeVSMMU = MessageType(rawValue: 0x001A)
+    /// Map the vSMMU's shared command queue (version 4; carries three fds). The corresponding C constant
+    /// is `VSMMU_MSG_MAP_QUEUE` (0x001B).
+    public static let mapQueue = MessageType(rawValue: 0x001B)
+    /// Unmap the vSMMU's shared command queue (version 4). The corresponding C constant is
+    /// `VSMMU_MSG_UNMAP_QUEUE` (0x001C).
+    public static let unmapQueue = MessageType(rawValue: 0x001C)
     /// A batch of guest commands. The corresponding C constant is `VSMMU_MSG_INVALIDATE` (0x0020).
     public static let invalidate = MessageType(rawValue: 0x0020)
     /// Counters (admin). The corresponding C constant is `VSMMU_MSG_STATS` (0x0040).
@@ -52,7 +58,7 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// Every request type of this version, in type order.
     public static let allRequests: [MessageType] = [
         .hello, .createVSMMU, .destroyVSMMU, .attachViommu, .detachViommu, .setDeviceID, .unsetDeviceID,
-        .linkSTE, .unlinkSTE, .updateCD, .getHWInfo, .resumeVSMMU, .invalidate, .stats, .list, .health,
+        .linkSTE, .unlinkSTE, .updateCD, .getHWInfo, .resumeVSMMU, .mapQueue, .unmapQueue, .invalidate, .stats, .list, .health,
     ]
     /// Every reply type of this version: ERROR and each request's reply.
     public static let allReplies: [MessageType] = [.error] + allRequests.map(\.reply)
@@ -74,9 +80,16 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     @inlinable public var isAllowedBeforeHandshake: Bool { self == .hello }
     /// Whether a frame of this type may carry a file descriptor (`VSMMU_FRAME_FD_ATTACHED`): ATTACH_VIOMMU
     /// (the VMM's iommufd), from version 2 SET_DEV_ID (the device's VFIO cdev), and from version 3
-    /// RESUME_VSMMU (the VMM's iommufd, handed back after a restart without systemd's fd store).
+    /// RESUME_VSMMU (the VMM's iommufd, handed back after a restart without systemd's fd store), and from
+    /// version 4 MAP_QUEUE (three: ``fileDescriptorCount``).
     @inlinable public var takesFileDescriptor: Bool {
-        self == .attachViommu || self == .setDeviceID || self == .resumeVSMMU
+        self == .attachViommu || self == .setDeviceID || self == .resumeVSMMU || self == .mapQueue
+    }
+
+    /// How many fds a frame of this type with `FD_ATTACHED` claims (PROTOCOL.md §1): three for MAP_QUEUE
+    /// (memfd, kick, call), one for the others that take any, 0 for the rest.
+    @inlinable public var fileDescriptorCount: Int {
+        self == .mapQueue ? 3 : (takesFileDescriptor ? 1 : 0)
     }
 
     /// The first protocol version that defines this request type.
@@ -84,6 +97,7 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         switch self {
         case .getHWInfo: return 2
         case .resumeVSMMU: return 3
+        case .mapQueue, .unmapQueue: return 4
         default: return 1
         }
     }
@@ -103,6 +117,8 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         case .unsetDeviceID: base = "UNSET_DEV_ID"
         case .getHWInfo: base = "GET_HW_INFO"
         case .resumeVSMMU: base = "RESUME_VSMMU"
+        case .mapQueue: base = "MAP_QUEUE"
+        case .unmapQueue: base = "UNMAP_QUEUE"
         case .linkSTE: base = "LINK_STE"
         case .unlinkSTE: base = "UNLINK_STE"
         case .updateCD: base = "UPDATE_CD"

@@ -161,12 +161,19 @@ public struct FileDescriptorProblem: RawRepresentable, Hashable, Sendable, Custo
     public static let unexpected = FileDescriptorProblem(rawValue: 2)
     /// The fd is not a usable iommufd. The corresponding C constant is `VSMMU_FD_UNUSABLE` (3).
     public static let unusable = FileDescriptorProblem(rawValue: 3)
+    /// MAP_QUEUE's memory is not a memfd sealed with `F_SEAL_SHRINK`, is too small, cannot be mapped, or
+    /// holds a bad configuration line or indices. The corresponding C constant is `VSMMU_FD_QUEUE_MEMORY` (4).
+    public static let queueMemory = FileDescriptorProblem(rawValue: 4)
+    /// MAP_QUEUE's kick or call is not an eventfd. The corresponding C constant is `VSMMU_FD_QUEUE_EVENTFD` (5).
+    public static let queueEventFD = FileDescriptorProblem(rawValue: 5)
 
     public var description: String {
         switch rawValue {
         case 1: return "FD_MISSING"
         case 2: return "FD_UNEXPECTED"
         case 3: return "FD_UNUSABLE"
+        case 4: return "FD_QUEUE_MEMORY"
+        case 5: return "FD_QUEUE_EVENTFD"
         default: return "FD_PROBLEM(\(rawValue))"
         }
     }
@@ -189,6 +196,9 @@ public struct ConflictKind: RawRepresentable, Hashable, Sendable, CustomStringCo
     /// A CREATE_VSMMU whose create key another CREATE_VSMMU (another request id or payload) already used
     /// (value: 0). The corresponding C constant is `VSMMU_CONFLICT_CREATE_KEY` (5).
     public static let createKey = ConflictKind(rawValue: 5)
+    /// MAP_QUEUE on a vSMMU whose shared queue is over other memory (value: 0). The corresponding C
+    /// constant is `VSMMU_CONFLICT_QUEUE` (6).
+    public static let queue = ConflictKind(rawValue: 6)
 
     public var description: String {
         switch rawValue {
@@ -197,6 +207,7 @@ public struct ConflictKind: RawRepresentable, Hashable, Sendable, CustomStringCo
         case 3: return "HOST_DEVICE"
         case 4: return "HANDSHAKE"
         case 5: return "CREATE_KEY"
+        case 6: return "QUEUE"
         default: return "CONFLICT(\(rawValue))"
         }
     }

@@ -18,6 +18,8 @@ public enum Request: Hashable, Sendable {
     case updateCD(UpdateCD)
     case getHWInfo(GetHardwareInfo)
     case resumeVSMMU(ResumeVSMMU)
+    case mapQueue(MapQueue)
+    case unmapQueue(UnmapQueue)
     case invalidate(Invalidate)
     case stats(StatsRequest)
     case list(ListRequest)
@@ -38,6 +40,8 @@ public enum Request: Hashable, Sendable {
         case .updateCD: return .updateCD
         case .getHWInfo: return .getHWInfo
         case .resumeVSMMU: return .resumeVSMMU
+        case .mapQueue: return .mapQueue
+        case .unmapQueue: return .unmapQueue
         case .invalidate: return .invalidate
         case .stats: return .stats
         case .list: return .list
@@ -46,8 +50,10 @@ public enum Request: Hashable, Sendable {
     }
 
     /// The frame flags: `FD_ATTACHED` for an ATTACH_VIOMMU that passes the VMM's iommufd, or a SET_DEV_ID
-    /// that passes the device's VFIO cdev, or a RESUME_VSMMU that hands the VMM's iommufd back.
+    /// that passes the device's VFIO cdev, or a RESUME_VSMMU that hands the VMM's iommufd back; always for
+    /// MAP_QUEUE, which carries its memfd and eventfds.
     public var flags: FrameFlags {
+        if case .mapQueue = self { return .fileDescriptorAttached }
         if case .attachViommu(let a) = self, a.fileDescriptorAttached { return .fileDescriptorAttached }
         if case .setDeviceID(let d) = self, d.fileDescriptorAttached { return .fileDescriptorAttached }
         if case .resumeVSMMU(let r) = self, r.fileDescriptorAttached { return .fileDescriptorAttached }
@@ -67,6 +73,8 @@ public enum Request: Hashable, Sendable {
         case .updateCD(let m): return m.vsmmu
         case .getHWInfo(let m): return m.vsmmu
         case .resumeVSMMU(let m): return m.vsmmu
+        case .mapQueue(let m): return m.vsmmu
+        case .unmapQueue(let m): return m.vsmmu
         case .invalidate(let m): return m.vsmmu
         case .stats(let m): return m.vsmmu
         case .list(let m): return m.vsmmu
@@ -86,6 +94,8 @@ public enum Request: Hashable, Sendable {
         case .updateCD(let m): try m.encode(to: &w)
         case .getHWInfo(let m): try m.encode(to: &w)
         case .resumeVSMMU(let m): try m.encode(to: &w)
+        case .mapQueue(let m): try m.encode(to: &w)
+        case .unmapQueue(let m): try m.encode(to: &w)
         case .invalidate(let m): try m.encode(to: &w)
         case .stats(let m): try m.encode(to: &w)
         case .list(let m): try m.encode(to: &w)
@@ -162,6 +172,8 @@ public enum Request: Hashable, Sendable {
             var m = try body(ResumeVSMMU.self)
             m.fileDescriptorAttached = header.flags.contains(.fileDescriptorAttached)
             return .resumeVSMMU(m)
+        case .mapQueue: return .mapQueue(try body(MapQueue.self))
+        case .unmapQueue: return .unmapQueue(try body(UnmapQueue.self))
         case .invalidate: return .invalidate(try body(Invalidate.self))
         case .stats: return .stats(try body(StatsRequest.self))
         case .list: return .list(try body(ListRequest.self))

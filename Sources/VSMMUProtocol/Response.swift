@@ -14,6 +14,8 @@ public enum Response: Hashable, Sendable {
     case updateCD(HWPTLinked)
     case getHWInfo(HardwareInfo)
     case resumeVSMMU(VSMMUResumed)
+    case mapQueue(QueueMapped)
+    case unmapQueue
     case invalidate(InvalidateReply)
     case stats(StatsReply)
     case list(ListReply)
@@ -36,6 +38,8 @@ public enum Response: Hashable, Sendable {
         case .updateCD: return MessageType.updateCD.reply
         case .getHWInfo: return MessageType.getHWInfo.reply
         case .resumeVSMMU: return MessageType.resumeVSMMU.reply
+        case .mapQueue: return MessageType.mapQueue.reply
+        case .unmapQueue: return MessageType.unmapQueue.reply
         case .invalidate: return MessageType.invalidate.reply
         case .stats: return MessageType.stats.reply
         case .list: return MessageType.list.reply
@@ -55,12 +59,13 @@ public enum Response: Hashable, Sendable {
         case .linkSTE(let m), .updateCD(let m): try m.encode(to: &w)
         case .getHWInfo(let m): try m.encode(to: &w)
         case .resumeVSMMU(let m): try m.encode(to: &w)
+        case .mapQueue(let m): try m.encode(to: &w)
         case .invalidate(let m): try m.encode(to: &w)
         case .stats(let m): try m.encode(to: &w)
         case .list(let m): try m.encode(to: &w)
         case .health(let m): try m.encode(to: &w)
         case .error(let e): e.encodePayload(to: &w)
-        case .destroyVSMMU, .detachViommu, .setDeviceID, .unsetDeviceID, .unlinkSTE: break
+        case .destroyVSMMU, .detachViommu, .setDeviceID, .unsetDeviceID, .unlinkSTE, .unmapQueue: break
         }
     }
 
@@ -124,6 +129,8 @@ public enum Response: Hashable, Sendable {
         case .updateCD: return .updateCD(try body(HWPTLinked.self))
         case .getHWInfo: return .getHWInfo(try body(HardwareInfo.self))
         case .resumeVSMMU: return .resumeVSMMU(try body(VSMMUResumed.self))
+        case .mapQueue: return .mapQueue(try body(QueueMapped.self))
+        case .unmapQueue: _ = try body(EmptyPayload.self); return .unmapQueue
         case .invalidate: return .invalidate(try body(InvalidateReply.self))
         case .stats: return .stats(try body(StatsReply.self))
         case .list: return .list(try body(ListReply.self))

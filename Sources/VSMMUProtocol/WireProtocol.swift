@@ -4,10 +4,11 @@ public enum WireProtocol {
     /// HELLO's magic, the bytes `"VSMU"`. The corresponding C constant is `VSMMU_MAGIC`.
     public static let magic: UInt32 = 0x554D_5356
     /// The protocol version this codec implements. The corresponding C constant is `VSMMU_PROTOCOL_VERSION`.
-    public static let version: UInt16 = 3
+    public static let version: UInt16 = 4
     /// The versions this codec can speak. Version 2 adds GET_HW_INFO and the VFIO cdev on SET_DEV_ID;
-    /// version 3 adds the resume token in CREATE_VSMMU's reply, RESUME_VSMMU and LIST's vSMMU flags.
-    public static let supportedVersions: ClosedRange<UInt16> = 1...3
+    /// version 3 adds the resume token in CREATE_VSMMU's reply, RESUME_VSMMU and LIST's vSMMU flags;
+    /// version 4 adds the shared command queue (MAP_QUEUE, UNMAP_QUEUE).
+    public static let supportedVersions: ClosedRange<UInt16> = 1...4
     /// The size of every frame header. `sizeof(struct vsmmu_frame_header)`.
     public static let headerSize = 16
     /// No frame, in either direction, is larger (header included): 1 MiB.

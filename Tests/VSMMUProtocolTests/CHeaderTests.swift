@@ -80,6 +80,8 @@ struct CHeaderTests {
         #expect(c["VSMMU_FD_MISSING"] == UInt64(FileDescriptorProblem.missing.rawValue))
         #expect(c["VSMMU_FD_UNEXPECTED"] == UInt64(FileDescriptorProblem.unexpected.rawValue))
         #expect(c["VSMMU_FD_UNUSABLE"] == UInt64(FileDescriptorProblem.unusable.rawValue))
+        #expect(c["VSMMU_FD_QUEUE_MEMORY"] == UInt64(FileDescriptorProblem.queueMemory.rawValue))
+        #expect(c["VSMMU_FD_QUEUE_EVENTFD"] == UInt64(FileDescriptorProblem.queueEventFD.rawValue))
         let reasons: [(String, InvalidSTEReason)] = [
             ("DISALLOWED_BITS_W0", .disallowedBitsW0), ("DISALLOWED_BITS_W1", .disallowedBitsW1),
             ("DISALLOWED_CONFIG", .disallowedConfig), ("DISALLOWED_EATS", .disallowedEATS),
@@ -92,7 +94,7 @@ struct CHeaderTests {
         }
         let conflicts: [(String, ConflictKind)] = [
             ("PSMMU", .pSMMU), ("STREAM_ID", .streamID), ("HOST_DEVICE", .hostDevice), ("HANDSHAKE", .handshake),
-            ("CREATE_KEY", .createKey),
+            ("CREATE_KEY", .createKey), ("QUEUE", .queue),
         ]
         for (name, kind) in conflicts {
             #expect(c["VSMMU_CONFLICT_" + name] == UInt64(kind.rawValue), "\(name)")
@@ -100,6 +102,66 @@ struct CHeaderTests {
         }
         let list = try Self.constants(prefix: "VSMMU_LIST_")
         for kind in ListKind.all { #expect(list["VSMMU_LIST_" + kind.description] == UInt64(kind.rawValue)) }
+    }
+
+    @Test func sharedQueueConstantsMatchTheHeader() throws {
+        let c = try Self.constants(prefix: "VSMMU_QUEUE_")
+        #expect(c["VSMMU_QUEUE_MAGIC"] == UInt64(SharedQueueLayout.magic))
+        #expect(c["VSMMU_QUEUE_VERSION"] == UInt64(SharedQueueLayout.version))
+        #expect(c["VSMMU_QUEUE_MIN_LOG2_ENTRIES"] == UInt64(SharedQueueLayout.log2EntriesRange.lowerBound))
+        #expect(c["VSMMU_QUEUE_MAX_LOG2_ENTRIES"] == UInt64(SharedQueueLayout.log2EntriesRange.upperBound))
+        #expect(c["VSMMU_QUEUE_SLOTS_OFFSET"] == UInt64(SharedQueueLayout.slotsOffset))
+        #expect(c["VSMMU_QUEUE_LINE_SIZE"] == UInt64(SharedQueueLayout.lineSize))
+        #expect(c["VSMMU_QUEUE_ERROR_COMMAND"] == UInt64(SharedQueueLayout.ErrorKind.command.rawValue))
+        #expect(c["VSMMU_QUEUE_ERROR_PROD"] == UInt64(SharedQueueLayout.ErrorKind.producer.rawValue))
+        #expect(c["VSMMU_QUEUE_STATE_UNMAPPED"] == UInt64(SharedQueueLayout.State.unmapped.rawValue))
+        #expect(c["VSMMU_QUEUE_STATE_RUNNING"] == UInt64(SharedQueueLayout.State.running.rawValue))
+        #expect(c["VSMMU_QUEUE_STATE_STOPPED"] == UInt64(SharedQueueLayout.State.stopped.rawValue))
+        #expect(c.count == 11)
+    }
+
+    /// The offsets of `struct vsmmu_queue_header` as the C compiler lays it out, against ``SharedQueueLayout``'s,
+    /// and each writer's fields on cache lines of their own.
+    @Test(.enabled(if: compiler != nil, "no C compiler (cc) on the PATH"))
+    func sharedQueueHeaderOffsetsAreTheCCompilersAndEachWriterHasItsOwnLines() throws {
+        let cc = try #require(Self.compiler)
+        let fields: [(String, Int)] = [
+            ("magic", SharedQueueLayout.magicOffset), ("version", SharedQueueLayout.versionOffset),
+            ("log2_entries", SharedQueueLayout.log2EntriesOffset), ("prod", SharedQueueLayout.prodOffset),
+            ("cons", SharedQueueLayout.consOffset), ("error_sequence", SharedQueueLayout.errorSequenceOffset),
+            ("cerror", SharedQueueLayout.cerrorOffset), ("error_kind", SharedQueueLayout.errorKindOffset),
+            ("error_cons", SharedQueueLayout.errorConsOffset), ("state", SharedQueueLayout.stateOffset),
+            ("error_ack", SharedQueueLayout.errorAckOffset), ("daemon_sleeping", SharedQueueLayout.daemonSleepingOffset),
+            ("vmm_sleeping", SharedQueueLayout.vmmSleepingOffset),
+        ]
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("vsmmu-queue-\(ProcessInfo.processInfo.processIdentifier)-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: scratch) }
+        var source = "#include <stdio.h>\n#include <stddef.h>\n#include \"vsmmu.h\"\nint main(void) {\n"
+        source += "\tprintf(\"size %zu\\n\", sizeof(struct vsmmu_queue_header));\n"
+        for (name, _) in fields { source += "\tprintf(\"\(name) %zu\\n\", offsetof(struct vsmmu_queue_header, \(name)));\n" }
+        source += "\treturn 0;\n}\n"
+        let file = scratch.appendingPathComponent("offsets.c")
+        try source.write(to: file, atomically: true, encoding: .utf8)
+        let binary = scratch.appendingPathComponent("offsets").path
+        let build = try Self.run(cc, ["-std=c11", "-Wall", "-Werror", "-I", ProtocolFolder.url().path, "-o", binary, file.path])
+        #expect(build.status == 0, "cc failed:\n\(build.output)")
+        guard build.status == 0 else { return }
+        var printed: [String: Int] = [:]
+        for line in try Self.run(binary, []).output.split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            if parts.count == 2, let value = Int(parts[1]) { printed[String(parts[0])] = value }
+        }
+        #expect(printed["size"] == SharedQueueLayout.slotsOffset)
+        for (name, offset) in fields { #expect(printed[name] == offset, "\(name)") }
+        // One writer per line: the VMM's configuration, PROD, error_ack and vmm_sleeping; the daemon's CONS, error
+        // record and state, daemon_sleeping.
+        let lines = [SharedQueueLayout.magicOffset, SharedQueueLayout.prodOffset, SharedQueueLayout.consOffset,
+                     SharedQueueLayout.errorSequenceOffset, SharedQueueLayout.errorAckOffset,
+                     SharedQueueLayout.daemonSleepingOffset, SharedQueueLayout.vmmSleepingOffset]
+            .map { $0 / SharedQueueLayout.lineSize }
+        #expect(Set(lines).count == lines.count)
+        #expect(SharedQueueLayout.stateOffset / SharedQueueLayout.lineSize == SharedQueueLayout.errorSequenceOffset / SharedQueueLayout.lineSize)
     }
 
     /// `cc` on the PATH, if any.

@@ -198,13 +198,14 @@ struct ErrorCaseTests {
         #expect(e.code == .badFileDescriptor && e.detail == FileDescriptorProblem.unexpected.rawValue)
     }
 
-    @Test func onlyGetHWInfoIsNewInVersion2AndOnlyResumeInVersion3() {
+    @Test func onlyGetHWInfoIsNewInVersion2OnlyResumeInVersion3AndOnlyTheQueueRequestsInVersion4() {
         for type in MessageType.allRequests {
-            let expected: UInt16 = type == .getHWInfo ? 2 : type == .resumeVSMMU ? 3 : 1
+            let expected: UInt16 = type == .getHWInfo ? 2 : type == .resumeVSMMU ? 3
+                : type == .mapQueue || type == .unmapQueue ? 4 : 1
             #expect(type.introducedInVersion == expected, "\(type.name)")
         }
-        #expect(WireProtocol.version == 3)
-        #expect(WireProtocol.supportedVersions == 1...3)
+        #expect(WireProtocol.version == 4)
+        #expect(WireProtocol.supportedVersions == 1...4)
     }
 
     @Test func repliesCarryNoFlags() throws {
@@ -377,12 +378,12 @@ struct ErrorCaseTests {
 
     @Test func versionNegotiationPicksTheHighestCommonVersion() throws {
         #expect(try WireProtocol.negotiateVersion(client: 1...3) == 3)
-        #expect(try WireProtocol.negotiateVersion(client: 1...9) == 3)
+        #expect(try WireProtocol.negotiateVersion(client: 1...9) == 4)
         #expect(try WireProtocol.negotiateVersion(client: 2...2) == 2)
         #expect(try WireProtocol.negotiateVersion(client: 1...1) == 1) // a version-1 client still gets version 1
         #expect(try WireProtocol.negotiateVersion(client: 1...3, server: 2...5) == 3)
-        let above = try #require(throws: ProtocolError.self) { try WireProtocol.negotiateVersion(client: 4...5) }
-        #expect(above.code == .unsupportedVersion && above.detail == 1 && above.value == 3)
+        let above = try #require(throws: ProtocolError.self) { try WireProtocol.negotiateVersion(client: 5...6) }
+        #expect(above.code == .unsupportedVersion && above.detail == 1 && above.value == 4)
         let e = try #require(throws: ProtocolError.self) { try WireProtocol.negotiateVersion(client: 2...3, server: 1...1) }
         #expect(e == ProtocolError(code: .unsupportedVersion, requestType: .hello, detail: 1, value: 1,
                                    message: "client speaks versions 2-3, server 1-1"))

@@ -83,6 +83,10 @@ static const struct field fields[] = {
 	P("resume_vsmmu_reply", vsmmu_resume_vsmmu_reply, device_count),
 	P("resume_vsmmu_reply", vsmmu_resume_vsmmu_reply, reserved),
 	P("resume_vsmmu_reply", vsmmu_resume_vsmmu_reply, last_request_id),
+	P("map_queue", vsmmu_map_queue, vsmmu_id), P("map_queue", vsmmu_map_queue, log2_entries),
+	P("map_queue", vsmmu_map_queue, flags), P("map_queue", vsmmu_map_queue, reserved),
+	P("map_queue_reply", vsmmu_map_queue_reply, cons), P("map_queue_reply", vsmmu_map_queue_reply, reserved),
+	P("unmap_queue", vsmmu_unmap_queue, vsmmu_id), P("unmap_queue", vsmmu_unmap_queue, reserved),
 	P("destroy_vsmmu", vsmmu_destroy_vsmmu, vsmmu_id), P("destroy_vsmmu", vsmmu_destroy_vsmmu, reserved),
 
 	P("attach_viommu", vsmmu_attach_viommu, vsmmu_id), P("attach_viommu", vsmmu_attach_viommu, host_device_id),
@@ -174,6 +178,8 @@ static int64_t fixed_part(uint16_t type)
 	case VSMMU_MSG_UPDATE_CD_REPLY: return sizeof(struct vsmmu_hwpt_reply);
 	case VSMMU_MSG_GET_HW_INFO_REPLY: return sizeof(struct vsmmu_hw_info_reply);
 	case VSMMU_MSG_RESUME_VSMMU_REPLY: return sizeof(struct vsmmu_resume_vsmmu_reply);
+	case VSMMU_MSG_MAP_QUEUE_REPLY: return sizeof(struct vsmmu_map_queue_reply);
+	case VSMMU_MSG_UNMAP_QUEUE_REPLY:
 	case VSMMU_MSG_DESTROY_VSMMU_REPLY:
 	case VSMMU_MSG_DETACH_VIOMMU_REPLY:
 	case VSMMU_MSG_SET_DEV_ID_REPLY:
@@ -250,7 +256,8 @@ static int64_t reply_payload_length(uint16_t type, const unsigned char *p, uint3
  * from version 2, SET_DEV_ID (the device's VFIO cdev); PROTOCOL.md §1. */
 static int takes_fd(uint16_t type)
 {
-	return type == VSMMU_MSG_ATTACH_VIOMMU || type == VSMMU_MSG_SET_DEV_ID || type == VSMMU_MSG_RESUME_VSMMU;
+	return type == VSMMU_MSG_ATTACH_VIOMMU || type == VSMMU_MSG_SET_DEV_ID || type == VSMMU_MSG_RESUME_VSMMU ||
+	       type == VSMMU_MSG_MAP_QUEUE;
 }
 
 /* The first §2.2 framing check the frame fails (1, 3, 4, 8, 7), a HELLO field check (8), or 0. */

@@ -15,13 +15,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # Message types (PROTOCOL.md §2.1)
 HELLO, CREATE_VSMMU, DESTROY_VSMMU, ATTACH_VIOMMU, DETACH_VIOMMU = 0x01, 0x10, 0x11, 0x12, 0x13
 SET_DEV_ID, UNSET_DEV_ID, LINK_STE, UNLINK_STE, UPDATE_CD, GET_HW_INFO = 0x14, 0x15, 0x16, 0x17, 0x18, 0x19
-RESUME_VSMMU = 0x1A
+RESUME_VSMMU, MAP_QUEUE, UNMAP_QUEUE = 0x1A, 0x1B, 0x1C
 INVALIDATE, STATS, LIST, HEALTH, REPLY, ERROR = 0x20, 0x40, 0x41, 0x42, 0x8000, 0x8000
 FD_ATTACHED = 0x0001
 NAMES = {HELLO: "HELLO", CREATE_VSMMU: "CREATE_VSMMU", DESTROY_VSMMU: "DESTROY_VSMMU",
          ATTACH_VIOMMU: "ATTACH_VIOMMU", DETACH_VIOMMU: "DETACH_VIOMMU", SET_DEV_ID: "SET_DEV_ID",
          UNSET_DEV_ID: "UNSET_DEV_ID", LINK_STE: "LINK_STE", UNLINK_STE: "UNLINK_STE", UPDATE_CD: "UPDATE_CD",
-         GET_HW_INFO: "GET_HW_INFO", RESUME_VSMMU: "RESUME_VSMMU",
+         GET_HW_INFO: "GET_HW_INFO", RESUME_VSMMU: "RESUME_VSMMU", MAP_QUEUE: "MAP_QUEUE", UNMAP_QUEUE: "UNMAP_QUEUE",
          INVALIDATE: "INVALIDATE", STATS: "STATS", LIST: "LIST", HEALTH: "HEALTH"}
 
 
@@ -230,6 +230,20 @@ def main():
     f.section("struct vsmmu_resume_vsmmu_reply").u32("resume_vsmmu_reply.vsmmu_id", 7)
     f.u32("resume_vsmmu_reply.viommu_count", 2).u32("resume_vsmmu_reply.device_count", 3)
     add(f.u32("resume_vsmmu_reply.reserved", 0).u64("resume_vsmmu_reply.last_request_id", 20))
+
+    f = Frame("map-queue.hex", "MAP_QUEUE (§5.15, version 4): vsmmu 7, 2^10 slots, with the memfd, kick and call "
+              "eventfds (FD_ATTACHED, three fds)", MAP_QUEUE, 23, flags=FD_ATTACHED)
+    f.section("struct vsmmu_map_queue").u32("map_queue.vsmmu_id", 7).u32("map_queue.log2_entries", 10)
+    add(f.u32("map_queue.flags", 0).u32("map_queue.reserved", 0))
+
+    f = Frame("map-queue-reply.hex", "MAP_QUEUE reply (§5.15): consuming from CONS 0x405 (index 5, wrap bit set)",
+              MAP_QUEUE | REPLY, 23)
+    add(f.section("struct vsmmu_map_queue_reply").u32("map_queue_reply.cons", 0x405).u32("map_queue_reply.reserved", 0))
+
+    f = Frame("unmap-queue.hex", "UNMAP_QUEUE (§5.16, version 4): vsmmu 7", UNMAP_QUEUE, 24)
+    add(f.section("struct vsmmu_unmap_queue").u32("unmap_queue.vsmmu_id", 7).u32("unmap_queue.reserved", 0))
+
+    add(Frame("unmap-queue-reply.hex", "UNMAP_QUEUE reply (§5.16): empty", UNMAP_QUEUE | REPLY, 24))
 
     f = Frame("attach-viommu.hex", "ATTACH_VIOMMU (§5.4): vsmmu 7 on pSMMU \"smmu1\" through host device 0x11, "
               "nest parent HWPT 0x21, with the VMM's iommufd (FD_ATTACHED)", ATTACH_VIOMMU, 3, flags=FD_ATTACHED)
