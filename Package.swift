@@ -83,6 +83,13 @@ let package = Package(
         .target(name: "InvalidationEngine", dependencies: ["SMMUv3", "VirtualSMMU", "CommandRing", "PSMMU", "VSMMUSystem"]),
         // The wire format between VMMs and the daemon: frames and messages. Pure, shared by daemon and clients.
         .target(name: "VSMMUProtocol", dependencies: ["SMMUv3"]),
+        // The shared command queue's memory (PROTOCOL.md §8): positions in SMMUv3 form, a typed view of a
+        // mapped region with one atomic accessor per field, and the producer's and consumer's algorithms.
+        // No system calls: the mapping and the eventfds belong to the daemon and the clients.
+        .target(
+            name: "SharedQueue",
+            dependencies: ["SMMUv3", "VSMMUProtocol", .product(name: "Atomics", package: "swift-atomics")]
+        ),
         // SCM_RIGHTS, SO_PEERCRED and the CMSG_* macros, which Glibc does not import.
         .target(name: "CSocketShims"),
         // A crash-safe keyed record store (checkpoint + append-only log, CRC-32C per record) under a directory,
@@ -96,7 +103,7 @@ let package = Package(
             name: "VSMMUDaemon",
             dependencies: [
                 "SMMUv3", "VirtualSMMU", "PSMMU", "IOMMUFD", "InvalidationEngine", "CommandRing", "VSMMUProtocol", "CSocketShims",
-                "VSMMUConfiguration", "VSMMUJournal", "VSMMUSystem",
+                "VSMMUConfiguration", "VSMMUJournal", "VSMMUSystem", "SharedQueue",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
@@ -143,7 +150,7 @@ let package = Package(
             dependencies: ["VSMMUCLI", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // The Swift client library for VMMs.
-        .target(name: "VSMMUClient", dependencies: ["SMMUv3", "VSMMUProtocol", "CSocketShims"]),
+        .target(name: "VSMMUClient", dependencies: ["SMMUv3", "VSMMUProtocol", "CSocketShims", "SharedQueue"]),
         // The C client for VMMs written in C: uses only protocol/vsmmu.h and POSIX sockets.
         .target(name: "CVSMMUClient"),
         // A QEMU-like VMM on the C client: generates or replays guest command streams against the daemon.
@@ -155,7 +162,8 @@ let package = Package(
             name: "vsmmud-bench",
             dependencies: [
                 "SMMUv3", "VirtualSMMU", "CommandRing", "PSMMU", "InvalidationEngine", "VSMMUTestSupport",
-                "VSMMUDaemon", "VSMMUClient", "VSMMUProtocol", "VSMMUSystem", .product(name: "Logging", package: "swift-log"),
+                "VSMMUDaemon", "VSMMUClient", "VSMMUProtocol", "VSMMUSystem", "SharedQueue",
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // The soak driver: 32 clients of random valid traffic, bad frames and reconnects against a running
@@ -211,6 +219,7 @@ let package = Package(
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
         .testTarget(name: "VSMMUProtocolTests", dependencies: ["VSMMUProtocol", "SMMUv3", "VSMMUTestSupport"]),
+        .testTarget(name: "SharedQueueTests", dependencies: ["SharedQueue", "SMMUv3", "VSMMUProtocol", "VSMMUTestSupport"]),
         .testTarget(
             name: "InvalidationEngineTests",
             dependencies: ["InvalidationEngine", "VirtualSMMU", "CommandRing", "PSMMU", "SMMUv3", "VSMMUSystem", "VSMMUTestSupport"]
