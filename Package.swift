@@ -64,18 +64,18 @@ let package = Package(
         // attach): object ids, references, errnos, entry_num and the 63-command chunks, for backend tests.
         .target(
             name: "IOMMUFDSimulation",
-            dependencies: ["SMMUv3", "PSMMU", "IOMMUFD", "CIOMMUFD", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: ["SMMUv3", "PSMMU", "IOMMUFD", "CIOMMUFD", "VSMMUSystem", .product(name: "SystemPackage", package: "swift-system")]
         ),
         // The iommufd seam over the real-kernel rig's host↔guest channel: an IOMMUFDDevice whose ioctls run in
         // an arm64 guest (scripts/realkernel/relay-agent.c executes them on /dev/iommu and the VFIO cdevs).
         .target(
             name: "IOMMUFDRelay",
-            dependencies: ["IOMMUFD", "CIOMMUFD", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: ["IOMMUFD", "CIOMMUFD", "VSMMUSystem", .product(name: "SystemPackage", package: "swift-system")]
         ),
         // The real-kernel suite: the IOMMUFDBackend and the engine, through the relay, on the rig's kernel.
         .executableTarget(
             name: "vsmmud-realkernel",
-            dependencies: ["IOMMUFDRelay", "IOMMUFD", "CIOMMUFD", "PSMMU", "SMMUv3", "VirtualSMMU", "InvalidationEngine",
+            dependencies: ["IOMMUFDRelay", "IOMMUFD", "CIOMMUFD", "PSMMU", "SMMUv3", "VirtualSMMU", "InvalidationEngine", "VSMMUSystem",
                            "VSMMUTestSupport",
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
