@@ -96,7 +96,7 @@ let package = Package(
         // through one file-operation seam. The daemon's registrations live in it.
         .target(
             name: "VSMMUJournal",
-            dependencies: [.product(name: "Logging", package: "swift-log"), .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: ["VSMMUSystem", .product(name: "Logging", package: "swift-log"), .product(name: "SystemPackage", package: "swift-system")]
         ),
         // The daemon as a library: listener, connections, ownership, one engine per vSMMU, admin. Testable in-process.
         .target(

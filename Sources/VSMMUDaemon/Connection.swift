@@ -2,6 +2,8 @@ import CSocketShims
 import Logging
 import SMMUv3
 import VSMMUProtocol
+import VSMMUSystem
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -59,9 +61,8 @@ struct Connection {
     private mutating func armHelloDeadline() -> Bool {
         if handshakeCompleted {
             if receiveTimeoutArmed {
-                var none = timeval(tv_sec: 0, tv_usec: 0)
-                if setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, socklen_t(MemoryLayout<timeval>.size)) != 0 {
-                    logger.warning("cannot lift the HELLO receive timeout", metadata: ["errno": "\(errno)"])
+                do throws(Errno) { try SystemCall.setReceiveTimeout(fd, microseconds: 0) } catch {
+                    logger.warning("cannot lift the HELLO receive timeout", metadata: ["errno": "\(error)"])
                 }
                 receiveTimeoutArmed = false
             }
@@ -70,9 +71,8 @@ struct Connection {
         let now = POSIX.monotonicNanoseconds()
         guard now < helloDeadline else { return false }
         let left = helloDeadline - now
-        var timeout = timeval(tv_sec: Int(left / 1_000_000_000), tv_usec: max(1, Int(left % 1_000_000_000) / 1000))
-        guard setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size)) == 0 else {
-            logger.warning("cannot arm the HELLO receive timeout", metadata: ["errno": "\(errno)"])
+        do throws(Errno) { try SystemCall.setReceiveTimeout(fd, microseconds: max(1, Int(left / 1000))) } catch {
+            logger.warning("cannot arm the HELLO receive timeout", metadata: ["errno": "\(error)"])
             return true
         }
         receiveTimeoutArmed = true

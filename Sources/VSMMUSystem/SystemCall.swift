@@ -7,7 +7,7 @@ import SystemPackage
 
 /// Runs `body`, a system call that returns -1 and sets `errno` on failure, until it does not fail with
 /// `EINTR`; throws any other failure as swift-system's `Errno`. The one home of the retry.
-@inlinable
+@inlinable @discardableResult
 package func syscall<Result: FixedWidthInteger>(_ body: () -> Result) throws(Errno) -> Result {
     while true {
         let result = body()
