@@ -219,6 +219,7 @@ let package = Package(
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
         .testTarget(name: "VSMMUProtocolTests", dependencies: ["VSMMUProtocol", "SMMUv3", "VSMMUTestSupport"]),
+        .testTarget(name: "VSMMUSystemTests", dependencies: ["VSMMUSystem", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "SharedQueueTests", dependencies: ["SharedQueue", "SMMUv3", "VSMMUProtocol", "VSMMUTestSupport"]),
         .testTarget(
             name: "InvalidationEngineTests",
