@@ -1,5 +1,7 @@
 import CSocketShims
+import Foundation
 import SharedQueue
+import Synchronization
 import SMMUv3
 import Testing
 import VSMMUClient
@@ -9,6 +11,24 @@ import VSMMUSystem
 #if canImport(Glibc)
 import Glibc
 #endif
+
+private let queueNames = Atomic<Int>(0)
+
+/// How many mappings of the memfd `name` this process has (`/proc/self/maps`).
+func mappingCount(of name: String) -> Int {
+    // Read in a loop: a /proc file has no size for a reader that trusts fstat.
+    let fd = open("/proc/self/maps", O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return -1 }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while true {
+        let count = read(fd, &chunk, chunk.count)
+        guard count > 0 else { break }
+        bytes += chunk[0..<count]
+    }
+    return String(decoding: bytes, as: UTF8.self).split(separator: "\n").filter { $0.contains("/memfd:\(name) ") }.count
+}
 
 /// The VMM's side of a shared command queue, as a test plays it (PROTOCOL.md §8): a sealed memfd mapped
 /// shared, a kick and a call eventfd, and the few lines of producer the tests need (the real producers
@@ -26,9 +46,13 @@ final class TestQueueVMM: @unchecked Sendable {
 
     /// A queue of 2^`log2Entries` slots in a memfd of `size` bytes (default: exactly what it needs) with
     /// `seals`, its header initialised unless `initialise` is false.
+    /// The memfd's name (`/proc/self/maps` shows it as `/memfd:<name> (deleted)`), unique per queue.
+    let name: String
+
     init(log2Entries: Int = 8, size: Int? = nil, seals: Int32 = VSMMU_F_SEAL_SHRINK, initialise: Bool = true) throws {
         let geometry = try #require(SharedQueueGeometry(log2Entries: log2Entries))
-        memory = try SystemCall.memfdCreate("vsmmu-test-queue")
+        name = "vsmmu-test-queue-\(getpid())-\(queueNames.add(1, ordering: .relaxed).newValue)"
+        memory = try SystemCall.memfdCreate(name)
         length = size ?? geometry.requiredSize
         try SystemCall.truncate(memory, to: length)
         if seals != 0 { try SystemCall.addSeals(seals, to: memory) }
@@ -96,7 +120,8 @@ final class TestQueueVMM: @unchecked Sendable {
                 return condition()
             }
             var fds = [pollfd(fd: call, events: Int16(POLLIN), revents: 0)]
-            _ = try? SystemCall.poll(&fds, timeoutMilliseconds: Int32(min(1000, (deadline - now) / 1_000_000 + 1)))
+            // The whole time left: a lost wake-up shows as a wait that times out, never as a slow success.
+            _ = try? SystemCall.poll(&fds, timeoutMilliseconds: Int32(min(60_000, (deadline - now) / 1_000_000 + 1)))
             _ = try? SystemCall.readEventNoWait(call)
             region.storeVMMSleeping(0)
         }
