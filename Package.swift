@@ -36,7 +36,8 @@ let package = Package(
         .target(name: "VirtualSMMU", dependencies: ["SMMUv3"]),
         // The system layer: typed system calls that retry EINTR and throw swift-system's Errno, the one thread
         // type (OSThread) and the one lock type (Locked, visible to ThreadSanitizer).
-        .target(name: "VSMMUSystem", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
+        // CSocketShims: the memfd, eventfd and preadv2 calls Glibc does not import (the shared queue).
+        .target(name: "VSMMUSystem", dependencies: ["CSocketShims", .product(name: "SystemPackage", package: "swift-system")]),
         // The lock-free per-viommu command ring, its consumer role and CMD_SYNC fences.
         .target(
             name: "CommandRing",
@@ -201,7 +202,8 @@ let package = Package(
         .testTarget(
             name: "VSMMUDaemonTests",
             dependencies: ["VSMMUDaemon", "HostileInput", "VSMMUConfiguration", "VSMMUClient", "VSMMUProtocol", "SMMUv3", "PSMMU", "VSMMUTestSupport",
-                           "IOMMUFD", "IOMMUFDSimulation", "CVSMMUClient", .product(name: "SystemPackage", package: "swift-system")]
+                           "IOMMUFD", "IOMMUFDSimulation", "CVSMMUClient", "SharedQueue", "VSMMUSystem", "CSocketShims",
+                           .product(name: "SystemPackage", package: "swift-system")]
         ),
         .testTarget(name: "VSMMUConfigurationTests", dependencies: ["VSMMUConfiguration", "PSMMU", "VSMMUProtocol", "SMMUv3"]),
         .testTarget(
