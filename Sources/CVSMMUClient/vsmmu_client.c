@@ -998,6 +998,24 @@ uint32_t vsmmu_client_queue_cons(const struct vsmmu_client_queue *queue)
 	return atomic_load_explicit(queue_u32(queue, QUEUE_FIELD(cons)), memory_order_acquire);
 }
 
+uint32_t vsmmu_client_queue_load(const struct vsmmu_client_queue *queue, size_t offset)
+{
+	switch (offset) {
+	case QUEUE_FIELD(magic):
+	case QUEUE_FIELD(prod):
+	case QUEUE_FIELD(cons):
+	case QUEUE_FIELD(error_sequence):
+	case QUEUE_FIELD(error_cons):
+	case QUEUE_FIELD(state):
+	case QUEUE_FIELD(error_ack):
+	case QUEUE_FIELD(daemon_sleeping):
+	case QUEUE_FIELD(vmm_sleeping):
+		return atomic_load_explicit(queue_u32(queue, offset), memory_order_acquire);
+	default:
+		return 0;
+	}
+}
+
 int vsmmu_client_queue_error(const struct vsmmu_client_queue *queue, struct vsmmu_client_queue_error *error)
 {
 	uint32_t sequence = atomic_load_explicit(queue_u32(queue, QUEUE_FIELD(error_sequence)), memory_order_acquire);

@@ -255,6 +255,10 @@ int vsmmu_client_queue_error(const struct vsmmu_client_queue *queue, struct vsmm
 int vsmmu_client_queue_acknowledge(struct vsmmu_client_queue *queue, const struct vsmmu_command *replacement);
 /* CONS as the daemon last published it (SMMUv3 form). */
 uint32_t vsmmu_client_queue_cons(const struct vsmmu_client_queue *queue);
+/* The u32 header field at `offset` (offsetof(struct vsmmu_queue_header, …): prod, cons, state, the sleep
+ * flags, …), read with one atomic acquire load. Safe from any thread while the queue is mapped: for a
+ * monitor or a test watching a wait from outside. 0 for an offset that is not a u32 field's. */
+uint32_t vsmmu_client_queue_load(const struct vsmmu_client_queue *queue, size_t offset);
 
 /* The name of an error code ("UNKNOWN_STREAM_ID"), or "ERROR(n)". */
 const char *vsmmu_error_name(uint32_t code);
