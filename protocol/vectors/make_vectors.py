@@ -33,17 +33,13 @@ def type_name(t):
     return base + "_REPLY" if t & REPLY else base
 
 
-class Frame:
-    """A frame built field by field; every field becomes one hex line and one `#!` assertion."""
+class Fields:
+    """Bytes laid out field by field; every field becomes one hex line and (when named) one `#!` assertion."""
 
-    def __init__(self, filename, title, mtype, request_id, flags=0, payload_length=None):
-        self.filename, self.title = filename, title
-        self.mtype, self.request_id, self.flags = mtype, request_id, flags
-        self.forced_length = payload_length
-        self.lines = []      # (bytes, comment) of the payload
+    def __init__(self):
+        self.lines = []      # (bytes, comment)
         self.asserts = []    # (name, value text)
         self.notes = []
-        self.expect_error = None
 
     def note(self, text):
         self.notes.append(text)
@@ -53,9 +49,14 @@ class Frame:
         self.lines.append((b"", text))
         return self
 
+    def where(self):
+        """What a field's comment starts with (Memory: its offset)."""
+        return ""
+
     def _int(self, fmt, name, value, comment=None):
         label = name if name is not None else "(not checked)"
-        self.lines.append((struct.pack("<" + fmt, value), "%s = %s" % (label, comment or hex_or_dec(value))))
+        where = self.where()
+        self.lines.append((struct.pack("<" + fmt, value), "%s%s = %s" % (where, label, comment or hex_or_dec(value))))
         if name is not None:
             self.asserts.append((name, str(value) if value < 10 else "0x%X" % value))
         return self
@@ -64,6 +65,28 @@ class Frame:
     def u16(self, name, value, comment=None): return self._int("H", name, value, comment)
     def u32(self, name, value, comment=None): return self._int("I", name, value, comment)
     def u64(self, name, value, comment=None): return self._int("Q", name, value, comment)
+
+    def body(self):
+        """The fields' lines of the file: a section as a comment, a field as its hex and its comment."""
+        out = []
+        for b, c in self.lines:
+            out += ["# " + c] if not b else fmt_bytes(b, c)
+        return out
+
+    def save(self, out):
+        with open(os.path.join(HERE, self.filename), "w") as f:
+            f.write("\n".join(out) + "\n")
+
+
+class Frame(Fields):
+    """A frame built field by field."""
+
+    def __init__(self, filename, title, mtype, request_id, flags=0, payload_length=None):
+        Fields.__init__(self)
+        self.filename, self.title = filename, title
+        self.mtype, self.request_id, self.flags = mtype, request_id, flags
+        self.forced_length = payload_length
+        self.expect_error = None
 
     def name(self, name, text):
         data = text.encode()
@@ -105,53 +128,27 @@ class Frame:
         out += [fmt_line(b, c) for b, c in header]
         if self.lines:
             out.append("# payload")
-            for b, c in self.lines:
-                if not b:
-                    out.append("# " + c)
-                else:
-                    out += fmt_bytes(b, c)
-        with open(os.path.join(HERE, self.filename), "w") as f:
-            f.write("\n".join(out) + "\n")
+            out += self.body()
+        self.save(out)
 
 
-class Memory:
+class Memory(Fields):
     """Bytes of the shared command queue's memory (PROTOCOL.md §8.1), not a frame: `#! kind` says which part
-    and `#! offset` where in the memory the first byte sits. Laid out field by field, like a Frame."""
+    and `#! offset` where in the memory the first byte sits. Each field's comment starts with its offset."""
 
     def __init__(self, filename, title, kind, offset):
+        Fields.__init__(self)
         self.filename, self.title, self.kind, self.offset = filename, title, kind, offset
-        self.lines = []      # (bytes, comment)
-        self.asserts = []    # (name, value text)
-        self.notes = []
 
-    def note(self, text):
-        self.notes.append(text)
-        return self
-
-    def section(self, text):
-        self.lines.append((b"", text))
-        return self
-
-    def size(self):
-        return sum(len(b) for b, _ in self.lines)
-
-    def _int(self, fmt, name, value, comment=None):
-        at = self.offset + self.size()
-        self.lines.append((struct.pack("<" + fmt, value), "0x%03X %s = %s" % (at, name, comment or hex_or_dec(value))))
-        self.asserts.append((name, str(value) if value < 10 else "0x%X" % value))
-        return self
-
-    def u8(self, name, value, comment=None): return self._int("B", name, value, comment)
-    def u16(self, name, value, comment=None): return self._int("H", name, value, comment)
-    def u32(self, name, value, comment=None): return self._int("I", name, value, comment)
-    def u64(self, name, value, comment=None): return self._int("Q", name, value, comment)
+    def where(self):
+        return "0x%03X " % (self.offset + sum(len(b) for b, _ in self.lines))
 
     def reserved(self, count, upto=None):
         """`count` zero bytes (reserved, not asserted: check_vectors.c checks that they are zero)."""
-        at = self.offset + self.size()
+        at = self.offset + sum(len(b) for b, _ in self.lines)
         if upto is not None:
             assert at + count == upto, (hex(at), count, hex(upto))
-        self.lines.append((b"\0" * count, "0x%03X reserved (%d bytes) = 0" % (at, count)))
+        self.lines.append((b"\0" * count, "%sreserved (%d bytes) = 0" % (self.where(), count)))
         return self
 
     def write(self):
@@ -162,13 +159,7 @@ class Memory:
         for name, value in self.asserts:
             out.append("#! %s = %s" % (name, value))
         out.append("")
-        for b, c in self.lines:
-            if not b:
-                out.append("# " + c)
-            else:
-                out += fmt_bytes(b, c)
-        with open(os.path.join(HERE, self.filename), "w") as f:
-            f.write("\n".join(out) + "\n")
+        self.save(out + self.body())
 
 
 def hex_or_dec(v):
