@@ -945,6 +945,9 @@ int vsmmu_client_map_queue(struct vsmmu_client *client, uint32_t vsmmu_id, uint3
 		;
 	if (rc < 0)
 		goto fail_errno;
+	/* Shared and writable on both sides: F_SEAL_SHRINK does not restrict that, only the write seals would
+	 * (mm/shmem.c, shmem_mmap; mm/memfd.c, memfd_add_seals refuses F_SEAL_WRITE while such a mapping exists),
+	 * and the client adds none. */
 	q->memory = mmap(NULL, q->size, PROT_READ | PROT_WRITE, MAP_SHARED, q->memfd, 0);
 	if (q->memory == MAP_FAILED)
 		goto fail_errno;
