@@ -259,6 +259,16 @@ static void report(struct run *run, const char *mode)
 		printf("vmm-sim path: socket (INVALIDATE)\n");
 }
 
+/* UNMAP_QUEUE at the end of a run through the shared queue (nothing without one). */
+static int unmap(struct run *run)
+{
+	if (!run->queue)
+		return 0;
+	int rc = vsmmu_client_unmap_queue(&run->client, run->queue);
+	run->queue = NULL;
+	return rc ? fail(run, "UNMAP_QUEUE", rc) : 0;
+}
+
 /* ---- replay ---------------------------------------------------------------------------------- */
 
 /* Reads the final STE/CD of each StreamID from a trace's ste-cd CSV (rows "ram_dump_final"). */
@@ -325,7 +335,7 @@ static int replay(struct run *run, const char *trace, const char *ste_cd)
 	if (count && submit(run, batch, count))
 		return 1;
 	report(run, "replay");
-	return run->errors ? 1 : 0;
+	return unmap(run) || run->errors ? 1 : 0;
 }
 
 /* ---- generate -------------------------------------------------------------------------------- */
@@ -402,7 +412,7 @@ static int generate(struct run *run, uint64_t budget, int devices, int strict)
 			return 1;
 	}
 	report(run, strict ? "generate (strict)" : "generate (lazy)");
-	return run->errors ? 1 : 0;
+	return unmap(run) || run->errors ? 1 : 0;
 }
 
 /* ---- main ------------------------------------------------------------------------------------ */

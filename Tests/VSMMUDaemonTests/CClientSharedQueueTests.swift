@@ -111,6 +111,26 @@ import Glibc
         #expect(server.pSMMUs[0].counters.commandsCompleted == 300)
     }
 
+    @Test func anUnmappedQueueCanBeReplacedByANewOneOverNewMemory() throws {
+        let server = try TestServer("cqueue-unmap")
+        defer { server.stop() }
+        let rig = try Rig(path: server.path)
+        #expect(rig.submitAndWait([Self.tlbiNHVA(asid: 3), Self.sync]) == 0)
+        #expect(vsmmu_client_unmap_queue(rig.client, rig.queue) == 0)
+        #expect(rig.client.pointee.queue_count == 0)
+        // A vSMMU has at most one queue: after UNMAP_QUEUE a new memfd maps, from CONS 0 again.
+        var mapped: UnsafeMutablePointer<vsmmu_client_queue>?
+        #expect(vsmmu_client_map_queue(rig.client, rig.vsmmu, 9, &mapped) == 0, "\(rig.message)")
+        rig.queue = try #require(mapped)
+        #expect(rig.submitAndWait([Self.tlbiNHVA(asid: 3), Self.sync]) == 0)
+        #expect(vsmmu_client_queue_cons(rig.queue) == 2)
+        // While it is mapped, other memory is refused.
+        var second: UnsafeMutablePointer<vsmmu_client_queue>?
+        #expect(vsmmu_client_map_queue(rig.client, rig.vsmmu, 8, &second) == Int32(VSMMU_ERR_ALREADY_EXISTS.rawValue))
+        #expect(rig.client.pointee.last_error_detail == VSMMU_CONFLICT_QUEUE)
+        #expect(server.pSMMUs[0].counters.commandsCompleted == 2)
+    }
+
     @Test func anIllegalCommandStopsTheQueueWithConsOnItsIndex() throws {
         let server = try TestServer("cqueue-ill")
         defer { server.stop() }
