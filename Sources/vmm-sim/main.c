@@ -7,9 +7,9 @@
 // commands in batches cut after each CMD_SYNC, as the guest's driver publishes them, checking every
 // reply.
 //
-//   vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--shared-queue [--queue-log2 N]]
+//   vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--shared-queue [--queue-log2 N] [--queue-spin-us US]]
 //           replay TRACE.bin STE_CD.csv
-//   vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--shared-queue [--queue-log2 N]]
+//   vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--shared-queue [--queue-log2 N] [--queue-spin-us US]]
 //           generate [--commands N] [--devices D] [--seed S] [--strict | --lazy]
 //   vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... hw-info   (attach, print the registers, exit)
 //
@@ -23,7 +23,8 @@
 //
 // --shared-queue (protocol version 4) submits the commands through the vSMMU's shared command queue
 // (MAP_QUEUE, PROTOCOL.md §8) instead of INVALIDATE: each batch is published at PROD and a sync completes
-// when the daemon's CONS passes it. --queue-log2 N sizes it (2^N slots, default 12). A command the daemon
+// when the daemon's CONS passes it. --queue-log2 N sizes it (2^N slots, default 12); --queue-spin-us US is
+// how long a wait polls CONS before it sleeps on the call eventfd (the client's default: 20). A command the daemon
 // refuses stops the queue: vmm-sim counts the error, prints the record, replaces the command with a CMD_SYNC
 // (as Linux's __arm_smmu_cmdq_skip_err does) and acknowledges. The report names the path it used.
 
@@ -66,6 +67,7 @@ struct run {
 	struct vsmmu_client_queue *queue; /* --shared-queue: the vSMMU's shared queue, NULL for INVALIDATE */
 	int use_queue;
 	uint32_t queue_log2;
+	long queue_spin_us; /* --queue-spin-us: how long a wait polls CONS before it sleeps (-1: the client's default) */
 	uint64_t commands, batches, syncs, errors;
 	double *latencies; /* µs per batch that ended in CMD_SYNC */
 	size_t latency_count, latency_capacity;
@@ -116,6 +118,8 @@ static int setup(struct run *run, const char *socket_path, int reconnect)
 		}
 		if ((rc = vsmmu_client_map_queue(&run->client, run->vsmmu, run->queue_log2, &run->queue)))
 			return fail(run, "MAP_QUEUE", rc);
+		if (run->queue_spin_us >= 0)
+			run->queue->spin_ns = (uint32_t)run->queue_spin_us * 1000u;
 	}
 	/* What the guest's SMMU_IDRn will say: what every pSMMU behind the vSMMU supports (version 2). */
 	if (run->client.version < 2) {
@@ -421,9 +425,9 @@ static void usage(void)
 {
 	fprintf(stderr,
 		"usage: vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--no-reconnect]\n"
-		"               [--shared-queue [--queue-log2 N]] replay TRACE.bin STE_CD.csv\n"
+		"               [--shared-queue [--queue-log2 N] [--queue-spin-us US]] replay TRACE.bin STE_CD.csv\n"
 		"       vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--no-reconnect]\n"
-		"               [--shared-queue [--queue-log2 N]] generate [--commands N] [--devices D] [--seed S] [--strict|--lazy]\n"
+		"               [--shared-queue [--queue-log2 N] [--queue-spin-us US]] generate [--commands N] [--devices D] [--seed S] [--strict|--lazy]\n"
 		"       vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--no-reconnect] hw-info\n");
 }
 
@@ -433,11 +437,18 @@ int main(int argc, char **argv)
 	const char *socket_path = getenv("VSMMUD_SOCKET") ? getenv("VSMMUD_SOCKET") : "/run/vsmmud/vsmmud.sock";
 	int i = 1, reconnect = 1;
 	run.queue_log2 = 12;
+	run.queue_spin_us = -1;
 	for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
 		if (!strcmp(argv[i], "--no-reconnect")) {
 			reconnect = 0;
 		} else if (!strcmp(argv[i], "--shared-queue")) {
 			run.use_queue = 1;
+		} else if (!strcmp(argv[i], "--queue-spin-us") && i + 1 < argc) {
+			run.queue_spin_us = strtol(argv[++i], NULL, 0);
+			if (run.queue_spin_us < 0 || run.queue_spin_us > 1000000) {
+				fprintf(stderr, "vmm-sim: --queue-spin-us must be 0-1000000\n");
+				return 2;
+			}
 		} else if (!strcmp(argv[i], "--queue-log2") && i + 1 < argc) {
 			run.queue_log2 = (uint32_t)strtoul(argv[++i], NULL, 0);
 			if (run.queue_log2 < VSMMU_QUEUE_MIN_LOG2_ENTRIES || run.queue_log2 > VSMMU_QUEUE_MAX_LOG2_ENTRIES) {

@@ -60,12 +60,15 @@ import Glibc
     @Test(.enabled(if: executablesBuilt, "vsmmud and vmm-sim were not built beside the tests"))
     func vmmSimGeneratedWorkloadThroughASmallSharedQueueCompletesEverySync() throws {
         let daemon = try RealDaemon()
-        // 256 slots: the queue wraps many times; lazy bursts of up to 33 commands.
-        let result = try daemon.vmmSim(["--queue-log2", "8", "generate", "--commands", "20000", "--devices", "12", "--lazy"])
+        // 256 slots: the queue wraps many times; lazy bursts of up to 33 commands. No spinning: every wait that
+        // does not find its CONS at once sleeps on call (the sleep flag, the fence and the re-check, each time).
+        let result = try daemon.vmmSim(["--queue-log2", "8", "--queue-spin-us", "0", "generate", "--commands", "20000",
+                                        "--devices", "12", "--lazy"])
         #expect(daemon.stop())
         #expect(result.status == 0, "\(result.output)")
         #expect(result.output.contains(" 0 errors"), "\(result.output)")
         #expect(result.output.contains("vmm-sim path: shared queue (256 slots)"), "\(result.output)")
+        #expect(!result.output.contains(" 0 sleeps on call"), "\(result.output)")
     }
 
     @Test(.enabled(if: executablesBuilt, "vsmmud and vmm-sim were not built beside the tests"), arguments: [SIGKILL, SIGTERM])
