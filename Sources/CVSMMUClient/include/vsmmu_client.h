@@ -235,9 +235,10 @@ int vsmmu_client_queue_submit(struct vsmmu_client_queue *queue, const struct vsm
  * it has completed on every viommu it covers (commands after the last CMD_SYNC are only queued). It polls CONS
  * for queue->spin_ns, then sleeps on the call eventfd and the socket, and goes on after a reconnect (the
  * queue re-mapped). Returns 0; VSMMU_CLIENT_QUEUE_ERROR when the queue stopped on an error first; -ESHUTDOWN
- * when the daemon stopped the queue (UNMAP_QUEUE, the vSMMU destroyed or taken over) or it was lost in a
- * reconnect; -ECONNRESET when the connection was lost (without a reconnect policy); -EPROTO when the memory
- * holds a CONS that cannot be; -EINVAL for a position that was not published.
+ * when the daemon stopped the queue (UNMAP_QUEUE, the vSMMU destroyed; a daemon that stops, without a
+ * reconnect policy) or it was lost in a reconnect; -ECONNRESET when the connection was lost (without a
+ * reconnect policy); -EPROTO when the memory holds a CONS that cannot be; -EINVAL for a position that was not
+ * published.
  */
 int vsmmu_client_queue_wait(struct vsmmu_client_queue *queue, uint32_t position);
 /* Submits `count` commands and waits for the PROD after them (the usual call for a batch ending in CMD_SYNC). */
