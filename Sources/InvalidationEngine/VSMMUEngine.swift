@@ -125,17 +125,22 @@ public final class VSMMUEngine: Sendable {
     /// A pthread mutex (``Locked``) rather than `Synchronization.Mutex`, which ThreadSanitizer cannot see.
     let state: Locked<State>
     /// Serialises submissions, control operations and stop, in that order of lock acquisition before `state`.
-    private let submitLock = Locked(())
+    /// What only a submission and the control operations touch, under ``submitLock``: the spare
+    /// submission and the serial counter. (Inside the lock's value rather than beside it: a `Locked<Void>`
+    /// hands its body a zero-sized value whose address is the end of the lock object, which
+    /// ThreadSanitizer then saw written from two threads as if by two locks.)
+    private struct SubmitState: Sendable {
+        /// A submission handed back with ``recycle(_:)``, reused by the next ``submit(_:policy:onComplete:)``
+        /// once nobody else holds it.
+        var spare: Submission?
+        /// The serial of the last submission (never 0 once one was made): the tag its commands carry in the
+        /// rings. It wraps after 2^32 − 1 batches; a command of a batch that many batches back cannot still be
+        /// in a ring.
+        var lastSerial: UInt32 = 0
+    }
+    private let submitLock = Locked(SubmitState())
     /// The router's reusable output: only touched while `submitLock` is held.
     nonisolated(unsafe) private let routed = RoutedBatch()
-    /// A submission handed back with ``recycle(_:)``, reused by the next ``submit(_:policy:onComplete:)``
-    /// once nobody else holds it: only touched while `submitLock` is held.
-    /// `@exclusivity(unchecked)`: the submit lock makes every access exclusive.
-    @exclusivity(unchecked) nonisolated(unsafe) private var spareSubmission: Submission?
-    /// The serial of the last submission (never 0): the tag its commands carry in the rings. Only touched
-    /// while `submitLock` is held. It wraps after 2^32 − 1 batches; a command of a batch that many batches
-    /// back cannot still be in a ring.
-    @exclusivity(unchecked) nonisolated(unsafe) private var lastSerial: UInt32 = 0
     /// The guest command queue's state between batches: a carried failure, the stalled viommus.
     let queueState = GuestQueueState()
 
@@ -256,13 +261,13 @@ public final class VSMMUEngine: Sendable {
     /// The viommu leaves the vSMMU under the state lock; the wait for its queue to drain (which lasts as
     /// long as its backend stalls) holds only the submit lock, so readers go on meanwhile.
     public func detachViommu(_ index: ViommuIndex) throws(EngineError) {
-        try submitLock.withLock { (_: inout Void) throws(EngineError) in
+        try submitLock.withLock { (submit: inout SubmitState) throws(EngineError) in
             let attached = try state.withLock { (state: inout State) throws(EngineError) -> AttachedViommu? in
                 do throws(VSMMUError) { try state.vsmmu.detachViommu(index) } catch { throw .vsmmu(error) }
                 return state.viommus.removeValue(forKey: index)
             }
             guard let attached else { return }
-            spareSubmission = nil // its fences hold the queues they covered
+            submit.spare = nil // its fences hold the queues they covered
             attached.queue.stop()
             do throws(BackendError) { try attached.backend.detachViommu(attached.handle) } catch { throw .backend(error) }
         }
@@ -309,7 +314,7 @@ public final class VSMMUEngine: Sendable {
     /// STATS, LIST and watchdog) go on meanwhile. A command failure the wait observes is kept for the
     /// guest's next CMD_SYNC (``GuestQueueState``), as the SMMU's `CMDQ_CONS.ERR` would be.
     public func unsetDeviceID(streamID: StreamID) throws(EngineError) {
-        try submitLock.withLock { (_: inout Void) throws(EngineError) in
+        try submitLock.withLock { (_: inout SubmitState) throws(EngineError) in
             let pending = try state.withLock { (state: inout State) throws(EngineError) -> (ViommuIndex, ViommuQueue?) in
                 guard let device = state.vsmmu.devices[streamID] else { throw .vsmmu(.unknownStreamID(streamID)) }
                 return (device.viommu, state.queue(device.viommu))
@@ -456,7 +461,7 @@ public final class VSMMUEngine: Sendable {
 
     /// Runs a control operation: after any submission in progress, with the state locked.
     func serialised<Result, Failure: Error>(_ body: (inout State) throws(Failure) -> Result) throws(Failure) -> Result {
-        try submitLock.withLock { (_: inout Void) throws(Failure) -> Result in
+        try submitLock.withLock { (_: inout SubmitState) throws(Failure) -> Result in
             try state.withLock { (state: inout State) throws(Failure) -> Result in try body(&state) }
         }
     }
@@ -483,10 +488,10 @@ public final class VSMMUEngine: Sendable {
     /// commands were consumed and, if one failed, which and with what CERROR.
     public func submit(_ batch: UnsafeBufferPointer<Command>, policy: RoutingPolicy = .stopAtFirstError,
                        onComplete: (@Sendable (SubmissionResult) -> Void)? = nil) -> Submission {
-        submitLock.withLock { _ -> Submission in
+        submitLock.withLock { (submit: inout SubmitState) -> Submission in
             let routed = self.routed
-            lastSerial = lastSerial == .max ? 1 : lastSerial &+ 1
-            let serial = lastSerial
+            submit.lastSerial = submit.lastSerial == .max ? 1 : submit.lastSerial &+ 1
+            let serial = submit.lastSerial
             // Route under the state lock; push, place fences and drain with only the submit lock held.
             let state = state.withLock { (state: inout State) -> QueueSnapshot in
                 state.vsmmu.route(batch, into: routed, policy: policy)
@@ -494,8 +499,8 @@ public final class VSMMUEngine: Sendable {
             }
             let submission: Submission
             let stallLimit = configuration.stallTimeout.map { Submission.StallLimit(timeout: $0, queueState: queueState) }
-            var spare = spareSubmission
-            spareSubmission = nil
+            var spare = submit.spare
+            submit.spare = nil
             if isKnownUniquelyReferenced(&spare), let reused = spare,
                reused.prepareForReuse(batchCount: batch.count, routed: routed, serial: serial, onComplete: onComplete,
                                       stallLimit: stallLimit) {
@@ -612,7 +617,7 @@ public final class VSMMUEngine: Sendable {
     /// one; it reuses it only once it holds the only reference to it and the submission is complete, so
     /// recycling a submission someone still observes is safe (it is then simply not reused).
     public func recycle(_ submission: Submission) {
-        submitLock.withLock { _ in spareSubmission = submission }
+        submitLock.withLock { $0.spare = submission }
     }
 
     /// The queues a submission pushes to, read under the state lock with the routing.
@@ -730,9 +735,9 @@ public final class VSMMUEngine: Sendable {
     public func stop() {
         let queues = serialised { (state: inout State) -> [ViommuQueue] in
             state.stopped = true
-            spareSubmission = nil
             return state.viommus.values.map(\.queue)
         }
+        submitLock.withLock { $0.spare = nil }
         for queue in queues { queue.stop() }
     }
 }
