@@ -152,8 +152,9 @@ import Glibc
         vmm.publish([.sync()])
         #expect(vmm.waitForConsumer(1))
         let kick = try SystemCall.eventFD(), call = try SystemCall.eventFD()
-        defer { close(kick); close(call) }
-        guard case .mapQueue(let mapped) = try client.mapQueue(vsmmu: vsmmu, vmm, fds: [vmm.memory, kick, call]) else {
+        let response = try client.mapQueue(vsmmu: vsmmu, vmm, fds: [vmm.memory, kick, call])
+        vmm.useEventFDs(kick: kick, call: call)
+        guard case .mapQueue(let mapped) = response else {
             Issue.record("the same memfd was refused")
             return
         }
