@@ -1,0 +1,124 @@
+import Logging
+import SharedQueue
+import SMMUv3
+import Testing
+import VSMMUClient
+import VSMMUDaemon
+import VSMMUProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A daemon restart keeps the shared queue (PROTOCOL.md §8.6): its state is in the VMM's memory; the fd
+/// store hands the three fds back, or the VMM maps the same memfd again after RESUME_VSMMU.
+@Suite struct SharedQueueRestartTests {
+    typealias RecordingStore = IOMMUFDRestartTests.RecordingStore
+
+    /// A journaled server with simulated pSMMUs, the recording fd store and what it inherited.
+    static func server(_ directory: String, store: RecordingStore?, inherited: InheritedFileDescriptors = InheritedFileDescriptors(),
+                       label: String = #function) throws -> VSMMUServer {
+        var configuration = VSMMUServer.Configuration(socketPath: uniqueSocketPath(String(label.prefix { $0.isLetter }.prefix(16))),
+                                                      pSMMUs: simulatedPSMMUs(3).map { .simulated($0) })
+        configuration.stateDirectory = directory
+        configuration.fileDescriptorStore = store
+        configuration.inheritedFileDescriptors = inherited
+        var quiet = Logger(label: "vsmmud-test")
+        quiet.logLevel = .critical
+        let server = VSMMUServer(configuration: configuration, logger: quiet)
+        try server.start()
+        return server
+    }
+
+    static func client(_ server: VSMMUServer) throws -> VSMMUClient {
+        let client = try VSMMUClient(socketPath: server.configuration.socketPath)
+        try client.hello(name: "queue-restart")
+        return client
+    }
+
+    static let running = SharedQueueLayout.State.running.rawValue
+    static let stopped = SharedQueueLayout.State.stopped.rawValue
+
+    @Test func withTheFdStoreTheRestartedDaemonGoesOnFromCONSOnceTheVSMMUIsResumed() throws {
+        let directory = temporaryStateDirectory()
+        defer { removeStateDirectory(directory) }
+        let store = RecordingStore()
+        defer { store.discard() }
+        let first = try Self.server(directory, store: store)
+        let client = try Self.client(first)
+        let vsmmu = try ServerScenarioTests.seedVSMMU(client)
+        let token = try #require(client.resumeTokens[vsmmu])
+        let vmm = try TestQueueVMM()
+        try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
+        let hex = String(vsmmu.rawValue, radix: 16)
+        #expect(store.names.isSuperset(of: ["queue-\(hex)-memory", "queue-\(hex)-kick", "queue-\(hex)-call"]))
+        vmm.publish([.tlbiNHVA(asid: 1, address: 0x1000), .sync()])
+        #expect(vmm.waitForConsumer(2))
+        // SIGTERM: the queue stops (the VMM sees STOPPED), its fds stay in the store.
+        first.stop()
+        #expect(vmm.state == Self.stopped)
+        #expect(store.names.contains("queue-\(hex)-memory"))
+        // The VMM publishes while no daemon runs.
+        vmm.publish([.tlbiNHVA(asid: 1, address: 0x2000), .sync()])
+
+        let second = try Self.server(directory, store: store, inherited: store.inherited())
+        defer { second.stop() }
+        // Rebuilt and mapped again, but not consumed until the owner resumes it; the sync CONS passed
+        // before the restart stays completed.
+        #expect(vmm.state == Self.stopped && vmm.consumer == 2)
+        let owner = try Self.client(second)
+        _ = try owner.resumeVSMMU(vsmmu, token: token)
+        #expect(vmm.waitForConsumer(4))
+        #expect(vmm.state == Self.running)
+        // A MAP_QUEUE of the same memfd after RESUME (what a client does on its own) takes the new eventfds.
+        #expect(try owner.mapQueueOrFail(vsmmu: vsmmu, vmm) == 4)
+        vmm.publish([.sync()])
+        #expect(vmm.waitForConsumer(5))
+        // UNMAP_QUEUE takes the names out of the store.
+        _ = try owner.unmapQueue(vsmmu: vsmmu)
+        #expect(!store.names.contains("queue-\(hex)-memory") && !store.names.contains("queue-\(hex)-call"))
+        #expect(vmm.state == Self.stopped)
+    }
+
+    @Test func withoutTheFdStoreTheVMMMapsTheSameMemfdAfterResumeAndTheDaemonStartsFromCONS() throws {
+        let directory = temporaryStateDirectory()
+        defer { removeStateDirectory(directory) }
+        let first = try Self.server(directory, store: nil)
+        let client = try Self.client(first)
+        let vsmmu = try ServerScenarioTests.seedVSMMU(client)
+        let token = try #require(client.resumeTokens[vsmmu])
+        let vmm = try TestQueueVMM()
+        try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
+        vmm.publish([.tlbiNHVA(asid: 1, address: 0x1000), .sync(), .tlbiNHVA(asid: 3, address: 0x1000), .sync()])
+        #expect(vmm.waitForConsumer(4))
+        first.stop()
+        vmm.publish([.tlbiNHVA(asid: 2, address: 0x3000), .sync()])
+        let second = try Self.server(directory, store: nil)
+        defer { second.stop() }
+        let owner = try Self.client(second)
+        _ = try owner.resumeVSMMU(vsmmu, token: token)
+        #expect(vmm.consumer == 4 && vmm.state == Self.stopped)
+        #expect(try owner.mapQueueOrFail(vsmmu: vsmmu, vmm) == 4)
+        #expect(vmm.waitForConsumer(6))
+        #expect(try owner.stats(vsmmu: vsmmu).value(.queueSyncs) == 1)
+    }
+
+    @Test func theQueueGoesWithItsVSMMUAndItsNamesLeaveTheStore() throws {
+        let directory = temporaryStateDirectory()
+        defer { removeStateDirectory(directory) }
+        let store = RecordingStore()
+        defer { store.discard() }
+        let server = try Self.server(directory, store: store)
+        defer { server.stop() }
+        let client = try Self.client(server)
+        let vsmmu = try ServerScenarioTests.seedVSMMU(client)
+        let vmm = try TestQueueVMM()
+        try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
+        let hex = String(vsmmu.rawValue, radix: 16)
+        #expect(store.names.contains("queue-\(hex)-kick"))
+        try client.destroyVSMMU(vsmmu)
+        #expect(store.names.filter { $0.hasPrefix("queue-") }.isEmpty)
+        #expect(vmm.state == Self.stopped)
+        #expect(mappingCount(of: vmm.name) == 1)
+    }
+}
