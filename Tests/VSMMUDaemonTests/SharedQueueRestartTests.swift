@@ -1,3 +1,4 @@
+import Foundation
 import Logging
 import SharedQueue
 import SMMUv3
@@ -120,5 +121,48 @@ import Glibc
         #expect(store.names.filter { $0.hasPrefix("queue-") }.isEmpty)
         #expect(vmm.state == Self.stopped)
         #expect(mappingCount(of: vmm.name) == 1)
+    }
+
+    @Test(.enabled(if: KillNineRestartTests.enabled, "vsmmud was not built beside the tests"))
+    func afterKillNineTheVMMMapsTheSameMemfdAgainAndEverySyncCONSPassedStaysCompleted() throws {
+        let socket = uniqueSocketPath("sqkill9")
+        let directory = temporaryStateDirectory()
+        defer { removeStateDirectory(directory) }
+        let restart = KillNineRestartTests()
+        let first = try restart.startDaemon(socket: socket, stateDirectory: directory)
+        defer { if first.isRunning { kill(first.processIdentifier, SIGKILL) } }
+        let client = try VSMMUClient(socketPath: socket)
+        try client.hello(name: "queue-kill9")
+        // The daemon's default pSMMUs: smmu0 holds host devices 0-63.
+        let vsmmu = try client.createVSMMU(name: "kill9")
+        _ = try client.attachViommu(vsmmu: vsmmu, pSMMU: "smmu0", hostDeviceID: 0)
+        try client.setDeviceID(vsmmu: vsmmu, viommu: 0, hostDeviceID: 0, streamID: 0x8)
+        _ = try client.linkSTE(vsmmu: vsmmu, streamID: 0x8, ste: s1STE(), contextDescriptors: [.valid(asid: 1)])
+        let token = try #require(client.resumeTokens[vsmmu])
+        let vmm = try TestQueueVMM(log2Entries: 8)
+        try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
+        for i in 0..<300 {
+            vmm.publish([.tlbiNHVA(asid: 1, address: UInt64(i) << 12), .sync()])
+            #expect(vmm.waitForConsumer(vmm.producer))
+        }
+        let before = vmm.consumer
+        // More published, and the daemon killed without waiting for them.
+        vmm.publish([.tlbiNHVA(asid: 1, address: 0x1000), .sync(), .tlbiNHVA(asid: 1, address: 0x2000), .sync()])
+        kill(first.processIdentifier, SIGKILL)
+        first.waitUntilExit()
+        let completed = vmm.consumer
+        #expect(vmm.geometry.distance(from: before, to: completed) <= 4) // never behind what was completed
+
+        let second = try restart.startDaemon(socket: socket, stateDirectory: directory)
+        defer { if second.isRunning { kill(second.processIdentifier, SIGKILL) } }
+        let owner = try VSMMUClient(socketPath: socket)
+        try owner.hello(name: "queue-kill9-owner")
+        _ = try owner.resumeVSMMU(vsmmu, token: token)
+        // CONS is in the VMM's memory: the new daemon starts from it, never from 0.
+        #expect(try owner.mapQueueOrFail(vsmmu: vsmmu, vmm) == completed)
+        #expect(vmm.waitForConsumer(vmm.producer))
+        vmm.publish([.tlbiNHVA(asid: 1, address: 0x5000), .sync()])
+        #expect(vmm.waitForConsumer(vmm.producer))
+        #expect(try owner.stats(vsmmu: vsmmu).value(.queueErrors) == 0)
     }
 }
