@@ -268,20 +268,29 @@ final class SharedQueueService: @unchecked Sendable {
         func run() {
             let consumer = service.consumer
             let kick = service.kickFD, call = service.callFD
+            // The engine, once: it is replaced only while a vSMMU awaits its descriptors, when no consumer runs.
+            let engine = served.engine
             var poller = RequestPoller(maximum: pollMaximum)
             var sleepers = [pollfd(fd: kick, events: Int16(POLLIN), revents: 0),
                             pollfd(fd: service.wakeFD, events: Int16(POLLIN), revents: 0)]
+            // Figures counted here and added to the vSMMU's under the lock the next batch takes anyway (or
+            // before a sleep): no lock of their own on the data path.
+            var pending = ServedVSMMU.QueueStatistics()
+            func flush() {
+                served.statistics.withLock { $0.queue.add(pending) }
+                pending = ServedVSMMU.QueueStatistics()
+            }
             func signalCall() {
                 _ = try? SystemCall.writeEvent(call)
-                served.statistics.withLock { $0.queue.callsSent += 1 }
+                pending.callsSent &+= 1
             }
             while !service.stopping.load(ordering: .acquiring) {
-                let step = consumer.step(execute)
+                let step = consumer.step { batch in execute(batch, on: engine, pending: &pending) }
                 if step.signalCall { signalCall() }
                 switch step.kind {
                 case .consumed: continue
                 case .commandError, .producerError:
-                    served.statistics.withLock { $0.queue.errors += 1 }
+                    pending.errors &+= 1
                     continue
                 case .empty, .stopped: break
                 }
@@ -294,14 +303,14 @@ final class SharedQueueService: @unchecked Sendable {
                         caught = consumer.hasWork
                     }
                     slots.release()
-                    served.statistics.withLock { stats in
-                        if caught { stats.queue.pollsCaught += 1 } else { stats.queue.pollsMissed += 1 }
-                    }
                     if caught {
+                        pending.pollsCaught &+= 1
                         poller.record(waitedNanoseconds: POSIX.monotonicNanoseconds() &- start, caughtWhilePolling: true)
                         continue
                     }
+                    pending.pollsMissed &+= 1
                 }
+                flush()
                 // Sleep: daemon_sleeping = 1, fence, look again; then poll on kick and the wake-up.
                 guard consumer.prepareToSleep() else {
                     poller.record(waitedNanoseconds: POSIX.monotonicNanoseconds() &- start, caughtWhilePolling: false)
@@ -312,9 +321,7 @@ final class SharedQueueService: @unchecked Sendable {
                     break
                 }
                 _ = try? SystemCall.poll(&sleepers, timeoutMilliseconds: -1)
-                if (try? SystemCall.readEventNoWait(kick)) ?? nil != nil {
-                    served.statistics.withLock { $0.queue.kicksReceived += 1 }
-                }
+                if (try? SystemCall.readEventNoWait(kick)) ?? nil != nil { pending.kicksReceived &+= 1 }
                 consumer.wokeUp()
                 poller.record(waitedNanoseconds: POSIX.monotonicNanoseconds() &- start, caughtWhilePolling: false)
             }
@@ -322,13 +329,15 @@ final class SharedQueueService: @unchecked Sendable {
                 consumer.stop()
                 signalCall()
             }
+            flush()
             _ = try? SystemCall.writeEvent(service.exitFD)
         }
 
         /// Executes one batch as INVALIDATE does (``VSMMUServer/invalidate(_:commands:connection:)``): the
-        /// engine routes it, runs it inline when the viommus are idle, and waits for its CMD_SYNCs.
-        func execute(_ batch: UnsafeBufferPointer<Command>) -> SharedQueueBatchOutcome {
-            let engine = served.engine
+        /// engine routes it, runs it inline when the viommus are idle, and waits for its CMD_SYNCs. Adds
+        /// the figures `pending` holds to the vSMMU's under the same lock.
+        func execute(_ batch: UnsafeBufferPointer<Command>, on engine: VSMMUEngine,
+                     pending: inout ServedVSMMU.QueueStatistics) -> SharedQueueBatchOutcome {
             slots.beginServing()
             let start = POSIX.monotonicNanoseconds()
             let submission = engine.submit(batch)
@@ -336,11 +345,14 @@ final class SharedQueueService: @unchecked Sendable {
             engine.recycle(submission)
             let latency = POSIX.monotonicNanoseconds() &- start
             slots.endServing()
+            pending.commands &+= UInt64(result.consumed)
+            pending.syncs &+= UInt64(result.syncs)
+            let figures = pending
             served.statistics.withLock { stats in
-                stats.queue.commands &+= UInt64(result.consumed)
-                stats.queue.syncs &+= UInt64(result.syncs)
+                stats.queue.add(figures)
                 if result.syncs > 0 { stats.recordSync(latencyNanoseconds: latency) }
             }
+            pending = ServedVSMMU.QueueStatistics()
             guard let failure = result.failure else { return SharedQueueBatchOutcome(consumed: result.consumed, syncs: result.syncs) }
             return SharedQueueBatchOutcome(consumed: result.consumed, syncs: result.syncs, failureIndex: failure.index,
                                            cerror: UInt8(truncatingIfNeeded: failure.queueError.rawValue))
