@@ -114,7 +114,7 @@ final class TestQueueVMM: @unchecked Sendable {
     /// `condition` holds or `seconds` pass; whether it held before the deadline.
     func wait(seconds: Double = 20, spins: Int = 1000, until condition: () -> Bool) -> Bool {
         for _ in 0..<spins where condition() { return true }
-        let deadline = POSIX_now() + UInt64(seconds * 1e9)
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
         while true {
             region.storeVMMSleeping(1)
             SharedQueueRegion.fullFence()
@@ -122,7 +122,7 @@ final class TestQueueVMM: @unchecked Sendable {
                 region.storeVMMSleeping(0)
                 return true
             }
-            let now = POSIX_now()
+            let now = DispatchTime.now().uptimeNanoseconds
             guard now < deadline else {
                 // Out of time: a lost wake-up, even if the condition holds by now.
                 region.storeVMMSleeping(0)
@@ -133,7 +133,7 @@ final class TestQueueVMM: @unchecked Sendable {
             _ = try? SystemCall.poll(&fds, timeoutMilliseconds: Int32(min(60_000, (deadline - now) / 1_000_000 + 1)))
             _ = try? SystemCall.readEventNoWait(call)
             region.storeVMMSleeping(0)
-            if POSIX_now() >= deadline { return false } // the sleep ran out: nobody woke it
+            if DispatchTime.now().uptimeNanoseconds >= deadline { return false } // the sleep ran out: nobody woke it
         }
     }
 
@@ -150,13 +150,6 @@ final class TestQueueVMM: @unchecked Sendable {
     func waitForError(after sequence: UInt32, seconds: Double = 20) -> Bool {
         wait(seconds: seconds) { region.loadErrorSequence() != sequence }
     }
-}
-
-/// Nanoseconds on the monotonic clock.
-func POSIX_now() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
 }
 
 /// Sends `bytes` in one `sendmsg` with `fds` in one `SCM_RIGHTS` control message (the C client's and the

@@ -182,13 +182,25 @@ import Glibc
 @Suite struct SharedQueueServiceTests {
     static func tlbi(_ asid: ASID, _ n: Int) -> Command { .tlbiNHVA(asid: asid, address: UInt64(n & 0xFFFFF) << 12) }
 
+    /// A server, a client, the seed's vSMMU (``ServerScenarioTests/seedVSMMU(_:sids:asids:)``: ASID 3, 1, 2 on
+    /// viommus 0, 1, 2) and a queue of 2^8 commands mapped for it.
+    static func mappedSeed(_ label: String = #function) throws -> (TestServer, VSMMUClient, VSMMUID, TestQueueVMM) {
+        let t = try TestServer(label)
+        do {
+            let client = try t.client()
+            let vsmmu = try ServerScenarioTests.seedVSMMU(client)
+            let vmm = try TestQueueVMM(log2Entries: 8)
+            try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
+            return (t, client, vsmmu, vmm)
+        } catch {
+            t.stop()
+            throw error
+        }
+    }
+
     @Test func aRefusedCommandStopsTheQueueWithCONSOnItUntilTheVMMAcknowledgesAndTheRewrittenSlotIsConsumed() throws {
-        let t = try TestServer()
+        let (t, client, vsmmu, vmm) = try Self.mappedSeed()
         defer { t.stop() }
-        let client = try t.client()
-        let vsmmu = try ServerScenarioTests.seedVSMMU(client)
-        let vmm = try TestQueueVMM()
-        try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
         vmm.publish([Self.tlbi(1, 0), Command(w0: 0x07, w1: 0), Self.tlbi(1, 1), .sync()])
         #expect(vmm.waitForError(after: 0))
         #expect(vmm.consumer == 1 && vmm.region.loadErrorSequence() == 1)
@@ -210,12 +222,8 @@ import Glibc
     }
 
     @Test func aFullQueueIsConsumedAndAVMMThatWaitsForRoomGoesOnAcrossWraps() throws {
-        let t = try TestServer()
+        let (t, client, vsmmu, vmm) = try Self.mappedSeed()
         defer { t.stop() }
-        let client = try t.client()
-        let vsmmu = try ServerScenarioTests.seedVSMMU(client)
-        let vmm = try TestQueueVMM(log2Entries: 8)
-        try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
         var total = 0
         for round in 0..<6 {
             // 2^8 commands outstanding: PROD and CONS have equal indices and different wrap bits.
@@ -231,12 +239,8 @@ import Glibc
     }
 
     @Test func bothPathsMixedKeepEachViommusCommandsAndEveryCMDSYNCAcrossWraps() throws {
-        let t = try TestServer()
+        let (t, client, vsmmu, vmm) = try Self.mappedSeed()
         defer { t.stop() }
-        let client = try t.client()
-        let vsmmu = try ServerScenarioTests.seedVSMMU(client)
-        let vmm = try TestQueueVMM(log2Entries: 8)
-        try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
         var random = SplitMix64(seed: 0x0DE4)
         var expected: [UInt64] = [0, 0, 0]
         var syncs: UInt64 = 0
@@ -285,12 +289,8 @@ import Glibc
     }
 
     @Test func hostileMemoryWrittenAtRandomWhileTheDaemonConsumesHoldsUpOnlyThatQueue() throws {
-        let t = try TestServer()
+        let (t, client, vsmmu, vmm) = try Self.mappedSeed()
         defer { t.stop() }
-        let client = try t.client()
-        let vsmmu = try ServerScenarioTests.seedVSMMU(client)
-        let vmm = try TestQueueVMM(log2Entries: 8)
-        try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
         let region = vmm.region
         let done = Locked<Bool>(false)
         // Another thread writes every field and slot at random (each write one atomic store, as the region
