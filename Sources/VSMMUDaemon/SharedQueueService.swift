@@ -143,6 +143,8 @@ final class SharedQueueService: @unchecked Sendable {
         // The daemon writes call; a full count must never block it (the VMM may clear the flag again: see
         // the notes above).
         try? SystemCall.setNonBlocking(call)
+        // A memfd sealed against writing (F_SEAL_WRITE, F_SEAL_FUTURE_WRITE) refuses a shared writable
+        // mapping with EPERM (`seal_check_write`, from the shmem mmap path): refused here with that errno.
         let mapped: UnsafeMutableRawPointer
         do throws(Errno) { mapped = try SystemCall.mapShared(memory, length: size) } catch {
             throw memoryRefusal(error.rawValue, "the memfd cannot be mapped shared read-write: \(error)")

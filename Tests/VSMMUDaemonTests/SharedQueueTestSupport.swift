@@ -55,8 +55,9 @@ final class TestQueueVMM: @unchecked Sendable {
         memory = try SystemCall.memfdCreate(name)
         length = size ?? geometry.requiredSize
         try SystemCall.truncate(memory, to: length)
-        if seals != 0 { try SystemCall.addSeals(seals, to: memory) }
+        // Mapped before it is sealed: F_SEAL_FUTURE_WRITE then refuses only later writable mappings.
         base = try SystemCall.mapShared(memory, length: max(length, geometry.requiredSize))
+        if seals != 0 { try SystemCall.addSeals(seals, to: memory) }
         region = try #require(SharedQueueRegion(base: base, length: geometry.requiredSize, geometry: geometry))
         if initialise { region.initialise() }
         kick = try SystemCall.eventFD(nonBlocking: true)

@@ -72,6 +72,14 @@ import Glibc
         #expect(mappingCount(of: vmm.name) == 1) // only the test's own mapping
     }
 
+    @Test func aMemfdSealedAgainstWritingCannotBeMappedAndIsRefusedWithDetail4AndEPERM() throws {
+        let (t, client, vsmmu) = try Self.setUp()
+        defer { t.stop() }
+        let vmm = try TestQueueVMM(seals: VSMMU_F_SEAL_SHRINK | VSMMU_F_SEAL_FUTURE_WRITE)
+        let e = try client.mapQueueRefusal(vsmmu: vsmmu, vmm)
+        #expect(Self.isMemory(e) && e?.value == UInt64(EPERM))
+    }
+
     @Test func aMemfdTooSmallForItsSlotsIsRefusedWithDetail4() throws {
         let (t, client, vsmmu) = try Self.setUp()
         defer { t.stop() }
