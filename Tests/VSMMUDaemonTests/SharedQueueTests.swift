@@ -406,4 +406,59 @@ import Glibc
         }
         #expect(t.pSMMUs.map { $0.counters.commandsReceived }.reduce(0, +) == 16 * 400)
     }
+
+    @Test func aBatchInFlightCompletesAndWritesCONSBeforeUNMAP_QUEUEReturns() throws {
+        let (server, path, pSMMUs) = try StalledBackendDaemonTests.server("sqinflight", engine: .init())
+        defer { server.stop() }
+        let client = try StalledBackendDaemonTests.connect(path)
+        let (vsmmu, _) = try StalledBackendDaemonTests.vsmmu(client, pSMMU: "smmu0", hostDeviceID: 1, streamID: 0x8, asid: 1)
+        let vmm = try TestQueueVMM()
+        try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
+        let gate = pSMMUs[0].stallInvalidations()
+        defer { gate.release() }
+        vmm.publish([Self.tlbi(1, 0), .sync()])
+        #expect(gate.waitForStalledCalls(1))
+        /// The client, handed to the thread that sends UNMAP_QUEUE (this one no longer uses it meanwhile).
+        final class Handed: @unchecked Sendable {
+            let client: VSMMUClient
+            init(_ client: VSMMUClient) { self.client = client }
+        }
+        let handed = Handed(client)
+        let unmapped = Locked<Bool>(false)
+        let unmapper = try OSThread {
+            _ = try? handed.client.unmapQueue(vsmmu: vsmmu)
+            unmapped.withLock { $0 = true }
+        }
+        #expect(vmm.consumer == 0 && !unmapped.withLock { $0 })
+        gate.release()
+        unmapper.join()
+        // The batch completed first: CONS past its CMD_SYNC, then STOPPED.
+        #expect(vmm.consumer == 2 && vmm.state == SharedQueueLayout.State.stopped.rawValue)
+        #expect(mappingCount(of: vmm.name) == 1)
+    }
+
+    @Test func aSyncAbandonedAtTheStallLimitStopsTheQueueWithCERROR_ABTOnItAndOnlyThatQueue() throws {
+        let (server, path, pSMMUs) = try StalledBackendDaemonTests.server("sqstall", engine: .init(stallTimeout: .milliseconds(200)))
+        defer { server.stop() }
+        let client = try StalledBackendDaemonTests.connect(path)
+        let (vsmmu, _) = try StalledBackendDaemonTests.vsmmu(client, pSMMU: "smmu0", hostDeviceID: 1, streamID: 0x8, asid: 1)
+        let (otherVSMMU, _) = try StalledBackendDaemonTests.vsmmu(client, pSMMU: "smmu1", hostDeviceID: 17, streamID: 0x8, asid: 1)
+        let vmm = try TestQueueVMM(), other = try TestQueueVMM()
+        try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
+        try client.mapQueueOrFail(vsmmu: otherVSMMU, other)
+        let gate = pSMMUs[0].stallInvalidations()
+        defer { gate.release() }
+        vmm.publish([Self.tlbi(1, 0), .sync()])
+        #expect(vmm.waitForError(after: 0))
+        #expect(vmm.consumer == 1)
+        #expect(vmm.region.loadErrorRecord() == (CommandQueueError.abort.rawValue, SharedQueueLayout.ErrorKind.command.rawValue, 1))
+        // Another vSMMU's queue is not held up.
+        other.publish([Self.tlbi(1, 0), .sync()])
+        #expect(other.waitForConsumer(2))
+        // The guest acknowledges and retries the CMD_SYNC (still in its slot); once the pSMMU wakes it completes.
+        gate.release()
+        vmm.acknowledgeError()
+        #expect(vmm.waitForConsumer(2))
+        #expect(vmm.region.loadErrorSequence() == 1)
+    }
 }
