@@ -38,10 +38,10 @@ final class SharedQueueService: @unchecked Sendable {
     /// The file the memfd is, by `st_dev` and `st_ino`: a MAP_QUEUE of the same file replaces the eventfds.
     let device: UInt64
     let inode: UInt64
-    /// The kick eventfd (VMM → daemon) and the call eventfd (daemon → VMM), owned; replaced only while no
-    /// thread runs.
-    private(set) var kickFD: Int32
-    private(set) var callFD: Int32
+    /// The kick eventfd (VMM → daemon) and the call eventfd (daemon → VMM), owned; replaced, under
+    /// `control`, only while no thread runs (``descriptors`` reads them).
+    private var kickFD: Int32
+    private var callFD: Int32
     /// The mapping: exactly ``SharedQueueGeometry/requiredSize`` bytes, shared.
     let base: UnsafeMutableRawPointer
     let length: Int
@@ -53,8 +53,9 @@ final class SharedQueueService: @unchecked Sendable {
     private let stopping = Atomic<Bool>(false)
     /// Whether the ending thread stores `state` = STOPPED (not when it ends only to take new eventfds).
     private let storesStoppedOnExit = Atomic<Bool>(true)
+    /// The consumer thread while it runs (under `control`).
     private var thread: OSThread?
-    /// Whether the memory was unmapped (the service is finished).
+    /// Whether the memory was unmapped: the service is finished (under `control`).
     private var closed = false
 
     /// The fd-store names of the three descriptors (PROTOCOL.md §8.6).
