@@ -1,3 +1,4 @@
+import Foundation
 import CSocketShims
 import PSMMU
 import SharedQueue
@@ -460,5 +461,28 @@ import Glibc
         vmm.acknowledgeError()
         #expect(vmm.waitForConsumer(2))
         #expect(vmm.region.loadErrorSequence() == 1)
+    }
+}
+
+/// A measurement driver, off unless `VSMMUD_QUEUE_SYNCS` is set: that many TLBI_NH_VA + CMD_SYNC
+/// pairs through a mapped queue, one at a time, the daemon not polling (each sync a sleep and a kick), so
+/// that `valgrind --tool=callgrind --separate-threads=yes` counts the consumer thread's instructions per
+/// sync (two runs, the difference over the difference of their counts). Not a test of speed.
+@Suite struct SharedQueueMeasurement {
+    static var syncs: Int? { ProcessInfo.processInfo.environment["VSMMUD_QUEUE_SYNCS"].flatMap { Int($0) } }
+
+    @Test(.enabled(if: syncs != nil, "VSMMUD_QUEUE_SYNCS is not set"))
+    func tlbiNHVAAndCMDSYNCThroughTheQueueOneAtATime() throws {
+        let (server, path) = try openSocketServer("sqmeasure") { $0.requestPolling = .zero }
+        defer { server.stop() }
+        let client = try VSMMUClient(socketPath: path)
+        try client.hello()
+        let vsmmu = try ServerScenarioTests.seedVSMMU(client, sids: [0x8], asids: [1])
+        let vmm = try TestQueueVMM(log2Entries: 8)
+        try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
+        for i in 0..<(Self.syncs ?? 0) {
+            vmm.publish([.tlbiNHVA(asid: 1, address: UInt64(i & 0xFFFF) << 12), .sync()])
+            #expect(vmm.waitForConsumer(vmm.producer, seconds: 600))
+        }
     }
 }
