@@ -464,25 +464,44 @@ import Glibc
     }
 }
 
-/// A measurement driver, off unless `VSMMUD_QUEUE_SYNCS` is set: that many TLBI_NH_VA + CMD_SYNC
-/// pairs through a mapped queue, one at a time, the daemon not polling (each sync a sleep and a kick), so
-/// that `valgrind --tool=callgrind --separate-threads=yes` counts the consumer thread's instructions per
-/// sync (two runs, the difference over the difference of their counts). Not a test of speed.
+/// A measurement driver, off unless `VSMMUD_QUEUE_SYNCS` is set: that many TLBI_NH_VA + CMD_SYNC pairs
+/// through a mapped queue, one at a time, then as many INVALIDATEs of the same pair (the socket path, the
+/// baseline). With `VSMMUD_QUEUE_SOCKET` it drives the daemon listening there (a release `vsmmud` under
+/// `valgrind --tool=callgrind --separate-threads=yes`, `[daemon] request_poll_us = 0`: each sync a sleep
+/// and a kick), so that the consumer thread's and the connection thread's instructions per sync are the
+/// difference of two runs over the difference of their counts. Not a test of speed.
 @Suite struct SharedQueueMeasurement {
     static var syncs: Int? { ProcessInfo.processInfo.environment["VSMMUD_QUEUE_SYNCS"].flatMap { Int($0) } }
 
     @Test(.enabled(if: syncs != nil, "VSMMUD_QUEUE_SYNCS is not set"))
-    func tlbiNHVAAndCMDSYNCThroughTheQueueOneAtATime() throws {
-        let (server, path) = try openSocketServer("sqmeasure") { $0.requestPolling = .zero }
-        defer { server.stop() }
+    func tlbiNHVAAndCMDSYNCThroughTheQueueThenThroughTheSocketOneAtATime() throws {
+        var server: VSMMUServer?
+        let path: String
+        if let external = ProcessInfo.processInfo.environment["VSMMUD_QUEUE_SOCKET"] {
+            path = external
+        } else {
+            let (started, startedPath) = try openSocketServer("sqmeasure") { $0.requestPolling = .zero }
+            (server, path) = (started, startedPath)
+        }
+        defer { server?.stop() }
         let client = try VSMMUClient(socketPath: path)
         try client.hello()
-        let vsmmu = try ServerScenarioTests.seedVSMMU(client, sids: [0x8], asids: [1])
+        let vsmmu = try client.createVSMMU(name: "measure")
+        _ = try client.attachViommu(vsmmu: vsmmu, pSMMU: "smmu0", hostDeviceID: 0)
+        try client.setDeviceID(vsmmu: vsmmu, viommu: 0, hostDeviceID: 0, streamID: 0x8)
+        _ = try client.linkSTE(vsmmu: vsmmu, streamID: 0x8, ste: s1STE(), contextDescriptors: [.valid(asid: 1)])
         let vmm = try TestQueueVMM(log2Entries: 8)
         try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
-        for i in 0..<(Self.syncs ?? 0) {
+        let count = Self.syncs ?? 0
+        for i in 0..<count {
             vmm.publish([.tlbiNHVA(asid: 1, address: UInt64(i & 0xFFFF) << 12), .sync()])
             #expect(vmm.waitForConsumer(vmm.producer, seconds: 600))
         }
+        for i in 0..<count {
+            let reply = try client.invalidate(vsmmu: vsmmu, commands: [.tlbiNHVA(asid: 1, address: UInt64(i & 0xFFFF) << 12), .sync()])
+            #expect(reply.failure == nil)
+        }
+        #expect(try client.stats(vsmmu: vsmmu).value(.queueSyncs) == UInt64(count))
+        try client.destroyVSMMU(vsmmu)
     }
 }
