@@ -284,6 +284,13 @@ final class SharedQueueService: @unchecked Sendable {
         }
     }
 
+    /// The queue's figures the consumer thread counted and has not added to the vSMMU's yet: touched by
+    /// that thread only, hence `@exclusivity(unchecked)` (the runtime's dynamic check would cost more
+    /// than the counting).
+    private final class PendingFigures {
+        @exclusivity(unchecked) var value = ServedVSMMU.QueueStatistics()
+    }
+
     /// The consumer thread's loop: consume while there is work; when idle, poll PROD for the adaptive
     /// window (with a polling slot), then sleep on kick and the private wake-up (§8.4).
     private struct ConsumerContext: @unchecked Sendable {
@@ -303,22 +310,23 @@ final class SharedQueueService: @unchecked Sendable {
                             pollfd(fd: service.wakeFD, events: Int16(POLLIN), revents: 0)]
             // Figures counted here and added to the vSMMU's under the lock the next batch takes anyway (or
             // before a sleep): no lock of their own on the data path.
-            var pending = ServedVSMMU.QueueStatistics()
+            let pending = PendingFigures()
             func flush() {
-                served.statistics.withLock { $0.queue.add(pending) }
-                pending = ServedVSMMU.QueueStatistics()
+                let figures = pending.value
+                served.statistics.withLock { $0.queue.add(figures) }
+                pending.value = ServedVSMMU.QueueStatistics()
             }
             func signalCall() {
                 _ = try? SystemCall.writeEvent(call)
-                pending.callsSent &+= 1
+                pending.value.callsSent &+= 1
             }
             while !service.stopping.load(ordering: .acquiring) {
-                let step = consumer.step { batch in execute(batch, on: engine, pending: &pending) }
+                let step = consumer.step { batch in execute(batch, on: engine, pending: pending) }
                 if step.signalCall { signalCall() }
                 switch step.kind {
                 case .consumed: continue
                 case .commandError, .producerError:
-                    pending.errors &+= 1
+                    pending.value.errors &+= 1
                     continue
                 case .empty, .stopped: break
                 }
@@ -332,11 +340,11 @@ final class SharedQueueService: @unchecked Sendable {
                     }
                     slots.release()
                     if caught {
-                        pending.pollsCaught &+= 1
+                        pending.value.pollsCaught &+= 1
                         poller.record(waitedNanoseconds: POSIX.monotonicNanoseconds() &- start, caughtWhilePolling: true)
                         continue
                     }
-                    pending.pollsMissed &+= 1
+                    pending.value.pollsMissed &+= 1
                 }
                 flush()
                 // Sleep: daemon_sleeping = 1, fence, look again; then poll on kick and the wake-up.
@@ -349,7 +357,7 @@ final class SharedQueueService: @unchecked Sendable {
                     break
                 }
                 _ = try? SystemCall.poll(&sleepers, timeoutMilliseconds: -1)
-                if (try? SystemCall.readEventNoWait(kick)) ?? nil != nil { pending.kicksReceived &+= 1 }
+                if (try? SystemCall.readEventNoWait(kick)) ?? nil != nil { pending.value.kicksReceived &+= 1 }
                 consumer.wokeUp()
                 poller.record(waitedNanoseconds: POSIX.monotonicNanoseconds() &- start, caughtWhilePolling: false)
             }
@@ -365,7 +373,7 @@ final class SharedQueueService: @unchecked Sendable {
         /// engine routes it, runs it inline when the viommus are idle, and waits for its CMD_SYNCs. Adds
         /// the figures `pending` holds to the vSMMU's under the same lock.
         func execute(_ batch: UnsafeBufferPointer<Command>, on engine: VSMMUEngine,
-                     pending: inout ServedVSMMU.QueueStatistics) -> SharedQueueBatchOutcome {
+                     pending: PendingFigures) -> SharedQueueBatchOutcome {
             slots.beginServing()
             let start = POSIX.monotonicNanoseconds()
             let submission = engine.submit(batch)
@@ -373,14 +381,14 @@ final class SharedQueueService: @unchecked Sendable {
             engine.recycle(submission)
             let latency = POSIX.monotonicNanoseconds() &- start
             slots.endServing()
-            pending.commands &+= UInt64(result.consumed)
-            pending.syncs &+= UInt64(result.syncs)
-            let figures = pending
+            pending.value.commands &+= UInt64(result.consumed)
+            pending.value.syncs &+= UInt64(result.syncs)
+            let figures = pending.value
             served.statistics.withLock { stats in
                 stats.queue.add(figures)
                 if result.syncs > 0 { stats.recordSync(latencyNanoseconds: latency) }
             }
-            pending = ServedVSMMU.QueueStatistics()
+            pending.value = ServedVSMMU.QueueStatistics()
             guard let failure = result.failure else { return SharedQueueBatchOutcome(consumed: result.consumed, syncs: result.syncs) }
             return SharedQueueBatchOutcome(consumed: result.consumed, syncs: result.syncs, failureIndex: failure.index,
                                            cerror: UInt8(truncatingIfNeeded: failure.queueError.rawValue))
