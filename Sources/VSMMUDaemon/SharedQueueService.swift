@@ -141,9 +141,6 @@ final class SharedQueueService: @unchecked Sendable {
         // 2. Kick and call.
         try Self.checkEventFD(kick, "kick")
         try Self.checkEventFD(call, "call")
-        // The daemon writes call; a full count must never block it (the VMM may clear the flag again: see
-        // the notes above).
-        try? SystemCall.setNonBlocking(call)
         // A memfd sealed against writing (F_SEAL_WRITE, F_SEAL_FUTURE_WRITE) refuses a shared writable
         // mapping with EPERM (`seal_check_write`, from the shmem mmap path): refused here with that errno.
         let mapped: UnsafeMutableRawPointer
@@ -187,6 +184,9 @@ final class SharedQueueService: @unchecked Sendable {
             try? SystemCall.unmap(mapped, length: size)
             throw memoryRefusal(error.rawValue, "cannot create the consumer's eventfds: \(error)")
         }
+        // Accepted. The daemon writes call; a full count must never block it (the VMM may clear the flag
+        // again: see the notes above). Set only now: a refused MAP_QUEUE changes nothing.
+        try? SystemCall.setNonBlocking(call)
         memoryFD = memory
         kickFD = kick
         callFD = call
