@@ -83,9 +83,11 @@ public final class SharedQueueConsumer: @unchecked Sendable {
     /// The mapped queue.
     public let region: SharedQueueRegion
     /// CONS as the daemon last stored it: the next command to consume (never re-read from memory).
-    public private(set) var consumer: UInt32
+    /// `@exclusivity(unchecked)`, as the two below: one thread at a time uses a consumer (the notes above),
+    /// and the runtime's dynamic check (~75 instructions an access, several a step) would only repeat that.
+    @exclusivity(unchecked) public private(set) var consumer: UInt32
     /// `error_sequence` as the daemon last stored it (never re-read from memory).
-    public private(set) var errorSequence: UInt32
+    @exclusivity(unchecked) public private(set) var errorSequence: UInt32
     /// The commands of the batch being executed, copied out of their slots (allocated once).
     private let batch: UnsafeMutableBufferPointer<Command>
 

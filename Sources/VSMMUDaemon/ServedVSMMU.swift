@@ -48,6 +48,17 @@ final class ServedVSMMU: Sendable {
         /// Idle polls of PROD that caught the next command, and those that ended in a sleep.
         var pollsCaught: UInt64 = 0
         var pollsMissed: UInt64 = 0
+
+        /// Adds `other`'s figures to these.
+        mutating func add(_ other: QueueStatistics) {
+            commands &+= other.commands
+            syncs &+= other.syncs
+            errors &+= other.errors
+            kicksReceived &+= other.kicksReceived
+            callsSent &+= other.callsSent
+            pollsCaught &+= other.pollsCaught
+            pollsMissed &+= other.pollsMissed
+        }
     }
 
     /// Who owns it: a connection, or nobody yet after a restart (``awaitingOwner``).

@@ -19,8 +19,10 @@ import Glibc
 // concurrently on the connection thread). The connection thread that maps, re-maps or unmaps a queue, the
 // daemon's stop and a vSMMU's teardown talk to the consumer thread through `stopping` (an atomic, set with
 // release and read with acquire) and the private `wakeFD` eventfd, and wait for it through the private
-// `exitFD` eventfd before they join it; the thread's fields (`kickFD`, `callFD`) are changed only while
-// no thread runs. `ServedVSMMU.sharedQueue`'s lock guards which service a vSMMU has, never a call into one.
+// `exitFD` eventfd before they join it. Those control operations are serialised by the service's
+// `control` lock, which the consumer thread never takes; the eventfds it uses are handed to it when it
+// starts and change only while no thread runs. `ServedVSMMU.sharedQueue`'s lock guards which service a
+// vSMMU has, never a call into one.
 //
 // The VMM shares the memory and both eventfds' open files, so it can change anything in them at any moment:
 // the mapping is read through SharedQueueRegion's single atomic accesses only; the kick count is read with
@@ -36,10 +38,10 @@ final class SharedQueueService: @unchecked Sendable {
     /// The file the memfd is, by `st_dev` and `st_ino`: a MAP_QUEUE of the same file replaces the eventfds.
     let device: UInt64
     let inode: UInt64
-    /// The kick eventfd (VMM → daemon) and the call eventfd (daemon → VMM), owned; replaced only while no
-    /// thread runs.
-    private(set) var kickFD: Int32
-    private(set) var callFD: Int32
+    /// The kick eventfd (VMM → daemon) and the call eventfd (daemon → VMM), owned; replaced, under
+    /// `control`, only while no thread runs (``descriptors`` reads them).
+    private var kickFD: Int32
+    private var callFD: Int32
     /// The mapping: exactly ``SharedQueueGeometry/requiredSize`` bytes, shared.
     let base: UnsafeMutableRawPointer
     let length: Int
@@ -51,8 +53,9 @@ final class SharedQueueService: @unchecked Sendable {
     private let stopping = Atomic<Bool>(false)
     /// Whether the ending thread stores `state` = STOPPED (not when it ends only to take new eventfds).
     private let storesStoppedOnExit = Atomic<Bool>(true)
+    /// The consumer thread while it runs (under `control`).
     private var thread: OSThread?
-    /// Whether the memory was unmapped (the service is finished).
+    /// Whether the memory was unmapped: the service is finished (under `control`).
     private var closed = false
 
     /// The fd-store names of the three descriptors (PROTOCOL.md §8.6).
@@ -138,9 +141,8 @@ final class SharedQueueService: @unchecked Sendable {
         // 2. Kick and call.
         try Self.checkEventFD(kick, "kick")
         try Self.checkEventFD(call, "call")
-        // The daemon writes call; a full count must never block it (the VMM may clear the flag again: see
-        // the notes above).
-        try? SystemCall.setNonBlocking(call)
+        // A memfd sealed against writing (F_SEAL_WRITE, F_SEAL_FUTURE_WRITE) refuses a shared writable
+        // mapping with EPERM (`seal_check_write`, from the shmem mmap path): refused here with that errno.
         let mapped: UnsafeMutableRawPointer
         do throws(Errno) { mapped = try SystemCall.mapShared(memory, length: size) } catch {
             throw memoryRefusal(error.rawValue, "the memfd cannot be mapped shared read-write: \(error)")
@@ -182,6 +184,9 @@ final class SharedQueueService: @unchecked Sendable {
             try? SystemCall.unmap(mapped, length: size)
             throw memoryRefusal(error.rawValue, "cannot create the consumer's eventfds: \(error)")
         }
+        // Accepted. The daemon writes call; a full count must never block it (the VMM may clear the flag
+        // again: see the notes above). Set only now: a refused MAP_QUEUE changes nothing.
+        try? SystemCall.setNonBlocking(call)
         memoryFD = memory
         kickFD = kick
         callFD = call
@@ -194,25 +199,40 @@ final class SharedQueueService: @unchecked Sendable {
         exitFD = exit
     }
 
+    /// Serialises the control operations below (start, stop, re-map, close), which connection threads, the
+    /// daemon's stop and the reclaim thread may call; never taken by the consumer thread.
+    private let control = Locked(())
+
     /// Whether a consumer thread runs.
-    var isRunning: Bool { thread != nil }
+    var isRunning: Bool { control.withLock { _ in thread != nil } }
+
+    /// The memfd, kick and call descriptors now (the fd store gets duplicates).
+    var descriptors: (memory: Int32, kick: Int32, call: Int32) { control.withLock { _ in (memoryFD, kickFD, callFD) } }
 
     /// Starts the consumer thread: it stores `state` = RUNNING and consumes from CONS.
     func start(served: ServedVSMMU, server: VSMMUServer) throws(Errno) {
+        try control.withLock { (_: inout ()) throws(Errno) in try startLocked(served: served, server: server) }
+    }
+
+    private func startLocked(served: ServedVSMMU, server: VSMMUServer) throws(Errno) {
         guard thread == nil, !closed else { return }
         stopping.store(false, ordering: .releasing)
         _ = try? SystemCall.readEventNoWait(exitFD)
         // RUNNING before the reply (or the resume) that started it: the thread creation orders it before the
         // consumer's own stores.
         if consumer.start() { _ = try? SystemCall.writeEvent(callFD) }
-        let context = ConsumerContext(service: self, served: served, slots: server.pollingSlots,
+        let context = ConsumerContext(service: self, served: served, kick: kickFD, call: callFD, slots: server.pollingSlots,
                                       pollMaximum: server.configuration.requestPolling)
         thread = try OSThread { context.run() }
     }
 
     /// Stops the consumer thread (a batch in flight completes and its CONS is written), which stores
     /// `state` = STOPPED and signals call; joins it. Without a thread, stores the state and signals itself.
-    func stopConsuming(storingStopped: Bool = true) {
+    func stopConsuming() {
+        control.withLock { _ in stopLocked(storingStopped: true) }
+    }
+
+    private func stopLocked(storingStopped: Bool) {
         storesStoppedOnExit.store(storingStopped, ordering: .relaxed)
         guard let running = thread else {
             if !closed, storingStopped {
@@ -235,26 +255,40 @@ final class SharedQueueService: @unchecked Sendable {
     }
 
     /// Takes new eventfds (a MAP_QUEUE of the same memfd, PROTOCOL.md §5.15): stops the thread, closes the
-    /// old ones, and restarts it if it ran. The caller checked them.
-    func replaceEventFDs(kick: Int32, call: Int32, served: ServedVSMMU, server: VSMMUServer) throws(Errno) {
-        let wasRunning = isRunning
-        if wasRunning { stopConsuming(storingStopped: false) }
-        _ = Glibc.close(kickFD)
-        _ = Glibc.close(callFD)
-        kickFD = kick
-        callFD = call
-        try? SystemCall.setNonBlocking(call)
-        if wasRunning { try start(served: served, server: server) }
+    /// old ones, and restarts it if it ran. The caller checked them. Returns the CONS the consumer goes on
+    /// from.
+    func replaceEventFDs(kick: Int32, call: Int32, served: ServedVSMMU, server: VSMMUServer) throws(Errno) -> UInt32 {
+        try control.withLock { (_: inout ()) throws(Errno) -> UInt32 in
+            let wasRunning = thread != nil
+            if wasRunning { stopLocked(storingStopped: false) }
+            _ = Glibc.close(kickFD)
+            _ = Glibc.close(callFD)
+            kickFD = kick
+            callFD = call
+            try? SystemCall.setNonBlocking(call)
+            let cons = consumer.consumer
+            if wasRunning { try startLocked(served: served, server: server) }
+            return cons
+        }
     }
 
     /// Ends the queue (PROTOCOL.md §8.6): stops consuming (state STOPPED, call signalled), unmaps the
     /// memory and closes every descriptor. Idempotent.
     func close() {
-        guard !closed else { return }
-        stopConsuming()
-        closed = true
-        try? SystemCall.unmap(base, length: length)
-        for fd in [memoryFD, kickFD, callFD, wakeFD, exitFD] { _ = Glibc.close(fd) }
+        control.withLock { _ in
+            guard !closed else { return }
+            stopLocked(storingStopped: true)
+            closed = true
+            try? SystemCall.unmap(base, length: length)
+            for fd in [memoryFD, kickFD, callFD, wakeFD, exitFD] { _ = Glibc.close(fd) }
+        }
+    }
+
+    /// The queue's figures the consumer thread counted and has not added to the vSMMU's yet: touched by
+    /// that thread only, hence `@exclusivity(unchecked)` (the runtime's dynamic check would cost more
+    /// than the counting).
+    private final class PendingFigures {
+        @exclusivity(unchecked) var value = ServedVSMMU.QueueStatistics()
     }
 
     /// The consumer thread's loop: consume while there is work; when idle, poll PROD for the adaptive
@@ -262,26 +296,37 @@ final class SharedQueueService: @unchecked Sendable {
     private struct ConsumerContext: @unchecked Sendable {
         let service: SharedQueueService
         let served: ServedVSMMU
+        let kick: Int32
+        let call: Int32
         let slots: RequestPollingSlots
         let pollMaximum: Duration
 
         func run() {
             let consumer = service.consumer
-            let kick = service.kickFD, call = service.callFD
+            // The engine, once: it is replaced only while a vSMMU awaits its descriptors, when no consumer runs.
+            let engine = served.engine
             var poller = RequestPoller(maximum: pollMaximum)
             var sleepers = [pollfd(fd: kick, events: Int16(POLLIN), revents: 0),
                             pollfd(fd: service.wakeFD, events: Int16(POLLIN), revents: 0)]
+            // Figures counted here and added to the vSMMU's under the lock the next batch takes anyway (or
+            // before a sleep): no lock of their own on the data path.
+            let pending = PendingFigures()
+            func flush() {
+                let figures = pending.value
+                served.statistics.withLock { $0.queue.add(figures) }
+                pending.value = ServedVSMMU.QueueStatistics()
+            }
             func signalCall() {
                 _ = try? SystemCall.writeEvent(call)
-                served.statistics.withLock { $0.queue.callsSent += 1 }
+                pending.value.callsSent &+= 1
             }
             while !service.stopping.load(ordering: .acquiring) {
-                let step = consumer.step(execute)
+                let step = consumer.step { batch in execute(batch, on: engine, pending: pending) }
                 if step.signalCall { signalCall() }
                 switch step.kind {
                 case .consumed: continue
                 case .commandError, .producerError:
-                    served.statistics.withLock { $0.queue.errors += 1 }
+                    pending.value.errors &+= 1
                     continue
                 case .empty, .stopped: break
                 }
@@ -294,14 +339,14 @@ final class SharedQueueService: @unchecked Sendable {
                         caught = consumer.hasWork
                     }
                     slots.release()
-                    served.statistics.withLock { stats in
-                        if caught { stats.queue.pollsCaught += 1 } else { stats.queue.pollsMissed += 1 }
-                    }
                     if caught {
+                        pending.value.pollsCaught &+= 1
                         poller.record(waitedNanoseconds: POSIX.monotonicNanoseconds() &- start, caughtWhilePolling: true)
                         continue
                     }
+                    pending.value.pollsMissed &+= 1
                 }
+                flush()
                 // Sleep: daemon_sleeping = 1, fence, look again; then poll on kick and the wake-up.
                 guard consumer.prepareToSleep() else {
                     poller.record(waitedNanoseconds: POSIX.monotonicNanoseconds() &- start, caughtWhilePolling: false)
@@ -312,9 +357,7 @@ final class SharedQueueService: @unchecked Sendable {
                     break
                 }
                 _ = try? SystemCall.poll(&sleepers, timeoutMilliseconds: -1)
-                if (try? SystemCall.readEventNoWait(kick)) ?? nil != nil {
-                    served.statistics.withLock { $0.queue.kicksReceived += 1 }
-                }
+                if (try? SystemCall.readEventNoWait(kick)) ?? nil != nil { pending.value.kicksReceived &+= 1 }
                 consumer.wokeUp()
                 poller.record(waitedNanoseconds: POSIX.monotonicNanoseconds() &- start, caughtWhilePolling: false)
             }
@@ -322,13 +365,15 @@ final class SharedQueueService: @unchecked Sendable {
                 consumer.stop()
                 signalCall()
             }
+            flush()
             _ = try? SystemCall.writeEvent(service.exitFD)
         }
 
         /// Executes one batch as INVALIDATE does (``VSMMUServer/invalidate(_:commands:connection:)``): the
-        /// engine routes it, runs it inline when the viommus are idle, and waits for its CMD_SYNCs.
-        func execute(_ batch: UnsafeBufferPointer<Command>) -> SharedQueueBatchOutcome {
-            let engine = served.engine
+        /// engine routes it, runs it inline when the viommus are idle, and waits for its CMD_SYNCs. Adds
+        /// the figures `pending` holds to the vSMMU's under the same lock.
+        func execute(_ batch: UnsafeBufferPointer<Command>, on engine: VSMMUEngine,
+                     pending: PendingFigures) -> SharedQueueBatchOutcome {
             slots.beginServing()
             let start = POSIX.monotonicNanoseconds()
             let submission = engine.submit(batch)
@@ -336,11 +381,14 @@ final class SharedQueueService: @unchecked Sendable {
             engine.recycle(submission)
             let latency = POSIX.monotonicNanoseconds() &- start
             slots.endServing()
+            pending.value.commands &+= UInt64(result.consumed)
+            pending.value.syncs &+= UInt64(result.syncs)
+            let figures = pending.value
             served.statistics.withLock { stats in
-                stats.queue.commands &+= UInt64(result.consumed)
-                stats.queue.syncs &+= UInt64(result.syncs)
+                stats.queue.add(figures)
                 if result.syncs > 0 { stats.recordSync(latencyNanoseconds: latency) }
             }
+            pending.value = ServedVSMMU.QueueStatistics()
             guard let failure = result.failure else { return SharedQueueBatchOutcome(consumed: result.consumed, syncs: result.syncs) }
             return SharedQueueBatchOutcome(consumed: result.consumed, syncs: result.syncs, failureIndex: failure.index,
                                            cerror: UInt8(truncatingIfNeeded: failure.queueError.rawValue))
@@ -399,14 +447,15 @@ extension VSMMUServer {
             } catch {
                 throw error.protocolError(type)
             }
-            do throws(Errno) { try existing.replaceEventFDs(kick: kick, call: call, served: served, server: self) } catch {
+            let cons: UInt32
+            do throws(Errno) { cons = try existing.replaceEventFDs(kick: kick, call: call, served: served, server: self) } catch {
                 throw .internalError(type: type, "cannot restart the shared queue's consumer: \(error)")
             }
             _ = Glibc.close(memory) // the mapping's own memfd stays
             adopted = true
             storeQueueDescriptors(existing, of: served, connection: connection)
             served.startSharedQueue(server: self)
-            return .mapQueue(QueueMapped(consumer: existing.consumer.consumer))
+            return .mapQueue(QueueMapped(consumer: cons))
         }
         let service: SharedQueueService
         do throws(SharedQueueService.Refusal) {
@@ -415,6 +464,8 @@ extension VSMMUServer {
             throw error.protocolError(type)
         }
         adopted = true
+        // Read before the thread starts: from then on CONS is the consumer thread's.
+        let cons = service.consumer.consumer
         served.sharedQueue.withLock { $0 = service }
         storeQueueDescriptors(service, of: served, connection: connection)
         do throws(Errno) { try service.start(served: served, server: self) } catch {
@@ -422,10 +473,9 @@ extension VSMMUServer {
             throw .internalError(type: type, "cannot start the shared queue's consumer thread: \(error)")
         }
         connection.logger.info("shared queue mapped", metadata: [
-            "vsmmu": "\(served.id.rawValue)", "entries": "\(service.consumer.region.geometry.entries)",
-            "cons": "\(service.consumer.consumer)",
+            "vsmmu": "\(served.id.rawValue)", "entries": "\(service.consumer.region.geometry.entries)", "cons": "\(cons)",
         ])
-        return .mapQueue(QueueMapped(consumer: service.consumer.consumer))
+        return .mapQueue(QueueMapped(consumer: cons))
     }
 
     /// UNMAP_QUEUE (PROTOCOL.md §5.16): ends the vSMMU's queue, if it has one.
@@ -440,7 +490,8 @@ extension VSMMUServer {
     private func storeQueueDescriptors(_ service: SharedQueueService, of served: ServedVSMMU, connection: Connection) {
         guard served.fileDescriptorStore != nil else { return }
         let names = SharedQueueService.storeNames(served.id)
-        for (fd, name) in [(service.memoryFD, names.memory), (service.kickFD, names.kick), (service.callFD, names.call)] {
+        let fds = service.descriptors
+        for (fd, name) in [(fds.memory, names.memory), (fds.kick, names.kick), (fds.call, names.call)] {
             served.removeDescriptor(name: name)
             if let error = served.storeDescriptor(fd, name: name) {
                 connection.logger.error("cannot hand a shared queue's descriptor to the fd store: after a restart the VMM maps it again",

@@ -35,8 +35,8 @@ func mappingCount(of name: String) -> Int {
 /// are the clients'). Used by one thread at a time.
 final class TestQueueVMM: @unchecked Sendable {
     let memory: Int32
-    let kick: Int32
-    let call: Int32
+    private(set) var kick: Int32
+    private(set) var call: Int32
     let base: UnsafeMutableRawPointer
     let length: Int
     let region: SharedQueueRegion
@@ -55,8 +55,9 @@ final class TestQueueVMM: @unchecked Sendable {
         memory = try SystemCall.memfdCreate(name)
         length = size ?? geometry.requiredSize
         try SystemCall.truncate(memory, to: length)
-        if seals != 0 { try SystemCall.addSeals(seals, to: memory) }
+        // Mapped before it is sealed: F_SEAL_FUTURE_WRITE then refuses only later writable mappings.
         base = try SystemCall.mapShared(memory, length: max(length, geometry.requiredSize))
+        if seals != 0 { try SystemCall.addSeals(seals, to: memory) }
         region = try #require(SharedQueueRegion(base: base, length: geometry.requiredSize, geometry: geometry))
         if initialise { region.initialise() }
         kick = try SystemCall.eventFD(nonBlocking: true)
@@ -66,6 +67,14 @@ final class TestQueueVMM: @unchecked Sendable {
     deinit {
         try? SystemCall.unmap(base, length: max(length, geometry.requiredSize))
         for fd in [memory, kick, call] { close(fd) }
+    }
+
+    /// Goes on with new eventfds (owned from now on), as after a MAP_QUEUE that replaced them.
+    func useEventFDs(kick: Int32, call: Int32) {
+        close(self.kick)
+        close(self.call)
+        self.kick = kick
+        self.call = call
     }
 
     /// The daemon's CONS, as it is in memory now.
@@ -103,10 +112,10 @@ final class TestQueueVMM: @unchecked Sendable {
     }
 
     /// Waits, as a VMM does (§8.4: spin, then `vmm_sleeping` = 1, fence, look again, sleep on call), until
-    /// `condition` holds or `seconds` pass; whether it held.
+    /// `condition` holds or `seconds` pass; whether it held before the deadline.
     func wait(seconds: Double = 20, spins: Int = 1000, until condition: () -> Bool) -> Bool {
         for _ in 0..<spins where condition() { return true }
-        let deadline = POSIX_now() + UInt64(seconds * 1e9)
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
         while true {
             region.storeVMMSleeping(1)
             SharedQueueRegion.fullFence()
@@ -114,39 +123,34 @@ final class TestQueueVMM: @unchecked Sendable {
                 region.storeVMMSleeping(0)
                 return true
             }
-            let now = POSIX_now()
+            let now = DispatchTime.now().uptimeNanoseconds
             guard now < deadline else {
+                // Out of time: a lost wake-up, even if the condition holds by now.
                 region.storeVMMSleeping(0)
-                return condition()
+                return false
             }
             var fds = [pollfd(fd: call, events: Int16(POLLIN), revents: 0)]
             // The whole time left: a lost wake-up shows as a wait that times out, never as a slow success.
             _ = try? SystemCall.poll(&fds, timeoutMilliseconds: Int32(min(60_000, (deadline - now) / 1_000_000 + 1)))
             _ = try? SystemCall.readEventNoWait(call)
             region.storeVMMSleeping(0)
+            if DispatchTime.now().uptimeNanoseconds >= deadline { return false } // the sleep ran out: nobody woke it
         }
     }
 
     /// Waits until CONS is `target` (or the queue stopped on an error or ended); whether CONS is `target`.
     func waitForConsumer(_ target: UInt32, seconds: Double = 20) -> Bool {
         let sequence = region.loadErrorSequence()
-        _ = wait(seconds: seconds) {
+        let woke = wait(seconds: seconds) {
             consumer == target || region.loadErrorSequence() != sequence || state == SharedQueueLayout.State.stopped.rawValue
         }
-        return consumer == target
+        return woke && consumer == target
     }
 
     /// Waits until `error_sequence` moves from `sequence`; whether it did.
     func waitForError(after sequence: UInt32, seconds: Double = 20) -> Bool {
         wait(seconds: seconds) { region.loadErrorSequence() != sequence }
     }
-}
-
-/// Nanoseconds on the monotonic clock.
-func POSIX_now() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
 }
 
 /// Sends `bytes` in one `sendmsg` with `fds` in one `SCM_RIGHTS` control message (the C client's and the

@@ -1,3 +1,4 @@
+import Foundation
 import CSocketShims
 import PSMMU
 import SharedQueue
@@ -70,6 +71,14 @@ import Glibc
         let e = try client.mapQueueRefusal(vsmmu: vsmmu, vmm)
         #expect(Self.isMemory(e) && e?.value == 0 && e?.message.contains("F_SEAL_SHRINK") == true)
         #expect(mappingCount(of: vmm.name) == 1) // only the test's own mapping
+    }
+
+    @Test func aMemfdSealedAgainstWritingCannotBeMappedAndIsRefusedWithDetail4AndEPERM() throws {
+        let (t, client, vsmmu) = try Self.setUp()
+        defer { t.stop() }
+        let vmm = try TestQueueVMM(seals: VSMMU_F_SEAL_SHRINK | VSMMU_F_SEAL_FUTURE_WRITE)
+        let e = try client.mapQueueRefusal(vsmmu: vsmmu, vmm)
+        #expect(Self.isMemory(e) && e?.value == UInt64(EPERM))
     }
 
     @Test func aMemfdTooSmallForItsSlotsIsRefusedWithDetail4() throws {
@@ -152,8 +161,9 @@ import Glibc
         vmm.publish([.sync()])
         #expect(vmm.waitForConsumer(1))
         let kick = try SystemCall.eventFD(), call = try SystemCall.eventFD()
-        defer { close(kick); close(call) }
-        guard case .mapQueue(let mapped) = try client.mapQueue(vsmmu: vsmmu, vmm, fds: [vmm.memory, kick, call]) else {
+        let response = try client.mapQueue(vsmmu: vsmmu, vmm, fds: [vmm.memory, kick, call])
+        vmm.useEventFDs(kick: kick, call: call)
+        guard case .mapQueue(let mapped) = response else {
             Issue.record("the same memfd was refused")
             return
         }
@@ -181,13 +191,25 @@ import Glibc
 @Suite struct SharedQueueServiceTests {
     static func tlbi(_ asid: ASID, _ n: Int) -> Command { .tlbiNHVA(asid: asid, address: UInt64(n & 0xFFFFF) << 12) }
 
+    /// A server, a client, the seed's vSMMU (``ServerScenarioTests/seedVSMMU(_:sids:asids:)``: ASID 3, 1, 2 on
+    /// viommus 0, 1, 2) and a queue of 2^8 commands mapped for it.
+    static func mappedSeed(_ label: String = #function) throws -> (TestServer, VSMMUClient, VSMMUID, TestQueueVMM) {
+        let t = try TestServer(label)
+        do {
+            let client = try t.client()
+            let vsmmu = try ServerScenarioTests.seedVSMMU(client)
+            let vmm = try TestQueueVMM(log2Entries: 8)
+            try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
+            return (t, client, vsmmu, vmm)
+        } catch {
+            t.stop()
+            throw error
+        }
+    }
+
     @Test func aRefusedCommandStopsTheQueueWithCONSOnItUntilTheVMMAcknowledgesAndTheRewrittenSlotIsConsumed() throws {
-        let t = try TestServer()
+        let (t, client, vsmmu, vmm) = try Self.mappedSeed()
         defer { t.stop() }
-        let client = try t.client()
-        let vsmmu = try ServerScenarioTests.seedVSMMU(client)
-        let vmm = try TestQueueVMM()
-        try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
         vmm.publish([Self.tlbi(1, 0), Command(w0: 0x07, w1: 0), Self.tlbi(1, 1), .sync()])
         #expect(vmm.waitForError(after: 0))
         #expect(vmm.consumer == 1 && vmm.region.loadErrorSequence() == 1)
@@ -209,12 +231,8 @@ import Glibc
     }
 
     @Test func aFullQueueIsConsumedAndAVMMThatWaitsForRoomGoesOnAcrossWraps() throws {
-        let t = try TestServer()
+        let (t, client, vsmmu, vmm) = try Self.mappedSeed()
         defer { t.stop() }
-        let client = try t.client()
-        let vsmmu = try ServerScenarioTests.seedVSMMU(client)
-        let vmm = try TestQueueVMM(log2Entries: 8)
-        try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
         var total = 0
         for round in 0..<6 {
             // 2^8 commands outstanding: PROD and CONS have equal indices and different wrap bits.
@@ -230,12 +248,8 @@ import Glibc
     }
 
     @Test func bothPathsMixedKeepEachViommusCommandsAndEveryCMDSYNCAcrossWraps() throws {
-        let t = try TestServer()
+        let (t, client, vsmmu, vmm) = try Self.mappedSeed()
         defer { t.stop() }
-        let client = try t.client()
-        let vsmmu = try ServerScenarioTests.seedVSMMU(client)
-        let vmm = try TestQueueVMM(log2Entries: 8)
-        try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
         var random = SplitMix64(seed: 0x0DE4)
         var expected: [UInt64] = [0, 0, 0]
         var syncs: UInt64 = 0
@@ -284,12 +298,8 @@ import Glibc
     }
 
     @Test func hostileMemoryWrittenAtRandomWhileTheDaemonConsumesHoldsUpOnlyThatQueue() throws {
-        let t = try TestServer()
+        let (t, client, vsmmu, vmm) = try Self.mappedSeed()
         defer { t.stop() }
-        let client = try t.client()
-        let vsmmu = try ServerScenarioTests.seedVSMMU(client)
-        let vmm = try TestQueueVMM(log2Entries: 8)
-        try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
         let region = vmm.region
         let done = Locked<Bool>(false)
         // Another thread writes every field and slot at random (each write one atomic store, as the region
@@ -396,5 +406,102 @@ import Glibc
             #expect(stats.value(.queueSyncs) == 200 && stats.value(.queueCommands) == 600)
         }
         #expect(t.pSMMUs.map { $0.counters.commandsReceived }.reduce(0, +) == 16 * 400)
+    }
+
+    @Test func aBatchInFlightCompletesAndWritesCONSBeforeUNMAP_QUEUEReturns() throws {
+        let (server, path, pSMMUs) = try StalledBackendDaemonTests.server("sqinflight", engine: .init())
+        defer { server.stop() }
+        let client = try StalledBackendDaemonTests.connect(path)
+        let (vsmmu, _) = try StalledBackendDaemonTests.vsmmu(client, pSMMU: "smmu0", hostDeviceID: 1, streamID: 0x8, asid: 1)
+        let vmm = try TestQueueVMM()
+        try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
+        let gate = pSMMUs[0].stallInvalidations()
+        defer { gate.release() }
+        vmm.publish([Self.tlbi(1, 0), .sync()])
+        #expect(gate.waitForStalledCalls(1))
+        /// The client, handed to the thread that sends UNMAP_QUEUE (this one no longer uses it meanwhile).
+        final class Handed: @unchecked Sendable {
+            let client: VSMMUClient
+            init(_ client: VSMMUClient) { self.client = client }
+        }
+        let handed = Handed(client)
+        let unmapped = Locked<Bool>(false)
+        let unmapper = try OSThread {
+            _ = try? handed.client.unmapQueue(vsmmu: vsmmu)
+            unmapped.withLock { $0 = true }
+        }
+        #expect(vmm.consumer == 0 && !unmapped.withLock { $0 })
+        gate.release()
+        unmapper.join()
+        // The batch completed first: CONS past its CMD_SYNC, then STOPPED.
+        #expect(vmm.consumer == 2 && vmm.state == SharedQueueLayout.State.stopped.rawValue)
+        #expect(mappingCount(of: vmm.name) == 1)
+    }
+
+    @Test func aSyncAbandonedAtTheStallLimitStopsTheQueueWithCERROR_ABTOnItAndOnlyThatQueue() throws {
+        let (server, path, pSMMUs) = try StalledBackendDaemonTests.server("sqstall", engine: .init(stallTimeout: .milliseconds(200)))
+        defer { server.stop() }
+        let client = try StalledBackendDaemonTests.connect(path)
+        let (vsmmu, _) = try StalledBackendDaemonTests.vsmmu(client, pSMMU: "smmu0", hostDeviceID: 1, streamID: 0x8, asid: 1)
+        let (otherVSMMU, _) = try StalledBackendDaemonTests.vsmmu(client, pSMMU: "smmu1", hostDeviceID: 17, streamID: 0x8, asid: 1)
+        let vmm = try TestQueueVMM(), other = try TestQueueVMM()
+        try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
+        try client.mapQueueOrFail(vsmmu: otherVSMMU, other)
+        let gate = pSMMUs[0].stallInvalidations()
+        defer { gate.release() }
+        vmm.publish([Self.tlbi(1, 0), .sync()])
+        #expect(vmm.waitForError(after: 0))
+        #expect(vmm.consumer == 1)
+        #expect(vmm.region.loadErrorRecord() == (CommandQueueError.abort.rawValue, SharedQueueLayout.ErrorKind.command.rawValue, 1))
+        // Another vSMMU's queue is not held up.
+        other.publish([Self.tlbi(1, 0), .sync()])
+        #expect(other.waitForConsumer(2))
+        // The guest acknowledges and retries the CMD_SYNC (still in its slot); once the pSMMU wakes it completes.
+        gate.release()
+        vmm.acknowledgeError()
+        #expect(vmm.waitForConsumer(2))
+        #expect(vmm.region.loadErrorSequence() == 1)
+    }
+}
+
+/// A measurement driver, off unless `VSMMUD_QUEUE_SYNCS` is set: that many TLBI_NH_VA + CMD_SYNC pairs
+/// through a mapped queue, one at a time, then as many INVALIDATEs of the same pair (the socket path, the
+/// baseline). With `VSMMUD_QUEUE_SOCKET` it drives the daemon listening there (a release `vsmmud` under
+/// `valgrind --tool=callgrind --separate-threads=yes`, `[daemon] request_poll_us = 0`: each sync a sleep
+/// and a kick), so that the consumer thread's and the connection thread's instructions per sync are the
+/// difference of two runs over the difference of their counts. Not a test of speed.
+@Suite struct SharedQueueMeasurement {
+    static var syncs: Int? { ProcessInfo.processInfo.environment["VSMMUD_QUEUE_SYNCS"].flatMap { Int($0) } }
+
+    @Test(.enabled(if: syncs != nil, "VSMMUD_QUEUE_SYNCS is not set"))
+    func tlbiNHVAAndCMDSYNCThroughTheQueueThenThroughTheSocketOneAtATime() throws {
+        var server: VSMMUServer?
+        let path: String
+        if let external = ProcessInfo.processInfo.environment["VSMMUD_QUEUE_SOCKET"] {
+            path = external
+        } else {
+            let (started, startedPath) = try openSocketServer("sqmeasure") { $0.requestPolling = .zero }
+            (server, path) = (started, startedPath)
+        }
+        defer { server?.stop() }
+        let client = try VSMMUClient(socketPath: path)
+        try client.hello()
+        let vsmmu = try client.createVSMMU(name: "measure")
+        _ = try client.attachViommu(vsmmu: vsmmu, pSMMU: "smmu0", hostDeviceID: 0)
+        try client.setDeviceID(vsmmu: vsmmu, viommu: 0, hostDeviceID: 0, streamID: 0x8)
+        _ = try client.linkSTE(vsmmu: vsmmu, streamID: 0x8, ste: s1STE(), contextDescriptors: [.valid(asid: 1)])
+        let vmm = try TestQueueVMM(log2Entries: 8)
+        try client.mapQueueOrFail(vsmmu: vsmmu, vmm)
+        let count = Self.syncs ?? 0
+        for i in 0..<count {
+            vmm.publish([.tlbiNHVA(asid: 1, address: UInt64(i & 0xFFFF) << 12), .sync()])
+            #expect(vmm.waitForConsumer(vmm.producer, seconds: 600))
+        }
+        for i in 0..<count {
+            let reply = try client.invalidate(vsmmu: vsmmu, commands: [.tlbiNHVA(asid: 1, address: UInt64(i & 0xFFFF) << 12), .sync()])
+            #expect(reply.failure == nil)
+        }
+        #expect(try client.stats(vsmmu: vsmmu).value(.queueSyncs) == UInt64(count))
+        try client.destroyVSMMU(vsmmu)
     }
 }

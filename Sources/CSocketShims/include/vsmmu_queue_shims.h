@@ -15,6 +15,7 @@
 #define VSMMU_F_SEAL_SHRINK 0x0002
 #define VSMMU_F_SEAL_GROW 0x0004
 #define VSMMU_F_SEAL_WRITE 0x0008
+#define VSMMU_F_SEAL_FUTURE_WRITE 0x0010
 
 /// memfd_create flags (include/uapi/linux/memfd.h).
 #define VSMMU_MFD_CLOEXEC 0x0001u
