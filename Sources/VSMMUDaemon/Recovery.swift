@@ -221,7 +221,7 @@ extension VSMMUServer {
         var iommufds = awaited.iommufds
         defer { for fd in iommufds.values { _ = Glibc.close(fd) } }
         let providers = self.providers
-        return try VSMMUEngine.restore(
+        let engine = try VSMMUEngine.restore(
             awaited.snapshot, configuration: configuration.engine,
             backends: { viommu -> (any PSMMUBackend)? in
                 switch providers[viommu.pSMMU] {
@@ -233,6 +233,37 @@ extension VSMMUServer {
                 }
             },
             descriptors: EngineDescriptors(eventQueues: awaited.eventQueues, vfioDevices: awaited.vfioDevices))
+        flushAfterRestore(engine, snapshot: awaited.snapshot)
+        return engine
+    }
+
+    /// Invalidates everything the restored iommufd viommus may cache: TLBI_NH_ALL (broadcast), CFGI_CD_ALL
+    /// for every device and ATC_INV of the whole space for every device whose vSTE enables ATS, then a
+    /// CMD_SYNC. The previous process answered some commands once they were queued (an INVALIDATE without
+    /// CMD_SYNC, a shared queue's CONS past commands not followed by one) and may have died before it
+    /// executed them; their kernel objects outlived it (the VMM's iommufd), and so may stale entries in the
+    /// pSMMU's TLB and the devices' ATCs. An invalidation more than the guest asked for is always safe; one
+    /// lost is not. Simulated viommus come back new and empty, so a vSMMU without an iommufd viommu skips it.
+    private func flushAfterRestore(_ engine: VSMMUEngine, snapshot: EngineSnapshot) {
+        let iommufdViommus = Set(snapshot.viommus.compactMap { viommu -> ViommuIndex? in
+            if case .iommufd = providers[viommu.pSMMU] { return viommu.index }
+            return nil
+        })
+        guard !iommufdViommus.isEmpty else { return }
+        var commands: [Command] = [.tlbiNHAll()]
+        for device in snapshot.devices where iommufdViommus.contains(device.viommu) {
+            commands.append(.cfgiCDAll(streamID: device.streamID))
+            if device.link?.ste.eats == 1 { commands.append(.atcInv(streamID: device.streamID)) }
+        }
+        commands.append(.sync())
+        let submission = engine.submit(commands)
+        let result = submission.wait()
+        engine.recycle(submission)
+        if let failure = result.failure {
+            logger.warning("the invalidation of a restored vSMMU's caches failed", metadata: [
+                "command_index": "\(failure.index)", "cerror": "\(failure.queueError)", "message": "\(failure.message)",
+            ])
+        }
     }
 
     /// Tears down the vSMMUs whose owners did not resume them within ``Configuration/resumeGrace`` of the

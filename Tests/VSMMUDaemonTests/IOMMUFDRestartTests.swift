@@ -215,8 +215,13 @@ import Glibc
         withExtendedLifetime(owner) {}
 
         // systemctl restart: the next process gets the stored fds (LISTEN_FDNAMES).
+        rig.kernel.clearIssuedCommands()
         let second = try rig.server(store: store, inherited: store.inherited())
         defer { second.stop() }
+        // Re-adopting it, the daemon invalidated what the objects may cache: commands the first process
+        // answered once queued may never have run (Recovery.flushAfterRestore).
+        #expect(rig.kernel.executedCommands(pSMMU: 0).map(\.opcode) == [.tlbiNHAll, .cfgiCDAll],
+                "\(rig.kernel.executedCommands(pSMMU: 0))")
         let vmm = try rig.client(second)
         let resumed = try vmm.resumeVSMMU(vsmmu, token: token)
         #expect(resumed.viommuCount == 1 && resumed.deviceCount == 1)
