@@ -36,7 +36,7 @@ let package = Package(
         .target(name: "VirtualSMMU", dependencies: ["SMMUv3"]),
         // The system layer: typed system calls that retry EINTR and throw swift-system's Errno, the one thread
         // type (OSThread) and the one lock type (Locked, visible to ThreadSanitizer).
-        .target(name: "VSMMUSystem", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
+        .target(name: "VSMMUSystem", dependencies: ["CSocketShims", .product(name: "SystemPackage", package: "swift-system")]),
         // The lock-free per-viommu command ring, its consumer role and CMD_SYNC fences.
         .target(
             name: "CommandRing",
@@ -150,7 +150,11 @@ let package = Package(
             dependencies: ["VSMMUCLI", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // The Swift client library for VMMs.
-        .target(name: "VSMMUClient", dependencies: ["SMMUv3", "VSMMUProtocol", "CSocketShims", "SharedQueue"]),
+        .target(
+            name: "VSMMUClient",
+            dependencies: ["SMMUv3", "VSMMUProtocol", "CSocketShims", "SharedQueue", "VSMMUSystem",
+                           .product(name: "SystemPackage", package: "swift-system")]
+        ),
         // The C client for VMMs written in C: uses only protocol/vsmmu.h and POSIX sockets.
         .target(name: "CVSMMUClient"),
         // A QEMU-like VMM on the C client: generates or replays guest command streams against the daemon.
