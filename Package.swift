@@ -36,6 +36,7 @@ let package = Package(
         .target(name: "VirtualSMMU", dependencies: ["SMMUv3"]),
         // The system layer: typed system calls that retry EINTR and throw swift-system's Errno, the one thread
         // type (OSThread) and the one lock type (Locked, visible to ThreadSanitizer).
+        // CSocketShims: the memfd, eventfd and preadv2 calls Glibc does not import (the shared queue).
         .target(name: "VSMMUSystem", dependencies: ["CSocketShims", .product(name: "SystemPackage", package: "swift-system")]),
         // The lock-free per-viommu command ring, its consumer role and CMD_SYNC fences.
         .target(

@@ -1,11 +1,6 @@
-// memfd_create is declared under _GNU_SOURCE only; here, unlike in the header Swift imports, it is harmless.
-#define _GNU_SOURCE
 #include "csocketshims.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <sys/eventfd.h>
-#include <sys/mman.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/socket.h>
@@ -26,16 +21,6 @@ int vsmmu_get_peer_credentials(int socket_fd, vsmmu_peer_credentials *out) {
     if (length != sizeof(*out)) { errno = EINVAL; return -1; }
     return 0;
 }
-
-_Static_assert(VSMMU_MFD_CLOEXEC == MFD_CLOEXEC && VSMMU_MFD_ALLOW_SEALING == MFD_ALLOW_SEALING, "MFD_*");
-_Static_assert(VSMMU_F_ADD_SEALS == F_ADD_SEALS && VSMMU_F_GET_SEALS == F_GET_SEALS, "F_*_SEALS");
-_Static_assert(VSMMU_F_SEAL_SEAL == F_SEAL_SEAL && VSMMU_F_SEAL_SHRINK == F_SEAL_SHRINK && VSMMU_F_SEAL_GROW == F_SEAL_GROW,
-               "F_SEAL_*");
-_Static_assert(VSMMU_EFD_CLOEXEC == EFD_CLOEXEC && VSMMU_EFD_NONBLOCK == EFD_NONBLOCK, "EFD_*");
-
-int vsmmu_memfd_create(const char *name, unsigned int flags) { return memfd_create(name, flags); }
-
-int vsmmu_eventfd(unsigned int initial_value, int flags) { return eventfd(initial_value, flags); }
 
 ssize_t vsmmu_send_with_fd(int socket_fd, const void *bytes, size_t length, int fd) {
     return vsmmu_send_with_fds(socket_fd, bytes, length, &fd, fd >= 0 ? 1 : 0);

@@ -81,7 +81,7 @@ public final class SharedCommandQueue {
     private func release() {
         guard !released else { return }
         released = true
-        try? SystemCall.munmap(base, length: length)
+        try? SystemCall.unmap(base, length: length)
         for fd in [memory, kick, call] where fd >= 0 { close(fd) }
     }
 
@@ -222,10 +222,9 @@ public final class SharedCommandQueue {
 
     /// A kick and a call eventfd, both close-on-exec and non-blocking.
     static func makeEventfds() throws(VSMMUClientError) -> (kick: Int32, call: Int32) {
-        let flags = SystemCall.eventfdCloseOnExec | SystemCall.eventfdNonBlocking
         let kick: Int32
-        do throws(Errno) { kick = try SystemCall.eventfd(flags: flags) } catch { throw .system("eventfd", error) }
-        do throws(Errno) { return (kick, try SystemCall.eventfd(flags: flags)) } catch {
+        do throws(Errno) { kick = try SystemCall.eventFD() } catch { throw .system("eventfd", error) }
+        do throws(Errno) { return (kick, try SystemCall.eventFD()) } catch {
             close(kick)
             throw .system("eventfd", error)
         }
@@ -242,7 +241,7 @@ struct QueueSignals: SharedQueueSignalling {
     let socketFD: Int32
 
     func kick() throws(VSMMUClientError) {
-        do throws(Errno) { try SystemCall.eventfdWrite(kickFD) } catch { throw .system("write (kick eventfd)", error) }
+        do throws(Errno) { try SystemCall.writeEvent(kickFD) } catch { throw .system("write (kick eventfd)", error) }
     }
 
     /// `poll` on call and the socket. The call eventfd readable: its count is cleared (`eventfd_read`
@@ -253,7 +252,7 @@ struct QueueSignals: SharedQueueSignalling {
         do throws(Errno) { _ = try SystemCall.poll(&fds, timeoutMilliseconds: -1) } catch { throw .system("poll", error) }
         if fds[1].revents != 0 { throw .connectionClosed }
         if fds[0].revents & Int16(POLLIN) != 0 {
-            do throws(Errno) { _ = try SystemCall.eventfdRead(callFD) } catch { throw .system("read (call eventfd)", error) }
+            do throws(Errno) { _ = try SystemCall.readEventNoWait(callFD) } catch { throw .system("read (call eventfd)", error) }
         }
     }
 
@@ -306,14 +305,14 @@ extension VSMMUClient {
         let length = geometry.requiredSize
         let memory: Int32
         do throws(Errno) {
-            memory = try SystemCall.memfdCreate(name: "vsmmu-queue-\(vsmmu.rawValue)", flags: SystemCall.memfdCloseOnExecAllowSealing)
+            memory = try SystemCall.memfdCreate("vsmmu-queue-\(vsmmu.rawValue)")
         } catch { throw .system("memfd_create", error) }
         var base: UnsafeMutableRawPointer?
         var eventfds: (kick: Int32, call: Int32)?
         do throws(VSMMUClientError) {
-            do throws(Errno) { try SystemCall.ftruncate(memory, length: length) } catch { throw .system("ftruncate", error) }
-            do throws(Errno) { try SystemCall.addSeals(memory, SystemCall.sealShrink) } catch { throw .system("fcntl(F_ADD_SEALS)", error) }
-            do throws(Errno) { base = try SystemCall.mmapShared(memory, length: length) } catch { throw .system("mmap", error) }
+            do throws(Errno) { try SystemCall.truncate(memory, to: length) } catch { throw .system("ftruncate", error) }
+            do throws(Errno) { try SystemCall.addSeals(VSMMU_F_SEAL_SHRINK, to: memory) } catch { throw .system("fcntl(F_ADD_SEALS)", error) }
+            do throws(Errno) { base = try SystemCall.mapShared(memory, length: length) } catch { throw .system("mmap", error) }
             guard let base, let region = SharedQueueRegion(base: base, length: length, geometry: geometry) else {
                 throw .transport(call: "mmap: a mapping that is not 64-byte aligned", errno: EINVAL)
             }
@@ -327,7 +326,7 @@ extension VSMMUClient {
             sharedQueues[vsmmu] = WeakSharedQueue(queue)
             return queue
         } catch {
-            if let base { try? SystemCall.munmap(base, length: length) }
+            if let base { try? SystemCall.unmap(base, length: length) }
             close(memory)
             if let eventfds { close(eventfds.kick); close(eventfds.call) }
             throw error

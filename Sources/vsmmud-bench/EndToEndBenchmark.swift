@@ -234,17 +234,17 @@ private func e2eEchoRoundTrip(_ fd: Int32, _ frame: [UInt8]) {
 // MARK: - Daemon set-up
 
 /// A translating guest STE (V=1, CONFIG=S1_TRANS, one CD).
-private func e2eSTE() -> StreamTableEntry {
+func e2eSTE() -> StreamTableEntry {
     .stage1(contextTable: 0x4380_4000)
 }
 
 /// The vSIDs of every benchmark vSMMU, one per pSMMU.
-private let e2eStreamIDs: [StreamID] = [0x8, 0x10, 0x18]
-private let e2eDevicesPerPSMMU: UInt32 = 32
+let e2eStreamIDs: [StreamID] = [0x8, 0x10, 0x18]
+let e2eDevicesPerPSMMU: UInt32 = 32
 
 /// A handshaken connection owning one vSMMU with `streamIDs[p]` on pSMMU `p` (host device
 /// `32·p + deviceSlot`), linked with `stes[p]` and `cds[p]`.
-private func e2eDaemonClient(path: String, deviceSlot: UInt32, stes: [StreamTableEntry],
+func e2eDaemonClient(path: String, deviceSlot: UInt32, stes: [StreamTableEntry],
                              cds: [ContextDescriptor]) throws -> (client: VSMMUClient, vsmmu: VSMMUID) {
     let client = try VSMMUClient(socketPath: path)
     try client.hello(name: "e2e-bench-\(deviceSlot)")
@@ -259,12 +259,12 @@ private func e2eDaemonClient(path: String, deviceSlot: UInt32, stes: [StreamTabl
 }
 
 /// `size` TLBI_NH_VA (ASIDs 1, 2, 3 in turn, one per pSMMU) + CMD_SYNC.
-private func e2eBatch(size: Int) -> [Command] {
+func e2eBatch(size: Int) -> [Command] {
     (0..<size).map { i in Command.tlbiNHVA(asid: ASID(i % 3 + 1), address: UInt64(0x10_0000 + i) << 12) } + [.sync()]
 }
 
 /// One daemon INVALIDATE round trip with a pre-encoded frame; checks the reply.
-private func e2eDaemonRoundTrip(_ client: VSMMUClient, _ frame: [UInt8], expectedConsumed: UInt32) {
+func e2eDaemonRoundTrip(_ client: VSMMUClient, _ frame: [UInt8], expectedConsumed: UInt32) {
     do {
         try client.sendBytes(frame)
         let (_, response) = try client.receive()
@@ -279,7 +279,7 @@ private func e2eDaemonRoundTrip(_ client: VSMMUClient, _ frame: [UInt8], expecte
 // MARK: - Trace
 
 /// `../shared`: `$VSMMUD_SHARED`, else `../shared` from the current directory or from this source file.
-private func e2eSharedDirectory() -> String? {
+func e2eSharedDirectory() -> String? {
     let environment = ProcessInfo.processInfo.environment
     var candidates: [String] = []
     if let shared = environment["VSMMUD_SHARED"] { candidates.append(shared) }
@@ -293,10 +293,10 @@ private func e2eSharedDirectory() -> String? {
 
 // MARK: - Formatting
 
-private func e2eRate(_ rate: Double) -> String { String(format: "%.2f M/s", rate / 1e6) }
-private func e2eMicros(_ value: Double) -> String { String(format: "%.1f", value) }
-private func e2eRatio(_ value: Double) -> String { String(format: "%.2f×", value) }
-private func e2eAim(_ met: Bool) -> String { met ? "met" : "NOT met" }
+func e2eRate(_ rate: Double) -> String { String(format: "%.2f M/s", rate / 1e6) }
+func e2eMicros(_ value: Double) -> String { String(format: "%.1f", value) }
+func e2eRatio(_ value: Double) -> String { String(format: "%.2f×", value) }
+func e2eAim(_ met: Bool) -> String { met ? "met" : "NOT met" }
 
 // MARK: - Profiling one side
 
@@ -377,7 +377,7 @@ func runEndToEndProfile(_ arguments: [String]) {
 }
 
 /// The process's voluntary and involuntary context switches so far (`getrusage(RUSAGE_SELF)`).
-private func e2eContextSwitches() -> (voluntary: Int, involuntary: Int) {
+func e2eContextSwitches() -> (voluntary: Int, involuntary: Int) {
     var usage = rusage()
     getrusage(RUSAGE_SELF.rawValue, &usage)
     return (usage.ru_nvcsw, usage.ru_nivcsw)

@@ -1,10 +1,8 @@
 #ifndef CSOCKETSHIMS_H
 #define CSOCKETSHIMS_H
 
-// SCM_RIGHTS, SO_PEERCRED and the CMSG_* macros, which Swift's Glibc module does not import; and the
-// Linux calls of the shared command queue (memfd_create, eventfd, file seals), which it does not import
-// either (glibc declares them only under _GNU_SOURCE, or in headers outside the module).
-// Do not define _GNU_SOURCE here: it breaks the Glibc import (see toolchain.md). shims.c defines it.
+// SCM_RIGHTS, SO_PEERCRED and the CMSG_* macros, which Swift's Glibc module does not import.
+// Do not define _GNU_SOURCE here: it breaks the Glibc import (see toolchain.md).
 
 #include <stddef.h>
 #include <stdint.h>
@@ -36,32 +34,6 @@ ssize_t vsmmu_send_with_fd(int socket_fd, const void *bytes, size_t length, int 
 /// fds), or -1 with errno set (EINVAL for a bad `fd_count`).
 ssize_t vsmmu_send_with_fds(int socket_fd, const void *bytes, size_t length, const int *fds, int fd_count);
 
-// Linux constants of the shared queue's system calls, with the kernel's values (shims.c checks each
-// against the system headers at compile time).
-/// `MFD_CLOEXEC` (memfd_create).
-#define VSMMU_MFD_CLOEXEC 0x0001U
-/// `MFD_ALLOW_SEALING` (memfd_create).
-#define VSMMU_MFD_ALLOW_SEALING 0x0002U
-/// `F_ADD_SEALS` (fcntl).
-#define VSMMU_F_ADD_SEALS 1033
-/// `F_GET_SEALS` (fcntl).
-#define VSMMU_F_GET_SEALS 1034
-/// `F_SEAL_SEAL`: no more seals may be added.
-#define VSMMU_F_SEAL_SEAL 0x0001
-/// `F_SEAL_SHRINK`: the file may not shrink.
-#define VSMMU_F_SEAL_SHRINK 0x0002
-/// `F_SEAL_GROW`: the file may not grow.
-#define VSMMU_F_SEAL_GROW 0x0004
-/// `EFD_CLOEXEC` (eventfd).
-#define VSMMU_EFD_CLOEXEC 02000000
-/// `EFD_NONBLOCK` (eventfd).
-#define VSMMU_EFD_NONBLOCK 04000
-
-/// memfd_create(2): an anonymous tmpfs file. Returns the fd, or -1 with errno set.
-int vsmmu_memfd_create(const char *name, unsigned int flags);
-
-/// eventfd(2): a counter fd. Returns the fd, or -1 with errno set.
-int vsmmu_eventfd(unsigned int initial_value, int flags);
 
 /// Receives up to `capacity` bytes with recvmsg. Any SCM_RIGHTS fds (received close-on-exec) are stored in
 /// `fds` (up to `max_fds`; extra ones are closed) and their number in `*fd_count`. Retries EINTR.
