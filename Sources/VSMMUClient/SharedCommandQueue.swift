@@ -244,16 +244,19 @@ struct QueueSignals: SharedQueueSignalling {
         do throws(Errno) { try SystemCall.writeEvent(kickFD) } catch { throw .system("write (kick eventfd)", error) }
     }
 
-    /// `poll` on call and the socket. The call eventfd readable: its count is cleared (`eventfd_read`
-    /// resets it), and the producer looks again. The socket readable with no request outstanding (end of
+    /// `poll` on call and the socket. The call eventfd readable (`eventfd_poll`: a count above 0): its
+    /// count is cleared (`eventfd_read` returns it and resets it to 0), and the producer looks again. The socket readable with no request outstanding (end of
     /// stream, an error, or a frame nobody asked for): the connection is lost.
     func sleep() throws(VSMMUClientError) {
         var fds = [pollfd(fd: callFD, events: Int16(POLLIN), revents: 0), pollfd(fd: socketFD, events: Int16(POLLIN), revents: 0)]
         do throws(Errno) { _ = try SystemCall.poll(&fds, timeoutMilliseconds: -1) } catch { throw .system("poll", error) }
-        if fds[1].revents != 0 { throw .connectionClosed }
+        // Call first: a daemon that ends the queue writes STOPPED and signals call before it closes the
+        // connection, and the producer's next look then reports the stop.
         if fds[0].revents & Int16(POLLIN) != 0 {
             do throws(Errno) { _ = try SystemCall.readEventNoWait(callFD) } catch { throw .system("read (call eventfd)", error) }
+            return
         }
+        if fds[1].revents != 0 { throw .connectionClosed }
     }
 
     /// After a wait ended in STOPPED: whether the connection is going too (a daemon that stops writes
