@@ -65,18 +65,18 @@ let package = Package(
         // attach): object ids, references, errnos, entry_num and the 63-command chunks, for backend tests.
         .target(
             name: "IOMMUFDSimulation",
-            dependencies: ["SMMUv3", "PSMMU", "IOMMUFD", "CIOMMUFD", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: ["SMMUv3", "PSMMU", "IOMMUFD", "CIOMMUFD", "VSMMUSystem", .product(name: "SystemPackage", package: "swift-system")]
         ),
         // The iommufd seam over the real-kernel rig's host↔guest channel: an IOMMUFDDevice whose ioctls run in
         // an arm64 guest (scripts/realkernel/relay-agent.c executes them on /dev/iommu and the VFIO cdevs).
         .target(
             name: "IOMMUFDRelay",
-            dependencies: ["IOMMUFD", "CIOMMUFD", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: ["IOMMUFD", "CIOMMUFD", "VSMMUSystem", .product(name: "SystemPackage", package: "swift-system")]
         ),
         // The real-kernel suite: the IOMMUFDBackend and the engine, through the relay, on the rig's kernel.
         .executableTarget(
             name: "vsmmud-realkernel",
-            dependencies: ["IOMMUFDRelay", "IOMMUFD", "CIOMMUFD", "PSMMU", "SMMUv3", "VirtualSMMU", "InvalidationEngine",
+            dependencies: ["IOMMUFDRelay", "IOMMUFD", "CIOMMUFD", "PSMMU", "SMMUv3", "VirtualSMMU", "InvalidationEngine", "VSMMUSystem",
                            "VSMMUTestSupport",
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
@@ -97,7 +97,7 @@ let package = Package(
         // through one file-operation seam. The daemon's registrations live in it.
         .target(
             name: "VSMMUJournal",
-            dependencies: [.product(name: "Logging", package: "swift-log"), .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: ["VSMMUSystem", .product(name: "Logging", package: "swift-log"), .product(name: "SystemPackage", package: "swift-system")]
         ),
         // The daemon as a library: listener, connections, ownership, one engine per vSMMU, admin. Testable in-process.
         .target(
@@ -206,7 +206,8 @@ let package = Package(
         .testTarget(
             name: "VSMMUDaemonTests",
             dependencies: ["VSMMUDaemon", "HostileInput", "VSMMUConfiguration", "VSMMUClient", "VSMMUProtocol", "SMMUv3", "PSMMU", "VSMMUTestSupport",
-                           "IOMMUFD", "IOMMUFDSimulation", "CVSMMUClient", .product(name: "SystemPackage", package: "swift-system")]
+                           "IOMMUFD", "IOMMUFDSimulation", "CVSMMUClient", "SharedQueue", "VSMMUSystem", "CSocketShims",
+                           .product(name: "SystemPackage", package: "swift-system")]
         ),
         .testTarget(name: "VSMMUConfigurationTests", dependencies: ["VSMMUConfiguration", "PSMMU", "VSMMUProtocol", "SMMUv3"]),
         .testTarget(
@@ -224,6 +225,7 @@ let package = Package(
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
         .testTarget(name: "VSMMUProtocolTests", dependencies: ["VSMMUProtocol", "SMMUv3", "VSMMUTestSupport"]),
+        .testTarget(name: "VSMMUSystemTests", dependencies: ["VSMMUSystem", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "SharedQueueTests", dependencies: ["SharedQueue", "SMMUv3", "VSMMUProtocol", "VSMMUTestSupport"]),
         .testTarget(
             name: "InvalidationEngineTests",

@@ -447,6 +447,13 @@ struct vsmmu_stats_reply {
 #define VSMMU_STAT_HWPTS 0x0013u
 #define VSMMU_STAT_SYNC_LATENCY_COUNT 0x0014u
 #define VSMMU_STAT_SYNC_LATENCY_SUM_NS 0x0015u
+#define VSMMU_STAT_QUEUE_COMMANDS 0x0016u     /* the shared queue (version 4): commands consumed */
+#define VSMMU_STAT_QUEUE_SYNCS 0x0017u        /* CMD_SYNCs completed through it */
+#define VSMMU_STAT_QUEUE_ERRORS 0x0018u       /* queue errors raised */
+#define VSMMU_STAT_QUEUE_KICKS 0x0019u        /* sleeps on kick that a kick ended */
+#define VSMMU_STAT_QUEUE_CALLS 0x001Au        /* writes to call */
+#define VSMMU_STAT_QUEUE_POLLS_CAUGHT 0x001Bu /* idle polls of PROD that caught a command */
+#define VSMMU_STAT_QUEUE_POLLS_MISSED 0x001Cu /* idle polls that ended in a sleep */
 #define VSMMU_STAT_SYNC_LATENCY_LOG2_NS(b) (0x0200u + (b)) /* b = 0..63 */
 /* viommu keys */
 #define VSMMU_STAT_VIOMMU_COMMANDS_DELIVERED 0x0040u

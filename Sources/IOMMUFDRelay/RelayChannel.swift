@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Synchronization
+import VSMMUSystem
 import SystemPackage
 
 /// The host↔guest channel of the real-kernel rig (`../shared/realkernel`, `./boot` serves the guest's
@@ -42,7 +42,7 @@ public final class RelayChannel: Sendable {
     /// The agent's process id in the guest (from HELLO).
     public let agentPID: UInt32
 
-    private let state: Mutex<State>
+    private let state: Locked<State>
 
     private struct State: ~Copyable {
         var stream: ByteStream
@@ -53,7 +53,7 @@ public final class RelayChannel: Sendable {
         self.socketPath = socketPath
         self.requestTimeout = requestTimeout
         self.agentPID = agentPID
-        self.state = Mutex(State(stream: stream, broken: nil))
+        self.state = Locked(State(stream: stream, broken: nil))
     }
 
     deinit {

@@ -3,7 +3,7 @@ import CIOMMUFD
 import Glibc
 #endif
 import IOMMUFD
-import Synchronization
+import VSMMUSystem
 import SystemPackage
 
 /// An iommufd (`/dev/iommu`) opened in the real-kernel rig's guest, driven over a ``RelayChannel``: the
@@ -27,7 +27,7 @@ public final class RelayIOMMUFD: IOMMUFDDevice {
     /// The iommufd, a guest descriptor.
     public let descriptor: FileDescriptor
 
-    private let firstSeamFailure = Mutex<RelayError?>(nil)
+    private let firstSeamFailure = Locked<RelayError?>(nil)
 
     /// Opens `path` (the iommufd device node) in the guest.
     public static func open(on channel: RelayChannel, path: String = "/dev/iommu") throws(RelayError) -> RelayIOMMUFD {

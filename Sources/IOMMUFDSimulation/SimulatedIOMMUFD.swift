@@ -2,7 +2,7 @@ import PSMMU
 import CIOMMUFD
 import IOMMUFD
 import SMMUv3
-import Synchronization
+import VSMMUSystem
 import SystemPackage
 
 /// A model of the Linux kernel behind the ``IOMMUFDDevice`` seam: one iommufd (the iommufd core),
@@ -35,13 +35,13 @@ public final class SimulatedIOMMUFD: IOMMUFDDevice {
     /// The physical SMMUs, by index.
     public let smmus: [PhysicalSMMU]
 
-    private let state: Mutex<KernelState>
+    private let state: Locked<KernelState>
 
     /// A kernel with the pSMMUs `smmus` (indexed from 0) and no device yet.
     public init(kernel: KernelVersion = .rig, smmus: [PhysicalSMMU]) {
         self.kernel = kernel
         self.smmus = smmus
-        self.state = Mutex(KernelState(kernel: kernel, smmus: smmus))
+        self.state = Locked(KernelState(kernel: kernel, smmus: smmus))
     }
 
     /// A kernel with `count` pSMMUs named `smmu0` … with the simulated pSMMU's ID registers.

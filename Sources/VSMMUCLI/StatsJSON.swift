@@ -84,13 +84,23 @@ public struct StatsDocument: Codable, Hashable, Sendable {
         }
     }
 
+    /// A pSMMU: its backend's totals over every vSMMU whose viommus sit on it (the `PSMMU_*` keys; the
+    /// same figures as `stats`' pSMMU table and the `vsmmud_psmmu_*` series).
+    public struct PSMMU: Codable, Hashable, Sendable {
+        public var name: String
+        /// By ``StatField/jsonName`` of ``StatField/psmmu``.
+        public var counters: [String: UInt64]
+    }
+
     public var daemon: Daemon
+    /// The pSMMUs the listed vSMMUs' viommus sit on, by name.
+    public var pSMMUs: [PSMMU]
     public var vsmmus: [VSMMU]
     /// Daemon uptime between this document and the previous one (`--watch`).
     public var elapsedSeconds: Double?
 
     enum CodingKeys: String, CodingKey {
-        case daemon, vsmmus, elapsedSeconds = "elapsed_seconds"
+        case daemon, pSMMUs = "psmmus", vsmmus, elapsedSeconds = "elapsed_seconds"
     }
 
     /// The document for `snapshot`, with `rates` when given.
@@ -107,6 +117,7 @@ public struct StatsDocument: Codable, Hashable, Sendable {
         let d = snapshot.daemon
         daemon = Daemon(uptimeNanoseconds: d.uptimeNanoseconds, uptimeSeconds: Double(d.uptimeNanoseconds) / 1e9,
                         counters: counters(StatField.daemon, d.values), rates: named(StatField.daemon, rates?.daemon))
+        pSMMUs = snapshot.pSMMUs.map { PSMMU(name: $0.name, counters: counters(StatField.psmmu, $0.values)) }
         vsmmus = snapshot.vsmmus.map { v in
             VSMMU(id: v.id.rawValue, name: v.name, counters: counters(StatField.vsmmu, v.values),
                   syncLatencyNanoseconds: Histogram(v.syncLatency),

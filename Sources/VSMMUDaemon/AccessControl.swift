@@ -51,8 +51,8 @@ extension VSMMUServer {
     /// Waits (bounded) for the peer's first frame header, answers it with `PERMISSION_DENIED`, closes.
     private static func refuse(_ fd: Int32, userID: UInt32, groupID: UInt32) {
         defer { close(fd) }
-        var timeout = timeval(tv_sec: refusalReadTimeoutSeconds, tv_usec: 0)
-        _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        // Without the bound a silent peer would hold this thread: then close at once, unanswered.
+        guard (try? SystemCall.setReceiveTimeout(fd, microseconds: Int(refusalReadTimeoutSeconds) * 1_000_000)) != nil else { return }
         var header = [UInt8](repeating: 0, count: FrameHeader.byteCount)
         var received = 0
         while received < header.count {

@@ -53,6 +53,14 @@ extension VSMMUServer {
         add(.hwpts, UInt64(snapshot.hwpts.count))
         add(.syncLatencyCount, daemonStats.syncLatencyCount)
         add(.syncLatencySumNanoseconds, daemonStats.syncLatencySumNanoseconds)
+        let queue = daemonStats.queue
+        add(.queueCommands, queue.commands)
+        add(.queueSyncs, queue.syncs)
+        add(.queueErrors, queue.errors)
+        add(.queueKicks, queue.kicksReceived)
+        add(.queueCalls, queue.callsSent)
+        add(.queuePollsCaught, queue.pollsCaught)
+        add(.queuePollsMissed, queue.pollsMissed)
         for (bucket, count) in daemonStats.syncLatencyLog2.enumerated() where count > 0 {
             add(.syncLatencyLog2Nanoseconds(bucket: bucket), count)
         }

@@ -2,6 +2,8 @@ import CSocketShims
 import Logging
 import SMMUv3
 import VSMMUProtocol
+import VSMMUSystem
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -24,6 +26,9 @@ struct Connection {
     var version: UInt16 = 1
     /// fds received with SCM_RIGHTS and not yet claimed by a frame, oldest first.
     var pendingFileDescriptors: [Int32] = []
+    /// The three fds a MAP_QUEUE frame claimed (memfd, kick, call), for its handler to take; closed after
+    /// the frame when it did not.
+    var queueDescriptors: [Int32] = []
     var decoder: FrameDecoder
     var logger: Logger
     /// The reply being written, reused from one request to the next (no allocation per reply).
@@ -59,9 +64,8 @@ struct Connection {
     private mutating func armHelloDeadline() -> Bool {
         if handshakeCompleted {
             if receiveTimeoutArmed {
-                var none = timeval(tv_sec: 0, tv_usec: 0)
-                if setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, socklen_t(MemoryLayout<timeval>.size)) != 0 {
-                    logger.warning("cannot lift the HELLO receive timeout", metadata: ["errno": "\(errno)"])
+                do throws(Errno) { try SystemCall.setReceiveTimeout(fd, microseconds: 0) } catch {
+                    logger.warning("cannot lift the HELLO receive timeout", metadata: ["errno": "\(error)"])
                 }
                 receiveTimeoutArmed = false
             }
@@ -70,9 +74,8 @@ struct Connection {
         let now = POSIX.monotonicNanoseconds()
         guard now < helloDeadline else { return false }
         let left = helloDeadline - now
-        var timeout = timeval(tv_sec: Int(left / 1_000_000_000), tv_usec: max(1, Int(left % 1_000_000_000) / 1000))
-        guard setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size)) == 0 else {
-            logger.warning("cannot arm the HELLO receive timeout", metadata: ["errno": "\(errno)"])
+        do throws(Errno) { try SystemCall.setReceiveTimeout(fd, microseconds: max(1, Int(left / 1000))) } catch {
+            logger.warning("cannot arm the HELLO receive timeout", metadata: ["errno": "\(error)"])
             return true
         }
         receiveTimeoutArmed = true
@@ -234,10 +237,23 @@ struct Connection {
     private mutating func handle(_ frame: Frame) -> Bool {
         server.framesReceived.add(1, ordering: .relaxed)
         let header = frame.header
-        // Each complete frame with FD_ATTACHED takes the oldest unclaimed fd (PROTOCOL.md §1).
+        // Each complete frame with FD_ATTACHED takes the oldest unclaimed fd (PROTOCOL.md §1); MAP_QUEUE takes
+        // the three oldest, or none when fewer arrived.
         var attachedFD: Int32? = nil
-        if header.flags.contains(.fileDescriptorAttached), !pendingFileDescriptors.isEmpty {
-            attachedFD = pendingFileDescriptors.removeFirst()
+        defer {
+            for fd in queueDescriptors { close(fd) }
+            queueDescriptors = []
+        }
+        if header.flags.contains(.fileDescriptorAttached) {
+            let count = header.type.fileDescriptorCount
+            if count > 1 {
+                if pendingFileDescriptors.count >= count {
+                    queueDescriptors = Array(pendingFileDescriptors.prefix(count))
+                    pendingFileDescriptors.removeFirst(count)
+                }
+            } else if !pendingFileDescriptors.isEmpty {
+                attachedFD = pendingFileDescriptors.removeFirst()
+            }
         }
         let response: Response
         var applied: Request?
@@ -248,7 +264,8 @@ struct Connection {
                 decodeError = error
             }
             // §2.2 step 5 (FD_ATTACHED without an fd) before step 6 (the fields, the daemon's state).
-            if let missing = Self.missingDescriptor(header, claimed: attachedFD != nil, decodeError: decodeError) { throw missing }
+            if let missing = Self.missingDescriptor(header, claimed: attachedFD != nil || !queueDescriptors.isEmpty,
+                                                    decodeError: decodeError) { throw missing }
             if let decodeError { throw decodeError }
             guard let request = decoded else { throw ProtocolError.internalError(type: header.type, "no request decoded") }
             // A control request re-sent after a resume whose reply was lost: answered again, not applied twice.
@@ -267,13 +284,13 @@ struct Connection {
     }
 
     /// The `BAD_FILE_DESCRIPTOR` (detail 1) that answers a frame with `FD_ATTACHED` whose fd did not arrive,
-    /// on a type that takes one (ATTACH_VIOMMU, SET_DEV_ID), in the order of PROTOCOL.md §2.2: after the
+    /// on a type that takes one (ATTACH_VIOMMU, SET_DEV_ID; MAP_QUEUE with fewer than its three), in the order of PROTOCOL.md §2.2: after the
     /// checks of steps 1-5 the decoder made (`decodeError` other than a field's `BAD_FIELD` wins), before
     /// the field checks of step 6 (a `BAD_FIELD` at a payload offset yields to it) and before anything the
     /// request means for the daemon's state. Only the connection knows whether the fd arrived.
     static func missingDescriptor(_ header: FrameHeader, claimed: Bool, decodeError: ProtocolError?) -> ProtocolError? {
         guard header.flags.contains(.fileDescriptorAttached), !claimed,
-              header.type == .attachViommu || header.type == .setDeviceID else { return nil }
+              header.type == .attachViommu || header.type == .setDeviceID || header.type == .mapQueue else { return nil }
         if let decodeError {
             guard decodeError.code == .badField, decodeError.detail < UInt32(ProtocolError.headerFieldOffset) else { return nil }
         }

@@ -21,53 +21,36 @@ public struct SystemCallError: Error, Hashable, Sendable, CustomStringConvertibl
     public var description: String { "\(call): \(String(cString: strerror(errno.rawValue))) (errno \(errno.rawValue))" }
 }
 
-/// Thin wrappers over the socket calls the daemon makes, retrying `EINTR`.
+/// The socket operations the daemon makes, on VSMMUSystem's typed system calls (each retries `EINTR`),
+/// with the daemon's context in the error.
 enum POSIX {
     /// Fills a `sockaddr_un` for `path`.
     /// - Throws: `ENAMETOOLONG` when the path does not fit `sun_path`.
     static func unixAddress(_ path: String) throws(SystemCallError) -> sockaddr_un {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
-        let capacity = MemoryLayout.size(ofValue: address.sun_path)
-        guard bytes.count < capacity else { throw SystemCallError("sockaddr_un", errno: ENAMETOOLONG) }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
-        return address
+        do throws(Errno) { return try SystemCall.unixAddress(path) } catch { throw SystemCallError("sockaddr_un", errno: error) }
     }
 
     /// A listening `AF_UNIX` `SOCK_STREAM` socket bound to `path` (close-on-exec).
     static func listen(path: String, backlog: Int32 = 64) throws(SystemCallError) -> Int32 {
-        var address = try unixAddress(path)
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SystemCallError("socket", errno: errno) }
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        guard bound == 0 else {
-            let e = errno
+        let address = try unixAddress(path)
+        let fd: Int32
+        do throws(Errno) { fd = try SystemCall.unixStreamSocket() } catch { throw SystemCallError("socket", errno: error) }
+        do throws(Errno) { try SystemCall.bind(fd, to: address) } catch {
             close(fd)
-            throw SystemCallError("bind \(path)", errno: e)
+            throw SystemCallError("bind \(path)", errno: error)
         }
-        guard Glibc.listen(fd, backlog) == 0 else {
-            let e = errno
+        do throws(Errno) { try SystemCall.listen(fd, backlog: backlog) } catch {
             close(fd)
-            throw SystemCallError("listen", errno: e)
+            throw SystemCallError("listen", errno: error)
         }
         return fd
     }
 
     /// Whether something accepts connections on the socket at `path` (a live daemon, not a stale file).
     static func isListening(_ path: String) -> Bool {
-        guard var address = try? unixAddress(path) else { return false }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return false }
+        guard let address = try? SystemCall.unixAddress(path), let fd = try? SystemCall.unixStreamSocket() else { return false }
         defer { close(fd) }
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        } == 0
+        return (try? SystemCall.connect(fd, to: address)) != nil
     }
 
     /// Writes all of `bytes`. - Throws: the failing `send`'s errno (`EPIPE` when the peer is gone).
@@ -75,13 +58,12 @@ enum POSIX {
         var offset = 0
         while offset < bytes.count {
             let sent = bytes.withUnsafeBytes { raw in
-                send(fd, raw.baseAddress.map { $0 + offset }, raw.count - offset, Int32(MSG_NOSIGNAL))
+                Result { () throws(Errno) -> Int in try SystemCall.send(fd, UnsafeRawBufferPointer(rebasing: raw[offset...])) }
             }
-            if sent < 0 {
-                if errno == EINTR { continue }
-                throw SystemCallError("send", errno: errno)
+            switch sent {
+            case .success(let count): offset += count
+            case .failure(let error): throw SystemCallError("send", errno: error)
             }
-            offset += sent
         }
     }
 

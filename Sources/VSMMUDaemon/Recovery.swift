@@ -189,6 +189,9 @@ extension VSMMUServer {
                                  createKey: record.creation?.key, fileDescriptorStore: configuration.fileDescriptorStore)
         served.lastReply.withLock { $0 = record.lastReply }
         served.creation.withLock { $0 = record.creation }
+        // Its shared queue, when the fd store handed it back: mapped again now, consumed once it is resumed
+        // (PROTOCOL.md §8.6).
+        if let queue = recoveredSharedQueue(id, take: take) { served.sharedQueue.withLock { $0 = queue } }
         // Inherited names stay in the store (systemd keeps them for every later start).
         if configuration.fileDescriptorStore != nil { served.storedNames.withLock { $0 = claimed } }
         if waiting {

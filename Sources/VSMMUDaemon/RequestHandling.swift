@@ -273,9 +273,11 @@ extension VSMMUServer {
             return .resumeVSMMU(VSMMUResumed(vsmmu: outcome.vsmmu, viommuCount: outcome.viommuCount,
                                              deviceCount: outcome.deviceCount, lastRequestID: outcome.lastRequestID))
 
-        case .mapQueue, .unmapQueue:
-            // Not served yet: the shared queue's consumer lands with issue 13's daemon side.
-            throw .unknownMessageType(type)
+        case .mapQueue(let map):
+            return try mapQueue(map, connection: &connection)
+
+        case .unmapQueue(let unmap):
+            return try unmapQueue(unmap, connection: connection)
 
         case .invalidate(let invalidate):
             return try invalidate.commands.withUnsafeBufferPointer { (commands) throws(ProtocolError) -> Response in

@@ -93,6 +93,8 @@ extension VSMMUServer {
         }
         try journal(served, type: type)
         if let restoreFailure { throw restoreFailure }
+        // A shared queue the fd store handed back goes on from CONS (PROTOCOL.md §8.6).
+        served.startSharedQueue(server: self)
         connection.logger.notice("vSMMU resumed", metadata: [
             "vsmmu": "\(id.rawValue)", "previous_connection": "\(previous == 0 ? "none (restart)" : "\(previous)")",
         ])
@@ -351,6 +353,7 @@ extension VSMMUServer {
         }
         served.awaited.withLock { $0 = nil }
         served.replaceEngine(with: engine)
+        if served.ownership.withLock({ $0.resumed && $0.connection != 0 }) { served.startSharedQueue(server: self) }
         logEventQueueStoreFailures(served)
         logger.notice("iommufd vSMMU re-adopted by id with the descriptors its VMM handed back", metadata: [
             "vsmmu": "\(served.id.rawValue)", "viommus": "\(ready.snapshot.viommus.count)", "devices": "\(ready.snapshot.devices.count)",

@@ -23,6 +23,8 @@ final class ServedVSMMU: Sendable {
         var syncLatencySumNanoseconds: UInt64 = 0
         /// Bucket b counts latencies t with 2^b ≤ t < 2^(b+1) (b = 0 also counts t = 0).
         var syncLatencyLog2: [UInt64] = Array(repeating: 0, count: 64)
+        /// The shared command queue's figures (PROTOCOL.md §8).
+        var queue = QueueStatistics()
 
         mutating func recordSync(latencyNanoseconds t: UInt64) {
             syncLatencyCount += 1
@@ -31,6 +33,21 @@ final class ServedVSMMU: Sendable {
         }
 
         static func bucket(_ t: UInt64) -> Int { t == 0 ? 0 : 63 - t.leadingZeroBitCount }
+    }
+
+    /// The shared command queue's figures, kept by its consumer thread (PROTOCOL.md §8).
+    struct QueueStatistics: Sendable {
+        /// Commands and CMD_SYNCs consumed through the queue.
+        var commands: UInt64 = 0
+        var syncs: UInt64 = 0
+        /// Queue errors raised (a refused command, a bad PROD).
+        var errors: UInt64 = 0
+        /// Sleeps on kick that the kick ended, and writes to call.
+        var kicksReceived: UInt64 = 0
+        var callsSent: UInt64 = 0
+        /// Idle polls of PROD that caught the next command, and those that ended in a sleep.
+        var pollsCaught: UInt64 = 0
+        var pollsMissed: UInt64 = 0
     }
 
     /// Who owns it: a connection, or nobody yet after a restart (``awaitingOwner``).
@@ -107,6 +124,8 @@ final class ServedVSMMU: Sendable {
     let creation = Locked<JournaledCreation?>(nil)
     /// The journal write that failed, while the vSMMU refuses control requests because of it.
     let journalFailure = Locked<JournalError?>(nil)
+    /// The shared command queue, while one is mapped (MAP_QUEUE, or handed back by the fd store).
+    let sharedQueue = Locked<SharedQueueService?>(nil)
 
     init(id: VSMMUID, name: String, owner: UInt64, ownerCredentials: PeerCredentials?, engine: VSMMUEngine,
          ownerUserID: UInt32? = nil, tenant: UInt64 = 0, token: ResumeToken? = nil, createKey: CreateKey? = nil,
@@ -202,13 +221,15 @@ final class ServedVSMMU: Sendable {
         for name in names.sorted() { store.remove(name: name) }
     }
 
-    /// Destroys everything under the vSMMU as DESTROY_VSMMU does: waits for queued commands,
+    /// Destroys everything under the vSMMU as DESTROY_VSMMU does: ends its shared queue, waits for queued commands,
     /// takes its descriptors out of the fd store, unregisters every device (unlinking its vSTE), detaches
     /// every viommu and stops the engine. A vSMMU that still awaited its descriptors had no backend
     /// object to destroy: the kernel's go with the VMM's iommufd (`iommufd_fops_release`).
     /// - Returns: the backend refusals met on the way (the teardown goes on past them).
     func tearDown() -> [EngineError] {
-        // First: the store's copies of the vEVENTQs would keep the kernel from destroying them (EBUSY).
+        // The shared queue first: a batch in flight completes, then nothing more is submitted.
+        endSharedQueue()
+        // Then: the store's copies of the vEVENTQs would keep the kernel from destroying them (EBUSY).
         removeAllDescriptors()
         if let waiting = awaited.withLock({ a -> AwaitedDescriptors? in
             defer { a = nil }

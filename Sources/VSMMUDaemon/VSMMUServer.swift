@@ -392,7 +392,11 @@ public final class VSMMUServer: Sendable {
         // their queues are stopped (what was pushed is executed), nothing is torn down.
         if journal != nil {
             let kept = state.withLock { $0.vsmmus.values.map { $0 } }
-            for served in kept { served.engine.stop() }
+            for served in kept {
+                // The shared queue stops (state STOPPED); its descriptors stay in the fd store for the next process.
+                served.endSharedQueue(keepingStore: true)
+                served.engine.stop()
+            }
             if !kept.isEmpty { logger.notice("stopped with the vSMMUs kept in the journal", metadata: ["vsmmus": "\(kept.count)"]) }
         }
         // Every queue is stopped by now (torn down with its connection, or kept for the journal above).

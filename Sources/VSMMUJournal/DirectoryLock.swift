@@ -1,4 +1,5 @@
 import SystemPackage
+import VSMMUSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -56,13 +57,13 @@ public final class DirectoryLock: Sendable {
     public static func acquire(directory: FilePath) throws(Failure) -> DirectoryLock {
         let path = directory.appending(fileName)
         do throws(Errno) {
-            try retryingOnInterrupt { directory.withPlatformString { mkdir($0, 0o700) } }
+            try syscall { directory.withPlatformString { mkdir($0, 0o700) } }
         } catch {
             guard error == .fileExists else { throw .io(operation: "mkdir", file: directory, errno: error) }
         }
         let fd: Int32
         do throws(Errno) {
-            fd = try retryingOnInterrupt {
+            fd = try syscall {
                 path.withPlatformString { open($0, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600) }
             }
         } catch {
@@ -70,7 +71,7 @@ public final class DirectoryLock: Sendable {
         }
         let descriptor = FileDescriptor(rawValue: fd)
         do throws(Errno) {
-            try retryingOnInterrupt { flock(fd, LOCK_EX | LOCK_NB) }
+            try syscall { flock(fd, LOCK_EX | LOCK_NB) }
         } catch {
             let holder = error == .wouldBlock ? readHolder(fd) : nil
             try? descriptor.close()
@@ -80,8 +81,8 @@ public final class DirectoryLock: Sendable {
         // Ours now: name the holder for whoever is refused next.
         let text = Array("\(getpid())\n".utf8)
         do throws(Errno) {
-            try retryingOnInterrupt { ftruncate(fd, 0) }
-            _ = try retryingOnInterrupt { text.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) } }
+            try syscall { ftruncate(fd, 0) }
+            _ = try syscall { text.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 0) } }
         } catch {
             try? descriptor.close()
             throw .io(operation: "write", file: path, errno: error)
@@ -92,20 +93,8 @@ public final class DirectoryLock: Sendable {
     /// The pid the holder wrote, if the file holds one.
     private static func readHolder(_ fd: Int32) -> Int32? {
         var buffer = [UInt8](repeating: 0, count: 16)
-        let count = (try? retryingOnInterrupt { buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) } }) ?? 0
+        let count = (try? syscall { buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 0) } }) ?? 0
         let digits = buffer.prefix(max(0, count)).prefix { $0 >= UInt8(ascii: "0") && $0 <= UInt8(ascii: "9") }
         return Int32(String(decoding: digits, as: UTF8.self)).flatMap { $0 > 0 ? $0 : nil }
-    }
-
-    /// Runs `call` until it does not fail with `EINTR`. - Throws: its errno.
-    @discardableResult
-    private static func retryingOnInterrupt<T: BinaryInteger>(_ call: () -> T) throws(Errno) -> T {
-        while true {
-            let result = call()
-            if result >= 0 { return result }
-            let code = errno
-            if code == EINTR { continue }
-            throw Errno(rawValue: code)
-        }
     }
 }

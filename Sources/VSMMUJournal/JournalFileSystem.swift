@@ -1,6 +1,7 @@
 import SystemPackage
 
 import Glibc
+import VSMMUSystem
 
 /// Every file operation the journal makes, and nothing else: the one seam between ``Journal`` and the
 /// disk.
@@ -35,25 +36,14 @@ public protocol JournalFileSystem: AnyObject, Sendable {
     func syncDirectory(_ path: FilePath) throws(Errno)
 }
 
-/// The journal's file operations on the real file system: the system calls, each retried on `EINTR`.
+/// The journal's file operations on the real file system: the system calls, each through VSMMUSystem's
+/// `syscall` (retried on `EINTR`, thrown as `Errno`).
 public final class POSIXJournalFileSystem: JournalFileSystem {
     public init() {}
 
-    /// Runs `call` until it does not fail with `EINTR`. - Throws: its errno.
-    @discardableResult
-    private func retrying<T: BinaryInteger>(_ call: () -> T) throws(Errno) -> T {
-        while true {
-            let result = call()
-            if result >= 0 { return result }
-            let code = errno
-            if code == EINTR { continue }
-            throw Errno(rawValue: code)
-        }
-    }
-
     public func makeDirectory(_ path: FilePath) throws(Errno) {
         do {
-            try retrying { path.withPlatformString { mkdir($0, 0o700) } }
+            try syscall { path.withPlatformString { mkdir($0, 0o700) } }
         } catch {
             if error == .fileExists { return }
             throw error
@@ -63,7 +53,7 @@ public final class POSIXJournalFileSystem: JournalFileSystem {
     public func read(_ path: FilePath) throws(Errno) -> [UInt8]? {
         let fd: Int32
         do {
-            fd = try retrying { path.withPlatformString { open($0, O_RDONLY | O_CLOEXEC) } }
+            fd = try syscall { path.withPlatformString { open($0, O_RDONLY | O_CLOEXEC) } }
         } catch {
             if error == .noSuchFileOrDirectory { return nil }
             throw error
@@ -72,26 +62,26 @@ public final class POSIXJournalFileSystem: JournalFileSystem {
         var contents: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 65_536)
         while true {
-            let count = try retrying { chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) } }
+            let count = try syscall { chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) } }
             if count == 0 { return contents }
             contents.append(contentsOf: chunk[0..<count])
         }
     }
 
     public func create(_ path: FilePath) throws(Errno) -> FileDescriptor {
-        let fd = try retrying { path.withPlatformString { open($0, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) } }
+        let fd = try syscall { path.withPlatformString { open($0, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) } }
         return FileDescriptor(rawValue: fd)
     }
 
     public func openForWriting(_ path: FilePath) throws(Errno) -> FileDescriptor {
-        let fd = try retrying { path.withPlatformString { open($0, O_WRONLY | O_CLOEXEC) } }
+        let fd = try syscall { path.withPlatformString { open($0, O_WRONLY | O_CLOEXEC) } }
         return FileDescriptor(rawValue: fd)
     }
 
     public func write(_ file: FileDescriptor, _ bytes: [UInt8], at offset: Int) throws(Errno) {
         var done = 0
         while done < bytes.count {
-            let written = try retrying {
+            let written = try syscall {
                 bytes.withUnsafeBytes { raw in
                     pwrite(file.rawValue, raw.baseAddress.map { $0 + done }, raw.count - done, off_t(offset + done))
                 }
@@ -101,11 +91,11 @@ public final class POSIXJournalFileSystem: JournalFileSystem {
     }
 
     public func fdatasync(_ file: FileDescriptor) throws(Errno) {
-        try retrying { Glibc.fdatasync(file.rawValue) }
+        try syscall { Glibc.fdatasync(file.rawValue) }
     }
 
     public func truncate(_ file: FileDescriptor, to length: Int) throws(Errno) {
-        try retrying { ftruncate(file.rawValue, off_t(length)) }
+        try syscall { ftruncate(file.rawValue, off_t(length)) }
     }
 
     public func close(_ file: FileDescriptor) {
@@ -114,18 +104,18 @@ public final class POSIXJournalFileSystem: JournalFileSystem {
     }
 
     public func rename(_ source: FilePath, to destination: FilePath) throws(Errno) {
-        try retrying {
+        try syscall {
             source.withPlatformString { from in destination.withPlatformString { to in Glibc.rename(from, to) } }
         }
     }
 
     public func remove(_ path: FilePath) throws(Errno) {
-        try retrying { path.withPlatformString { unlink($0) } }
+        try syscall { path.withPlatformString { unlink($0) } }
     }
 
     public func syncDirectory(_ path: FilePath) throws(Errno) {
-        let fd = try retrying { path.withPlatformString { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) } }
+        let fd = try syscall { path.withPlatformString { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) } }
         defer { Glibc.close(fd) }
-        try retrying { fsync(fd) }
+        try syscall { fsync(fd) }
     }
 }

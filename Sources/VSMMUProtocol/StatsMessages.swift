@@ -64,6 +64,20 @@ public struct StatKey: RawRepresentable, Hashable, Comparable, Sendable, CustomS
     public static let syncLatencyCount = StatKey(rawValue: 0x0014)
     /// Their total latency in ns. `VSMMU_STAT_SYNC_LATENCY_SUM_NS` (0x0015).
     public static let syncLatencySumNanoseconds = StatKey(rawValue: 0x0015)
+    /// Commands consumed through the shared queue (PROTOCOL.md §8). `VSMMU_STAT_QUEUE_COMMANDS` (0x0016).
+    public static let queueCommands = StatKey(rawValue: 0x0016)
+    /// CMD_SYNCs completed through it. `VSMMU_STAT_QUEUE_SYNCS` (0x0017).
+    public static let queueSyncs = StatKey(rawValue: 0x0017)
+    /// Queue errors raised: refused commands and bad PRODs. `VSMMU_STAT_QUEUE_ERRORS` (0x0018).
+    public static let queueErrors = StatKey(rawValue: 0x0018)
+    /// Sleeps on the kick eventfd that a kick ended. `VSMMU_STAT_QUEUE_KICKS` (0x0019).
+    public static let queueKicks = StatKey(rawValue: 0x0019)
+    /// Writes to the call eventfd. `VSMMU_STAT_QUEUE_CALLS` (0x001A).
+    public static let queueCalls = StatKey(rawValue: 0x001A)
+    /// Idle polls of PROD that caught the next command. `VSMMU_STAT_QUEUE_POLLS_CAUGHT` (0x001B).
+    public static let queuePollsCaught = StatKey(rawValue: 0x001B)
+    /// Idle polls that ended in a sleep. `VSMMU_STAT_QUEUE_POLLS_MISSED` (0x001C).
+    public static let queuePollsMissed = StatKey(rawValue: 0x001C)
     /// Histogram bucket *b* (0-63) of sync latency: syncs with 2^b ≤ t (ns) < 2^(b+1).
     /// `VSMMU_STAT_SYNC_LATENCY_LOG2_NS(b)` (0x0200 + b).
     public static func syncLatencyLog2Nanoseconds(bucket: Int) -> StatKey {
@@ -138,7 +152,7 @@ public struct StatKey: RawRepresentable, Hashable, Comparable, Sendable, CustomS
     /// The object the key describes.
     public var scope: Scope {
         switch rawValue {
-        case 0x0001...0x0015, 0x0200...0x023F: return .vsmmu
+        case 0x0001...0x001C, 0x0200...0x023F: return .vsmmu
         case 0x0040...0x004A, 0x0300...0x033F: return .viommu
         case 0x0060...0x0064: return .psmmu
         case 0x0080...0x0085: return .daemon
@@ -160,6 +174,8 @@ public struct StatKey: RawRepresentable, Hashable, Comparable, Sendable, CustomS
             0x0D: "RETIRING_DELIVERIES", 0x0E: "RETIREMENTS_ENDED", 0x0F: "CONFIG_STE_INVALIDATIONS",
             0x10: "INVALIDATE_REQUESTS", 0x11: "VIOMMUS", 0x12: "DEVICES", 0x13: "HWPTS",
             0x14: "SYNC_LATENCY_COUNT", 0x15: "SYNC_LATENCY_SUM_NS",
+            0x16: "QUEUE_COMMANDS", 0x17: "QUEUE_SYNCS", 0x18: "QUEUE_ERRORS", 0x19: "QUEUE_KICKS", 0x1A: "QUEUE_CALLS",
+            0x1B: "QUEUE_POLLS_CAUGHT", 0x1C: "QUEUE_POLLS_MISSED",
             0x40: "VIOMMU_COMMANDS_DELIVERED", 0x41: "VIOMMU_RING_OCCUPANCY", 0x42: "VIOMMU_RING_HIGH_WATER",
             0x43: "VIOMMU_BACKEND_CALLS", 0x44: "VIOMMU_BACKEND_COMMANDS", 0x45: "VIOMMU_BACKEND_COMPLETED",
             0x46: "VIOMMU_BACKEND_FAILED", 0x47: "VIOMMU_SYNCS", 0x48: "VIOMMU_RING_FULL_WAITS",

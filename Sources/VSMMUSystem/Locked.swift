@@ -13,8 +13,10 @@ import Darwin
 /// `--sanitize=thread`, and the engine's TSan runs go through the simulated pSMMU. TSan intercepts
 /// `pthread_mutex_lock`/`unlock`, and an uncontended pthread mutex costs no more.
 ///
+/// The value may be noncopyable (a relay channel's byte stream owns its fd).
+///
 /// The corresponding C functions are `pthread_mutex_lock` and `pthread_mutex_unlock`.
-public final class Locked<Value: Sendable>: @unchecked Sendable {
+public final class Locked<Value: Sendable & ~Copyable>: @unchecked Sendable {
     // `value` is only accessed between `pthread_mutex_lock` and `pthread_mutex_unlock` of `mutex`.
     // `@usableFromInline` so that `withLock` inlines into (and specialises for) its callers in other
     // modules: the daemon's data path takes several of these locks per request.
@@ -24,7 +26,7 @@ public final class Locked<Value: Sendable>: @unchecked Sendable {
     @usableFromInline let mutex: UnsafeMutablePointer<pthread_mutex_t>
     @exclusivity(unchecked) @usableFromInline var value: Value
 
-    public init(_ value: Value) {
+    public init(_ value: consuming Value) {
         self.value = value
         mutex = .allocate(capacity: 1)
         mutex.initialize(to: pthread_mutex_t())
@@ -40,7 +42,7 @@ public final class Locked<Value: Sendable>: @unchecked Sendable {
 
     /// Runs `body` with exclusive access to the value.
     @inlinable @inline(__always)
-    public func withLock<Result, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
+    public func withLock<Result: ~Copyable, Failure: Error>(_ body: (inout Value) throws(Failure) -> Result) throws(Failure) -> Result {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body(&value)

@@ -1,6 +1,6 @@
 import CIOMMUFD
 import IOMMUFD
-import Synchronization
+import VSMMUSystem
 import SystemPackage
 
 /// An ``IOMMUFDDevice`` in front of the relay that records every call the backends make, with the
@@ -35,7 +35,7 @@ final class RecordingDevice: IOMMUFDDevice {
     }
 
     let base: any IOMMUFDDevice
-    private let log = Mutex<[Call]>([])
+    private let log = Locked<[Call]>([])
 
     init(_ base: any IOMMUFDDevice) { self.base = base }
 
@@ -48,7 +48,7 @@ final class RecordingDevice: IOMMUFDDevice {
 
     /// The time spent in the relay's `IOMMU_HWPT_INVALIDATE` calls (channel round trip and kernel).
     var invalidateTime: Duration { time.withLock { $0 } }
-    private let time = Mutex<Duration>(.zero)
+    private let time = Locked<Duration>(.zero)
 
     func ioctl(request: IOMMUFDRequest, argument: UnsafeMutableRawBufferPointer) -> Errno? {
         let before = Array(argument)

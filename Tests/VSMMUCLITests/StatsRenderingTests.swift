@@ -136,6 +136,17 @@ import VSMMUProtocol
             }
         }
         #expect(object["elapsed_seconds"] == nil && first["rates"] == nil) // only under --watch
+        // The pSMMU rows: the backend totals by pSMMU name, as the table's pSMMU section and `vsmmud_psmmu_*` show them.
+        let pSMMUs = try #require(object["psmmus"] as? [[String: Any]])
+        #expect(pSMMUs.compactMap { $0["name"] as? String } == snapshot.pSMMUs.map(\.name))
+        #expect(snapshot.pSMMUs.map(\.name) == ["smmu0", "smmu1"])
+        for (json, figures) in zip(pSMMUs, snapshot.pSMMUs) {
+            let c = try #require(json["counters"] as? [String: Any])
+            for field in StatField.psmmu {
+                #expect((c[field.jsonName] as? NSNumber)?.uint64Value == figures[field.key], "\(field.jsonName)")
+            }
+        }
+        #expect(snapshot.pSMMUs.contains { $0[.psmmuBackendCommands] > 0 })
     }
 
     @Test func prometheusOutputIsValidExpositionWithTheRightValues() throws {

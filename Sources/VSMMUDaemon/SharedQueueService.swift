@@ -1,0 +1,473 @@
+import CSocketShims
+import InvalidationEngine
+import SharedQueue
+import SMMUv3
+import Synchronization
+import SystemPackage
+import VSMMUProtocol
+import VSMMUSystem
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// Concurrency notes (PROTOCOL.md §8).
+//
+// Each mapped queue has one consumer thread (an OSThread), the only one that runs its
+// SharedQueueConsumer, reads its kick eventfd and, while it runs, writes its call eventfd. It executes
+// batches with the vSMMU's engine, which serialises submissions (the owner's INVALIDATE requests may run
+// concurrently on the connection thread). The connection thread that maps, re-maps or unmaps a queue, the
+// daemon's stop and a vSMMU's teardown talk to the consumer thread through `stopping` (an atomic, set with
+// release and read with acquire) and the private `wakeFD` eventfd, and wait for it through the private
+// `exitFD` eventfd before they join it; the thread's fields (`kickFD`, `callFD`) are changed only while
+// no thread runs. `ServedVSMMU.sharedQueue`'s lock guards which service a vSMMU has, never a call into one.
+//
+// The VMM shares the memory and both eventfds' open files, so it can change anything in them at any moment:
+// the mapping is read through SharedQueueRegion's single atomic accesses only; the kick count is read with
+// RWF_NOWAIT, which never blocks whatever the file's O_NONBLOCK says; the call eventfd is made non-blocking
+// at map time, and should the VMM make it blocking again and fill its count, a teardown that finds the
+// thread stuck drains the count (RWF_NOWAIT) until the thread's write returns.
+
+/// One shared command queue the daemon serves (PROTOCOL.md §5.15, §8): the VMM's memfd mapped, its kick
+/// and call eventfds, and the consumer thread that polls, sleeps and executes.
+final class SharedQueueService: @unchecked Sendable {
+    /// The memfd (owned).
+    let memoryFD: Int32
+    /// The file the memfd is, by `st_dev` and `st_ino`: a MAP_QUEUE of the same file replaces the eventfds.
+    let device: UInt64
+    let inode: UInt64
+    /// The kick eventfd (VMM → daemon) and the call eventfd (daemon → VMM), owned; replaced only while no
+    /// thread runs.
+    private(set) var kickFD: Int32
+    private(set) var callFD: Int32
+    /// The mapping: exactly ``SharedQueueGeometry/requiredSize`` bytes, shared.
+    let base: UnsafeMutableRawPointer
+    let length: Int
+    let consumer: SharedQueueConsumer
+    /// Wakes the consumer thread from its sleep to end (the daemon's own eventfd).
+    private let wakeFD: Int32
+    /// Written by the consumer thread as it ends.
+    private let exitFD: Int32
+    private let stopping = Atomic<Bool>(false)
+    /// Whether the ending thread stores `state` = STOPPED (not when it ends only to take new eventfds).
+    private let storesStoppedOnExit = Atomic<Bool>(true)
+    private var thread: OSThread?
+    /// Whether the memory was unmapped (the service is finished).
+    private var closed = false
+
+    /// The fd-store names of the three descriptors (PROTOCOL.md §8.6).
+    static func storeNames(_ vsmmu: VSMMUID) -> (memory: String, kick: String, call: String) {
+        let prefix = "queue-" + String(vsmmu.rawValue, radix: 16)
+        return (prefix + "-memory", prefix + "-kick", prefix + "-call")
+    }
+
+    /// Why a queue's memory or eventfds are refused: the `BAD_FILE_DESCRIPTOR` detail, the errno and what
+    /// was wrong.
+    struct Refusal: Error {
+        var problem: FileDescriptorProblem
+        var errno: Int32
+        var message: String
+
+        func protocolError(_ type: MessageType) -> ProtocolError {
+            .badFileDescriptor(problem, type: type, errno: errno, message: message)
+        }
+    }
+
+    /// The file identity (`st_dev`, `st_ino`) of `fd`, if it has one.
+    static func identity(of fd: Int32) -> (device: UInt64, inode: UInt64)? {
+        guard let status = try? SystemCall.fileStatus(fd) else { return nil }
+        return (UInt64(status.st_dev), UInt64(status.st_ino))
+    }
+
+    /// Checks that `fd` is an eventfd: its `/proc/self/fd` link names the anonymous inode that
+    /// `do_eventfd` creates with `anon_inode_getfile("[eventfd]", &eventfd_fops, …)`
+    /// (`anon_inodefs_dname` prints it as `anon_inode:[eventfd]`).
+    static func checkEventFD(_ fd: Int32, _ which: String) throws(Refusal) {
+        let target: String
+        do throws(Errno) { target = try SystemCall.readLink("/proc/self/fd/\(fd)") } catch {
+            throw Refusal(problem: .queueEventFD, errno: error.rawValue, message: "the \(which) fd cannot be looked at: \(error)")
+        }
+        guard target == "anon_inode:[eventfd]" else {
+            throw Refusal(problem: .queueEventFD, errno: 0, message: "the \(which) fd is not an eventfd (it is \(target))")
+        }
+    }
+
+    /// Checks and maps a queue's memory and eventfds as MAP_QUEUE does (PROTOCOL.md §5.15 steps 1-4), in
+    /// the spec's order. `log2Entries` `nil` (a queue handed back by the fd store) takes n from the
+    /// configuration line. Takes none of the fds: the caller closes them when this throws.
+    init(memory: Int32, kick: Int32, call: Int32, log2Entries: Int?) throws(Refusal) {
+        func memoryRefusal(_ errno: Int32 = 0, _ message: String) -> Refusal {
+            Refusal(problem: .queueMemory, errno: errno, message: message)
+        }
+        // 1. A memfd sealed against shrinking: `memfd_fcntl` answers F_GET_SEALS only for a memfd (or another
+        //    shmem file); with F_SEAL_SHRINK, `shmem_setattr` refuses every truncation below the size, so the
+        //    mapping never loses its pages (no SIGBUS).
+        let seals: Int32
+        do throws(Errno) { seals = try SystemCall.seals(of: memory) } catch {
+            throw memoryRefusal(error.rawValue, "the memory fd is not a memfd (F_GET_SEALS: \(error))")
+        }
+        guard seals & VSMMU_F_SEAL_SHRINK != 0 else {
+            throw memoryRefusal(0, "the memfd is not sealed with F_SEAL_SHRINK (seals 0x\(String(seals, radix: 16)))")
+        }
+        let status: stat
+        do throws(Errno) { status = try SystemCall.fileStatus(memory) } catch {
+            throw memoryRefusal(error.rawValue, "fstat of the memfd failed: \(error)")
+        }
+        let n: Int
+        if let log2Entries {
+            n = log2Entries
+        } else {
+            // Handed back by the fd store: n from the configuration line, read once (checked again below).
+            var line: UInt64 = 0
+            let read: Int
+            do throws(Errno) {
+                read = try withUnsafeMutableBytes(of: &line) { (bytes) throws(Errno) -> Int in try SystemCall.read(memory, into: bytes, at: 0) }
+            } catch {
+                throw memoryRefusal(error.rawValue, "the memfd's configuration line cannot be read: \(error)")
+            }
+            guard read == 8 else { throw memoryRefusal(0, "the memfd is too small for its configuration line") }
+            n = Int(UInt8(truncatingIfNeeded: line >> 48))
+        }
+        guard let geometry = SharedQueueGeometry(log2Entries: n) else {
+            throw memoryRefusal(0, "log2_entries \(n) is outside \(SharedQueueLayout.log2EntriesRange)")
+        }
+        let size = geometry.requiredSize
+        guard status.st_size >= size else {
+            throw memoryRefusal(0, "the memfd holds \(status.st_size) bytes; a queue of 2^\(n) commands needs \(size)")
+        }
+        // 2. Kick and call.
+        try Self.checkEventFD(kick, "kick")
+        try Self.checkEventFD(call, "call")
+        // The daemon writes call; a full count must never block it (the VMM may clear the flag again: see
+        // the notes above).
+        try? SystemCall.setNonBlocking(call)
+        let mapped: UnsafeMutableRawPointer
+        do throws(Errno) { mapped = try SystemCall.mapShared(memory, length: size) } catch {
+            throw memoryRefusal(error.rawValue, "the memfd cannot be mapped shared read-write: \(error)")
+        }
+        guard let region = SharedQueueRegion(base: mapped, length: size, geometry: geometry) else {
+            try? SystemCall.unmap(mapped, length: size)
+            throw memoryRefusal(0, "the mapping is not aligned")
+        }
+        // 3. The configuration line, read once.
+        let configuration = region.loadConfiguration()
+        var problem: String?
+        if configuration.magic != SharedQueueLayout.magic {
+            problem = "bad magic 0x\(String(configuration.magic, radix: 16)) (expected 0x\(String(SharedQueueLayout.magic, radix: 16)))"
+        } else if configuration.version != SharedQueueLayout.version {
+            problem = "layout version \(configuration.version) (expected \(SharedQueueLayout.version))"
+        } else if Int(configuration.log2Entries) != n {
+            problem = "the configuration line says log2_entries \(configuration.log2Entries), the request \(n)"
+        } else {
+            // 4. PROD and CONS, read once each.
+            let prod = region.loadProducer(), cons = region.loadConsumer()
+            if !geometry.isValid(prod) || !geometry.isValid(cons) {
+                problem = "PROD 0x\(String(prod, radix: 16)) or CONS 0x\(String(cons, radix: 16)) is not a position of a queue of 2^\(n) commands"
+            } else if geometry.distance(from: cons, to: prod) > geometry.entries {
+                problem = "PROD 0x\(String(prod, radix: 16)) is more than 2^\(n) commands ahead of CONS 0x\(String(cons, radix: 16))"
+            }
+        }
+        if let problem {
+            try? SystemCall.unmap(mapped, length: size)
+            throw memoryRefusal(0, "the queue's header is wrong: \(problem)")
+        }
+        let wake: Int32, exit: Int32
+        do throws(Errno) {
+            wake = try SystemCall.eventFD()
+            do throws(Errno) { exit = try SystemCall.eventFD() } catch {
+                _ = Glibc.close(wake)
+                throw error
+            }
+        } catch {
+            try? SystemCall.unmap(mapped, length: size)
+            throw memoryRefusal(error.rawValue, "cannot create the consumer's eventfds: \(error)")
+        }
+        memoryFD = memory
+        kickFD = kick
+        callFD = call
+        device = UInt64(status.st_dev)
+        inode = UInt64(status.st_ino)
+        base = mapped
+        length = size
+        consumer = SharedQueueConsumer(region: region)
+        wakeFD = wake
+        exitFD = exit
+    }
+
+    /// Whether a consumer thread runs.
+    var isRunning: Bool { thread != nil }
+
+    /// Starts the consumer thread: it stores `state` = RUNNING and consumes from CONS.
+    func start(served: ServedVSMMU, server: VSMMUServer) throws(Errno) {
+        guard thread == nil, !closed else { return }
+        stopping.store(false, ordering: .releasing)
+        _ = try? SystemCall.readEventNoWait(exitFD)
+        // RUNNING before the reply (or the resume) that started it: the thread creation orders it before the
+        // consumer's own stores.
+        if consumer.start() { _ = try? SystemCall.writeEvent(callFD) }
+        let context = ConsumerContext(service: self, served: served, slots: server.pollingSlots,
+                                      pollMaximum: server.configuration.requestPolling)
+        thread = try OSThread { context.run() }
+    }
+
+    /// Stops the consumer thread (a batch in flight completes and its CONS is written), which stores
+    /// `state` = STOPPED and signals call; joins it. Without a thread, stores the state and signals itself.
+    func stopConsuming(storingStopped: Bool = true) {
+        storesStoppedOnExit.store(storingStopped, ordering: .relaxed)
+        guard let running = thread else {
+            if !closed, storingStopped {
+                consumer.stop()
+                _ = try? SystemCall.writeEvent(callFD)
+            }
+            return
+        }
+        stopping.store(true, ordering: .releasing)
+        _ = try? SystemCall.writeEvent(wakeFD)
+        var exited = [pollfd(fd: exitFD, events: Int16(POLLIN), revents: 0)]
+        // The thread ends promptly unless a VMM made its call write block (a full count on a blocking file):
+        // draining the count lets that write return.
+        while (try? SystemCall.poll(&exited, timeoutMilliseconds: 50)) ?? 1 == 0 {
+            _ = try? SystemCall.readEventNoWait(callFD)
+            _ = try? SystemCall.writeEvent(wakeFD)
+        }
+        running.join()
+        thread = nil
+    }
+
+    /// Takes new eventfds (a MAP_QUEUE of the same memfd, PROTOCOL.md §5.15): stops the thread, closes the
+    /// old ones, and restarts it if it ran. The caller checked them.
+    func replaceEventFDs(kick: Int32, call: Int32, served: ServedVSMMU, server: VSMMUServer) throws(Errno) {
+        let wasRunning = isRunning
+        if wasRunning { stopConsuming(storingStopped: false) }
+        _ = Glibc.close(kickFD)
+        _ = Glibc.close(callFD)
+        kickFD = kick
+        callFD = call
+        try? SystemCall.setNonBlocking(call)
+        if wasRunning { try start(served: served, server: server) }
+    }
+
+    /// Ends the queue (PROTOCOL.md §8.6): stops consuming (state STOPPED, call signalled), unmaps the
+    /// memory and closes every descriptor. Idempotent.
+    func close() {
+        guard !closed else { return }
+        stopConsuming()
+        closed = true
+        try? SystemCall.unmap(base, length: length)
+        for fd in [memoryFD, kickFD, callFD, wakeFD, exitFD] { _ = Glibc.close(fd) }
+    }
+
+    /// The consumer thread's loop: consume while there is work; when idle, poll PROD for the adaptive
+    /// window (with a polling slot), then sleep on kick and the private wake-up (§8.4).
+    private struct ConsumerContext: @unchecked Sendable {
+        let service: SharedQueueService
+        let served: ServedVSMMU
+        let slots: RequestPollingSlots
+        let pollMaximum: Duration
+
+        func run() {
+            let consumer = service.consumer
+            let kick = service.kickFD, call = service.callFD
+            var poller = RequestPoller(maximum: pollMaximum)
+            var sleepers = [pollfd(fd: kick, events: Int16(POLLIN), revents: 0),
+                            pollfd(fd: service.wakeFD, events: Int16(POLLIN), revents: 0)]
+            func signalCall() {
+                _ = try? SystemCall.writeEvent(call)
+                served.statistics.withLock { $0.queue.callsSent += 1 }
+            }
+            while !service.stopping.load(ordering: .acquiring) {
+                let step = consumer.step(execute)
+                if step.signalCall { signalCall() }
+                switch step.kind {
+                case .consumed: continue
+                case .commandError, .producerError:
+                    served.statistics.withLock { $0.queue.errors += 1 }
+                    continue
+                case .empty, .stopped: break
+                }
+                // Idle: poll for the adaptive window while a slot is free and no connection serves.
+                let start = POSIX.monotonicNanoseconds()
+                if poller.windowNanoseconds > 0, slots.serving == 0, slots.tryAcquire() {
+                    var caught = consumer.hasWork
+                    while !caught, slots.serving == 0, !service.stopping.load(ordering: .relaxed),
+                          POSIX.monotonicNanoseconds() &- start < poller.windowNanoseconds {
+                        caught = consumer.hasWork
+                    }
+                    slots.release()
+                    served.statistics.withLock { stats in
+                        if caught { stats.queue.pollsCaught += 1 } else { stats.queue.pollsMissed += 1 }
+                    }
+                    if caught {
+                        poller.record(waitedNanoseconds: POSIX.monotonicNanoseconds() &- start, caughtWhilePolling: true)
+                        continue
+                    }
+                }
+                // Sleep: daemon_sleeping = 1, fence, look again; then poll on kick and the wake-up.
+                guard consumer.prepareToSleep() else {
+                    poller.record(waitedNanoseconds: POSIX.monotonicNanoseconds() &- start, caughtWhilePolling: false)
+                    continue
+                }
+                if service.stopping.load(ordering: .acquiring) {
+                    consumer.wokeUp()
+                    break
+                }
+                _ = try? SystemCall.poll(&sleepers, timeoutMilliseconds: -1)
+                if (try? SystemCall.readEventNoWait(kick)) ?? nil != nil {
+                    served.statistics.withLock { $0.queue.kicksReceived += 1 }
+                }
+                consumer.wokeUp()
+                poller.record(waitedNanoseconds: POSIX.monotonicNanoseconds() &- start, caughtWhilePolling: false)
+            }
+            if service.storesStoppedOnExit.load(ordering: .relaxed) {
+                consumer.stop()
+                signalCall()
+            }
+            _ = try? SystemCall.writeEvent(service.exitFD)
+        }
+
+        /// Executes one batch as INVALIDATE does (``VSMMUServer/invalidate(_:commands:connection:)``): the
+        /// engine routes it, runs it inline when the viommus are idle, and waits for its CMD_SYNCs.
+        func execute(_ batch: UnsafeBufferPointer<Command>) -> SharedQueueBatchOutcome {
+            let engine = served.engine
+            slots.beginServing()
+            let start = POSIX.monotonicNanoseconds()
+            let submission = engine.submit(batch)
+            let result = submission.wait()
+            engine.recycle(submission)
+            let latency = POSIX.monotonicNanoseconds() &- start
+            slots.endServing()
+            served.statistics.withLock { stats in
+                stats.queue.commands &+= UInt64(result.consumed)
+                stats.queue.syncs &+= UInt64(result.syncs)
+                if result.syncs > 0 { stats.recordSync(latencyNanoseconds: latency) }
+            }
+            guard let failure = result.failure else { return SharedQueueBatchOutcome(consumed: result.consumed, syncs: result.syncs) }
+            return SharedQueueBatchOutcome(consumed: result.consumed, syncs: result.syncs, failureIndex: failure.index,
+                                           cerror: UInt8(truncatingIfNeeded: failure.queueError.rawValue))
+        }
+    }
+}
+
+extension ServedVSMMU {
+    /// Takes the vSMMU's queue away and ends it (UNMAP_QUEUE, teardown): stopped, unmapped, closed; its
+    /// names leave the fd store unless `keepingStore` (a daemon that stops and leaves the queue to the next
+    /// process). Nothing happens without a queue.
+    func endSharedQueue(keepingStore: Bool = false) {
+        guard let service = sharedQueue.withLock({ q -> SharedQueueService? in
+            defer { q = nil }
+            return q
+        }) else { return }
+        service.close()
+        guard !keepingStore else { return }
+        let names = SharedQueueService.storeNames(id)
+        for name in [names.memory, names.kick, names.call] { removeDescriptor(name: name) }
+    }
+
+    /// Starts consuming the vSMMU's queue if it has one that does not run yet (after RESUME_VSMMU, or once
+    /// an iommufd vSMMU's restore completed): the VMM's commands published meanwhile are consumed from CONS.
+    func startSharedQueue(server: VSMMUServer) {
+        guard !awaitsDescriptors, let service = sharedQueue.withLock({ $0 }), !service.isRunning else { return }
+        do throws(Errno) { try service.start(served: self, server: server) } catch {
+            server.logger.error("cannot start a shared queue's consumer thread", metadata: ["vsmmu": "\(id.rawValue)", "error": "\(error)"])
+        }
+    }
+}
+
+extension VSMMUServer {
+    /// MAP_QUEUE (PROTOCOL.md §5.15): checks the three fds `connection` claimed with the frame, maps the
+    /// memory and starts consuming; or, with the memfd the vSMMU's queue already maps, takes the new
+    /// eventfds. A refusal closes the three fds and changes nothing.
+    func mapQueue(_ request: MapQueue, connection: inout Connection) throws(ProtocolError) -> Response {
+        let type = MessageType.mapQueue
+        let fds = connection.queueDescriptors
+        connection.queueDescriptors = []
+        var adopted = false
+        defer { if !adopted { for fd in fds { _ = Glibc.close(fd) } } }
+        guard fds.count == MessageType.mapQueue.fileDescriptorCount else { throw .badFileDescriptor(.missing, type: type) }
+        let served = try owned(request.vsmmu, by: connection, type: type)
+        if let refusal = awaitingDescriptorsRefusal(served, type: type) { throw refusal }
+        let (memory, kick, call) = (fds[0], fds[1], fds[2])
+        if let existing = served.sharedQueue.withLock({ $0 }) {
+            guard let identity = SharedQueueService.identity(of: memory), identity.device == existing.device,
+                  identity.inode == existing.inode else {
+                throw .alreadyExists(.queue, value: 0, type: type,
+                                     "vSMMU \(request.vsmmu.rawValue) has a shared queue over other memory: UNMAP_QUEUE it first")
+            }
+            do throws(SharedQueueService.Refusal) {
+                try SharedQueueService.checkEventFD(kick, "kick")
+                try SharedQueueService.checkEventFD(call, "call")
+            } catch {
+                throw error.protocolError(type)
+            }
+            do throws(Errno) { try existing.replaceEventFDs(kick: kick, call: call, served: served, server: self) } catch {
+                throw .internalError(type: type, "cannot restart the shared queue's consumer: \(error)")
+            }
+            _ = Glibc.close(memory) // the mapping's own memfd stays
+            adopted = true
+            storeQueueDescriptors(existing, of: served, connection: connection)
+            served.startSharedQueue(server: self)
+            return .mapQueue(QueueMapped(consumer: existing.consumer.consumer))
+        }
+        let service: SharedQueueService
+        do throws(SharedQueueService.Refusal) {
+            service = try SharedQueueService(memory: memory, kick: kick, call: call, log2Entries: Int(request.log2Entries))
+        } catch {
+            throw error.protocolError(type)
+        }
+        adopted = true
+        served.sharedQueue.withLock { $0 = service }
+        storeQueueDescriptors(service, of: served, connection: connection)
+        do throws(Errno) { try service.start(served: served, server: self) } catch {
+            served.endSharedQueue()
+            throw .internalError(type: type, "cannot start the shared queue's consumer thread: \(error)")
+        }
+        connection.logger.info("shared queue mapped", metadata: [
+            "vsmmu": "\(served.id.rawValue)", "entries": "\(service.consumer.region.geometry.entries)",
+            "cons": "\(service.consumer.consumer)",
+        ])
+        return .mapQueue(QueueMapped(consumer: service.consumer.consumer))
+    }
+
+    /// UNMAP_QUEUE (PROTOCOL.md §5.16): ends the vSMMU's queue, if it has one.
+    func unmapQueue(_ request: UnmapQueue, connection: Connection) throws(ProtocolError) -> Response {
+        let served = try owned(request.vsmmu, by: connection, type: .unmapQueue)
+        served.endSharedQueue()
+        return .unmapQueue
+    }
+
+    /// Hands the queue's three descriptors to the fd store (the store duplicates them), replacing what it
+    /// held under their names. A failure is logged: the VMM maps the queue again after a restart.
+    private func storeQueueDescriptors(_ service: SharedQueueService, of served: ServedVSMMU, connection: Connection) {
+        guard served.fileDescriptorStore != nil else { return }
+        let names = SharedQueueService.storeNames(served.id)
+        for (fd, name) in [(service.memoryFD, names.memory), (service.kickFD, names.kick), (service.callFD, names.call)] {
+            served.removeDescriptor(name: name)
+            if let error = served.storeDescriptor(fd, name: name) {
+                connection.logger.error("cannot hand a shared queue's descriptor to the fd store: after a restart the VMM maps it again",
+                                        metadata: ["vsmmu": "\(served.id.rawValue)", "name": "\(name)", "error": "\(error)"])
+            }
+        }
+    }
+
+    /// At recovery: the queue of vSMMU `id` from the descriptors the fd store handed back, checked as
+    /// MAP_QUEUE checks them and mapped, not consuming until the vSMMU is resumed. `nil` (the descriptors
+    /// closed, their names out of the store) when they are missing or refused: the VMM maps it again.
+    func recoveredSharedQueue(_ id: VSMMUID, take: (String) -> Int32?) -> SharedQueueService? {
+        let names = SharedQueueService.storeNames(id)
+        let memory = take(names.memory), kick = take(names.kick), call = take(names.call)
+        func drop(_ reason: String) -> SharedQueueService? {
+            for fd in [memory, kick, call].compactMap({ $0 }) { _ = Glibc.close(fd) }
+            for name in [names.memory, names.kick, names.call] { configuration.fileDescriptorStore?.remove(name: name) }
+            logger.warning("a shared queue the fd store handed back is not mapped again: its VMM maps it after RESUME",
+                           metadata: ["vsmmu": "\(id.rawValue)", "reason": "\(reason)"])
+            return nil
+        }
+        guard memory != nil || kick != nil || call != nil else { return nil }
+        guard let memory, let kick, let call else { return drop("not all three descriptors came back") }
+        do throws(SharedQueueService.Refusal) {
+            return try SharedQueueService(memory: memory, kick: kick, call: call, log2Entries: nil)
+        } catch {
+            return drop(error.message)
+        }
+    }
+}
