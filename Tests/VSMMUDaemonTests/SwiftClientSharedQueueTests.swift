@@ -136,6 +136,23 @@ import Glibc
         init(_ queue: SharedCommandQueue) { self.queue = queue }
     }
 
+    /// Stops `pid` (SIGSTOP) and waits until every one of its threads is stopped (`/proc/PID/task/*/stat`
+    /// state `T`): a signal is delivered asynchronously, and a consumer thread still running would consume.
+    static func freeze(_ pid: Int32) -> Bool {
+        kill(pid, SIGSTOP)
+        var frozen = false
+        eventually {
+            guard let tasks = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task"), !tasks.isEmpty else { return false }
+            frozen = tasks.allSatisfy { task in
+                guard let stat = try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/stat", encoding: .utf8),
+                      let close = stat.lastIndex(of: ")") else { return false }
+                return stat[stat.index(after: close)...].split(separator: " ").first == "T"
+            }
+            return frozen
+        }
+        return frozen
+    }
+
     /// Waits until `queue`'s producer sleeps on call (`vmm_sleeping` = 1), polling the memory.
     static func waitUntilAsleep(_ queue: SharedCommandQueue) -> Bool {
         var asleep = false
@@ -157,13 +174,13 @@ import Glibc
         #expect(try queue.submitAndWait([Self.tlbi(0), .sync()]).failure == nil)
         // Freeze the daemon, publish a sync it cannot consume, let the waiter fall asleep, then kill it:
         // nothing writes STOPPED, only the socket tells.
-        kill(daemon.processIdentifier, SIGSTOP)
+        #expect(Self.freeze(daemon.processIdentifier))
         let submitted = try queue.submit([Self.tlbi(1), .sync()])
         let waiter = try Waiter(queue, past: submitted.producer)
         #expect(Self.waitUntilAsleep(queue))
         kill(daemon.processIdentifier, SIGKILL)
         daemon.waitUntilExit()
-        #expect(waiter.join())
+        try #require(waiter.join(), "the waiter did not return")
         #expect(waiter.error == .connectionClosed)
         #expect(waiter.outcome == nil)
         #expect(queue.region.loadVMMSleeping() == 0)
@@ -183,7 +200,7 @@ import Glibc
         let queue = try client.mapQueue(vsmmu: vsmmu, log2Entries: 8)
         #expect(try queue.submitAndWait([Self.tlbi(0), .sync()]).failure == nil)
         let consBefore = queue.region.loadConsumer()
-        kill(first.processIdentifier, SIGSTOP)
+        #expect(Self.freeze(first.processIdentifier))
         let submitted = try queue.submit([Self.tlbi(1), Self.tlbi(2), .sync()])
         let waiter = try Waiter(queue, past: submitted.producer)
         #expect(Self.waitUntilAsleep(queue))
@@ -195,7 +212,7 @@ import Glibc
         defer { if second.isRunning { kill(second.processIdentifier, SIGKILL) } }
         // The waiter sees the socket end, reconnects, resumes the vSMMU, re-sends MAP_QUEUE with the same
         // memfd and fresh eventfds, and the new daemon consumes from CONS.
-        #expect(waiter.join())
+        try #require(waiter.join(), "the waiter did not return")
         #expect(waiter.error == nil)
         #expect(waiter.outcome == .completed)
         #expect(queue.region.loadConsumer() == submitted.producer)
