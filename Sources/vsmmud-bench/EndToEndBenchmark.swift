@@ -300,14 +300,14 @@ func e2eAim(_ met: Bool) -> String { met ? "met" : "NOT met" }
 
 // MARK: - Profiling one side
 
-/// `vsmmud-bench e2e-one daemon|echo CLIENTS BATCH SECONDS [RING-CAPACITY [DRAIN-POLICY]]`: one cell alone, for `strace -f -c`,
+/// `vsmmud-bench e2e-one daemon|echo|queue CLIENTS BATCH SECONDS [RING-CAPACITY [DRAIN-POLICY]]`: one cell alone, for `strace -f -c`,
 /// `perf` or `valgrind --tool=callgrind`, with the process's context switches per round trip
 /// (`getrusage`: client and server threads together).
 func runEndToEndProfile(_ arguments: [String]) {
-    guard arguments.count >= 4, ["daemon", "echo"].contains(arguments[0]),
+    guard arguments.count >= 4, ["daemon", "echo", "queue"].contains(arguments[0]),
           let clients = Int(arguments[1]), let size = Int(arguments[2]), let seconds = Double(arguments[3]),
           clients > 0, size >= 0, seconds > 0 else {
-        print("usage: vsmmud-bench e2e-one daemon|echo CLIENTS BATCH SECONDS [RING-CAPACITY [inline|inline+thread|thread]]")
+        print("usage: vsmmud-bench e2e-one daemon|echo|queue CLIENTS BATCH SECONDS [RING-CAPACITY [inline|inline+thread|thread]]")
         return
     }
     let socketPath = "/tmp/vsmmud-e2e-\(getpid()).sock"
@@ -346,7 +346,24 @@ func runEndToEndProfile(_ arguments: [String]) {
     let batch = e2eBatch(size: size)
     let cell: E2ECell
     let before = e2eContextSwitches()
-    if arguments[0] == "daemon" {
+    if arguments[0] == "queue" {
+        // The shared queue (issue 13): each client thread maps a queue and submits + waits through it; the
+        // daemon's consumer threads run in this process, for callgrind's --separate-threads.
+        let queues: [E2EHandoff<(client: VSMMUClient, queue: SharedCommandQueue)>]
+        do {
+            queues = try (0..<clients).map { slot in
+                let (client, vsmmu) = try e2eDaemonClient(path: socketPath, deviceSlot: UInt32(slot), stes: Array(repeating: e2eSTE(), count: 3),
+                                                          cds: cds)
+                return E2EHandoff((client, try client.mapQueue(vsmmu: vsmmu, log2Entries: 10)))
+            }
+        } catch {
+            print("e2e: queue set-up failed: \(error)")
+            return
+        }
+        cell = e2eRunCell(threads: clients, seconds: seconds, commandsPerRoundTrip: size) { thread in
+            e2eQueueRoundTrip(queues[thread].value.queue, batch)
+        }
+    } else if arguments[0] == "daemon" {
         let daemonClients: [E2EHandoff<(client: VSMMUClient, vsmmu: VSMMUID)>]
         do {
             daemonClients = try (0..<clients).map { slot in

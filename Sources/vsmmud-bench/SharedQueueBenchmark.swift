@@ -216,7 +216,7 @@ private func queueBenchEngine(stes: [StreamTableEntry], cds: [ContextDescriptor]
 }
 
 /// One shared-queue sync: submits `batch` and waits for CONS to pass its CMD_SYNC; checks the outcome.
-private func queueRoundTrip(_ queue: SharedCommandQueue, _ batch: [Command]) {
+func e2eQueueRoundTrip(_ queue: SharedCommandQueue, _ batch: [Command]) {
     do {
         let submitted = try queue.submit(batch)
         let outcome = try queue.waitForSync(past: submitted.producer)
@@ -298,7 +298,7 @@ func runSharedQueueBenchmark(requestPollMicroseconds: Int, cellSeconds: Double =
         let batch = e2eBatch(size: size)
         let frame = (try? Request.invalidate(Invalidate(vsmmu: socketVSMMU, commands: batch)).encode(requestID: 1)) ?? []
         var sides = [
-            QueueSide(name: "queue", commandsPerRoundTrip: size, usesDaemon: true) { queueRoundTrip(queue, batch) },
+            QueueSide(name: "queue", commandsPerRoundTrip: size, usesDaemon: true) { e2eQueueRoundTrip(queue, batch) },
             QueueSide(name: "socket", commandsPerRoundTrip: size, usesDaemon: true) {
                 e2eDaemonRoundTrip(socketClient, frame, expectedConsumed: UInt32(size + 1))
             },
