@@ -91,9 +91,13 @@ public struct SharedQueueProducer: @unchecked Sendable {
     /// How many times a wait looks at the queue before it sleeps (§8.4: "spins briefly").
     public var spinIterations: Int
 
-    /// The default spin: long enough to cover the daemon's round trip while it polls (a few µs), short
-    /// enough that a waiter whose daemon sleeps goes to sleep quickly.
-    public static let defaultSpinIterations = 20_000
+    /// The default spin: 200,000 looks, about 100–400 µs on this 2-vCPU KVM guest (each look is three
+    /// loads of lines the daemon writes). It must outlast the daemon's own wake-up (a kick to a consumer
+    /// asleep in `poll` took ~30–40 µs here): with 20,000 looks (~30 µs) a waiter fell asleep whenever the
+    /// daemon had, the daemon's next poll window then ran out before the woken waiter's next PROD, and
+    /// both sides slept on every sync (~40 µs per sync instead of ~2). KVM's `halt_poll_ns` default is
+    /// 200 µs for the same reason.
+    public static let defaultSpinIterations = 200_000
 
     /// A producer over `region`, starting from the PROD stored there (read once, here), or `nil` when
     /// that PROD is not a valid position or is more than 2^n ahead of CONS (the memory is not a queue

@@ -85,6 +85,13 @@ public final class SharedCommandQueue {
         for fd in [memory, kick, call] where fd >= 0 { close(fd) }
     }
 
+    /// How many looks at the queue a wait makes before it sleeps on call
+    /// (``SharedQueueProducer/defaultSpinIterations`` unless set).
+    public var spinIterations: Int {
+        get { producer.spinIterations }
+        set { producer.spinIterations = max(0, newValue) }
+    }
+
     /// The typed view of the mapping.
     public var region: SharedQueueRegion { producer.region }
 

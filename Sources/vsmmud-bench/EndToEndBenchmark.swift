@@ -300,14 +300,14 @@ func e2eAim(_ met: Bool) -> String { met ? "met" : "NOT met" }
 
 // MARK: - Profiling one side
 
-/// `vsmmud-bench e2e-one daemon|echo|queue CLIENTS BATCH SECONDS [RING-CAPACITY [DRAIN-POLICY]]`: one cell alone, for `strace -f -c`,
+/// `vsmmud-bench e2e-one daemon|echo|queue CLIENTS BATCH SECONDS [RING-CAPACITY [DRAIN-POLICY [POLL-US]]]`: one cell alone, for `strace -f -c`,
 /// `perf` or `valgrind --tool=callgrind`, with the process's context switches per round trip
 /// (`getrusage`: client and server threads together).
 func runEndToEndProfile(_ arguments: [String]) {
     guard arguments.count >= 4, ["daemon", "echo", "queue"].contains(arguments[0]),
           let clients = Int(arguments[1]), let size = Int(arguments[2]), let seconds = Double(arguments[3]),
           clients > 0, size >= 0, seconds > 0 else {
-        print("usage: vsmmud-bench e2e-one daemon|echo|queue CLIENTS BATCH SECONDS [RING-CAPACITY [inline|inline+thread|thread]]")
+        print("usage: vsmmud-bench e2e-one daemon|echo|queue CLIENTS BATCH SECONDS [RING-CAPACITY [inline|inline+thread|thread [POLL-US]]]")
         return
     }
     let socketPath = "/tmp/vsmmud-e2e-\(getpid()).sock"
@@ -329,8 +329,11 @@ func runEndToEndProfile(_ arguments: [String]) {
         default: engine.queue.drainPolicy = .inlineWithDrainThread
         }
     }
+    // Optional 7th argument: the daemon's request (and queue) polling window in µs (default: the daemon's).
+    let poll = arguments.count > 6 ? Int(arguments[6]).map { Duration.microseconds(max(0, $0)) } : nil
     let server = VSMMUServer(configuration: .init(socketPath: socketPath, pSMMUs: pSMMUs.map { .simulated($0) },
-                                                  limits: ServerLimits(maximumVSMMUs: 64), engine: engine),
+                                                  limits: ServerLimits(maximumVSMMUs: 64), engine: engine,
+                                                  requestPolling: poll ?? .microseconds(VSMMUServer.Configuration.defaultRequestPollMicroseconds)),
                              logger: logger)
     let echo = EchoServer(path: echoPath)
     do { try server.start() } catch {
@@ -362,6 +365,14 @@ func runEndToEndProfile(_ arguments: [String]) {
         }
         cell = e2eRunCell(threads: clients, seconds: seconds, commandsPerRoundTrip: size) { thread in
             e2eQueueRoundTrip(queues[thread].value.queue, batch)
+        }
+        for handoff in queues {
+            let (client, queue) = handoff.value
+            if let stats = try? client.stats(vsmmu: queue.vsmmu) {
+                let keys: [(String, StatKey)] = [("syncs", .queueSyncs), ("kicks", .queueKicks), ("calls", .queueCalls),
+                                                 ("polls caught", .queuePollsCaught), ("polls missed", .queuePollsMissed)]
+                print("queue of vSMMU \(queue.vsmmu.rawValue): " + keys.map { "\($0.0) \(stats.value($0.1) ?? 0)" }.joined(separator: ", "))
+            }
         }
     } else if arguments[0] == "daemon" {
         let daemonClients: [E2EHandoff<(client: VSMMUClient, vsmmu: VSMMUID)>]

@@ -42,9 +42,15 @@ func runEndToEndDaemonChild(_ arguments: [String]) {
     let poll = arguments.dropFirst().first.flatMap { Int($0) } ?? VSMMUServer.Configuration.defaultRequestPollMicroseconds
     var logger = Logger(label: "vsmmud-e2e-daemon")
     logger.logLevel = .critical
-    let server = VSMMUServer(configuration: .init(socketPath: path, pSMMUs: queueBenchPSMMUs().map { .simulated($0) },
-                                                  limits: ServerLimits(maximumVSMMUs: 64), requestPolling: .microseconds(max(0, poll))),
-                             logger: logger)
+    var configuration = VSMMUServer.Configuration(socketPath: path, pSMMUs: queueBenchPSMMUs().map { .simulated($0) },
+                                                  limits: ServerLimits(maximumVSMMUs: 64), requestPolling: .microseconds(max(0, poll)))
+    // Optional third argument: the engine's drain policy (default: the daemon's, inline+thread).
+    switch arguments.dropFirst(2).first {
+    case "inline": configuration.engine.queue.drainPolicy = .inline
+    case "thread": configuration.engine.queue.drainPolicy = .drainThread
+    default: break
+    }
+    let server = VSMMUServer(configuration: configuration, logger: logger)
     do { try server.start() } catch {
         print("e2e-daemon: cannot start on \(path): \(error)")
         exit(1)
@@ -235,11 +241,11 @@ private func engineRoundTrip(_ engine: VSMMUEngine, _ batch: [Command]) {
 // MARK: - The benchmark
 
 /// `vsmmud-bench e2e-queue [POLL-US]` (also the last part of `e2e`).
-func runSharedQueueBenchmark(requestPollMicroseconds: Int, cellSeconds: Double = 2.0) {
+func runSharedQueueBenchmark(requestPollMicroseconds: Int, drainPolicy: String = "default", cellSeconds: Double = 2.0) {
     let began = benchNow()
     let socketPath = "/tmp/vsmmud-e2e-queue-\(getpid()).sock"
     let daemon: BenchChild
-    do { daemon = try BenchChild(["e2e-daemon", socketPath, "\(requestPollMicroseconds)"]) } catch {
+    do { daemon = try BenchChild(["e2e-daemon", socketPath, "\(requestPollMicroseconds)", drainPolicy]) } catch {
         print("e2e-queue: cannot start the daemon child: \(error)")
         return
     }
@@ -286,7 +292,7 @@ func runSharedQueueBenchmark(requestPollMicroseconds: Int, cellSeconds: Double =
     _ = queueClient
 
     print("== Shared command queue (issue 13): daemon in a child process (this binary as `e2e-daemon`, request polling "
-          + "\(requestPollMicroseconds) µs), 3 simulated pSMMUs, cost model off, 1 VMM thread; \(cellSeconds) s per side and cell "
+          + "\(requestPollMicroseconds) µs, drain policy \(drainPolicy)), 3 simulated pSMMUs, cost model off, 1 VMM thread; \(cellSeconds) s per side and cell "
           + "in 5 interleaved rounds ==")
     print("   queue = shared queue (submit + wait for CONS); socket = INVALIDATE round trip; engine = in-process VSMMUEngine;")
     print("   ping-pong = one cache line each way between two processes, both spinning; daemon CPU = child's utime+stime "
