@@ -169,36 +169,41 @@ public struct SharedQueueProducer: @unchecked Sendable {
     /// sleeping daemon (full fence, `daemon_sleeping`, §8.4). When the queue is full (2^n outstanding) it
     /// publishes what it wrote, kicks if needed and waits for room as ``waitUntilConsumed(past:signals:)``
     /// waits; if the queue stops meanwhile it returns with the rest unpublished.
-    public mutating func submit<Signals: SharedQueueSignalling>(_ commands: some Collection<Command>,
+    public mutating func submit<Signals: SharedQueueSignalling>(_ commands: UnsafeBufferPointer<Command>,
                                                                 signals: Signals) throws(Signals.Failure) -> Submitted {
         let geometry = geometry
-        var written = 0
-        var remaining = commands[...]
-        while !remaining.isEmpty {
+        var next = 0
+        while next < commands.count {
             let (_, outstanding, stop) = look()
             // Garbage in CONS: the room cannot be known, so nothing more is written. (A queue stopped on an
             // error still takes commands into its free slots; a full one then reports the stop below.)
-            if case .invalidConsumer = stop { return Submitted(published: written, producer: producer, stop: stop) }
-            var room = Int(geometry.entries - outstanding)
+            if case .invalidConsumer = stop { return Submitted(published: next, producer: producer, stop: stop) }
+            let room = Int(geometry.entries - outstanding)
             if room == 0 {
                 // Full: wait for CONS to move (it was published and the daemon kicked on the previous pass).
                 let wanted = geometry.advance(producer, by: 1 &- geometry.entries)  // the oldest outstanding + 1
                 let outcome = try waitUntilConsumed(past: wanted, signals: signals)
-                guard outcome == .completed else { return Submitted(published: written, producer: producer, stop: outcome) }
+                guard outcome == .completed else { return Submitted(published: next, producer: producer, stop: outcome) }
                 continue
             }
+            // One pass over the slots, indices only: no slicing, no per-command generic dispatch.
+            let end = min(commands.count, next + room)
             var position = producer
-            while room > 0, let command = remaining.first {
-                region.storeCommand(command, at: position)
+            for i in next..<end {
+                region.storeCommand(commands[i], at: position)
                 position = geometry.advance(position, by: 1)
-                remaining = remaining.dropFirst()
-                room -= 1
-                written += 1
             }
-            publishedCount &+= UInt64(geometry.distance(from: producer, to: position))
+            publishedCount &+= UInt64(end - next)
+            next = end
             try publish(position, signals: signals)
         }
-        return Submitted(published: written, producer: producer, stop: nil)
+        return Submitted(published: next, producer: producer, stop: nil)
+    }
+
+    /// ``submit(_:signals:)`` of an array.
+    public mutating func submit<Signals: SharedQueueSignalling>(_ commands: [Command],
+                                                                signals: Signals) throws(Signals.Failure) -> Submitted {
+        try commands.withUnsafeBufferPointer { (buffer) throws(Signals.Failure) -> Submitted in try submit(buffer, signals: signals) }
     }
 
     /// Stores PROD = `position` with release, then the full fence and the look at `daemon_sleeping` (§8.4).

@@ -110,7 +110,9 @@ public final class SharedCommandQueue {
             let done = Int(min(UInt64(commands.count), producer.publishedCount &- first))
             do throws(VSMMUClientError) {
                 let signals = signals
-                var submitted = try producer.submit(commands[done...], signals: signals)
+                var submitted = try commands.withUnsafeBufferPointer { (all) throws(VSMMUClientError) in
+                    try producer.submit(UnsafeBufferPointer(rebasing: all[done...]), signals: signals)
+                }
                 submitted.published += done
                 return submitted
             } catch where error.isConnectionFailure && client.reconnect != nil {
