@@ -357,7 +357,10 @@ func runEndToEndProfile(_ arguments: [String]) {
             queues = try (0..<clients).map { slot in
                 let (client, vsmmu) = try e2eDaemonClient(path: socketPath, deviceSlot: UInt32(slot), stes: Array(repeating: e2eSTE(), count: 3),
                                                           cds: cds)
-                return E2EHandoff((client, try client.mapQueue(vsmmu: vsmmu, log2Entries: 10)))
+                let queue = try client.mapQueue(vsmmu: vsmmu, log2Entries: 10)
+                // VSMMUD_BENCH_SPIN: the VMM's spin before it sleeps on call (default: the producer's).
+                if let spin = ProcessInfo.processInfo.environment["VSMMUD_BENCH_SPIN"].flatMap({ Int($0) }) { queue.spinIterations = spin }
+                return E2EHandoff((client, queue))
             }
         } catch {
             print("e2e: queue set-up failed: \(error)")
