@@ -5,6 +5,7 @@ import SharedQueue
 import Testing
 import VSMMUClient
 import VSMMUProtocol
+import VSMMUSystem
 
 #if canImport(Glibc)
 import Glibc
@@ -158,6 +159,33 @@ import Glibc
         var asleep = false
         eventually { asleep = queue.region.loadVMMSleeping() == 1; return asleep }
         return asleep
+    }
+
+    /// A waiter asleep on call wakes with STOPPED when the queue's `state` says STOPPED and call is
+    /// signalled (§8.6) — with a reconnect policy too, once the connection stays up. The daemon's consumer
+    /// is held in a stalled pSMMU meanwhile, so that CONS cannot pass the sync, and the test stores what
+    /// the daemon stores when a queue goes away (the daemon's own teardown is SharedQueueTests').
+    @Test(arguments: [false, true])
+    func aWaiterAsleepOnCallWakesWithStoppedWhenTheQueueIsStoppedAndCallSignalled(reconnectPolicy: Bool) throws {
+        let t = try TestServer("sqswiftstop\(reconnectPolicy)")
+        defer { t.stop() }
+        let client = try VSMMUClient(socketPath: t.path, reconnect: reconnectPolicy ? KillNineRestartTests.reconnect : nil)
+        try client.hello(name: "sq-swift-stop")
+        let vsmmu = try Self.vsmmu(client)
+        let queue = try client.mapQueue(vsmmu: vsmmu, log2Entries: 8)
+        let gate = t.pSMMUs[0].stallInvalidations()
+        defer { gate.release() }
+        let submitted = try queue.submit([Self.tlbi(0), .sync()])
+        #expect(gate.waitForStalledCalls(1))
+        let waiter = try Waiter(queue, past: submitted.producer)
+        #expect(Self.waitUntilAsleep(queue))
+        queue.region.storeState(.stopped)
+        SharedQueueRegion.fullFence()
+        #expect(try SystemCall.writeEvent(queue.call))
+        try #require(waiter.join(), "the waiter did not return")
+        #expect(waiter.error == nil)
+        #expect(waiter.outcome == .stopped)
+        #expect(queue.region.loadConsumer() != submitted.producer)
     }
 
     @Test(.enabled(if: enabled, "vsmmud was not built beside the tests"))
