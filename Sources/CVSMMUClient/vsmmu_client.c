@@ -1,12 +1,33 @@
 // SPDX-License-Identifier: MIT
 // A blocking C client of the vsmmud wire protocol (see include/vsmmu_client.h and protocol/PROTOCOL.md).
+//
+// Concurrency notes (the shared queue, PROTOCOL.md §8). The queue's memory is shared with the daemon, which
+// may write it at any moment: every access to it below is one C11 atomic load or store of a naturally aligned
+// u8, u32 or u64 (never a plain access, never a pointer kept into it across accesses), and each field is read
+// once into a local and checked before it is used (a CONS with a bit above the wrap bit, or more than 2^n
+// behind PROD, is -EPROTO; a slot is always its position's index, masked). Orderings: the slots are written
+// relaxed and published by the release store of PROD; error_ack is a release store (after a rewritten slot);
+// CONS, error_sequence and state are read with acquire (the error record after error_sequence). The sleep
+// flags follow the Dekker pattern of §8.4: this side stores vmm_sleeping, issues a sequentially consistent
+// fence and reads CONS / error_sequence / state again before it sleeps; after each store of PROD or error_ack
+// it issues the same fence before it reads daemon_sleeping. One side always sees the other's store. The
+// client is not thread-safe: a queue is used by one thread at a time, with its client.
+
+// memfd_create, F_ADD_SEALS and F_SEAL_SHRINK are GNU/Linux declarations (only this file sees the macro;
+// the module's headers do not define it).
+#define _GNU_SOURCE
 
 #include "vsmmu_client.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -55,11 +76,18 @@ int vsmmu_client_connect(struct vsmmu_client *client, const char *path)
 	return 0;
 }
 
+static void release_queue(struct vsmmu_client_queue *q);
+
 void vsmmu_client_close(struct vsmmu_client *client)
 {
 	if (client->fd >= 0)
 		close(client->fd);
 	client->fd = -1;
+	for (size_t i = 0; i < client->queue_count; i++)
+		release_queue(client->queues[i]);
+	free(client->queues);
+	client->queues = NULL;
+	client->queue_count = client->queue_capacity = 0;
 	free(client->resumables);
 	free(client->resume_cdevs);
 	client->resumables = NULL;
@@ -165,17 +193,18 @@ int vsmmu_client_set_resume_vfio_device(struct vsmmu_client *client, uint32_t vs
 	return 0;
 }
 
-/* Sends header + two payload parts in one sendmsg (with an fd when `pass_fd` >= 0), all of it. */
+/* Sends header + two payload parts in one sendmsg, with `fd_count` fds (at most 3: MAP_QUEUE's) in one
+ * SCM_RIGHTS message, all of it. */
 static int send_frame(struct vsmmu_client *client, uint16_t type, uint64_t request_id, const void *part1,
-		      size_t len1, const void *part2, size_t len2, int pass_fd)
+		      size_t len1, const void *part2, size_t len2, const int *fds, unsigned fd_count)
 {
 	struct vsmmu_frame_header header = {
 		.payload_length = (uint32_t)(len1 + len2),
 		.type = type,
-		.flags = pass_fd >= 0 ? VSMMU_FRAME_FD_ATTACHED : 0,
+		.flags = fd_count ? VSMMU_FRAME_FD_ATTACHED : 0,
 		.request_id = request_id,
 	};
-	if (sizeof(header) + len1 + len2 > VSMMU_MAX_FRAME_SIZE)
+	if (sizeof(header) + len1 + len2 > VSMMU_MAX_FRAME_SIZE || fd_count > 3)
 		return -EMSGSIZE;
 	struct iovec iov[3] = {
 		{ .iov_base = &header, .iov_len = sizeof(header) },
@@ -183,19 +212,19 @@ static int send_frame(struct vsmmu_client *client, uint16_t type, uint64_t reque
 		{ .iov_base = (void *)part2, .iov_len = len2 },
 	};
 	union {
-		char buf[CMSG_SPACE(sizeof(int))];
+		char buf[CMSG_SPACE(3 * sizeof(int))];
 		struct cmsghdr align;
 	} control;
 	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = 3 };
-	if (pass_fd >= 0) {
+	if (fd_count) {
 		memset(&control, 0, sizeof(control));
 		msg.msg_control = control.buf;
-		msg.msg_controllen = sizeof(control.buf);
+		msg.msg_controllen = CMSG_SPACE(fd_count * sizeof(int));
 		struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
 		cmsg->cmsg_level = SOL_SOCKET;
 		cmsg->cmsg_type = SCM_RIGHTS;
-		cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-		memcpy(CMSG_DATA(cmsg), &pass_fd, sizeof(int));
+		cmsg->cmsg_len = CMSG_LEN(fd_count * sizeof(int));
+		memcpy(CMSG_DATA(cmsg), fds, fd_count * sizeof(int));
 	}
 	size_t total = sizeof(header) + len1 + len2;
 	while (total > 0) {
@@ -248,12 +277,13 @@ static int read_all(int fd, void *buf, size_t len)
  * part (`reply_size` bytes, exactly) goes to `reply`; a trailing message (INVALIDATE) goes to
  * client->last_message. Returns 0, -errno, or the daemon's error code.
  */
-static int call_once(struct vsmmu_client *client, uint64_t id, uint16_t type, const void *part1, size_t len1,
-		     const void *part2, size_t len2, int pass_fd, void *reply, size_t reply_size)
+static int call_once_fds(struct vsmmu_client *client, uint64_t id, uint16_t type, const void *part1, size_t len1,
+			 const void *part2, size_t len2, const int *fds, unsigned fd_count, void *reply,
+			 size_t reply_size)
 {
 	if (client->fd < 0)
 		return -ENOTCONN;
-	int rc = send_frame(client, type, id, part1, len1, part2, len2, pass_fd);
+	int rc = send_frame(client, type, id, part1, len1, part2, len2, fds, fd_count);
 	if (rc)
 		return rc;
 	struct vsmmu_frame_header header;
@@ -321,6 +351,14 @@ static int call_once(struct vsmmu_client *client, uint64_t id, uint16_t type, co
 	return 0;
 }
 
+/* call_once_fds with one fd (`pass_fd` >= 0) or none. */
+static int call_once(struct vsmmu_client *client, uint64_t id, uint16_t type, const void *part1, size_t len1,
+		     const void *part2, size_t len2, int pass_fd, void *reply, size_t reply_size)
+{
+	return call_once_fds(client, id, type, part1, len1, part2, len2, &pass_fd, pass_fd >= 0 ? 1 : 0, reply,
+			     reply_size);
+}
+
 /* Whether `rc` says the connection is gone (or cannot be made while the daemon restarts). */
 static int is_connection_failure(int rc)
 {
@@ -381,6 +419,8 @@ static int backoff_wait(struct vsmmu_client *client, struct backoff *b, int caus
 
 static int hello_on_connection(struct vsmmu_client *client, uint64_t id, const char *client_name, uint16_t min_version,
 			       uint16_t max_version, struct vsmmu_hello_reply *reply);
+static int remap_queues(struct vsmmu_client *client, uint32_t vsmmu_id);
+static void lose_queues(struct vsmmu_client *client, uint32_t vsmmu_id, int why);
 
 /*
  * After `cause` broke the connection: connects again (backing off), re-sends the HELLO and resumes every
@@ -439,9 +479,16 @@ static int recover(struct vsmmu_client *client, struct backoff *b, int cause, ui
 				if (rc != 0 && !is_connection_failure(rc) && rc != VSMMU_ERR_SHUTTING_DOWN)
 					rc = 0;
 			}
+			/* Its shared queue again, same memory, fresh eventfds (§8.6): the daemon goes on from CONS. */
+			if (rc == 0)
+				rc = remap_queues(client, r->vsmmu_id);
 			i++;
 		}
 		if (rc == 0) {
+			/* A queue whose vSMMU was not resumed (lost, or never resumable) is gone with it. */
+			for (size_t k = 0; k < client->queue_count; k++)
+				if (!find_resumable(client, client->queues[k]->vsmmu_id))
+					lose_queues(client, client->queues[k]->vsmmu_id, VSMMU_ERR_UNKNOWN_VSMMU);
 			client->reconnects++;
 			return 0;
 		}
@@ -456,13 +503,13 @@ static int recover(struct vsmmu_client *client, struct backoff *b, int cause, ui
  * connection or SHUTTING_DOWN leads to recover() and the same frame (same request id, same payload) sent
  * again on the new connection.
  */
-static int call(struct vsmmu_client *client, uint16_t type, const void *part1, size_t len1, const void *part2,
-		size_t len2, int pass_fd, void *reply, size_t reply_size)
+static int call_fds(struct vsmmu_client *client, uint16_t type, const void *part1, size_t len1, const void *part2,
+		    size_t len2, const int *fds, unsigned fd_count, void *reply, size_t reply_size)
 {
 	uint64_t id = client->next_request_id++;
 	struct backoff b = { 0 };
 	for (;;) {
-		int rc = call_once(client, id, type, part1, len1, part2, len2, pass_fd, reply, reply_size);
+		int rc = call_once_fds(client, id, type, part1, len1, part2, len2, fds, fd_count, reply, reply_size);
 		if (!client->reconnect_enabled || !(is_connection_failure(rc) || rc == VSMMU_ERR_SHUTTING_DOWN))
 			return rc;
 		uint32_t destroying = 0;
@@ -476,6 +523,13 @@ static int call(struct vsmmu_client *client, uint16_t type, const void *part1, s
 		if (destroyed)
 			return 0;
 	}
+}
+
+/* call_fds with one fd (`pass_fd` >= 0) or none. */
+static int call(struct vsmmu_client *client, uint16_t type, const void *part1, size_t len1, const void *part2,
+		size_t len2, int pass_fd, void *reply, size_t reply_size)
+{
+	return call_fds(client, type, part1, len1, part2, len2, &pass_fd, pass_fd >= 0 ? 1 : 0, reply, reply_size);
 }
 
 int vsmmu_client_hello(struct vsmmu_client *client, const char *client_name, struct vsmmu_hello_reply *reply)
@@ -592,6 +646,7 @@ int vsmmu_client_destroy_vsmmu(struct vsmmu_client *client, uint32_t vsmmu_id)
 	struct vsmmu_destroy_vsmmu req = { .vsmmu_id = vsmmu_id };
 	int rc = call(client, VSMMU_MSG_DESTROY_VSMMU, &req, sizeof(req), NULL, 0, -1, NULL, 0);
 	if (rc == 0) {
+		lose_queues(client, vsmmu_id, -ESHUTDOWN);
 		forget_resume_cdevs(client, vsmmu_id, 1, 0);
 		forget_resumable(client, vsmmu_id);
 	}
@@ -695,6 +750,481 @@ int vsmmu_client_invalidate(struct vsmmu_client *client, uint32_t vsmmu_id, cons
 	if (!rc && reply)
 		*reply = r;
 	return rc;
+}
+
+/* ---- The shared command queue (PROTOCOL.md §5.15, §5.16, §8) ------------------------------------------- */
+
+#define QUEUE_FIELD(field) offsetof(struct vsmmu_queue_header, field)
+
+/* The u32 field at `offset` of the queue's memory, as an atomic (every offset is 4-byte aligned, pinned by
+ * vsmmu.h, and the mapping is page-aligned). */
+static inline _Atomic uint32_t *queue_u32(const struct vsmmu_client_queue *q, size_t offset)
+{
+	return (_Atomic uint32_t *)(void *)((char *)q->memory + offset);
+}
+
+static inline _Atomic uint8_t *queue_u8(const struct vsmmu_client_queue *q, size_t offset)
+{
+	return (_Atomic uint8_t *)(void *)((char *)q->memory + offset);
+}
+
+/* Word `word` (0 or 1) of the slot of `position`: its index only, so never outside the mapping. */
+static inline _Atomic uint64_t *queue_slot(const struct vsmmu_client_queue *q, uint32_t position, unsigned word)
+{
+	size_t index = position & ((1u << q->log2_entries) - 1);
+	return (_Atomic uint64_t *)(void *)((char *)q->memory + VSMMU_QUEUE_SLOTS_OFFSET +
+					    index * sizeof(struct vsmmu_command) + word * sizeof(uint64_t));
+}
+
+static inline uint32_t queue_entries(const struct vsmmu_client_queue *q) { return 1u << q->log2_entries; }
+/* The index and the wrap bit: every bit a position may have. */
+static inline uint32_t queue_position_mask(const struct vsmmu_client_queue *q) { return (2u << q->log2_entries) - 1; }
+/* Commands from `from` up to `to` (mod 2^(n+1)). */
+static inline uint32_t queue_distance(const struct vsmmu_client_queue *q, uint32_t from, uint32_t to)
+{
+	return (to - from) & queue_position_mask(q);
+}
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ __volatile__("yield");
+#endif
+}
+
+static uint64_t monotonic_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Writes 1 to an eventfd: the kernel adds it to the count and wakes a poller (fs/eventfd.c, eventfd_write;
+ * a count of 0xfffffffffffffffe would block, which 1s written by a peer that reads never reach). */
+static int eventfd_signal_one(int fd)
+{
+	uint64_t one = 1;
+	for (;;) {
+		ssize_t n = write(fd, &one, sizeof(one));
+		if (n == (ssize_t)sizeof(one))
+			return 0;
+		if (n < 0 && errno == EINTR)
+			continue;
+		return n < 0 ? -errno : -EIO;
+	}
+}
+
+/* Reads an eventfd that poll found readable: the kernel returns the count and resets it to 0
+ * (fs/eventfd.c, eventfd_read, without EFD_SEMAPHORE), so one read clears every signal so far. */
+static void eventfd_clear(int fd)
+{
+	uint64_t count;
+	while (read(fd, &count, sizeof(count)) < 0 && errno == EINTR)
+		;
+}
+
+/* A new eventfd (count 0, close-on-exec), or -errno. */
+static int new_eventfd(void)
+{
+	int fd = eventfd(0, EFD_CLOEXEC);
+	return fd < 0 ? -errno : fd;
+}
+
+/* After a store of PROD or error_ack (§8.4): a full fence, then a kick only if the daemon said it sleeps. */
+static void kick_if_sleeping(struct vsmmu_client_queue *q)
+{
+	atomic_thread_fence(memory_order_seq_cst);
+	if (atomic_load_explicit(queue_u32(q, QUEUE_FIELD(daemon_sleeping)), memory_order_relaxed) != 0) {
+		q->kicks++;
+		(void)eventfd_signal_one(q->kick);
+	}
+}
+
+static void release_queue(struct vsmmu_client_queue *q)
+{
+	if (q->memory && q->memory != MAP_FAILED)
+		munmap(q->memory, q->size);
+	if (q->memfd >= 0)
+		close(q->memfd);
+	if (q->kick >= 0)
+		close(q->kick);
+	if (q->call >= 0)
+		close(q->call);
+	free(q);
+}
+
+/* Marks the queues of `vsmmu_id` gone (`why`): they are not re-mapped and their waits end. */
+static void lose_queues(struct vsmmu_client *client, uint32_t vsmmu_id, int why)
+{
+	for (size_t i = 0; i < client->queue_count; i++)
+		if (client->queues[i]->vsmmu_id == vsmmu_id && !client->queues[i]->lost)
+			client->queues[i]->lost = why;
+}
+
+/* MAP_QUEUE of `q`'s memory with the eventfds `kick` and `call`, on the current connection. */
+static int send_map_queue(struct vsmmu_client *client, uint64_t id, struct vsmmu_client_queue *q, int kick, int call)
+{
+	struct vsmmu_map_queue req = { .vsmmu_id = q->vsmmu_id, .log2_entries = q->log2_entries };
+	struct vsmmu_map_queue_reply reply;
+	int fds[3] = { q->memfd, kick, call };
+	return call_once_fds(client, id, VSMMU_MSG_MAP_QUEUE, &req, sizeof(req), NULL, 0, fds, 3, &reply, sizeof(reply));
+}
+
+/* After a reconnect resumed `vsmmu_id`: MAP_QUEUE again for each of its queues, with the same memfd and fresh
+ * eventfds (the new daemon's copies of the old ones, if the fd store kept them, are replaced). A refusal
+ * loses that queue; a connection failure is returned (the recovery starts over). */
+static int remap_queues(struct vsmmu_client *client, uint32_t vsmmu_id)
+{
+	for (size_t i = 0; i < client->queue_count; i++) {
+		struct vsmmu_client_queue *q = client->queues[i];
+		if (q->vsmmu_id != vsmmu_id || q->lost)
+			continue;
+		int kick = new_eventfd();
+		int call = kick < 0 ? kick : new_eventfd();
+		if (call < 0) {
+			if (kick >= 0)
+				close(kick);
+			q->lost = call;
+			continue;
+		}
+		int rc = send_map_queue(client, client->next_request_id++, q, kick, call);
+		if (rc) {
+			close(kick);
+			close(call);
+			if (is_connection_failure(rc) || rc == VSMMU_ERR_SHUTTING_DOWN)
+				return rc;
+			q->lost = rc;
+			continue;
+		}
+		close(q->kick);
+		close(q->call);
+		q->kick = kick;
+		q->call = call;
+		q->remaps++;
+	}
+	return 0;
+}
+
+int vsmmu_client_map_queue(struct vsmmu_client *client, uint32_t vsmmu_id, uint32_t log2_entries,
+			   struct vsmmu_client_queue **queue)
+{
+	if (log2_entries < VSMMU_QUEUE_MIN_LOG2_ENTRIES || log2_entries > VSMMU_QUEUE_MAX_LOG2_ENTRIES || !queue)
+		return -EINVAL;
+	if (client->queue_count == client->queue_capacity) {
+		size_t capacity = client->queue_capacity ? client->queue_capacity * 2 : 4;
+		struct vsmmu_client_queue **grown = realloc(client->queues, capacity * sizeof(*grown));
+		if (!grown)
+			return -ENOMEM;
+		client->queues = grown;
+		client->queue_capacity = capacity;
+	}
+	struct vsmmu_client_queue *q = calloc(1, sizeof(*q));
+	if (!q)
+		return -ENOMEM;
+	q->client = client;
+	q->vsmmu_id = vsmmu_id;
+	q->log2_entries = log2_entries;
+	q->memfd = q->kick = q->call = -1;
+	q->memory = MAP_FAILED;
+	q->size = VSMMU_QUEUE_SLOTS_OFFSET + ((size_t)sizeof(struct vsmmu_command) << log2_entries);
+	q->spin_ns = 20000;
+	int rc = 0;
+	/* A memfd that can be sealed; F_SEAL_SHRINK (mm/memfd.c, memfd_add_seals) makes shmem refuse any
+	 * truncation below its size with EPERM (mm/shmem.c, shmem_setattr), so the daemon's mapping of it can
+	 * never lose its pages under a read (MAP_QUEUE checks the seal, F_GET_SEALS). */
+	q->memfd = memfd_create("vsmmu-queue", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (q->memfd < 0)
+		goto fail_errno;
+	while ((rc = ftruncate(q->memfd, (off_t)q->size)) < 0 && errno == EINTR)
+		;
+	if (rc < 0)
+		goto fail_errno;
+	while ((rc = fcntl(q->memfd, F_ADD_SEALS, F_SEAL_SHRINK)) < 0 && errno == EINTR)
+		;
+	if (rc < 0)
+		goto fail_errno;
+	/* Shared and writable on both sides: F_SEAL_SHRINK does not restrict that, only the write seals would
+	 * (mm/shmem.c, shmem_mmap; mm/memfd.c, memfd_add_seals refuses F_SEAL_WRITE while such a mapping exists),
+	 * and the client adds none. */
+	q->memory = mmap(NULL, q->size, PROT_READ | PROT_WRITE, MAP_SHARED, q->memfd, 0);
+	if (q->memory == MAP_FAILED)
+		goto fail_errno;
+	if ((q->kick = new_eventfd()) < 0 || (q->call = new_eventfd()) < 0) {
+		rc = q->kick < 0 ? q->kick : q->call;
+		goto fail;
+	}
+	/* The header (§8.1): a new memfd reads as zeros; the configuration line, then PROD = CONS = 0. */
+	atomic_store_explicit(queue_u32(q, QUEUE_FIELD(magic)), VSMMU_QUEUE_MAGIC, memory_order_relaxed);
+	/* version (u16) and log2_entries (u8), with the reserved byte after them, as one u32. */
+	atomic_store_explicit(queue_u32(q, QUEUE_FIELD(version)), VSMMU_QUEUE_VERSION | log2_entries << 16,
+			      memory_order_relaxed);
+	atomic_store_explicit(queue_u32(q, QUEUE_FIELD(prod)), 0, memory_order_relaxed);
+	atomic_store_explicit(queue_u32(q, QUEUE_FIELD(cons)), 0, memory_order_release);
+	struct vsmmu_map_queue req = { .vsmmu_id = vsmmu_id, .log2_entries = log2_entries };
+	struct vsmmu_map_queue_reply reply;
+	int fds[3] = { q->memfd, q->kick, q->call };
+	/* Not in client->queues until mapped: a reconnect during this call re-sends this very request. */
+	rc = call_fds(client, VSMMU_MSG_MAP_QUEUE, &req, sizeof(req), NULL, 0, fds, 3, &reply, sizeof(reply));
+	if (rc)
+		goto fail;
+	client->queues[client->queue_count++] = q;
+	*queue = q;
+	return 0;
+fail_errno:
+	rc = -errno;
+fail:
+	release_queue(q);
+	return rc;
+}
+
+int vsmmu_client_unmap_queue(struct vsmmu_client *client, struct vsmmu_client_queue *queue)
+{
+	/* Out of the list first: a reconnect during UNMAP_QUEUE does not map it again. */
+	for (size_t i = 0; i < client->queue_count; i++)
+		if (client->queues[i] == queue) {
+			client->queues[i] = client->queues[--client->queue_count];
+			break;
+		}
+	int rc = 0;
+	if (!queue->lost) {
+		struct vsmmu_unmap_queue req = { .vsmmu_id = queue->vsmmu_id };
+		rc = call(client, VSMMU_MSG_UNMAP_QUEUE, &req, sizeof(req), NULL, 0, -1, NULL, 0);
+	}
+	release_queue(queue);
+	return rc;
+}
+
+uint32_t vsmmu_client_queue_cons(const struct vsmmu_client_queue *queue)
+{
+	return atomic_load_explicit(queue_u32(queue, QUEUE_FIELD(cons)), memory_order_acquire);
+}
+
+uint32_t vsmmu_client_queue_load(const struct vsmmu_client_queue *queue, size_t offset)
+{
+	switch (offset) {
+	case QUEUE_FIELD(magic):
+	case QUEUE_FIELD(prod):
+	case QUEUE_FIELD(cons):
+	case QUEUE_FIELD(error_sequence):
+	case QUEUE_FIELD(error_cons):
+	case QUEUE_FIELD(state):
+	case QUEUE_FIELD(error_ack):
+	case QUEUE_FIELD(daemon_sleeping):
+	case QUEUE_FIELD(vmm_sleeping):
+		return atomic_load_explicit(queue_u32(queue, offset), memory_order_acquire);
+	default:
+		return 0;
+	}
+}
+
+int vsmmu_client_queue_error(const struct vsmmu_client_queue *queue, struct vsmmu_client_queue_error *error)
+{
+	uint32_t sequence = atomic_load_explicit(queue_u32(queue, QUEUE_FIELD(error_sequence)), memory_order_acquire);
+	uint32_t acknowledged = atomic_load_explicit(queue_u32(queue, QUEUE_FIELD(error_ack)), memory_order_relaxed);
+	if (sequence == acknowledged)
+		return 0;
+	if (error) {
+		/* After the acquire of error_sequence: the record the daemon wrote before it (§8.5). */
+		error->sequence = sequence;
+		error->cerror = atomic_load_explicit(queue_u8(queue, QUEUE_FIELD(cerror)), memory_order_relaxed);
+		error->kind = atomic_load_explicit(queue_u8(queue, QUEUE_FIELD(error_kind)), memory_order_relaxed);
+		error->cons = atomic_load_explicit(queue_u32(queue, QUEUE_FIELD(error_cons)), memory_order_relaxed);
+		error->index = error->cons & (queue_entries(queue) - 1);
+	}
+	return 1;
+}
+
+int vsmmu_client_queue_acknowledge(struct vsmmu_client_queue *queue, const struct vsmmu_command *replacement)
+{
+	struct vsmmu_client_queue_error error;
+	if (!vsmmu_client_queue_error(queue, &error))
+		return -EALREADY;
+	if (replacement) {
+		/* The slot at CONS (= error_cons while stopped), which the daemon reads again once acknowledged. */
+		atomic_store_explicit(queue_slot(queue, error.cons, 0), replacement->w[0], memory_order_relaxed);
+		atomic_store_explicit(queue_slot(queue, error.cons, 1), replacement->w[1], memory_order_relaxed);
+	}
+	/* A PROD error: PROD again as this client published it (it is the only writer of PROD). */
+	if (error.kind == VSMMU_QUEUE_ERROR_PROD)
+		atomic_store_explicit(queue_u32(queue, QUEUE_FIELD(prod)), queue->prod, memory_order_release);
+	atomic_store_explicit(queue_u32(queue, QUEUE_FIELD(error_ack)), error.sequence, memory_order_release);
+	kick_if_sleeping(queue);
+	return 0;
+}
+
+/* What one look at the queue found. */
+enum queue_look { LOOK_WAITING, LOOK_DONE, LOOK_ERROR, LOOK_STOPPED, LOOK_BAD_CONS };
+
+/* Reads CONS, error_sequence and state once each: done when at most `outstanding` commands are left between
+ * CONS and PROD. */
+static enum queue_look look(const struct vsmmu_client_queue *q, uint32_t outstanding)
+{
+	uint32_t cons = atomic_load_explicit(queue_u32(q, QUEUE_FIELD(cons)), memory_order_acquire);
+	uint32_t left = queue_distance(q, cons, q->prod);
+	if ((cons & ~queue_position_mask(q)) != 0 || left > queue_entries(q))
+		return LOOK_BAD_CONS;
+	if (left <= outstanding)
+		return LOOK_DONE;
+	if (vsmmu_client_queue_error(q, NULL))
+		return LOOK_ERROR;
+	if (atomic_load_explicit(queue_u32(q, QUEUE_FIELD(state)), memory_order_acquire) == VSMMU_QUEUE_STATE_STOPPED)
+		return LOOK_STOPPED;
+	return LOOK_WAITING;
+}
+
+/* The connection failed while the queue waited (its socket became readable with no request outstanding):
+ * with a reconnect policy, reconnect (which resumes the vSMMU and re-maps the queue) and go on waiting. */
+static int queue_connection_lost(struct vsmmu_client_queue *q)
+{
+	struct vsmmu_client *client = q->client;
+	if (!client->reconnect_enabled)
+		return -ECONNRESET;
+	struct backoff b = { 0 };
+	int rc = recover(client, &b, -ECONNRESET, 0, NULL);
+	if (rc)
+		return rc;
+	return q->lost ? -ESHUTDOWN : 0;
+}
+
+/* The daemon wrote state = STOPPED. A daemon that stops (a restart) writes it before it closes the
+ * connection, and refuses requests meanwhile with SHUTTING_DOWN: with a reconnect policy one request on the
+ * vSMMU tells the two apart, reconnecting (and re-mapping) in the first case. Otherwise the queue is gone. */
+static int queue_stopped(struct vsmmu_client_queue *q)
+{
+	struct vsmmu_client *client = q->client;
+	if (!q->lost && client->reconnect_enabled) {
+		uint64_t reconnects = client->reconnects;
+		struct vsmmu_get_hw_info req = { .vsmmu_id = q->vsmmu_id };
+		struct vsmmu_hw_info_reply reply;
+		(void)call(client, VSMMU_MSG_GET_HW_INFO, &req, sizeof(req), NULL, 0, -1, &reply, sizeof(reply));
+		if (client->reconnects != reconnects && !q->lost)
+			return 0;
+	}
+	if (!q->lost)
+		q->lost = -ESHUTDOWN;
+	return -ESHUTDOWN;
+}
+
+/* Waits until at most `outstanding` commands are left between CONS and PROD (§8.4): polls for spin_ns, then
+ * sleeps on call and the socket, with the Dekker re-check in between. */
+static int wait_outstanding(struct vsmmu_client_queue *q, uint32_t outstanding)
+{
+	uint64_t spin_until = 0;
+	for (unsigned spins = 0;; spins++) {
+		if (q->lost)
+			return -ESHUTDOWN;
+		enum queue_look seen = look(q, outstanding);
+		if (seen == LOOK_DONE)
+			return 0;
+		if (seen == LOOK_ERROR)
+			return VSMMU_CLIENT_QUEUE_ERROR;
+		if (seen == LOOK_BAD_CONS)
+			return -EPROTO;
+		if (seen == LOOK_STOPPED) {
+			int rc = queue_stopped(q);
+			if (rc)
+				return rc;
+			spin_until = 0;
+			continue;
+		}
+		if ((spins & 31) == 0) {
+			uint64_t now = monotonic_ns();
+			if (spin_until == 0)
+				spin_until = now + q->spin_ns;
+			else if (now >= spin_until)
+				goto sleep;
+		}
+		cpu_relax();
+		continue;
+	sleep:
+		atomic_store_explicit(queue_u32(q, QUEUE_FIELD(vmm_sleeping)), 1, memory_order_relaxed);
+		atomic_thread_fence(memory_order_seq_cst);
+		if (look(q, outstanding) != LOOK_WAITING) {
+			atomic_store_explicit(queue_u32(q, QUEUE_FIELD(vmm_sleeping)), 0, memory_order_relaxed);
+			continue;
+		}
+		q->sleeps++;
+		/* call: POLLIN once its count is not 0 (fs/eventfd.c, eventfd_poll). The socket: readable (a byte,
+		 * the end of the stream, an error) while no request is outstanding means the connection is lost. */
+		struct pollfd fds[2] = {
+			{ .fd = q->call, .events = POLLIN },
+			{ .fd = q->client->fd, .events = POLLIN },
+		};
+		int n;
+		while ((n = poll(fds, 2, -1)) < 0 && errno == EINTR)
+			;
+		atomic_store_explicit(queue_u32(q, QUEUE_FIELD(vmm_sleeping)), 0, memory_order_relaxed);
+		if (n < 0)
+			return -errno;
+		if (fds[0].revents & POLLIN)
+			eventfd_clear(q->call);
+		if (fds[1].revents && look(q, outstanding) == LOOK_WAITING) {
+			int rc = queue_connection_lost(q);
+			if (rc)
+				return rc;
+		}
+		spin_until = 0;
+		spins = 0;
+	}
+}
+
+int vsmmu_client_queue_wait(struct vsmmu_client_queue *queue, uint32_t position)
+{
+	/* Done when no more commands are left than were published after `position`. */
+	uint32_t after = queue_distance(queue, position, queue->prod);
+	if ((position & ~queue_position_mask(queue)) != 0 || after > queue_entries(queue))
+		return -EINVAL;
+	return wait_outstanding(queue, after);
+}
+
+int vsmmu_client_queue_submit(struct vsmmu_client_queue *queue, const struct vsmmu_command *commands, uint32_t count,
+			      uint32_t *published)
+{
+	uint32_t entries = queue_entries(queue);
+	int rc = 0;
+	uint32_t done = 0;
+	while (done < count) {
+		if (queue->lost) {
+			rc = -ESHUTDOWN;
+			break;
+		}
+		uint32_t cons = atomic_load_explicit(queue_u32(queue, QUEUE_FIELD(cons)), memory_order_acquire);
+		uint32_t used = queue_distance(queue, cons, queue->prod);
+		if ((cons & ~queue_position_mask(queue)) != 0 || used > entries) {
+			rc = -EPROTO;
+			break;
+		}
+		if (used == entries) {
+			/* Full: wait for room, as for a sync (§8.2). */
+			if ((rc = wait_outstanding(queue, entries - 1)))
+				break;
+			continue;
+		}
+		uint32_t n = entries - used;
+		if (n > count - done)
+			n = count - done;
+		for (uint32_t i = 0; i < n; i++) {
+			uint32_t position = (queue->prod + i) & queue_position_mask(queue);
+			atomic_store_explicit(queue_slot(queue, position, 0), commands[done + i].w[0], memory_order_relaxed);
+			atomic_store_explicit(queue_slot(queue, position, 1), commands[done + i].w[1], memory_order_relaxed);
+		}
+		queue->prod = (queue->prod + n) & queue_position_mask(queue);
+		atomic_store_explicit(queue_u32(queue, QUEUE_FIELD(prod)), queue->prod, memory_order_release);
+		kick_if_sleeping(queue);
+		done += n;
+	}
+	if (published)
+		*published = done;
+	return rc;
+}
+
+int vsmmu_client_queue_submit_and_wait(struct vsmmu_client_queue *queue, const struct vsmmu_command *commands,
+				       uint32_t count)
+{
+	int rc = vsmmu_client_queue_submit(queue, commands, count, NULL);
+	return rc ? rc : vsmmu_client_queue_wait(queue, queue->prod);
 }
 
 const char *vsmmu_error_name(uint32_t code)

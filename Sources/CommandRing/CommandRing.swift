@@ -32,10 +32,16 @@ import Darwin
 /// to take the role relies on that re-check (the classic lost-wakeup race; see
 /// ``ConsumerRole/release()``).
 ///
-/// **Memory grows with use.** The slots and headers live in one anonymous mapping that the kernel
+/// **Memory grows with use.** The slots, headers and tags live in one anonymous mapping that the kernel
 /// commits page by page on first touch, so a ring nobody pushes to costs no resident memory, and a
 /// ring's resident memory is bounded by the slots its positions have reached (at most ``capacity``
-/// × 24 bytes, once it has carried a lap of commands).
+/// × 32 bytes, once it has carried a lap of commands).
+///
+/// **Tags.** Each slot has a 64-bit tag the producer writes with the command
+/// (``push(_:tag:whileFull:)``; 0 for an untagged push or a marker), before the batch's releasing
+/// publication, and the consumer reads back for a command that failed (``tag(at:)``) while it visits
+/// it: the engine tags a command with its submission's serial and its guest index, so a failure comes
+/// back in guest terms without any lookup.
 ///
 /// **Markers** (``pushMarker(_:whileFull:)``) are ``RingMarker``s, 16-byte tokens of their own type
 /// ordered with the commands, that the consumer receives separately
@@ -59,9 +65,13 @@ public final class CommandRing: @unchecked Sendable {
     /// Per-slot header words: non-zero only in the first slot of a published, not yet scanned batch,
     /// where it holds the batch's length (| ``markerBit`` for a marker).
     private let headers: UnsafeMutablePointer<UInt64.AtomicRepresentation>
+    /// Per-slot tags: what the producer said a command is (the engine: its submission and guest index),
+    /// written with the command before the batch is published and read back only for a failed command
+    /// (``tag(at:)``), so a failure comes back in the producer's terms.
+    private let tags: UnsafeMutablePointer<UInt64>
     /// Control words, each on its own cache-line pair so producers and the consumer don't false-share.
     private let control: UnsafeMutableRawPointer
-    /// The mapping holding ``slots`` then ``headers``, and its length (whole pages).
+    /// The mapping holding ``slots``, ``headers`` then ``tags``, and its length (whole pages).
     private let mapping: UnsafeMutableRawPointer
     private let mappingLength: Int
 
@@ -115,7 +125,8 @@ public final class CommandRing: @unchecked Sendable {
         // reads as zeros, which is an empty slot and an unpublished header: nothing to initialise, so
         // nothing is touched until used.
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let bytes = capacity * (MemoryLayout<Command>.stride + MemoryLayout<UInt64.AtomicRepresentation>.stride)
+        let bytes = capacity * (MemoryLayout<Command>.stride + MemoryLayout<UInt64.AtomicRepresentation>.stride
+            + MemoryLayout<UInt64>.stride)
         let length = (bytes + page - 1) / page * page
         guard let mapped = mmap(nil, length, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
               mapped != MAP_FAILED else {
@@ -126,6 +137,8 @@ public final class CommandRing: @unchecked Sendable {
         slots = mapped.bindMemory(to: Command.self, capacity: capacity)
         headers = (mapped + capacity * MemoryLayout<Command>.stride)
             .bindMemory(to: UInt64.AtomicRepresentation.self, capacity: capacity)
+        tags = (mapped + capacity * (MemoryLayout<Command>.stride + MemoryLayout<UInt64.AtomicRepresentation>.stride))
+            .bindMemory(to: UInt64.self, capacity: capacity)
 
         let control = UnsafeMutableRawPointer.allocate(
             byteCount: Self.lineStride * Self.controlLines, alignment: Self.lineStride)
@@ -229,19 +242,49 @@ public final class CommandRing: @unchecked Sendable {
         _ commands: UnsafeBufferPointer<Command>,
         whileFull: () -> Void = {}
     ) throws(CommandRingClosedError) -> Range<UInt64> {
+        try push(commands, tags: { (_: Int) -> UInt64 in 0 }, whileFull: whileFull)
+    }
+
+    /// Pushes `commands` as ``push(_:whileFull:)-(UnsafeBufferPointer<Command>,_)`` does, with a tag per
+    /// command: `tag(i)` for `commands[i]`, stored in its slot before the batch is published and read
+    /// back with ``tag(at:)`` (the engine tags a command with its submission and guest index).
+    @discardableResult
+    public func push(
+        _ commands: UnsafeBufferPointer<Command>,
+        tag: (Int) -> UInt64,
+        whileFull: () -> Void = {}
+    ) throws(CommandRingClosedError) -> Range<UInt64> {
+        try push(commands, tags: tag, whileFull: whileFull)
+    }
+
+    @inline(__always)
+    private func push(
+        _ commands: UnsafeBufferPointer<Command>,
+        tags tag: (Int) -> UInt64,
+        whileFull: () -> Void
+    ) throws(CommandRingClosedError) -> Range<UInt64> {
         var remaining = commands[...]
         var positions = claimedPosition..<claimedPosition
+        var done = 0
         while !remaining.isEmpty {
             let piece = UnsafeBufferPointer(rebasing: remaining.prefix(capacity))
             guard let source = piece.baseAddress else { break }
             positions = try pushPiece(count: piece.count, whileFull: whileFull) { destination, range in
                 destination.update(from: source + range.lowerBound, count: range.count)
+                let tagDestination = tags + (destination - slots)
+                for i in range.indices { tagDestination[i - range.lowerBound] = tag(done + i) }
             }
             publish(positions, marker: false)
+            done += piece.count
             remaining = remaining.dropFirst(piece.count)
         }
         return positions
     }
+
+    /// The tag pushed with the command at `position` (0 for one pushed without a tag, or for a marker).
+    /// Meaningful only for a position the caller knows holds that command still: the role holder's run
+    /// being visited (it is consumed, and its slot reused, only after the visit).
+    public func tag(at position: UInt64) -> UInt64 { tags[Int(position & mask)] }
 
     /// Pushes `commands` (see ``push(_:whileFull:)-(UnsafeBufferPointer<Command>,_)``).
     @discardableResult
@@ -261,6 +304,7 @@ public final class CommandRing: @unchecked Sendable {
     public func pushMarker(_ marker: RingMarker, whileFull: () -> Void = {}) throws(CommandRingClosedError) -> UInt64 {
         let positions = try pushPiece(count: 1, whileFull: whileFull) { destination, _ in
             destination.pointee = Command(w0: marker.first, w1: marker.second)
+            (tags + (destination - slots)).pointee = 0
         }
         publish(positions, marker: true)
         return positions.lowerBound

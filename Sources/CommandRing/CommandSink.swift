@@ -17,17 +17,22 @@ public struct CommandFailure: Hashable, Sendable, CustomStringConvertible {
     public var command: Command
     /// What the sink reported: the CERROR, the errno and the message.
     public var failure: InvalidationFailure
+    /// The tag the producer pushed with the command (``CommandRing/push(_:tag:whileFull:)``): for the
+    /// engine, its submission and the command's guest index, so that the failure comes back in guest
+    /// terms. 0 for a command pushed without one, or executed outside the ring.
+    public var tag: UInt64
 
-    public init(position: UInt64, command: Command, failure: InvalidationFailure) {
+    public init(position: UInt64, command: Command, failure: InvalidationFailure, tag: UInt64 = 0) {
         self.position = position
         self.command = command
         self.failure = failure
+        self.tag = tag
     }
 
     public init(position: UInt64, command: Command, queueError: CommandQueueError, errno: Int32? = nil,
-                message: String) {
+                message: String, tag: UInt64 = 0) {
         self.init(position: position, command: command,
-                  failure: InvalidationFailure(queueError: queueError, errno: errno, message: message))
+                  failure: InvalidationFailure(queueError: queueError, errno: errno, message: message), tag: tag)
     }
 
     /// The error the sink reported.

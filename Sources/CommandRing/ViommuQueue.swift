@@ -276,7 +276,20 @@ public final class ViommuQueue: @unchecked Sendable {
     /// - Throws: ``CommandRingClosedError`` after ``stop()``.
     @discardableResult
     public func push(_ commands: UnsafeBufferPointer<Command>) throws(CommandRingClosedError) -> Range<UInt64> {
-        let positions = try ring.push(commands, whileFull: { whileFull() })
+        try push(commands, tag: nil)
+    }
+
+    /// Pushes `commands` with a tag each (`tag(i)` for `commands[i]`), which a failure of that command
+    /// carries back (``CommandFailure/tag``): the engine tags each command with its submission and guest
+    /// index. Otherwise as ``push(_:)-(UnsafeBufferPointer<Command>)``.
+    @discardableResult
+    public func push(_ commands: UnsafeBufferPointer<Command>, tag: ((Int) -> UInt64)?) throws(CommandRingClosedError) -> Range<UInt64> {
+        let positions: Range<UInt64>
+        if let tag {
+            positions = try ring.push(commands, tag: tag, whileFull: { whileFull() })
+        } else {
+            positions = try ring.push(commands, whileFull: { whileFull() })
+        }
         // The consumer may have consumed past our batch already: then it adds nothing to the occupancy.
         let consumedNow = ring.consumedPosition
         if positions.upperBound > consumedNow { raiseHighWater(positions.upperBound &- consumedNow) }
@@ -338,7 +351,7 @@ public final class ViommuQueue: @unchecked Sendable {
         let inFlight = UnsafeAtomic<Int>(at: counters + Counter.immediateInFlight.rawValue)
         inFlight.store(commands.count, ordering: .relaxed)
         raiseHighWater(UInt64(commands.count))
-        execute(commands, at: base, onDrainThread: false)
+        execute(commands, at: base, onDrainThread: false, fromRing: false)
         inFlight.store(0, ordering: .relaxed)
         add(.fencesReached, 1)
         add(.immediateSyncs, 1)
@@ -464,9 +477,11 @@ public final class ViommuQueue: @unchecked Sendable {
         word.store(word.load(ordering: .relaxed) &+ 1, ordering: .relaxed)
     }
 
-    /// Hands a run of commands to the sink; on a failure records it (the first since the last fence)
-    /// and carries on with the next command.
-    fileprivate func execute(_ commands: UnsafeBufferPointer<Command>, at position: UInt64, onDrainThread: Bool) {
+    /// Hands a run of commands to the sink; on a failure records it (the first since the last fence),
+    /// with its tag when the run is the ring's (`fromRing`; ``CommandRing/tag(at:)``), and carries on with
+    /// the next command.
+    fileprivate func execute(_ commands: UnsafeBufferPointer<Command>, at position: UInt64, onDrainThread: Bool,
+                             fromRing: Bool) {
         var offset = 0
         var calls = 0
         var completedCount = 0
@@ -486,8 +501,10 @@ public final class ViommuQueue: @unchecked Sendable {
                 queueError: .abort,
                 message: "the sink completed \(completed) of \(batch.count) commands without reporting a failure")
             if consumer.firstFailure == nil {
+                let failedPosition = position + UInt64(failedIndex)
                 consumer.firstFailure = CommandFailure(
-                    position: position + UInt64(failedIndex), command: commands[failedIndex], failure: failure)
+                    position: failedPosition, command: commands[failedIndex], failure: failure,
+                    tag: fromRing ? ring.tag(at: failedPosition) : 0)
             }
             failedCount += 1
             offset = failedIndex + 1
@@ -698,7 +715,7 @@ private struct DrainVisitor: CommandRingVisitor {
     let onDrainThread: Bool
 
     mutating func visit(commands: UnsafeBufferPointer<Command>, at position: UInt64) {
-        queue.execute(commands, at: position, onDrainThread: onDrainThread)
+        queue.execute(commands, at: position, onDrainThread: onDrainThread, fromRing: true)
     }
 
     mutating func visit(marker: RingMarker, at position: UInt64) {

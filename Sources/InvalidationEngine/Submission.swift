@@ -62,14 +62,14 @@ public struct SubmissionResult: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// A guest batch in flight: its CMD_SYNCs as fences, and how to map a failed ring position back to
-/// the guest command it came from.
+/// A guest batch in flight: its CMD_SYNCs as fences, and the serial its commands are tagged with in the
+/// rings, so that a failed command comes back as its guest index (``ringTag(guestIndex:)``).
 ///
 /// Complete when every CMD_SYNC of the batch completed (at once for a batch without CMD_SYNC: its
 /// commands are executed asynchronously and a later sync reports their failures). Observe it with
 /// ``wait()`` or the `onComplete` given to ``VSMMUEngine/submit(_:policy:onComplete:)``.
 ///
-/// `@unchecked Sendable`: `pushes`, `guestIndices`, `syncs`, `coveredViommus` and `immediateFailures` are written only while the engine
+/// `@unchecked Sendable`: `serial`, `syncs`, `coveredViommus` and `immediateFailures` are written only while the engine
 /// builds the submission under its lock, before `sealed()`; afterwards they are only read. Fence
 /// completions touch none of them: they only decrement `remaining`; the fences' outcomes are read
 /// after the acquiring decrement that reached zero (each fence published its outcome before its
@@ -96,22 +96,13 @@ public final class Submission: @unchecked Sendable {
         let failedImmediately: Bool
     }
 
-    /// One contiguous push to a viommu: its first ring position and where its guest indices start in
-    /// `guestIndices`.
-    struct Push {
-        var viommu: ViommuIndex
-        var firstPosition: UInt64
-        var indexStart: Int
-        var count: Int
-    }
-
     @exclusivity(unchecked) private var batchCount: Int
     /// The router's refusals (copied: the engine reuses its routing buffer).
     @exclusivity(unchecked) private var routingErrors: [RoutingError]
-    /// The pushes in order, and the guest index of every command they pushed, back to back (one buffer
-    /// per submission rather than one per push).
-    @exclusivity(unchecked) private var pushes: [Push] = []
-    @exclusivity(unchecked) private var guestIndices: [UInt32] = []
+    /// This batch's serial in its engine (never 0): the high half of the tag its commands carry in the
+    /// rings (``ringTag(guestIndex:)``). A failed command whose tag has another serial came from an
+    /// earlier batch.
+    @exclusivity(unchecked) private var serial: UInt32
     @exclusivity(unchecked) private var syncs: [PendingSync] = []
     /// Every sync's covered viommus, back to back.
     @exclusivity(unchecked) private var coveredViommus: [ViommuIndex] = []
@@ -152,9 +143,10 @@ public final class Submission: @unchecked Sendable {
         var abandoned: Set<Int> = []
     }
 
-    init(batchCount: Int, routed: RoutedBatch, onComplete: (@Sendable (SubmissionResult) -> Void)?,
+    init(batchCount: Int, routed: RoutedBatch, serial: UInt32, onComplete: (@Sendable (SubmissionResult) -> Void)?,
          stallLimit: StallLimit? = nil) {
         self.batchCount = batchCount
+        self.serial = serial
         self.routingErrors = routed.errors
         self.onComplete = onComplete
         self.stallLimit = stallLimit
@@ -168,8 +160,8 @@ public final class Submission: @unchecked Sendable {
     /// cannot be reused: not finished, or an async waiter list was created for it.
     ///
     /// The caller must hold the only reference (`isKnownUniquelyReferenced`) and the engine's lock.
-    func prepareForReuse(batchCount: Int, routed: RoutedBatch, onComplete: (@Sendable (SubmissionResult) -> Void)?,
-                         stallLimit: StallLimit? = nil) -> Bool {
+    func prepareForReuse(batchCount: Int, routed: RoutedBatch, serial: UInt32,
+                         onComplete: (@Sendable (SubmissionResult) -> Void)?, stallLimit: StallLimit? = nil) -> Bool {
         guard finished.load(ordering: .acquiring), !hasAsyncWaiters.load(ordering: .relaxed),
               !hasStallTimer.load(ordering: .relaxed),
               stallState?.withLock({ $0.expired }) != true else { return false }
@@ -178,10 +170,9 @@ public final class Submission: @unchecked Sendable {
             if let stallState { stallState.withLock { $0 = StallState() } } else { stallState = Locked(StallState()) }
         }
         self.batchCount = batchCount
+        self.serial = serial
         routingErrors = routed.errors
         self.onComplete = onComplete
-        pushes.removeAll(keepingCapacity: true)
-        guestIndices.removeAll(keepingCapacity: true)
         syncs.removeAll(keepingCapacity: true)
         coveredViommus.removeAll(keepingCapacity: true)
         if !immediateFailures.isEmpty { immediateFailures.removeAll(keepingCapacity: true) }
@@ -191,18 +182,24 @@ public final class Submission: @unchecked Sendable {
         return true
     }
 
-    /// Reserves room for `commands` guest indices, `pushes` pushes, `syncs` syncs and the viommus their
-    /// `fences` cover, so that recording the batch does not regrow any buffer.
-    func reserve(commands: Int, pushes: Int, syncs: Int, fences: Int) {
-        guestIndices.reserveCapacity(commands)
-        self.pushes.reserveCapacity(pushes)
+    /// Reserves room for `syncs` syncs and the viommus their `fences` cover, so that recording the batch
+    /// does not regrow any buffer.
+    func reserve(syncs: Int, fences: Int) {
         self.syncs.reserveCapacity(syncs)
         coveredViommus.reserveCapacity(fences)
     }
 
-    func recordPush(viommu: ViommuIndex, firstPosition: UInt64, guestIndices indices: UnsafeBufferPointer<UInt32>) {
-        pushes.append(Push(viommu: viommu, firstPosition: firstPosition, indexStart: guestIndices.count, count: indices.count))
-        guestIndices.append(contentsOf: indices)
+    /// The tag the engine pushes with this batch's command `guestIndex` (``ViommuQueue/push(_:tag:)``):
+    /// the batch's serial in the high half, the guest index in the low half. A failure of that command
+    /// carries it back (``CommandFailure/tag``), which ``guestIndex(ofTag:)`` turns into the guest index.
+    @inline(__always)
+    func ringTag(guestIndex: UInt32) -> UInt64 { UInt64(serial) << 32 | UInt64(guestIndex) }
+
+    /// The guest index of this batch's command tagged `tag`; `nil` for a command of another batch (or
+    /// one pushed untagged), which the CMD_SYNC that observed it reports at its own index.
+    @inline(__always)
+    func guestIndex(ofTag tag: UInt64) -> Int? {
+        tag >> 32 == UInt64(serial) ? Int(UInt32(truncatingIfNeeded: tag)) : nil
     }
 
     /// Adds a CMD_SYNC whose fence covers `queues`, the queues of the viommus `covered` (same order).
@@ -488,7 +485,7 @@ public final class Submission: @unchecked Sendable {
                     let viommu = coveredViommu(queueFailure.queueIndex, of: sync)
                     switch queueFailure.reason {
                     case .commandFailed(let command):
-                        let index = guestIndex(of: command.position, on: viommu) ?? sync.index
+                        let index = guestIndex(ofTag: command.tag) ?? sync.index
                         consider(Self.backendFailure(command, on: viommu, at: index))
                     case .queueStopped:
                         consider(.init(index: sync.index, queueError: .abort, origin: .backend(viommu),
@@ -508,17 +505,6 @@ public final class Submission: @unchecked Sendable {
         precondition(queueIndex >= 0 && queueIndex < sync.coveredCount,
                      "fence reported covered queue \(queueIndex) of \(sync.coveredCount)")
         return coveredViommus[sync.coveredStart + queueIndex]
-    }
-
-    /// The guest index of the command this submission pushed at `position` on `viommu`, if it did (a
-    /// failure path only: a scan of this submission's pushes, each of which records its commands' guest
-    /// indices).
-    private func guestIndex(of position: UInt64, on viommu: ViommuIndex) -> Int? {
-        for push in pushes where push.viommu == viommu && position >= push.firstPosition {
-            let offset = position - push.firstPosition
-            if offset < UInt64(push.count) { return Int(guestIndices[push.indexStart + Int(offset)]) }
-        }
-        return nil
     }
 }
 

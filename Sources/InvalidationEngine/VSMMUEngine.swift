@@ -132,6 +132,10 @@ public final class VSMMUEngine: Sendable {
     /// once nobody else holds it: only touched while `submitLock` is held.
     /// `@exclusivity(unchecked)`: the submit lock makes every access exclusive.
     @exclusivity(unchecked) nonisolated(unsafe) private var spareSubmission: Submission?
+    /// The serial of the last submission (never 0): the tag its commands carry in the rings. Only touched
+    /// while `submitLock` is held. It wraps after 2^32 − 1 batches; a command of a batch that many batches
+    /// back cannot still be in a ring.
+    @exclusivity(unchecked) nonisolated(unsafe) private var lastSerial: UInt32 = 0
     /// The guest command queue's state between batches: a carried failure, the stalled viommus.
     let queueState = GuestQueueState()
 
@@ -481,6 +485,8 @@ public final class VSMMUEngine: Sendable {
                        onComplete: (@Sendable (SubmissionResult) -> Void)? = nil) -> Submission {
         submitLock.withLock { _ -> Submission in
             let routed = self.routed
+            lastSerial = lastSerial == .max ? 1 : lastSerial &+ 1
+            let serial = lastSerial
             // Route under the state lock; push, place fences and drain with only the submit lock held.
             let state = state.withLock { (state: inout State) -> QueueSnapshot in
                 state.vsmmu.route(batch, into: routed, policy: policy)
@@ -491,18 +497,19 @@ public final class VSMMUEngine: Sendable {
             var spare = spareSubmission
             spareSubmission = nil
             if isKnownUniquelyReferenced(&spare), let reused = spare,
-               reused.prepareForReuse(batchCount: batch.count, routed: routed, onComplete: onComplete, stallLimit: stallLimit) {
+               reused.prepareForReuse(batchCount: batch.count, routed: routed, serial: serial, onComplete: onComplete,
+                                      stallLimit: stallLimit) {
                 submission = reused
             } else {
-                submission = Submission(batchCount: batch.count, routed: routed, onComplete: onComplete, stallLimit: stallLimit)
+                submission = Submission(batchCount: batch.count, routed: routed, serial: serial, onComplete: onComplete,
+                                        stallLimit: stallLimit)
             }
             if state.stopped {
                 submission.finishStopped()
                 return submission
             }
             let syncPoints = routed.syncPoints
-            submission.reserve(commands: routed.deliveryCount, pushes: routed.fences.count + routed.touched.count,
-                               syncs: syncPoints.count, fences: routed.fences.count)
+            submission.reserve(syncs: syncPoints.count, fences: routed.fences.count)
             // What earlier batches left (one atomic load when nothing): a failure for this batch's first
             // CMD_SYNC, and viommus whose abandoned CMD_SYNC is pending, which every sync covers.
             var carried: GuestQueueState.CarriedFailure?
@@ -649,13 +656,10 @@ public final class VSMMUEngine: Sendable {
                              into queue: ViommuQueue, recording submission: Submission) {
         guard end > start else { return }
         routed.withCommands(for: viommu) { commands in
-            let slice = UnsafeBufferPointer(rebasing: commands[start..<end])
-            guard let positions = try? queue.push(slice) else { return }
-            // Only this engine pushes to the queue, under its submit lock: a split push is contiguous.
-            let first = positions.upperBound &- UInt64(slice.count)
             routed.withGuestIndices(for: viommu) { indices in
-                submission.recordPush(viommu: viommu, firstPosition: first,
-                                      guestIndices: UnsafeBufferPointer(rebasing: indices[start..<end]))
+                // Each command carries its guest index in its ring slot: a failure comes back in guest terms.
+                _ = try? queue.push(UnsafeBufferPointer(rebasing: commands[start..<end]),
+                                    tag: { submission.ringTag(guestIndex: indices[start + $0]) })
             }
         }
     }

@@ -14,7 +14,15 @@ import Glibc
 /// a request caught while polling keeps it; one that came later than the window but within
 /// ``maximumNanoseconds`` doubles it (a longer poll would have caught it); one that came later than that
 /// halves it, down to zero, so a connection whose requests are far apart (a lazy guest, or many VMs
-/// sharing few CPUs) sleeps at once and costs no CPU. At most ``RequestPollingSlots/capacity`` threads
+/// sharing few CPUs) sleeps at once and costs no CPU.
+///
+/// A wait that slept is measured up to the moment the thread ran again, so it includes the wake-up
+/// itself: tens of microseconds on a KVM guest, more than the window. Counted as it is, a request that
+/// came right after the window would look too late for any poll, the window would shrink to nothing and
+/// stay there, each side waking the other on every request (the shared queue showed it: both sides
+/// asleep on every CMD_SYNC in one run of three). So a wait counts as "too late" only beyond
+/// ``maximumNanoseconds`` plus ``wakeUpAllowanceNanoseconds``; a guest idle for longer than that still
+/// closes the window at once. At most ``RequestPollingSlots/capacity`` threads
 /// poll at the same time, and only while no other connection thread is serving a request (a poll stops
 /// when one starts): polling must never take the CPUs that other connections' work needs.
 struct RequestPoller {
@@ -25,6 +33,9 @@ struct RequestPoller {
 
     /// The smallest window a grow starts from, and below which a shrink stops polling.
     static let minimumNanoseconds: UInt64 = 2_000
+    /// What a wait that slept may have spent being woken (see the type's notes): 200 µs, several times a
+    /// cross-vCPU wake-up on the test machine, and far below a lazy guest's gaps (milliseconds).
+    static let wakeUpAllowanceNanoseconds: UInt64 = 200_000
 
     init(maximum: Duration) {
         maximumNanoseconds = UInt64(max(0, maximum.nanosecondsClamped))
@@ -35,7 +46,7 @@ struct RequestPoller {
     /// waiting, caught while polling or not.
     mutating func record(waitedNanoseconds: UInt64, caughtWhilePolling: Bool) {
         guard maximumNanoseconds > 0, !caughtWhilePolling else { return }
-        if waitedNanoseconds <= maximumNanoseconds {
+        if waitedNanoseconds <= maximumNanoseconds &+ Self.wakeUpAllowanceNanoseconds {
             windowNanoseconds = min(maximumNanoseconds, max(windowNanoseconds &* 2, Self.minimumNanoseconds))
         } else {
             windowNanoseconds /= 2

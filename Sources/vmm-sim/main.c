@@ -7,9 +7,10 @@
 // commands in batches cut after each CMD_SYNC, as the guest's driver publishes them, checking every
 // reply.
 //
-//   vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... replay TRACE.bin STE_CD.csv
-//   vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... generate [--commands N] [--devices D]
-//           [--seed S] [--strict | --lazy]
+//   vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--shared-queue [--queue-log2 N] [--queue-spin-us US]]
+//           replay TRACE.bin STE_CD.csv
+//   vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--shared-queue [--queue-log2 N] [--queue-spin-us US]]
+//           generate [--commands N] [--devices D] [--seed S] [--strict | --lazy]
 //   vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... hw-info   (attach, print the registers, exit)
 //
 // Defaults: socket $VSMMUD_SOCKET or /run/vsmmud/vsmmud.sock; pSMMUs smmu0:0 and smmu1:64 (the daemon's
@@ -19,6 +20,13 @@
 // (10 ms doubling to 500 ms, for up to 30 s), resumes the vSMMU with its token and re-sends the request
 // that was in flight, as a VMM should (PROTOCOL.md §5.13). --no-reconnect turns that off (a lost
 // connection then ends the run with an error).
+//
+// --shared-queue (protocol version 4) submits the commands through the vSMMU's shared command queue
+// (MAP_QUEUE, PROTOCOL.md §8) instead of INVALIDATE: each batch is published at PROD and a sync completes
+// when the daemon's CONS passes it. --queue-log2 N sizes it (2^N slots, default 12); --queue-spin-us US is
+// how long a wait polls CONS before it sleeps on the call eventfd (the client's default: 20). A command the daemon
+// refuses stops the queue: vmm-sim counts the error, prints the record, replaces the command with a CMD_SYNC
+// (as Linux's __arm_smmu_cmdq_skip_err does) and acknowledges. The report names the path it used.
 
 #include "hw_info.h"
 #include "vsmmu_client.h"
@@ -56,6 +64,10 @@ struct run {
 	int psmmu_count;
 	struct device devices[MAX_DEVICES];
 	int device_count;
+	struct vsmmu_client_queue *queue; /* --shared-queue: the vSMMU's shared queue, NULL for INVALIDATE */
+	int use_queue;
+	uint32_t queue_log2;
+	long queue_spin_us; /* --queue-spin-us: how long a wait polls CONS before it sleeps (-1: the client's default) */
 	uint64_t commands, batches, syncs, errors;
 	double *latencies; /* µs per batch that ended in CMD_SYNC */
 	size_t latency_count, latency_capacity;
@@ -97,6 +109,17 @@ static int setup(struct run *run, const char *socket_path, int reconnect)
 			return fail(run, "ATTACH_VIOMMU", rc);
 		p->viommu = reply.viommu;
 		p->next_host_device = p->first_host_device;
+	}
+	if (run->use_queue) {
+		if (run->client.version < 4) {
+			fprintf(stderr, "vmm-sim: the daemon speaks protocol version %u: no shared queue (version 4)\n",
+				run->client.version);
+			return 1;
+		}
+		if ((rc = vsmmu_client_map_queue(&run->client, run->vsmmu, run->queue_log2, &run->queue)))
+			return fail(run, "MAP_QUEUE", rc);
+		if (run->queue_spin_us >= 0)
+			run->queue->spin_ns = (uint32_t)run->queue_spin_us * 1000u;
 	}
 	/* What the guest's SMMU_IDRn will say: what every pSMMU behind the vSMMU supports (version 2). */
 	if (run->client.version < 2) {
@@ -143,13 +166,56 @@ static void record_latency(struct run *run, double us)
 	run->latencies[run->latency_count++] = us;
 }
 
+/* Publishes one batch on the shared queue and waits for CONS to pass it: every CMD_SYNC in it completed. A
+ * queue error is counted, printed, skipped (the command replaced by a CMD_SYNC, as Linux's
+ * __arm_smmu_cmdq_skip_err does) and acknowledged; then the rest of the batch goes on. */
+static int submit_queue(struct run *run, const struct vsmmu_command *commands, uint32_t count, uint32_t syncs)
+{
+	struct vsmmu_client_queue *q = run->queue;
+	uint32_t published = 0;
+	int rc = 0;
+	double start = now_us();
+	for (;;) {
+		if (published < count) {
+			uint32_t n = 0;
+			rc = vsmmu_client_queue_submit(q, commands + published, count - published, &n);
+			published += n;
+		}
+		if (rc == 0)
+			rc = vsmmu_client_queue_wait(q, q->prod);
+		if (rc != VSMMU_CLIENT_QUEUE_ERROR)
+			break;
+		struct vsmmu_client_queue_error e;
+		if (vsmmu_client_queue_error(q, &e)) {
+			run->errors++;
+			if (run->errors <= 10)
+				fprintf(stderr, "vmm-sim: batch %llu: the queue stopped at slot %u (CONS 0x%x): CERROR %u, kind %u\n",
+					(unsigned long long)run->batches + 1, e.index, e.cons, e.cerror, e.kind);
+			const struct vsmmu_command sync = { { 0x46, 0 } };
+			vsmmu_client_queue_acknowledge(q, &sync);
+		}
+		rc = 0;
+	}
+	double elapsed = now_us() - start;
+	if (rc)
+		return fail(run, "shared queue", rc);
+	run->commands += count;
+	run->batches++;
+	run->syncs += syncs;
+	if (syncs)
+		record_latency(run, elapsed);
+	return 0;
+}
+
 /* Submits one batch and checks the reply: everything consumed, no CERROR. */
 static int submit(struct run *run, const struct vsmmu_command *commands, uint32_t count)
 {
 	struct vsmmu_invalidate_reply reply;
-	int has_sync = 0;
+	uint32_t has_sync = 0;
 	for (uint32_t i = 0; i < count; i++)
-		has_sync |= (commands[i].w[0] & 0xFF) == 0x46;
+		has_sync += (commands[i].w[0] & 0xFF) == 0x46;
+	if (run->queue)
+		return submit_queue(run, commands, count, has_sync);
 	double start = now_us();
 	int rc = vsmmu_client_invalidate(&run->client, run->vsmmu, commands, count, &reply);
 	double elapsed = now_us() - start;
@@ -189,6 +255,22 @@ static void report(struct run *run, const char *mode)
 	       mode, (unsigned long long)run->commands, (unsigned long long)run->batches,
 	       (unsigned long long)run->syncs, (unsigned long long)run->errors, p50, p99,
 	       (unsigned long long)run->client.reconnects, (unsigned long long)run->client.lost_vsmmus);
+	if (run->queue)
+		printf("vmm-sim path: shared queue (%u slots): %llu kicks, %llu sleeps on call, %llu re-maps\n",
+		       1u << run->queue->log2_entries, (unsigned long long)run->queue->kicks,
+		       (unsigned long long)run->queue->sleeps, (unsigned long long)run->queue->remaps);
+	else
+		printf("vmm-sim path: socket (INVALIDATE)\n");
+}
+
+/* UNMAP_QUEUE at the end of a run through the shared queue (nothing without one). */
+static int unmap(struct run *run)
+{
+	if (!run->queue)
+		return 0;
+	int rc = vsmmu_client_unmap_queue(&run->client, run->queue);
+	run->queue = NULL;
+	return rc ? fail(run, "UNMAP_QUEUE", rc) : 0;
 }
 
 /* ---- replay ---------------------------------------------------------------------------------- */
@@ -257,7 +339,7 @@ static int replay(struct run *run, const char *trace, const char *ste_cd)
 	if (count && submit(run, batch, count))
 		return 1;
 	report(run, "replay");
-	return run->errors ? 1 : 0;
+	return unmap(run) || run->errors ? 1 : 0;
 }
 
 /* ---- generate -------------------------------------------------------------------------------- */
@@ -334,7 +416,7 @@ static int generate(struct run *run, uint64_t budget, int devices, int strict)
 			return 1;
 	}
 	report(run, strict ? "generate (strict)" : "generate (lazy)");
-	return run->errors ? 1 : 0;
+	return unmap(run) || run->errors ? 1 : 0;
 }
 
 /* ---- main ------------------------------------------------------------------------------------ */
@@ -342,9 +424,10 @@ static int generate(struct run *run, uint64_t budget, int devices, int strict)
 static void usage(void)
 {
 	fprintf(stderr,
-		"usage: vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--no-reconnect] replay TRACE.bin STE_CD.csv\n"
-		"       vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--no-reconnect] generate [--commands N]\n"
-		"               [--devices D] [--seed S] [--strict|--lazy]\n"
+		"usage: vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--no-reconnect]\n"
+		"               [--shared-queue [--queue-log2 N] [--queue-spin-us US]] replay TRACE.bin STE_CD.csv\n"
+		"       vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--no-reconnect]\n"
+		"               [--shared-queue [--queue-log2 N] [--queue-spin-us US]] generate [--commands N] [--devices D] [--seed S] [--strict|--lazy]\n"
 		"       vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--no-reconnect] hw-info\n");
 }
 
@@ -353,9 +436,26 @@ int main(int argc, char **argv)
 	static struct run run;
 	const char *socket_path = getenv("VSMMUD_SOCKET") ? getenv("VSMMUD_SOCKET") : "/run/vsmmud/vsmmud.sock";
 	int i = 1, reconnect = 1;
+	run.queue_log2 = 12;
+	run.queue_spin_us = -1;
 	for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
 		if (!strcmp(argv[i], "--no-reconnect")) {
 			reconnect = 0;
+		} else if (!strcmp(argv[i], "--shared-queue")) {
+			run.use_queue = 1;
+		} else if (!strcmp(argv[i], "--queue-spin-us") && i + 1 < argc) {
+			run.queue_spin_us = strtol(argv[++i], NULL, 0);
+			if (run.queue_spin_us < 0 || run.queue_spin_us > 1000000) {
+				fprintf(stderr, "vmm-sim: --queue-spin-us must be 0-1000000\n");
+				return 2;
+			}
+		} else if (!strcmp(argv[i], "--queue-log2") && i + 1 < argc) {
+			run.queue_log2 = (uint32_t)strtoul(argv[++i], NULL, 0);
+			if (run.queue_log2 < VSMMU_QUEUE_MIN_LOG2_ENTRIES || run.queue_log2 > VSMMU_QUEUE_MAX_LOG2_ENTRIES) {
+				fprintf(stderr, "vmm-sim: --queue-log2 must be %u-%u\n", VSMMU_QUEUE_MIN_LOG2_ENTRIES,
+					VSMMU_QUEUE_MAX_LOG2_ENTRIES);
+				return 2;
+			}
 		} else if (!strcmp(argv[i], "--socket") && i + 1 < argc) {
 			socket_path = argv[++i];
 		} else if (!strcmp(argv[i], "--psmmu") && i + 1 < argc && run.psmmu_count < MAX_PSMMUS) {

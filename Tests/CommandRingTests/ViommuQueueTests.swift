@@ -233,6 +233,33 @@ struct ViommuQueueTests {
         #expect(throws: Never.self) { try queue.sync().wait() }
     }
 
+    /// A failed command comes back with the tag its producer pushed it with, across the ring's wrap, and a
+    /// command pushed without one (or executed at once, outside the ring) carries 0.
+    @Test func aFailedCommandCarriesTheTagItWasPushedWithAcrossTheWrap() throws {
+        let queue = try queue(.inline, capacity: 8, sink: recordingSink(SinkLog()))
+        defer { queue.stop() }
+        // Six commands and a fence marker (positions 0..<7), then seven commands at 7..<14: slots 7, 0, 1, …
+        // (the wrap), the failing one at position 12.
+        try queue.push(commands(0..<6))
+        try queue.sync().wait()
+        let batch = commands(0..<5) + [failingCommand(9)] + commands(5..<6)
+        let positions = try batch.withUnsafeBufferPointer { buffer in
+            try queue.push(buffer, tag: { 0xABCD_0000_0000_0000 | UInt64($0) })
+        }
+        #expect(positions == 7..<14)
+        let failure = try #require(throws: SyncFailure.self) { try queue.sync().wait() }
+        let command = try #require(failure.firstCommandFailure)
+        #expect(command.position == 12 && command.command == failingCommand(9))
+        #expect(command.tag == 0xABCD_0000_0000_0005)
+        // Untagged: 0, even in a slot that held a tagged command before.
+        try queue.push(commands(0..<2) + [failingCommand(8)])
+        let untagged = try #require(throws: SyncFailure.self) { try queue.sync().wait() }
+        #expect(untagged.firstCommandFailure?.tag == 0)
+        // At once on an idle queue: outside the ring, no tag.
+        let immediate = try [failingCommand(7)].withUnsafeBufferPointer { try #require(queue.executeAndSync($0)) }
+        #expect(immediate.failure?.tag == 0 && immediate.failedOffset == 0)
+    }
+
     @Test func sinkStoppingWithoutAReasonFailsTheCommandWithAbort() throws {
         let queue = try queue(.inline, sink: { batch in InvalidationResult(completed: batch.count - 1) })
         defer { queue.stop() }

@@ -20,11 +20,11 @@ import Glibc
         #expect(poller.windowNanoseconds == 30_000)
     }
 
-    @Test func requestsLaterThanTheMaximumShrinkTheWindowToNothing() {
+    @Test func requestsLaterThanTheMaximumAndAWakeUpShrinkTheWindowToNothing() {
         var poller = RequestPoller(maximum: .microseconds(30))
         var windows: [UInt64] = []
         for _ in 0..<5 {
-            poller.record(waitedNanoseconds: 200_000, caughtWhilePolling: false)
+            poller.record(waitedNanoseconds: 30_000 + RequestPoller.wakeUpAllowanceNanoseconds + 1, caughtWhilePolling: false)
             windows.append(poller.windowNanoseconds)
         }
         #expect(windows == [15_000, 7_500, 3_750, 0, 0])
@@ -37,6 +37,21 @@ import Glibc
         var windows: [UInt64] = []
         for _ in 0..<5 {
             poller.record(waitedNanoseconds: 20_000, caughtWhilePolling: false)
+            windows.append(poller.windowNanoseconds)
+        }
+        #expect(windows == [2_000, 4_000, 8_000, 16_000, 30_000])
+    }
+
+    /// A request that came right after the window, measured by a thread that slept and was woken (the
+    /// wait includes the wake-up: ~50 µs here, over the 30-µs maximum), grows a closed window again rather
+    /// than keeping it closed: otherwise both sides of a shared queue end up waking each other on every sync.
+    @Test func aWaitThatIncludesTheWakeUpOfASleeperStillGrowsTheWindow() {
+        var poller = RequestPoller(maximum: .microseconds(30))
+        for _ in 0..<4 { poller.record(waitedNanoseconds: 1_000_000, caughtWhilePolling: false) }
+        #expect(poller.windowNanoseconds == 0)
+        var windows: [UInt64] = []
+        for _ in 0..<5 {
+            poller.record(waitedNanoseconds: 50_000, caughtWhilePolling: false)
             windows.append(poller.windowNanoseconds)
         }
         #expect(windows == [2_000, 4_000, 8_000, 16_000, 30_000])

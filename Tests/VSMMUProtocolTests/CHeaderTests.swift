@@ -196,7 +196,7 @@ struct CHeaderTests {
                                       folder.appendingPathComponent("vectors/check_vectors.c").path])
         #expect(build.status == 0, "cc failed:\n\(build.output)")
         guard build.status == 0 else { return }
-        let names = try ProtocolFolder.vectorNames()
+        let names = try ProtocolFolder.allVectorNames()
         let result = try Self.run(binary, names.map { ProtocolFolder.vectors.appendingPathComponent($0).path })
         #expect(result.status == 0, "check_vectors failed:\n\(result.output)")
         #expect(result.output.contains("check_vectors: \(names.count) vectors"), "\(result.output)")

@@ -23,10 +23,31 @@ enum ProtocolFolder {
 
     static var vectors: URL { url().appendingPathComponent("vectors") }
 
-    /// The `*.hex` files of `protocol/vectors`, sorted by name.
-    static func vectorNames() throws -> [String] {
+    /// Every `*.hex` file of `protocol/vectors`, sorted by name: the frames and the queue-memory vectors.
+    static func allVectorNames() throws -> [String] {
         let names = try FileManager.default.contentsOfDirectory(atPath: vectors.path)
         return names.filter { $0.hasSuffix(".hex") }.sorted()
+    }
+
+    /// The vectors that hold one frame each, sorted by name.
+    static func vectorNames() throws -> [String] {
+        let memory = Set(try memoryVectorNames())
+        return try allVectorNames().filter { !memory.contains($0) }
+    }
+
+    /// The vectors that hold bytes of the shared queue's memory (`#! kind = …`, PROTOCOL.md §7), not frames.
+    static func memoryVectorNames() throws -> [String] {
+        try allVectorNames().filter { try !vectorAssertions($0).filter { $0.name == "kind" }.isEmpty }
+    }
+
+    /// A vector's `#! name = value` lines, in file order.
+    static func vectorAssertions(_ name: String) throws -> [(name: String, value: String)] {
+        let text = try String(contentsOf: vectors.appendingPathComponent(name), encoding: .utf8)
+        return text.split(separator: "\n").compactMap { line in
+            guard line.hasPrefix("#!"), let equals = line.firstIndex(of: "=") else { return nil }
+            let key = line[line.index(line.startIndex, offsetBy: 2)..<equals].trimmingCharacters(in: .whitespaces)
+            return (key, line[line.index(after: equals)...].trimmingCharacters(in: .whitespaces))
+        }
     }
 
     /// The bytes of one vector: hex digits, whitespace ignored, `#` comments to the end of the line.

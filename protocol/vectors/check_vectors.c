@@ -12,6 +12,10 @@
  *   - every "#! name = value" assertion holds when the bytes are read through the struct member the
  *     name designates (offsetof/sizeof of vsmmu.h);
  *   - "#! expect_error = N" frames are refused by the §2.2 framing checks with exactly code N.
+ * A file marked "#! kind = queue_header" or "#! kind = queue_slots" is not a frame but bytes of the shared
+ * queue's memory (§8.1), the first of them at "#! offset": its "queue_header.<field>" assertions are read
+ * at offsetof(struct vsmmu_queue_header, field) (every field asserted, every other byte zero), its
+ * "slot[i].w[k]" at VSMMU_QUEUE_SLOTS_OFFSET + i * sizeof(struct vsmmu_command).
  * Prints one line per vector and a summary; exits 1 on any failure.
  */
 #include <stddef.h>
@@ -301,6 +305,8 @@ struct vector {
 	struct assertion asserts[256];
 	int nasserts;
 	long expect_error; /* -1: none */
+	char kind[32];     /* "#! kind": empty for a frame */
+	long offset;       /* "#! offset": where a memory vector's first byte sits (-1: not given) */
 };
 
 static int hexval(int c)
@@ -331,6 +337,8 @@ static int load(const char *path, struct vector *v)
 	v->count = 0;
 	v->nasserts = 0;
 	v->expect_error = -1;
+	v->kind[0] = 0;
+	v->offset = -1;
 	while (fgets(line, sizeof line, f)) {
 		lineno++;
 		if (line[0] == '#' && line[1] == '!') {
@@ -344,6 +352,14 @@ static int load(const char *path, struct vector *v)
 			char *name = trim(line + 2), *value = trim(eq + 1);
 			if (strcmp(name, "expect_error") == 0) {
 				v->expect_error = strtol(value, NULL, 0);
+				continue;
+			}
+			if (strcmp(name, "kind") == 0) {
+				snprintf(v->kind, sizeof v->kind, "%s", value);
+				continue;
+			}
+			if (strcmp(name, "offset") == 0) {
+				v->offset = strtol(value, NULL, 0);
 				continue;
 			}
 			struct assertion *a = &v->asserts[v->nasserts++];
@@ -486,8 +502,125 @@ static int check_assertion(const char *path, const struct vector *v, const struc
 	return 0;
 }
 
+/* ---- Memory vectors: the shared queue (§8.1) ---------------------------------------------------------- */
+
+#define QH(m) { "queue_header." #m, offsetof(struct vsmmu_queue_header, m), MEMBER_SIZE(vsmmu_queue_header, m) }
+
+static const struct queue_field {
+	const char *name;
+	size_t offset, size;
+} queue_fields[] = {
+	QH(magic), QH(version), QH(log2_entries), QH(prod), QH(cons), QH(error_sequence), QH(cerror),
+	QH(error_kind), QH(error_cons), QH(state), QH(error_ack), QH(daemon_sleeping), QH(vmm_sleeping),
+};
+
+/* The header's bytes a queue_header vector holds: up to the end of the last field's cache line. */
+#define QUEUE_HEADER_FIELDS_END \
+	((offsetof(struct vsmmu_queue_header, vmm_sleeping) / VSMMU_QUEUE_LINE_SIZE + 1) * VSMMU_QUEUE_LINE_SIZE)
+
+/* A number assertion on `size` bytes at `offset` of the vector. */
+static int check_number(const char *path, const struct vector *v, const struct assertion *a, size_t offset, size_t size)
+{
+	if (offset + size > v->count) {
+		printf("FAIL %s: %s (offset %zu, %zu bytes) lies past the vector's %zu bytes\n", path, a->name, offset, size,
+		       v->count);
+		return -1;
+	}
+	char *end;
+	unsigned long long want = strtoull(a->value, &end, 0);
+	if (*end || a->value[0] == 0) {
+		printf("FAIL %s: %s: bad number %s\n", path, a->name, a->value);
+		return -1;
+	}
+	uint64_t got = rd(v->bytes + offset, size);
+	if (got != want) {
+		printf("FAIL %s: %s = 0x%llx, expected %s\n", path, a->name, (unsigned long long)got, a->value);
+		return -1;
+	}
+	return 0;
+}
+
+static int check_queue_header(const char *path, const struct vector *v)
+{
+	size_t nfields = sizeof queue_fields / sizeof queue_fields[0];
+	int asserted[sizeof queue_fields / sizeof queue_fields[0]] = { 0 };
+	unsigned char covered[QUEUE_HEADER_FIELDS_END] = { 0 };
+	if (v->offset != 0 || v->count != QUEUE_HEADER_FIELDS_END) {
+		printf("FAIL %s: a queue_header vector holds bytes 0 to 0x%zx of the memory (offset %ld, %zu bytes)\n", path,
+		       (size_t)QUEUE_HEADER_FIELDS_END, v->offset, v->count);
+		return -1;
+	}
+	for (int i = 0; i < v->nasserts; i++) {
+		const struct assertion *a = &v->asserts[i];
+		size_t k = 0;
+		while (k < nfields && strcmp(queue_fields[k].name, a->name) != 0)
+			k++;
+		if (k == nfields) {
+			printf("FAIL %s: no field \"%s\" in struct vsmmu_queue_header\n", path, a->name);
+			return -1;
+		}
+		if (check_number(path, v, a, queue_fields[k].offset, queue_fields[k].size) != 0)
+			return -1;
+		asserted[k] = 1;
+		memset(covered + queue_fields[k].offset, 1, queue_fields[k].size);
+	}
+	for (size_t k = 0; k < nfields; k++)
+		if (!asserted[k]) {
+			printf("FAIL %s: %s is not asserted\n", path, queue_fields[k].name);
+			return -1;
+		}
+	for (size_t i = 0; i < v->count; i++)
+		if (!covered[i] && v->bytes[i] != 0) {
+			printf("FAIL %s: reserved byte 0x%zx is 0x%02x, not 0\n", path, i, v->bytes[i]);
+			return -1;
+		}
+	return 0;
+}
+
+static int check_queue_slots(const char *path, const struct vector *v)
+{
+	if (v->offset != (long)VSMMU_QUEUE_SLOTS_OFFSET || v->count == 0 || v->count % sizeof(struct vsmmu_command) != 0) {
+		printf("FAIL %s: a queue_slots vector holds whole slots from VSMMU_QUEUE_SLOTS_OFFSET (offset %ld, %zu bytes)\n",
+		       path, v->offset, v->count);
+		return -1;
+	}
+	for (int i = 0; i < v->nasserts; i++) {
+		const struct assertion *a = &v->asserts[i];
+		unsigned slot, word;
+		int used = 0;
+		if (sscanf(a->name, "slot[%u].w[%u]%n", &slot, &word, &used) != 2 || a->name[used] != 0 ||
+		    word >= sizeof(((struct vsmmu_command *)0)->w) / sizeof(uint64_t)) {
+			printf("FAIL %s: \"%s\" is not slot[i].w[k]\n", path, a->name);
+			return -1;
+		}
+		size_t offset = (size_t)slot * sizeof(struct vsmmu_command) + offsetof(struct vsmmu_command, w) +
+				word * sizeof(uint64_t);
+		if (check_number(path, v, a, offset, sizeof(uint64_t)) != 0)
+			return -1;
+	}
+	return 0;
+}
+
+static int check_memory(const char *path, struct vector *v, int *asserts_checked)
+{
+	int rc;
+	if (strcmp(v->kind, "queue_header") == 0)
+		rc = check_queue_header(path, v);
+	else if (strcmp(v->kind, "queue_slots") == 0)
+		rc = check_queue_slots(path, v);
+	else {
+		printf("FAIL %s: unknown kind \"%s\"\n", path, v->kind);
+		return -1;
+	}
+	if (rc == 0)
+		*asserts_checked += v->nasserts;
+	return rc;
+}
+
 static int check(const char *path, struct vector *v, int *asserts_checked)
 {
+	if (v->kind[0])
+		return check_memory(path, v, asserts_checked);
 	if (v->count < HDR) {
 		printf("FAIL %s: %zu bytes, shorter than a header\n", path, v->count);
 		return -1;
@@ -549,8 +682,8 @@ int main(int argc, char **argv)
 			continue;
 		}
 		const char *base = strrchr(argv[i], '/');
-		printf("ok %s (%zu bytes, %d assertions%s)\n", base ? base + 1 : argv[i], v.count, assertions - before,
-		       v.expect_error >= 0 ? ", refused as expected" : "");
+		printf("ok %s (%zu bytes, %d assertions%s%s)\n", base ? base + 1 : argv[i], v.count, assertions - before,
+		       v.expect_error >= 0 ? ", refused as expected" : "", v.kind[0] ? ", queue memory" : "");
 	}
 	printf("check_vectors: %d vectors, %d assertions, %d failures\n", argc - 1, assertions, failures);
 	return failures ? 1 : 0;

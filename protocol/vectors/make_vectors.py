@@ -3,7 +3,8 @@
 
 An independent serialiser (Python's struct module, field by field from the specification), not the Swift
 codec: the Swift tests decode these files and compare them with messages written by hand, and
-check_vectors.c checks every `#!` assertion against the C structures of vsmmu.h.
+check_vectors.c checks every `#!` assertion against the C structures of vsmmu.h. Two vectors are not frames
+but bytes of the shared command queue's memory (§8.1), marked `#! kind = queue_header` / `queue_slots`.
 
 Run from anywhere: python3 protocol/vectors/make_vectors.py  (rewrites every *.hex here).
 """
@@ -32,17 +33,13 @@ def type_name(t):
     return base + "_REPLY" if t & REPLY else base
 
 
-class Frame:
-    """A frame built field by field; every field becomes one hex line and one `#!` assertion."""
+class Fields:
+    """Bytes laid out field by field; every field becomes one hex line and (when named) one `#!` assertion."""
 
-    def __init__(self, filename, title, mtype, request_id, flags=0, payload_length=None):
-        self.filename, self.title = filename, title
-        self.mtype, self.request_id, self.flags = mtype, request_id, flags
-        self.forced_length = payload_length
-        self.lines = []      # (bytes, comment) of the payload
+    def __init__(self):
+        self.lines = []      # (bytes, comment)
         self.asserts = []    # (name, value text)
         self.notes = []
-        self.expect_error = None
 
     def note(self, text):
         self.notes.append(text)
@@ -52,9 +49,14 @@ class Frame:
         self.lines.append((b"", text))
         return self
 
+    def where(self):
+        """What a field's comment starts with (Memory: its offset)."""
+        return ""
+
     def _int(self, fmt, name, value, comment=None):
         label = name if name is not None else "(not checked)"
-        self.lines.append((struct.pack("<" + fmt, value), "%s = %s" % (label, comment or hex_or_dec(value))))
+        where = self.where()
+        self.lines.append((struct.pack("<" + fmt, value), "%s%s = %s" % (where, label, comment or hex_or_dec(value))))
         if name is not None:
             self.asserts.append((name, str(value) if value < 10 else "0x%X" % value))
         return self
@@ -63,6 +65,28 @@ class Frame:
     def u16(self, name, value, comment=None): return self._int("H", name, value, comment)
     def u32(self, name, value, comment=None): return self._int("I", name, value, comment)
     def u64(self, name, value, comment=None): return self._int("Q", name, value, comment)
+
+    def body(self):
+        """The fields' lines of the file: a section as a comment, a field as its hex and its comment."""
+        out = []
+        for b, c in self.lines:
+            out += ["# " + c] if not b else fmt_bytes(b, c)
+        return out
+
+    def save(self, out):
+        with open(os.path.join(HERE, self.filename), "w") as f:
+            f.write("\n".join(out) + "\n")
+
+
+class Frame(Fields):
+    """A frame built field by field."""
+
+    def __init__(self, filename, title, mtype, request_id, flags=0, payload_length=None):
+        Fields.__init__(self)
+        self.filename, self.title = filename, title
+        self.mtype, self.request_id, self.flags = mtype, request_id, flags
+        self.forced_length = payload_length
+        self.expect_error = None
 
     def name(self, name, text):
         data = text.encode()
@@ -104,13 +128,38 @@ class Frame:
         out += [fmt_line(b, c) for b, c in header]
         if self.lines:
             out.append("# payload")
-            for b, c in self.lines:
-                if not b:
-                    out.append("# " + c)
-                else:
-                    out += fmt_bytes(b, c)
-        with open(os.path.join(HERE, self.filename), "w") as f:
-            f.write("\n".join(out) + "\n")
+            out += self.body()
+        self.save(out)
+
+
+class Memory(Fields):
+    """Bytes of the shared command queue's memory (PROTOCOL.md §8.1), not a frame: `#! kind` says which part
+    and `#! offset` where in the memory the first byte sits. Each field's comment starts with its offset."""
+
+    def __init__(self, filename, title, kind, offset):
+        Fields.__init__(self)
+        self.filename, self.title, self.kind, self.offset = filename, title, kind, offset
+
+    def where(self):
+        return "0x%03X " % (self.offset + sum(len(b) for b, _ in self.lines))
+
+    def reserved(self, count, upto=None):
+        """`count` zero bytes (reserved, not asserted: check_vectors.c checks that they are zero)."""
+        at = self.offset + sum(len(b) for b, _ in self.lines)
+        if upto is not None:
+            assert at + count == upto, (hex(at), count, hex(upto))
+        self.lines.append((b"\0" * count, "%sreserved (%d bytes) = 0" % (self.where(), count)))
+        return self
+
+    def write(self):
+        out = ["# %s" % self.title]
+        out += ["# %s" % n for n in self.notes]
+        out.append("#! kind = %s" % self.kind)
+        out.append("#! offset = 0x%X" % self.offset)
+        for name, value in self.asserts:
+            out.append("#! %s = %s" % (name, value))
+        out.append("")
+        self.save(out + self.body())
 
 
 def hex_or_dec(v):
@@ -202,6 +251,16 @@ def main():
     f = Frame("create-vsmmu.hex", "CREATE_VSMMU (§5.2): name \"vm42\"", CREATE_VSMMU, 2)
     f.section("struct vsmmu_create_vsmmu").u32("create_vsmmu.flags", 0).u32("create_vsmmu.reserved", 0)
     add(f.name("create_vsmmu.name", "vm42"))
+
+    # Version 3: the create key makes a CREATE_VSMMU re-sent after a reconnect answer the vSMMU it created.
+    f = Frame("create-vsmmu-keyed.hex", "CREATE_VSMMU (§5.2, version 3) with a create key (bytes 0x20..0x2F): "
+              "name \"vm42\"", CREATE_VSMMU, 2)
+    f.section("struct vsmmu_create_vsmmu_keyed")
+    f.u32("create_vsmmu_keyed.flags", 1, "VSMMU_CREATE_FLAG_KEY").u32("create_vsmmu_keyed.reserved", 0)
+    f.name("create_vsmmu_keyed.name", "vm42")
+    for i, word in enumerate([0x2726252423222120, 0x2F2E2D2C2B2A2928]):
+        f.u64("create_vsmmu_keyed.create_key[%d]" % i, word, "0x%X" % word)
+    add(f)
 
     f = Frame("create-vsmmu-reply.hex", "CREATE_VSMMU reply (§5.2): vsmmu_id 7", CREATE_VSMMU | REPLY, 2)
     f.section("struct vsmmu_create_vsmmu_reply")
@@ -539,6 +598,43 @@ def main():
     f.name("hello.client_name", "")
     f.expect_error = 8
     add(f)
+
+    # ---- The shared command queue's memory (§8.1) -------------------------------------------------
+    LINE = 64
+    m = Memory("queue-header.hex", "The shared queue's header (§8.1, struct vsmmu_queue_header): its first 0x1C0 "
+               "bytes, every field set", "queue_header", 0)
+    m.note("Each field holds a value no other field of its size holds (but the two sleep flags, 0 or 1), so that")
+    m.note("a field read at another offset reads another value; it is a layout, not a state the daemon would write.")
+    m.note("The rest of the header (0x1C0 to 0xFFF) is reserved and zero; the slots start at 0x1000 (queue-slots.hex).")
+    m.section("configuration line (VMM, before MAP_QUEUE)")
+    m.u32("queue_header.magic", 0x514D5356, '0x514D5356 "VSMQ" (VSMMU_QUEUE_MAGIC)')
+    m.u16("queue_header.version", 1, "1 VSMMU_QUEUE_VERSION").u8("queue_header.log2_entries", 10, "10 (1024 slots)")
+    m.reserved(57, upto=0x040)
+    m.section("VMM's line")
+    m.u32("queue_header.prod", 0x405, "0x405 (index 5, wrap bit 10 set)").reserved(LINE - 4, upto=0x080)
+    m.section("daemon's lines")
+    m.u32("queue_header.cons", 0x402, "0x402 (index 2, wrap bit set)").reserved(LINE - 4, upto=0x0C0)
+    m.u32("queue_header.error_sequence", 7)
+    m.u8("queue_header.cerror", 2, "2 CERROR_ABT").u8("queue_header.error_kind", 1, "1 VSMMU_QUEUE_ERROR_COMMAND")
+    m.reserved(2)
+    m.u32("queue_header.error_cons", 0x403, "0x403 (index 3, wrap bit set)")
+    m.u32("queue_header.state", 2, "2 VSMMU_QUEUE_STATE_STOPPED").reserved(48, upto=0x100)
+    m.section("VMM's line")
+    m.u32("queue_header.error_ack", 6).reserved(LINE - 4, upto=0x140)
+    m.section("daemon's line")
+    m.u32("queue_header.daemon_sleeping", 1).reserved(LINE - 4, upto=0x180)
+    m.section("VMM's line")
+    m.u32("queue_header.vmm_sleeping", 1).reserved(LINE - 4, upto=0x1C0)
+    add(m)
+
+    m = Memory("queue-slots.hex", "The shared queue's first two slots (§8.1, from VSMMU_QUEUE_SLOTS_OFFSET = 0x1000): "
+               "TLBI_NH_VA then CMD_SYNC, as PROD = 2 publishes them", "queue_slots", 0x1000)
+    m.note("A slot is one 16-byte command as the guest wrote it (struct vsmmu_command, word 0 first, little-endian);")
+    m.note("the slot of a position is its index: slot i at 0x1000 + 16 * i.")
+    for i, (w0, w1, what) in enumerate([COMMANDS[0], COMMANDS[2]]):
+        m.section("slot[%d]: %s" % (i, what))
+        m.u64("slot[%d].w[0]" % i, w0, "0x%X" % w0).u64("slot[%d].w[1]" % i, w1, "0x%X" % w1)
+    add(m)
 
     for old in os.listdir(HERE):
         if old.endswith(".hex"):

@@ -19,6 +19,11 @@
  * its journal, not applied twice; an INVALIDATE is executed again (idempotent). ERROR answers are returned,
  * never retried. When no connection was resumed within the deadline, the call returns -ETIMEDOUT with the
  * reason in client->last_message (PROTOCOL.md §5.13).
+ *
+ * The shared command queue (vsmmu_client_map_queue, protocol version 4, PROTOCOL.md §8) takes the socket off
+ * the data path: commands go into memory shared with the daemon, and a CMD_SYNC completes when the daemon's
+ * CONS passes it. A reconnect re-sends MAP_QUEUE with the same memory (and fresh eventfds) after it resumed
+ * the queue's vSMMU, so a queue survives a restart of the daemon as its vSMMU does.
  */
 #ifndef VSMMU_CLIENT_H
 #define VSMMU_CLIENT_H
@@ -44,6 +49,8 @@ struct vsmmu_client_resume_cdev {
 	uint32_t vsmmu_id, viommu, host_device_id, vsid;
 	int cdev;
 };
+
+struct vsmmu_client_queue;
 
 struct vsmmu_client {
 	int fd;
@@ -71,6 +78,8 @@ struct vsmmu_client {
 	size_t resumable_count, resumable_capacity;
 	struct vsmmu_client_resume_cdev *resume_cdevs; /* vsmmu_client_set_resume_vfio_device */
 	size_t resume_cdev_count, resume_cdev_capacity;
+	struct vsmmu_client_queue **queues; /* vsmmu_client_map_queue, re-mapped after a reconnect */
+	size_t queue_count, queue_capacity;
 };
 
 /* Connects to the daemon's Unix socket at `path` (no handshake yet). */
@@ -163,6 +172,94 @@ int vsmmu_client_get_hw_info(struct vsmmu_client *client, uint32_t vsmmu_id, str
  */
 int vsmmu_client_invalidate(struct vsmmu_client *client, uint32_t vsmmu_id, const struct vsmmu_command *commands,
 			    uint32_t count, struct vsmmu_invalidate_reply *reply);
+
+/* ---- The shared command queue (protocol version 4, PROTOCOL.md §5.15, §5.16, §8) ------------------------ */
+
+/* What vsmmu_client_queue_wait and vsmmu_client_queue_submit return when the queue stopped on an error (above
+ * every enum vsmmu_error_code): read it with vsmmu_client_queue_error, acknowledge it with
+ * vsmmu_client_queue_acknowledge. */
+#define VSMMU_CLIENT_QUEUE_ERROR 0x10000
+
+/* A queue error (PROTOCOL.md §8.5): the queue stopped with CONS on `cons`. */
+struct vsmmu_client_queue_error {
+	uint32_t sequence; /* error_sequence: what vsmmu_client_queue_acknowledge stores in error_ack */
+	uint8_t cerror;    /* CMDQ_CONS.ERR: VSMMU_CERROR_ILL, _ABT or _ATC_INV_SYNC */
+	uint8_t kind;      /* VSMMU_QUEUE_ERROR_COMMAND (the command at `cons` failed) or _PROD */
+	uint32_t cons;     /* error_cons: the position the queue stopped at (SMMUv3 form) */
+	uint32_t index;    /* its slot: the failing command's index in the queue */
+};
+
+/* One vSMMU's shared queue, as vsmmu_client_map_queue made it. The fields are the client's; read them, do not
+ * write them. */
+struct vsmmu_client_queue {
+	struct vsmmu_client *client;
+	uint32_t vsmmu_id;
+	uint32_t log2_entries;
+	int memfd, kick, call;  /* the memory and the two eventfds (the daemon holds its own copies) */
+	void *memory;           /* the mapping: struct vsmmu_queue_header, then 2^log2_entries slots */
+	size_t size;
+	uint32_t prod;          /* PROD as this client last published it (the VMM is its only writer) */
+	uint32_t spin_ns;       /* how long a wait polls CONS before it sleeps on call (default 20000) */
+	int lost;               /* 0, or why the queue is gone (negative errno or enum vsmmu_error_code) */
+	uint64_t kicks;         /* writes to kick: the daemon was asleep */
+	uint64_t sleeps;        /* waits that slept on call */
+	uint64_t remaps;        /* MAP_QUEUEs re-sent after a reconnect */
+};
+
+/*
+ * MAP_QUEUE: gives `vsmmu_id` a shared command queue of 2^`log2_entries` slots (VSMMU_QUEUE_MIN_LOG2_ENTRIES …
+ * VSMMU_QUEUE_MAX_LOG2_ENTRIES). The client creates the memory (a memfd sealed against shrinking, mapped
+ * shared), the kick and call eventfds, writes the header (PROD = CONS = 0) and sends the three fds with the
+ * request. On success `*queue` is the queue, owned by the client until vsmmu_client_unmap_queue or
+ * vsmmu_client_close. Returns 0, -EINVAL (log2_entries), -errno (a system call), or the daemon's error code
+ * (UNKNOWN_MESSAGE_TYPE before version 4; ALREADY_EXISTS when the vSMMU has a queue).
+ */
+int vsmmu_client_map_queue(struct vsmmu_client *client, uint32_t vsmmu_id, uint32_t log2_entries,
+			   struct vsmmu_client_queue **queue);
+/* UNMAP_QUEUE, then unmaps the memory, closes the fds and frees `queue` (also when the request failed, e.g.
+ * because the vSMMU is gone). Commands published and not consumed are dropped with it. Returns the request's
+ * result. */
+int vsmmu_client_unmap_queue(struct vsmmu_client *client, struct vsmmu_client_queue *queue);
+
+/*
+ * Publishes `count` commands at PROD (a release store after the slots) and kicks the daemon if it sleeps.
+ * When the queue is full it waits for room as vsmmu_client_queue_wait waits, so it may return what that
+ * returns, with only the first `*published` commands published (`published` may be NULL). queue->prod is
+ * then the position after the last one published: the position to wait for. Returns 0,
+ * VSMMU_CLIENT_QUEUE_ERROR, or a negative errno.
+ */
+int vsmmu_client_queue_submit(struct vsmmu_client_queue *queue, const struct vsmmu_command *commands, uint32_t count,
+			      uint32_t *published);
+/*
+ * Waits until CONS reaches `position` (queue->prod after a vsmmu_client_queue_submit): every CMD_SYNC before
+ * it has completed on every viommu it covers (commands after the last CMD_SYNC are only queued). It polls CONS
+ * for queue->spin_ns, then sleeps on the call eventfd and the socket, and goes on after a reconnect (the
+ * queue re-mapped). Returns 0; VSMMU_CLIENT_QUEUE_ERROR when the queue stopped on an error first; -ESHUTDOWN
+ * when the daemon stopped the queue (UNMAP_QUEUE, the vSMMU destroyed; a daemon that stops, without a
+ * reconnect policy) or it was lost in a reconnect; -ECONNRESET when the connection was lost (without a
+ * reconnect policy); -EPROTO when the memory holds a CONS that cannot be; -EINVAL for a position that was not
+ * published.
+ */
+int vsmmu_client_queue_wait(struct vsmmu_client_queue *queue, uint32_t position);
+/* Submits `count` commands and waits for the PROD after them (the usual call for a batch ending in CMD_SYNC). */
+int vsmmu_client_queue_submit_and_wait(struct vsmmu_client_queue *queue, const struct vsmmu_command *commands,
+				       uint32_t count);
+/* Reads the error record: 1 with `*error` filled when the queue is stopped on an error not yet acknowledged, 0
+ * when it is not. */
+int vsmmu_client_queue_error(const struct vsmmu_client_queue *queue, struct vsmmu_client_queue_error *error);
+/*
+ * Acknowledges the queue's error (the guest wrote GERRORN): `replacement` (may be NULL) is first written into
+ * the slot at CONS, as the guest may rewrite it (Linux replaces an illegal command with a CMD_SYNC); then
+ * error_ack = error_sequence with a release store, and a kick if the daemon sleeps. The daemon resumes at
+ * CONS, reading that slot again. Returns 0, or -EALREADY when no error is pending.
+ */
+int vsmmu_client_queue_acknowledge(struct vsmmu_client_queue *queue, const struct vsmmu_command *replacement);
+/* CONS as the daemon last published it (SMMUv3 form). */
+uint32_t vsmmu_client_queue_cons(const struct vsmmu_client_queue *queue);
+/* The u32 header field at `offset` (offsetof(struct vsmmu_queue_header, …): prod, cons, state, the sleep
+ * flags, …), read with one atomic acquire load. Safe from any thread while the queue is mapped: for a
+ * monitor or a test watching a wait from outside. 0 for an offset that is not a u32 field's. */
+uint32_t vsmmu_client_queue_load(const struct vsmmu_client_queue *queue, size_t offset);
 
 /* The name of an error code ("UNKNOWN_STREAM_ID"), or "ERROR(n)". */
 const char *vsmmu_error_name(uint32_t code);
