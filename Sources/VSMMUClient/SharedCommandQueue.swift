@@ -35,7 +35,9 @@ import Glibc
 /// the client reconnects, resumes the vSMMU, maps this memory again with fresh eventfds (§8.6) and the
 /// wait goes on.
 ///
-/// Not thread-safe: use it on the client's thread.
+/// Not thread-safe: use it on the client's thread. Dropping the last reference without ``unmap()`` unmaps
+/// this side's memory and closes its descriptors but sends nothing: the daemon keeps consuming its own
+/// mapping until UNMAP_QUEUE, DESTROY_VSMMU or the connection's end.
 public final class SharedCommandQueue {
     /// The vSMMU whose queue this is.
     public let vsmmu: VSMMUID
