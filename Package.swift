@@ -151,7 +151,11 @@ let package = Package(
             dependencies: ["VSMMUCLI", .product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
         // The Swift client library for VMMs.
-        .target(name: "VSMMUClient", dependencies: ["SMMUv3", "VSMMUProtocol", "CSocketShims", "SharedQueue"]),
+        .target(
+            name: "VSMMUClient",
+            dependencies: ["SMMUv3", "VSMMUProtocol", "CSocketShims", "SharedQueue", "VSMMUSystem",
+                           .product(name: "SystemPackage", package: "swift-system")]
+        ),
         // The C client for VMMs written in C: uses only protocol/vsmmu.h and POSIX sockets.
         .target(name: "CVSMMUClient"),
         // A QEMU-like VMM on the C client: generates or replays guest command streams against the daemon.

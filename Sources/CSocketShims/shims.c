@@ -23,21 +23,26 @@ int vsmmu_get_peer_credentials(int socket_fd, vsmmu_peer_credentials *out) {
 }
 
 ssize_t vsmmu_send_with_fd(int socket_fd, const void *bytes, size_t length, int fd) {
+    return vsmmu_send_with_fds(socket_fd, bytes, length, &fd, fd >= 0 ? 1 : 0);
+}
+
+ssize_t vsmmu_send_with_fds(int socket_fd, const void *bytes, size_t length, const int *fds, int fd_count) {
+    if (fd_count < 0 || fd_count > VSMMU_SEND_MAX_FDS) { errno = EINVAL; return -1; }
     struct iovec iov = { .iov_base = (void *)bytes, .iov_len = length };
-    union { char buffer[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    union { char buffer[CMSG_SPACE(sizeof(int) * VSMMU_SEND_MAX_FDS)]; struct cmsghdr align; } control;
     struct msghdr message;
     memset(&message, 0, sizeof(message));
     memset(&control, 0, sizeof(control));
     message.msg_iov = &iov;
     message.msg_iovlen = 1;
-    if (fd >= 0) {
+    if (fd_count > 0) {
         message.msg_control = control.buffer;
-        message.msg_controllen = sizeof(control.buffer);
+        message.msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)fd_count);
         struct cmsghdr *header = CMSG_FIRSTHDR(&message);
         header->cmsg_level = SOL_SOCKET;
         header->cmsg_type = SCM_RIGHTS;
-        header->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(header), &fd, sizeof(int));
+        header->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)fd_count);
+        memcpy(CMSG_DATA(header), fds, sizeof(int) * (size_t)fd_count);
     }
     for (;;) {
         ssize_t sent = sendmsg(socket_fd, &message, MSG_NOSIGNAL);

@@ -69,6 +69,8 @@ public final class VSMMUClient {
     /// The VFIO cdevs to hand back with SET_DEV_ID after the RESUME_VSMMU of a vSMMU, by vSID.
     var resumeVFIODevices: [VSMMUID: [StreamID: ResumeVFIODevice]] = [:]
     struct ResumeVFIODevice { var viommu: UInt32, hostDeviceID: UInt32, cdev: Int32 }
+    /// The shared command queues this client mapped, by vSMMU: mapped again after a reconnect (§8.6).
+    var sharedQueues: [VSMMUID: WeakSharedQueue] = [:]
     var decoder = FrameDecoder()
     /// The id the next request gets. Ids stay unique over a client's whole life: a client that reconnects
     /// after a daemon restart starts its new connection where the old one stopped
@@ -135,14 +137,23 @@ public final class VSMMUClient {
 
     /// Sends raw bytes (e.g. a malformed frame), with `fd` passed by SCM_RIGHTS on the first `sendmsg`.
     public func sendBytes(_ bytes: [UInt8], fileDescriptor fd: Int32? = nil) throws(VSMMUClientError) {
+        try sendBytes(bytes, fileDescriptors: fd.map { [$0] } ?? [])
+    }
+
+    /// Sends raw bytes with `fds` (at most 8) in one SCM_RIGHTS control message on the first `sendmsg`
+    /// (MAP_QUEUE's three, PROTOCOL.md §1).
+    public func sendBytes(_ bytes: [UInt8], fileDescriptors fds: [Int32]) throws(VSMMUClientError) {
         var offset = 0
-        var pendingFD = fd ?? -1
+        var pendingFDs = fds
         repeat {
             let sent = bytes.withUnsafeBytes { raw in
-                vsmmu_send_with_fd(fileDescriptor, raw.baseAddress.map { $0 + offset }, raw.count - offset, pendingFD)
+                pendingFDs.withUnsafeBufferPointer { fdBuffer in
+                    vsmmu_send_with_fds(fileDescriptor, raw.baseAddress.map { $0 + offset }, raw.count - offset, fdBuffer.baseAddress,
+                                        Int32(fdBuffer.count))
+                }
             }
             guard sent >= 0 else { throw .transport(call: "sendmsg", errno: errno) }
-            pendingFD = -1
+            pendingFDs = []
             offset += sent
         } while offset < bytes.count
     }
@@ -151,11 +162,17 @@ public final class VSMMUClient {
     /// - Returns: the request id.
     @discardableResult
     public func send(_ request: Request, fileDescriptor fd: Int32? = nil) throws(VSMMUClientError) -> UInt64 {
+        try send(request, fileDescriptors: fd.map { [$0] } ?? [])
+    }
+
+    /// Encodes and sends `request` with `fds` in one SCM_RIGHTS message, without waiting. - Returns: the request id.
+    @discardableResult
+    public func send(_ request: Request, fileDescriptors fds: [Int32]) throws(VSMMUClientError) -> UInt64 {
         let id = nextRequestID
         nextRequestID &+= 1
         let bytes: [UInt8]
         do throws(ProtocolError) { bytes = try request.encode(requestID: id) } catch { throw .server(error) }
-        try sendBytes(bytes, fileDescriptor: fd)
+        try sendBytes(bytes, fileDescriptors: fds)
         return id
     }
 
@@ -187,8 +204,13 @@ public final class VSMMUClient {
     /// same frame again — same `request_id`, same payload — so that a control request the daemon had
     /// already applied is answered from its journal instead of applied twice (PROTOCOL.md §5.13).
     public func call(_ request: Request, fileDescriptor fd: Int32? = nil) throws(VSMMUClientError) -> Response {
+        try call(request, fileDescriptors: fd.map { [$0] } ?? [])
+    }
+
+    /// ``call(_:fileDescriptor:)`` with `fds` in one SCM_RIGHTS message (MAP_QUEUE's three).
+    public func call(_ request: Request, fileDescriptors fds: [Int32]) throws(VSMMUClientError) -> Response {
         guard let policy = reconnect else {
-            let id = try send(request, fileDescriptor: fd)
+            let id = try send(request, fileDescriptors: fds)
             return try awaitReply(to: request, id: id)
         }
         let id = nextRequestID
@@ -198,7 +220,7 @@ public final class VSMMUClient {
         var backoff = Reconnect.Backoff(policy)
         while true {
             do throws(VSMMUClientError) {
-                try sendBytes(bytes, fileDescriptor: fd)
+                try sendBytes(bytes, fileDescriptors: fds)
                 return try awaitReply(to: request, id: id)
             } catch where error.isConnectionFailure || error.code == .shuttingDown {
                 let lost = try recover(after: error, backoff: &backoff)
@@ -274,6 +296,7 @@ public final class VSMMUClient {
     /// DESTROY_VSMMU. The vSMMU's resume token is forgotten.
     public func destroyVSMMU(_ vsmmu: VSMMUID) throws(VSMMUClientError) {
         _ = try call(.destroyVSMMU(DestroyVSMMU(vsmmu: vsmmu)))
+        sharedQueues.removeValue(forKey: vsmmu)?.queue?.dropped()
         resumeTokens[vsmmu] = nil
         resumeIOMMUFDs[vsmmu] = nil
         resumeVFIODevices[vsmmu] = nil

@@ -234,17 +234,17 @@ private func e2eEchoRoundTrip(_ fd: Int32, _ frame: [UInt8]) {
 // MARK: - Daemon set-up
 
 /// A translating guest STE (V=1, CONFIG=S1_TRANS, one CD).
-private func e2eSTE() -> StreamTableEntry {
+func e2eSTE() -> StreamTableEntry {
     .stage1(contextTable: 0x4380_4000)
 }
 
 /// The vSIDs of every benchmark vSMMU, one per pSMMU.
-private let e2eStreamIDs: [StreamID] = [0x8, 0x10, 0x18]
-private let e2eDevicesPerPSMMU: UInt32 = 32
+let e2eStreamIDs: [StreamID] = [0x8, 0x10, 0x18]
+let e2eDevicesPerPSMMU: UInt32 = 32
 
 /// A handshaken connection owning one vSMMU with `streamIDs[p]` on pSMMU `p` (host device
 /// `32·p + deviceSlot`), linked with `stes[p]` and `cds[p]`.
-private func e2eDaemonClient(path: String, deviceSlot: UInt32, stes: [StreamTableEntry],
+func e2eDaemonClient(path: String, deviceSlot: UInt32, stes: [StreamTableEntry],
                              cds: [ContextDescriptor]) throws -> (client: VSMMUClient, vsmmu: VSMMUID) {
     let client = try VSMMUClient(socketPath: path)
     try client.hello(name: "e2e-bench-\(deviceSlot)")
@@ -259,12 +259,12 @@ private func e2eDaemonClient(path: String, deviceSlot: UInt32, stes: [StreamTabl
 }
 
 /// `size` TLBI_NH_VA (ASIDs 1, 2, 3 in turn, one per pSMMU) + CMD_SYNC.
-private func e2eBatch(size: Int) -> [Command] {
+func e2eBatch(size: Int) -> [Command] {
     (0..<size).map { i in Command.tlbiNHVA(asid: ASID(i % 3 + 1), address: UInt64(0x10_0000 + i) << 12) } + [.sync()]
 }
 
 /// One daemon INVALIDATE round trip with a pre-encoded frame; checks the reply.
-private func e2eDaemonRoundTrip(_ client: VSMMUClient, _ frame: [UInt8], expectedConsumed: UInt32) {
+func e2eDaemonRoundTrip(_ client: VSMMUClient, _ frame: [UInt8], expectedConsumed: UInt32) {
     do {
         try client.sendBytes(frame)
         let (_, response) = try client.receive()
@@ -279,7 +279,7 @@ private func e2eDaemonRoundTrip(_ client: VSMMUClient, _ frame: [UInt8], expecte
 // MARK: - Trace
 
 /// `../shared`: `$VSMMUD_SHARED`, else `../shared` from the current directory or from this source file.
-private func e2eSharedDirectory() -> String? {
+func e2eSharedDirectory() -> String? {
     let environment = ProcessInfo.processInfo.environment
     var candidates: [String] = []
     if let shared = environment["VSMMUD_SHARED"] { candidates.append(shared) }
@@ -293,21 +293,21 @@ private func e2eSharedDirectory() -> String? {
 
 // MARK: - Formatting
 
-private func e2eRate(_ rate: Double) -> String { String(format: "%.2f M/s", rate / 1e6) }
-private func e2eMicros(_ value: Double) -> String { String(format: "%.1f", value) }
-private func e2eRatio(_ value: Double) -> String { String(format: "%.2f×", value) }
-private func e2eAim(_ met: Bool) -> String { met ? "met" : "NOT met" }
+func e2eRate(_ rate: Double) -> String { String(format: "%.2f M/s", rate / 1e6) }
+func e2eMicros(_ value: Double) -> String { String(format: "%.1f", value) }
+func e2eRatio(_ value: Double) -> String { String(format: "%.2f×", value) }
+func e2eAim(_ met: Bool) -> String { met ? "met" : "NOT met" }
 
 // MARK: - Profiling one side
 
-/// `vsmmud-bench e2e-one daemon|echo CLIENTS BATCH SECONDS [RING-CAPACITY [DRAIN-POLICY]]`: one cell alone, for `strace -f -c`,
+/// `vsmmud-bench e2e-one daemon|echo|queue CLIENTS BATCH SECONDS [RING-CAPACITY [DRAIN-POLICY [POLL-US]]]`: one cell alone, for `strace -f -c`,
 /// `perf` or `valgrind --tool=callgrind`, with the process's context switches per round trip
 /// (`getrusage`: client and server threads together).
 func runEndToEndProfile(_ arguments: [String]) {
-    guard arguments.count >= 4, ["daemon", "echo"].contains(arguments[0]),
+    guard arguments.count >= 4, ["daemon", "echo", "queue"].contains(arguments[0]),
           let clients = Int(arguments[1]), let size = Int(arguments[2]), let seconds = Double(arguments[3]),
           clients > 0, size >= 0, seconds > 0 else {
-        print("usage: vsmmud-bench e2e-one daemon|echo CLIENTS BATCH SECONDS [RING-CAPACITY [inline|inline+thread|thread]]")
+        print("usage: vsmmud-bench e2e-one daemon|echo|queue CLIENTS BATCH SECONDS [RING-CAPACITY [inline|inline+thread|thread [POLL-US]]]")
         return
     }
     let socketPath = "/tmp/vsmmud-e2e-\(getpid()).sock"
@@ -329,8 +329,11 @@ func runEndToEndProfile(_ arguments: [String]) {
         default: engine.queue.drainPolicy = .inlineWithDrainThread
         }
     }
+    // Optional 7th argument: the daemon's request (and queue) polling window in µs (default: the daemon's).
+    let poll = arguments.count > 6 ? Int(arguments[6]).map { Duration.microseconds(max(0, $0)) } : nil
     let server = VSMMUServer(configuration: .init(socketPath: socketPath, pSMMUs: pSMMUs.map { .simulated($0) },
-                                                  limits: ServerLimits(maximumVSMMUs: 64), engine: engine),
+                                                  limits: ServerLimits(maximumVSMMUs: 64), engine: engine,
+                                                  requestPolling: poll ?? .microseconds(VSMMUServer.Configuration.defaultRequestPollMicroseconds)),
                              logger: logger)
     let echo = EchoServer(path: echoPath)
     do { try server.start() } catch {
@@ -346,7 +349,35 @@ func runEndToEndProfile(_ arguments: [String]) {
     let batch = e2eBatch(size: size)
     let cell: E2ECell
     let before = e2eContextSwitches()
-    if arguments[0] == "daemon" {
+    if arguments[0] == "queue" {
+        // The shared queue (issue 13): each client thread maps a queue and submits + waits through it; the
+        // daemon's consumer threads run in this process, for callgrind's --separate-threads.
+        let queues: [E2EHandoff<(client: VSMMUClient, queue: SharedCommandQueue)>]
+        do {
+            queues = try (0..<clients).map { slot in
+                let (client, vsmmu) = try e2eDaemonClient(path: socketPath, deviceSlot: UInt32(slot), stes: Array(repeating: e2eSTE(), count: 3),
+                                                          cds: cds)
+                let queue = try client.mapQueue(vsmmu: vsmmu, log2Entries: 10)
+                // VSMMUD_BENCH_SPIN: the VMM's spin before it sleeps on call (default: the producer's).
+                if let spin = ProcessInfo.processInfo.environment["VSMMUD_BENCH_SPIN"].flatMap({ Int($0) }) { queue.spinIterations = spin }
+                return E2EHandoff((client, queue))
+            }
+        } catch {
+            print("e2e: queue set-up failed: \(error)")
+            return
+        }
+        cell = e2eRunCell(threads: clients, seconds: seconds, commandsPerRoundTrip: size) { thread in
+            e2eQueueRoundTrip(queues[thread].value.queue, batch)
+        }
+        for handoff in queues {
+            let (client, queue) = handoff.value
+            if let stats = try? client.stats(vsmmu: queue.vsmmu) {
+                let keys: [(String, StatKey)] = [("syncs", .queueSyncs), ("kicks", .queueKicks), ("calls", .queueCalls),
+                                                 ("polls caught", .queuePollsCaught), ("polls missed", .queuePollsMissed)]
+                print("queue of vSMMU \(queue.vsmmu.rawValue): " + keys.map { "\($0.0) \(stats.value($0.1) ?? 0)" }.joined(separator: ", "))
+            }
+        }
+    } else if arguments[0] == "daemon" {
         let daemonClients: [E2EHandoff<(client: VSMMUClient, vsmmu: VSMMUID)>]
         do {
             daemonClients = try (0..<clients).map { slot in
@@ -377,7 +408,7 @@ func runEndToEndProfile(_ arguments: [String]) {
 }
 
 /// The process's voluntary and involuntary context switches so far (`getrusage(RUSAGE_SELF)`).
-private func e2eContextSwitches() -> (voluntary: Int, involuntary: Int) {
+func e2eContextSwitches() -> (voluntary: Int, involuntary: Int) {
     var usage = rusage()
     getrusage(RUSAGE_SELF.rawValue, &usage)
     return (usage.ru_nvcsw, usage.ru_nivcsw)

@@ -25,6 +25,16 @@ int vsmmu_get_peer_credentials(int socket_fd, vsmmu_peer_credentials *out);
 /// with write, and only the first call carries the fd), or -1 with errno set. Uses MSG_NOSIGNAL.
 ssize_t vsmmu_send_with_fd(int socket_fd, const void *bytes, size_t length, int fd);
 
+/// The most fds ``vsmmu_send_with_fds`` sends in one control message.
+#define VSMMU_SEND_MAX_FDS 8
+
+/// Sends `length` bytes in one sendmsg with `fd_count` fds (0 … VSMMU_SEND_MAX_FDS) in **one**
+/// SCM_RIGHTS control message, in the order of `fds` (MAP_QUEUE's memory, kick and call: PROTOCOL.md §1).
+/// Retries EINTR; MSG_NOSIGNAL. Returns bytes sent (possibly fewer: the caller sends the rest without
+/// fds), or -1 with errno set (EINVAL for a bad `fd_count`).
+ssize_t vsmmu_send_with_fds(int socket_fd, const void *bytes, size_t length, const int *fds, int fd_count);
+
+
 /// Receives up to `capacity` bytes with recvmsg. Any SCM_RIGHTS fds (received close-on-exec) are stored in
 /// `fds` (up to `max_fds`; extra ones are closed) and their number in `*fd_count`. Retries EINTR.
 /// Returns the byte count (0 at end of stream), or -1 with errno set. `*truncated_control` is set to
