@@ -19,7 +19,8 @@ public struct CommandFailure: Hashable, Sendable, CustomStringConvertible {
     public var failure: InvalidationFailure
     /// The tag the producer pushed with the command (``CommandRing/push(_:tag:whileFull:)``): for the
     /// engine, its submission and the command's guest index, so that the failure comes back in guest
-    /// terms. 0 for a command pushed without one, or executed outside the ring.
+    /// terms. 0 for a command executed outside the ring (``ViommuQueue/executeAndSync(_:)``); for one pushed
+    /// without a tag, whatever its slot held (only a producer that tags asks).
     public var tag: UInt64
 
     public init(position: UInt64, command: Command, failure: InvalidationFailure, tag: UInt64 = 0) {
