@@ -93,7 +93,7 @@ private func e2eRunCell(threads: Int, seconds: Double, commandsPerRoundTrip: Int
 /// `warmUp` seconds.
 private func e2eRunSlice(threads: Int, seconds: Double, warmUp: Double = 0.01,
                          _ roundTrip: @escaping @Sendable (Int) -> Void) -> [UInt64] {
-    let samples = Mutex<[UInt64]>([])
+    let samples = Locked<[UInt64]>([])
     let start = benchNow() + UInt64(warmUp * 1e9)
     let end = start + UInt64(seconds * 1e9)
     let workers = (0..<threads).map { thread in
@@ -171,7 +171,7 @@ private final class EchoServer: Sendable {
     let path: String
     private let listener: Int32
     private let stopping = Atomic<Bool>(false)
-    private let acceptThread = Mutex<OSThread?>(nil)
+    private let acceptThread = Locked<OSThread?>(nil)
 
     init(path: String) {
         self.path = path

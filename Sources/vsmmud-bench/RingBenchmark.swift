@@ -43,7 +43,7 @@ private protocol RingBenchSubject: AnyObject, Sendable {
 private func measureThroughput(_ subject: RingBenchSubject, producers: Int, total: Int, batchSize: Int) -> Double {
     let perProducer = total / producers / batchSize * batchSize
     let expected = perProducer * producers
-    let sum = Mutex<UInt64>(0)
+    let sum = Locked<UInt64>(0)
     let start = benchNow()
     let consumer = startBenchThread { sum.withLock { $0 = subject.consume(total: expected) } }
     let threads = (0..<producers).map { producer in
