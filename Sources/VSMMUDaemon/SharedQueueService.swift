@@ -256,7 +256,7 @@ final class SharedQueueService: @unchecked Sendable {
 
     /// Takes new eventfds (a MAP_QUEUE of the same memfd, PROTOCOL.md §5.15): stops the thread, closes the
     /// old ones, and restarts it if it ran. The caller checked them. Returns the CONS the consumer goes on
-    /// from.
+    /// from. It owns `kick` and `call` from the call on, also when the restart throws (they close with the queue).
     func replaceEventFDs(kick: Int32, call: Int32, served: ServedVSMMU, server: VSMMUServer) throws(Errno) -> UInt32 {
         try control.withLock { (_: inout ()) throws(Errno) -> UInt32 in
             let wasRunning = thread != nil
@@ -447,12 +447,14 @@ extension VSMMUServer {
             } catch {
                 throw error.protocolError(type)
             }
+            // From here the service owns kick and call (replaceEventFDs takes them before it restarts the
+            // thread, and closes them with the queue even when the restart fails): only the memfd is ours.
+            adopted = true
+            _ = Glibc.close(memory) // the mapping's own memfd stays
             let cons: UInt32
             do throws(Errno) { cons = try existing.replaceEventFDs(kick: kick, call: call, served: served, server: self) } catch {
                 throw .internalError(type: type, "cannot restart the shared queue's consumer: \(error)")
             }
-            _ = Glibc.close(memory) // the mapping's own memfd stays
-            adopted = true
             storeQueueDescriptors(existing, of: served, connection: connection)
             served.startSharedQueue(server: self)
             return .mapQueue(QueueMapped(consumer: cons))
