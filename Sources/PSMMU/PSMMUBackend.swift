@@ -100,6 +100,8 @@ public struct BackendError: Error, Hashable, Sendable, CustomStringConvertible {
         /// cdev bound to the viommu's iommufd (the kernel answered the first attach through it with
         /// `ENOTTY`, `EBADF`, `EINVAL` or `ENOENT`).
         case unusableDescriptor
+        /// The backend cannot do this at all (`SIMULATE_DMA` on a backend without simulated devices).
+        case unsupported
         /// Any other failure.
         case failed
     }
@@ -194,6 +196,15 @@ public protocol PSMMUBackend: AnyObject, Sendable {
 
     /// Takes the event records the pSMMU reported for `viommu` since the last call (vSIDs substituted).
     func takeEvents(viommu: ViommuHandle) -> [EventRecord]
+
+    /// Where the backend pushes the events its viommus raise from now on (`nil`: nowhere). The default
+    /// (a backend without event sources) ignores it. See ``ViommuEventSink`` for the threading rules.
+    func setEventSink(_ sink: (any ViommuEventSink)?)
+
+    /// Makes a simulated device access memory through the pSMMU, raising the event a real SMMU would
+    /// (delivered to the sink), and says what happened. Only a simulated pSMMU implements it; the
+    /// default throws ``BackendError/Kind/unsupported``.
+    func simulateDMA(_ access: SimulatedDMA) throws(BackendError) -> DMAOutcome
 
     /// What a later daemon process needs to take `viommu` back (``restoreViommu(_:)``), in the
     /// backend's own encoding. The default records nothing (the objects are re-created).
