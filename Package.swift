@@ -161,7 +161,7 @@ let package = Package(
         // A QEMU-like VMM on the C client: generates or replays guest command streams against the daemon.
         .executableTarget(name: "vmm-sim", dependencies: ["CVSMMUClient"]),
         // What tests, workload generators and benchmarks share: a deterministic random generator.
-        .target(name: "VSMMUTestSupport", dependencies: ["SMMUv3"]),
+        .target(name: "VSMMUTestSupport", dependencies: ["SMMUv3", "CSocketShims"]),
         // Release-mode benchmarks, each beside its baseline measured in the same run.
         .executableTarget(
             name: "vsmmud-bench",
@@ -217,7 +217,7 @@ let package = Package(
         .testTarget(
             name: "VSMMUSystemdTests",
             dependencies: ["VSMMUSystemd", "VSMMUDaemon", "VSMMUClient", "VSMMUProtocol", "VSMMUConfiguration", "SMMUv3", "PSMMU",
-                           .product(name: "Logging", package: "swift-log")]
+                           "VSMMUTestSupport", .product(name: "Logging", package: "swift-log")]
         ),
         .testTarget(
             name: "VSMMUJournalTests",

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VSMMUTestSupport
 import VSMMUCLI
 import VSMMUProtocol
 
@@ -95,7 +96,7 @@ struct CLIBinaryTests {
         let stranger = getuid() == 4_242 ? 4_243 : 4_242
         try "[access]\nallowed_uids = [\(stranger)]\nallowed_gids = [\(stranger)]\n".write(to: config, atomically: true, encoding: .utf8)
         let socketPath = uniqueSocketPath("deny")
-        let daemon = Process()
+        let daemon = ChildProcess()
         daemon.executableURL = URL(fileURLWithPath: try #require(CLIBinary.daemonPath))
         daemon.arguments = ["--config", config.path, "--socket", socketPath, "--log-level", "critical"]
         try daemon.run()

@@ -4,6 +4,7 @@ import PSMMU
 import SMMUv3
 import Synchronization
 import Testing
+import VSMMUTestSupport
 import VSMMUClient
 import VSMMUDaemon
 import VSMMUProtocol
@@ -108,7 +109,7 @@ enum CLIBinary {
 
     /// Runs `vsmmud-cli arguments` to completion with `environment` added to the test's own.
     static func run(_ arguments: [String], environment: [String: String] = [:]) throws -> Result {
-        let process = Process()
+        let process = ChildProcess()
         process.executableURL = URL(fileURLWithPath: try #require(path))
         process.arguments = arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VSMMUTestSupport
 
 /// The C client, through `vmm-sim` (built on it, with nothing but `protocol/vsmmu.h`), against a daemon
 /// on a temporary socket: the real Linux guest streams replay with zero errors, a generated guest
@@ -24,7 +25,7 @@ import Testing
 
     /// Runs vmm-sim on the daemon at `socketPath` with `--psmmu` for each of `pSMMUs` (`NAME:FIRST_HOST_DEVICE`).
     func runVMMSim(_ arguments: [String], socketPath: String, pSMMUs: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
+        let process = ChildProcess()
         process.executableURL = URL(fileURLWithPath: try #require(Self.vmmSimPath))
         process.arguments = ["--socket", socketPath] + pSMMUs.flatMap { ["--psmmu", $0] } + arguments
         let pipe = Pipe()

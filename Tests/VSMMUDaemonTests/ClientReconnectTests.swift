@@ -1,6 +1,7 @@
 import Foundation
 import SMMUv3
 import Testing
+import VSMMUTestSupport
 import VSMMUClient
 import VSMMUProtocol
 
@@ -25,8 +26,8 @@ import Glibc
     static let trace = TraceReplayTests.sharedDirectory().appendingPathComponent("traces")
 
     /// Starts `vmm-sim replay` of the strict Linux stream on `socket`, output to a pipe.
-    func startReplay(socket: String, extra: [String] = []) throws -> (Process, Pipe) {
-        let process = Process()
+    func startReplay(socket: String, extra: [String] = []) throws -> (ChildProcess, Pipe) {
+        let process = ChildProcess()
         process.executableURL = URL(fileURLWithPath: try #require(CClientTests.vmmSimPath))
         process.arguments = ["--socket", socket] + extra + ["replay", Self.trace.appendingPathComponent("linux-strict-cmdq.bin").path,
                                                            Self.trace.appendingPathComponent("linux-strict-ste-cd.csv").path]
@@ -39,7 +40,7 @@ import Glibc
 
     /// Waits (polling the daemon's STATS, no sleeping beyond 0.2 ms) until the daemon received `commands`
     /// guest commands, or `replay` ended. - Returns: whether the replay is still running.
-    func waitUntilMidReplay(socket: String, commands: UInt64, replay: Process) throws -> Bool {
+    func waitUntilMidReplay(socket: String, commands: UInt64, replay: ChildProcess) throws -> Bool {
         let admin = try VSMMUClient(socketPath: socket)
         try admin.hello(name: "admin")
         for _ in 0..<2_000_000 {
@@ -346,7 +347,7 @@ final class LostReplyRig {
     let relay: ReplyDroppingRelay
     let client: VSMMUClient
     private let restart = KillNineRestartTests()
-    private var daemon: Process
+    private var daemon: ChildProcess
 
     init(_ label: String) throws {
         daemonSocket = uniqueSocketPath(label + "d")

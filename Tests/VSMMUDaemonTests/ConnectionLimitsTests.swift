@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import PSMMU
 import Testing
+import VSMMUTestSupport
 import VSMMUClient
 import VSMMUConfiguration
 import VSMMUDaemon
@@ -72,7 +73,7 @@ import Glibc
         #expect(refused.message.contains("uid 0"))
         // Another uid's VMM is served while uid 0 holds its quota (the C client, as uid 65534).
         let vmmSim = try #require(CClientTests.vmmSimPath)
-        let process = Process()
+        let process = ChildProcess()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
         process.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", vmmSim, "--socket", path,
                              "--psmmu", "smmu0:0", "--psmmu", "smmu1:16", "generate", "--commands", "2000", "--devices", "4"]

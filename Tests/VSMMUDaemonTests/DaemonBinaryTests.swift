@@ -1,6 +1,7 @@
 import Foundation
 import SMMUv3
 import Testing
+import VSMMUTestSupport
 import VSMMUClient
 import VSMMUProtocol
 
@@ -23,7 +24,7 @@ import Glibc
     @Test(.enabled(if: daemonPath != nil || CClientTests.requireBuiltExecutables, "vsmmud was not built beside the tests"))
     func realDaemonServesTheSeedScenarioAndExitsCleanlyOnSIGTERM() throws {
         let path = uniqueSocketPath("binary")
-        let process = Process()
+        let process = ChildProcess()
         process.executableURL = URL(fileURLWithPath: try #require(Self.daemonPath))
         process.arguments = ["--socket", path, "--log-level", "warning"]
         try process.run()

@@ -1,6 +1,7 @@
 import Foundation
 import SMMUv3
 import Testing
+import VSMMUTestSupport
 import VSMMUClient
 import VSMMUProtocol
 
@@ -13,8 +14,8 @@ import Glibc
     static var enabled: Bool { DaemonBinaryTests.daemonPath != nil || CClientTests.requireBuiltExecutables }
 
     /// Starts vsmmud on `socket` with `stateDirectory`; waits until it accepts.
-    func startDaemon(socket: String, stateDirectory: String, extra: [String] = []) throws -> Process {
-        let process = Process()
+    func startDaemon(socket: String, stateDirectory: String, extra: [String] = []) throws -> ChildProcess {
+        let process = ChildProcess()
         process.executableURL = URL(fileURLWithPath: try #require(DaemonBinaryTests.daemonPath))
         process.arguments = ["--socket", socket, "--state-dir", stateDirectory, "--log-level", "warning"] + extra
         process.standardError = FileHandle.nullDevice
@@ -218,7 +219,7 @@ import Glibc
         defer { removeStateDirectory(directory) }
         // A log whose header is not a vsmmud journal's.
         try Data(repeating: 0x5A, count: 64).write(to: URL(fileURLWithPath: directory + "/log"))
-        let process = Process()
+        let process = ChildProcess()
         process.executableURL = URL(fileURLWithPath: try #require(DaemonBinaryTests.daemonPath))
         process.arguments = ["--socket", socket, "--state-dir", directory]
         let stderr = Pipe()

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import PSMMU
 import Testing
+import VSMMUTestSupport
 import VSMMUConfiguration
 import VSMMUDaemon
 
@@ -24,7 +25,7 @@ import Glibc
 
     /// Runs `arguments` as uid/gid 65534 with no supplementary groups (as root when `asNobody` is false).
     static func run(_ arguments: [String], asNobody: Bool = true) throws -> (status: Int32, output: String) {
-        let process = Process()
+        let process = ChildProcess()
         if asNobody {
             process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
             process.arguments = ["--reuid=\(nobody)", "--regid=\(nobody)", "--clear-groups"] + arguments

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VSMMUTestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -20,7 +21,7 @@ import Glibc
     /// The real daemon on a fresh socket (its embedded default: smmu0 with host devices 0…63, smmu1 64…127,
     /// vmm-sim's own default), stopped with SIGTERM by `stop`.
     struct RealDaemon {
-        let process = Process()
+        let process = ChildProcess()
         let path = uniqueSocketPath("vmmsimq")
 
         init() throws {

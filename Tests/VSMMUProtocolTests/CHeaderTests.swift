@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VSMMUTestSupport
 @testable import VSMMUProtocol
 
 /// The C side: `vsmmu.h`'s constants against the Swift codec's, and `check_vectors.c` (built with only
@@ -172,7 +173,7 @@ struct CHeaderTests {
 
     /// Runs `executable` with `arguments`; returns its exit status and its output.
     static func run(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
+        let process = ChildProcess()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         let pipe = Pipe()
