@@ -286,6 +286,11 @@ extension VSMMUServer {
         case .unmapQueue(let unmap):
             return try unmapQueue(unmap, connection: connection)
 
+        case .mapEventQueue, .unmapEventQueue, .simulateDMA:
+            // Version 5's event queue and SIMULATE_DMA: served by the daemon's event service (issue 14), which
+            // is not on this branch; refused as a version-4 server refuses them.
+            throw .unknownMessageType(type)
+
         case .invalidate(let invalidate):
             return try invalidate.commands.withUnsafeBufferPointer { (commands) throws(ProtocolError) -> Response in
                 try self.invalidate(invalidate.vsmmu, commands: commands, connection: connection)

@@ -20,7 +20,8 @@ extension Request {
         case .createVSMMU, .destroyVSMMU, .attachViommu, .detachViommu, .setDeviceID, .unsetDeviceID,
              .linkSTE, .unlinkSTE, .updateCD:
             return true
-        case .hello, .getHWInfo, .invalidate, .stats, .list, .health, .resumeVSMMU, .mapQueue, .unmapQueue:
+        case .hello, .getHWInfo, .invalidate, .stats, .list, .health, .resumeVSMMU, .mapQueue, .unmapQueue,
+             .mapEventQueue, .unmapEventQueue, .simulateDMA:
             // A shared queue is not journaled: its state is in the VMM's memory, and the fd store or the VMM
             // hands it back (PROTOCOL.md §8.6). RESUME_VSMMU journals its change of owner itself (``resume(_:token:connection:type:)``).
             return false
@@ -38,7 +39,8 @@ extension Request {
         case .linkSTE(let r): return r.vsmmu
         case .unlinkSTE(let r): return r.vsmmu
         case .updateCD(let r): return r.vsmmu
-        case .createVSMMU, .hello, .getHWInfo, .invalidate, .stats, .list, .health, .resumeVSMMU, .mapQueue, .unmapQueue:
+        case .createVSMMU, .hello, .getHWInfo, .invalidate, .stats, .list, .health, .resumeVSMMU, .mapQueue, .unmapQueue,
+             .mapEventQueue, .unmapEventQueue, .simulateDMA:
             return nil
         }
     }
