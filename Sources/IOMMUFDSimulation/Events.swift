@@ -1,17 +1,16 @@
 import CIOMMUFD
+import PSMMU
 import SMMUv3
 import SystemPackage
 
 extension KernelState {
     /// `EVTQ_1_STALL`, `w1[31]`: the transaction is stalled, awaiting a RESUME (the IOPF path).
-    static let eventStall = BitField(word: 1, bit: 31)
+    static let eventStall = EventRecord.Field.stall
     /// `EVTQ_1_S2`, `w1[39]`: the fault is of stage 2.
-    static let eventStage2 = BitField(word: 1, bit: 39)
+    static let eventStage2 = EventRecord.Field.stage2
 
     /// The event types `arm_smmu_handle_event` handles; it returns -EOPNOTSUPP for the rest.
-    static let handledEvents: Set<EventID> = [
-        .badSTE, .streamDisabled, .badSubstreamID, .badCD, .translation, .addressSize, .access, .permission,
-    ]
+    static let handledEvents = Set(ViommuEventForwarding.forwardedIDs)
 
     /// `arm_smmu_evtq_thread` → `arm_smmu_handle_event` for a record the pSMMU wrote to its event
     /// queue: a handled type, not stalled, from a device (`arm_smmu_find_master`) with a vmaster and
