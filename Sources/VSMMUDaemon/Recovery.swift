@@ -195,6 +195,8 @@ extension VSMMUServer {
         // Its shared queue, when the fd store handed it back: mapped again now, consumed once it is resumed
         // (PROTOCOL.md §8.6).
         if let queue = recoveredSharedQueue(id, take: take) { served.sharedQueue.withLock { $0 = queue } }
+        // Its event queue likewise: written again from now on, its sequence going on (PROTOCOL.md §9).
+        if let events = recoveredEventQueue(id, take: take) { _ = served.events.replaceQueue(with: events) }
         // Inherited names stay in the store (systemd keeps them for every later start).
         if configuration.fileDescriptorStore != nil { served.storedNames.withLock { $0 = claimed } }
         if waiting {

@@ -286,10 +286,14 @@ extension VSMMUServer {
         case .unmapQueue(let unmap):
             return try unmapQueue(unmap, connection: connection)
 
-        case .mapEventQueue, .unmapEventQueue, .simulateDMA:
-            // Version 5's event queue and SIMULATE_DMA: served by the daemon's event service (issue 14), which
-            // is not on this branch; refused as a version-4 server refuses them.
-            throw .unknownMessageType(type)
+        case .mapEventQueue(let map):
+            return try mapEventQueue(map, connection: &connection)
+
+        case .unmapEventQueue(let unmap):
+            return try unmapEventQueue(unmap, connection: connection)
+
+        case .simulateDMA(let dma):
+            return try simulateDMA(dma, connection: connection)
 
         case .invalidate(let invalidate):
             return try invalidate.commands.withUnsafeBufferPointer { (commands) throws(ProtocolError) -> Response in
