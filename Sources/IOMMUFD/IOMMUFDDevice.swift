@@ -23,6 +23,13 @@ public protocol IOMMUFDDevice: AnyObject, Sendable {
     /// `close(2)` of a vEVENTQ descriptor.
     func close(eventQueue: FileDescriptor)
 
+    /// A descriptor that epoll reports readable exactly while `eventQueue` has something to read, for
+    /// the backend's ``VEventWatcher``: the vEVENTQ itself on a kernel (`iommufd_eventq_fops_poll`
+    /// reports `EPOLLIN` while its `deliver` list is not empty), a model's stand-in (an eventfd) in a
+    /// simulation; `nil` when it cannot be watched (its events are then only read by `takeEvents`). The
+    /// default is `eventQueue`. Valid until `eventQueue` is closed.
+    func readinessDescriptor(eventQueue: FileDescriptor) -> FileDescriptor?
+
     /// `ioctl(vfioDevice, request, argument.baseAddress)` on a VFIO device cdev bound to this iommufd
     /// (`VFIO_DEVICE_ATTACH_IOMMUFD_PT`, `VFIO_DEVICE_DETACH_IOMMUFD_PT`).
     /// - Returns: `nil` on success, or the errno the ioctl failed with.
@@ -32,6 +39,11 @@ public protocol IOMMUFDDevice: AnyObject, Sendable {
     /// descriptor of the same open file, so this does not unbind the device
     /// (`vfio_device_fops_release` runs only when the last reference goes).
     func close(vfioDevice: FileDescriptor)
+}
+
+extension IOMMUFDDevice {
+    /// The vEVENTQ descriptor itself: a kernel's vEVENTQ polls readable while it holds events.
+    public func readinessDescriptor(eventQueue: FileDescriptor) -> FileDescriptor? { eventQueue }
 }
 
 /// An iommufd file descriptor (`/dev/iommu`) and the syscalls on it.

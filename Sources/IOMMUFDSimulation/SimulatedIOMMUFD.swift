@@ -148,6 +148,17 @@ public final class SimulatedIOMMUFD: IOMMUFDDevice {
         state.withLock { $0.readEvents(descriptor: eventQueue.rawValue, into: buffer) }
     }
 
+    /// The eventfd that stands in for the poll of the model's vEVENTQ `eventQueue` (readable while its
+    /// `deliver` list is not empty); `nil` for another descriptor, or a closed one.
+    public func readinessDescriptor(eventQueue: FileDescriptor) -> FileDescriptor? {
+        state.withLock { state in
+            guard case .veventq(let id)? = state.descriptors[eventQueue.rawValue], let readiness = state.veventq(id)?.readiness else {
+                return nil
+            }
+            return FileDescriptor(rawValue: readiness)
+        }
+    }
+
     public func close(eventQueue: FileDescriptor) {
         _ = state.withLock { $0.close(eventQueue.rawValue) }
     }
