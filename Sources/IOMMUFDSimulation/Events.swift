@@ -2,6 +2,7 @@ import CIOMMUFD
 import PSMMU
 import SMMUv3
 import SystemPackage
+import VSMMUSystem
 
 extension KernelState {
     /// `EVTQ_1_STALL`, `w1[31]`: the transaction is stalled, awaiting a RESUME (the IOPF path).
@@ -77,6 +78,7 @@ extension KernelState {
                 }
                 done += length
             }
+            if queue.deliver.isEmpty, let readiness = queue.readiness { _ = try? SystemCall.readEventNoWait(readiness) }
         }
         return .success(done)
     }
@@ -87,6 +89,8 @@ extension VEventQueueObject {
     /// item (which may be the lost-events header again, for a sequence update) goes to the tail with
     /// the next sequence number in `[0, INT_MAX]`.
     mutating func deliverHandler(_ item: QueuedVEvent) {
+        // The list goes from empty to not empty: the file polls readable (`wake_up_interruptible`).
+        if deliver.isEmpty, let readiness { _ = try? SystemCall.writeEvent(readiness) }
         if deliver.last?.data == nil, !deliver.isEmpty { deliver.removeLast() }
         var item = item
         item.sequence = sequence
