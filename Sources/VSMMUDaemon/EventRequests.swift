@@ -113,16 +113,10 @@ extension VSMMUServer {
     /// Hands the event queue's two descriptors to the fd store (the store duplicates them), replacing what
     /// it held under their names. A failure is logged: the VMM maps the queue again after a restart.
     private func storeEventQueueDescriptors(_ queue: EventQueueService, of served: ServedVSMMU, connection: Connection) {
-        guard served.fileDescriptorStore != nil else { return }
         let names = EventQueueService.storeNames(served.id)
         let fds = queue.descriptors
-        for (fd, name) in [(fds.memory, names.memory), (fds.call, names.call)] {
-            served.removeDescriptor(name: name)
-            if let error = served.storeDescriptor(fd, name: name) {
-                connection.logger.error("cannot hand an event queue's descriptor to the fd store: after a restart the VMM maps it again",
-                                        metadata: ["vsmmu": "\(served.id.rawValue)", "name": "\(name)", "error": "\(error)"])
-            }
-        }
+        served.replaceStoredQueueDescriptors([(fds.memory, names.memory), (fds.call, names.call)],
+                                             queue: "an event queue", logger: connection.logger)
     }
 
     /// At recovery: the event queue of vSMMU `id` from the descriptors the fd store handed back, checked as

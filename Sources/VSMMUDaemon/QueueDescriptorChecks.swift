@@ -1,4 +1,5 @@
 import CSocketShims
+import Logging
 import SystemPackage
 import VSMMUProtocol
 import VSMMUSystem
@@ -93,6 +94,22 @@ enum QueueDescriptorChecks {
     static func mapShared(_ memory: Int32, length: Int) throws(QueueRefusal) -> UnsafeMutableRawPointer {
         do throws(Errno) { return try SystemCall.mapShared(memory, length: length) } catch {
             throw .memory(error.rawValue, "the memfd cannot be mapped shared read-write: \(error)")
+        }
+    }
+}
+
+extension ServedVSMMU {
+    /// Hands a queue's descriptors to the fd store under their names (the store duplicates them), replacing
+    /// what it held under those names (MAP_QUEUE, MAP_EVENT_QUEUE). A failure is logged: the VMM maps the
+    /// queue again after a restart.
+    func replaceStoredQueueDescriptors(_ descriptors: [(fd: Int32, name: String)], queue: String, logger: Logger) {
+        guard fileDescriptorStore != nil else { return }
+        for (fd, name) in descriptors {
+            removeDescriptor(name: name)
+            if let error = storeDescriptor(fd, name: name) {
+                logger.error("cannot hand \(queue)'s descriptor to the fd store: after a restart the VMM maps it again",
+                             metadata: ["vsmmu": "\(id.rawValue)", "name": "\(name)", "error": "\(error)"])
+            }
         }
     }
 }

@@ -429,16 +429,10 @@ extension VSMMUServer {
     /// Hands the queue's three descriptors to the fd store (the store duplicates them), replacing what it
     /// held under their names. A failure is logged: the VMM maps the queue again after a restart.
     private func storeQueueDescriptors(_ service: SharedQueueService, of served: ServedVSMMU, connection: Connection) {
-        guard served.fileDescriptorStore != nil else { return }
         let names = SharedQueueService.storeNames(served.id)
         let fds = service.descriptors
-        for (fd, name) in [(fds.memory, names.memory), (fds.kick, names.kick), (fds.call, names.call)] {
-            served.removeDescriptor(name: name)
-            if let error = served.storeDescriptor(fd, name: name) {
-                connection.logger.error("cannot hand a shared queue's descriptor to the fd store: after a restart the VMM maps it again",
-                                        metadata: ["vsmmu": "\(served.id.rawValue)", "name": "\(name)", "error": "\(error)"])
-            }
-        }
+        served.replaceStoredQueueDescriptors([(fds.memory, names.memory), (fds.kick, names.kick), (fds.call, names.call)],
+                                             queue: "a shared queue", logger: connection.logger)
     }
 
     /// At recovery: the queue of vSMMU `id` from the descriptors the fd store handed back, checked as

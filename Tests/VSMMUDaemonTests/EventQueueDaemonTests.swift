@@ -230,20 +230,7 @@ extension VSMMUClient {
         try gone.client.mapEventQueueOrFail(vsmmu: gone.vsmmu, third)
         let goneServed = try #require(server.server.state.withLock { $0.vsmmus[gone.vsmmu] })
         let goneHandle = try #require(goneServed.engine.viommu(ViommuIndex(Int(gone.viommus[0])))?.handle)
-        let pushed = Locked(0), stop = Locked(false)
-        let pusher = try OSThread {
-            while !stop.withLock({ $0 }) {
-                EventRoutingTests.push(server, pSMMU: "smmu0", handle: goneHandle, [EventRecord(id: .translation, streamID: 0x8)])
-                pushed.withLock { $0 += 1 }
-            }
-        }
-        eventually { pushed.withLock { $0 } > 50 }
-        _ = shutdown(gone.client.fileDescriptor, Int32(SHUT_RDWR))
-        eventually { server.server.vsmmuCount == 0 }
-        let atTeardown = pushed.withLock { $0 }
-        eventually { pushed.withLock { $0 } > atTeardown + 50 }
-        stop.withLock { $0 = true }
-        pusher.join()
+        _ = try EventRoutingTests.pushWhileDisconnecting(server, handle: goneHandle, vsID: 0x8, client: gone.client, around: 50)
         #expect(server.server.vsmmuCount == 0)
         #expect(third.state == Self.stopped)
         let written = third.drain().count
@@ -259,6 +246,11 @@ extension VSMMUClient {
         let big = try TestEventVMM(log2Entries: 11)
         let tooBig = refusal { _ = try vm.client.mapEventQueue(vsmmu: vm.vsmmu, big).unwrapOrThrow() }
         #expect(tooBig?.code == .limitExceeded)
+        // A reload lowers the bound for queues mapped from then on.
+        server.server.reload(eventQueueEntries: 16)
+        let thirtyTwo = try TestEventVMM(log2Entries: 5)
+        #expect(refusal { _ = try vm.client.mapEventQueue(vsmmu: vm.vsmmu, thirtyTwo).unwrapOrThrow() }?.code == .limitExceeded)
+        server.server.reload(eventQueueEntries: 1024)
         // A header never initialised: VSMMU_FD_QUEUE_MEMORY.
         let blank = try TestEventVMM(initialise: false)
         #expect(refusal { _ = try vm.client.mapEventQueue(vsmmu: vm.vsmmu, blank).unwrapOrThrow() }?.detail

@@ -85,6 +85,28 @@ final class RecordingEventQueue: EventQueueTarget {
         EventRecord(id: .translation, streamID: streamID, inputAddress: address)
     }
 
+    /// Pushes events of vSID `vsID` from smmu0's viommu `handle` on another thread, `around` of them before
+    /// the VMM's socket shuts and as many after its vSMMUs are torn down. Returns how many were pushed.
+    static func pushWhileDisconnecting(_ server: TestServer, handle: ViommuHandle, vsID: StreamID, client: VSMMUClient,
+                                       around: Int) throws -> Int {
+        let pushed = Locked(0), stop = Locked(false)
+        let pusher = try OSThread {
+            while !stop.withLock({ $0 }) {
+                push(server, pSMMU: "smmu0", handle: handle, [fault(vsID, at: 0x1000)])
+                pushed.withLock { $0 += 1 }
+            }
+        }
+        eventually { pushed.withLock { $0 } > around }
+        // The VMM goes away: its end of the socket shuts (the daemon's thread reads EOF).
+        _ = shutdown(client.fileDescriptor, Int32(SHUT_RDWR))
+        eventually { server.server.vsmmuCount == 0 }
+        let atTeardown = pushed.withLock { $0 }
+        eventually { pushed.withLock { $0 } > atTeardown + around }
+        stop.withLock { $0 = true }
+        pusher.join()
+        return pushed.withLock { $0 }
+    }
+
     @Test func theEventsOfEachViommuReachOnlyTheOwningVSMMUsQueueInOrderWithTheirViommuID() throws {
         let server = try TestServer(pSMMUCount: 2)
         defer { server.stop() }
@@ -177,24 +199,7 @@ final class RecordingEventQueue: EventQueueTarget {
         let vm = try Self.twoViommus(server)
         let queue = RecordingEventQueue()
         _ = vm.served.events.replaceQueue(with: queue)
-        let pushed = Locked(0)
-        let stop = Locked(false)
-        let handle = vm.handles[0]
-        let pusher = try OSThread {
-            while !stop.withLock({ $0 }) {
-                Self.push(server, pSMMU: "smmu0", handle: handle, [Self.fault(0x8, at: 0x1000)])
-                pushed.withLock { $0 += 1 }
-            }
-        }
-        eventually { pushed.withLock { $0 } > 100 }
-        // The VMM goes away: its end of the socket shuts (the daemon's thread reads EOF).
-        _ = shutdown(vm.client.fileDescriptor, Int32(SHUT_RDWR))
-        eventually { server.server.vsmmuCount == 0 }
-        let atTeardown = pushed.withLock { $0 }
-        eventually { pushed.withLock { $0 } > atTeardown + 100 }
-        stop.withLock { $0 = true }
-        pusher.join()
-        let total = UInt64(pushed.withLock { $0 })
+        let total = UInt64(try Self.pushWhileDisconnecting(server, handle: vm.handles[0], vsID: 0x8, client: vm.client, around: 100))
         #expect(queue.isClosed)
         #expect(server.server.vsmmuCount == 0)
         let written = UInt64(queue.written.count)
