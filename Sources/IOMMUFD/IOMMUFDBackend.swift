@@ -680,9 +680,18 @@ public final class IOMMUFDBackend: PSMMUBackend {
     /// `sink` with what it read, one ``ViommuEvents`` per run of records between losses
     /// (``ViommuEvents/lostBefore`` after a LOST_EVENTS header or a sequence gap); with `nil` they are
     /// taken out again and ``takeEvents(viommu:)`` reads them. Waits for a delivery in flight to the old
-    /// sink (see ``VEventWatcher``): do not call it from the sink.
+    /// sink (see ``VEventWatcher``): do not call it from the sink. Setting the sink already set changes
+    /// nothing.
     public func setEventSink(_ sink: (any ViommuEventSink)?) {
         eventQueueLifecycle.withLock { _ in
+            let unchanged = state.withLock { state in
+                switch (state.sink, sink) {
+                case (nil, nil): return true
+                case (let old?, let new?): return old === new
+                default: return false
+                }
+            }
+            if unchanged { return }
             let old: [(ViommuHandle, EventQueue)] = state.withLock { state in
                 state.sink = sink
                 var queues: [(ViommuHandle, EventQueue)] = []

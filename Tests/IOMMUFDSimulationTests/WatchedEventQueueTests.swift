@@ -1,9 +1,11 @@
 import Foundation
 import IOMMUFD
 import IOMMUFDSimulation
+import InvalidationEngine
 import PSMMU
 import SMMUv3
 import Testing
+import VirtualSMMU
 
 /// A sink that records every batch; ``wait(until:)`` waits for a condition with a deadline.
 final class CollectingSink: ViommuEventSink, @unchecked Sendable {
@@ -76,6 +78,39 @@ final class CollectingSink: ViommuEventSink, @unchecked Sendable {
         try backend.destroyHWPT(hwpt)
         try backend.destroyVDevice(vdevice)
         try backend.detachViommu(viommu)
+        #expect(!watcher.isRunning)
+    }
+
+    @Test func aVEventQKeptAcrossARestartIsWatchedByTheNewBackendAndItsNextSequenceIsNoLoss() throws {
+        let rig = try Rig()
+        let first = rig.backend(0)
+        let engine = VSMMUEngine()
+        let v = try engine.attachViommu(pSMMU: "smmu0", backend: first, request: rig.request(0))
+        try engine.setDeviceID(viommu: v, device: try rig.hostDevice(0, 0), streamID: 0x10)
+        try engine.link(streamID: 0x10, ste: .stage1(contextTable: 0x1000), contextDescriptors: [.valid(asid: 5)])
+        let streamID = rig.device(0, 0).streamID
+        // The old process read event 0; the queue's next sequence is 1.
+        rig.kernel.raiseEvent(pSMMU: 0, EventRecord(id: .translation, streamID: streamID, inputAddress: 0x1000))
+        #expect(first.takeEvents(viommu: ViommuHandle(rawValue: try #require(engine.snapshot().viommus.first?.handle.rawValue))).count == 1)
+        let snapshot = try engine.snapshot()
+        let held = engine.heldDescriptors
+
+        // The new process gets the vEVENTQ back from the fd store and sets its sink before restoring.
+        let watcher = VEventWatcher()
+        let second = IOMMUFDBackend(name: "smmu0", device: rig.kernel, configuration: .init(eventQueueDepth: 64),
+                                    eventWatcher: watcher)
+        let sink = CollectingSink()
+        second.setEventSink(sink)
+        _ = try VSMMUEngine.restore(snapshot, backends: { _ in second },
+                                    descriptors: EngineDescriptors(eventQueues: held.eventQueues, vfioDevices: held.vfioDevices))
+        #expect(watcher.registeredCount == 1)
+        rig.kernel.raiseEvent(pSMMU: 0, EventRecord(id: .translation, streamID: streamID, inputAddress: 0x2000))
+
+        #expect(sink.wait { !$0.isEmpty })
+        #expect(sink.received.map { $0.records.map(\.inputAddress) } == [[0x2000]])
+        #expect(sink.received.map(\.lostBefore) == [false], "sequence 1 is where the old process stopped, not a loss")
+        #expect(second.lostEventCount == 0)
+        second.setEventSink(nil)
         #expect(!watcher.isRunning)
     }
 }

@@ -196,6 +196,8 @@ final class TestThread: @unchecked Sendable {
         let sink = WatchedSink()
 
         backend.setEventSink(sink)
+        backend.setEventSink(sink)
+        #expect(watcher.threadsStarted == 1, "the same sink again changes nothing")
         fake.writeEvents(descriptor: fd, Self.vevent(0x1000, sequence: 0))
         #expect(sink.wait { !$0.isEmpty })
         #expect(sink.items(of: viommu) == ["1000"])
