@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * vsmmu.h — the vsmmud wire protocol, version 4: every frame and message structure and constant.
+ * vsmmu.h — the vsmmud wire protocol, version 5: every frame and message structure and constant.
  *
  * PROTOCOL.md (next to this file) is the specification; this header mirrors it. All integers are
  * little-endian; the structures below are packed and their layouts pinned with _Static_assert, so on a
@@ -33,11 +33,12 @@ extern "C" {
 
 /* HELLO magic: the bytes "VSMU". */
 #define VSMMU_MAGIC 0x554D5356u
-/* The version this header describes, and the lowest one a version-4 server still speaks (version 2
+/* The version this header describes, and the lowest one a version-5 server still speaks (version 2
  * adds GET_HW_INFO and the device's VFIO cdev on SET_DEV_ID; version 3 adds the resume token in
  * CREATE_VSMMU's reply, RESUME_VSMMU and LIST's vSMMU flags; version 4 adds the shared command queue,
- * MAP_QUEUE and UNMAP_QUEUE; PROTOCOL.md §3.1, §8). */
-#define VSMMU_PROTOCOL_VERSION 4u
+ * MAP_QUEUE and UNMAP_QUEUE; version 5 adds the event queue, MAP_EVENT_QUEUE and UNMAP_EVENT_QUEUE, and
+ * SIMULATE_DMA; PROTOCOL.md §3.1, §8, §9). */
+#define VSMMU_PROTOCOL_VERSION 5u
 #define VSMMU_MIN_PROTOCOL_VERSION 1u
 /* No frame, in either direction, is larger (header included): 1 MiB. */
 #define VSMMU_MAX_FRAME_SIZE 1048576u
@@ -57,7 +58,7 @@ extern "C" {
 /* ---- Frame header ---------------------------------------------------------------------------- */
 
 /* header.flags */
-#define VSMMU_FRAME_FD_ATTACHED 0x0001u /* one fd (MAP_QUEUE: three) passed with SCM_RIGHTS in the frame's sendmsg */
+#define VSMMU_FRAME_FD_ATTACHED 0x0001u /* one fd (MAP_QUEUE: three, MAP_EVENT_QUEUE: two) passed with SCM_RIGHTS in the frame's sendmsg */
 #define VSMMU_FRAME_RESERVED_FLAGS 0xFFFEu
 
 struct vsmmu_frame_header {
@@ -86,10 +87,13 @@ enum vsmmu_message_type {
 	VSMMU_MSG_RESUME_VSMMU = 0x001A,      /* version 3 */
 	VSMMU_MSG_MAP_QUEUE = 0x001B,         /* version 4 */
 	VSMMU_MSG_UNMAP_QUEUE = 0x001C,       /* version 4 */
+	VSMMU_MSG_MAP_EVENT_QUEUE = 0x001D,   /* version 5 */
+	VSMMU_MSG_UNMAP_EVENT_QUEUE = 0x001E, /* version 5 */
 	VSMMU_MSG_INVALIDATE = 0x0020,
 	VSMMU_MSG_STATS = 0x0040,
 	VSMMU_MSG_LIST = 0x0041,
 	VSMMU_MSG_HEALTH = 0x0042,
+	VSMMU_MSG_SIMULATE_DMA = 0x0043,      /* version 5 */
 
 	VSMMU_MSG_ERROR = 0x8000,
 	VSMMU_MSG_HELLO_REPLY = 0x8001,
@@ -106,10 +110,13 @@ enum vsmmu_message_type {
 	VSMMU_MSG_RESUME_VSMMU_REPLY = 0x801A, /* version 3 */
 	VSMMU_MSG_MAP_QUEUE_REPLY = 0x801B,   /* version 4 */
 	VSMMU_MSG_UNMAP_QUEUE_REPLY = 0x801C, /* version 4 */
+	VSMMU_MSG_MAP_EVENT_QUEUE_REPLY = 0x801D,   /* version 5 */
+	VSMMU_MSG_UNMAP_EVENT_QUEUE_REPLY = 0x801E, /* version 5 */
 	VSMMU_MSG_INVALIDATE_REPLY = 0x8020,
 	VSMMU_MSG_STATS_REPLY = 0x8040,
 	VSMMU_MSG_LIST_REPLY = 0x8041,
 	VSMMU_MSG_HEALTH_REPLY = 0x8042,
+	VSMMU_MSG_SIMULATE_DMA_REPLY = 0x8043,      /* version 5 */
 };
 
 /* ---- Errors (ERROR frame) -------------------------------------------------------------------- */
@@ -132,6 +139,7 @@ enum vsmmu_error_code {
 	VSMMU_ERR_INVALID_STE = 22,
 	VSMMU_ERR_NOT_OWNER = 23,
 	VSMMU_ERR_PERMISSION_DENIED = 24,   /* peer not on the allow-list; closes the connection after the reply */
+	VSMMU_ERR_UNSUPPORTED = 25,         /* version 5: SIMULATE_DMA on a backend without simulated devices */
 	VSMMU_ERR_BACKEND_FAILURE = 32,
 	VSMMU_ERR_LIMIT_EXCEEDED = 33,
 	VSMMU_ERR_SHUTTING_DOWN = 34,       /* closes the connection after the reply */
@@ -145,8 +153,8 @@ enum vsmmu_error_code {
 #define VSMMU_FD_MISSING 1u
 #define VSMMU_FD_UNEXPECTED 2u
 #define VSMMU_FD_UNUSABLE 3u
-#define VSMMU_FD_QUEUE_MEMORY 4u  /* MAP_QUEUE: not a memfd sealed with F_SEAL_SHRINK, too small, or a bad header */
-#define VSMMU_FD_QUEUE_EVENTFD 5u /* MAP_QUEUE: kick or call is not an eventfd */
+#define VSMMU_FD_QUEUE_MEMORY 4u  /* MAP_QUEUE, MAP_EVENT_QUEUE: not a memfd sealed with F_SEAL_SHRINK, too small, or a bad header */
+#define VSMMU_FD_QUEUE_EVENTFD 5u /* MAP_QUEUE: kick or call is not an eventfd; MAP_EVENT_QUEUE: call is not */
 
 /* ALREADY_EXISTS details: what conflicts. */
 #define VSMMU_CONFLICT_PSMMU 1u       /* value: the index of the pSMMU's existing viommu */
@@ -155,6 +163,7 @@ enum vsmmu_error_code {
 #define VSMMU_CONFLICT_HANDSHAKE 4u   /* a second HELLO */
 #define VSMMU_CONFLICT_CREATE_KEY 5u  /* CREATE_VSMMU: another request already used this create key */
 #define VSMMU_CONFLICT_QUEUE 6u       /* MAP_QUEUE: the vSMMU has a shared queue over other memory */
+#define VSMMU_CONFLICT_EVENT_QUEUE 7u /* MAP_EVENT_QUEUE: the vSMMU has an event queue over other memory */
 
 /* INVALID_STE details. */
 #define VSMMU_STE_DISALLOWED_BITS_W0 1u
@@ -281,6 +290,28 @@ struct vsmmu_map_queue_reply {
 
 /* UNMAP_QUEUE (version 4); the reply is empty. */
 struct vsmmu_unmap_queue {
+	uint32_t vsmmu_id;
+	uint32_t reserved;
+} VSMMU_PACKED;
+
+/* MAP_EVENT_QUEUE (version 5): the vSMMU's event queue (PROTOCOL.md §5.17, §9). Sent with
+ * VSMMU_FRAME_FD_ATTACHED and two fds in one SCM_RIGHTS message: the memfd (struct
+ * vsmmu_event_queue_header at offset 0, sealed with F_SEAL_SHRINK) and the call eventfd (daemon -> VMM). */
+struct vsmmu_map_event_queue {
+	uint32_t vsmmu_id;
+	uint32_t log2_entries; /* VSMMU_EVENT_QUEUE_MIN_LOG2_ENTRIES ... VSMMU_EVENT_QUEUE_MAX_LOG2_ENTRIES */
+	uint32_t flags;        /* 0 */
+	uint32_t reserved;
+} VSMMU_PACKED;
+
+/* MAP_EVENT_QUEUE's reply: the PROD at which the daemon writes its next event (index, wrap, OVFLG). */
+struct vsmmu_map_event_queue_reply {
+	uint32_t prod;
+	uint32_t reserved;
+} VSMMU_PACKED;
+
+/* UNMAP_EVENT_QUEUE (version 5); the reply is empty. */
+struct vsmmu_unmap_event_queue {
 	uint32_t vsmmu_id;
 	uint32_t reserved;
 } VSMMU_PACKED;
@@ -466,7 +497,11 @@ struct vsmmu_stats_reply {
 #define VSMMU_STAT_VIOMMU_SYNCS 0x0047u
 #define VSMMU_STAT_VIOMMU_RING_FULL_WAITS 0x0048u
 #define VSMMU_STAT_VIOMMU_DEVICES 0x0049u
-#define VSMMU_STAT_VIOMMU_EVENTS 0x004Au
+#define VSMMU_STAT_VIOMMU_EVENTS 0x004Au                  /* events forwarded into the vSMMU's event queue */
+#define VSMMU_STAT_VIOMMU_EVENTS_DROPPED_OVERFLOW 0x004Bu    /* dropped: the event queue was full */
+#define VSMMU_STAT_VIOMMU_EVENTS_DROPPED_DEVICE_GONE 0x004Cu /* dropped: the vSID is no longer registered */
+#define VSMMU_STAT_VIOMMU_EVENTS_DROPPED_NO_QUEUE 0x004Du    /* dropped: no event queue mapped */
+#define VSMMU_STAT_VIOMMU_EVENTS_LOST_UPSTREAM 0x004Eu       /* LOST_EVENTS reports from the kernel / simulation */
 #define VSMMU_STAT_VIOMMU_BATCH_SIZE_LOG2(b) (0x0300u + (b)) /* b = 0..63 */
 /* pSMMU keys: the pSMMU's totals over every vSMMU; viommu = this vSMMU's viommu on that pSMMU */
 #define VSMMU_STAT_PSMMU_BACKEND_CALLS 0x0060u
@@ -481,6 +516,7 @@ struct vsmmu_stats_reply {
 #define VSMMU_STAT_DAEMON_FRAMES_RECEIVED 0x0083u
 #define VSMMU_STAT_DAEMON_PROTOCOL_ERRORS 0x0084u
 #define VSMMU_STAT_DAEMON_CONNECTIONS_TOTAL 0x0085u
+#define VSMMU_STAT_DAEMON_EVENTS_ORPHANED 0x0086u /* events of a backend viommu no vSMMU owns: dropped */
 
 /* ---- Admin: LIST ----------------------------------------------------------------------------- */
 
@@ -596,6 +632,52 @@ struct vsmmu_health_reply {
 	uint32_t reserved;
 } VSMMU_PACKED;
 
+/* ---- Admin: SIMULATE_DMA (version 5) ------------------------------------------------------- */
+
+/* One access of a simulated device, on a vSMMU the connection owns (PROTOCOL.md §6.4). Refused with
+ * VSMMU_ERR_UNSUPPORTED unless the device's viommu is on a simulated pSMMU. */
+#define VSMMU_DMA_WRITE (1u << 0)      /* flags: a write (else a read) */
+#define VSMMU_DMA_SSID_VALID (1u << 1) /* flags: ssid is valid (else ssid is 0) */
+#define VSMMU_DMA_ATS (1u << 2)        /* flags: an ATS translation request */
+#define VSMMU_DMA_MIN_SIZE 4096u       /* size: a power of two of at least this */
+
+/* walk: what the guest's stage-1 tables hold for iova (the VMM owns guest memory). */
+#define VSMMU_DMA_WALK_UNMAPPED 0u          /* F_TRANSLATION */
+#define VSMMU_DMA_WALK_READ_WRITE 1u
+#define VSMMU_DMA_WALK_READ_ONLY 2u         /* a write: F_PERMISSION */
+#define VSMMU_DMA_WALK_ACCESS_FLAG_CLEAR 3u /* F_ACCESS */
+#define VSMMU_DMA_WALK_OUTPUT_TOO_LARGE 4u  /* F_ADDR_SIZE */
+
+/* The reply's outcome. */
+#define VSMMU_DMA_ATC_HIT 1u
+#define VSMMU_DMA_TLB_HIT 2u
+#define VSMMU_DMA_TLB_FILL 3u
+#define VSMMU_DMA_BYPASSED 4u
+#define VSMMU_DMA_ABORTED 5u
+#define VSMMU_DMA_FAULT 6u /* event holds the record as the guest sees it (StreamID = vsid) */
+
+struct vsmmu_simulate_dma {
+	uint32_t vsmmu_id;
+	uint32_t vsid;
+	uint32_t ssid;     /* with VSMMU_DMA_SSID_VALID, < 2^20 */
+	uint32_t flags;    /* VSMMU_DMA_WRITE | VSMMU_DMA_SSID_VALID | VSMMU_DMA_ATS */
+	uint64_t iova;
+	uint64_t size;     /* the mapping's size: a power of two >= VSMMU_DMA_MIN_SIZE */
+	uint32_t walk;     /* VSMMU_DMA_WALK_* */
+	uint32_t reserved;
+} VSMMU_PACKED;
+
+/* An SMMUv3 event record: 32 bytes, little-endian words, word 0 first. */
+struct vsmmu_event_record {
+	uint64_t w[4];
+} VSMMU_PACKED;
+
+struct vsmmu_simulate_dma_reply {
+	uint32_t outcome;  /* VSMMU_DMA_ATC_HIT ... VSMMU_DMA_FAULT */
+	uint32_t reserved;
+	struct vsmmu_event_record event; /* VSMMU_DMA_FAULT: the record; otherwise zero */
+} VSMMU_PACKED;
+
 /* ---- Layout pins ----------------------------------------------------------------------------- */
 
 /* ---- The shared command queue's memory (PROTOCOL.md §8) ------------------------------------------- */
@@ -643,6 +725,50 @@ struct vsmmu_queue_header {
 	uint8_t reserved6[60];
 	uint32_t vmm_sleeping;   /* VMM: 1 = going to sleep on call, signal me */
 	uint8_t reserved7[3708];
+} VSMMU_PACKED;
+
+/* ---- The event queue's memory (PROTOCOL.md §9, version 5) ------------------------------------ */
+
+#define VSMMU_EVENT_QUEUE_MAGIC 0x454D5356u /* the bytes "VSME" */
+#define VSMMU_EVENT_QUEUE_VERSION 1u
+#define VSMMU_EVENT_QUEUE_MIN_LOG2_ENTRIES 4u
+#define VSMMU_EVENT_QUEUE_MAX_LOG2_ENTRIES 12u
+/* The slots (struct vsmmu_event_slot) start here; the memfd holds at least this + 64 << log2_entries bytes. */
+#define VSMMU_EVENT_QUEUE_SLOTS_OFFSET 0x1000u
+#define VSMMU_EVENT_SLOT_SIZE 64u
+/* Bit 31 of PROD (OVFLG) and of CONS (OVACKFLG), as SMMUv3's EVTQ_PROD/EVTQ_CONS. */
+#define VSMMU_EVENT_QUEUE_OVERFLOW 0x80000000u
+/* A slot's flags: events were lost just before this one (queue full, or the kernel's LOST_EVENTS). */
+#define VSMMU_EVENT_LOST_BEFORE 0x1u
+/* state: the command queue's VSMMU_QUEUE_STATE_* (UNMAPPED, RUNNING, STOPPED). */
+
+/* The header at offset 0 of the memfd. Each field has one writer (the comment says which); the u32s are
+ * read and written as single 32-bit atomics. PROD and CONS: bits [n-1:0] index, bit n wrap
+ * (n = log2_entries), bit 31 VSMMU_EVENT_QUEUE_OVERFLOW, no other bit set. */
+struct vsmmu_event_queue_header {
+	/* Configuration: written by the VMM before MAP_EVENT_QUEUE, read once by the daemon when it maps. */
+	uint32_t magic;          /* VSMMU_EVENT_QUEUE_MAGIC */
+	uint16_t version;        /* VSMMU_EVENT_QUEUE_VERSION */
+	uint8_t log2_entries;    /* as MAP_EVENT_QUEUE's */
+	uint8_t reserved0[57];
+	uint32_t prod;           /* daemon: release store after the slots it wrote; bit 31 OVFLG */
+	uint8_t reserved1[60];
+	uint32_t cons;           /* VMM: release store once it copied the slots; bit 31 OVACKFLG */
+	uint8_t reserved2[60];
+	uint32_t state;          /* daemon: VSMMU_QUEUE_STATE_* */
+	uint8_t reserved3[60];
+	uint32_t vmm_sleeping;   /* VMM: 1 = going to sleep on call, signal me */
+	uint8_t reserved4[3836];
+} VSMMU_PACKED;
+
+/* One event, at VSMMU_EVENT_QUEUE_SLOTS_OFFSET + VSMMU_EVENT_SLOT_SIZE * index. Written by the daemon. */
+struct vsmmu_event_slot {
+	struct vsmmu_event_record record; /* the SMMUv3 event record, StreamID = the guest's vSID */
+	uint64_t sequence;                /* per vSMMU, first event 1; a gap: events dropped */
+	uint32_t vsmmu_id;
+	uint32_t viommu_id;               /* the viommu index whose pSMMU raised it */
+	uint32_t flags;                   /* VSMMU_EVENT_LOST_BEFORE */
+	uint8_t reserved[12];
 } VSMMU_PACKED;
 
 #define VSMMU_PIN_SIZE(type, size) VSMMU_STATIC_ASSERT(sizeof(struct type) == (size), #type " size")
@@ -869,6 +995,48 @@ VSMMU_PIN(vsmmu_queue_header, error_ack, 0x100);
 VSMMU_PIN(vsmmu_queue_header, daemon_sleeping, 0x140);
 VSMMU_PIN(vsmmu_queue_header, vmm_sleeping, 0x180);
 
+VSMMU_PIN_SIZE(vsmmu_map_event_queue, 16);
+VSMMU_PIN(vsmmu_map_event_queue, vsmmu_id, 0);
+VSMMU_PIN(vsmmu_map_event_queue, log2_entries, 4);
+VSMMU_PIN(vsmmu_map_event_queue, flags, 8);
+VSMMU_PIN(vsmmu_map_event_queue, reserved, 12);
+VSMMU_PIN_SIZE(vsmmu_map_event_queue_reply, 8);
+VSMMU_PIN(vsmmu_map_event_queue_reply, prod, 0);
+VSMMU_PIN(vsmmu_map_event_queue_reply, reserved, 4);
+VSMMU_PIN_SIZE(vsmmu_unmap_event_queue, 8);
+VSMMU_PIN(vsmmu_unmap_event_queue, vsmmu_id, 0);
+VSMMU_PIN(vsmmu_unmap_event_queue, reserved, 4);
+VSMMU_PIN_SIZE(vsmmu_event_record, 32);
+VSMMU_PIN_SIZE(vsmmu_simulate_dma, 40);
+VSMMU_PIN(vsmmu_simulate_dma, vsmmu_id, 0);
+VSMMU_PIN(vsmmu_simulate_dma, vsid, 4);
+VSMMU_PIN(vsmmu_simulate_dma, ssid, 8);
+VSMMU_PIN(vsmmu_simulate_dma, flags, 12);
+VSMMU_PIN(vsmmu_simulate_dma, iova, 16);
+VSMMU_PIN(vsmmu_simulate_dma, size, 24);
+VSMMU_PIN(vsmmu_simulate_dma, walk, 32);
+VSMMU_PIN(vsmmu_simulate_dma, reserved, 36);
+VSMMU_PIN_SIZE(vsmmu_simulate_dma_reply, 40);
+VSMMU_PIN(vsmmu_simulate_dma_reply, outcome, 0);
+VSMMU_PIN(vsmmu_simulate_dma_reply, reserved, 4);
+VSMMU_PIN(vsmmu_simulate_dma_reply, event, 8);
+
+VSMMU_PIN_SIZE(vsmmu_event_queue_header, VSMMU_EVENT_QUEUE_SLOTS_OFFSET);
+VSMMU_PIN(vsmmu_event_queue_header, magic, 0x000);
+VSMMU_PIN(vsmmu_event_queue_header, version, 0x004);
+VSMMU_PIN(vsmmu_event_queue_header, log2_entries, 0x006);
+VSMMU_PIN(vsmmu_event_queue_header, prod, 0x040);
+VSMMU_PIN(vsmmu_event_queue_header, cons, 0x080);
+VSMMU_PIN(vsmmu_event_queue_header, state, 0x0C0);
+VSMMU_PIN(vsmmu_event_queue_header, vmm_sleeping, 0x100);
+VSMMU_PIN_SIZE(vsmmu_event_slot, VSMMU_EVENT_SLOT_SIZE);
+VSMMU_PIN(vsmmu_event_slot, record, 0x00);
+VSMMU_PIN(vsmmu_event_slot, sequence, 0x20);
+VSMMU_PIN(vsmmu_event_slot, vsmmu_id, 0x28);
+VSMMU_PIN(vsmmu_event_slot, viommu_id, 0x2C);
+VSMMU_PIN(vsmmu_event_slot, flags, 0x30);
+VSMMU_PIN(vsmmu_event_slot, reserved, 0x34);
+
 #undef VSMMU_PIN
 #undef VSMMU_PIN_SIZE
 
@@ -903,6 +1071,9 @@ static inline int64_t vsmmu_request_payload_length(uint16_t type, const void *pa
 	case VSMMU_MSG_RESUME_VSMMU: return sizeof(struct vsmmu_resume_vsmmu);
 	case VSMMU_MSG_MAP_QUEUE: return sizeof(struct vsmmu_map_queue);
 	case VSMMU_MSG_UNMAP_QUEUE: return sizeof(struct vsmmu_unmap_queue);
+	case VSMMU_MSG_MAP_EVENT_QUEUE: return sizeof(struct vsmmu_map_event_queue);
+	case VSMMU_MSG_UNMAP_EVENT_QUEUE: return sizeof(struct vsmmu_unmap_event_queue);
+	case VSMMU_MSG_SIMULATE_DMA: return sizeof(struct vsmmu_simulate_dma);
 	case VSMMU_MSG_INVALIDATE:
 		if (payload_length < sizeof(struct vsmmu_invalidate))
 			return sizeof(struct vsmmu_invalidate);

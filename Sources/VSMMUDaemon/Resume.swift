@@ -20,7 +20,8 @@ extension Request {
         case .createVSMMU, .destroyVSMMU, .attachViommu, .detachViommu, .setDeviceID, .unsetDeviceID,
              .linkSTE, .unlinkSTE, .updateCD:
             return true
-        case .hello, .getHWInfo, .invalidate, .stats, .list, .health, .resumeVSMMU, .mapQueue, .unmapQueue:
+        case .hello, .getHWInfo, .invalidate, .stats, .list, .health, .resumeVSMMU, .mapQueue, .unmapQueue,
+             .mapEventQueue, .unmapEventQueue, .simulateDMA:
             // A shared queue is not journaled: its state is in the VMM's memory, and the fd store or the VMM
             // hands it back (PROTOCOL.md §8.6). RESUME_VSMMU journals its change of owner itself (``resume(_:token:connection:type:)``).
             return false
@@ -38,7 +39,8 @@ extension Request {
         case .linkSTE(let r): return r.vsmmu
         case .unlinkSTE(let r): return r.vsmmu
         case .updateCD(let r): return r.vsmmu
-        case .createVSMMU, .hello, .getHWInfo, .invalidate, .stats, .list, .health, .resumeVSMMU, .mapQueue, .unmapQueue:
+        case .createVSMMU, .hello, .getHWInfo, .invalidate, .stats, .list, .health, .resumeVSMMU, .mapQueue, .unmapQueue,
+             .mapEventQueue, .unmapEventQueue, .simulateDMA:
             return nil
         }
     }
@@ -337,7 +339,8 @@ extension VSMMUServer {
             return w
         }) else { return }
         let engine: VSMMUEngine
-        do throws(EngineRestoreError) { engine = try restoredEngine(ready, tenant: served.tenant) } catch {
+        let domains: [ViommuIndex: EventDomain]
+        do throws(EngineRestoreError) { (engine, domains) = try restoredEngine(ready, tenant: served.tenant) } catch {
             served.awaited.withLock { a in
                 a?.iommufds = [:]
                 a?.vfioDevices = [:]
@@ -353,6 +356,7 @@ extension VSMMUServer {
         }
         served.awaited.withLock { $0 = nil }
         served.replaceEngine(with: engine)
+        routeEvents(of: served, domains: domains)
         if served.ownership.withLock({ $0.resumed && $0.connection != 0 }) { served.startSharedQueue(server: self) }
         logEventQueueStoreFailures(served)
         logger.notice("iommufd vSMMU re-adopted by id with the descriptors its VMM handed back", metadata: [

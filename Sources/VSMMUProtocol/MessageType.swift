@@ -44,6 +44,12 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// Unmap the vSMMU's shared command queue (version 4). The corresponding C constant is
     /// `VSMMU_MSG_UNMAP_QUEUE` (0x001C).
     public static let unmapQueue = MessageType(rawValue: 0x001C)
+    /// Map the vSMMU's event queue (version 5; carries two fds). The corresponding C constant is
+    /// `VSMMU_MSG_MAP_EVENT_QUEUE` (0x001D).
+    public static let mapEventQueue = MessageType(rawValue: 0x001D)
+    /// Unmap the vSMMU's event queue (version 5). The corresponding C constant is
+    /// `VSMMU_MSG_UNMAP_EVENT_QUEUE` (0x001E).
+    public static let unmapEventQueue = MessageType(rawValue: 0x001E)
     /// A batch of guest commands. The corresponding C constant is `VSMMU_MSG_INVALIDATE` (0x0020).
     public static let invalidate = MessageType(rawValue: 0x0020)
     /// Counters (admin). The corresponding C constant is `VSMMU_MSG_STATS` (0x0040).
@@ -52,13 +58,17 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     public static let list = MessageType(rawValue: 0x0041)
     /// Daemon health (admin). The corresponding C constant is `VSMMU_MSG_HEALTH` (0x0042).
     public static let health = MessageType(rawValue: 0x0042)
+    /// One access of a simulated device (admin range, version 5; changes simulated caches). The
+    /// corresponding C constant is `VSMMU_MSG_SIMULATE_DMA` (0x0043).
+    public static let simulateDMA = MessageType(rawValue: 0x0043)
     /// A refused request. The corresponding C constant is `VSMMU_MSG_ERROR` (0x8000).
     public static let error = MessageType(rawValue: 0x8000)
 
     /// Every request type of this version, in type order.
     public static let allRequests: [MessageType] = [
         .hello, .createVSMMU, .destroyVSMMU, .attachViommu, .detachViommu, .setDeviceID, .unsetDeviceID,
-        .linkSTE, .unlinkSTE, .updateCD, .getHWInfo, .resumeVSMMU, .mapQueue, .unmapQueue, .invalidate, .stats, .list, .health,
+        .linkSTE, .unlinkSTE, .updateCD, .getHWInfo, .resumeVSMMU, .mapQueue, .unmapQueue, .mapEventQueue, .unmapEventQueue,
+        .invalidate, .stats, .list, .health, .simulateDMA,
     ]
     /// Every reply type of this version: ERROR and each request's reply.
     public static let allReplies: [MessageType] = [.error] + allRequests.map(\.reply)
@@ -81,15 +91,20 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
     /// Whether a frame of this type may carry a file descriptor (`VSMMU_FRAME_FD_ATTACHED`): ATTACH_VIOMMU
     /// (the VMM's iommufd), from version 2 SET_DEV_ID (the device's VFIO cdev), and from version 3
     /// RESUME_VSMMU (the VMM's iommufd, handed back after a restart without systemd's fd store), and from
-    /// version 4 MAP_QUEUE (three: ``fileDescriptorCount``).
+    /// version 4 MAP_QUEUE (three: ``fileDescriptorCount``), and from version 5 MAP_EVENT_QUEUE (two).
     @inlinable public var takesFileDescriptor: Bool {
-        self == .attachViommu || self == .setDeviceID || self == .resumeVSMMU || self == .mapQueue
+        self == .attachViommu || self == .setDeviceID || self == .resumeVSMMU || self == .mapQueue || self == .mapEventQueue
     }
 
     /// How many fds a frame of this type with `FD_ATTACHED` claims (PROTOCOL.md §1): three for MAP_QUEUE
-    /// (memfd, kick, call), one for the others that take any, 0 for the rest.
+    /// (memfd, kick, call), two for MAP_EVENT_QUEUE (memfd, call), one for the others that take any, 0 for
+    /// the rest.
     @inlinable public var fileDescriptorCount: Int {
-        self == .mapQueue ? 3 : (takesFileDescriptor ? 1 : 0)
+        switch self {
+        case .mapQueue: return 3
+        case .mapEventQueue: return 2
+        default: return takesFileDescriptor ? 1 : 0
+        }
     }
 
     /// The first protocol version that defines this request type.
@@ -98,6 +113,7 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         case .getHWInfo: return 2
         case .resumeVSMMU: return 3
         case .mapQueue, .unmapQueue: return 4
+        case .mapEventQueue, .unmapEventQueue, .simulateDMA: return 5
         default: return 1
         }
     }
@@ -119,6 +135,9 @@ public struct MessageType: RawRepresentable, Hashable, Sendable, CustomStringCon
         case .resumeVSMMU: base = "RESUME_VSMMU"
         case .mapQueue: base = "MAP_QUEUE"
         case .unmapQueue: base = "UNMAP_QUEUE"
+        case .mapEventQueue: base = "MAP_EVENT_QUEUE"
+        case .unmapEventQueue: base = "UNMAP_EVENT_QUEUE"
+        case .simulateDMA: base = "SIMULATE_DMA"
         case .linkSTE: base = "LINK_STE"
         case .unlinkSTE: base = "UNLINK_STE"
         case .updateCD: base = "UPDATE_CD"

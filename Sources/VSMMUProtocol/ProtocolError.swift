@@ -178,6 +178,11 @@ public struct ProtocolError: Error, Hashable, Sendable, CustomStringConvertible 
                       value: UInt64(viommu ?? 0xFFFF_FFFF), message: message)
     }
 
+    /// `UNSUPPORTED` (version 5): detail 0, value the viommu index (`0xFFFFFFFF` if none).
+    public static func unsupported(viommu: UInt32?, type: MessageType, _ message: String) -> ProtocolError {
+        ProtocolError(code: .unsupported, requestType: type, value: UInt64(viommu ?? 0xFFFF_FFFF), message: message)
+    }
+
     /// `LIMIT_EXCEEDED`: detail the limit, value what was asked.
     public static func limitExceeded(limit: Int, asked: UInt64, type: MessageType, _ message: String) -> ProtocolError {
         ProtocolError(code: .limitExceeded, requestType: type, detail: UInt32(clamping: limit), value: asked, message: message)

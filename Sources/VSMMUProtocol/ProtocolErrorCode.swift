@@ -53,6 +53,10 @@ public struct ProtocolErrorCode: RawRepresentable, Hashable, Sendable, CustomStr
     /// the request id of the first request (0 when none arrived), before the daemon closes the connection.
     /// `detail` is the peer's uid, `value` its primary gid. The C constant is `VSMMU_ERR_PERMISSION_DENIED` (24).
     public static let permissionDenied = ProtocolErrorCode(rawValue: 24)
+    /// The request is valid but what it names cannot do it: SIMULATE_DMA on a device whose viommu's pSMMU
+    /// backend has no simulated devices (every backend but the simulated one; version 5). `detail` 0,
+    /// `value` the viommu index. The corresponding C constant is `VSMMU_ERR_UNSUPPORTED` (25).
+    public static let unsupported = ProtocolErrorCode(rawValue: 25)
     /// The pSMMU backend refused or failed. The corresponding C constant is `VSMMU_ERR_BACKEND_FAILURE` (32).
     public static let backendFailure = ProtocolErrorCode(rawValue: 32)
     /// A limit was exceeded or a resource is busy. The corresponding C constant is `VSMMU_ERR_LIMIT_EXCEEDED` (33).
@@ -67,7 +71,7 @@ public struct ProtocolErrorCode: RawRepresentable, Hashable, Sendable, CustomStr
     public static let allDefined: [ProtocolErrorCode] = [
         .frameTooLarge, .truncatedFrame, .unknownMessageType, .badPayloadLength, .handshakeRequired,
         .unsupportedVersion, .badFileDescriptor, .badField, .unknownVSMMU, .unknownViommu, .unknownPSMMU,
-        .unknownStreamID, .alreadyExists, .inUse, .invalidSTE, .notOwner, .permissionDenied, .backendFailure, .limitExceeded,
+        .unknownStreamID, .alreadyExists, .inUse, .invalidSTE, .notOwner, .permissionDenied, .unsupported, .backendFailure, .limitExceeded,
         .shuttingDown, .internalError,
     ]
 
@@ -100,6 +104,7 @@ public struct ProtocolErrorCode: RawRepresentable, Hashable, Sendable, CustomStr
         case 22: return "INVALID_STE"
         case 23: return "NOT_OWNER"
         case 24: return "PERMISSION_DENIED"
+        case 25: return "UNSUPPORTED"
         case 32: return "BACKEND_FAILURE"
         case 33: return "LIMIT_EXCEEDED"
         case 34: return "SHUTTING_DOWN"
@@ -161,10 +166,12 @@ public struct FileDescriptorProblem: RawRepresentable, Hashable, Sendable, Custo
     public static let unexpected = FileDescriptorProblem(rawValue: 2)
     /// The fd is not a usable iommufd. The corresponding C constant is `VSMMU_FD_UNUSABLE` (3).
     public static let unusable = FileDescriptorProblem(rawValue: 3)
-    /// MAP_QUEUE's memory is not a memfd sealed with `F_SEAL_SHRINK`, is too small, cannot be mapped, or
-    /// holds a bad configuration line or indices. The corresponding C constant is `VSMMU_FD_QUEUE_MEMORY` (4).
+    /// MAP_QUEUE's (or MAP_EVENT_QUEUE's) memory is not a memfd sealed with `F_SEAL_SHRINK`, is too small,
+    /// cannot be mapped, or holds a bad configuration line or indices. The corresponding C constant is
+    /// `VSMMU_FD_QUEUE_MEMORY` (4).
     public static let queueMemory = FileDescriptorProblem(rawValue: 4)
-    /// MAP_QUEUE's kick or call is not an eventfd. The corresponding C constant is `VSMMU_FD_QUEUE_EVENTFD` (5).
+    /// MAP_QUEUE's kick or call (MAP_EVENT_QUEUE's call) is not an eventfd. The corresponding C constant is
+    /// `VSMMU_FD_QUEUE_EVENTFD` (5).
     public static let queueEventFD = FileDescriptorProblem(rawValue: 5)
 
     public var description: String {
@@ -199,6 +206,9 @@ public struct ConflictKind: RawRepresentable, Hashable, Sendable, CustomStringCo
     /// MAP_QUEUE on a vSMMU whose shared queue is over other memory (value: 0). The corresponding C
     /// constant is `VSMMU_CONFLICT_QUEUE` (6).
     public static let queue = ConflictKind(rawValue: 6)
+    /// MAP_EVENT_QUEUE on a vSMMU whose event queue is over other memory (value: 0). The corresponding C
+    /// constant is `VSMMU_CONFLICT_EVENT_QUEUE` (7).
+    public static let eventQueue = ConflictKind(rawValue: 7)
 
     public var description: String {
         switch rawValue {
@@ -208,6 +218,7 @@ public struct ConflictKind: RawRepresentable, Hashable, Sendable, CustomStringCo
         case 4: return "HANDSHAKE"
         case 5: return "CREATE_KEY"
         case 6: return "QUEUE"
+        case 7: return "EVENT_QUEUE"
         default: return "CONFLICT(\(rawValue))"
         }
     }

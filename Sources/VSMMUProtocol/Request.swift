@@ -20,10 +20,13 @@ public enum Request: Hashable, Sendable {
     case resumeVSMMU(ResumeVSMMU)
     case mapQueue(MapQueue)
     case unmapQueue(UnmapQueue)
+    case mapEventQueue(MapEventQueue)
+    case unmapEventQueue(UnmapEventQueue)
     case invalidate(Invalidate)
     case stats(StatsRequest)
     case list(ListRequest)
     case health
+    case simulateDMA(SimulateDMA)
 
     /// The frame type.
     public var type: MessageType {
@@ -42,18 +45,22 @@ public enum Request: Hashable, Sendable {
         case .resumeVSMMU: return .resumeVSMMU
         case .mapQueue: return .mapQueue
         case .unmapQueue: return .unmapQueue
+        case .mapEventQueue: return .mapEventQueue
+        case .unmapEventQueue: return .unmapEventQueue
         case .invalidate: return .invalidate
         case .stats: return .stats
         case .list: return .list
         case .health: return .health
+        case .simulateDMA: return .simulateDMA
         }
     }
 
     /// The frame flags: `FD_ATTACHED` for an ATTACH_VIOMMU that passes the VMM's iommufd, or a SET_DEV_ID
     /// that passes the device's VFIO cdev, or a RESUME_VSMMU that hands the VMM's iommufd back; always for
-    /// MAP_QUEUE, which carries its memfd and eventfds.
+    /// MAP_QUEUE and MAP_EVENT_QUEUE, which carry their memfd and eventfds.
     public var flags: FrameFlags {
         if case .mapQueue = self { return .fileDescriptorAttached }
+        if case .mapEventQueue = self { return .fileDescriptorAttached }
         if case .attachViommu(let a) = self, a.fileDescriptorAttached { return .fileDescriptorAttached }
         if case .setDeviceID(let d) = self, d.fileDescriptorAttached { return .fileDescriptorAttached }
         if case .resumeVSMMU(let r) = self, r.fileDescriptorAttached { return .fileDescriptorAttached }
@@ -75,6 +82,9 @@ public enum Request: Hashable, Sendable {
         case .resumeVSMMU(let m): return m.vsmmu
         case .mapQueue(let m): return m.vsmmu
         case .unmapQueue(let m): return m.vsmmu
+        case .mapEventQueue(let m): return m.vsmmu
+        case .unmapEventQueue(let m): return m.vsmmu
+        case .simulateDMA(let m): return m.vsmmu
         case .invalidate(let m): return m.vsmmu
         case .stats(let m): return m.vsmmu
         case .list(let m): return m.vsmmu
@@ -96,6 +106,9 @@ public enum Request: Hashable, Sendable {
         case .resumeVSMMU(let m): try m.encode(to: &w)
         case .mapQueue(let m): try m.encode(to: &w)
         case .unmapQueue(let m): try m.encode(to: &w)
+        case .mapEventQueue(let m): try m.encode(to: &w)
+        case .unmapEventQueue(let m): try m.encode(to: &w)
+        case .simulateDMA(let m): try m.encode(to: &w)
         case .invalidate(let m): try m.encode(to: &w)
         case .stats(let m): try m.encode(to: &w)
         case .list(let m): try m.encode(to: &w)
@@ -174,6 +187,9 @@ public enum Request: Hashable, Sendable {
             return .resumeVSMMU(m)
         case .mapQueue: return .mapQueue(try body(MapQueue.self))
         case .unmapQueue: return .unmapQueue(try body(UnmapQueue.self))
+        case .mapEventQueue: return .mapEventQueue(try body(MapEventQueue.self))
+        case .unmapEventQueue: return .unmapEventQueue(try body(UnmapEventQueue.self))
+        case .simulateDMA: return .simulateDMA(try body(SimulateDMA.self))
         case .invalidate: return .invalidate(try body(Invalidate.self))
         case .stats: return .stats(try body(StatsRequest.self))
         case .list: return .list(try body(ListRequest.self))

@@ -16,10 +16,13 @@ public enum Response: Hashable, Sendable {
     case resumeVSMMU(VSMMUResumed)
     case mapQueue(QueueMapped)
     case unmapQueue
+    case mapEventQueue(EventQueueMapped)
+    case unmapEventQueue
     case invalidate(InvalidateReply)
     case stats(StatsReply)
     case list(ListReply)
     case health(HealthReply)
+    case simulateDMA(DMASimulated)
     /// The request was refused.
     case error(ProtocolError)
 
@@ -40,6 +43,9 @@ public enum Response: Hashable, Sendable {
         case .resumeVSMMU: return MessageType.resumeVSMMU.reply
         case .mapQueue: return MessageType.mapQueue.reply
         case .unmapQueue: return MessageType.unmapQueue.reply
+        case .mapEventQueue: return MessageType.mapEventQueue.reply
+        case .unmapEventQueue: return MessageType.unmapEventQueue.reply
+        case .simulateDMA: return MessageType.simulateDMA.reply
         case .invalidate: return MessageType.invalidate.reply
         case .stats: return MessageType.stats.reply
         case .list: return MessageType.list.reply
@@ -60,12 +66,14 @@ public enum Response: Hashable, Sendable {
         case .getHWInfo(let m): try m.encode(to: &w)
         case .resumeVSMMU(let m): try m.encode(to: &w)
         case .mapQueue(let m): try m.encode(to: &w)
+        case .mapEventQueue(let m): try m.encode(to: &w)
+        case .simulateDMA(let m): try m.encode(to: &w)
         case .invalidate(let m): try m.encode(to: &w)
         case .stats(let m): try m.encode(to: &w)
         case .list(let m): try m.encode(to: &w)
         case .health(let m): try m.encode(to: &w)
         case .error(let e): e.encodePayload(to: &w)
-        case .destroyVSMMU, .detachViommu, .setDeviceID, .unsetDeviceID, .unlinkSTE, .unmapQueue: break
+        case .destroyVSMMU, .detachViommu, .setDeviceID, .unsetDeviceID, .unlinkSTE, .unmapQueue, .unmapEventQueue: break
         }
     }
 
@@ -131,6 +139,9 @@ public enum Response: Hashable, Sendable {
         case .resumeVSMMU: return .resumeVSMMU(try body(VSMMUResumed.self))
         case .mapQueue: return .mapQueue(try body(QueueMapped.self))
         case .unmapQueue: _ = try body(EmptyPayload.self); return .unmapQueue
+        case .mapEventQueue: return .mapEventQueue(try body(EventQueueMapped.self))
+        case .unmapEventQueue: _ = try body(EmptyPayload.self); return .unmapEventQueue
+        case .simulateDMA: return .simulateDMA(try body(DMASimulated.self))
         case .invalidate: return .invalidate(try body(InvalidateReply.self))
         case .stats: return .stats(try body(StatsReply.self))
         case .list: return .list(try body(ListReply.self))

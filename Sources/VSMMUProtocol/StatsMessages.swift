@@ -105,9 +105,21 @@ public struct StatKey: RawRepresentable, Hashable, Comparable, Sendable, CustomS
     public static let viommuRingFullWaits = StatKey(rawValue: 0x0048)
     /// Devices behind the viommu now. `VSMMU_STAT_VIOMMU_DEVICES` (0x0049).
     public static let viommuDevices = StatKey(rawValue: 0x0049)
-    /// Event records reported. `VSMMU_STAT_VIOMMU_EVENTS` (0x004A). The backends do not attribute events
-    /// to a viommu yet: the value is its pSMMU's (``psmmuEvents``).
+    /// Events forwarded into the vSMMU's event queue from this viommu (PROTOCOL.md §9).
+    /// `VSMMU_STAT_VIOMMU_EVENTS` (0x004A).
     public static let viommuEvents = StatKey(rawValue: 0x004A)
+    /// Events of this viommu dropped because the event queue was full (§9.4).
+    /// `VSMMU_STAT_VIOMMU_EVENTS_DROPPED_OVERFLOW` (0x004B).
+    public static let viommuEventsDroppedOverflow = StatKey(rawValue: 0x004B)
+    /// Events dropped because their vSID is no longer registered on this viommu.
+    /// `VSMMU_STAT_VIOMMU_EVENTS_DROPPED_DEVICE_GONE` (0x004C).
+    public static let viommuEventsDroppedDeviceGone = StatKey(rawValue: 0x004C)
+    /// Events dropped because the vSMMU has no event queue mapped.
+    /// `VSMMU_STAT_VIOMMU_EVENTS_DROPPED_NO_QUEUE` (0x004D).
+    public static let viommuEventsDroppedNoQueue = StatKey(rawValue: 0x004D)
+    /// LOST_EVENTS reports from the kernel's vEVENTQ (or a simulated pSMMU's full queue).
+    /// `VSMMU_STAT_VIOMMU_EVENTS_LOST_UPSTREAM` (0x004E).
+    public static let viommuEventsLostUpstream = StatKey(rawValue: 0x004E)
     /// Histogram bucket *b* (0-63) of backend batch sizes: calls with 2^b ≤ n < 2^(b+1) commands.
     /// `VSMMU_STAT_VIOMMU_BATCH_SIZE_LOG2(b)` (0x0300 + b).
     public static func viommuBatchSizeLog2(bucket: Int) -> StatKey {
@@ -139,6 +151,8 @@ public struct StatKey: RawRepresentable, Hashable, Comparable, Sendable, CustomS
     public static let daemonProtocolErrors = StatKey(rawValue: 0x0084)
     /// `VSMMU_STAT_DAEMON_CONNECTIONS_TOTAL` (0x0085).
     public static let daemonConnectionsTotal = StatKey(rawValue: 0x0085)
+    /// Events from a backend viommu that no vSMMU owns (destroyed): dropped. `VSMMU_STAT_DAEMON_EVENTS_ORPHANED` (0x0086).
+    public static let daemonEventsOrphaned = StatKey(rawValue: 0x0086)
 
     /// The histogram bucket of a `*_LOG2*` key, else `nil`.
     public var histogramBucket: Int? {
@@ -153,9 +167,9 @@ public struct StatKey: RawRepresentable, Hashable, Comparable, Sendable, CustomS
     public var scope: Scope {
         switch rawValue {
         case 0x0001...0x001C, 0x0200...0x023F: return .vsmmu
-        case 0x0040...0x004A, 0x0300...0x033F: return .viommu
+        case 0x0040...0x004E, 0x0300...0x033F: return .viommu
         case 0x0060...0x0064: return .psmmu
-        case 0x0080...0x0085: return .daemon
+        case 0x0080...0x0086: return .daemon
         default: return .unknown
         }
     }
@@ -179,11 +193,13 @@ public struct StatKey: RawRepresentable, Hashable, Comparable, Sendable, CustomS
             0x40: "VIOMMU_COMMANDS_DELIVERED", 0x41: "VIOMMU_RING_OCCUPANCY", 0x42: "VIOMMU_RING_HIGH_WATER",
             0x43: "VIOMMU_BACKEND_CALLS", 0x44: "VIOMMU_BACKEND_COMMANDS", 0x45: "VIOMMU_BACKEND_COMPLETED",
             0x46: "VIOMMU_BACKEND_FAILED", 0x47: "VIOMMU_SYNCS", 0x48: "VIOMMU_RING_FULL_WAITS",
-            0x49: "VIOMMU_DEVICES", 0x4A: "VIOMMU_EVENTS",
+            0x49: "VIOMMU_DEVICES", 0x4A: "VIOMMU_EVENTS", 0x4B: "VIOMMU_EVENTS_DROPPED_OVERFLOW",
+            0x4C: "VIOMMU_EVENTS_DROPPED_DEVICE_GONE", 0x4D: "VIOMMU_EVENTS_DROPPED_NO_QUEUE", 0x4E: "VIOMMU_EVENTS_LOST_UPSTREAM",
             0x60: "PSMMU_BACKEND_CALLS", 0x61: "PSMMU_BACKEND_COMMANDS", 0x62: "PSMMU_BACKEND_COMPLETED",
             0x63: "PSMMU_BACKEND_FAILED", 0x64: "PSMMU_EVENTS",
             0x80: "DAEMON_CONNECTIONS", 0x81: "DAEMON_VSMMUS", 0x82: "DAEMON_UPTIME_NS",
             0x83: "DAEMON_FRAMES_RECEIVED", 0x84: "DAEMON_PROTOCOL_ERRORS", 0x85: "DAEMON_CONNECTIONS_TOTAL",
+            0x86: "DAEMON_EVENTS_ORPHANED",
         ]
         return names[rawValue] ?? "0x" + hex(rawValue, digits: 4)
     }

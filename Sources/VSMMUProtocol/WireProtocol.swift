@@ -4,11 +4,12 @@ public enum WireProtocol {
     /// HELLO's magic, the bytes `"VSMU"`. The corresponding C constant is `VSMMU_MAGIC`.
     public static let magic: UInt32 = 0x554D_5356
     /// The protocol version this codec implements. The corresponding C constant is `VSMMU_PROTOCOL_VERSION`.
-    public static let version: UInt16 = 4
+    public static let version: UInt16 = 5
     /// The versions this codec can speak. Version 2 adds GET_HW_INFO and the VFIO cdev on SET_DEV_ID;
     /// version 3 adds the resume token in CREATE_VSMMU's reply, RESUME_VSMMU and LIST's vSMMU flags;
-    /// version 4 adds the shared command queue (MAP_QUEUE, UNMAP_QUEUE).
-    public static let supportedVersions: ClosedRange<UInt16> = 1...4
+    /// version 4 adds the shared command queue (MAP_QUEUE, UNMAP_QUEUE); version 5 adds the event queue
+    /// (MAP_EVENT_QUEUE, UNMAP_EVENT_QUEUE) and SIMULATE_DMA.
+    public static let supportedVersions: ClosedRange<UInt16> = 1...5
     /// The size of every frame header. `sizeof(struct vsmmu_frame_header)`.
     public static let headerSize = 16
     /// No frame, in either direction, is larger (header included): 1 MiB.

@@ -63,11 +63,12 @@ import Glibc
     @Test func aVersion2ClientGetsVersion2AndAVersion1ClientStillGetsVersion1() throws {
         let server = try Self.server()
         defer { server.stop() }
-        #expect(try Self.client(of: server).serverHello?.version == 4)
+        #expect(try Self.client(of: server).serverHello?.version == 5)
         #expect(try Self.client(of: server, versions: 1...1).serverHello?.version == 1)
         #expect(try Self.client(of: server, versions: 1...2).serverHello?.version == 2)
         #expect(try Self.client(of: server, versions: 1...3).serverHello?.version == 3)
-        #expect(try Self.client(of: server, versions: 2...7).serverHello?.version == 4)
+        #expect(try Self.client(of: server, versions: 2...7).serverHello?.version == 5)
+        #expect(try Self.client(of: server, versions: 1...4).serverHello?.version == 4)
     }
 
     // MARK: GET_HW_INFO

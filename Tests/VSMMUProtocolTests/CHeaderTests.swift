@@ -95,7 +95,7 @@ struct CHeaderTests {
         }
         let conflicts: [(String, ConflictKind)] = [
             ("PSMMU", .pSMMU), ("STREAM_ID", .streamID), ("HOST_DEVICE", .hostDevice), ("HANDSHAKE", .handshake),
-            ("CREATE_KEY", .createKey), ("QUEUE", .queue),
+            ("CREATE_KEY", .createKey), ("QUEUE", .queue), ("EVENT_QUEUE", .eventQueue),
         ]
         for (name, kind) in conflicts {
             #expect(c["VSMMU_CONFLICT_" + name] == UInt64(kind.rawValue), "\(name)")

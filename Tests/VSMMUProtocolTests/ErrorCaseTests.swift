@@ -19,6 +19,9 @@ let oneOfEachRequest: [Request] = [
     .stats(StatsRequest(vsmmu: nil)),
     .list(ListRequest(kind: .asids, vsmmu: vsmmu7, start: 3, maximumEntries: 10)),
     .health,
+    .mapEventQueue(MapEventQueue(vsmmu: vsmmu7, log2Entries: 6)),
+    .unmapEventQueue(UnmapEventQueue(vsmmu: vsmmu7)),
+    .simulateDMA(SimulateDMA(vsmmu: vsmmu7, streamID: 0x100, address: 0x7F00_1000, walk: .readWrite)),
 ]
 
 /// Decodes `bytes` as one request frame and returns the error it is refused with.
@@ -150,7 +153,7 @@ struct ErrorCaseTests {
     }
 
     @Test func fileDescriptorFlagIsAcceptedOnlyOnAttachViommuAndSetDevID() throws {
-        #expect(oneOfEachRequest.map(\.type).filter(\.takesFileDescriptor) == [.attachViommu, .setDeviceID])
+        #expect(oneOfEachRequest.map(\.type).filter(\.takesFileDescriptor) == [.attachViommu, .setDeviceID, .mapEventQueue])
         for request in oneOfEachRequest {
             var bytes = try request.encode(requestID: 1)
             bytes[6] |= 1
@@ -161,6 +164,7 @@ struct ErrorCaseTests {
                 switch decoded {
                 case .attachViommu(let attach): #expect(attach.fileDescriptorAttached)
                 case .setDeviceID(let registration): #expect(registration.fileDescriptorAttached)
+                case .mapEventQueue: break // always sent with its two fds
                 default: Issue.record("\(decoded.type) takes a file descriptor")
                 }
                 #expect(try decoded.encode(requestID: 1) == bytes)
@@ -198,14 +202,15 @@ struct ErrorCaseTests {
         #expect(e.code == .badFileDescriptor && e.detail == FileDescriptorProblem.unexpected.rawValue)
     }
 
-    @Test func onlyGetHWInfoIsNewInVersion2OnlyResumeInVersion3AndOnlyTheQueueRequestsInVersion4() {
+    @Test func onlyGetHWInfoIsNewInVersion2OnlyResumeInVersion3OnlyTheQueueRequestsInVersion4AndTheEventRequestsInVersion5() {
         for type in MessageType.allRequests {
             let expected: UInt16 = type == .getHWInfo ? 2 : type == .resumeVSMMU ? 3
-                : type == .mapQueue || type == .unmapQueue ? 4 : 1
+                : type == .mapQueue || type == .unmapQueue ? 4
+                : type == .mapEventQueue || type == .unmapEventQueue || type == .simulateDMA ? 5 : 1
             #expect(type.introducedInVersion == expected, "\(type.name)")
         }
-        #expect(WireProtocol.version == 4)
-        #expect(WireProtocol.supportedVersions == 1...4)
+        #expect(WireProtocol.version == 5)
+        #expect(WireProtocol.supportedVersions == 1...5)
     }
 
     @Test func repliesCarryNoFlags() throws {
@@ -378,12 +383,12 @@ struct ErrorCaseTests {
 
     @Test func versionNegotiationPicksTheHighestCommonVersion() throws {
         #expect(try WireProtocol.negotiateVersion(client: 1...3) == 3)
-        #expect(try WireProtocol.negotiateVersion(client: 1...9) == 4)
+        #expect(try WireProtocol.negotiateVersion(client: 1...9) == 5)
         #expect(try WireProtocol.negotiateVersion(client: 2...2) == 2)
         #expect(try WireProtocol.negotiateVersion(client: 1...1) == 1) // a version-1 client still gets version 1
         #expect(try WireProtocol.negotiateVersion(client: 1...3, server: 2...5) == 3)
-        let above = try #require(throws: ProtocolError.self) { try WireProtocol.negotiateVersion(client: 5...6) }
-        #expect(above.code == .unsupportedVersion && above.detail == 1 && above.value == 4)
+        let above = try #require(throws: ProtocolError.self) { try WireProtocol.negotiateVersion(client: 6...7) }
+        #expect(above.code == .unsupportedVersion && above.detail == 1 && above.value == 5)
         let e = try #require(throws: ProtocolError.self) { try WireProtocol.negotiateVersion(client: 2...3, server: 1...1) }
         #expect(e == ProtocolError(code: .unsupportedVersion, requestType: .hello, detail: 1, value: 1,
                                    message: "client speaks versions 2-3, server 1-1"))

@@ -31,6 +31,8 @@ let vectorIDRegisters = IDRegisters(idr: [0x0D44_101B, 0x0273_0010, 0, 0x0000_14
 /// The resume token of the version-3 vectors: bytes 0x10 … 0x1F.
 let vectorResumeToken = ResumeToken(bytes: (0x10...0x1F).map { UInt8($0) })!
 let vectorCreateKey = CreateKey(bytes: (0x20...0x2F).map { UInt8($0) })!
+/// The F_TRANSLATION of simulate-dma-reply.hex and event-slot.hex: vSID 0x100 at IOVA 0x7F001000.
+let vectorFaultEvent = EventRecord(id: .translation, streamID: 0x100, inputAddress: 0x7F00_1000)
 let vectorCommands: [Command] = [
     .tlbiNHVA(asid: 0x42, vmid: 0, address: 0x7F00_1000, leaf: true),
     Command(w0: 0x0000_0100_0000_0040, w1: 0x34), // ATC_INV SID 0x100 SIZE 52
@@ -59,6 +61,15 @@ let goldenVectors: [GoldenVector] = [
     GoldenVector(file: "map-queue-reply.hex", content: .response(23, .mapQueue(QueueMapped(consumer: 0x405)))),
     GoldenVector(file: "unmap-queue.hex", content: .request(24, .unmapQueue(UnmapQueue(vsmmu: vsmmu7)))),
     GoldenVector(file: "unmap-queue-reply.hex", content: .response(24, .unmapQueue)),
+    GoldenVector(file: "map-event-queue.hex", content: .request(60, .mapEventQueue(MapEventQueue(vsmmu: vsmmu7, log2Entries: 6)))),
+    GoldenVector(file: "map-event-queue-reply.hex", content: .response(60, .mapEventQueue(EventQueueMapped(producer: 0x8000_0045)))),
+    GoldenVector(file: "unmap-event-queue.hex", content: .request(61, .unmapEventQueue(UnmapEventQueue(vsmmu: vsmmu7)))),
+    GoldenVector(file: "unmap-event-queue-reply.hex", content: .response(61, .unmapEventQueue)),
+    GoldenVector(file: "simulate-dma.hex", content: .request(62, .simulateDMA(SimulateDMA(
+        vsmmu: vsmmu7, streamID: 0x100, write: true, address: 0x7F00_1000, size: 4096, walk: .unmapped)))),
+    GoldenVector(file: "simulate-dma-reply.hex", content: .response(62, .simulateDMA(DMASimulated(outcome: .fault(vectorFaultEvent))))),
+    GoldenVector(file: "error-unsupported.hex", content: .response(63, .error(.unsupported(
+        viommu: 0, type: .simulateDMA, "SIMULATE_DMA: the backend of viommu 0 has no simulated devices")))),
     GoldenVector(file: "attach-viommu.hex", content: .request(3, .attachViommu(AttachViommu(
         vsmmu: vsmmu7, pSMMU: "smmu1", hostDeviceID: 0x11, nestParentHWPT: 0x21, fileDescriptorAttached: true)))),
     GoldenVector(file: "attach-viommu-reply.hex", content: .response(3, .attachViommu(ViommuAttached(viommu: 1, backendViommuID: 0x31)))),
@@ -230,7 +241,7 @@ struct GoldenVectorTests {
             if case .request(_, let r) = vector.content, r.flags.contains(.fileDescriptorAttached) { carrying.insert(r.type) }
         }
         let takers = Set(MessageType.allRequests.filter(\.takesFileDescriptor))
-        #expect(takers == [.attachViommu, .setDeviceID, .resumeVSMMU, .mapQueue])
+        #expect(takers == [.attachViommu, .setDeviceID, .resumeVSMMU, .mapQueue, .mapEventQueue])
         #expect(carrying == takers)
     }
 

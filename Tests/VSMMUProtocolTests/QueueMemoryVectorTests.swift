@@ -48,8 +48,8 @@ import VSMMUProtocol
         (0..<size).reduce(UInt64(0)) { $0 | UInt64(bytes[offset + $1]) << (8 * UInt64($1)) }
     }
 
-    @Test func theMemoryVectorsAreTheHeaderAndTheSlots() throws {
-        #expect(try ProtocolFolder.memoryVectorNames() == ["queue-header.hex", "queue-slots.hex"])
+    @Test func theMemoryVectorsAreTheTwoQueuesHeadersTheCommandSlotsAndAnEventSlot() throws {
+        #expect(try ProtocolFolder.memoryVectorNames() == ["event-queue-header.hex", "event-slot.hex", "queue-header.hex", "queue-slots.hex"])
     }
 
     @Test func everyHeaderFieldOfTheVectorSitsAtTheOffsetTheLayoutGivesIt() throws {

@@ -41,7 +41,14 @@ struct MessageGenerator {
     }
 
     mutating func request() -> Request {
-        switch count(14) {
+        switch count(17) {
+        case 15: return .mapEventQueue(MapEventQueue(vsmmu: id(), log2Entries: UInt32.random(in: 4...12, using: &rng)))
+        case 16: return .unmapEventQueue(UnmapEventQueue(vsmmu: id()))
+        case 17:
+            return .simulateDMA(SimulateDMA(vsmmu: id(), streamID: u32(),
+                                            substreamID: Bool.random(using: &rng) ? nil : UInt32.random(in: 0..<(1 << 20), using: &rng),
+                                            write: Bool.random(using: &rng), throughATS: Bool.random(using: &rng), address: u64(),
+                                            size: 4096 << UInt64(count(40)), walk: DMAWalk.allCases[count(4)]))
         case 0: return .hello(Hello(versions: UInt16.random(in: 1...3, using: &rng)...UInt16.random(in: 3...9, using: &rng),
                                     processID: u32(), clientName: name()))
         case 1: return .createVSMMU(CreateVSMMU(name: name(), createKey: Bool.random(using: &rng) ? CreateKey.random() : nil))
@@ -64,7 +71,13 @@ struct MessageGenerator {
     }
 
     mutating func response() -> Response {
-        switch count(15) {
+        switch count(18) {
+        case 16: return .mapEventQueue(EventQueueMapped(producer: u32()))
+        case 17: return .unmapEventQueue
+        case 18:
+            let outcomes: [SimulatedDMAOutcome] = [.atcHit, .tlbHit, .tlbFill, .bypassed, .aborted,
+                                                   .fault(EventRecord(w0: u64(), w1: u64(), w2: u64(), w3: u64()))]
+            return .simulateDMA(DMASimulated(outcome: outcomes[count(5)]))
         case 0:
             let frame = UInt32.random(in: UInt32(WireProtocol.minimumFrameSizeLimit)...UInt32(WireProtocol.maximumFrameSize), using: &rng)
             let limits = ServerLimits(maximumFrameSize: frame,

@@ -15,7 +15,10 @@
  * A file marked "#! kind = queue_header" or "#! kind = queue_slots" is not a frame but bytes of the shared
  * queue's memory (§8.1), the first of them at "#! offset": its "queue_header.<field>" assertions are read
  * at offsetof(struct vsmmu_queue_header, field) (every field asserted, every other byte zero), its
- * "slot[i].w[k]" at VSMMU_QUEUE_SLOTS_OFFSET + i * sizeof(struct vsmmu_command).
+ * "slot[i].w[k]" at VSMMU_QUEUE_SLOTS_OFFSET + i * sizeof(struct vsmmu_command). "#! kind =
+ * event_queue_header" and "#! kind = event_slot" are the event queue's memory (§9.1): the header's first
+ * lines (struct vsmmu_event_queue_header), and one slot (struct vsmmu_event_slot) at
+ * VSMMU_EVENT_QUEUE_SLOTS_OFFSET + i * VSMMU_EVENT_SLOT_SIZE, every field asserted, every other byte zero.
  * Prints one line per vector and a summary; exits 1 on any failure.
  */
 #include <stddef.h>
@@ -91,6 +94,17 @@ static const struct field fields[] = {
 	P("map_queue", vsmmu_map_queue, flags), P("map_queue", vsmmu_map_queue, reserved),
 	P("map_queue_reply", vsmmu_map_queue_reply, cons), P("map_queue_reply", vsmmu_map_queue_reply, reserved),
 	P("unmap_queue", vsmmu_unmap_queue, vsmmu_id), P("unmap_queue", vsmmu_unmap_queue, reserved),
+	P("map_event_queue", vsmmu_map_event_queue, vsmmu_id), P("map_event_queue", vsmmu_map_event_queue, log2_entries),
+	P("map_event_queue", vsmmu_map_event_queue, flags), P("map_event_queue", vsmmu_map_event_queue, reserved),
+	P("map_event_queue_reply", vsmmu_map_event_queue_reply, prod),
+	P("map_event_queue_reply", vsmmu_map_event_queue_reply, reserved),
+	P("unmap_event_queue", vsmmu_unmap_event_queue, vsmmu_id), P("unmap_event_queue", vsmmu_unmap_event_queue, reserved),
+	P("simulate_dma", vsmmu_simulate_dma, vsmmu_id), P("simulate_dma", vsmmu_simulate_dma, vsid),
+	P("simulate_dma", vsmmu_simulate_dma, ssid), P("simulate_dma", vsmmu_simulate_dma, flags),
+	P("simulate_dma", vsmmu_simulate_dma, iova), P("simulate_dma", vsmmu_simulate_dma, size),
+	P("simulate_dma", vsmmu_simulate_dma, walk), P("simulate_dma", vsmmu_simulate_dma, reserved),
+	P("simulate_dma_reply", vsmmu_simulate_dma_reply, outcome), P("simulate_dma_reply", vsmmu_simulate_dma_reply, reserved),
+	PWORDS("simulate_dma_reply.event.w", vsmmu_simulate_dma_reply, event.w),
 	P("destroy_vsmmu", vsmmu_destroy_vsmmu, vsmmu_id), P("destroy_vsmmu", vsmmu_destroy_vsmmu, reserved),
 
 	P("attach_viommu", vsmmu_attach_viommu, vsmmu_id), P("attach_viommu", vsmmu_attach_viommu, host_device_id),
@@ -183,6 +197,9 @@ static int64_t fixed_part(uint16_t type)
 	case VSMMU_MSG_GET_HW_INFO_REPLY: return sizeof(struct vsmmu_hw_info_reply);
 	case VSMMU_MSG_RESUME_VSMMU_REPLY: return sizeof(struct vsmmu_resume_vsmmu_reply);
 	case VSMMU_MSG_MAP_QUEUE_REPLY: return sizeof(struct vsmmu_map_queue_reply);
+	case VSMMU_MSG_MAP_EVENT_QUEUE_REPLY: return sizeof(struct vsmmu_map_event_queue_reply);
+	case VSMMU_MSG_SIMULATE_DMA_REPLY: return sizeof(struct vsmmu_simulate_dma_reply);
+	case VSMMU_MSG_UNMAP_EVENT_QUEUE_REPLY:
 	case VSMMU_MSG_UNMAP_QUEUE_REPLY:
 	case VSMMU_MSG_DESTROY_VSMMU_REPLY:
 	case VSMMU_MSG_DETACH_VIOMMU_REPLY:
@@ -256,12 +273,13 @@ static int64_t reply_payload_length(uint16_t type, const unsigned char *p, uint3
 	}
 }
 
-/* Whether a request of this type may carry an fd (FD_ATTACHED): ATTACH_VIOMMU (the VMM's iommufd) and,
- * from version 2, SET_DEV_ID (the device's VFIO cdev); PROTOCOL.md §1. */
+/* Whether a request of this type may carry an fd (FD_ATTACHED): ATTACH_VIOMMU (the VMM's iommufd), from
+ * version 2 SET_DEV_ID (the device's VFIO cdev), from version 3 RESUME_VSMMU, from version 4 MAP_QUEUE
+ * (three fds) and from version 5 MAP_EVENT_QUEUE (two); PROTOCOL.md §1. */
 static int takes_fd(uint16_t type)
 {
 	return type == VSMMU_MSG_ATTACH_VIOMMU || type == VSMMU_MSG_SET_DEV_ID || type == VSMMU_MSG_RESUME_VSMMU ||
-	       type == VSMMU_MSG_MAP_QUEUE;
+	       type == VSMMU_MSG_MAP_QUEUE || type == VSMMU_MSG_MAP_EVENT_QUEUE;
 }
 
 /* The first §2.2 framing check the frame fails (1, 3, 4, 8, 7), a HELLO field check (8), or 0. */
@@ -514,6 +532,25 @@ static const struct queue_field {
 	QH(error_kind), QH(error_cons), QH(state), QH(error_ack), QH(daemon_sleeping), QH(vmm_sleeping),
 };
 
+/* The event queue (§9.1): the header's fields, and a slot's. */
+#define EQH(m) { "event_queue_header." #m, offsetof(struct vsmmu_event_queue_header, m), \
+		 MEMBER_SIZE(vsmmu_event_queue_header, m) }
+#define ES(m) { "event_slot." #m, offsetof(struct vsmmu_event_slot, m), MEMBER_SIZE(vsmmu_event_slot, m) }
+#define ESW(k) { "event_slot.record.w[" #k "]", offsetof(struct vsmmu_event_slot, record) + (k) * sizeof(uint64_t), \
+		 sizeof(uint64_t) }
+
+static const struct queue_field event_queue_fields[] = {
+	EQH(magic), EQH(version), EQH(log2_entries), EQH(prod), EQH(cons), EQH(state), EQH(vmm_sleeping),
+};
+
+static const struct queue_field event_slot_fields[] = {
+	ESW(0), ESW(1), ESW(2), ESW(3), ES(sequence), ES(vsmmu_id), ES(viommu_id), ES(flags),
+};
+
+/* The event queue header's bytes an event_queue_header vector holds: up to the end of the last field's line. */
+#define EVENT_QUEUE_HEADER_FIELDS_END \
+	((offsetof(struct vsmmu_event_queue_header, vmm_sleeping) / VSMMU_QUEUE_LINE_SIZE + 1) * VSMMU_QUEUE_LINE_SIZE)
+
 /* The header's bytes a queue_header vector holds: up to the end of the last field's cache line. */
 #define QUEUE_HEADER_FIELDS_END \
 	((offsetof(struct vsmmu_queue_header, vmm_sleeping) / VSMMU_QUEUE_LINE_SIZE + 1) * VSMMU_QUEUE_LINE_SIZE)
@@ -540,41 +577,76 @@ static int check_number(const char *path, const struct vector *v, const struct a
 	return 0;
 }
 
-static int check_queue_header(const char *path, const struct vector *v)
+/* A vector of `length` bytes holding one structure whose fields are `fields` (offsets from the vector's
+ * first byte): every field asserted, every other byte zero. */
+static int check_fields(const char *path, const struct vector *v, const char *structure,
+			const struct queue_field *fields, size_t nfields, size_t length)
 {
-	size_t nfields = sizeof queue_fields / sizeof queue_fields[0];
-	int asserted[sizeof queue_fields / sizeof queue_fields[0]] = { 0 };
-	unsigned char covered[QUEUE_HEADER_FIELDS_END] = { 0 };
-	if (v->offset != 0 || v->count != QUEUE_HEADER_FIELDS_END) {
-		printf("FAIL %s: a queue_header vector holds bytes 0 to 0x%zx of the memory (offset %ld, %zu bytes)\n", path,
-		       (size_t)QUEUE_HEADER_FIELDS_END, v->offset, v->count);
+	int asserted[16] = { 0 };
+	unsigned char covered[VSMMU_QUEUE_SLOTS_OFFSET] = { 0 };
+	if (nfields > 16 || length > sizeof covered || v->count != length) {
+		printf("FAIL %s: a %s vector holds %zu bytes, not %zu\n", path, structure, v->count, length);
 		return -1;
 	}
 	for (int i = 0; i < v->nasserts; i++) {
 		const struct assertion *a = &v->asserts[i];
 		size_t k = 0;
-		while (k < nfields && strcmp(queue_fields[k].name, a->name) != 0)
+		while (k < nfields && strcmp(fields[k].name, a->name) != 0)
 			k++;
 		if (k == nfields) {
-			printf("FAIL %s: no field \"%s\" in struct vsmmu_queue_header\n", path, a->name);
+			printf("FAIL %s: no field \"%s\" in struct %s\n", path, a->name, structure);
 			return -1;
 		}
-		if (check_number(path, v, a, queue_fields[k].offset, queue_fields[k].size) != 0)
+		if (check_number(path, v, a, fields[k].offset, fields[k].size) != 0)
 			return -1;
 		asserted[k] = 1;
-		memset(covered + queue_fields[k].offset, 1, queue_fields[k].size);
+		memset(covered + fields[k].offset, 1, fields[k].size);
 	}
 	for (size_t k = 0; k < nfields; k++)
 		if (!asserted[k]) {
-			printf("FAIL %s: %s is not asserted\n", path, queue_fields[k].name);
+			printf("FAIL %s: %s is not asserted\n", path, fields[k].name);
 			return -1;
 		}
 	for (size_t i = 0; i < v->count; i++)
 		if (!covered[i] && v->bytes[i] != 0) {
-			printf("FAIL %s: reserved byte 0x%zx is 0x%02x, not 0\n", path, i, v->bytes[i]);
+			printf("FAIL %s: reserved byte 0x%zx is 0x%02x, not 0\n", path, (size_t)v->offset + i, v->bytes[i]);
 			return -1;
 		}
 	return 0;
+}
+
+static int check_queue_header(const char *path, const struct vector *v)
+{
+	if (v->offset != 0) {
+		printf("FAIL %s: a queue_header vector holds bytes 0 to 0x%zx of the memory (offset %ld)\n", path,
+		       (size_t)QUEUE_HEADER_FIELDS_END, v->offset);
+		return -1;
+	}
+	return check_fields(path, v, "vsmmu_queue_header", queue_fields, sizeof queue_fields / sizeof queue_fields[0],
+			    QUEUE_HEADER_FIELDS_END);
+}
+
+static int check_event_queue_header(const char *path, const struct vector *v)
+{
+	if (v->offset != 0) {
+		printf("FAIL %s: an event_queue_header vector holds bytes 0 to 0x%zx of the memory (offset %ld)\n", path,
+		       (size_t)EVENT_QUEUE_HEADER_FIELDS_END, v->offset);
+		return -1;
+	}
+	return check_fields(path, v, "vsmmu_event_queue_header", event_queue_fields,
+			    sizeof event_queue_fields / sizeof event_queue_fields[0], EVENT_QUEUE_HEADER_FIELDS_END);
+}
+
+static int check_event_slot(const char *path, const struct vector *v)
+{
+	if (v->offset < (long)VSMMU_EVENT_QUEUE_SLOTS_OFFSET ||
+	    (v->offset - (long)VSMMU_EVENT_QUEUE_SLOTS_OFFSET) % (long)VSMMU_EVENT_SLOT_SIZE != 0) {
+		printf("FAIL %s: an event_slot vector starts at VSMMU_EVENT_QUEUE_SLOTS_OFFSET + i * VSMMU_EVENT_SLOT_SIZE "
+		       "(offset %ld)\n", path, v->offset);
+		return -1;
+	}
+	return check_fields(path, v, "vsmmu_event_slot", event_slot_fields,
+			    sizeof event_slot_fields / sizeof event_slot_fields[0], sizeof(struct vsmmu_event_slot));
 }
 
 static int check_queue_slots(const char *path, const struct vector *v)
@@ -608,6 +680,10 @@ static int check_memory(const char *path, struct vector *v, int *asserts_checked
 		rc = check_queue_header(path, v);
 	else if (strcmp(v->kind, "queue_slots") == 0)
 		rc = check_queue_slots(path, v);
+	else if (strcmp(v->kind, "event_queue_header") == 0)
+		rc = check_event_queue_header(path, v);
+	else if (strcmp(v->kind, "event_slot") == 0)
+		rc = check_event_slot(path, v);
 	else {
 		printf("FAIL %s: unknown kind \"%s\"\n", path, v->kind);
 		return -1;
@@ -683,7 +759,7 @@ int main(int argc, char **argv)
 		}
 		const char *base = strrchr(argv[i], '/');
 		printf("ok %s (%zu bytes, %d assertions%s%s)\n", base ? base + 1 : argv[i], v.count, assertions - before,
-		       v.expect_error >= 0 ? ", refused as expected" : "", v.kind[0] ? ", queue memory" : "");
+		       v.expect_error >= 0 ? ", refused as expected" : "", v.kind[0] ? ", shared memory" : "");
 	}
 	printf("check_vectors: %d vectors, %d assertions, %d failures\n", argc - 1, assertions, failures);
 	return failures ? 1 : 0;

@@ -3,8 +3,9 @@
 
 An independent serialiser (Python's struct module, field by field from the specification), not the Swift
 codec: the Swift tests decode these files and compare them with messages written by hand, and
-check_vectors.c checks every `#!` assertion against the C structures of vsmmu.h. Two vectors are not frames
-but bytes of the shared command queue's memory (§8.1), marked `#! kind = queue_header` / `queue_slots`.
+check_vectors.c checks every `#!` assertion against the C structures of vsmmu.h. Four vectors are not frames
+but bytes of shared memory: the command queue's (§8.1), marked `#! kind = queue_header` / `queue_slots`, and
+the event queue's (§9.1), marked `#! kind = event_queue_header` / `event_slot`.
 
 Run from anywhere: python3 protocol/vectors/make_vectors.py  (rewrites every *.hex here).
 """
@@ -16,14 +17,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # Message types (PROTOCOL.md §2.1)
 HELLO, CREATE_VSMMU, DESTROY_VSMMU, ATTACH_VIOMMU, DETACH_VIOMMU = 0x01, 0x10, 0x11, 0x12, 0x13
 SET_DEV_ID, UNSET_DEV_ID, LINK_STE, UNLINK_STE, UPDATE_CD, GET_HW_INFO = 0x14, 0x15, 0x16, 0x17, 0x18, 0x19
-RESUME_VSMMU, MAP_QUEUE, UNMAP_QUEUE = 0x1A, 0x1B, 0x1C
-INVALIDATE, STATS, LIST, HEALTH, REPLY, ERROR = 0x20, 0x40, 0x41, 0x42, 0x8000, 0x8000
+RESUME_VSMMU, MAP_QUEUE, UNMAP_QUEUE, MAP_EVENT_QUEUE, UNMAP_EVENT_QUEUE = 0x1A, 0x1B, 0x1C, 0x1D, 0x1E
+INVALIDATE, STATS, LIST, HEALTH, SIMULATE_DMA, REPLY, ERROR = 0x20, 0x40, 0x41, 0x42, 0x43, 0x8000, 0x8000
 FD_ATTACHED = 0x0001
 NAMES = {HELLO: "HELLO", CREATE_VSMMU: "CREATE_VSMMU", DESTROY_VSMMU: "DESTROY_VSMMU",
          ATTACH_VIOMMU: "ATTACH_VIOMMU", DETACH_VIOMMU: "DETACH_VIOMMU", SET_DEV_ID: "SET_DEV_ID",
          UNSET_DEV_ID: "UNSET_DEV_ID", LINK_STE: "LINK_STE", UNLINK_STE: "UNLINK_STE", UPDATE_CD: "UPDATE_CD",
          GET_HW_INFO: "GET_HW_INFO", RESUME_VSMMU: "RESUME_VSMMU", MAP_QUEUE: "MAP_QUEUE", UNMAP_QUEUE: "UNMAP_QUEUE",
-         INVALIDATE: "INVALIDATE", STATS: "STATS", LIST: "LIST", HEALTH: "HEALTH"}
+         MAP_EVENT_QUEUE: "MAP_EVENT_QUEUE", UNMAP_EVENT_QUEUE: "UNMAP_EVENT_QUEUE", INVALIDATE: "INVALIDATE",
+         STATS: "STATS", LIST: "LIST", HEALTH: "HEALTH", SIMULATE_DMA: "SIMULATE_DMA"}
 
 
 def type_name(t):
@@ -215,6 +217,9 @@ HW_IIDR, HW_AIDR = 0x0000_043B, 0x1
 
 MAX_FRAME = 1 << 20
 
+# An F_TRANSLATION (0x10) of vSID 0x100 at IOVA 0x7F001000, as the simulated pSMMU records it and the guest sees it.
+FAULT_EVENT = [0x0000_0100_0000_0010, 0, 0x7F00_1000, 0]
+
 
 def error_frame(filename, title, request_id, code, code_name, request_type, detail, value, message):
     f = Frame(filename, title, ERROR, request_id)
@@ -303,6 +308,41 @@ def main():
     add(f.section("struct vsmmu_unmap_queue").u32("unmap_queue.vsmmu_id", 7).u32("unmap_queue.reserved", 0))
 
     add(Frame("unmap-queue-reply.hex", "UNMAP_QUEUE reply (§5.16): empty", UNMAP_QUEUE | REPLY, 24))
+
+    # ---- The event queue (version 5) -----------------------------------------------------------------
+    f = Frame("map-event-queue.hex", "MAP_EVENT_QUEUE (§5.17, version 5): vsmmu 7, 2^6 event slots, with the memfd "
+              "and the call eventfd (FD_ATTACHED, two fds)", MAP_EVENT_QUEUE, 60, flags=FD_ATTACHED)
+    f.section("struct vsmmu_map_event_queue").u32("map_event_queue.vsmmu_id", 7).u32("map_event_queue.log2_entries", 6)
+    add(f.u32("map_event_queue.flags", 0).u32("map_event_queue.reserved", 0))
+
+    f = Frame("map-event-queue-reply.hex", "MAP_EVENT_QUEUE reply (§5.17): the daemon writes next at PROD 0x80000045 "
+              "(index 5, wrap bit 6 set, OVFLG set)", MAP_EVENT_QUEUE | REPLY, 60)
+    f.section("struct vsmmu_map_event_queue_reply")
+    add(f.u32("map_event_queue_reply.prod", 0x80000045).u32("map_event_queue_reply.reserved", 0))
+
+    f = Frame("unmap-event-queue.hex", "UNMAP_EVENT_QUEUE (§5.18, version 5): vsmmu 7", UNMAP_EVENT_QUEUE, 61)
+    add(f.section("struct vsmmu_unmap_event_queue").u32("unmap_event_queue.vsmmu_id", 7)
+        .u32("unmap_event_queue.reserved", 0))
+    add(Frame("unmap-event-queue-reply.hex", "UNMAP_EVENT_QUEUE reply (§5.18): empty", UNMAP_EVENT_QUEUE | REPLY, 61))
+
+    f = Frame("simulate-dma.hex", "SIMULATE_DMA (§6.4, version 5): vsmmu 7, vSID 0x100 writes IOVA 0x7F001000 of a "
+              "4 KiB mapping the guest unmapped (walk UNMAPPED)", SIMULATE_DMA, 62)
+    f.section("struct vsmmu_simulate_dma").u32("simulate_dma.vsmmu_id", 7).u32("simulate_dma.vsid", 0x100)
+    f.u32("simulate_dma.ssid", 0).u32("simulate_dma.flags", 1, "1 VSMMU_DMA_WRITE")
+    f.u64("simulate_dma.iova", 0x7F001000).u64("simulate_dma.size", 4096)
+    add(f.u32("simulate_dma.walk", 0, "0 VSMMU_DMA_WALK_UNMAPPED").u32("simulate_dma.reserved", 0))
+
+    f = Frame("simulate-dma-reply.hex", "SIMULATE_DMA reply (§6.4): FAULT, an F_TRANSLATION of vSID 0x100 at "
+              "0x7F001000", SIMULATE_DMA | REPLY, 62)
+    f.note("event w0: EVENT_ID [7:0] = 0x10 F_TRANSLATION, StreamID [63:32] = 0x100 (the vSID); w2: input address")
+    f.section("struct vsmmu_simulate_dma_reply").u32("simulate_dma_reply.outcome", 6, "6 VSMMU_DMA_FAULT")
+    f.u32("simulate_dma_reply.reserved", 0)
+    words(f, "simulate_dma_reply.event", FAULT_EVENT)
+    add(f)
+
+    add(error_frame("error-unsupported.hex", "ERROR UNSUPPORTED (§4, §6.4, version 5): SIMULATE_DMA on a device "
+                    "behind an iommufd pSMMU (value: viommu 0)", 63, 25, "UNSUPPORTED", SIMULATE_DMA, 0, 0,
+                    "SIMULATE_DMA: the backend of viommu 0 has no simulated devices"))
 
     f = Frame("attach-viommu.hex", "ATTACH_VIOMMU (§5.4): vsmmu 7 on pSMMU \"smmu1\" through host device 0x11, "
               "nest parent HWPT 0x21, with the VMM's iommufd (FD_ATTACHED)", ATTACH_VIOMMU, 3, flags=FD_ATTACHED)
@@ -634,6 +674,40 @@ def main():
     for i, (w0, w1, what) in enumerate([COMMANDS[0], COMMANDS[2]]):
         m.section("slot[%d]: %s" % (i, what))
         m.u64("slot[%d].w[0]" % i, w0, "0x%X" % w0).u64("slot[%d].w[1]" % i, w1, "0x%X" % w1)
+    add(m)
+
+    # ---- The event queue's memory (§9.1) ------------------------------------------------------------
+    m = Memory("event-queue-header.hex", "The event queue's header (§9.1, struct vsmmu_event_queue_header): its "
+               "first 0x140 bytes, every field set", "event_queue_header", 0)
+    m.note("Each field holds a value no other field holds, so that a field read at another offset reads another")
+    m.note("value; it is a layout, not a state the daemon would write. The rest of the header (0x140 to 0xFFF) is")
+    m.note("reserved and zero; the slots start at 0x1000 (event-slot.hex).")
+    m.section("configuration line (VMM, before MAP_EVENT_QUEUE)")
+    m.u32("event_queue_header.magic", 0x454D5356, '0x454D5356 "VSME" (VSMMU_EVENT_QUEUE_MAGIC)')
+    m.u16("event_queue_header.version", 1, "1 VSMMU_EVENT_QUEUE_VERSION")
+    m.u8("event_queue_header.log2_entries", 6, "6 (64 slots)")
+    m.reserved(57, upto=0x040)
+    m.section("daemon's line")
+    m.u32("event_queue_header.prod", 0x80000045, "0x80000045 (index 5, wrap bit 6 set, OVFLG set)")
+    m.reserved(LINE - 4, upto=0x080)
+    m.section("VMM's line")
+    m.u32("event_queue_header.cons", 0x42, "0x42 (index 2, wrap bit set, OVACKFLG clear: an overflow not acknowledged)")
+    m.reserved(LINE - 4, upto=0x0C0)
+    m.section("daemon's line")
+    m.u32("event_queue_header.state", 2, "2 VSMMU_QUEUE_STATE_STOPPED").reserved(LINE - 4, upto=0x100)
+    m.section("VMM's line")
+    m.u32("event_queue_header.vmm_sleeping", 1).reserved(LINE - 4, upto=0x140)
+    add(m)
+
+    m = Memory("event-slot.hex", "The event queue's slot of index 2 (§9.1, struct vsmmu_event_slot at "
+               "VSMMU_EVENT_QUEUE_SLOTS_OFFSET + 64 * 2 = 0x1080): vsmmu 7's event 9, from viommu 1, after lost events",
+               "event_slot", 0x1080)
+    m.note("The record is the F_TRANSLATION of simulate-dma-reply.hex: the guest's vSID 0x100 in StreamID.")
+    m.section("record (struct vsmmu_event_record)")
+    for i, w in enumerate(FAULT_EVENT):
+        m.u64("event_slot.record.w[%d]" % i, w, "0x%X" % w)
+    m.u64("event_slot.sequence", 9).u32("event_slot.vsmmu_id", 7).u32("event_slot.viommu_id", 1)
+    m.u32("event_slot.flags", 1, "1 VSMMU_EVENT_LOST_BEFORE").reserved(12, upto=0x10C0)
     add(m)
 
     for old in os.listdir(HERE):
