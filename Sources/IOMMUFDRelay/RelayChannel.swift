@@ -282,6 +282,35 @@ public final class RelayChannel: Sendable {
         return .success(response.payload)
     }
 
+    /// `pwrite(fd, bytes, offset)` in the guest, once (at most 4096 bytes): on a VFIO device cdev, one
+    /// access to a region of the device. - Returns: the count written, or the guest's errno.
+    public func pwrite(_ fd: FileDescriptor, offset: UInt64, _ bytes: [UInt8]) throws(RelayError) -> Result<Int, Errno> {
+        var payload = ByteWriter()
+        payload.i32(fd.rawValue)
+        payload.u64(offset)
+        payload.buffer += bytes
+        let response = try call(.pwrite, payload.buffer)
+        if let errno = response.status { return .failure(errno) }
+        var reader = ByteReader(response.payload)
+        guard let count = reader.u32() else { throw RelayError.malformedResponse("PWRITE: \(response.payload.count) bytes") }
+        return .success(Int(count))
+    }
+
+    /// `pread(fd, count, offset)` in the guest, once (at most 4096 bytes). - Returns: the bytes read, or
+    /// the guest's errno.
+    public func pread(_ fd: FileDescriptor, offset: UInt64, count: Int) throws(RelayError) -> Result<[UInt8], Errno> {
+        var payload = ByteWriter()
+        payload.i32(fd.rawValue)
+        payload.u64(offset)
+        payload.u32(UInt32(clamping: count))
+        let response = try call(.pread, payload.buffer)
+        if let errno = response.status { return .failure(errno) }
+        guard response.payload.count <= count else {
+            throw RelayError.malformedResponse("PREAD of at most \(count) returned \(response.payload.count) bytes")
+        }
+        return .success(response.payload)
+    }
+
     /// Zero-filled anonymous memory in the agent (e.g. for `IOMMU_IOAS_MAP`'s `user_va`).
     /// - Returns: its guest virtual address.
     public func mmap(length: UInt64) throws(RelayError) -> UInt64 {

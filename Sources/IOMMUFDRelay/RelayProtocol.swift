@@ -26,6 +26,8 @@
 /// | 8 MUNMAP | u64 address, u64 length | – |
 /// | 9 UNAME | – | sysname, nodename, release, version, machine, each NUL-terminated |
 /// | 10 QUIT | – | –, then the agent exits |
+/// | 11 PWRITE | i32 fd, u64 offset, ≤ 4096 bytes | u32 count written by one `pwrite(2)` |
+/// | 12 PREAD | i32 fd, u64 offset, u32 count ≤ 4096 | the bytes one `pread(2)` returned |
 ///
 /// IOCTL's pointer fields are u64 user pointers at `offset` in the argument: the agent substitutes a
 /// buffer of max(in, out) zeroed bytes holding the `in` bytes, calls `ioctl(2)`, restores the original
@@ -44,7 +46,7 @@ public enum RelayProtocol {
 
     /// A request's operation.
     public enum Op: UInt32, Sendable, CustomStringConvertible {
-        case hello = 1, open, close, dup, ioctl, read, mmap, munmap, uname, quit
+        case hello = 1, open, close, dup, ioctl, read, mmap, munmap, uname, quit, pwrite, pread
 
         public var description: String {
             switch self {
@@ -58,6 +60,8 @@ public enum RelayProtocol {
             case .munmap: return "MUNMAP"
             case .uname: return "UNAME"
             case .quit: return "QUIT"
+            case .pwrite: return "PWRITE"
+            case .pread: return "PREAD"
             }
         }
     }

@@ -5,6 +5,10 @@ import PSMMU
 import SMMUv3
 import SystemPackage
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The ID registers the rig's emulated SMMUv3s report (QEMU 11.1, `stage=nested`): IDR0 0x0d44101b,
 /// IDR1 0x02730010, IDR3 0x1414, IDR5 0x74, AIDR 0x1 (the rig's README, measured with
 /// `iommufd-multi-test`).
@@ -51,6 +55,9 @@ struct BackendChecks {
         guard vdevice != nil, !hwpts.isEmpty else {
             checks.skip("relink, unlink, EBUSY and destroyVDevice", because: "the link failed")
             return
+        }
+        checks.run("a device fault reaches the viommu's vEVENTQ: edu DMA through the nested HWPT (CD table of zeros) → C_BAD_CD with vSID 0x8") {
+            try deviceFault()
         }
         checks.run("EBUSY: destroying the attached nested HWPT, raw IOMMU_DESTROY and backend.destroyHWPT") { try busy() }
         checks.run("relink make-before-break: a new HWPT, attach, then the old one destroys") { try relink() }
@@ -140,6 +147,61 @@ struct BackendChecks {
                    "attach to \(first): pt_id \(attach.ptID) → \(attach.reported), \(String(describing: attach.errno))")
         return ["IOMMU_VDEVICE_ALLOC: \(vdevice) = dev_id \(device.deviceID) as vSID 0x8 on \(viommu)",
                 "IOMMU_HWPT_ALLOC(vSTE V=1 S1_TRANS, CD table 0x80000000) → \(first); VFIO_DEVICE_ATTACH_IOMMUFD_PT(\(first.rawValue)) → pt_id \(attach.reported)"]
+    }
+
+    /// Device 0 (the rig's QEMU `edu`), attached to the nested HWPT of `steA`, DMAs; its CD table, at IPA
+    /// 0x80000000 of the VM's RAM, is zeros (CD.V = 0), so the emulated SMMU records C_BAD_CD, and the
+    /// kernel hands it to the viommu's vEVENTQ with the vSID in place of the StreamID:
+    /// `arm_smmu_evtq_thread` → `arm_smmu_handle_event` (EVT_ID_BAD_CD_CONFIG is one of the types it
+    /// forwards; STALL and S2 are clear) → `arm_vmaster_report_event` (the vdevice's virtual ID) →
+    /// `iommufd_viommu_report_event`. The backend reads it through its pull path (`takeEvents`, the
+    /// relay's READ: the vEVENTQ lives in the guest, so the host's epoll watcher cannot poll it).
+    ///
+    /// The DMA is started through the VFIO cdev: vfio-pci regions sit at `VFIO_PCI_INDEX_TO_OFFSET(index)`
+    /// = index << 40 (drivers/vfio/pci/vfio_pci_priv.h), BAR0 at index 0 and config space at
+    /// `VFIO_PCI_CONFIG_REGION_INDEX` = 7, and a 2- or 4-byte pwrite is one device access
+    /// (`vfio_pci_core_do_io_rw`). edu (QEMU hw/misc/edu.c) takes 4-byte writes of its DMA source (0x80),
+    /// destination (0x88, its buffer at 0x40000), count (0x90) and command (0x98; bit 0 runs, bit 1 clear
+    /// reads from RAM), and its DMA timer then reads the source through the IOMMU (`pci_dma_read`).
+    private mutating func deviceFault() throws -> [String] {
+        guard let viommu = viommus[0] else { throw CheckFailure(description: "no viommu") }
+        let backend = backends[0], vfio = vmm.devices[0].vfio, channel = relay.channel
+        let bar0: UInt64 = 0, config: UInt64 = 7 << 40
+        func write(_ offset: UInt64, _ value: UInt32, bytes: Int = 4) throws {
+            let data = (0..<bytes).map { UInt8(truncatingIfNeeded: value >> (8 * UInt32($0))) }
+            switch try channel.pwrite(vfio, offset: offset, data) {
+            case .success(let count): try expect(count == bytes, "pwrite at 0x\(String(offset, radix: 16)): \(count) of \(bytes) bytes")
+            case .failure(let errno): throw CheckFailure(description: "pwrite at 0x\(String(offset, radix: 16)): \(errno)")
+            }
+        }
+        // PCI_COMMAND: memory space (bit 1) and bus master (bit 2), or the device's DMA never leaves it.
+        let command: [UInt8]
+        switch try channel.pread(vfio, offset: config + 4, count: 2) {
+        case .success(let bytes): command = bytes
+        case .failure(let errno): throw CheckFailure(description: "pread of PCI_COMMAND: \(errno)")
+        }
+        try expect(command.count == 2, "PCI_COMMAND: \(command.count) bytes")
+        try write(config + 4, (UInt32(command[0]) | UInt32(command[1]) << 8) | 0x6, bytes: 2)
+        let before = backend.takeEvents(viommu: viommu)
+        try write(bar0 + 0x80, 0x8000_2000)
+        try write(bar0 + 0x88, 0x4_0000)
+        try write(bar0 + 0x90, 8)
+        try write(bar0 + 0x98, 1)
+        var events: [EventRecord] = []
+        let deadline = ContinuousClock.now + .seconds(30)
+        while events.isEmpty, ContinuousClock.now < deadline {
+            events = backend.takeEvents(viommu: viommu)
+            if events.isEmpty { usleep(20_000) }
+        }
+        try expect(!events.isEmpty, "no event on the vEVENTQ within 30 s of the DMA (\(before.count) before it)")
+        let record = events[0]
+        func word(_ w: UInt64) -> String { "0x" + String(w, radix: 16) }
+        try expect(record.id == .badCD && record.streamID == 0x8,
+                   "first event \(record.id) StreamID 0x\(String(record.streamID, radix: 16)), expected C_BAD_CD with vSID 0x8 "
+                   + "(w0 \(word(record.w0)) w1 \(word(record.w1)))")
+        return ["PCI_COMMAND 0x\(String(UInt32(command[0]) | UInt32(command[1]) << 8, radix: 16)) | bus master; edu DMA of 8 bytes from IOVA 0x80002000",
+                "vEVENTQ of \(viommu): \(events.count) event(s) (\(events.map { "\($0.id) vSID 0x\(String($0.streamID, radix: 16))" }.joined(separator: ", "))); the first \(record.id), StreamID = vSID 0x\(String(record.streamID, radix: 16)) "
+                + "(physical StreamID replaced), w0 \(word(record.w0)) w1 \(word(record.w1)) w2 \(word(record.w2))"]
     }
 
     /// An attached HWPT holds a reference per attachment, so `iommufd_object_remove` answers EBUSY.

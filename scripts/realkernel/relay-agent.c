@@ -81,6 +81,8 @@ enum {
 	OP_MUNMAP = 8,
 	OP_UNAME = 9,
 	OP_QUIT = 10,
+	OP_PWRITE = 11,
+	OP_PREAD = 12,
 };
 
 /*
@@ -365,6 +367,52 @@ static void op_read(const uint8_t *p, uint32_t n)
 	free(buf);
 }
 
+/*
+ * PWRITE: i32 fd, u64 offset, then at most 4096 bytes, written by one pwrite(2). On a VFIO device cdev
+ * the offset names a region (vfio-pci: VFIO_PCI_INDEX_TO_OFFSET, index << 40) and an access of 1, 2 or 4
+ * bytes is one device access (vfio_pci_core_do_io_rw). Answers the u32 count written.
+ */
+static void op_pwrite(const uint8_t *p, uint32_t n)
+{
+	if (n < 12 || n - 12 > 4096) {
+		respond(EPROTO, NULL, 0);
+		return;
+	}
+	int fd = (int32_t)get32(p);
+	uint64_t offset = get64(p + 4);
+	ssize_t w;
+	do {
+		w = pwrite(fd, p + 12, n - 12, (off_t)offset);
+	} while (w < 0 && errno == EINTR);
+	if (w < 0) {
+		respond(errno, NULL, 0);
+		return;
+	}
+	uint8_t b[4];
+	put32(b, (uint32_t)w);
+	respond(0, b, 4);
+}
+
+/* PREAD: i32 fd, u64 offset, u32 count (at most 4096): the bytes one pread(2) returned. */
+static void op_pread(const uint8_t *p, uint32_t n)
+{
+	if (n != 16 || get32(p + 12) > 4096) {
+		respond(EPROTO, NULL, 0);
+		return;
+	}
+	int fd = (int32_t)get32(p);
+	uint64_t offset = get64(p + 4);
+	uint8_t buf[4096];
+	ssize_t r;
+	do {
+		r = pread(fd, buf, get32(p + 12), (off_t)offset);
+	} while (r < 0 && errno == EINTR);
+	if (r < 0)
+		respond(errno, NULL, 0);
+	else
+		respond(0, buf, (uint32_t)r);
+}
+
 static void op_mmap(const uint8_t *p, uint32_t n)
 {
 	if (n != 8) {
@@ -450,6 +498,8 @@ int main(void)
 		case OP_MMAP: op_mmap(payload, n); break;
 		case OP_MUNMAP: op_munmap(payload, n); break;
 		case OP_UNAME: op_uname(); break;
+		case OP_PWRITE: op_pwrite(payload, n); break;
+		case OP_PREAD: op_pread(payload, n); break;
 		case OP_QUIT:
 			respond(0, NULL, 0);
 			return 0;
