@@ -36,8 +36,13 @@ import Glibc
 /// command with `CERROR_ILL`. Other errnos map per ``CommandQueueError/init(iommufdInvalidationErrno:)``.
 ///
 /// **Events.** With ``Configuration/eventQueueDepth`` set, each viommu gets a vEVENTQ
-/// (`IOMMU_VEVENTQ_ALLOC`, Linux 6.15); ``takeEvents(viommu:)`` reads it without blocking. On a kernel
-/// without the ioctl (`ENOTTY`) the viommu works without events and ``takeEvents(viommu:)`` returns none.
+/// (`IOMMU_VEVENTQ_ALLOC`, Linux 6.15). With a sink (``setEventSink(_:)``) the backend's
+/// ``VEventWatcher`` (one thread and one epoll instance for every backend that shares it) reads each
+/// vEVENTQ as it becomes readable and pushes what it read to the sink; its descriptor is added to the
+/// watcher as the viommu is attached or restored and removed before it is closed at detach (see the
+/// concurrency notes in `VEventWatcher.swift`). Without a sink ``takeEvents(viommu:)`` reads it without
+/// blocking. On a kernel without the ioctl (`ENOTTY`) the viommu works without events and
+/// ``takeEvents(viommu:)`` returns none.
 ///
 /// **Handles.** The backend only destroys objects it allocated itself: an unknown handle is refused with
 /// ``BackendError/Kind/unknownHandle`` before any ioctl, so a wrong handle can never destroy another
@@ -70,9 +75,15 @@ public final class IOMMUFDBackend: PSMMUBackend {
     public let name: String
     public let configuration: Configuration
 
+    /// The thread that watches the vEVENTQs while a sink is set.
+    public let eventWatcher: VEventWatcher
+
     private let openDevice: @Sendable () throws(BackendError) -> any IOMMUFDDevice
     private let state = Locked(State())
     private let statistics = Locked(Statistics())
+    /// Serialises what adds a vEVENTQ to the watcher or takes one out of it and closes it (attach,
+    /// detach, restore, setEventSink), so that a descriptor is never added after its detach retired it.
+    private let eventQueueLifecycle = Locked(())
 
     /// A backend on the iommufd device node at `devicePath`, opened at the first attach.
     ///
@@ -99,17 +110,26 @@ public final class IOMMUFDBackend: PSMMUBackend {
     }
 
     /// A backend on an already open iommufd: a ``SystemIOMMUFD``, or a test's fake.
-    public convenience init(name: String, device: any IOMMUFDDevice, configuration: Configuration = Configuration()) {
-        self.init(name: name, configuration: configuration) { device }
+    public convenience init(name: String, device: any IOMMUFDDevice, configuration: Configuration = Configuration(),
+                            eventWatcher: VEventWatcher = .shared) {
+        self.init(name: name, configuration: configuration, eventWatcher: eventWatcher) { device }
     }
 
     /// A backend that obtains its iommufd from `opening` at the first attach (and again at the next
-    /// attach, if it failed).
-    public init(name: String, configuration: Configuration = Configuration(),
+    /// attach, if it failed), whose vEVENTQs `eventWatcher` watches while a sink is set.
+    public init(name: String, configuration: Configuration = Configuration(), eventWatcher: VEventWatcher = .shared,
                 opening: @escaping @Sendable () throws(BackendError) -> any IOMMUFDDevice) {
         self.name = name
         self.configuration = configuration
+        self.eventWatcher = eventWatcher
         self.openDevice = opening
+    }
+
+    /// Takes the backend's vEVENTQs out of the watcher (the descriptors themselves go with the VMM's
+    /// iommufd, as before).
+    deinit {
+        let tokens = state.withLock { $0.viommus.values.compactMap { $0.eventQueue?.token } }
+        for token in tokens { eventWatcher.remove(token) }
     }
 
     // MARK: - Counters
@@ -174,18 +194,25 @@ public final class IOMMUFDBackend: PSMMUBackend {
             undo()
             throw error
         }
-        var eventQueue: EventQueue?
-        if let depth = configuration.eventQueueDepth {
-            do {
-                eventQueue = try allocateEventQueue(for: viommu, depth: depth, on: device)
-            } catch {
-                undo()
-                throw error
+        try eventQueueLifecycle.withLock { _ throws(BackendError) in
+            var eventQueue: EventQueue?
+            if let depth = configuration.eventQueueDepth {
+                do throws(BackendError) {
+                    eventQueue = try allocateEventQueue(for: viommu, depth: depth, on: device)
+                    try watch(&eventQueue)
+                } catch {
+                    if let queue = eventQueue {
+                        device.close(eventQueue: queue.descriptor)
+                        _ = destroyObject(queue.id, on: device)
+                    }
+                    undo()
+                    throw error
+                }
             }
-        }
-        state.withLock {
-            $0.viommus[viommu] = ViommuRecord(eventQueue: eventQueue, nestParent: request.nestParentHWPT,
-                                              abortHWPT: abort, bypassHWPT: bypass, idRegisters: idRegisters)
+            state.withLock {
+                $0.viommus[viommu] = ViommuRecord(eventQueue: eventQueue, nestParent: request.nestParentHWPT,
+                                                  abortHWPT: abort, bypassHWPT: bypass, idRegisters: idRegisters)
+            }
         }
         statistics.withLock { $0.counters.viommusAttached += 1 }
         return viommu
@@ -232,6 +259,11 @@ public final class IOMMUFDBackend: PSMMUBackend {
     /// allocated on it remain. When the kernel refuses a destroy, the handle stays attached with what is
     /// left; its vEVENTQ is allocated again when possible (events in the old queue are lost).
     public func detachViommu(_ viommu: ViommuHandle) throws(BackendError) {
+        try eventQueueLifecycle.withLock { _ throws(BackendError) in try detachLocked(viommu) }
+    }
+
+    /// ``detachViommu(_:)`` with the event-queue lifecycle lock held.
+    private func detachLocked(_ viommu: ViommuHandle) throws(BackendError) {
         let (record, device) = try state.withLock { (state) throws(BackendError) -> (ViommuRecord, any IOMMUFDDevice) in
             guard let record = state.viommus[viommu], let device = state.device else {
                 throw unknown(viommu)
@@ -250,11 +282,18 @@ public final class IOMMUFDBackend: PSMMUBackend {
         func keep(_ errno: Errno, _ what: String) -> BackendError {
             if let depth = configuration.eventQueueDepth, record.eventQueue != nil, kept.eventQueue == nil {
                 kept.eventQueue = try? allocateEventQueue(for: viommu, depth: depth, on: device)
+                do { try watch(&kept.eventQueue) } catch {
+                    // Kept without the watcher: takeEvents still reads it.
+                }
             }
             state.withLock { $0.viommus[viommu] = kept }
             return failure(.destroy, errno, what)
         }
         if let queue = record.eventQueue {
+            // Out of the watcher, then no reader (the watcher's delivery or a takeEvents) left on it,
+            // then closed (VEventWatcher.swift, the detach race).
+            if let token = queue.token { eventWatcher.remove(token) }
+            queue.reader.retire()
             // The descriptor holds a reference on the vEVENTQ, and the vEVENTQ one on the viommu
             // (a viommu with a vEVENTQ is EBUSY).
             device.close(eventQueue: queue.descriptor)
@@ -625,38 +664,79 @@ public final class IOMMUFDBackend: PSMMUBackend {
 
     // MARK: - Events
 
-    /// Reads what the viommu's vEVENTQ holds, without blocking; `[]` when the viommu has none.
+    /// Reads what the viommu's vEVENTQ holds, without blocking; `[]` when the viommu has none. The pull
+    /// path, for a backend without a sink: with one, the watcher reads the queue as it fills (a call
+    /// here then only finds what the watcher has not read yet).
     public func takeEvents(viommu: ViommuHandle) -> [EventRecord] {
-        let (events, lost) = state.withLock { state -> ([EventRecord], UInt64) in
-            guard var record = state.viommus[viommu], let queue = record.eventQueue, let device = state.device else {
-                return ([], 0)
-            }
-            var events: [EventRecord] = []
-            var lost: UInt64 = 0
-            var buffer = [UInt8](repeating: 0, count: Self.eventReadSize)
-            for _ in 0 ..< Self.maximumEventReads {
-                let read = buffer.withUnsafeMutableBytes { device.read(eventQueue: queue.descriptor, into: $0) }
-                guard case .success(let count) = read, count > 0 else { break }
-                lost += buffer.withUnsafeBytes {
-                    record.decoder.decode(UnsafeRawBufferPointer(rebasing: $0[..<min(count, $0.count)]), into: &events)
+        guard let reader = state.withLock({ $0.viommus[viommu]?.eventQueue?.reader }) else { return [] }
+        // Under the reader's gate: a detach retires the reader (waiting for this read) before it closes
+        // the descriptor, so the read never sees a closed or reused descriptor number.
+        let batches = reader.gate.withLock { VEventQueueReader.drain(&$0, of: reader).batches }
+        return batches.flatMap(\.records)
+    }
+
+    /// Where the viommus' events go from now on: with a sink, every vEVENTQ of this backend (and of the
+    /// viommus attached or restored later) is added to ``eventWatcher``, whose thread reads it and calls
+    /// `sink` with what it read, one ``ViommuEvents`` per run of records between losses
+    /// (``ViommuEvents/lostBefore`` after a LOST_EVENTS header or a sequence gap); with `nil` they are
+    /// taken out again and ``takeEvents(viommu:)`` reads them. Waits for a delivery in flight to the old
+    /// sink (see ``VEventWatcher``): do not call it from the sink. Setting the sink already set changes
+    /// nothing.
+    public func setEventSink(_ sink: (any ViommuEventSink)?) {
+        eventQueueLifecycle.withLock { _ in
+            let unchanged = state.withLock { state in
+                switch (state.sink, sink) {
+                case (nil, nil): return true
+                case (let old?, let new?): return old === new
+                default: return false
                 }
-                // The kernel stops filling only when the queue is empty or the next event does not fit.
-                if Self.eventReadSize - count >= VEventDecoder.maximumEventSize { break }
             }
-            state.viommus[viommu] = record
-            return (events, lost)
+            if unchanged { return }
+            let old: [(ViommuHandle, EventQueue)] = state.withLock { state in
+                state.sink = sink
+                var queues: [(ViommuHandle, EventQueue)] = []
+                for (viommu, record) in state.viommus {
+                    guard let queue = record.eventQueue else { continue }
+                    queues.append((viommu, queue))
+                    state.viommus[viommu]?.eventQueue?.token = nil
+                }
+                return queues
+            }
+            for (_, queue) in old { if let token = queue.token { eventWatcher.remove(token) } }
+            guard sink != nil else { return }
+            for (viommu, queue) in old {
+                var watched: EventQueue? = queue
+                watched?.token = nil
+                do { try watch(&watched) } catch { continue }
+                state.withLock { $0.viommus[viommu]?.eventQueue?.token = watched?.token }
+            }
         }
-        if !events.isEmpty || lost > 0 {
+    }
+
+    /// Adds `queue` to the watcher when a sink is set, recording the token in it. Call with the
+    /// event-queue lifecycle lock held.
+    /// - Throws: ``BackendError/Kind/failed`` with the `epoll_ctl`, `eventfd` or thread errno.
+    private func watch(_ queue: inout EventQueue?) throws(BackendError) {
+        guard let current = queue, current.token == nil, let sink = state.withLock({ $0.sink }) else { return }
+        do {
+            queue?.token = try eventWatcher.add(current.reader, sink: sink)
+        } catch {
+            throw BackendError(.failed, errno: error.rawValue,
+                               "\(name): the vEVENTQ of \(current.reader.viommu) could not be watched: \(error)")
+        }
+    }
+
+    /// A vEVENTQ's reader, counting into this backend's counters.
+    private func reader(of viommu: ViommuHandle, descriptor: FileDescriptor, device: any IOMMUFDDevice,
+                        synchronized: Bool) -> VEventQueueReader {
+        let statistics = self.statistics
+        return VEventQueueReader(viommu: viommu, descriptor: descriptor, device: device, synchronized: synchronized) { records, lost in
             statistics.withLock {
-                $0.counters.events += UInt64(events.count)
+                $0.counters.events += UInt64(records)
                 $0.lostEvents += lost
             }
         }
-        return events
     }
-
-    static let eventReadSize = 64 * VEventDecoder.maximumEventSize
-    static let maximumEventReads = 64
 
     private func allocateEventQueue(for viommu: ViommuHandle, depth: UInt32,
                                     on device: any IOMMUFDDevice) throws(BackendError) -> EventQueue? {
@@ -671,8 +751,9 @@ public final class IOMMUFDBackend: PSMMUBackend {
             if errno == .inappropriateIOCTLForDevice { return nil }
             throw failure(.veventqAlloc, errno, "of depth \(depth) for \(viommu)")
         }
-        return EventQueue(id: alloc.out_veventq_id,
-                          descriptor: FileDescriptor(rawValue: Int32(bitPattern: alloc.out_veventq_fd)))
+        let descriptor = FileDescriptor(rawValue: Int32(bitPattern: alloc.out_veventq_fd))
+        return EventQueue(id: alloc.out_veventq_id, descriptor: descriptor,
+                          reader: reader(of: viommu, descriptor: descriptor, device: device, synchronized: true))
     }
 
     // MARK: - Restart: re-adoption by id
@@ -726,6 +807,11 @@ public final class IOMMUFDBackend: PSMMUBackend {
     ///   ``BackendError/Kind/invalidArgument`` for objects this backend cannot read. Every descriptor
     ///   was consumed.
     public func restoreViommu(_ restoration: ViommuRestoration) throws(BackendError) -> RestoredViommu {
+        try eventQueueLifecycle.withLock { (_) throws(BackendError) -> RestoredViommu in try restoreLocked(restoration) }
+    }
+
+    /// ``restoreViommu(_:)`` with the event-queue lifecycle lock held.
+    private func restoreLocked(_ restoration: ViommuRestoration) throws(BackendError) -> RestoredViommu {
         func giveUp(_ error: BackendError) -> BackendError {
             restoration.closeDescriptors()
             return error
@@ -765,7 +851,11 @@ public final class IOMMUFDBackend: PSMMUBackend {
         do { idRegisters = try readHardwareInfo(hostDeviceID: restoration.request.hostDeviceID, on: device) } catch { throw giveUp(error) }
         var eventQueue: EventQueue?
         if let fd = restoration.eventQueue, oldQueue != 0 {
-            eventQueue = EventQueue(id: oldQueue, descriptor: FileDescriptor(rawValue: fd))
+            // Read by the previous process: the next sequence number is unknown, so the first item
+            // read sets it rather than counting a loss.
+            let descriptor = FileDescriptor(rawValue: fd)
+            eventQueue = EventQueue(id: oldQueue, descriptor: descriptor,
+                                    reader: reader(of: viommu, descriptor: descriptor, device: device, synchronized: false))
         } else {
             if let fd = restoration.eventQueue { device.close(eventQueue: FileDescriptor(rawValue: fd)) }
             if oldQueue != 0 { _ = destroyObject(oldQueue, on: device) }
@@ -775,6 +865,9 @@ public final class IOMMUFDBackend: PSMMUBackend {
                     throw error
                 }
             }
+        }
+        do { try watch(&eventQueue) } catch {
+            // Restored without the watcher: takeEvents still reads it.
         }
         var restored = RestoredViommu(handle: viommu)
         state.withLock { state in
@@ -849,6 +942,8 @@ public final class IOMMUFDBackend: PSMMUBackend {
         var viommus: [ViommuHandle: ViommuRecord] = [:]
         var vdevices: [VDeviceHandle: VDeviceRecord] = [:]
         var hwpts: [HWPTHandle: ViommuHandle] = [:]
+        /// Where the watcher delivers the vEVENTQs' events (``setEventSink(_:)``).
+        var sink: (any ViommuEventSink)?
     }
 
     private struct ViommuRecord {
@@ -859,7 +954,6 @@ public final class IOMMUFDBackend: PSMMUBackend {
         var abortHWPT: UInt32
         var bypassHWPT: UInt32
         var idRegisters: IDRegisters
-        var decoder = VEventDecoder()
     }
 
     private struct VDeviceRecord {
@@ -875,6 +969,10 @@ public final class IOMMUFDBackend: PSMMUBackend {
     private struct EventQueue {
         var id: UInt32
         var descriptor: FileDescriptor
+        /// Its reader (decoder and gate), shared with the watcher.
+        var reader: VEventQueueReader
+        /// Its registration in the watcher, while a sink is set.
+        var token: UInt64?
     }
 
     private struct Statistics {

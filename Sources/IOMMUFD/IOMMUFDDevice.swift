@@ -23,6 +23,15 @@ public protocol IOMMUFDDevice: AnyObject, Sendable {
     /// `close(2)` of a vEVENTQ descriptor.
     func close(eventQueue: FileDescriptor)
 
+    /// A descriptor of this process that epoll reports readable exactly while `eventQueue` has
+    /// something to read, for the backend's ``VEventWatcher``: the vEVENTQ itself on this host's kernel
+    /// (``SystemIOMMUFD``: `iommufd_eventq_fops_poll` reports `EPOLLIN` while its `deliver` list is not
+    /// empty), a model's stand-in (an eventfd) in a simulation; `nil` when it cannot be watched (its
+    /// events are then only read by `takeEvents`). The default is `nil`: a seam whose descriptors are
+    /// not this process's (a relay to another machine's kernel, a fake's numbers) must never have them
+    /// polled as if they were. Valid until `eventQueue` is closed.
+    func readinessDescriptor(eventQueue: FileDescriptor) -> FileDescriptor?
+
     /// `ioctl(vfioDevice, request, argument.baseAddress)` on a VFIO device cdev bound to this iommufd
     /// (`VFIO_DEVICE_ATTACH_IOMMUFD_PT`, `VFIO_DEVICE_DETACH_IOMMUFD_PT`).
     /// - Returns: `nil` on success, or the errno the ioctl failed with.
@@ -32,6 +41,11 @@ public protocol IOMMUFDDevice: AnyObject, Sendable {
     /// descriptor of the same open file, so this does not unbind the device
     /// (`vfio_device_fops_release` runs only when the last reference goes).
     func close(vfioDevice: FileDescriptor)
+}
+
+extension IOMMUFDDevice {
+    /// None: the descriptors may not be this process's (see the requirement).
+    public func readinessDescriptor(eventQueue: FileDescriptor) -> FileDescriptor? { nil }
 }
 
 /// An iommufd file descriptor (`/dev/iommu`) and the syscalls on it.
@@ -86,6 +100,9 @@ public final class SystemIOMMUFD: IOMMUFDDevice {
     public func close(eventQueue: FileDescriptor) {
         try? eventQueue.close()
     }
+
+    /// The vEVENTQ itself: it polls readable while it holds events (`iommufd_eventq_fops_poll`).
+    public func readinessDescriptor(eventQueue: FileDescriptor) -> FileDescriptor? { eventQueue }
 
     public func ioctl(vfioDevice: FileDescriptor, request: VFIODeviceRequest, argument: UnsafeMutableRawBufferPointer) -> Errno? {
         let result = ciommufd_ioctl(vfioDevice.rawValue, request.rawValue, argument.baseAddress)

@@ -1,6 +1,7 @@
 import CIOMMUFD
 import SMMUv3
 import SystemPackage
+import VSMMUSystem
 
 extension Errno {
     /// `EOPNOTSUPP`, which is `ENOTSUP` (95) on Linux.
@@ -214,7 +215,11 @@ extension KernelState {
         if exists { return .fileExists }
         let id = allocateID(.veventq(VEventQueueObject(viommu: cmd.viommu_id, type: cmd.type, depth: cmd.veventq_depth)))
         let descriptor = allocateDescriptor(.veventq(id))
-        update(veventq: id) { $0.descriptor = descriptor }
+        let readiness = try? SystemCall.eventFD()
+        update(veventq: id) {
+            $0.descriptor = descriptor
+            $0.readiness = readiness
+        }
         cmd.out_veventq_id = id
         cmd.out_veventq_fd = UInt32(bitPattern: descriptor)
         UserMemory.store(cmd, into: &bytes)

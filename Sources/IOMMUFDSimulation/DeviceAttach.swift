@@ -125,7 +125,11 @@ extension KernelState {
         closedDescriptors.append(descriptor)
         switch what {
         case .veventq(let id):
-            update(veventq: id) { $0.descriptor = nil }
+            update(veventq: id) {
+                $0.descriptor = nil
+                if let readiness = $0.readiness { _ = try? FileDescriptor(rawValue: readiness).close() }
+                $0.readiness = nil
+            }
         case .vfio(let file):
             let stillOpen = descriptors.values.contains {
                 if case .vfio(let other) = $0 { return other == file }

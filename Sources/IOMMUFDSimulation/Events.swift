@@ -1,17 +1,17 @@
 import CIOMMUFD
+import PSMMU
 import SMMUv3
 import SystemPackage
+import VSMMUSystem
 
 extension KernelState {
     /// `EVTQ_1_STALL`, `w1[31]`: the transaction is stalled, awaiting a RESUME (the IOPF path).
-    static let eventStall = BitField(word: 1, bit: 31)
+    static let eventStall = EventRecord.Field.stall
     /// `EVTQ_1_S2`, `w1[39]`: the fault is of stage 2.
-    static let eventStage2 = BitField(word: 1, bit: 39)
+    static let eventStage2 = EventRecord.Field.stage2
 
     /// The event types `arm_smmu_handle_event` handles; it returns -EOPNOTSUPP for the rest.
-    static let handledEvents: Set<EventID> = [
-        .badSTE, .streamDisabled, .badSubstreamID, .badCD, .translation, .addressSize, .access, .permission,
-    ]
+    static let handledEvents = Set(ViommuEventForwarding.forwardedIDs)
 
     /// `arm_smmu_evtq_thread` → `arm_smmu_handle_event` for a record the pSMMU wrote to its event
     /// queue: a handled type, not stalled, from a device (`arm_smmu_find_master`) with a vmaster and
@@ -78,6 +78,7 @@ extension KernelState {
                 }
                 done += length
             }
+            if queue.deliver.isEmpty, let readiness = queue.readiness { _ = try? SystemCall.readEventNoWait(readiness) }
         }
         return .success(done)
     }
@@ -88,6 +89,8 @@ extension VEventQueueObject {
     /// item (which may be the lost-events header again, for a sequence update) goes to the tail with
     /// the next sequence number in `[0, INT_MAX]`.
     mutating func deliverHandler(_ item: QueuedVEvent) {
+        // The list goes from empty to not empty: the file polls readable (`wake_up_interruptible`).
+        if deliver.isEmpty, let readiness { _ = try? SystemCall.writeEvent(readiness) }
         if deliver.last?.data == nil, !deliver.isEmpty { deliver.removeLast() }
         var item = item
         item.sequence = sequence

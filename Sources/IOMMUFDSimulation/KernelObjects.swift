@@ -141,6 +141,10 @@ struct VEventQueueObject {
     /// The descriptor from `IOMMU_VEVENTQ_ALLOC` while it is open: the file holds a user reference
     /// on the object (`iommufd_eventq_init`, released by `iommufd_eventq_fops_release`).
     var descriptor: Int32?
+    /// A real eventfd standing in for the descriptor's poll (`iommufd_eventq_fops_poll`: `EPOLLIN`
+    /// while `deliver` is not empty), so that an epoll watcher can wait on a model's vEVENTQ: its count
+    /// is non-zero exactly while `deliver` is not empty. Closed with the descriptor.
+    var readiness: Int32?
 }
 
 enum KernelObject {

@@ -44,6 +44,18 @@ public final class SimulatedIOMMUFD: IOMMUFDDevice {
         self.state = Locked(KernelState(kernel: kernel, smmus: smmus))
     }
 
+    /// Closes the eventfds that stand in for the polls of vEVENTQs still open (the model's only real
+    /// descriptors).
+    deinit {
+        let readiness = state.withLock { state in
+            state.objects.values.compactMap { object -> Int32? in
+                if case .veventq(let queue) = object { return queue.readiness }
+                return nil
+            }
+        }
+        for fd in readiness { _ = try? FileDescriptor(rawValue: fd).close() }
+    }
+
     /// A kernel with `count` pSMMUs named `smmu0` … with the simulated pSMMU's ID registers.
     public convenience init(kernel: KernelVersion = .rig, pSMMUCount count: Int) {
         self.init(kernel: kernel, smmus: (0 ..< count).map { PhysicalSMMU(name: "smmu\($0)") })
@@ -146,6 +158,17 @@ public final class SimulatedIOMMUFD: IOMMUFDDevice {
 
     public func read(eventQueue: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer) -> Result<Int, Errno> {
         state.withLock { $0.readEvents(descriptor: eventQueue.rawValue, into: buffer) }
+    }
+
+    /// The eventfd that stands in for the poll of the model's vEVENTQ `eventQueue` (readable while its
+    /// `deliver` list is not empty); `nil` for another descriptor, or a closed one.
+    public func readinessDescriptor(eventQueue: FileDescriptor) -> FileDescriptor? {
+        state.withLock { state in
+            guard case .veventq(let id)? = state.descriptors[eventQueue.rawValue], let readiness = state.veventq(id)?.readiness else {
+                return nil
+            }
+            return FileDescriptor(rawValue: readiness)
+        }
     }
 
     public func close(eventQueue: FileDescriptor) {

@@ -199,6 +199,12 @@ public final class VSMMUEngine: Sendable {
         }
     }
 
+    /// The backend viommu `index` sits on, if it is attached and has one (SIMULATE_DMA calls its
+    /// ``PSMMUBackend/simulateDMA(_:)``, outside every engine lock).
+    public func backend(of index: ViommuIndex) -> (any PSMMUBackend)? {
+        state.withLock { $0.viommus[index]?.backend }
+    }
+
     /// Whether the vSMMU has viommu `index` attached (``VSMMU/attachedViommus``).
     public func isAttached(_ index: ViommuIndex) -> Bool {
         state.withLock { $0.vsmmu.attachedViommus.contains(index) }

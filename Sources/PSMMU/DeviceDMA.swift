@@ -1,13 +1,12 @@
 import SMMUv3
 import SystemPackage
 
-/// What a simulated pSMMU did with one device access
-/// (``SimulatedSMMU/touch(hostDeviceID:substreamID:address:size:mapped:throughATS:)``).
+/// What a simulated pSMMU did with one device access (``SimulatedSMMU/simulateDMA(_:)``).
 public enum DMAOutcome: Hashable, Sendable, CustomStringConvertible {
     /// An ATS access served by the device's ATC: the SMMU was not involved.
     case atcHit(ATCEntry)
     /// Translated from a TLB entry already cached. (The SMMU serves a hit whatever the page tables
-    /// now say: a hit on an unmapped page is a stale entry.)
+    /// now say, within the entry's permission: a hit on an unmapped page is a stale entry.)
     case tlbHit(TLBEntry)
     /// Translated after a walk, which filled this TLB entry.
     case tlbFill(TLBEntry)
@@ -56,29 +55,32 @@ extension SimulatedSMMUState {
 
     /// Models one device access, as an SMMUv3 translates it: device ATC (ATS only), then the domain the
     /// device is attached to: for a nested HWPT its STE (config cache, else the HWPT's vSTE), CD (config
-    /// cache, else the HWPT's CD table) and the TLB tagged (VMID of the HWPT's viommu, CD ASID); for
-    /// abort an abort; for bypass and the nest parent stage 2 only. Faults are reported through
-    /// ``report(_:hostDeviceID:)``, which forwards what the kernel forwards.
+    /// cache, else the HWPT's CD table) and the TLB tagged (VMID of the HWPT's viommu, CD ASID), a miss
+    /// walking to what `access.walk` says the guest's tables hold; for abort an abort; for bypass and the
+    /// nest parent stage 2 only. Faults are reported through ``report(_:hostDeviceID:of:)``, which queues
+    /// what the kernel forwards on the device's viommu.
     ///
     /// The device is `tenant`'s: its caches are that tenant's (a tenant without a viommu has none: its
     /// devices are on their nest parents, which cache nothing here).
-    mutating func touch(hostDeviceID: UInt32, of tenant: TenantID, substreamID: SubstreamID?, address: UInt64, size: UInt64,
-                        mapped: Bool, throughATS: Bool, name: String) throws(BackendError) -> DMAOutcome {
-        guard let device = self.device(hostDeviceID, of: tenant) else {
-            throw BackendError(.invalidArgument, errno: Errno.invalidArgument.rawValue, "device \(hostDeviceID) is not behind \(name)")
+    mutating func access(_ access: SimulatedDMA, of tenant: TenantID, name: String) throws(BackendError) -> DMAOutcome {
+        guard let device = self.device(access.hostDeviceID, of: tenant) else {
+            throw BackendError(.invalidArgument, errno: Errno.invalidArgument.rawValue, "device \(access.hostDeviceID) is not behind \(name)")
         }
+        let size = access.size
         guard size >= 4096, size.nonzeroBitCount == 1 else {
             throw BackendError(.invalidArgument, errno: Errno.invalidArgument.rawValue, "mapping size 0x\(String(size, radix: 16)) is not a power of two of at least 4 KiB")
         }
         model.dmaAccesses += 1
-        let outcome = translate(device: device, space: spaces[tenant] ?? TenantSpace(), substreamID: substreamID, address: address,
-                                shift: UInt8(size.trailingZeroBitCount), mapped: mapped, throughATS: throughATS)
+        let outcome = translate(device: device, space: spaces[tenant] ?? TenantSpace(), access: access,
+                                shift: UInt8(size.trailingZeroBitCount))
         switch outcome {
         case .fault(let record):
             model.translationFaults += 1
             // An ATS Translation Request records no event but F_BAD_ATS_TREQ: the device gets a
             // failed completion instead. (The kernel does not forward F_BAD_ATS_TREQ either.)
-            if !throughATS || record.id == .badATSTranslationRequest { report(record, hostDeviceID: hostDeviceID, of: tenant) }
+            if !access.throughATS || record.id == .badATSTranslationRequest {
+                report(record, hostDeviceID: access.hostDeviceID, of: tenant)
+            }
         case .aborted: model.aborts += 1
         case .bypassed: model.bypasses += 1
         case .atcHit, .tlbHit, .tlbFill: break
@@ -86,11 +88,17 @@ extension SimulatedSMMUState {
         return outcome
     }
 
-    private mutating func translate(device: DeviceRecord, space: TenantSpace, substreamID: SubstreamID?, address: UInt64,
-                                    shift: UInt8, mapped: Bool, throughATS: Bool) -> DMAOutcome {
+    private mutating func translate(device: DeviceRecord, space: TenantSpace, access: SimulatedDMA,
+                                    shift: UInt8) -> DMAOutcome {
         let sid = device.streamID
-        /// An event with the fields its type records: StreamID always, SubstreamID and input address
-        /// for the ones raised by a transaction's translation.
+        let substreamID = access.substreamID, address = access.address, throughATS = access.throughATS
+        /// An event with the fields SMMUv3 §7.3 gives its type: StreamID always; SSV/SubstreamID for
+        /// C_BAD_CD and the faults of a transaction's translation; for F_TRANSLATION, F_ADDR_SIZE,
+        /// F_ACCESS and F_PERMISSION (and F_BAD_ATS_TREQ) also the input address and the attributes
+        /// `arm_smmu_decode_event` reads: RnW (1 for a read), InD 0 (data: a device's DMA, and InD is 0
+        /// for any write), PnU 0 (unprivileged: no STE.PRIVCFG override is modelled), S2 0 and CLASS IN
+        /// (a stage-1 fault of the input address), STALL 0 (no stall model). (C_BAD_SUBSTREAMID:
+        /// ``badSubstream(_:_:)``.)
         func event(_ id: EventID) -> DMAOutcome {
             switch id {
             case .badSTE, .streamDisabled:
@@ -98,7 +106,10 @@ extension SimulatedSMMUState {
             case .badCD:
                 return .fault(EventRecord(id: id, streamID: sid, substreamID: substreamID))
             default:
-                return .fault(EventRecord(id: id, streamID: sid, substreamID: substreamID, inputAddress: address))
+                var record = EventRecord(id: id, streamID: sid, substreamID: substreamID, inputAddress: address)
+                record[flag: EventRecord.Field.read] = !access.write
+                record.eventClass = .input
+                return .fault(record)
             }
         }
 
@@ -179,17 +190,30 @@ extension SimulatedSMMUState {
             cd = fetched
         }
 
-        // TLB
+        // TLB. A hit is served whatever the tables now hold (a stale entry is what a missed
+        // invalidation looks like), within the permission the walk that filled it found. A miss walks:
+        // a fault caches nothing, a read-only descriptor caches a read-only entry for a read.
         let entry: TLBEntry
         let outcome: DMAOutcome
         if let hit = tlb.entry(vmid: vmid, asid: cd.asid, covering: address) {
             model.tlbHits += 1
+            if access.write, !hit.writable { return event(.permission) }
             entry = hit
             outcome = .tlbHit(hit)
         } else {
-            guard mapped else { return event(.translation) }
+            let writable: Bool
+            switch access.walk {
+            case .unmapped: return event(.translation)
+            case .accessFlagClear: return event(.access)
+            case .outputAddressTooLarge: return event(.addressSize)
+            case .readOnly:
+                if access.write { return event(.permission) }
+                writable = false
+            case .readWrite:
+                writable = true
+            }
             model.tlbFills += 1
-            entry = tlb.fill(vmid: vmid, asid: cd.asid, covering: address, shift: shift)
+            entry = tlb.fill(vmid: vmid, asid: cd.asid, covering: address, shift: shift, writable: writable)
             outcome = .tlbFill(entry)
         }
         if throughATS {

@@ -26,7 +26,7 @@ import SystemPackage
 /// - **Caches**: a stage-1 TLB of range entries tagged (VMID, ASID); a configuration cache (STE by
 ///   pSID, CD by (pSID, SSID)); an ATC per device for ATS. Device DMA fills them, translating through
 ///   the domain the device is attached to:
-///   ``touch(hostDeviceID:substreamID:address:size:mapped:throughATS:)``.
+///   ``simulateDMA(_:)`` (and its read-only wrapper ``touch(hostDeviceID:substreamID:address:size:mapped:throughATS:)``).
 /// - **Commands**: ``invalidate(viommu:commands:)`` applies what the kernel accepts on a viommu with
 ///   the hardware's semantics, after the kernel's rewrite (`arm_vsmmu_convert_user_cmd`: VMID
 ///   overwritten, TLBI_NSNH_ALL turned into TLBI_NH_ALL, vSID replaced by pSID); what the kernel refuses
@@ -38,8 +38,8 @@ import SystemPackage
 ///   ``failCommands(on:with:times:where:)``), **stalls** (``stallInvalidations(on:for:)``) and
 ///   counters of everything (``counters``, ``simulationCounters``).
 ///
-/// What it does not model: page tables (the caller of `touch` says whether the address is mapped and
-/// by which size of entry), stage 2 (a device on its nest parent or on bypass is "stage-1 bypassed";
+/// What it does not model: page tables (the caller of `simulateDMA` says what a walk of the guest's
+/// tables finds for the address, and by which size of entry), stage 2 (a device on its nest parent or on bypass is "stage-1 bypassed";
 /// no S2 fault, no S2 TLB), walk caches (LEAF and TTL are honoured by invalidating every matching entry,
 /// which is always allowed), global (nG = 0) entries, TLB capacity (entries stay until invalidated),
 /// stalls and PRI, and PASID attachments.
@@ -267,9 +267,53 @@ public final class SimulatedSMMU: PSMMUBackend {
         }
     }
 
-    /// Takes the event records queued for `viommu` since the last call, oldest first, with vSIDs.
+    /// Takes the event records queued for `viommu` since the last call, oldest first, with vSIDs: the
+    /// pull path, for a tenant without a sink (with one, the queue drains into the sink as events are
+    /// raised). A loss recorded in the queue is forgotten here (it was counted:
+    /// ``SimulatedSMMUCounters/eventsLost``).
     public func takeEvents(viommu: ViommuHandle) -> [EventRecord] {
         state.withLock { $0.takeEvents(viommu: viommu, tenant: .host) }
+    }
+
+    /// Where the events of ``TenantID/host``'s viommus go from now on; see
+    /// ``setEventSink(_:tenant:)``.
+    public func setEventSink(_ sink: (any ViommuEventSink)?) { setEventSink(sink, tenant: .host) }
+
+    /// Where the events of `tenant`'s viommus go from now on (`nil`: they stay queued for
+    /// ``takeEvents(viommu:)``). Records already queued, and a loss, are delivered now.
+    ///
+    /// **The model of delivery.** Each viommu keeps its vEVENTQ (`eventQueueDepth` records, as the
+    /// kernel's `veventq_depth`). With a sink the queue drains into the sink at once: the thread that
+    /// raised an event (``simulateDMA(_:)``) delivers it, after the model's lock is released, before it
+    /// returns. If another thread is delivering already, that thread delivers it instead (one thread
+    /// delivers at a time, in queue order, so one viommu's events reach the sink in the order they were
+    /// raised, and no thread waits for another's sink call). So a queue overflows only without a sink or
+    /// when the sink is slower than the events raised meanwhile; the batch after the loss has
+    /// ``ViommuEvents/lostBefore`` set, as a read of the kernel's vEVENTQ after an overflow starts with its
+    /// `IOMMU_VEVENTQ_FLAG_LOST_EVENTS` header (`iommufd_veventq_fops_read`). A batch already taken by a
+    /// delivering thread may reach the sink after its viommu was detached.
+    func setEventSink(_ sink: (any ViommuEventSink)?, tenant: TenantID) {
+        state.withLock { $0.setEventSink(sink, tenant: tenant) }
+        deliverPendingEvents()
+    }
+
+    /// Delivers what the queues hold for the sinks, outside the model's lock, unless another thread is
+    /// doing it (it then delivers these too): see ``setEventSink(_:tenant:)``.
+    func deliverPendingEvents() {
+        var batches: [(any ViommuEventSink, ViommuEvents)] = state.withLock { s in
+            guard !s.delivering, !s.pendingDelivery.isEmpty else { return [] }
+            let batches = s.drainForSinks()
+            s.delivering = !batches.isEmpty
+            return batches
+        }
+        while !batches.isEmpty {
+            for (sink, events) in batches { sink.viommuEventsArrived(events) }
+            batches = state.withLock { s in
+                let batches = s.drainForSinks()
+                if batches.isEmpty { s.delivering = false }
+                return batches
+            }
+        }
     }
 
     public var counters: BackendCounters { state.withLock { $0.backendCounters } }
@@ -279,24 +323,44 @@ public final class SimulatedSMMU: PSMMUBackend {
 
     // MARK: - Device DMA
 
-    /// Models one DMA access of `hostDeviceID` to `address`, as the SMMU translates it through the
-    /// domain the device is attached to (``attachDevice(_:to:)``; its nest parent until then), filling
-    /// the caches on the way.
+    /// Models one DMA access of a simulated device, as the SMMU translates it through the domain the
+    /// device is attached to (``attachDevice(_:to:)``; its nest parent until then), filling the caches
+    /// on the way, and delivers the event the kernel would forward to the device's viommu (to the sink,
+    /// ``setEventSink(_:)``, or its queue for ``takeEvents(viommu:)``).
     ///
-    /// - Parameters:
-    ///   - substreamID: the access's SubstreamID (PASID); `nil` for none (the STE's S1DSS applies).
-    ///   - size: the size of the page-table entry that maps `address` (4 KiB page, 2 MiB block, …):
-    ///     a power of two of at least 4 KiB. A fill caches `[address aligned to size, + size)`.
-    ///   - mapped: whether the guest's page tables map `address` now. A TLB miss on an unmapped address
-    ///     is an F_TRANSLATION fault; a TLB hit is served regardless (a stale entry).
-    ///   - throughATS: the access is an ATS translation: served by the device's ATC when it holds the
-    ///     address, otherwise translated by the SMMU (F_BAD_ATS_TREQ unless the STE has EATS = 1) and
-    ///     cached in the ATC. A failed ATS translation records no event except F_BAD_ATS_TREQ.
+    /// The TLB serves a hit within the permission the filling walk found: a write hitting a read-only
+    /// entry is F_PERMISSION, any other hit is served whatever the tables now hold (a stale entry, what
+    /// a missed invalidation looks like). A miss walks to `access.walk`: ``StageOneWalk/unmapped`` is
+    /// F_TRANSLATION, ``StageOneWalk/readOnly`` F_PERMISSION for a write (a read fills a read-only entry),
+    /// ``StageOneWalk/accessFlagClear`` F_ACCESS and ``StageOneWalk/outputAddressTooLarge`` F_ADDR_SIZE
+    /// (a fault caches nothing), ``StageOneWalk/readWrite`` fills a writable entry. Configuration errors
+    /// come first: C_BAD_STE, F_STREAM_DISABLED, C_BAD_SUBSTREAMID, C_BAD_CD (see the STE and CD rules
+    /// in ``SimulatedSMMUState``'s `translate`).
+    ///
+    /// - `access.size`: the size of the page-table entry that maps the address (4 KiB page, 2 MiB block,
+    ///   …): a power of two of at least 4 KiB. A fill caches `[address aligned to size, + size)`.
+    /// - `access.throughATS`: an ATS translation: served by the device's ATC when it holds the address,
+    ///   otherwise translated by the SMMU (F_BAD_ATS_TREQ unless the STE has EATS = 1) and cached in the
+    ///   ATC. A failed ATS translation records no event except F_BAD_ATS_TREQ.
     /// - Returns: what happened; a fault's record carries the physical StreamID. The viommu the device
     ///   is attached through (its vmaster) receives it with the vSID when the kernel forwards that
     ///   record (``ViommuEventForwarding``); other records, and every record of a device on its nest
     ///   parent, are only counted (``SimulatedSMMUCounters/eventsNotForwarded``).
     /// - Throws: `.invalidArgument` for a device not behind this pSMMU or a bad `size`.
+    @discardableResult
+    public func simulateDMA(_ access: SimulatedDMA) throws(BackendError) -> DMAOutcome {
+        try simulateDMA(access, tenant: .host)
+    }
+
+    func simulateDMA(_ access: SimulatedDMA, tenant: TenantID) throws(BackendError) -> DMAOutcome {
+        let outcome = try state.withLock { s throws(BackendError) in try s.access(access, of: tenant, name: name) }
+        deliverPendingEvents()
+        return outcome
+    }
+
+    /// A read of `hostDeviceID` at `address` (``simulateDMA(_:)``), `mapped` saying whether the guest's
+    /// page tables map it read/write now or not at all: a TLB miss on an unmapped address is
+    /// F_TRANSLATION; a TLB hit is served regardless (a stale entry).
     @discardableResult
     public func touch(hostDeviceID: UInt32, substreamID: SubstreamID? = nil, address: UInt64,
                       size: UInt64 = 4096, mapped: Bool = true,
@@ -307,10 +371,9 @@ public final class SimulatedSMMU: PSMMUBackend {
 
     func touch(hostDeviceID: UInt32, substreamID: SubstreamID?, address: UInt64, size: UInt64, mapped: Bool,
                throughATS: Bool, tenant: TenantID) throws(BackendError) -> DMAOutcome {
-        try state.withLock { s throws(BackendError) in
-            try s.touch(hostDeviceID: hostDeviceID, of: tenant, substreamID: substreamID, address: address, size: size,
-                        mapped: mapped, throughATS: throughATS, name: name)
-        }
+        try simulateDMA(SimulatedDMA(hostDeviceID: hostDeviceID, substreamID: substreamID, address: address, size: size,
+                                     write: false, throughATS: throughATS, walk: mapped ? .readWrite : .unmapped),
+                        tenant: tenant)
     }
 
     /// Replaces `hwpt`'s CD table in guest memory, as the guest rewrites its CDs (the STE is unchanged).

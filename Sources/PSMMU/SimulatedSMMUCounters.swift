@@ -2,7 +2,7 @@ import SMMUv3
 
 /// What a ``SimulatedSMMU`` did beyond ``BackendCounters``: its caches, DMA, faults and costs.
 public struct SimulatedSMMUCounters: Hashable, Sendable {
-    // MARK: DMA (``SimulatedSMMU/touch(hostDeviceID:substreamID:address:size:mapped:throughATS:)``)
+    // MARK: DMA (``SimulatedSMMU/simulateDMA(_:)``)
 
     /// DMA accesses modelled.
     public var dmaAccesses: UInt64 = 0

@@ -66,8 +66,13 @@ final class ViommuRecord: @unchecked Sendable {
     var physicalStreamIDs: [StreamID: StreamID] = [:]
     var vdevices: Set<VDeviceHandle> = []
     var hwpts: Set<HWPTHandle> = []
-    /// Event records not yet taken, vSIDs substituted.
-    var events: [EventRecord] = []
+    /// The viommu's vEVENTQ: records not yet taken or delivered, vSIDs substituted, oldest first; each
+    /// marked when events were lost just before it.
+    var events: [QueuedEvent] = []
+    /// Events were lost after the last queued record (the kernel's `lost_events_header` at the tail of
+    /// the vEVENTQ, `iommufd_viommu_report_event`): the next record queued, or the next read of an
+    /// otherwise empty queue, carries the loss.
+    var lostAfterLast = false
     /// Commands processed (executed or failed) since attach: the position fault injection counts.
     var processed: UInt64 = 0
 
@@ -78,6 +83,13 @@ final class ViommuRecord: @unchecked Sendable {
         self.vmid = vmid
         self.nestParent = nestParent
     }
+}
+
+/// A record in a simulated viommu's vEVENTQ.
+struct QueuedEvent: Sendable {
+    let record: EventRecord
+    /// Events were lost just before this one (the queue was full).
+    let lostBefore: Bool
 }
 
 struct VDeviceRecord: Sendable {
@@ -139,6 +151,13 @@ struct SimulatedSMMUState: Sendable {
     var model = SimulatedSMMUCounters()
 
     let eventQueueDepth: Int
+    /// Where each tenant's viommus push their events (``SimulatedSMMU/setEventSink(_:)``): a tenant
+    /// without one keeps them queued for ``takeEvents(viommu:tenant:)``.
+    var sinks: [TenantID: any ViommuEventSink] = [:]
+    /// Viommus whose queue holds records for a sink, in the order they became non-empty.
+    var pendingDelivery: [ViommuHandle] = []
+    /// Whether a thread is delivering queued events to the sinks (``SimulatedSMMU/deliverPendingEvents()``).
+    var delivering = false
 
     /// Whether the pSMMU has ATS (its IDR0.ATS): without it the kernel refuses ATC_INV.
     let atsSupported: Bool
@@ -464,8 +483,11 @@ struct SimulatedSMMUState: Sendable {
     // MARK: - Events
 
     /// Delivers `record` (physical StreamID) as the kernel would: only a type
-    /// ``ViommuEventForwarding`` forwards, only to the device's vmaster, vSID substituted; a full
-    /// queue loses it.
+    /// ``ViommuEventForwarding`` forwards, only to the device's vmaster, vSID substituted
+    /// (`arm_vmaster_report_event`), into the viommu's vEVENTQ. A full queue loses it and marks the
+    /// loss for the next record or read, as `iommufd_viommu_report_event` queues its
+    /// `lost_events_header` when `num_events == depth` and `iommufd_vevent_handler` replaces that
+    /// header with the next event queued (whose sequence number then shows the gap).
     mutating func report(_ record: EventRecord, hostDeviceID: UInt32, of tenant: TenantID) {
         guard ViommuEventForwarding.isForwarded(record), let vmaster = spaces[tenant]?.devices[hostDeviceID]?.vmaster,
               let owner = viommus[vmaster.viommu] else {
@@ -474,18 +496,62 @@ struct SimulatedSMMUState: Sendable {
         }
         guard owner.events.count < eventQueueDepth else {
             model.eventsLost += 1
+            owner.lostAfterLast = true
             return
         }
         var virtual = record
         virtual.streamID = vmaster.virtualStreamID
-        owner.events.append(virtual)
+        if owner.events.isEmpty, sinks[owner.tenant] != nil { pendingDelivery.append(owner.handle) }
+        owner.events.append(QueuedEvent(record: virtual, lostBefore: owner.lostAfterLast))
+        owner.lostAfterLast = false
         eventsReported += 1
     }
 
     mutating func takeEvents(viommu: ViommuHandle, tenant: TenantID) -> [EventRecord] {
-        guard let events = self.viommu(viommu, of: tenant)?.events, !events.isEmpty else { return [] }
-        viommus[viommu]?.events = []
-        return events
+        guard let record = self.viommu(viommu, of: tenant) else { return [] }
+        record.lostAfterLast = false
+        guard !record.events.isEmpty else { return [] }
+        defer { record.events = [] }
+        return record.events.map(\.record)
+    }
+
+    /// Takes every queued record of the viommus whose tenant has a sink, as the batches the sinks get:
+    /// per viommu in queue order, a new batch at each loss, a lone ``ViommuEvents/lostBefore`` for a
+    /// loss after the last record.
+    mutating func drainForSinks() -> [(any ViommuEventSink, ViommuEvents)] {
+        var out: [(any ViommuEventSink, ViommuEvents)] = []
+        let handles = pendingDelivery
+        pendingDelivery.removeAll(keepingCapacity: true)
+        for handle in handles {
+            guard let record = viommus[handle], let sink = sinks[record.tenant] else { continue }
+            var batch = ViommuEvents(viommu: handle, records: [])
+            for queued in record.events {
+                if queued.lostBefore, !batch.records.isEmpty || batch.lostBefore {
+                    out.append((sink, batch))
+                    batch = ViommuEvents(viommu: handle, records: [])
+                }
+                batch.lostBefore = batch.lostBefore || queued.lostBefore
+                batch.records.append(queued.record)
+            }
+            if record.lostAfterLast {
+                if !batch.records.isEmpty || batch.lostBefore { out.append((sink, batch)) }
+                batch = ViommuEvents(viommu: handle, records: [], lostBefore: true)
+                record.lostAfterLast = false
+            }
+            if !batch.records.isEmpty || batch.lostBefore { out.append((sink, batch)) }
+            record.events = []
+        }
+        return out
+    }
+
+    /// Sets `tenant`'s sink; with one, the tenant's viommus that hold records (or a loss) are due for
+    /// delivery.
+    mutating func setEventSink(_ sink: (any ViommuEventSink)?, tenant: TenantID) {
+        sinks[tenant] = sink
+        guard sink != nil else { return }
+        for (handle, record) in viommus where record.tenant == tenant && (!record.events.isEmpty || record.lostAfterLast) {
+            if !pendingDelivery.contains(handle) { pendingDelivery.append(handle) }
+        }
     }
 
     // MARK: - Counters

@@ -122,6 +122,15 @@ public final class SimulatedSMMUTenant: PSMMUBackend {
         smmu.state.withLock { $0.takeEvents(viommu: viommu, tenant: tenant) }
     }
 
+    /// ``SimulatedSMMU/setEventSink(_:tenant:)`` for the tenant: its viommus' events go to `sink`.
+    public func setEventSink(_ sink: (any ViommuEventSink)?) { smmu.setEventSink(sink, tenant: tenant) }
+
+    /// ``SimulatedSMMU/simulateDMA(_:)`` for the tenant's device `access.hostDeviceID`.
+    @discardableResult
+    public func simulateDMA(_ access: SimulatedDMA) throws(BackendError) -> DMAOutcome {
+        try smmu.simulateDMA(access, tenant: tenant)
+    }
+
     /// The whole pSMMU's counters (the model keeps none per tenant).
     public var counters: BackendCounters { smmu.counters }
 

@@ -1,7 +1,8 @@
 import SMMUv3
 
 /// One stage-1 TLB entry of a simulated pSMMU: the translation of `[address, address + size)` tagged
-/// (VMID, ASID). A block mapping is one entry covering its whole block.
+/// (VMID, ASID), with the permission the walk that filled it found. A block mapping is one entry
+/// covering its whole block.
 public struct TLBEntry: Hashable, Sendable, CustomStringConvertible {
     /// The VMID of the viommu whose device filled the entry.
     public var vmid: VMID
@@ -11,12 +12,16 @@ public struct TLBEntry: Hashable, Sendable, CustomStringConvertible {
     public var address: UInt64
     /// Bytes translated: a power of two, at least 4 KiB.
     public var size: UInt64
+    /// Whether the descriptor the walk found allows writes (``StageOneWalk/readWrite``); `false` for a
+    /// read-only one (``StageOneWalk/readOnly``), on which a write hit is F_PERMISSION.
+    public var writable: Bool
 
-    public init(vmid: VMID, asid: ASID, address: UInt64, size: UInt64) {
+    public init(vmid: VMID, asid: ASID, address: UInt64, size: UInt64, writable: Bool = true) {
         self.vmid = vmid
         self.asid = asid
         self.address = address
         self.size = size
+        self.writable = writable
     }
 
     /// The last input address translated.
@@ -26,7 +31,7 @@ public struct TLBEntry: Hashable, Sendable, CustomStringConvertible {
     public func covers(_ address: UInt64) -> Bool { address >= self.address && address <= lastAddress }
 
     public var description: String {
-        "TLB[vmid \(vmid) asid \(asid) 0x\(String(address, radix: 16))+0x\(String(size, radix: 16))]"
+        "TLB[vmid \(vmid) asid \(asid) 0x\(String(address, radix: 16))+0x\(String(size, radix: 16))\(writable ? "" : " RO")]"
     }
 }
 
@@ -72,50 +77,66 @@ public struct ConfigCacheSnapshot: Hashable, Sendable {
 
 // MARK: - TLB
 
-/// The stage-1 TLB: entries tagged (VMID, ASID), each address space indexed by page
-/// (``PageIndexedRanges``), with an index of the live ASIDs of each VMID for VMID-wide commands.
+/// The stage-1 TLB: entries tagged (VMID, ASID) and by permission (read/write or read-only), each
+/// address space indexed by page (``PageIndexedRanges``), with an index of the live ASIDs of each VMID
+/// for VMID-wide commands. An address is cached with one permission at most: a fill follows a miss.
 struct TLBModel: Sendable {
-    /// Address spaces by tag `vmid << 16 | asid`.
-    private var spaces: [UInt32: PageIndexedRanges] = [:]
+    /// Address spaces by key `(vmid << 16 | asid) << 1 | readOnly`.
+    private var spaces: [UInt64: PageIndexedRanges] = [:]
     /// The ASIDs that have entries, per VMID.
     private var asidsByVMID: [VMID: Set<ASID>] = [:]
     /// Number of entries.
     private(set) var count = 0
 
-    private static func tag(_ vmid: VMID, _ asid: ASID) -> UInt32 { UInt32(vmid) << 16 | UInt32(asid) }
+    private static func key(_ vmid: VMID, _ asid: ASID, readOnly: Bool) -> UInt64 {
+        (UInt64(vmid) << 16 | UInt64(asid)) << 1 | (readOnly ? 1 : 0)
+    }
 
     /// The entry of (vmid, asid) that translates `address`.
     func entry(vmid: VMID, asid: ASID, covering address: UInt64) -> TLBEntry? {
-        guard let hit = spaces[Self.tag(vmid, asid)]?.entry(covering: address) else { return nil }
-        return TLBEntry(vmid: vmid, asid: asid, address: hit.start, size: UInt64(1) << UInt64(hit.shift))
+        for readOnly in [false, true] {
+            if let hit = spaces[Self.key(vmid, asid, readOnly: readOnly)]?.entry(covering: address) {
+                return TLBEntry(vmid: vmid, asid: asid, address: hit.start, size: UInt64(1) << UInt64(hit.shift),
+                                writable: !readOnly)
+            }
+        }
+        return nil
     }
 
-    /// Inserts the `1 << shift`-byte entry of (vmid, asid) covering `address`.
-    mutating func fill(vmid: VMID, asid: ASID, covering address: UInt64, shift: UInt8) -> TLBEntry {
-        let tag = Self.tag(vmid, asid)
-        if spaces[tag, default: PageIndexedRanges()].insert(covering: address, shift: shift) {
+    /// Inserts the `1 << shift`-byte entry of (vmid, asid) covering `address`, writable or read-only.
+    mutating func fill(vmid: VMID, asid: ASID, covering address: UInt64, shift: UInt8, writable: Bool = true) -> TLBEntry {
+        let key = Self.key(vmid, asid, readOnly: !writable)
+        if spaces[key, default: PageIndexedRanges()].insert(covering: address, shift: shift) {
             count += 1
             asidsByVMID[vmid, default: []].insert(asid)
         }
         let start = address & ~((UInt64(1) << UInt64(shift)) - 1)
-        return TLBEntry(vmid: vmid, asid: asid, address: start, size: UInt64(1) << UInt64(shift))
+        return TLBEntry(vmid: vmid, asid: asid, address: start, size: UInt64(1) << UInt64(shift), writable: writable)
     }
 
     /// `TLBI_NH_VA`: the entries of (vmid, asid) translating any byte of `[first, last]`.
     mutating func invalidate(vmid: VMID, asid: ASID, first: UInt64, last: UInt64) -> Int {
-        guard let index = spaces.index(forKey: Self.tag(vmid, asid)) else { return 0 }
-        let removed = spaces.values[index].remove(intersecting: first, through: last)
+        var removed = 0
+        for readOnly in [false, true] {
+            let key = Self.key(vmid, asid, readOnly: readOnly)
+            guard let index = spaces.index(forKey: key) else { continue }
+            removed += spaces.values[index].remove(intersecting: first, through: last)
+            if spaces.values[index].isEmpty { spaces.remove(at: index) }
+        }
         count -= removed
-        if spaces.values[index].isEmpty { dropSpace(vmid: vmid, asid: asid) }
+        dropASIDIfEmpty(vmid: vmid, asid: asid)
         return removed
     }
 
     /// `TLBI_NH_ASID`: every entry of (vmid, asid).
     mutating func invalidate(vmid: VMID, asid: ASID) -> Int {
-        guard let space = spaces[Self.tag(vmid, asid)] else { return 0 }
-        count -= space.count
-        dropSpace(vmid: vmid, asid: asid)
-        return space.count
+        var removed = 0
+        for readOnly in [false, true] {
+            if let space = spaces.removeValue(forKey: Self.key(vmid, asid, readOnly: readOnly)) { removed += space.count }
+        }
+        count -= removed
+        dropASIDIfEmpty(vmid: vmid, asid: asid)
+        return removed
     }
 
     /// `TLBI_NH_VAA`: the entries of every ASID of `vmid` translating any byte of `[first, last]`.
@@ -131,14 +152,17 @@ struct TLBModel: Sendable {
         guard let asids = asidsByVMID.removeValue(forKey: vmid) else { return 0 }
         var removed = 0
         for asid in asids {
-            if let space = spaces.removeValue(forKey: Self.tag(vmid, asid)) { removed += space.count }
+            for readOnly in [false, true] {
+                if let space = spaces.removeValue(forKey: Self.key(vmid, asid, readOnly: readOnly)) { removed += space.count }
+            }
         }
         count -= removed
         return removed
     }
 
-    private mutating func dropSpace(vmid: VMID, asid: ASID) {
-        spaces.removeValue(forKey: Self.tag(vmid, asid))
+    /// Forgets `asid` in `vmid`'s index once neither of its spaces holds an entry.
+    private mutating func dropASIDIfEmpty(vmid: VMID, asid: ASID) {
+        guard spaces[Self.key(vmid, asid, readOnly: false)] == nil, spaces[Self.key(vmid, asid, readOnly: true)] == nil else { return }
         if asidsByVMID[vmid]?.remove(asid) != nil, asidsByVMID[vmid]?.isEmpty == true {
             asidsByVMID.removeValue(forKey: vmid)
         }
@@ -147,12 +171,14 @@ struct TLBModel: Sendable {
     /// Every entry, of one VMID or of all, sorted by (VMID, ASID, address, size).
     func entries(vmid: VMID? = nil) -> [TLBEntry] {
         var out: [TLBEntry] = []
-        for (tag, space) in spaces {
+        for (key, space) in spaces {
+            let tag = key >> 1
             let entryVMID = VMID(truncatingIfNeeded: tag >> 16)
             if let vmid, vmid != entryVMID { continue }
             let asid = ASID(truncatingIfNeeded: tag)
             for e in space.entries {
-                out.append(TLBEntry(vmid: entryVMID, asid: asid, address: e.start, size: UInt64(1) << UInt64(e.shift)))
+                out.append(TLBEntry(vmid: entryVMID, asid: asid, address: e.start, size: UInt64(1) << UInt64(e.shift),
+                                    writable: key & 1 == 0))
             }
         }
         return out.sorted { ($0.vmid, $0.asid, $0.address, $0.size) < ($1.vmid, $1.asid, $1.address, $1.size) }

@@ -18,10 +18,10 @@ public enum ViommuEventForwarding {
         .badSTE, .streamDisabled, .badSubstreamID, .badCD, .translation, .addressSize, .access, .permission,
     ]
 
-    /// `EVTQ_1_STALL`: the transaction is stalled, waiting for a RESUME.
-    public static let stall = BitField(word: 1, bit: 31)
-    /// `EVTQ_1_S2`: the fault came from stage 2.
-    public static let stage2 = BitField(word: 1, bit: 39)
+    /// `EVTQ_1_STALL`: the transaction is stalled, waiting for a RESUME (``EventRecord/Field/stall``).
+    public static let stall = EventRecord.Field.stall
+    /// `EVTQ_1_S2`: the fault came from stage 2 (``EventRecord/Field/stage2``).
+    public static let stage2 = EventRecord.Field.stage2
 
     /// Indexed by event type: whether the type is in ``forwardedIDs``.
     private static let forwardedByID: [Bool] = (0...255).map { raw in

@@ -60,6 +60,23 @@ public struct EventRecord: Hashable, Sendable, SMMUWords {
         @inlinable public static var ssv: BitField { BitField(word: 0, bit: 11) }
         @inlinable public static var substreamID: BitField { BitField(word: 0, high: 31, low: 12) }
         @inlinable public static var streamID: BitField { BitField(word: 0, high: 63, low: 32) }
+        /// `EVTQ_1_STAG`: the stall tag of a stalled transaction (F_TRANSLATION … F_PERMISSION).
+        @inlinable public static var stallTag: BitField { BitField(word: 1, high: 15, low: 0) }
+        /// `EVTQ_1_STALL`: the transaction is stalled, awaiting a `CMD_RESUME`.
+        @inlinable public static var stall: BitField { BitField(word: 1, bit: 31) }
+        /// `EVTQ_1_PnU`: 1 privileged, 0 unprivileged (post-STE override).
+        @inlinable public static var privileged: BitField { BitField(word: 1, bit: 33) }
+        /// `EVTQ_1_InD`: 1 instruction, 0 data (post-STE override); always 0 for a write.
+        @inlinable public static var instruction: BitField { BitField(word: 1, bit: 34) }
+        /// `EVTQ_1_RnW`: 1 read, 0 write.
+        @inlinable public static var read: BitField { BitField(word: 1, bit: 35) }
+        /// `EVTQ_1_S2`: the fault came from stage 2.
+        @inlinable public static var stage2: BitField { BitField(word: 1, bit: 39) }
+        /// `EVTQ_1_CLASS`: what the faulting access was for (``EventClass``).
+        @inlinable public static var eventClass: BitField { BitField(word: 1, high: 41, low: 40) }
+        /// `EVTQ_1_TT_READ` (TTRnW): for F_PERMISSION with CLASS = TT, whether the descriptor access that
+        /// faulted at stage 2 was a read.
+        @inlinable public static var translationTableRead: BitField { BitField(word: 1, bit: 44) }
         /// Input address, `w2`.
         @inlinable public static var inputAddress: BitField { BitField(word: 2, high: 63, low: 0) }
         /// IPA or fetch address, `w3`.
@@ -80,6 +97,25 @@ public struct EventRecord: Hashable, Sendable, SMMUWords {
     }
     public var inputAddress: UInt64 { w2 }
     public var fetchAddress: UInt64 { w3 }
+
+    /// `CLASS` as the kernel decodes it (`arm_smmu_decode_event`: `FIELD_GET(EVTQ_1_CLASS, raw[1])`).
+    public var eventClass: EventClass {
+        get { EventClass(rawValue: UInt8(self[Field.eventClass])) ?? .reserved }
+        set { self[Field.eventClass] = UInt64(newValue.rawValue) }
+    }
+}
+
+/// An event record's `CLASS` (`EVTQ_1_CLASS`, `w1[41:40]`): the class of the operation that faulted
+/// (SMMUv3 §7.3; the kernel names them in `event_class_str`).
+public enum EventClass: UInt8, Hashable, Sendable, CaseIterable {
+    /// `0b00` CD: a CD fetch.
+    case contextDescriptor = 0
+    /// `0b01` TTD: a stage-1 translation table fetch (`EVTQ_1_CLASS_TT`).
+    case translationTable = 1
+    /// `0b10` IN: the input address caused the fault (what every stage-1 fault of a transaction records).
+    case input = 2
+    /// `0b11`.
+    case reserved = 3
 }
 
 /// An event record's type, `w0[7:0]`.

@@ -36,6 +36,7 @@ public enum PrometheusExposition {
         func record(_ fields: [StatField], _ values: [StatKey: UInt64], _ labels: [(String, String)]) {
             for field in fields {
                 guard let value = values[field.key] else { continue }
+                let labels = labels + field.metricLabels.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
                 switch field.kind {
                 case .counter: counter(field.prometheusName, field.help, labels, value)
                 case .gauge: gauge(field.prometheusName, field.help, labels, Double(value))

@@ -21,14 +21,19 @@ public struct StatField: Hashable, Sendable {
     /// The `# HELP` text.
     public let help: String
     public let kind: Kind
+    /// Labels this field's series carries besides the scope's (e.g. `reason` of
+    /// `vsmmud_viommu_events_dropped_total`): several fields then share one metric family.
+    public let metricLabels: [String: String]
 
-    public init(_ key: StatKey, label: String, json: String, metric: String? = nil, kind: Kind = .counter, help: String) {
+    public init(_ key: StatKey, label: String, json: String, metric: String? = nil, kind: Kind = .counter,
+                metricLabels: [String: String] = [:], help: String) {
         self.key = key
         self.label = label
         self.jsonName = json
         self.metricName = metric ?? json
         self.help = help
         self.kind = kind
+        self.metricLabels = metricLabels
     }
 
     /// The full Prometheus name: `vsmmud_<metricName>`, with `_total` for a counter.
@@ -47,6 +52,8 @@ extension StatField {
                   help: "Protocol frames received, all connections."),
         StatField(.daemonProtocolErrors, label: "protocol errors", json: "protocol_errors",
                   help: "ERROR replies sent."),
+        StatField(.daemonEventsOrphaned, label: "events orphaned", json: "events_orphaned", metric: "events_orphaned",
+                  help: "Events from a backend viommu no vSMMU owns (destroyed or detached): dropped."),
     ]
 
     /// A vSMMU's router and engine counters, in the order the table shows them (sync latency apart:
@@ -126,9 +133,22 @@ extension StatField {
         StatField(.viommuRingFullWaits, label: "ring-full waits", json: "ring_full_waits", metric: "viommu_ring_full_waits",
                   help: "Times a producer found the viommu's ring full."),
         StatField(.viommuSyncs, label: "syncs", json: "syncs", metric: "viommu_syncs", help: "Sync fences the viommu reached."),
-        StatField(.viommuEvents, label: "events", json: "events", metric: "viommu_events",
-                  help: "Event records the pSMMU reported (not yet attributed to a viommu)."),
+        StatField(.viommuEvents, label: "events", json: "events_forwarded", metric: "viommu_events_forwarded",
+                  help: "Events of the viommu forwarded into the vSMMU's event queue."),
+        StatField(.viommuEventsDroppedOverflow, label: "dropped overflow", json: "events_dropped_overflow",
+                  metric: "viommu_events_dropped", metricLabels: ["reason": "overflow"], help: StatField.droppedHelp),
+        StatField(.viommuEventsDroppedDeviceGone, label: "dropped device gone", json: "events_dropped_device_gone",
+                  metric: "viommu_events_dropped", metricLabels: ["reason": "device_gone"], help: StatField.droppedHelp),
+        StatField(.viommuEventsDroppedNoQueue, label: "dropped no queue", json: "events_dropped_no_queue",
+                  metric: "viommu_events_dropped", metricLabels: ["reason": "no_queue"], help: StatField.droppedHelp),
+        StatField(.viommuEventsLostUpstream, label: "lost upstream", json: "events_lost_upstream",
+                  metric: "viommu_events_lost_upstream",
+                  help: "LOST_EVENTS reports from the kernel's vEVENTQ (or a simulated pSMMU's full queue)."),
     ]
+
+    /// The `# HELP` of `vsmmud_viommu_events_dropped_total`, one for its three reasons.
+    static let droppedHelp = "Events of the viommu dropped: the event queue was full (overflow), the vSID was "
+        + "no longer registered (device_gone), or the vSMMU had no event queue mapped (no_queue)."
 
     /// A pSMMU's backend totals, over every vSMMU whose viommus sit on it (labelled by pSMMU name).
     public static let psmmu: [StatField] = [

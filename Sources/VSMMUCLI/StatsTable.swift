@@ -45,8 +45,9 @@ public enum StatsTable {
         out += "  sync latency: " + latencySummary(vsmmu.syncLatency) + "\n"
         guard !vsmmu.viommus.isEmpty else { return out + "  no viommus\n" }
         var viommus = TextTable(["viommu", "pSMMU", "devices", "delivered", "backend calls", "mean batch",
-                                 "ring occ/high", "ring-full waits", "syncs", "failed", "events"],
-                                alignments: [.right, .left] + Array(repeating: .right, count: 9))
+                                 "ring occ/high", "ring-full waits", "syncs", "failed", "events", "dropped full",
+                                 "dropped gone", "dropped no queue"],
+                                alignments: [.right, .left] + Array(repeating: .right, count: 12))
         for v in vsmmu.viommus {
             func counter(_ key: StatKey) -> String {
                 let total = String(v[key])
@@ -59,6 +60,8 @@ public enum StatsTable {
                 v.meanBatch.map { Format.fixed($0, decimals: 2) } ?? "-",
                 "\(v[.viommuRingOccupancy])/\(v[.viommuRingHighWater])", counter(.viommuRingFullWaits),
                 counter(.viommuSyncs), counter(.viommuBackendFailed), counter(.viommuEvents),
+                counter(.viommuEventsDroppedOverflow), counter(.viommuEventsDroppedDeviceGone),
+                counter(.viommuEventsDroppedNoQueue),
             ])
         }
         return out + "\n" + viommus.render(indent: "  ")

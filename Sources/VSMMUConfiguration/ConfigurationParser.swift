@@ -14,7 +14,7 @@ enum ConfigurationParser {
         static let access = ["allowed_uids", "allowed_gids"]
         static let limits = ["max_frame_size", "max_commands_per_invalidate", "max_vsmmus_per_connection",
                              "max_context_descriptors", "max_connections", "max_connections_per_uid",
-                             "hello_timeout_ms"]
+                             "hello_timeout_ms", "event_queue_entries"]
         static let queue = ["ring_capacity", "stall_timeout_ms", "drain_threads_per_psmmu"]
         static let psmmu = ["name", "backend"] + simulatedOnly
         /// Keys only a simulated pSMMU may have.
@@ -100,6 +100,12 @@ enum ConfigurationParser {
         if let limits = try root.table("limits") {
             configuration.limits = try serverLimits(limits)
             configuration.connectionLimits = try connectionLimits(limits)
+            if let entries = try limits.integer("event_queue_entries", in: DaemonConfiguration.eventQueueEntriesRange) {
+                guard entries & (entries - 1) == 0 else {
+                    throw limits.error("event_queue_entries", "\(entries) is not a power of two (e.g. 256, 1024, 4096)")
+                }
+                configuration.eventQueueEntries = entries
+            }
         }
         if let queue = try root.table("queue") {
             try queue.refuseUnknownKeys(allowed: Keys.queue)

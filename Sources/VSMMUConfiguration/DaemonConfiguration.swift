@@ -35,6 +35,11 @@ public struct DaemonConfiguration: Sendable, Equatable {
     public var limits: ServerLimits
     /// `[limits]`' connection bounds: how many connections, per uid, and the HELLO deadline.
     public var connectionLimits = ConnectionLimits()
+    /// `[limits] event_queue_entries` (default 1024, a power of two in ``eventQueueEntriesRange``): the most
+    /// slots a vSMMU's event queue may have (MAP_EVENT_QUEUE's 2^log2_entries, PROTOCOL.md §5.17; a larger
+    /// one is LIMIT_EXCEEDED). Applied by a reload to MAP_EVENT_QUEUE requests from then on; a mapped queue
+    /// keeps its size.
+    public var eventQueueEntries = DaemonConfiguration.defaultEventQueueEntries
     /// `[queue] ring_capacity` (default 4096): slots of each viommu's command ring, a power of two in
     /// ``ringCapacityRange``.
     public var ringCapacity: Int
@@ -67,6 +72,10 @@ public struct DaemonConfiguration: Sendable, Equatable {
     }
 
     public static let defaultRingCapacity = 4096
+    /// The default `event_queue_entries`.
+    public static let defaultEventQueueEntries = 1024
+    /// Accepted `event_queue_entries` values (powers of two only): the protocol's 2^4 to 2^12 slots.
+    public static let eventQueueEntriesRange = 16...4096
     /// No stall limit unless configured.
     public static let defaultStallTimeoutMilliseconds = 0
     /// Accepted `stall_timeout_ms` values: 0 (no limit) up to an hour.
@@ -127,7 +136,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
         var plan = ReloadPlan()
         if logLevel != new.logLevel { plan.applied.append("daemon.log_level") }
         if access != new.access { plan.applied.append("access") }
-        if limits != new.limits || connectionLimits != new.connectionLimits { plan.applied.append("limits") }
+        if limits != new.limits || connectionLimits != new.connectionLimits || eventQueueEntries != new.eventQueueEntries { plan.applied.append("limits") }
         if requestPollMicroseconds != new.requestPollMicroseconds { plan.needsRestart.append("daemon.request_poll_us") }
         if stateDirectory != new.stateDirectory { plan.needsRestart.append("daemon.state_directory") }
         if resumeGraceSeconds != new.resumeGraceSeconds { plan.needsRestart.append("daemon.resume_grace_seconds") }
@@ -149,6 +158,7 @@ public struct DaemonConfiguration: Sendable, Equatable {
         running.access = new.access
         running.limits = new.limits
         running.connectionLimits = new.connectionLimits
+        running.eventQueueEntries = new.eventQueueEntries
         return running
     }
 }

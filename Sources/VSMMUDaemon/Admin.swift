@@ -22,6 +22,7 @@ extension VSMMUServer {
                 StatEntry(vsmmu: nil, key: .daemonFramesReceived, value: framesReceived.load(ordering: .relaxed)),
                 StatEntry(vsmmu: nil, key: .daemonProtocolErrors, value: protocolErrors.load(ordering: .relaxed)),
                 StatEntry(vsmmu: nil, key: .daemonConnectionsTotal, value: connectionsTotal.load(ordering: .relaxed)),
+                StatEntry(vsmmu: nil, key: .daemonEventsOrphaned, value: eventService.orphaned.load(ordering: .relaxed)),
             ])
         }
         guard let served = state.withLock({ $0.vsmmus[id] }) else { throw .unknownVSMMU(id, type: type) }
@@ -82,8 +83,13 @@ extension VSMMUServer {
             add(.viommuSyncs, UInt64(viommu.queue.fencesReached), viommu: v)
             add(.viommuRingFullWaits, UInt64(viommu.queue.fullRingWaits), viommu: v)
             add(.viommuDevices, UInt64((try? snapshot.viommu(viommu.index))?.streamIDs.count ?? 0), viommu: v)
-            // Events are not attributed to a viommu yet: VIOMMU_EVENTS is still the pSMMU's count.
-            add(.viommuEvents, viommu.backend.events, viommu: v)
+            // The events of this viommu: forwarded into the vSMMU's event queue, and dropped, by reason.
+            let events = served.events.counters(viommu.index)
+            add(.viommuEvents, events.forwarded, viommu: v)
+            add(.viommuEventsDroppedOverflow, events.droppedOverflow, viommu: v)
+            add(.viommuEventsDroppedDeviceGone, events.droppedDeviceGone, viommu: v)
+            add(.viommuEventsDroppedNoQueue, events.droppedNoQueue, viommu: v)
+            add(.viommuEventsLostUpstream, events.lostUpstream, viommu: v)
             // The pSMMU's totals, on the entry of this vSMMU's one viommu on it.
             add(.psmmuBackendCalls, viommu.backend.invalidateCalls, viommu: v)
             add(.psmmuBackendCommands, viommu.backend.commandsReceived, viommu: v)

@@ -46,6 +46,7 @@ extension VSMMUServer.Configuration {
                   socketGroupID: groupID, access: daemon.access, requestPolling: requestPolling)
         connectionLimits = daemon.connectionLimits
         drainThreadsPerPSMMU = daemon.drainThreadsPerPSMMU
+        eventQueueEntries = daemon.eventQueueEntries
         self.stateDirectory = stateDirectory
         resumeGrace = .seconds(daemon.resumeGraceSeconds)
     }

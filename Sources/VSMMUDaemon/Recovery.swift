@@ -167,9 +167,10 @@ extension VSMMUServer {
 
         let engine: VSMMUEngine
         let waiting: Bool
+        var domains: [ViommuIndex: EventDomain] = [:]
         if awaited.isComplete {
             do throws(EngineRestoreError) {
-                engine = try restoredEngine(awaited, tenant: record.tenant)
+                (engine, domains) = try restoredEngine(awaited, tenant: record.tenant)
             } catch {
                 // The descriptors were consumed; their objects are gone: out of the fd store too.
                 for name in claimed { configuration.fileDescriptorStore?.remove(name: name) }
@@ -186,12 +187,16 @@ extension VSMMUServer {
         }
         let served = ServedVSMMU(id: id, name: record.name, owner: 0, ownerCredentials: nil, engine: engine,
                                  ownerUserID: record.ownerUserID, tenant: record.tenant, token: record.token,
-                                 createKey: record.creation?.key, fileDescriptorStore: configuration.fileDescriptorStore)
+                                 createKey: record.creation?.key, fileDescriptorStore: configuration.fileDescriptorStore,
+                                 eventService: eventService)
+        routeEvents(of: served, domains: domains)
         served.lastReply.withLock { $0 = record.lastReply }
         served.creation.withLock { $0 = record.creation }
         // Its shared queue, when the fd store handed it back: mapped again now, consumed once it is resumed
         // (PROTOCOL.md §8.6).
         if let queue = recoveredSharedQueue(id, take: take) { served.sharedQueue.withLock { $0 = queue } }
+        // Its event queue likewise: written again from now on, its sequence going on (PROTOCOL.md §9).
+        if let events = recoveredEventQueue(id, take: take) { _ = served.events.replaceQueue(with: events) }
         // Inherited names stay in the store (systemd keeps them for every later start).
         if configuration.fileDescriptorStore != nil { served.storedNames.withLock { $0 = claimed } }
         if waiting {
@@ -216,25 +221,41 @@ extension VSMMUServer {
     /// The serving engine of a vSMMU whose iommufds are all there (`awaited.isComplete`): restored from
     /// its snapshot, each iommufd viommu on a new ``IOMMUFDBackend`` adopting its iommufd and re-adopting
     /// its objects by id (`IOMMUFDBackend.restoreViommu` checks every id first), each simulated one
-    /// re-created. Every descriptor in `awaited` is consumed.
-    func restoredEngine(_ awaited: ServedVSMMU.AwaitedDescriptors, tenant: UInt64) throws(EngineRestoreError) -> VSMMUEngine {
+    /// re-created. Every descriptor in `awaited` is consumed. Each backend's events go to the event
+    /// service: the domains returned route them once the vSMMU holds the engine (``routeEvents(of:domains:)``).
+    func restoredEngine(_ awaited: ServedVSMMU.AwaitedDescriptors,
+                        tenant: UInt64) throws(EngineRestoreError) -> (VSMMUEngine, [ViommuIndex: EventDomain]) {
         var iommufds = awaited.iommufds
         defer { for fd in iommufds.values { _ = Glibc.close(fd) } }
         let providers = self.providers
+        let events = eventService
+        var domains: [ViommuIndex: EventDomain] = [:]
         let engine = try VSMMUEngine.restore(
             awaited.snapshot, configuration: configuration.engine,
             backends: { viommu -> (any PSMMUBackend)? in
-                switch providers[viommu.pSMMU] {
-                case .simulated(let smmu): return smmu.tenant(TenantID(rawValue: tenant))
+                let backend: any PSMMUBackend
+                guard let provider = providers[viommu.pSMMU] else { return nil }
+                switch provider {
+                case .simulated(let smmu): backend = smmu.tenant(TenantID(rawValue: tenant))
                 case .iommufd(let name, let adoption):
                     guard let fd = iommufds.removeValue(forKey: viommu.index) else { return nil }
-                    return IOMMUFDBackend(name: name, device: adoption.adopt(FileDescriptor(rawValue: fd)))
-                case nil: return nil
+                    backend = IOMMUFDBackend(name: name, device: adoption.adopt(FileDescriptor(rawValue: fd)))
                 }
+                domains[viommu.index] = events.connect(backend, provider: provider)
+                return backend
             },
             descriptors: EngineDescriptors(eventQueues: awaited.eventQueues, vfioDevices: awaited.vfioDevices))
         flushAfterRestore(engine, snapshot: awaited.snapshot)
-        return engine
+        return (engine, domains)
+    }
+
+    /// Routes the events of `served`'s restored viommus to it (after a restore: their handles are this
+    /// process's).
+    func routeEvents(of served: ServedVSMMU, domains: [ViommuIndex: EventDomain]) {
+        for viommu in served.engine.viommuStatistics {
+            guard let domain = domains[viommu.index] else { continue }
+            eventService.route(domain, handle: viommu.handle, to: served, viommu: viommu.index)
+        }
     }
 
     /// Invalidates everything the restored iommufd viommus may cache: TLBI_NH_ALL (broadcast), CFGI_CD_ALL

@@ -73,7 +73,8 @@ extension VSMMUServer {
                                          ownerCredentials: connection.credentials,
                                          engine: VSMMUEngine(configuration: configuration.engine), tenant: tenant, token: token,
                                          createKey: create.createKey,
-                                         fileDescriptorStore: configuration.fileDescriptorStore)
+                                         fileDescriptorStore: configuration.fileDescriptorStore,
+                                         eventService: eventService)
                 s.vsmmus[id] = served
                 return served
             }
@@ -101,6 +102,8 @@ extension VSMMUServer {
             if case .iommufd = provider, let fd { storeCopy = dup(fd) }
             defer { if let storeCopy { _ = Glibc.close(storeCopy) } }
             let backend = try provider.backend(for: fd, type: type, tenant: served.tenant)
+            // Its events come to the event service from now on; routed to this viommu once it exists.
+            let eventDomain = eventService.connect(backend, provider: provider)
             let index: ViommuIndex
             do throws(EngineError) {
                 index = try served.engine.attachViommu(
@@ -122,7 +125,9 @@ extension VSMMUServer {
                 connection.logger.error("cannot hand a vEVENTQ to the fd store: its events do not outlive a restart",
                                         metadata: ["vsmmu": "\(served.id.rawValue)", "viommu": "\(queue.rawValue)", "error": "\(error)"])
             }
-            let handle = served.engine.viommu(index)?.handle.rawValue ?? 0
+            let binding = served.engine.viommu(index)
+            if let binding { eventService.route(eventDomain, handle: binding.handle, to: served, viommu: index) }
+            let handle = binding?.handle.rawValue ?? 0
             return .attachViommu(ViommuAttached(viommu: UInt32(index.rawValue), backendViommuID: handle))
 
         case .detachViommu(let detach):
@@ -134,6 +139,8 @@ extension VSMMUServer {
             do throws(EngineError) { try served.engine.detachViommu(index) } catch {
                 throw Self.protocolError(error, type: type, viommu: detach.viommu)
             }
+            // Its later events are orphaned (it had no registered device left: a refused detach keeps its route).
+            eventService.unroute(served, viommu: index)
             served.removeDescriptor(name: ServedVSMMU.iommufdName(served.id, index))
             return .detachViommu
 
@@ -279,10 +286,14 @@ extension VSMMUServer {
         case .unmapQueue(let unmap):
             return try unmapQueue(unmap, connection: connection)
 
-        case .mapEventQueue, .unmapEventQueue, .simulateDMA:
-            // Version 5's event queue and SIMULATE_DMA: served by the daemon's event service (issue 14), which
-            // is not on this branch; refused as a version-4 server refuses them.
-            throw .unknownMessageType(type)
+        case .mapEventQueue(let map):
+            return try mapEventQueue(map, connection: &connection)
+
+        case .unmapEventQueue(let unmap):
+            return try unmapEventQueue(unmap, connection: connection)
+
+        case .simulateDMA(let dma):
+            return try simulateDMA(dma, connection: connection)
 
         case .invalidate(let invalidate):
             return try invalidate.commands.withUnsafeBufferPointer { (commands) throws(ProtocolError) -> Response in

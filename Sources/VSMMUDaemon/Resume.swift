@@ -339,7 +339,8 @@ extension VSMMUServer {
             return w
         }) else { return }
         let engine: VSMMUEngine
-        do throws(EngineRestoreError) { engine = try restoredEngine(ready, tenant: served.tenant) } catch {
+        let domains: [ViommuIndex: EventDomain]
+        do throws(EngineRestoreError) { (engine, domains) = try restoredEngine(ready, tenant: served.tenant) } catch {
             served.awaited.withLock { a in
                 a?.iommufds = [:]
                 a?.vfioDevices = [:]
@@ -355,6 +356,7 @@ extension VSMMUServer {
         }
         served.awaited.withLock { $0 = nil }
         served.replaceEngine(with: engine)
+        routeEvents(of: served, domains: domains)
         if served.ownership.withLock({ $0.resumed && $0.connection != 0 }) { served.startSharedQueue(server: self) }
         logEventQueueStoreFailures(served)
         logger.notice("iommufd vSMMU re-adopted by id with the descriptors its VMM handed back", metadata: [

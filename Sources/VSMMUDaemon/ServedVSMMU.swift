@@ -137,11 +137,16 @@ final class ServedVSMMU: Sendable {
     let journalFailure = Locked<JournalError?>(nil)
     /// The shared command queue, while one is mapped (MAP_QUEUE, or handed back by the fd store).
     let sharedQueue = Locked<SharedQueueService?>(nil)
+    /// The event queue and the per-viommu event counters (PROTOCOL.md §9).
+    let events = VSMMUEvents()
+    /// The daemon's event service, which routes its viommus' events here (`nil`: a vSMMU outside a server).
+    weak let eventService: EventService?
 
     init(id: VSMMUID, name: String, owner: UInt64, ownerCredentials: PeerCredentials?, engine: VSMMUEngine,
          ownerUserID: UInt32? = nil, tenant: UInt64 = 0, token: ResumeToken? = nil, createKey: CreateKey? = nil,
-         fileDescriptorStore: (any FileDescriptorStore)? = nil) {
+         fileDescriptorStore: (any FileDescriptorStore)? = nil, eventService: EventService? = nil) {
         self.id = id
+        self.eventService = eventService
         self.name = name
         engineSlot = Locked(engine)
         self.fileDescriptorStore = fileDescriptorStore
@@ -232,12 +237,16 @@ final class ServedVSMMU: Sendable {
         for name in names.sorted() { store.remove(name: name) }
     }
 
-    /// Destroys everything under the vSMMU as DESTROY_VSMMU does: ends its shared queue, waits for queued commands,
+    /// Destroys everything under the vSMMU as DESTROY_VSMMU does: takes its viommus out of the event
+    /// routes and ends its event queue, ends its shared queue, waits for queued commands,
     /// takes its descriptors out of the fd store, unregisters every device (unlinking its vSTE), detaches
     /// every viommu and stops the engine. A vSMMU that still awaited its descriptors had no backend
     /// object to destroy: the kernel's go with the VMM's iommufd (`iommufd_fops_release`).
     /// - Returns: the backend refusals met on the way (the teardown goes on past them).
     func tearDown() -> [EngineError] {
+        // Its viommus' events are orphaned from now on, and its event queue ends (STOPPED, unmapped).
+        eventService?.unrouteAll(self)
+        endEventQueue()
         // The shared queue first: a batch in flight completes, then nothing more is submitted.
         endSharedQueue()
         // Then: the store's copies of the vEVENTQs would keep the kernel from destroying them (EBUSY).

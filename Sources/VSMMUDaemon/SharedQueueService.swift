@@ -64,89 +64,28 @@ final class SharedQueueService: @unchecked Sendable {
         return (prefix + "-memory", prefix + "-kick", prefix + "-call")
     }
 
-    /// Why a queue's memory or eventfds are refused: the `BAD_FILE_DESCRIPTOR` detail, the errno and what
-    /// was wrong.
-    struct Refusal: Error {
-        var problem: FileDescriptorProblem
-        var errno: Int32
-        var message: String
-
-        func protocolError(_ type: MessageType) -> ProtocolError {
-            .badFileDescriptor(problem, type: type, errno: errno, message: message)
-        }
-    }
-
-    /// The file identity (`st_dev`, `st_ino`) of `fd`, if it has one.
-    static func identity(of fd: Int32) -> (device: UInt64, inode: UInt64)? {
-        guard let status = try? SystemCall.fileStatus(fd) else { return nil }
-        return (UInt64(status.st_dev), UInt64(status.st_ino))
-    }
-
-    /// Checks that `fd` is an eventfd: its `/proc/self/fd` link names the anonymous inode that
-    /// `do_eventfd` creates with `anon_inode_getfile("[eventfd]", &eventfd_fops, …)`
-    /// (`anon_inodefs_dname` prints it as `anon_inode:[eventfd]`).
-    static func checkEventFD(_ fd: Int32, _ which: String) throws(Refusal) {
-        let target: String
-        do throws(Errno) { target = try SystemCall.readLink("/proc/self/fd/\(fd)") } catch {
-            throw Refusal(problem: .queueEventFD, errno: error.rawValue, message: "the \(which) fd cannot be looked at: \(error)")
-        }
-        guard target == "anon_inode:[eventfd]" else {
-            throw Refusal(problem: .queueEventFD, errno: 0, message: "the \(which) fd is not an eventfd (it is \(target))")
-        }
-    }
+    /// Why a queue's memory or eventfds are refused (``QueueRefusal``).
+    typealias Refusal = QueueRefusal
 
     /// Checks and maps a queue's memory and eventfds as MAP_QUEUE does (PROTOCOL.md §5.15 steps 1-4), in
     /// the spec's order. `log2Entries` `nil` (a queue handed back by the fd store) takes n from the
     /// configuration line. Takes none of the fds: the caller closes them when this throws.
     init(memory: Int32, kick: Int32, call: Int32, log2Entries: Int?) throws(Refusal) {
-        func memoryRefusal(_ errno: Int32 = 0, _ message: String) -> Refusal {
-            Refusal(problem: .queueMemory, errno: errno, message: message)
-        }
-        // 1. A memfd sealed against shrinking: `memfd_fcntl` answers F_GET_SEALS only for a memfd (or another
-        //    shmem file); with F_SEAL_SHRINK, `shmem_setattr` refuses every truncation below the size, so the
-        //    mapping never loses its pages (no SIGBUS).
-        let seals: Int32
-        do throws(Errno) { seals = try SystemCall.seals(of: memory) } catch {
-            throw memoryRefusal(error.rawValue, "the memory fd is not a memfd (F_GET_SEALS: \(error))")
-        }
-        guard seals & VSMMU_F_SEAL_SHRINK != 0 else {
-            throw memoryRefusal(0, "the memfd is not sealed with F_SEAL_SHRINK (seals 0x\(String(seals, radix: 16)))")
-        }
-        let status: stat
-        do throws(Errno) { status = try SystemCall.fileStatus(memory) } catch {
-            throw memoryRefusal(error.rawValue, "fstat of the memfd failed: \(error)")
-        }
-        let n: Int
-        if let log2Entries {
-            n = log2Entries
-        } else {
-            // Handed back by the fd store: n from the configuration line, read once (checked again below).
-            var line: UInt64 = 0
-            let read: Int
-            do throws(Errno) {
-                read = try withUnsafeMutableBytes(of: &line) { (bytes) throws(Errno) -> Int in try SystemCall.read(memory, into: bytes, at: 0) }
-            } catch {
-                throw memoryRefusal(error.rawValue, "the memfd's configuration line cannot be read: \(error)")
-            }
-            guard read == 8 else { throw memoryRefusal(0, "the memfd is too small for its configuration line") }
-            n = Int(UInt8(truncatingIfNeeded: line >> 48))
-        }
+        func memoryRefusal(_ errno: Int32 = 0, _ message: String) -> Refusal { .memory(errno, message) }
+        // 1. A memfd sealed against shrinking, and its size.
+        let file = try QueueDescriptorChecks.checkSealedMemfd(memory)
+        let n = try QueueDescriptorChecks.log2Entries(log2Entries, of: memory)
         guard let geometry = SharedQueueGeometry(log2Entries: n) else {
             throw memoryRefusal(0, "log2_entries \(n) is outside \(SharedQueueLayout.log2EntriesRange)")
         }
         let size = geometry.requiredSize
-        guard status.st_size >= size else {
-            throw memoryRefusal(0, "the memfd holds \(status.st_size) bytes; a queue of 2^\(n) commands needs \(size)")
+        guard file.size >= size else {
+            throw memoryRefusal(0, "the memfd holds \(file.size) bytes; a queue of 2^\(n) commands needs \(size)")
         }
         // 2. Kick and call.
-        try Self.checkEventFD(kick, "kick")
-        try Self.checkEventFD(call, "call")
-        // A memfd sealed against writing (F_SEAL_WRITE, F_SEAL_FUTURE_WRITE) refuses a shared writable
-        // mapping with EPERM (`seal_check_write`, from the shmem mmap path): refused here with that errno.
-        let mapped: UnsafeMutableRawPointer
-        do throws(Errno) { mapped = try SystemCall.mapShared(memory, length: size) } catch {
-            throw memoryRefusal(error.rawValue, "the memfd cannot be mapped shared read-write: \(error)")
-        }
+        try QueueDescriptorChecks.checkEventFD(kick, "kick")
+        try QueueDescriptorChecks.checkEventFD(call, "call")
+        let mapped = try QueueDescriptorChecks.mapShared(memory, length: size)
         guard let region = SharedQueueRegion(base: mapped, length: size, geometry: geometry) else {
             try? SystemCall.unmap(mapped, length: size)
             throw memoryRefusal(0, "the mapping is not aligned")
@@ -190,8 +129,8 @@ final class SharedQueueService: @unchecked Sendable {
         memoryFD = memory
         kickFD = kick
         callFD = call
-        device = UInt64(status.st_dev)
-        inode = UInt64(status.st_ino)
+        device = file.device
+        inode = file.inode
         base = mapped
         length = size
         consumer = SharedQueueConsumer(region: region)
@@ -436,14 +375,14 @@ extension VSMMUServer {
         if let refusal = awaitingDescriptorsRefusal(served, type: type) { throw refusal }
         let (memory, kick, call) = (fds[0], fds[1], fds[2])
         if let existing = served.sharedQueue.withLock({ $0 }) {
-            guard let identity = SharedQueueService.identity(of: memory), identity.device == existing.device,
+            guard let identity = QueueDescriptorChecks.identity(of: memory), identity.device == existing.device,
                   identity.inode == existing.inode else {
                 throw .alreadyExists(.queue, value: 0, type: type,
                                      "vSMMU \(request.vsmmu.rawValue) has a shared queue over other memory: UNMAP_QUEUE it first")
             }
             do throws(SharedQueueService.Refusal) {
-                try SharedQueueService.checkEventFD(kick, "kick")
-                try SharedQueueService.checkEventFD(call, "call")
+                try QueueDescriptorChecks.checkEventFD(kick, "kick")
+                try QueueDescriptorChecks.checkEventFD(call, "call")
             } catch {
                 throw error.protocolError(type)
             }
@@ -490,16 +429,10 @@ extension VSMMUServer {
     /// Hands the queue's three descriptors to the fd store (the store duplicates them), replacing what it
     /// held under their names. A failure is logged: the VMM maps the queue again after a restart.
     private func storeQueueDescriptors(_ service: SharedQueueService, of served: ServedVSMMU, connection: Connection) {
-        guard served.fileDescriptorStore != nil else { return }
         let names = SharedQueueService.storeNames(served.id)
         let fds = service.descriptors
-        for (fd, name) in [(fds.memory, names.memory), (fds.kick, names.kick), (fds.call, names.call)] {
-            served.removeDescriptor(name: name)
-            if let error = served.storeDescriptor(fd, name: name) {
-                connection.logger.error("cannot hand a shared queue's descriptor to the fd store: after a restart the VMM maps it again",
-                                        metadata: ["vsmmu": "\(served.id.rawValue)", "name": "\(name)", "error": "\(error)"])
-            }
-        }
+        served.replaceStoredQueueDescriptors([(fds.memory, names.memory), (fds.kick, names.kick), (fds.call, names.call)],
+                                             queue: "a shared queue", logger: connection.logger)
     }
 
     /// At recovery: the queue of vSMMU `id` from the descriptors the fd store handed back, checked as

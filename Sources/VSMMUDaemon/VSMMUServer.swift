@@ -105,6 +105,9 @@ public final class VSMMUServer: Sendable {
         /// Threads of each pSMMU's lane of the drain pool the server makes when ``engine`` names none
         /// (`[queue] drain_threads_per_psmmu`).
         public var drainThreadsPerPSMMU = 1
+        /// The most slots a vSMMU's event queue may have (`[limits] event_queue_entries`; MAP_EVENT_QUEUE
+        /// asks for more: LIMIT_EXCEEDED). ``VSMMUServer/reload(eventQueueEntries:)`` changes it live.
+        public var eventQueueEntries = 1024
 
         /// The default ``resumeGrace``, in seconds.
         public static let defaultResumeGraceSeconds = 120
@@ -175,6 +178,8 @@ public final class VSMMUServer: Sendable {
         var access: AccessList = .open
         var limits = ServerLimits()
         var connectionLimits = ConnectionLimits()
+        /// `[limits] event_queue_entries` in force (``Configuration/eventQueueEntries``).
+        var eventQueueEntries = 1024
         /// The socket file's identity when this server bound it: ``stop()`` removes the path only while it
         /// is still that file (another daemon may have bound the path since).
         var boundSocket: (device: UInt64, inode: UInt64)?
@@ -208,6 +213,8 @@ public final class VSMMUServer: Sendable {
     let requestPollHits = Atomic<UInt64>(0)
     let requestPollMisses = Atomic<UInt64>(0)
     let refusalsInProgress = Atomic<Int>(0)
+    /// The daemon's event path: every backend's sink (issue 14, PROTOCOL.md §9).
+    let eventService = EventService()
 
     /// A server for `configuration`; nothing is bound until ``start()``.
     public init(configuration: Configuration, logger: Logger = Logger(label: "vsmmud")) {
@@ -227,10 +234,12 @@ public final class VSMMUServer: Sendable {
             $0.access = configuration.access
             $0.limits = configuration.limits
             $0.connectionLimits = configuration.connectionLimits
+            $0.eventQueueEntries = configuration.eventQueueEntries
         }
         var providers: [String: PSMMUProvider] = [:]
         for provider in configuration.pSMMUs where providers[provider.name] == nil { providers[provider.name] = provider }
         self.providers = providers
+        eventService.connectSimulated(configuration.pSMMUs)
     }
 
     deinit { stop() }
@@ -395,6 +404,7 @@ public final class VSMMUServer: Sendable {
             for served in kept {
                 // The shared queue stops (state STOPPED); its descriptors stay in the fd store for the next process.
                 served.endSharedQueue(keepingStore: true)
+                served.endEventQueue(keepingStore: true)
                 served.engine.stop()
             }
             if !kept.isEmpty { logger.notice("stopped with the vSMMUs kept in the journal", metadata: ["vsmmus": "\(kept.count)"]) }
@@ -416,6 +426,15 @@ public final class VSMMUServer: Sendable {
             return
         }
         unlink(path)
+    }
+
+    /// The most slots of an event queue mapped from now on (`[limits] event_queue_entries`).
+    public var eventQueueEntries: Int { state.withLock { $0.eventQueueEntries } }
+
+    /// Replaces the event queue bound for MAP_EVENT_QUEUE requests from now on (mapped queues keep their size).
+    public func reload(eventQueueEntries: Int) {
+        state.withLock { $0.eventQueueEntries = eventQueueEntries }
+        logger.notice("event queue bound reloaded", metadata: ["event_queue_entries": "\(eventQueueEntries)"])
     }
 
     /// Connection limits in force for connections accepted from now on.

@@ -50,6 +50,7 @@ final class ConfigurationReloader: Sendable {
         if !levelPinned { levelControl.level = new.logLevel }
         server.reload(access: new.access)
         server.reload(limits: new.limits)
+        server.reload(eventQueueEntries: new.eventQueueEntries)
         // What was applied is now in force; what needs a restart stays as it runs.
         current.withLock { $0 = $0.applyingLiveSettings(of: new) }
         logger.notice("SIGHUP: configuration reloaded", metadata: [

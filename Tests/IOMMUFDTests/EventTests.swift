@@ -57,6 +57,28 @@ import Testing
         #expect(lost == 0)
     }
 
+    @Test func aQueueReadByAPreviousProcessTakesItsFirstSequenceAsTheStartNotAsALoss() {
+        var decoder = VEventDecoder(synchronized: false)
+        let (events, lost) = decode(Self.vevent(Self.badCD, sequence: 57) + Self.vevent(Self.badCD, sequence: 59), with: &decoder)
+        #expect(events.count == 2)
+        #expect(lost == 1, "the gap after the first item still counts")
+        #expect(decoder.expectedSequence == 60)
+    }
+
+    @Test func batchesForTheSinkSplitAtEachLossAndALoneHeaderIsABatchOfNoRecord() {
+        var decoder = VEventDecoder()
+        var batches: [ViommuEvents] = []
+        let viommu = ViommuHandle(rawValue: 9)
+        let bytes = Self.vevent(Self.translationFault, sequence: 0) + Self.vevent(Self.badCD, sequence: 1)
+            + Self.vevent(Self.badCD, sequence: 3) + Self.lostEvents(sequence: 5)
+        let (records, lost) = bytes.withUnsafeBytes { decoder.decode($0, viommu: viommu, into: &batches) }
+        #expect(records == 3)
+        #expect(lost == 3)
+        #expect(batches == [ViommuEvents(viommu: viommu, records: [Self.translationFault, Self.badCD]),
+                            ViommuEvents(viommu: viommu, records: [Self.badCD], lostBefore: true),
+                            ViommuEvents(viommu: viommu, records: [], lostBefore: true)])
+    }
+
     @Test func aTruncatedTrailingEventIsIgnored() {
         var decoder = VEventDecoder()
         let bytes = Self.vevent(Self.badCD, sequence: 0) + Array(Self.vevent(Self.badCD, sequence: 1).prefix(20))

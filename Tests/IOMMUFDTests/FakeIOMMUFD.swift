@@ -1,3 +1,4 @@
+import Glibc
 import IOMMUFD
 import SMMUv3
 import Synchronization
@@ -10,6 +11,11 @@ import SystemPackage
 /// `out_*` field, `IOMMU_VEVENTQ_ALLOC` also a descriptor number (from 1000 up), and
 /// `IOMMU_HWPT_INVALIDATE` leaves `entry_num` as it was (all handled). ``script(_:_:)`` queues answers
 /// for a request, consumed in order.
+///
+/// With `realEventQueues`, each `IOMMU_VEVENTQ_ALLOC` hands out one end of a `SOCK_SEQPACKET` socket pair
+/// as the vEVENTQ descriptor (non-blocking, so a read of an empty queue fails with EAGAIN where the
+/// kernel returns 0), so that epoll sees it become readable: ``writeEvents(descriptor:_:)`` sends one
+/// message into the other end, which one `read(2)` returns whole, as the kernel returns whole vEVENTs.
 final class FakeIOMMUFD: IOMMUFDDevice {
     /// One ioctl as the kernel saw it.
     struct Call: Hashable, Sendable {
@@ -61,9 +67,38 @@ final class FakeIOMMUFD: IOMMUFDDevice {
         var nextDescriptor: Int32 = 1000
         var eventBytes: [Int32: [[UInt8]]] = [:]
         var closed: [Int32] = []
+        /// vEVENTQ descriptor → the socket end the test writes into.
+        var eventWriters: [Int32: Int32] = [:]
     }
 
     private let state = Mutex(State())
+    /// Whether vEVENTQ descriptors are real sockets (see the type's documentation).
+    let realEventQueues: Bool
+
+    init(realEventQueues: Bool = false) {
+        self.realEventQueues = realEventQueues
+    }
+
+    deinit {
+        for (reader, writer) in state.withLock({ $0.eventWriters }) {
+            _ = Glibc.close(writer)
+            _ = Glibc.close(reader)
+        }
+    }
+
+    /// The vEVENTQ descriptors handed out and not closed yet.
+    var openEventQueueDescriptors: [Int32] { state.withLock { $0.eventWriters.keys.sorted() } }
+
+    /// Sends `bytes` as one message into the real vEVENTQ `descriptor` (one `read(2)`'s worth).
+    /// - Returns: whether it was sent (not once the backend closed the descriptor).
+    @discardableResult
+    func writeEvents(descriptor: Int32, _ bytes: [UInt8]) -> Bool {
+        guard let writer = state.withLock({ $0.eventWriters[descriptor] }) else { return false }
+        return bytes.withUnsafeBytes { send(writer, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) } == bytes.count
+    }
+
+    /// How many times the backend closed `descriptor`.
+    func closeCount(_ descriptor: Int32) -> Int { closedDescriptors.count { $0 == descriptor } }
 
     var calls: [Call] { state.withLock { $0.calls } }
     /// Every syscall in order: `IOMMU_VIOMMU_ALLOC`, `close(1000)`, `IOMMU_DESTROY 101`, …
@@ -145,8 +180,19 @@ final class FakeIOMMUFD: IOMMUFDDevice {
                 argument.storeBytes(of: UInt32(40).littleEndian, toByteOffset: 12, as: UInt32.self)
             case .veventqAlloc:
                 argument.storeBytes(of: allocateID().littleEndian, toByteOffset: 20, as: UInt32.self)
-                argument.storeBytes(of: UInt32(state.nextDescriptor).littleEndian, toByteOffset: 24, as: UInt32.self)
-                state.nextDescriptor += 1
+                var descriptor = state.nextDescriptor
+                if realEventQueues {
+                    var pair: [Int32] = [-1, -1]
+                    guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &pair) == 0 else {
+                        return Errno(rawValue: errno)
+                    }
+                    _ = fcntl(pair[0], F_SETFL, fcntl(pair[0], F_GETFL) | O_NONBLOCK)
+                    descriptor = pair[0]
+                    state.eventWriters[pair[0]] = pair[1]
+                } else {
+                    state.nextDescriptor += 1
+                }
+                argument.storeBytes(of: UInt32(bitPattern: descriptor).littleEndian, toByteOffset: 24, as: UInt32.self)
             default: break
             }
             return nil
@@ -154,7 +200,12 @@ final class FakeIOMMUFD: IOMMUFDDevice {
     }
 
     func read(eventQueue: FileDescriptor, into buffer: UnsafeMutableRawBufferPointer) -> Result<Int, Errno> {
-        state.withLock { state in
+        if realEventQueues {
+            guard state.withLock({ $0.eventWriters[eventQueue.rawValue] != nil }) else { return .failure(.badFileDescriptor) }
+            let count = Glibc.read(eventQueue.rawValue, buffer.baseAddress, buffer.count)
+            return count < 0 ? .failure(Errno(rawValue: errno)) : .success(count)
+        }
+        return state.withLock { state in
             guard !state.closed.contains(eventQueue.rawValue) else { return .failure(.badFileDescriptor) }
             guard var pending = state.eventBytes[eventQueue.rawValue], !pending.isEmpty else { return .success(0) }
             let chunk = pending.removeFirst()
@@ -165,10 +216,18 @@ final class FakeIOMMUFD: IOMMUFDDevice {
         }
     }
 
+    /// The socket itself with `realEventQueues`; otherwise the numbers are not descriptors: not watched.
+    func readinessDescriptor(eventQueue: FileDescriptor) -> FileDescriptor? { realEventQueues ? eventQueue : nil }
+
     func close(eventQueue: FileDescriptor) {
-        state.withLock {
+        let writer = state.withLock {
             $0.closed.append(eventQueue.rawValue)
             $0.journal.append("close(\(eventQueue.rawValue))")
+            return $0.eventWriters.removeValue(forKey: eventQueue.rawValue)
+        }
+        if let writer {
+            _ = Glibc.close(eventQueue.rawValue)
+            _ = Glibc.close(writer)
         }
     }
 

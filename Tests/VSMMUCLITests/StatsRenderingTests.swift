@@ -170,7 +170,8 @@ import VSMMUProtocol
         for figures in vsmmu.viommus {
             let labels = ["vsmmu": id, "viommu": String(figures.index), "psmmu": figures.pSMMU]
             for field in StatField.viommu {
-                #expect(exposition.value(field.prometheusName, labels) == Double(figures[field.key]), "\(field.prometheusName)")
+                #expect(exposition.value(field.prometheusName, labels.merging(field.metricLabels) { a, _ in a }) == Double(figures[field.key]),
+                        "\(field.prometheusName)")
             }
         }
         // The pSMMU series: labelled by pSMMU alone.

@@ -105,7 +105,9 @@ import VSMMUProtocol
 
     @Test func everyCounterHasItsOwnJSONKeyAndMetricName() {
         let all = StatField.daemon + StatField.vsmmu + StatField.viommu
-        let names = all.map(\.prometheusName) + ["vsmmud_uptime_seconds", "vsmmud_vsmmu_info", PrometheusExposition.syncLatencyName]
+        // A series is its name and its field's own labels (`reason` of vsmmud_viommu_events_dropped_total).
+        let names = all.map { $0.prometheusName + $0.metricLabels.sorted { $0.key < $1.key }.map { "{\($0.key)=\($0.value)}" }.joined() }
+            + ["vsmmud_uptime_seconds", "vsmmud_vsmmu_info", PrometheusExposition.syncLatencyName]
         #expect(Set(names).count == names.count)
         for group in [StatField.daemon, StatField.vsmmu, StatField.viommu] {
             #expect(Set(group.map(\.jsonName)).count == group.count)

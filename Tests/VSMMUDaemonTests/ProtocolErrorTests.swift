@@ -41,9 +41,9 @@ import Glibc
         let t = try TestServer()
         defer { t.stop() }
         let client = try t.client(hello: false)
-        // The server speaks versions 1-4: detail its lowest, value its highest.
-        let e = refusal("versions 5…6") { try client.hello(versions: 5...6) }
-        #expect(e?.code == .unsupportedVersion && e?.detail == 1 && e?.value == 4)
+        // The server speaks versions 1-5: detail its lowest, value its highest.
+        let e = refusal("versions 6…7") { try client.hello(versions: 6...7) }
+        #expect(e?.code == .unsupportedVersion && e?.detail == 1 && e?.value == 5)
         try client.hello()
     }
 
