@@ -77,6 +77,7 @@ int vsmmu_client_connect(struct vsmmu_client *client, const char *path)
 }
 
 static void release_queue(struct vsmmu_client_queue *q);
+static void release_event_queue(struct vsmmu_client_event_queue *q);
 
 void vsmmu_client_close(struct vsmmu_client *client)
 {
@@ -88,6 +89,11 @@ void vsmmu_client_close(struct vsmmu_client *client)
 	free(client->queues);
 	client->queues = NULL;
 	client->queue_count = client->queue_capacity = 0;
+	for (size_t i = 0; i < client->event_queue_count; i++)
+		release_event_queue(client->event_queues[i]);
+	free(client->event_queues);
+	client->event_queues = NULL;
+	client->event_queue_count = client->event_queue_capacity = 0;
 	free(client->resumables);
 	free(client->resume_cdevs);
 	client->resumables = NULL;
@@ -421,6 +427,7 @@ static int hello_on_connection(struct vsmmu_client *client, uint64_t id, const c
 			       uint16_t max_version, struct vsmmu_hello_reply *reply);
 static int remap_queues(struct vsmmu_client *client, uint32_t vsmmu_id);
 static void lose_queues(struct vsmmu_client *client, uint32_t vsmmu_id, int why);
+static int remap_event_queues(struct vsmmu_client *client, uint32_t vsmmu_id);
 
 /*
  * After `cause` broke the connection: connects again (backing off), re-sends the HELLO and resumes every
@@ -482,6 +489,9 @@ static int recover(struct vsmmu_client *client, struct backoff *b, int cause, ui
 			/* Its shared queue again, same memory, fresh eventfds (§8.6): the daemon goes on from CONS. */
 			if (rc == 0)
 				rc = remap_queues(client, r->vsmmu_id);
+			/* And its event queue: same memory, a fresh call eventfd (§9.7); the daemon goes on from PROD. */
+			if (rc == 0)
+				rc = remap_event_queues(client, r->vsmmu_id);
 			i++;
 		}
 		if (rc == 0) {
@@ -489,6 +499,9 @@ static int recover(struct vsmmu_client *client, struct backoff *b, int cause, ui
 			for (size_t k = 0; k < client->queue_count; k++)
 				if (!find_resumable(client, client->queues[k]->vsmmu_id))
 					lose_queues(client, client->queues[k]->vsmmu_id, VSMMU_ERR_UNKNOWN_VSMMU);
+			for (size_t k = 0; k < client->event_queue_count; k++)
+				if (!find_resumable(client, client->event_queues[k]->vsmmu_id) && !client->event_queues[k]->lost)
+					client->event_queues[k]->lost = VSMMU_ERR_UNKNOWN_VSMMU;
 			client->reconnects++;
 			return 0;
 		}
@@ -647,6 +660,9 @@ int vsmmu_client_destroy_vsmmu(struct vsmmu_client *client, uint32_t vsmmu_id)
 	int rc = call(client, VSMMU_MSG_DESTROY_VSMMU, &req, sizeof(req), NULL, 0, -1, NULL, 0);
 	if (rc == 0) {
 		lose_queues(client, vsmmu_id, -ESHUTDOWN);
+		for (size_t i = 0; i < client->event_queue_count; i++)
+			if (client->event_queues[i]->vsmmu_id == vsmmu_id && !client->event_queues[i]->lost)
+				client->event_queues[i]->lost = -ESHUTDOWN;
 		forget_resume_cdevs(client, vsmmu_id, 1, 0);
 		forget_resumable(client, vsmmu_id);
 	}
@@ -1227,6 +1243,351 @@ int vsmmu_client_queue_submit_and_wait(struct vsmmu_client_queue *queue, const s
 	return rc ? rc : vsmmu_client_queue_wait(queue, queue->prod);
 }
 
+/* ---- The event queue (PROTOCOL.md §5.17, §5.18, §9) ---------------------------------------------------------
+ *
+ * Concurrency notes. The daemon writes PROD, the slots and state at any moment (and a buggy one anything):
+ * every access below is one C11 atomic load or store of an aligned u32 or u64. PROD is read with acquire, once
+ * per look, into a local and checked (a bit outside index, wrap and bit 31, or more than 2^n ahead of CONS, is
+ * -EPROTO: nothing is read); each slot field is copied once; CONS (kept in q->cons, never read back) is stored
+ * with release after the copy. Before sleeping: vmm_sleeping = 1, a seq_cst fence, PROD and state again (the
+ * daemon stores PROD or state, fences, then reads vmm_sleeping: one side sees the other). */
+
+#define EVENT_FIELD(field) offsetof(struct vsmmu_event_queue_header, field)
+
+static inline _Atomic uint32_t *event_u32(const struct vsmmu_client_event_queue *q, size_t offset)
+{
+	return (_Atomic uint32_t *)(void *)((char *)q->memory + offset);
+}
+
+/* The byte `offset` of the slot of `position`: its index only, so never outside the mapping. */
+static inline void *event_slot_field(const struct vsmmu_client_event_queue *q, uint32_t position, size_t offset)
+{
+	size_t index = position & ((1u << q->log2_entries) - 1);
+	return (char *)q->memory + VSMMU_EVENT_QUEUE_SLOTS_OFFSET + index * VSMMU_EVENT_SLOT_SIZE + offset;
+}
+
+static inline uint32_t event_position_mask(const struct vsmmu_client_event_queue *q) { return (2u << q->log2_entries) - 1; }
+static inline uint32_t event_valid_bits(const struct vsmmu_client_event_queue *q)
+{
+	return event_position_mask(q) | VSMMU_EVENT_QUEUE_OVERFLOW;
+}
+
+static void release_event_queue(struct vsmmu_client_event_queue *q)
+{
+	if (q->memory && q->memory != MAP_FAILED)
+		munmap(q->memory, q->size);
+	if (q->memfd >= 0)
+		close(q->memfd);
+	if (q->call >= 0)
+		close(q->call);
+	free(q);
+}
+
+/* One look at PROD: the events available (0 … 2^n), or -EPROTO for a PROD that cannot be. */
+static int event_look(struct vsmmu_client_event_queue *q)
+{
+	uint32_t prod = atomic_load_explicit(event_u32(q, EVENT_FIELD(prod)), memory_order_acquire);
+	uint32_t available = (prod - q->cons) & event_position_mask(q);
+	if ((prod & ~event_valid_bits(q)) != 0 || available > (1u << q->log2_entries))
+		return -EPROTO;
+	q->prod = prod;
+	return (int)available;
+}
+
+static int event_overflow_pending(const struct vsmmu_client_event_queue *q)
+{
+	return ((q->prod ^ q->cons) & VSMMU_EVENT_QUEUE_OVERFLOW) != 0;
+}
+
+/* MAP_EVENT_QUEUE of `q`'s memory with the call eventfd `call`, on the current connection. */
+static int send_map_event_queue(struct vsmmu_client *client, uint64_t id, struct vsmmu_client_event_queue *q, int call,
+				uint32_t *prod)
+{
+	struct vsmmu_map_event_queue req = { .vsmmu_id = q->vsmmu_id, .log2_entries = q->log2_entries };
+	struct vsmmu_map_event_queue_reply reply;
+	int fds[2] = { q->memfd, call };
+	int rc = call_once_fds(client, id, VSMMU_MSG_MAP_EVENT_QUEUE, &req, sizeof(req), NULL, 0, fds, 2, &reply, sizeof(reply));
+	if (rc == 0 && prod)
+		*prod = reply.prod;
+	return rc;
+}
+
+/* After a reconnect resumed `vsmmu_id`: MAP_EVENT_QUEUE again for its event queue, same memfd, a fresh call
+ * eventfd. A refusal loses that queue; a connection failure is returned (the recovery starts over). */
+static int remap_event_queues(struct vsmmu_client *client, uint32_t vsmmu_id)
+{
+	for (size_t i = 0; i < client->event_queue_count; i++) {
+		struct vsmmu_client_event_queue *q = client->event_queues[i];
+		if (q->vsmmu_id != vsmmu_id || q->lost)
+			continue;
+		int fresh = new_eventfd();
+		if (fresh < 0) {
+			q->lost = fresh;
+			continue;
+		}
+		int rc = send_map_event_queue(client, client->next_request_id++, q, fresh, &q->mapped_prod);
+		if (rc) {
+			close(fresh);
+			if (is_connection_failure(rc) || rc == VSMMU_ERR_SHUTTING_DOWN)
+				return rc;
+			q->lost = rc;
+			continue;
+		}
+		close(q->call);
+		q->call = fresh;
+		q->remaps++;
+	}
+	return 0;
+}
+
+int vsmmu_client_map_event_queue(struct vsmmu_client *client, uint32_t vsmmu_id, uint32_t log2_entries,
+				 struct vsmmu_client_event_queue **queue)
+{
+	if (log2_entries < VSMMU_EVENT_QUEUE_MIN_LOG2_ENTRIES || log2_entries > VSMMU_EVENT_QUEUE_MAX_LOG2_ENTRIES || !queue)
+		return -EINVAL;
+	if (client->event_queue_count == client->event_queue_capacity) {
+		size_t capacity = client->event_queue_capacity ? client->event_queue_capacity * 2 : 4;
+		struct vsmmu_client_event_queue **grown = realloc(client->event_queues, capacity * sizeof(*grown));
+		if (!grown)
+			return -ENOMEM;
+		client->event_queues = grown;
+		client->event_queue_capacity = capacity;
+	}
+	struct vsmmu_client_event_queue *q = calloc(1, sizeof(*q));
+	if (!q)
+		return -ENOMEM;
+	q->client = client;
+	q->vsmmu_id = vsmmu_id;
+	q->log2_entries = log2_entries;
+	q->memfd = q->call = -1;
+	q->memory = MAP_FAILED;
+	q->size = VSMMU_EVENT_QUEUE_SLOTS_OFFSET + ((size_t)VSMMU_EVENT_SLOT_SIZE << log2_entries);
+	q->spin_ns = 2000;
+	int rc = 0;
+	/* Sealed against shrinking as the command queue's memory (mm/memfd.c, memfd_add_seals; mm/shmem.c,
+	 * shmem_setattr refuses the truncation): the daemon's mapping keeps its pages. */
+	q->memfd = memfd_create("vsmmu-events", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (q->memfd < 0)
+		goto fail_errno;
+	while ((rc = ftruncate(q->memfd, (off_t)q->size)) < 0 && errno == EINTR)
+		;
+	if (rc < 0)
+		goto fail_errno;
+	while ((rc = fcntl(q->memfd, F_ADD_SEALS, F_SEAL_SHRINK)) < 0 && errno == EINTR)
+		;
+	if (rc < 0)
+		goto fail_errno;
+	q->memory = mmap(NULL, q->size, PROT_READ | PROT_WRITE, MAP_SHARED, q->memfd, 0);
+	if (q->memory == MAP_FAILED)
+		goto fail_errno;
+	if ((q->call = new_eventfd()) < 0) {
+		rc = q->call;
+		goto fail;
+	}
+	/* The header (§9.1): a new memfd reads as zeros; the configuration line, then PROD = CONS = 0. */
+	atomic_store_explicit(event_u32(q, EVENT_FIELD(magic)), VSMMU_EVENT_QUEUE_MAGIC, memory_order_relaxed);
+	atomic_store_explicit(event_u32(q, EVENT_FIELD(version)), VSMMU_EVENT_QUEUE_VERSION | log2_entries << 16,
+			      memory_order_relaxed);
+	atomic_store_explicit(event_u32(q, EVENT_FIELD(prod)), 0, memory_order_relaxed);
+	atomic_store_explicit(event_u32(q, EVENT_FIELD(cons)), 0, memory_order_release);
+	struct vsmmu_map_event_queue req = { .vsmmu_id = vsmmu_id, .log2_entries = log2_entries };
+	struct vsmmu_map_event_queue_reply reply;
+	int fds[2] = { q->memfd, q->call };
+	/* Not in client->event_queues until mapped: a reconnect during this call re-sends this very request. */
+	rc = call_fds(client, VSMMU_MSG_MAP_EVENT_QUEUE, &req, sizeof(req), NULL, 0, fds, 2, &reply, sizeof(reply));
+	if (rc)
+		goto fail;
+	q->mapped_prod = reply.prod;
+	client->event_queues[client->event_queue_count++] = q;
+	*queue = q;
+	return 0;
+fail_errno:
+	rc = -errno;
+fail:
+	release_event_queue(q);
+	return rc;
+}
+
+int vsmmu_client_unmap_event_queue(struct vsmmu_client *client, struct vsmmu_client_event_queue *queue)
+{
+	/* Out of the list first: a reconnect during UNMAP_EVENT_QUEUE does not map it again. */
+	for (size_t i = 0; i < client->event_queue_count; i++)
+		if (client->event_queues[i] == queue) {
+			client->event_queues[i] = client->event_queues[--client->event_queue_count];
+			break;
+		}
+	int rc = 0;
+	if (!queue->lost) {
+		struct vsmmu_unmap_event_queue req = { .vsmmu_id = queue->vsmmu_id };
+		rc = call(client, VSMMU_MSG_UNMAP_EVENT_QUEUE, &req, sizeof(req), NULL, 0, -1, NULL, 0);
+	}
+	release_event_queue(queue);
+	return rc;
+}
+
+int vsmmu_client_event_read(struct vsmmu_client_event_queue *q, struct vsmmu_event_slot *event)
+{
+	uint32_t available = (q->prod - q->cons) & event_position_mask(q);
+	if (available == 0) {
+		int n = event_look(q);
+		if (n <= 0)
+			return n;
+	}
+	uint32_t at = q->cons;
+	for (unsigned k = 0; k < 4; k++)
+		event->record.w[k] = atomic_load_explicit((_Atomic uint64_t *)event_slot_field(q, at, offsetof(struct vsmmu_event_slot, record) + 8 * k),
+							  memory_order_relaxed);
+	event->sequence = atomic_load_explicit((_Atomic uint64_t *)event_slot_field(q, at, offsetof(struct vsmmu_event_slot, sequence)),
+					       memory_order_relaxed);
+	event->vsmmu_id = atomic_load_explicit((_Atomic uint32_t *)event_slot_field(q, at, offsetof(struct vsmmu_event_slot, vsmmu_id)),
+					       memory_order_relaxed);
+	event->viommu_id = atomic_load_explicit((_Atomic uint32_t *)event_slot_field(q, at, offsetof(struct vsmmu_event_slot, viommu_id)),
+						memory_order_relaxed);
+	event->flags = atomic_load_explicit((_Atomic uint32_t *)event_slot_field(q, at, offsetof(struct vsmmu_event_slot, flags)),
+					    memory_order_relaxed);
+	memset(event->reserved, 0, sizeof(event->reserved));
+	/* The position moves on, the wrap bit flips as the index wraps, OVACKFLG stays. */
+	q->cons = (q->cons & VSMMU_EVENT_QUEUE_OVERFLOW) | ((q->cons + 1) & event_position_mask(q));
+	atomic_store_explicit(event_u32(q, EVENT_FIELD(cons)), q->cons, memory_order_release);
+	return 1;
+}
+
+int vsmmu_client_event_fd(const struct vsmmu_client_event_queue *queue) { return queue->call; }
+
+int vsmmu_client_event_overflow(struct vsmmu_client_event_queue *queue)
+{
+	(void)event_look(queue);
+	return event_overflow_pending(queue);
+}
+
+int vsmmu_client_event_acknowledge_overflow(struct vsmmu_client_event_queue *queue)
+{
+	if (!event_overflow_pending(queue))
+		return 0;
+	queue->cons ^= VSMMU_EVENT_QUEUE_OVERFLOW;
+	atomic_store_explicit(event_u32(queue, EVENT_FIELD(cons)), queue->cons, memory_order_release);
+	return 1;
+}
+
+uint32_t vsmmu_client_event_state(const struct vsmmu_client_event_queue *queue)
+{
+	return atomic_load_explicit(event_u32(queue, EVENT_FIELD(state)), memory_order_acquire);
+}
+
+/* Something to look at: 1 (events, an overflow), -EPROTO (a corrupt PROD), -ESHUTDOWN (stopped), 0 (nothing). */
+static int event_news(struct vsmmu_client_event_queue *q)
+{
+	int n = event_look(q);
+	if (n != 0)
+		return n < 0 ? n : 1;
+	if (event_overflow_pending(q))
+		return 1;
+	if (vsmmu_client_event_state(q) == VSMMU_QUEUE_STATE_STOPPED)
+		return -ESHUTDOWN;
+	return 0;
+}
+
+int vsmmu_client_event_prepare_to_sleep(struct vsmmu_client_event_queue *queue)
+{
+	atomic_store_explicit(event_u32(queue, EVENT_FIELD(vmm_sleeping)), 1, memory_order_relaxed);
+	atomic_thread_fence(memory_order_seq_cst);
+	if (event_news(queue) == 0)
+		return 1;
+	atomic_store_explicit(event_u32(queue, EVENT_FIELD(vmm_sleeping)), 0, memory_order_relaxed);
+	return 0;
+}
+
+void vsmmu_client_event_woke(struct vsmmu_client_event_queue *queue)
+{
+	/* The daemon set O_NONBLOCK on the shared open file: a zero count reads as EAGAIN (fs/eventfd.c,
+	 * eventfd_read), which is fine. */
+	eventfd_clear(queue->call);
+	atomic_store_explicit(event_u32(queue, EVENT_FIELD(vmm_sleeping)), 0, memory_order_relaxed);
+}
+
+/* The event queue's connection failed or its daemon stopped it: with a reconnect policy, one request on the
+ * vSMMU reconnects (resuming it and re-mapping the queue) when the daemon is going away; 0 when it did. */
+static int event_queue_recover(struct vsmmu_client_event_queue *q, int cause)
+{
+	struct vsmmu_client *client = q->client;
+	if (!client->reconnect_enabled || q->lost)
+		return q->lost ? -ESHUTDOWN : cause;
+	uint64_t reconnects = client->reconnects;
+	if (cause == -ECONNRESET) {
+		struct backoff b = { 0 };
+		int rc = recover(client, &b, -ECONNRESET, 0, NULL);
+		if (rc)
+			return rc;
+	} else {
+		struct vsmmu_get_hw_info req = { .vsmmu_id = q->vsmmu_id };
+		struct vsmmu_hw_info_reply reply;
+		(void)call(client, VSMMU_MSG_GET_HW_INFO, &req, sizeof(req), NULL, 0, -1, &reply, sizeof(reply));
+	}
+	if (client->reconnects != reconnects && !q->lost)
+		return 0;
+	return cause;
+}
+
+int vsmmu_client_event_wait(struct vsmmu_client_event_queue *q, int timeout_ms)
+{
+	uint64_t deadline = timeout_ms < 0 ? UINT64_MAX : monotonic_ns() + (uint64_t)timeout_ms * 1000000u;
+	for (;;) {
+		if (q->lost)
+			return -ESHUTDOWN;
+		uint64_t spin_until = monotonic_ns() + q->spin_ns;
+		int news;
+		for (unsigned spins = 0;; spins++) {
+			news = event_news(q);
+			if (news != 0 || ((spins & 31) == 0 && monotonic_ns() >= spin_until))
+				break;
+			cpu_relax();
+		}
+		if (news == -ESHUTDOWN) {
+			int rc = event_queue_recover(q, -ESHUTDOWN);
+			if (rc == -ESHUTDOWN && !q->lost)
+				q->lost = rc; /* stopped for good: later waits say so at once */
+			if (rc)
+				return rc;
+			continue;
+		}
+		if (news != 0)
+			return news;
+		uint64_t now = monotonic_ns();
+		if (now >= deadline)
+			return 0;
+		if (!vsmmu_client_event_prepare_to_sleep(q))
+			continue;
+		q->sleeps++;
+		struct pollfd fds[2] = {
+			{ .fd = q->call, .events = POLLIN },
+			{ .fd = q->client->fd, .events = POLLIN },
+		};
+		uint64_t left_ms = deadline == UINT64_MAX ? 0 : (deadline - now + 999999u) / 1000000u;
+		int timeout = deadline == UINT64_MAX ? -1 : (left_ms > 0x7FFFFFFF ? 0x7FFFFFFF : (int)left_ms);
+		int n;
+		while ((n = poll(fds, 2, timeout)) < 0 && errno == EINTR)
+			;
+		vsmmu_client_event_woke(q);
+		if (n < 0)
+			return -errno;
+		/* The socket readable with no request outstanding: the connection is lost (call is looked at first:
+		 * a daemon that ends the queue writes STOPPED and signals before it closes the connection). */
+		if (!(fds[0].revents & POLLIN) && fds[1].revents && event_news(q) == 0) {
+			int rc = event_queue_recover(q, -ECONNRESET);
+			if (rc)
+				return rc;
+		}
+	}
+}
+
+int vsmmu_client_simulate_dma(struct vsmmu_client *client, const struct vsmmu_simulate_dma *request,
+			      struct vsmmu_simulate_dma_reply *reply)
+{
+	struct vsmmu_simulate_dma_reply ignored;
+	return call(client, VSMMU_MSG_SIMULATE_DMA, request, sizeof(*request), NULL, 0, -1, reply ? reply : &ignored,
+		    sizeof(*reply));
+}
+
 const char *vsmmu_error_name(uint32_t code)
 {
 	switch (code) {
@@ -1247,6 +1608,7 @@ const char *vsmmu_error_name(uint32_t code)
 	case VSMMU_ERR_INVALID_STE: return "INVALID_STE";
 	case VSMMU_ERR_NOT_OWNER: return "NOT_OWNER";
 	case VSMMU_ERR_PERMISSION_DENIED: return "PERMISSION_DENIED";
+	case VSMMU_ERR_UNSUPPORTED: return "UNSUPPORTED";
 	case VSMMU_ERR_BACKEND_FAILURE: return "BACKEND_FAILURE";
 	case VSMMU_ERR_LIMIT_EXCEEDED: return "LIMIT_EXCEEDED";
 	case VSMMU_ERR_SHUTTING_DOWN: return "SHUTTING_DOWN";

@@ -52,7 +52,7 @@ public struct EventQueueProducer: @unchecked Sendable {
     /// A producer over `region` that goes on from the PROD in memory now (read once, with the bits a PROD
     /// may not have cleared: the daemon checked it when it mapped the queue). The sequence goes on from
     /// `lastSequence`, or else from the slot before PROD when that slot is `vsmmu`'s (a re-map after a
-    /// restart, §9.6), or else from 0 (the first event is 1).
+    /// restart, §9.7), or else from 0 (the first event is 1).
     public init(region: EventQueueRegion, vsmmu: UInt32, lastSequence: UInt64? = nil) {
         let geometry = region.geometry
         let prod = region.loadProducer() & geometry.validBits
@@ -141,7 +141,7 @@ public struct EventQueueProducer: @unchecked Sendable {
         return publish()
     }
 
-    /// Stores `state` = STOPPED (§9.6): nothing more is written. The caller signals call whatever this
+    /// Stores `state` = STOPPED (§9.7): nothing more is written. The caller signals call whatever this
     /// returns (a waiter must see the state); the return says whether the VMM sleeps.
     @discardableResult
     public func stop() -> Bool {

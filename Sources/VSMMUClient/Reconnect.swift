@@ -73,7 +73,8 @@ extension VSMMUClient {
     /// After `failure`: connects again (backing off), sends the HELLO the client had sent and RESUME_VSMMU
     /// for every vSMMU it holds a token for (PROTOCOL.md §5.13), then SET_DEV_ID with each VFIO cdev set
     /// by ``setResumeVFIODevice(_:vsmmu:viommu:hostDeviceID:streamID:)`` (§5.14), then MAP_QUEUE for each
-    /// shared queue of a resumed vSMMU (same memfd, fresh eventfds: PROTOCOL.md §8.6), on the new connection.
+    /// shared queue of a resumed vSMMU (same memfd, fresh eventfds: PROTOCOL.md §8.6) and MAP_EVENT_QUEUE for
+    /// each event queue (same memfd, a fresh call eventfd: §9.7), on the new connection.
     /// - Returns: the vSMMUs the new daemon does not know (RESUME_VSMMU answered `UNKNOWN_VSMMU`); their
     ///   tokens are dropped and they join ``lostVSMMUs``.
     /// - Throws: `ETIMEDOUT` (``VSMMUClientError/isReconnectFailure``) after the deadline; an ERROR answer to HELLO or RESUME_VSMMU other than
@@ -119,6 +120,8 @@ extension VSMMUClient {
                 }
                 // Each shared queue of a resumed vSMMU mapped again, same memfd, fresh eventfds (§8.6).
                 try remapSharedQueues(resumed: Set(resumeTokens.keys))
+                // And each event queue: same memfd, a fresh call eventfd (§9.7).
+                try remapEventQueues(resumed: Set(resumeTokens.keys))
                 reconnectCount += 1
                 lostVSMMUs.formUnion(lost)
                 return lost

@@ -71,6 +71,8 @@ public final class VSMMUClient {
     struct ResumeVFIODevice { var viommu: UInt32, hostDeviceID: UInt32, cdev: Int32 }
     /// The shared command queues this client mapped, by vSMMU: mapped again after a reconnect (§8.6).
     var sharedQueues: [VSMMUID: WeakSharedQueue] = [:]
+    /// The event queues this client mapped, by vSMMU: mapped again after a reconnect (§9.7).
+    var eventQueues: [VSMMUID: WeakEventQueue] = [:]
     var decoder = FrameDecoder()
     /// The id the next request gets. Ids stay unique over a client's whole life: a client that reconnects
     /// after a daemon restart starts its new connection where the old one stopped
@@ -297,6 +299,7 @@ public final class VSMMUClient {
     public func destroyVSMMU(_ vsmmu: VSMMUID) throws(VSMMUClientError) {
         _ = try call(.destroyVSMMU(DestroyVSMMU(vsmmu: vsmmu)))
         sharedQueues.removeValue(forKey: vsmmu)?.queue?.dropped()
+        eventQueues.removeValue(forKey: vsmmu)?.queue?.dropped()
         resumeTokens[vsmmu] = nil
         resumeIOMMUFDs[vsmmu] = nil
         resumeVFIODevices[vsmmu] = nil

@@ -12,6 +12,7 @@
 //   vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--shared-queue [--queue-log2 N] [--queue-spin-us US]]
 //           generate [--commands N] [--devices D] [--seed S] [--strict | --lazy]
 //   vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... hw-info   (attach, print the registers, exit)
+//   vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--shared-queue] fault
 //
 // Defaults: socket $VSMMUD_SOCKET or /run/vsmmud/vsmmud.sock; pSMMUs smmu0:0 and smmu1:64 (the daemon's
 // embedded default). Exit status 0 when every reply was what a healthy SMMU would answer.
@@ -27,6 +28,15 @@
 // how long a wait polls CONS before it sleeps on the call eventfd (the client's default: 20). A command the daemon
 // refuses stops the queue: vmm-sim counts the error, prints the record, replaces the command with a CMD_SYNC
 // (as Linux's __arm_smmu_cmdq_skip_err does) and acknowledges. The report names the path it used.
+//
+// --events (protocol version 5) maps the vSMMU's event queue (MAP_EVENT_QUEUE, PROTOCOL.md §9) and prints every
+// event it receives, one line each: vSMMU, viommu, sequence, type, vSID, SSID, address, LOST_BEFORE
+// (--event-log2 N sizes it, default 6). The `fault` scenario always does: it registers a device, links an STE
+// and a CD with an ASID, has the simulated device DMA to an IOVA whose stage-1 walk succeeds (SIMULATE_DMA,
+// walk READ_WRITE: a TLB fill), then plays the guest unmapping it (TLBI_NH_VA of that IOVA and CMD_SYNC,
+// through INVALIDATE or the shared queue) and DMAs again (walk UNMAPPED): the reply must be FAULT
+// F_TRANSLATION with the device's vSID, and that event must arrive through the event queue. Exit status 0 only
+// if it did. It needs a simulated pSMMU (any other answers UNSUPPORTED).
 
 #include "hw_info.h"
 #include "vsmmu_client.h"
@@ -71,6 +81,10 @@ struct run {
 	uint64_t commands, batches, syncs, errors;
 	double *latencies; /* µs per batch that ended in CMD_SYNC */
 	size_t latency_count, latency_capacity;
+	struct vsmmu_client_event_queue *events; /* --events / fault: the vSMMU's event queue, NULL without */
+	int use_events;
+	uint32_t event_log2;
+	uint64_t events_received, events_lost_before, overflows;
 };
 
 static double now_us(void)
@@ -121,6 +135,15 @@ static int setup(struct run *run, const char *socket_path, int reconnect)
 		if (run->queue_spin_us >= 0)
 			run->queue->spin_ns = (uint32_t)run->queue_spin_us * 1000u;
 	}
+	if (run->use_events) {
+		if (run->client.version < 5) {
+			fprintf(stderr, "vmm-sim: the daemon speaks protocol version %u: no event queue (version 5)\n",
+				run->client.version);
+			return 1;
+		}
+		if ((rc = vsmmu_client_map_event_queue(&run->client, run->vsmmu, run->event_log2, &run->events)))
+			return fail(run, "MAP_EVENT_QUEUE", rc);
+	}
 	/* What the guest's SMMU_IDRn will say: what every pSMMU behind the vSMMU supports (version 2). */
 	if (run->client.version < 2) {
 		printf("vmm-sim: the daemon speaks protocol version %u: no GET_HW_INFO, the guest gets the VMM's own ID registers\n",
@@ -164,6 +187,74 @@ static void record_latency(struct run *run, double us)
 		}
 	}
 	run->latencies[run->latency_count++] = us;
+}
+
+/* The SMMUv3 name of an event type (EVTQ_0_ID), or "EVENT(0x..)". */
+static const char *event_name(uint8_t id)
+{
+	switch (id) {
+	case 0x01: return "F_UUT";
+	case 0x02: return "C_BAD_STREAMID";
+	case 0x03: return "F_STE_FETCH";
+	case 0x04: return "C_BAD_STE";
+	case 0x05: return "F_BAD_ATS_TREQ";
+	case 0x06: return "F_STREAM_DISABLED";
+	case 0x07: return "F_TRANS_FORBIDDEN";
+	case 0x08: return "C_BAD_SUBSTREAMID";
+	case 0x09: return "F_CD_FETCH";
+	case 0x0A: return "C_BAD_CD";
+	case 0x0B: return "F_WALK_EABT";
+	case 0x10: return "F_TRANSLATION";
+	case 0x11: return "F_ADDR_SIZE";
+	case 0x12: return "F_ACCESS";
+	case 0x13: return "F_PERMISSION";
+	case 0x20: return "F_TLB_CONFLICT";
+	case 0x21: return "F_CFG_CONFLICT";
+	case 0x24: return "E_PAGE_REQ";
+	default: {
+		static char buf[16];
+		snprintf(buf, sizeof(buf), "EVENT(0x%02x)", id);
+		return buf;
+	}
+	}
+}
+
+/* The event record's fields (SMMUv3 EVTQ_0/EVTQ_2): type [7:0], SSV [11], SSID [31:12], StreamID [63:32]. */
+static uint8_t event_id(const struct vsmmu_event_record *r) { return (uint8_t)(r->w[0] & 0xFF); }
+static uint32_t event_sid(const struct vsmmu_event_record *r) { return (uint32_t)(r->w[0] >> 32); }
+
+/* One line per event: vSMMU, viommu, sequence, type, vSID, SSID, address, LOST_BEFORE. */
+static void print_event(const struct vsmmu_event_slot *e)
+{
+	char ssid[16] = "-";
+	if (e->record.w[0] & (1u << 11))
+		snprintf(ssid, sizeof(ssid), "0x%x", (unsigned)((e->record.w[0] >> 12) & 0xFFFFF));
+	printf("vmm-sim: event vsmmu 0x%08x viommu %u seq %llu %s vsid 0x%x ssid %s address 0x%llx lost_before %u\n",
+	       e->vsmmu_id, e->viommu_id, (unsigned long long)e->sequence, event_name(event_id(&e->record)),
+	       event_sid(&e->record), ssid, (unsigned long long)e->record.w[2], (e->flags & VSMMU_EVENT_LOST_BEFORE) ? 1 : 0);
+}
+
+/* Reads and prints every event published now (no system call); acknowledges an overflow (a VMM would toggle
+ * its guest's EVTQ_PROD.OVFLG). `last` gets the last event read, if any. Returns how many, or -EPROTO. */
+static int drain_events(struct run *run, struct vsmmu_event_slot *last)
+{
+	if (!run->events)
+		return 0;
+	struct vsmmu_event_slot e;
+	int n = 0, rc;
+	while ((rc = vsmmu_client_event_read(run->events, &e)) == 1) {
+		print_event(&e);
+		run->events_received++;
+		run->events_lost_before += (e.flags & VSMMU_EVENT_LOST_BEFORE) != 0;
+		if (last)
+			*last = e;
+		n++;
+	}
+	if (vsmmu_client_event_acknowledge_overflow(run->events)) {
+		run->overflows++;
+		printf("vmm-sim: event queue overflow (events were dropped): acknowledged\n");
+	}
+	return rc < 0 ? rc : n;
 }
 
 /* Publishes one batch on the shared queue and waits for CONS to pass it: every CMD_SYNC in it completed. A
@@ -214,6 +305,8 @@ static int submit(struct run *run, const struct vsmmu_command *commands, uint32_
 	uint32_t has_sync = 0;
 	for (uint32_t i = 0; i < count; i++)
 		has_sync += (commands[i].w[0] & 0xFF) == 0x46;
+	if (run->events)
+		(void)drain_events(run, NULL);
 	if (run->queue)
 		return submit_queue(run, commands, count, has_sync);
 	double start = now_us();
@@ -255,6 +348,12 @@ static void report(struct run *run, const char *mode)
 	       mode, (unsigned long long)run->commands, (unsigned long long)run->batches,
 	       (unsigned long long)run->syncs, (unsigned long long)run->errors, p50, p99,
 	       (unsigned long long)run->client.reconnects, (unsigned long long)run->client.lost_vsmmus);
+	if (run->events) {
+		(void)drain_events(run, NULL);
+		printf("vmm-sim events: %llu received, %llu after lost events, %llu overflows\n",
+		       (unsigned long long)run->events_received, (unsigned long long)run->events_lost_before,
+		       (unsigned long long)run->overflows);
+	}
 	if (run->queue)
 		printf("vmm-sim path: shared queue (%u slots): %llu kicks, %llu sleeps on call, %llu re-maps\n",
 		       1u << run->queue->log2_entries, (unsigned long long)run->queue->kicks,
@@ -263,9 +362,15 @@ static void report(struct run *run, const char *mode)
 		printf("vmm-sim path: socket (INVALIDATE)\n");
 }
 
-/* UNMAP_QUEUE at the end of a run through the shared queue (nothing without one). */
+/* UNMAP_QUEUE and UNMAP_EVENT_QUEUE at the end of a run (nothing without them). */
 static int unmap(struct run *run)
 {
+	if (run->events) {
+		int rc = vsmmu_client_unmap_event_queue(&run->client, run->events);
+		run->events = NULL;
+		if (rc)
+			return fail(run, "UNMAP_EVENT_QUEUE", rc);
+	}
 	if (!run->queue)
 		return 0;
 	int rc = vsmmu_client_unmap_queue(&run->client, run->queue);
@@ -419,6 +524,81 @@ static int generate(struct run *run, uint64_t budget, int devices, int strict)
 	return unmap(run) || run->errors ? 1 : 0;
 }
 
+/* ---- fault ----------------------------------------------------------------------------------- */
+
+static const char *dma_outcome_name(uint32_t outcome)
+{
+	switch (outcome) {
+	case VSMMU_DMA_ATC_HIT: return "ATC_HIT";
+	case VSMMU_DMA_TLB_HIT: return "TLB_HIT";
+	case VSMMU_DMA_TLB_FILL: return "TLB_FILL";
+	case VSMMU_DMA_BYPASSED: return "BYPASSED";
+	case VSMMU_DMA_ABORTED: return "ABORTED";
+	case VSMMU_DMA_FAULT: return "FAULT";
+	default: return "?";
+	}
+}
+
+/*
+ * A device DMAs to an address whose translation the guest just invalidated and unmapped: the guest sees
+ * F_TRANSLATION with the device's vSID, through the event queue. Every step is checked; the summary line says
+ * what happened, and the exit status is 0 only if the event arrived as it should.
+ */
+static int fault_scenario(struct run *run)
+{
+	const uint32_t vsid = 0x10;
+	const uint16_t asid = 0x42;
+	const uint64_t iova = 0x7F001000;
+	struct vsmmu_ste ste = { { 0x4000000000ull | 0xB, 0xD6 } }; /* V, S1_TRANS, S1DSS = SSID0 */
+	struct vsmmu_cd cd = { { (uint64_t)asid << 48 | 1ull << 41 | 1ull << 31 | 0x3510, 0x43805000 } };
+	if (add_device(run, vsid, 0, &ste, &cd))
+		return 1;
+	struct vsmmu_simulate_dma dma = {
+		.vsmmu_id = run->vsmmu, .vsid = vsid, .flags = VSMMU_DMA_WRITE, .iova = iova, .size = 4096,
+		.walk = VSMMU_DMA_WALK_READ_WRITE,
+	};
+	struct vsmmu_simulate_dma_reply reply;
+	int rc = vsmmu_client_simulate_dma(&run->client, &dma, &reply);
+	if (rc)
+		return fail(run, "SIMULATE_DMA (mapped)", rc);
+	printf("vmm-sim: DMA of vSID 0x%x to 0x%llx while mapped: %s\n", vsid, (unsigned long long)iova,
+	       dma_outcome_name(reply.outcome));
+	int ok = reply.outcome == VSMMU_DMA_TLB_FILL;
+	/* The guest unmaps the page: TLBI_NH_VA of that IOVA (leaf), then CMD_SYNC. */
+	struct vsmmu_command unmap_cmds[2] = { cmd(0x12 | (uint64_t)asid << 48, (iova & ~0xFFFull) | 1), CMD_SYNC };
+	if (submit(run, unmap_cmds, 2))
+		return 1;
+	dma.walk = VSMMU_DMA_WALK_UNMAPPED;
+	if ((rc = vsmmu_client_simulate_dma(&run->client, &dma, &reply)))
+		return fail(run, "SIMULATE_DMA (unmapped)", rc);
+	printf("vmm-sim: DMA of vSID 0x%x to 0x%llx after the unmap: %s%s%s\n", vsid, (unsigned long long)iova,
+	       dma_outcome_name(reply.outcome), reply.outcome == VSMMU_DMA_FAULT ? " " : "",
+	       reply.outcome == VSMMU_DMA_FAULT ? event_name(event_id(&reply.event)) : "");
+	ok = ok && reply.outcome == VSMMU_DMA_FAULT && event_id(&reply.event) == 0x10 && event_sid(&reply.event) == vsid;
+	/* The event, through the queue: wait for it (up to 10 s), then read it. */
+	struct vsmmu_event_slot event = { 0 };
+	int received = 0;
+	for (int tries = 0; tries < 100 && !received; tries++) {
+		rc = vsmmu_client_event_wait(run->events, 100);
+		if (rc < 0)
+			return fail(run, "event queue", rc);
+		int n = drain_events(run, &event);
+		if (n < 0)
+			return fail(run, "event queue", n);
+		received = n > 0;
+	}
+	int arrived = received && event_id(&event.record) == 0x10 && event_sid(&event.record) == vsid &&
+		      event.record.w[2] == iova && event.vsmmu_id == run->vsmmu && event.viommu_id == run->psmmus[0].viommu;
+	ok = ok && arrived;
+	printf("vmm-sim fault: %s: DMA after unmap %s, event %s (vsid 0x%x, seq %llu), %llu events received, "
+	       "%llu errors\n", ok ? "ok" : "FAILED", dma_outcome_name(reply.outcome),
+	       arrived ? "F_TRANSLATION arrived through the event queue" : "did not arrive as expected", event_sid(&event.record),
+	       (unsigned long long)event.sequence, (unsigned long long)run->events_received, (unsigned long long)run->errors);
+	if (unmap(run))
+		return 1;
+	return ok && !run->errors ? 0 : 1;
+}
+
 /* ---- main ------------------------------------------------------------------------------------ */
 
 static void usage(void)
@@ -428,7 +608,9 @@ static void usage(void)
 		"               [--shared-queue [--queue-log2 N] [--queue-spin-us US]] replay TRACE.bin STE_CD.csv\n"
 		"       vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--no-reconnect]\n"
 		"               [--shared-queue [--queue-log2 N] [--queue-spin-us US]] generate [--commands N] [--devices D] [--seed S] [--strict|--lazy]\n"
-		"       vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--no-reconnect] hw-info\n");
+		"       vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--no-reconnect] hw-info\n"
+		"       vmm-sim [--socket PATH] [--psmmu NAME:FIRST_HOST_DEVICE]... [--no-reconnect] [--shared-queue] fault\n"
+		"       (--events [--event-log2 N] before any mode: map the event queue and print every event)\n");
 }
 
 int main(int argc, char **argv)
@@ -438,11 +620,21 @@ int main(int argc, char **argv)
 	int i = 1, reconnect = 1;
 	run.queue_log2 = 12;
 	run.queue_spin_us = -1;
+	run.event_log2 = 6;
 	for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
 		if (!strcmp(argv[i], "--no-reconnect")) {
 			reconnect = 0;
 		} else if (!strcmp(argv[i], "--shared-queue")) {
 			run.use_queue = 1;
+		} else if (!strcmp(argv[i], "--events")) {
+			run.use_events = 1;
+		} else if (!strcmp(argv[i], "--event-log2") && i + 1 < argc) {
+			run.event_log2 = (uint32_t)strtoul(argv[++i], NULL, 0);
+			if (run.event_log2 < VSMMU_EVENT_QUEUE_MIN_LOG2_ENTRIES || run.event_log2 > VSMMU_EVENT_QUEUE_MAX_LOG2_ENTRIES) {
+				fprintf(stderr, "vmm-sim: --event-log2 must be %u-%u\n", VSMMU_EVENT_QUEUE_MIN_LOG2_ENTRIES,
+					VSMMU_EVENT_QUEUE_MAX_LOG2_ENTRIES);
+				return 2;
+			}
 		} else if (!strcmp(argv[i], "--queue-spin-us") && i + 1 < argc) {
 			run.queue_spin_us = strtol(argv[++i], NULL, 0);
 			if (run.queue_spin_us < 0 || run.queue_spin_us > 1000000) {
@@ -490,6 +682,18 @@ int main(int argc, char **argv)
 		if (setup(&run, socket_path, reconnect))
 			return 1;
 		int rc = replay(&run, argv[i], argv[i + 1]);
+		vsmmu_client_close(&run.client);
+		return rc;
+	}
+	if (!strcmp(mode, "fault")) {
+		if (i != argc) {
+			usage();
+			return 2;
+		}
+		run.use_events = 1;
+		if (setup(&run, socket_path, reconnect))
+			return 1;
+		int rc = fault_scenario(&run);
 		vsmmu_client_close(&run.client);
 		return rc;
 	}

@@ -24,6 +24,12 @@
  * the data path: commands go into memory shared with the daemon, and a CMD_SYNC completes when the daemon's
  * CONS passes it. A reconnect re-sends MAP_QUEUE with the same memory (and fresh eventfds) after it resumed
  * the queue's vSMMU, so a queue survives a restart of the daemon as its vSMMU does.
+ *
+ * The event queue (vsmmu_client_map_event_queue, protocol version 5, PROTOCOL.md §9) brings the events of the
+ * vSMMU's devices (F_TRANSLATION, C_BAD_STE, ..., with the guest's vSID) into memory shared with the daemon:
+ * read them with vsmmu_client_event_read, poll vsmmu_client_event_fd (the call eventfd) in an event loop or
+ * block in vsmmu_client_event_wait. A reconnect re-sends MAP_EVENT_QUEUE with the same memory (and a fresh
+ * call eventfd) after it resumed the vSMMU, as for the shared queue.
  */
 #ifndef VSMMU_CLIENT_H
 #define VSMMU_CLIENT_H
@@ -51,6 +57,7 @@ struct vsmmu_client_resume_cdev {
 };
 
 struct vsmmu_client_queue;
+struct vsmmu_client_event_queue;
 
 struct vsmmu_client {
 	int fd;
@@ -80,6 +87,8 @@ struct vsmmu_client {
 	size_t resume_cdev_count, resume_cdev_capacity;
 	struct vsmmu_client_queue **queues; /* vsmmu_client_map_queue, re-mapped after a reconnect */
 	size_t queue_count, queue_capacity;
+	struct vsmmu_client_event_queue **event_queues; /* vsmmu_client_map_event_queue, re-mapped too */
+	size_t event_queue_count, event_queue_capacity;
 };
 
 /* Connects to the daemon's Unix socket at `path` (no handshake yet). */
@@ -260,6 +269,80 @@ uint32_t vsmmu_client_queue_cons(const struct vsmmu_client_queue *queue);
  * flags, …), read with one atomic acquire load. Safe from any thread while the queue is mapped: for a
  * monitor or a test watching a wait from outside. 0 for an offset that is not a u32 field's. */
 uint32_t vsmmu_client_queue_load(const struct vsmmu_client_queue *queue, size_t offset);
+
+/* ---- The event queue (protocol version 5, PROTOCOL.md §5.17, §5.18, §9) ----------------------------------- */
+
+/* One vSMMU's event queue, as vsmmu_client_map_event_queue made it. The fields are the client's; read them, do
+ * not write them. */
+struct vsmmu_client_event_queue {
+	struct vsmmu_client *client;
+	uint32_t vsmmu_id;
+	uint32_t log2_entries;
+	int memfd, call;        /* the memory and the call eventfd (the daemon holds its own copies) */
+	void *memory;           /* the mapping: struct vsmmu_event_queue_header, then 2^log2_entries slots */
+	size_t size;
+	uint32_t cons;          /* CONS as this client last stored it, with OVACKFLG (the VMM is its only writer) */
+	uint32_t prod;          /* PROD as last read and found valid, with OVFLG */
+	uint32_t mapped_prod;   /* the PROD MAP_EVENT_QUEUE's (last) reply named */
+	uint32_t spin_ns;       /* how long vsmmu_client_event_wait polls PROD before it sleeps (default 2000) */
+	int lost;               /* 0, or why the queue is gone (negative errno or enum vsmmu_error_code) */
+	uint64_t sleeps;        /* waits that slept on call */
+	uint64_t remaps;        /* MAP_EVENT_QUEUEs re-sent after a reconnect */
+};
+
+/*
+ * MAP_EVENT_QUEUE: gives `vsmmu_id` an event queue of 2^`log2_entries` slots (VSMMU_EVENT_QUEUE_MIN_LOG2_ENTRIES
+ * … VSMMU_EVENT_QUEUE_MAX_LOG2_ENTRIES). The client creates the memory (a memfd sealed against shrinking,
+ * mapped shared) and the call eventfd, writes the header (PROD = CONS = 0) and sends the two fds with the
+ * request. On success `*queue` is owned by the client until vsmmu_client_unmap_event_queue or
+ * vsmmu_client_close. Returns 0, -EINVAL, -errno, or the daemon's error code (UNKNOWN_MESSAGE_TYPE before
+ * version 5; ALREADY_EXISTS when the vSMMU has an event queue; LIMIT_EXCEEDED above event_queue_entries).
+ */
+int vsmmu_client_map_event_queue(struct vsmmu_client *client, uint32_t vsmmu_id, uint32_t log2_entries,
+				 struct vsmmu_client_event_queue **queue);
+/* UNMAP_EVENT_QUEUE, then unmaps the memory, closes the fds and frees `queue` (also when the request failed).
+ * Events not read are dropped with it. Returns the request's result. */
+int vsmmu_client_unmap_event_queue(struct vsmmu_client *client, struct vsmmu_client_event_queue *queue);
+/*
+ * The next event: 1 with `*event` (the slot as the daemon wrote it: record with the guest's vSID, sequence,
+ * vsmmu_id, viommu_id, flags) copied out and CONS stored past it; 0 when there is none now; -EPROTO when PROD
+ * holds a value that cannot be (nothing is read). No system call.
+ */
+int vsmmu_client_event_read(struct vsmmu_client_event_queue *queue, struct vsmmu_event_slot *event);
+/* The call eventfd: readable when the daemon signalled a sleeping reader (after
+ * vsmmu_client_event_prepare_to_sleep returned 1). Changes after a reconnect's re-map. */
+int vsmmu_client_event_fd(const struct vsmmu_client_event_queue *queue);
+/* 1 when events were dropped since the last acknowledgement (PROD.OVFLG != CONS.OVACKFLG, as of one look at
+ * PROD now), else 0. */
+int vsmmu_client_event_overflow(struct vsmmu_client_event_queue *queue);
+/* Acknowledges the overflow: copies OVFLG into CONS bit 31 (the kernel's queue_sync_cons_ovf). 1 when there was
+ * one (toggle the guest's EVTQ_PROD.OVFLG), 0 when not. */
+int vsmmu_client_event_acknowledge_overflow(struct vsmmu_client_event_queue *queue);
+/* The sleep half of PROTOCOL.md §9.5 for an event loop of the caller's: vmm_sleeping = 1, a full fence, a look.
+ * 1: poll vsmmu_client_event_fd, then call vsmmu_client_event_woke; 0: something is new (vmm_sleeping is 0
+ * again). */
+int vsmmu_client_event_prepare_to_sleep(struct vsmmu_client_event_queue *queue);
+/* After the call eventfd was readable (or the sleep ended): clears its count and stores vmm_sleeping = 0. */
+void vsmmu_client_event_woke(struct vsmmu_client_event_queue *queue);
+/* `state` now (VSMMU_QUEUE_STATE_*). */
+uint32_t vsmmu_client_event_state(const struct vsmmu_client_event_queue *queue);
+/*
+ * Blocks until an event, an overflow or a corrupt PROD is there, polling PROD for queue->spin_ns and then
+ * sleeping on the call eventfd and the socket, at most `timeout_ms` (-1: no limit). Returns 1 (read it), 0
+ * (the timeout passed), -ESHUTDOWN (the daemon stopped the queue: UNMAP_EVENT_QUEUE, the vSMMU destroyed, a
+ * daemon that stops without a reconnect policy; or it was lost in a reconnect), -ECONNRESET (the connection
+ * was lost, without a reconnect policy; with one the client reconnects, the queue is re-mapped and the wait
+ * goes on), -EPROTO (a corrupt PROD), or another negative errno.
+ */
+int vsmmu_client_event_wait(struct vsmmu_client_event_queue *queue, int timeout_ms);
+
+/*
+ * SIMULATE_DMA (version 5, PROTOCOL.md §6.4): one access of a simulated device on a vSMMU this client owns.
+ * `reply->outcome` is VSMMU_DMA_*; for VSMMU_DMA_FAULT `reply->event` is the record as the guest sees it, and
+ * the event also reaches the vSMMU's event queue. Returns 0 or an error (UNSUPPORTED: not a simulated pSMMU).
+ */
+int vsmmu_client_simulate_dma(struct vsmmu_client *client, const struct vsmmu_simulate_dma *request,
+			      struct vsmmu_simulate_dma_reply *reply);
 
 /* The name of an error code ("UNKNOWN_STREAM_ID"), or "ERROR(n)". */
 const char *vsmmu_error_name(uint32_t code);
