@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import VSMMUTestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -14,7 +15,7 @@ import Glibc
 
     /// The real daemon on a fresh socket, stopped with SIGTERM by `stop`.
     struct RealDaemon {
-        let process = Process()
+        let process = ChildProcess()
         let path = uniqueSocketPath("vmmsimfault")
 
         init() throws {
