@@ -841,6 +841,48 @@ static void eventfd_clear(int fd)
 		;
 }
 
+/* Room for one more pointer in the array *items of `count` used and *capacity allocated: 0 or -ENOMEM. */
+static int reserve_one(void **items, size_t count, size_t *capacity, size_t element)
+{
+	if (count < *capacity)
+		return 0;
+	size_t grown_capacity = *capacity ? *capacity * 2 : 4;
+	void *grown = realloc(*items, grown_capacity * element);
+	if (!grown)
+		return -ENOMEM;
+	*items = grown;
+	*capacity = grown_capacity;
+	return 0;
+}
+
+/*
+ * The memory of a shared queue: a memfd of `size` bytes sealed with F_SEAL_SHRINK, mapped shared and
+ * writable. The seal (mm/memfd.c, memfd_add_seals) makes shmem refuse any truncation below its size with
+ * EPERM (mm/shmem.c, shmem_setattr), so the daemon's mapping of it never loses its pages under a read
+ * (MAP_QUEUE and MAP_EVENT_QUEUE check it with F_GET_SEALS). Shared and writable on both sides: F_SEAL_SHRINK
+ * does not restrict that, only the write seals would (mm/shmem.c, shmem_mmap), and the client adds none.
+ * Sets *memfd and *memory as it goes (the caller releases them on failure). 0 or -errno.
+ */
+static int make_queue_memory(const char *name, size_t size, int *memfd, void **memory)
+{
+	int rc;
+	*memfd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (*memfd < 0)
+		return -errno;
+	while ((rc = ftruncate(*memfd, (off_t)size)) < 0 && errno == EINTR)
+		;
+	if (rc < 0)
+		return -errno;
+	while ((rc = fcntl(*memfd, F_ADD_SEALS, F_SEAL_SHRINK)) < 0 && errno == EINTR)
+		;
+	if (rc < 0)
+		return -errno;
+	*memory = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, *memfd, 0);
+	if (*memory == MAP_FAILED)
+		return -errno;
+	return 0;
+}
+
 /* A new eventfd (count 0, close-on-exec), or -errno. */
 static int new_eventfd(void)
 {
@@ -928,14 +970,8 @@ int vsmmu_client_map_queue(struct vsmmu_client *client, uint32_t vsmmu_id, uint3
 {
 	if (log2_entries < VSMMU_QUEUE_MIN_LOG2_ENTRIES || log2_entries > VSMMU_QUEUE_MAX_LOG2_ENTRIES || !queue)
 		return -EINVAL;
-	if (client->queue_count == client->queue_capacity) {
-		size_t capacity = client->queue_capacity ? client->queue_capacity * 2 : 4;
-		struct vsmmu_client_queue **grown = realloc(client->queues, capacity * sizeof(*grown));
-		if (!grown)
-			return -ENOMEM;
-		client->queues = grown;
-		client->queue_capacity = capacity;
-	}
+	if (reserve_one((void **)&client->queues, client->queue_count, &client->queue_capacity, sizeof(*client->queues)))
+		return -ENOMEM;
 	struct vsmmu_client_queue *q = calloc(1, sizeof(*q));
 	if (!q)
 		return -ENOMEM;
@@ -946,27 +982,9 @@ int vsmmu_client_map_queue(struct vsmmu_client *client, uint32_t vsmmu_id, uint3
 	q->memory = MAP_FAILED;
 	q->size = VSMMU_QUEUE_SLOTS_OFFSET + ((size_t)sizeof(struct vsmmu_command) << log2_entries);
 	q->spin_ns = 20000;
-	int rc = 0;
-	/* A memfd that can be sealed; F_SEAL_SHRINK (mm/memfd.c, memfd_add_seals) makes shmem refuse any
-	 * truncation below its size with EPERM (mm/shmem.c, shmem_setattr), so the daemon's mapping of it can
-	 * never lose its pages under a read (MAP_QUEUE checks the seal, F_GET_SEALS). */
-	q->memfd = memfd_create("vsmmu-queue", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	if (q->memfd < 0)
-		goto fail_errno;
-	while ((rc = ftruncate(q->memfd, (off_t)q->size)) < 0 && errno == EINTR)
-		;
-	if (rc < 0)
-		goto fail_errno;
-	while ((rc = fcntl(q->memfd, F_ADD_SEALS, F_SEAL_SHRINK)) < 0 && errno == EINTR)
-		;
-	if (rc < 0)
-		goto fail_errno;
-	/* Shared and writable on both sides: F_SEAL_SHRINK does not restrict that, only the write seals would
-	 * (mm/shmem.c, shmem_mmap; mm/memfd.c, memfd_add_seals refuses F_SEAL_WRITE while such a mapping exists),
-	 * and the client adds none. */
-	q->memory = mmap(NULL, q->size, PROT_READ | PROT_WRITE, MAP_SHARED, q->memfd, 0);
-	if (q->memory == MAP_FAILED)
-		goto fail_errno;
+	int rc = make_queue_memory("vsmmu-queue", q->size, &q->memfd, &q->memory);
+	if (rc)
+		goto fail;
 	if ((q->kick = new_eventfd()) < 0 || (q->call = new_eventfd()) < 0) {
 		rc = q->kick < 0 ? q->kick : q->call;
 		goto fail;
@@ -988,8 +1006,6 @@ int vsmmu_client_map_queue(struct vsmmu_client *client, uint32_t vsmmu_id, uint3
 	client->queues[client->queue_count++] = q;
 	*queue = q;
 	return 0;
-fail_errno:
-	rc = -errno;
 fail:
 	release_queue(q);
 	return rc;
@@ -1345,14 +1361,9 @@ int vsmmu_client_map_event_queue(struct vsmmu_client *client, uint32_t vsmmu_id,
 {
 	if (log2_entries < VSMMU_EVENT_QUEUE_MIN_LOG2_ENTRIES || log2_entries > VSMMU_EVENT_QUEUE_MAX_LOG2_ENTRIES || !queue)
 		return -EINVAL;
-	if (client->event_queue_count == client->event_queue_capacity) {
-		size_t capacity = client->event_queue_capacity ? client->event_queue_capacity * 2 : 4;
-		struct vsmmu_client_event_queue **grown = realloc(client->event_queues, capacity * sizeof(*grown));
-		if (!grown)
-			return -ENOMEM;
-		client->event_queues = grown;
-		client->event_queue_capacity = capacity;
-	}
+	if (reserve_one((void **)&client->event_queues, client->event_queue_count, &client->event_queue_capacity,
+			sizeof(*client->event_queues)))
+		return -ENOMEM;
 	struct vsmmu_client_event_queue *q = calloc(1, sizeof(*q));
 	if (!q)
 		return -ENOMEM;
@@ -1363,23 +1374,9 @@ int vsmmu_client_map_event_queue(struct vsmmu_client *client, uint32_t vsmmu_id,
 	q->memory = MAP_FAILED;
 	q->size = VSMMU_EVENT_QUEUE_SLOTS_OFFSET + ((size_t)VSMMU_EVENT_SLOT_SIZE << log2_entries);
 	q->spin_ns = 2000;
-	int rc = 0;
-	/* Sealed against shrinking as the command queue's memory (mm/memfd.c, memfd_add_seals; mm/shmem.c,
-	 * shmem_setattr refuses the truncation): the daemon's mapping keeps its pages. */
-	q->memfd = memfd_create("vsmmu-events", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-	if (q->memfd < 0)
-		goto fail_errno;
-	while ((rc = ftruncate(q->memfd, (off_t)q->size)) < 0 && errno == EINTR)
-		;
-	if (rc < 0)
-		goto fail_errno;
-	while ((rc = fcntl(q->memfd, F_ADD_SEALS, F_SEAL_SHRINK)) < 0 && errno == EINTR)
-		;
-	if (rc < 0)
-		goto fail_errno;
-	q->memory = mmap(NULL, q->size, PROT_READ | PROT_WRITE, MAP_SHARED, q->memfd, 0);
-	if (q->memory == MAP_FAILED)
-		goto fail_errno;
+	int rc = make_queue_memory("vsmmu-events", q->size, &q->memfd, &q->memory);
+	if (rc)
+		goto fail;
 	if ((q->call = new_eventfd()) < 0) {
 		rc = q->call;
 		goto fail;
@@ -1401,8 +1398,6 @@ int vsmmu_client_map_event_queue(struct vsmmu_client *client, uint32_t vsmmu_id,
 	client->event_queues[client->event_queue_count++] = q;
 	*queue = q;
 	return 0;
-fail_errno:
-	rc = -errno;
 fail:
 	release_event_queue(q);
 	return rc;
