@@ -350,9 +350,9 @@ static void report(struct run *run, const char *mode)
 	       (unsigned long long)run->client.reconnects, (unsigned long long)run->client.lost_vsmmus);
 	if (run->events) {
 		(void)drain_events(run, NULL);
-		printf("vmm-sim events: %llu received, %llu after lost events, %llu overflows\n",
+		printf("vmm-sim events: %llu received, %llu after lost events, %llu overflows, %llu re-maps\n",
 		       (unsigned long long)run->events_received, (unsigned long long)run->events_lost_before,
-		       (unsigned long long)run->overflows);
+		       (unsigned long long)run->overflows, (unsigned long long)run->events->remaps);
 	}
 	if (run->queue)
 		printf("vmm-sim path: shared queue (%u slots): %llu kicks, %llu sleeps on call, %llu re-maps\n",

@@ -53,4 +53,16 @@ import Glibc
             #expect(run.output.contains("1 events received, 0 errors"), "\(run.output)")
         }
     }
+
+    /// The C client re-sends MAP_EVENT_QUEUE with the same memory after an automatic reconnect and RESUME
+    /// (PROTOCOL.md §9, restarts), and the restarted daemon accepts it: the replay, killed mid-way, ends with
+    /// zero errors and one re-map of its event queue.
+    @Test(.enabled(if: executablesBuilt, "vsmmud and vmm-sim were not built beside the tests"))
+    func vmmSimsEventQueueIsMappedAgainAfterTheDaemonIsKilledAndTheReplayEndsWithZeroErrors() throws {
+        let result = try ClientReconnectTests().replayAcrossARestart(signal: SIGKILL, label: "evkill", vmmSimArguments: ["--events"])
+        #expect(result.status == 0, "\(result.output)")
+        #expect(result.output.contains(" 0 errors;"), "\(result.output)")
+        #expect(result.output.contains("; 1 reconnects, 0 vSMMUs lost"), "\(result.output)")
+        #expect(result.output.contains("vmm-sim events: 0 received, 0 after lost events, 0 overflows, 1 re-maps"), "\(result.output)")
+    }
 }
