@@ -397,7 +397,7 @@ struct EventQueueTests {
             if finished && consumer.poll().available == 0 { break }
             if rng.next() % 4 == 0 { usleep(UInt32(rng.next() % 80)) }
         }
-        let counts = try await produced.value
+        let counts = await produced.value
         #expect(counts.written + counts.dropped == total)
         #expect(received.count == counts.written)
         var last: UInt64 = 0
