@@ -10,14 +10,11 @@ import Glibc
 /// `posix_spawn` with every descriptor above 2 closed in the child (``vsmmu_spawn``) and reaped by a
 /// thread of its own as soon as it ends.
 ///
-/// Why not `Process`: swift-corelibs-foundation watches each child through a socketpair wrapped in a
-/// `CFSocket` with a data callback, served by its `__CFSocketManager` thread, which reads the socket when
-/// `select` says it is readable. The test process runs an in-process daemon and many clients on other
-/// threads, opening and closing sockets all the time; in one run in 12, a request frame a client had sent
-/// disappeared from its socket whole (the daemon's connection sat at a frame boundary with both socket
-/// queues empty, and a frame injected later with gdb was answered at once), while that manager thread was
-/// in `select` over 2,176 descriptors: a descriptor number that a finished child's socket had used, reused
-/// by the test's socket and read by the manager. Without `Process` no such thread exists.
+/// Why not `Process`: a child started here holds no descriptor of the test process but its standard
+/// streams (a copy of a test's socket in a child would keep its peer from ever seeing end of file), and no
+/// run-loop thread of Foundation watches descriptors in the test process. (It was written while hunting
+/// an intermittent hang in which a request vanished whole from a test's socket; that hang also happened
+/// without any `Process`, so Foundation was not its cause.)
 ///
 /// Concurrency: `run` is called once, before anything else. A reaper thread per child blocks in `waitpid`
 /// and stores the wait status under `finished`, which `isRunning`, `waitUntilExit` and the status read

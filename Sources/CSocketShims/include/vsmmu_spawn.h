@@ -9,9 +9,8 @@
 /// child never holds a copy of another thread's socket or eventfd. Returns 0 and the pid in `pid_out`, or
 /// an errno value (posix_spawn's convention).
 ///
-/// The tests start processes through this rather than Foundation's Process, whose run-loop manager
-/// thread watches a socketpair per child with a CFSocket data callback: a race there read bytes from a
-/// descriptor number that a test's socket had reused, so a request vanished and its client hung.
+/// The tests start every process through this (VSMMUTestSupport's ChildProcess), so no child inherits a
+/// test's socket or eventfd.
 int vsmmu_spawn(const char *path, char *const argv[], char *const envp[], int stdin_fd, int stdout_fd,
                 int stderr_fd, pid_t *pid_out);
 
