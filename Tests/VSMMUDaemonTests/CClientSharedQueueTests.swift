@@ -80,21 +80,6 @@ import Glibc
             return vsmmu_client_queue_error(queue, &e) == 1 ? e : nil
         }
     }
-
-    /// Runs `body` on its own thread; `join` waits for its result (bounded: a hung body fails the test rather
-    /// than hanging it; not a speed assertion).
-    final class Background<T: Sendable>: @unchecked Sendable {
-        private let done = DispatchSemaphore(value: 0)
-        private var result: T?
-        init(_ body: @escaping @Sendable () -> T) {
-            Thread.detachNewThread { [self] in
-                result = body()
-                done.signal()
-            }
-        }
-        func join(seconds: Double = 60) -> T? { done.wait(timeout: .now() + seconds) == .success ? result : nil }
-    }
-
     @Test func syncsCompleteThroughTheSharedQueueAcrossManyWraps() throws {
         let server = try TestServer("cqueue-sync")
         defer { server.stop() }

@@ -221,31 +221,16 @@ import Glibc
 
 /// A thread blocked in ``EventQueue/wait(spinIterations:)``; the test joins it with a deadline.
 final class EventWaiter: @unchecked Sendable {
-    let done = NSCondition()
-    var finished = false
-    var look: EventQueuePoll?
-    var error: VSMMUClientError?
-
+    private let call: BackgroundCall<EventQueuePoll>
     init(_ events: EventQueue) {
         let box = EventQueueBox(events)
-        let thread = Thread { [self] in
-            do throws(VSMMUClientError) { look = try box.events.wait(spinIterations: 0) } catch { self.error = error }
-            done.lock()
-            finished = true
-            done.broadcast()
-            done.unlock()
-        }
-        thread.start()
+        call = BackgroundCall { () throws(VSMMUClientError) in try box.events.wait(spinIterations: 0) }
     }
 
     /// Waits up to `seconds` for the waiter to return; whether it did.
-    func join(seconds: Double = 60) -> Bool {
-        done.lock()
-        defer { done.unlock() }
-        let deadline = Date().addingTimeInterval(seconds)
-        while !finished { if !done.wait(until: deadline) { break } }
-        return finished
-    }
+    func join(seconds: Double = 60) -> Bool { call.join(seconds: seconds) }
+    var look: EventQueuePoll? { call.value }
+    var error: VSMMUClientError? { call.error }
 
     /// Waits until the reader sleeps on call (`vmm_sleeping` = 1), polling the memory.
     static func waitUntilAsleep(_ events: EventQueue) -> Bool {

@@ -102,33 +102,17 @@ import Glibc
 
     static var enabled: Bool { KillNineRestartTests.enabled }
 
-    /// Starts a waiter thread for `queue`'s last submission; returns its box (outcome or error, and `done`).
+    /// A waiter thread for `queue`'s last submission (``BackgroundCall``): its outcome or error once joined.
     final class Waiter: @unchecked Sendable {
-        let done = NSCondition()
-        var finished = false
-        var outcome: SharedQueueWaitOutcome?
-        var error: VSMMUClientError?
-
+        private let call: BackgroundCall<SharedQueueWaitOutcome>
         init(_ queue: SharedCommandQueue, past position: UInt32) throws {
             let box = QueueBox(queue)
-            let thread = Thread { [self] in
-                do throws(VSMMUClientError) { outcome = try box.queue.waitForSync(past: position) } catch { self.error = error }
-                done.lock()
-                finished = true
-                done.broadcast()
-                done.unlock()
-            }
-            thread.start()
+            call = BackgroundCall { () throws(VSMMUClientError) in try box.queue.waitForSync(past: position) }
         }
-
         /// Waits up to `seconds` for the waiter to return; whether it did.
-        func join(seconds: Double = 60) -> Bool {
-            done.lock()
-            defer { done.unlock() }
-            let deadline = Date().addingTimeInterval(seconds)
-            while !finished { if !done.wait(until: deadline) { break } }
-            return finished
-        }
+        func join(seconds: Double = 60) -> Bool { call.join(seconds: seconds) }
+        var outcome: SharedQueueWaitOutcome? { call.value }
+        var error: VSMMUClientError? { call.error }
     }
 
     /// Hands a queue (and its client) to the waiter thread while the test thread does not use them.

@@ -1,3 +1,5 @@
+import Dispatch
+import Foundation
 import Logging
 import Testing
 import PSMMU
@@ -112,4 +114,38 @@ func refusal(_ what: String = "", sourceLocation: SourceLocation = #_sourceLocat
         Issue.record("\(what) failed with \(error)", sourceLocation: sourceLocation)
     }
     return nil
+}
+
+/// Runs `body` on its own thread; `join` waits for its result (bounded: a hung body fails the test rather
+/// than hanging it; not a speed assertion). The one background-thread helper of these tests: the C
+/// client's waiters, the Swift client's queue waiters and event waiters all run on it.
+final class Background<T>: @unchecked Sendable {
+    private let done = DispatchSemaphore(value: 0)
+    private var result: T?
+    init(_ body: @escaping @Sendable () -> T) {
+        Thread.detachNewThread { [self] in
+            result = body()
+            done.signal()
+        }
+    }
+    func join(seconds: Double = 60) -> T? { done.wait(timeout: .now() + seconds) == .success ? result : nil }
+}
+
+/// A client call waited for on a ``Background`` thread: the value it returned or the error it threw, once
+/// joined.
+final class BackgroundCall<Value>: @unchecked Sendable {
+    private let background: Background<Result<Value, VSMMUClientError>>
+    private var result: Result<Value, VSMMUClientError>?
+    init(_ body: @escaping @Sendable () throws(VSMMUClientError) -> Value) {
+        background = Background { Result(catching: body) }
+    }
+    /// Waits up to `seconds` for the call to return; whether it did.
+    func join(seconds: Double = 60) -> Bool {
+        result = background.join(seconds: seconds)
+        return result != nil
+    }
+    /// What it returned, once joined.
+    var value: Value? { if case .success(let value)? = result { return value }; return nil }
+    /// What it threw, once joined.
+    var error: VSMMUClientError? { if case .failure(let error)? = result { return error }; return nil }
 }
