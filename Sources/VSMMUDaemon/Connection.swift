@@ -26,9 +26,15 @@ struct Connection {
     var version: UInt16 = 1
     /// fds received with SCM_RIGHTS and not yet claimed by a frame, oldest first.
     var pendingFileDescriptors: [Int32] = []
-    /// The three fds a MAP_QUEUE frame claimed (memfd, kick, call), for its handler to take; closed after
-    /// the frame when it did not.
+    /// The fds a MAP_QUEUE (memfd, kick, call) or MAP_EVENT_QUEUE (memfd, call) frame claimed, for its
+    /// handler to take (``takeQueueDescriptors()``); closed after the frame when it did not.
     var queueDescriptors: [Int32] = []
+
+    /// Hands the frame's claimed fds to its handler, which owns them from now on.
+    mutating func takeQueueDescriptors() -> [Int32] {
+        defer { queueDescriptors = [] }
+        return queueDescriptors
+    }
     var decoder: FrameDecoder
     var logger: Logger
     /// The reply being written, reused from one request to the next (no allocation per reply).

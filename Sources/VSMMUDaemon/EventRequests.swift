@@ -17,8 +17,7 @@ extension VSMMUServer {
     /// refusal closes both fds and changes nothing.
     func mapEventQueue(_ request: MapEventQueue, connection: inout Connection) throws(ProtocolError) -> Response {
         let type = MessageType.mapEventQueue
-        let fds = connection.queueDescriptors
-        connection.queueDescriptors = []
+        let fds = connection.takeQueueDescriptors()
         var adopted = false
         defer { if !adopted { for fd in fds { _ = Glibc.close(fd) } } }
         guard fds.count == type.fileDescriptorCount else { throw .badFileDescriptor(.missing, type: type) }

@@ -366,8 +366,7 @@ extension VSMMUServer {
     /// eventfds. A refusal closes the three fds and changes nothing.
     func mapQueue(_ request: MapQueue, connection: inout Connection) throws(ProtocolError) -> Response {
         let type = MessageType.mapQueue
-        let fds = connection.queueDescriptors
-        connection.queueDescriptors = []
+        let fds = connection.takeQueueDescriptors()
         var adopted = false
         defer { if !adopted { for fd in fds { _ = Glibc.close(fd) } } }
         guard fds.count == MessageType.mapQueue.fileDescriptorCount else { throw .badFileDescriptor(.missing, type: type) }
