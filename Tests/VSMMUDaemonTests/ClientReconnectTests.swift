@@ -145,7 +145,11 @@ final class ReplyDroppingRelay: @unchecked Sendable {
         return address
     }
 
+    /// Accepts until ``close()`` shuts the listener down (`accept` then fails with `EINVAL`), and closes
+    /// it only then: closed under a loop between two `accept`s, its number could be another test's
+    /// listening socket by the next one.
     private func acceptLoop() {
+        defer { Glibc.close(listener) }
         while true {
             let client = accept(listener, nil, nil)
             if client < 0 {
@@ -169,45 +173,57 @@ final class ReplyDroppingRelay: @unchecked Sendable {
         }
     }
 
-    /// Both ends of one relayed connection, closed once.
+    /// Both ends of one relayed connection. Ending it only shuts the sockets down, which wakes both
+    /// pumps; the descriptors are closed by the last pump to finish. A pump that closed them while the
+    /// other was between two `recv`s would leave that one reading a number the next `socket` or `accept`
+    /// of the process reuses: it would take a frame of another connection whole (64 KiB buffer), which
+    /// that connection's peer then waits for forever: the intermittent hang of `VSMMUDaemonTests`, a
+    /// request or reply gone whole in whichever suite ran beside this one, fits that exactly.
     final class SocketPair: @unchecked Sendable {
         let client: Int32, server: Int32
         private let lock = NSLock()
-        private var closed = false
+        private var shut = false
+        private var pumpsRunning = 2
         init(client: Int32, server: Int32) { self.client = client; self.server = server }
-        func close() {
+        /// Ends the connection: both sockets shut down (once).
+        func end() {
             lock.lock(); defer { lock.unlock() }
-            guard !closed else { return }
-            closed = true
+            guard !shut else { return }
+            shut = true
             shutdown(client, Int32(SHUT_RDWR)); shutdown(server, Int32(SHUT_RDWR))
-            Glibc.close(client); Glibc.close(server)
+        }
+        /// A pump returned: ends the connection; the last one closes both descriptors.
+        func pumpFinished() {
+            end()
+            lock.lock(); defer { lock.unlock() }
+            pumpsRunning -= 1
+            if pumpsRunning == 0 { Glibc.close(client); Glibc.close(server) }
         }
     }
 
     private func pump(from source: Int32, to destination: Int32, pair: SocketPair, drop: () -> Bool) {
+        defer { pair.pumpFinished() }
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
             let count = buffer.withUnsafeMutableBytes { recv(source, $0.baseAddress, $0.count, 0) }
             if count < 0 && errno == EINTR { continue }
-            guard count > 0 else { break }
+            guard count > 0 else { return }
             if drop() { continue }
             var offset = 0
             while offset < count {
                 let sent = buffer.withUnsafeBytes { send(destination, $0.baseAddress! + offset, count - offset, Int32(MSG_NOSIGNAL)) }
                 if sent < 0 && errno == EINTR { continue }
-                guard sent > 0 else { pair.close(); return }
+                guard sent > 0 else { return }
                 offset += sent
             }
         }
-        pair.close()
     }
 
     func close() {
         lock.lock(); defer { lock.unlock() }
         guard !_closed else { return }
         _closed = true
-        shutdown(listener, Int32(SHUT_RDWR))
-        Glibc.close(listener)
+        shutdown(listener, Int32(SHUT_RDWR)) // the accept loop closes it
         unlink(path)
     }
 }
