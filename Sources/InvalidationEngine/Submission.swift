@@ -173,13 +173,24 @@ public final class Submission: @unchecked Sendable {
         self.serial = serial
         routingErrors = routed.errors
         self.onComplete = onComplete
-        syncs.removeAll(keepingCapacity: true)
-        coveredViommus.removeAll(keepingCapacity: true)
+        Self.empty(&syncs)
+        if !coveredViommus.isEmpty { coveredViommus.removeAll(keepingCapacity: true) }
         if !immediateFailures.isEmpty { immediateFailures.removeAll(keepingCapacity: true) }
         storedResult = nil
         remaining.store(1, ordering: .relaxed)
         finished.store(false, ordering: .relaxed)
         return true
+    }
+
+    /// Empties `array`, keeping its capacity. A batch has few CMD_SYNCs (one, from a strict-mode guest):
+    /// popping them is ~20 instructions each, where `removeAll(keepingCapacity:)` goes through the
+    /// generic `replaceSubrange` (~150 for one element).
+    private static func empty<Element>(_ array: inout [Element]) {
+        if array.count <= 8 {
+            while !array.isEmpty { array.removeLast() }
+        } else {
+            array.removeAll(keepingCapacity: true)
+        }
     }
 
     /// Reserves room for `syncs` syncs and the viommus their `fences` cover, so that recording the batch
@@ -245,7 +256,7 @@ public final class Submission: @unchecked Sendable {
     }
 
     /// The failure the guest sees for a command a backend failed.
-    private static func backendFailure(_ command: CommandFailure, on viommu: ViommuIndex, at index: Int) -> SubmissionResult.Failure {
+    static func backendFailure(_ command: CommandFailure, on viommu: ViommuIndex, at index: Int) -> SubmissionResult.Failure {
         .init(index: index, queueError: command.queueError, origin: .backend(viommu), errno: command.errno,
               message: "\(command.command.opcode.name) on \(viommu): \(command.message)")
     }
@@ -359,21 +370,25 @@ public final class Submission: @unchecked Sendable {
     }
 
     private func finish() {
-        guard let result = storedResult else { return }
-        // Read before publishing `finished`: from then on the engine may reuse the submission.
+        guard case .some = storedResult else { return }
+        // Read before publishing `finished`: from then on the engine may reuse the submission. The result
+        // is copied only for an `onComplete` (most submissions are waited for and have none).
         let onComplete = self.onComplete
+        let completed = onComplete == nil ? nil : storedResult
         finished.store(true, ordering: .sequentiallyConsistent)
         // Dekker with `completion()`: we publish `finished`, then look for waiters; a waiter publishes
         // the waiter list, then looks at `finished`. One of us sees the other.
         atomicMemoryFence(ordering: .sequentiallyConsistent)
-        if hasAsyncWaiters.load(ordering: .sequentiallyConsistent), let list = asyncWaiters.load() {
+        // Read after publishing `finished`, but a submission with async waiters is never reused
+        // (``prepareForReuse(batchCount:routed:serial:onComplete:stallLimit:)``).
+        if hasAsyncWaiters.load(ordering: .sequentiallyConsistent), let list = asyncWaiters.load(), let result = storedResult {
             let waiters = list.withLock { waiters -> [CheckedContinuation<SubmissionResult, Never>] in
                 defer { waiters = nil }
                 return waiters ?? []
             }
             for waiter in waiters { waiter.resume(returning: result) }
         }
-        onComplete?(result)
+        if let onComplete, let completed { onComplete(completed) }
     }
 
     // MARK: Observing
@@ -449,15 +464,31 @@ public final class Submission: @unchecked Sendable {
 
     /// The result from the fences' outcomes; the syncs in `abandoned` (expired, fence still pending)
     /// count as failed with CERROR_ABT at their guest index.
-    private func computeResult(abandoned: Set<Int> = [], timeout: Duration = .zero) -> SubmissionResult {
-        var failure: SubmissionResult.Failure?
-        func consider(_ candidate: SubmissionResult.Failure) {
+    /// The failure a batch reports: the earliest in guest order; of two at one index, the first recorded.
+    struct EarliestFailure {
+        private(set) var failure: SubmissionResult.Failure?
+
+        mutating func consider(_ candidate: SubmissionResult.Failure) {
             if let current = failure, current.index <= candidate.index { return }
             failure = candidate
         }
-        if let error = routingErrors.first {
-            consider(.init(index: error.index, queueError: error.queueError, origin: .router, message: error.description))
+    }
+
+    /// The router's refusal as the guest sees it.
+    static func routerFailure(_ error: RoutingError) -> SubmissionResult.Failure {
+        .init(index: error.index, queueError: error.queueError, origin: .router, message: error.description)
+    }
+
+    private func computeResult(abandoned: Set<Int> = [], timeout: Duration = .zero) -> SubmissionResult {
+        // The usual batch: nothing refused, abandoned or failed at once. If no fence failed either, every
+        // sync completed (a sync fails immediately only with a failure in `immediateFailures`).
+        if abandoned.isEmpty, routingErrors.isEmpty, immediateFailures.isEmpty,
+           syncs.allSatisfy({ sync in sync.fence.map { fence in if case .success? = fence.result { true } else { false } } ?? true }) {
+            return SubmissionResult(consumed: batchCount, failure: nil, syncs: syncs.count)
         }
+        var earliest = EarliestFailure()
+        func consider(_ candidate: SubmissionResult.Failure) { earliest.consider(candidate) }
+        if let error = routingErrors.first { consider(Self.routerFailure(error)) }
         for immediate in immediateFailures { consider(immediate) }
         var completedSyncs = 0
         for (slot, sync) in syncs.enumerated() {
@@ -495,7 +526,7 @@ public final class Submission: @unchecked Sendable {
             case nil: break
             }
         }
-        return SubmissionResult(consumed: failure?.index ?? batchCount, failure: failure, syncs: completedSyncs)
+        return SubmissionResult(consumed: earliest.failure?.index ?? batchCount, failure: earliest.failure, syncs: completedSyncs)
     }
 
     /// The viommu of the fence's covered queue `queueIndex`. A fence reports only the queues it was
@@ -505,6 +536,104 @@ public final class Submission: @unchecked Sendable {
         precondition(queueIndex >= 0 && queueIndex < sync.coveredCount,
                      "fence reported covered queue \(queueIndex) of \(sync.coveredCount)")
         return coveredViommus[sync.coveredStart + queueIndex]
+    }
+}
+
+/// Builds a batch's ``Submission`` only once one is needed. While every CMD_SYNC so far completed at once
+/// on idle viommus (``ViommuQueue/executeAndSync(_:)``), the builder only counts them and keeps their
+/// failures (nearly always none); at the first push into a ring, it makes the submission (a recycled
+/// one if the engine has it) and hands it what it kept, in the order it was recorded, so the
+/// submission is the one the engine would have built from the start. A batch that never needs one ends
+/// as ``immediateResult()``: the engine's data path then resets and completes no submission at all.
+///
+/// Used by the engine under its submit lock.
+struct SubmissionBuilder: ~Copyable {
+    let batchCount: Int
+    let routed: RoutedBatch
+    let serial: UInt32
+    let onComplete: (@Sendable (SubmissionResult) -> Void)?
+    let stallLimit: Submission.StallLimit?
+    /// The engine's recycled submission, until it is used (the engine takes back an unused one).
+    var spare: Submission?
+    private(set) var submission: Submission?
+    /// The CMD_SYNCs recorded before the submission existed, and the ordinals of those that failed at once.
+    private var syncCount = 0
+    private var failedSyncs: [Int] = []
+    /// Failures recorded before the submission existed, in order.
+    private var failures: [SubmissionResult.Failure] = []
+
+    init(batchCount: Int, routed: RoutedBatch, serial: UInt32, onComplete: (@Sendable (SubmissionResult) -> Void)?,
+         stallLimit: Submission.StallLimit?, spare: Submission?) {
+        self.batchCount = batchCount
+        self.routed = routed
+        self.serial = serial
+        self.onComplete = onComplete
+        self.stallLimit = stallLimit
+        self.spare = spare
+    }
+
+    /// The submission, made now if it was not yet (reusing the spare when it can), with every sync and
+    /// failure recorded so far.
+    @discardableResult
+    mutating func materialize() -> Submission {
+        if let submission { return submission }
+        let made: Submission
+        var reusable = spare
+        spare = nil
+        if isKnownUniquelyReferenced(&reusable), let reused = reusable,
+           reused.prepareForReuse(batchCount: batchCount, routed: routed, serial: serial, onComplete: onComplete,
+                                  stallLimit: stallLimit) {
+            made = reused
+        } else {
+            made = Submission(batchCount: batchCount, routed: routed, serial: serial, onComplete: onComplete,
+                              stallLimit: stallLimit)
+        }
+        let syncPoints = routed.syncPoints
+        made.reserve(syncs: syncPoints.count, fences: routed.fences.count)
+        for failure in failures { made.recordFailure(failure) }
+        for ordinal in 0..<syncCount {
+            made.addSync(index: syncPoints[ordinal].index, command: syncPoints[ordinal].command, covering: .init(start: nil, count: 0),
+                         queues: [], immediateFailure: failedSyncs.contains(ordinal))
+        }
+        failures = []
+        failedSyncs = []
+        submission = made
+        return made
+    }
+
+    mutating func recordFailure(_ failure: SubmissionResult.Failure) {
+        if let submission { submission.recordFailure(failure) } else { failures.append(failure) }
+    }
+
+    mutating func recordBackendFailure(_ command: CommandFailure, on viommu: ViommuIndex, at index: Int) {
+        recordFailure(Submission.backendFailure(command, on: viommu, at: index))
+    }
+
+    /// ``Submission/addSync(index:command:covering:queues:immediateFailure:)``; a sync with no queue
+    /// (every viommu it covers was synced at once) is only counted while there is no submission.
+    mutating func addSync(index: Int, command: Command, covering covered: UnsafeBufferPointer<ViommuIndex>,
+                          queues: [ViommuQueue], immediateFailure: Bool) {
+        if submission == nil, queues.isEmpty {
+            if immediateFailure { failedSyncs.append(syncCount) }
+            syncCount += 1
+            return
+        }
+        materialize().addSync(index: index, command: command, covering: covered, queues: queues, immediateFailure: immediateFailure)
+    }
+
+    /// The batch's result when no submission was made (every CMD_SYNC completed at once), as the
+    /// submission's own would be: the earliest failure (the router's refusal, then what was recorded),
+    /// the syncs that did not fail. `nil` once a submission exists.
+    mutating func immediateResult() -> SubmissionResult? {  // mutating: called on the engine's var in place, not on a copy
+        guard submission == nil else { return nil }
+        if failures.isEmpty, !routed.hasErrors {
+            return SubmissionResult(consumed: batchCount, failure: nil, syncs: syncCount)
+        }
+        var earliest = Submission.EarliestFailure()
+        if let error = routed.errors.first { earliest.consider(Submission.routerFailure(error)) }
+        for failure in failures { earliest.consider(failure) }
+        return SubmissionResult(consumed: earliest.failure?.index ?? batchCount, failure: earliest.failure,
+                                syncs: syncCount - failedSyncs.count)
     }
 }
 

@@ -141,6 +141,8 @@ public final class VSMMUEngine: Sendable {
     private let submitLock = Locked(SubmitState())
     /// The router's reusable output: only touched while `submitLock` is held.
     nonisolated(unsafe) private let routed = RoutedBatch()
+    /// Per-viommu scratch of a submission being built: only touched while `submitLock` is held.
+    nonisolated(unsafe) private let scratch = SubmitScratch()
     /// The guest command queue's state between batches: a carried failure, the stalled viommus.
     let queueState = GuestQueueState()
 
@@ -495,127 +497,169 @@ public final class VSMMUEngine: Sendable {
     public func submit(_ batch: UnsafeBufferPointer<Command>, policy: RoutingPolicy = .stopAtFirstError,
                        onComplete: (@Sendable (SubmissionResult) -> Void)? = nil) -> Submission {
         submitLock.withLock { (submit: inout SubmitState) -> Submission in
-            let routed = self.routed
-            submit.lastSerial = submit.lastSerial == .max ? 1 : submit.lastSerial &+ 1
-            let serial = submit.lastSerial
-            // Route under the state lock; push, place fences and drain with only the submit lock held.
-            let state = state.withLock { (state: inout State) -> QueueSnapshot in
-                state.vsmmu.route(batch, into: routed, policy: policy)
-                return QueueSnapshot(queueTable: state.queueTable, stopped: state.stopped)
+            guard case .submission(let submission) = submitLocked(&submit, batch, policy: policy, onComplete: onComplete) else {
+                preconditionFailure("a batch submitted with needsSubmission has a Submission")
             }
-            let submission: Submission
-            let stallLimit = configuration.stallTimeout.map { Submission.StallLimit(timeout: $0, queueState: queueState) }
-            var spare = submit.spare
-            submit.spare = nil
-            if isKnownUniquelyReferenced(&spare), let reused = spare,
-               reused.prepareForReuse(batchCount: batch.count, routed: routed, serial: serial, onComplete: onComplete,
-                                      stallLimit: stallLimit) {
-                submission = reused
-            } else {
-                submission = Submission(batchCount: batch.count, routed: routed, serial: serial, onComplete: onComplete,
-                                        stallLimit: stallLimit)
-            }
-            if state.stopped {
-                submission.finishStopped()
-                return submission
-            }
-            let syncPoints = routed.syncPoints
-            submission.reserve(syncs: syncPoints.count, fences: routed.fences.count)
-            // What earlier batches left (one atomic load when nothing): a failure for this batch's first
-            // CMD_SYNC, and viommus whose abandoned CMD_SYNC is pending, which every sync covers.
-            var carried: GuestQueueState.CarriedFailure?
-            var stalled: UInt64 = 0
-            if queueState.needsAttention {
-                if !syncPoints.isEmpty { carried = queueState.takeCarried() }
-                stalled = queueState.stalledViommus
-            }
-            // With a stall limit: viommus this batch gave up pushing to (their ring stayed full).
-            var refused: UInt64 = 0
-            // Each viommu's commands sync point by sync point: on an idle queue executed and synced at once
-            // (``ViommuQueue/executeAndSync(_:)``), else pushed with the sync's fence placed after them.
-            withUnsafeTemporaryAllocation(of: Int.self, capacity: VSMMU.maximumViommus) { pushedUpTo in
-            withUnsafeTemporaryAllocation(of: ViommuIndex.self, capacity: VSMMU.maximumViommus) { covered in
-                pushedUpTo.initialize(repeating: 0)
-                for sync in syncPoints {
-                    let fences = routed.fences(of: sync)
-                    var queues: [ViommuQueue] = []
-                    var coveredCount = 0
-                    var immediateFailure = false
-                    if let failure = carried {
-                        carried = nil
-                        submission.recordFailure(.init(index: sync.index, queueError: failure.queueError,
-                                                       origin: .backend(failure.viommu),
-                                                       message: failure.message + " (an earlier command, reported at this CMD_SYNC)"))
-                        immediateFailure = true
-                    }
-                    for fence in fences {
-                        guard let queue = state.queue(fence.viommu) else { continue }
-                        let start = pushedUpTo[fence.viommu.index]
-                        pushedUpTo[fence.viommu.index] = fence.end
-                        if let limit = stallLimit {
-                            let bit: UInt64 = 1 << UInt64(fence.viommu.index)
-                            guard refused & bit == 0 else { continue }
-                            if !Self.pushWithinStallLimit(routed, fence.viommu, from: start, to: fence.end, into: queue,
-                                                          recording: submission, timeout: limit.timeout) {
-                                // Nothing more goes to it in this batch; the sync still covers what it
-                                // queued (the slot kept for the marker), and is abandoned with it.
-                                refused |= bit
-                                guard Self.room(in: queue) >= 1 else { continue }
-                            }
-                        } else {
-                            if Self.executeAndSync(routed, fence.viommu, from: start, to: fence.end, on: queue,
-                                                   syncIndex: sync.index, recording: submission, failed: &immediateFailure) {
-                                continue
-                            }
-                            Self.push(routed, fence.viommu, from: start, to: fence.end, into: queue, recording: submission)
-                        }
-                        if queues.isEmpty { queues.reserveCapacity(fences.count) }
-                        queues.append(queue)
-                        covered.initializeElement(at: coveredCount, to: fence.viommu)
-                        coveredCount += 1
-                    }
-                    // A CMD_SYNC that covers no viommu of its own is how a guest retries an abandoned
-                    // one (CERROR_ABT leaves CONS at it: __arm_smmu_cmdq_skip_err "retrying command
-                    // fetch"): it covers the stalled viommus, so it cannot succeed before what is queued
-                    // on them. A viommu this batch stopped pushing to stays covered for the batch.
-                    var uncovered = (fences.isEmpty ? stalled : 0) | refused
-                    while uncovered != 0 {
-                        let i = uncovered.trailingZeroBitCount
-                        uncovered &= uncovered - 1
-                        let viommu = ViommuIndex(i)
-                        guard let queue = state.queue(viommu),
-                              !UnsafeBufferPointer(rebasing: covered[..<coveredCount]).contains(viommu) else { continue }
-                        guard Self.waitForRoom(in: queue, atLeast: 1, timeout: stallLimit?.timeout ?? .zero) >= 1 else {
-                            // Not even a marker fits: the queue is as stalled as it was.
-                            submission.recordFailure(Self.stalledFailure(at: sync.index, on: viommu, timeout: stallLimit?.timeout))
-                            immediateFailure = true
-                            continue
-                        }
-                        queues.append(queue)
-                        covered.initializeElement(at: coveredCount, to: viommu)
-                        coveredCount += 1
-                    }
-                    submission.addSync(index: sync.index, command: sync.command,
-                                       covering: UnsafeBufferPointer(rebasing: covered[..<coveredCount]), queues: queues,
-                                       immediateFailure: immediateFailure)
-                }
-                for viommu in routed.touched {
-                    let end = routed.count(for: viommu)
-                    guard end > pushedUpTo[viommu.index], let queue = state.queue(viommu) else { continue }
-                    if let limit = stallLimit {
-                        let bit: UInt64 = 1 << UInt64(viommu.index)
-                        guard refused & bit == 0 else { continue }
-                        _ = Self.pushWithinStallLimit(routed, viommu, from: pushedUpTo[viommu.index], to: end, into: queue,
-                                                      recording: submission, timeout: limit.timeout)
-                    } else {
-                        Self.push(routed, viommu, from: pushedUpTo[viommu.index], to: end, into: queue, recording: submission)
-                    }
-                }
-            }
-            }
-            submission.sealed()
             return submission
         }
+    }
+
+    /// Submits `batch`, waits for it and hands its submission back for reuse: ``submit(_:policy:onComplete:)``,
+    /// ``Submission/wait()`` and ``recycle(_:)`` in one. A batch that completed while it was submitted
+    /// (every viommu it reached was idle: the usual case under an inline drain policy) is recycled under
+    /// the lock the submission took anyway, with no second acquisition and no wait.
+    public func execute(_ batch: UnsafeBufferPointer<Command>, policy: RoutingPolicy = .stopAtFirstError) -> SubmissionResult {
+        let outcome = submitLock.withLock { (submit: inout SubmitState) -> Submitted in
+            switch submitLocked(&submit, batch, policy: policy, onComplete: nil, needsSubmission: false) {
+            case .completed(let result): return .completed(result)
+            case .submission(let submission):
+                guard let result = submission.result else { return .submission(submission) }
+                submit.spare = submission
+                return .completed(result)
+            }
+        }
+        switch outcome {
+        case .completed(let result): return result
+        case .submission(let submission):
+            let result = submission.wait()
+            recycle(submission)
+            return result
+        }
+    }
+
+    /// What ``submitLocked(_:_:policy:onComplete:needsSubmission:)`` made of a batch.
+    private enum Submitted: @unchecked Sendable {
+        /// Every CMD_SYNC of the batch completed while it was submitted, each on idle viommus
+        /// (``ViommuQueue/executeAndSync(_:)``): no ``Submission`` was needed to observe it.
+        case completed(SubmissionResult)
+        case submission(Submission)
+    }
+
+    /// ``submit(_:policy:onComplete:)`` with the submit lock held. Without `needsSubmission`, a batch whose
+    /// every CMD_SYNC completed at once on idle viommus (nothing pushed to a ring, no stall limit, nothing
+    /// carried from an earlier batch) comes back as its result, and no ``Submission`` is made or reset
+    /// for it: ``SubmissionBuilder`` makes one only at the first push.
+    private func submitLocked(_ submit: inout SubmitState, _ batch: UnsafeBufferPointer<Command>, policy: RoutingPolicy,
+                              onComplete: (@Sendable (SubmissionResult) -> Void)?, needsSubmission: Bool = true) -> Submitted {
+        let routed = self.routed
+        submit.lastSerial = submit.lastSerial == .max ? 1 : submit.lastSerial &+ 1
+        let serial = submit.lastSerial
+        // Route under the state lock; push, place fences and drain with only the submit lock held.
+        let state = state.withLock { (state: inout State) -> QueueSnapshot in
+            state.vsmmu.route(batch, into: routed, policy: policy)
+            return QueueSnapshot(queueTable: state.queueTable, stopped: state.stopped)
+        }
+        let stallLimit = configuration.stallTimeout.map { Submission.StallLimit(timeout: $0, queueState: queueState) }
+        var submission = SubmissionBuilder(batchCount: batch.count, routed: routed, serial: serial, onComplete: onComplete,
+                                           stallLimit: stallLimit, spare: submit.spare)
+        submit.spare = nil
+        defer { if let unused = submission.spare { submit.spare = unused } }
+        if state.stopped {
+            let stopped = submission.materialize()
+            stopped.finishStopped()
+            return .submission(stopped)
+        }
+        let syncPoints = routed.syncPoints
+        // A stall limit, and whatever an earlier batch left, take the general path from the start.
+        if stallLimit != nil || queueState.needsAttention { submission.materialize() }
+        // What earlier batches left (one atomic load when nothing): a failure for this batch's first
+        // CMD_SYNC, and viommus whose abandoned CMD_SYNC is pending, which every sync covers.
+        var carried: GuestQueueState.CarriedFailure?
+        var stalled: UInt64 = 0
+        if queueState.needsAttention {
+            if !syncPoints.isEmpty { carried = queueState.takeCarried() }
+            stalled = queueState.stalledViommus
+        }
+        // With a stall limit: viommus this batch gave up pushing to (their ring stayed full).
+        var refused: UInt64 = 0
+        // Each viommu's commands sync point by sync point: on an idle queue executed and synced at once
+        // (``ViommuQueue/executeAndSync(_:)``), else pushed with the sync's fence placed after them.
+        // The engine's own scratch arrays (only touched under the submit lock): no closure, which would
+        // copy the builder it captures.
+        let pushedUpTo = scratch.pushedUpTo
+        let covered = scratch.covered
+        // Read only for viommus the batch touched (every fence's is one of them).
+        for viommu in routed.touched { pushedUpTo.initializeElement(at: viommu.index, to: 0) }
+        for sync in syncPoints {
+            let fences = routed.fences(of: sync)
+            var queues: [ViommuQueue] = []
+            var coveredCount = 0
+            var immediateFailure = false
+            if let failure = carried {
+                carried = nil
+                submission.recordFailure(.init(index: sync.index, queueError: failure.queueError,
+                                               origin: .backend(failure.viommu),
+                                               message: failure.message + " (an earlier command, reported at this CMD_SYNC)"))
+                immediateFailure = true
+            }
+            for fence in fences {
+                guard let queue = state.queue(fence.viommu) else { continue }
+                let start = pushedUpTo[fence.viommu.index]
+                pushedUpTo[fence.viommu.index] = fence.end
+                if let limit = stallLimit {
+                    let bit: UInt64 = 1 << UInt64(fence.viommu.index)
+                    guard refused & bit == 0 else { continue }
+                    if !Self.pushWithinStallLimit(routed, fence.viommu, from: start, to: fence.end, into: queue,
+                                                  recording: submission.materialize(), timeout: limit.timeout) {
+                        // Nothing more goes to it in this batch; the sync still covers what it
+                        // queued (the slot kept for the marker), and is abandoned with it.
+                        refused |= bit
+                        guard Self.room(in: queue) >= 1 else { continue }
+                    }
+                } else {
+                    if Self.executeAndSync(routed, fence.viommu, from: start, to: fence.end, on: queue,
+                                           syncIndex: sync.index, recording: &submission, failed: &immediateFailure) {
+                        continue
+                    }
+                    Self.push(routed, fence.viommu, from: start, to: fence.end, into: queue, recording: submission.materialize())
+                }
+                if queues.isEmpty { queues.reserveCapacity(fences.count) }
+                queues.append(queue)
+                covered.initializeElement(at: coveredCount, to: fence.viommu)
+                coveredCount += 1
+            }
+            // A CMD_SYNC that covers no viommu of its own is how a guest retries an abandoned
+            // one (CERROR_ABT leaves CONS at it: __arm_smmu_cmdq_skip_err "retrying command
+            // fetch"): it covers the stalled viommus, so it cannot succeed before what is queued
+            // on them. A viommu this batch stopped pushing to stays covered for the batch.
+            var uncovered = (fences.isEmpty ? stalled : 0) | refused
+            while uncovered != 0 {
+                let i = uncovered.trailingZeroBitCount
+                uncovered &= uncovered - 1
+                let viommu = ViommuIndex(i)
+                guard let queue = state.queue(viommu),
+                      !UnsafeBufferPointer(rebasing: covered[..<coveredCount]).contains(viommu) else { continue }
+                guard Self.waitForRoom(in: queue, atLeast: 1, timeout: stallLimit?.timeout ?? .zero) >= 1 else {
+                    // Not even a marker fits: the queue is as stalled as it was.
+                    submission.recordFailure(Self.stalledFailure(at: sync.index, on: viommu, timeout: stallLimit?.timeout))
+                    immediateFailure = true
+                    continue
+                }
+                queues.append(queue)
+                covered.initializeElement(at: coveredCount, to: viommu)
+                coveredCount += 1
+            }
+            submission.addSync(index: sync.index, command: sync.command,
+                               covering: UnsafeBufferPointer(rebasing: covered[..<coveredCount]), queues: queues,
+                               immediateFailure: immediateFailure)
+        }
+        for viommu in routed.touched {
+            let end = routed.count(for: viommu)
+            guard end > pushedUpTo[viommu.index], let queue = state.queue(viommu) else { continue }
+            if let limit = stallLimit {
+                let bit: UInt64 = 1 << UInt64(viommu.index)
+                guard refused & bit == 0 else { continue }
+                _ = Self.pushWithinStallLimit(routed, viommu, from: pushedUpTo[viommu.index], to: end, into: queue,
+                                              recording: submission.materialize(), timeout: limit.timeout)
+            } else {
+                Self.push(routed, viommu, from: pushedUpTo[viommu.index], to: end, into: queue,
+                          recording: submission.materialize())
+            }
+        }
+        if !needsSubmission, let result = submission.immediateResult() { return .completed(result) }
+        let built = submission.materialize()
+        built.sealed()
+        return .submission(built)
     }
 
     /// Hands back a submission its caller is done with (it waited for it and drops it), so that a later
@@ -624,6 +668,18 @@ public final class VSMMUEngine: Sendable {
     /// recycling a submission someone still observes is safe (it is then simply not reused).
     public func recycle(_ submission: Submission) {
         submitLock.withLock { $0.spare = submission }
+    }
+
+    /// Where a submission being built keeps, per viommu, how far its commands were pushed, and the
+    /// viommus a sync covers: one allocation for the engine's life.
+    private final class SubmitScratch {
+        let pushedUpTo = UnsafeMutableBufferPointer<Int>.allocate(capacity: VSMMU.maximumViommus)
+        let covered = UnsafeMutableBufferPointer<ViommuIndex>.allocate(capacity: VSMMU.maximumViommus)
+
+        deinit {
+            pushedUpTo.deallocate()
+            covered.deallocate()
+        }
     }
 
     /// The queues a submission pushes to, read under the state lock with the routing.
@@ -647,16 +703,12 @@ public final class VSMMUEngine: Sendable {
     /// failure (at its guest index, or at the sync's for an earlier unsynced command) in `submission`.
     /// Returns `false`, having done nothing, when the queue is busy.
     private static func executeAndSync(_ routed: RoutedBatch, _ viommu: ViommuIndex, from start: Int, to end: Int,
-                                       on queue: ViommuQueue, syncIndex: Int, recording submission: Submission,
+                                       on queue: ViommuQueue, syncIndex: Int, recording submission: inout SubmissionBuilder,
                                        failed: inout Bool) -> Bool {
-        let outcome = routed.withCommands(for: viommu) { commands in
-            queue.executeAndSync(UnsafeBufferPointer(rebasing: commands[start..<end]))
-        }
-        guard let outcome else { return false }
+        let commands = routed.commandBuffer(for: viommu)
+        guard let outcome = queue.executeAndSync(UnsafeBufferPointer(rebasing: commands[start..<end])) else { return false }
         if let failure = outcome.failure {
-            let index = outcome.failedOffset.map { offset in
-                routed.withGuestIndices(for: viommu) { Int($0[start + offset]) }
-            } ?? syncIndex
+            let index = outcome.failedOffset.map { offset in Int(routed.guestIndexBuffer(for: viommu)[start + offset]) } ?? syncIndex
             submission.recordBackendFailure(failure, on: viommu, at: index)
             failed = true
         }
@@ -666,13 +718,11 @@ public final class VSMMUEngine: Sendable {
     private static func push(_ routed: RoutedBatch, _ viommu: ViommuIndex, from start: Int, to end: Int,
                              into queue: ViommuQueue, recording submission: Submission) {
         guard end > start else { return }
-        routed.withCommands(for: viommu) { commands in
-            routed.withGuestIndices(for: viommu) { indices in
-                // Each command carries its guest index in its ring slot: a failure comes back in guest terms.
-                _ = try? queue.push(UnsafeBufferPointer(rebasing: commands[start..<end]),
-                                    tag: { submission.ringTag(guestIndex: indices[start + $0]) })
-            }
-        }
+        let commands = routed.commandBuffer(for: viommu)
+        let indices = routed.guestIndexBuffer(for: viommu)
+        // Each command carries its guest index in its ring slot: a failure comes back in guest terms.
+        _ = try? queue.push(UnsafeBufferPointer(rebasing: commands[start..<end]),
+                            tag: { submission.ringTag(guestIndex: indices[start + $0]) })
     }
 
     /// Free ring slots of `queue`. Only this engine pushes to its queues, under its submit lock, so

@@ -277,9 +277,7 @@ extension VSMMUServer {
             if device.link?.ste.eats == 1 { commands.append(.atcInv(streamID: device.streamID)) }
         }
         commands.append(.sync())
-        let submission = engine.submit(commands)
-        let result = submission.wait()
-        engine.recycle(submission)
+        let result = commands.withUnsafeBufferPointer { engine.execute($0) }
         if let failure = result.failure {
             logger.warning("the invalidation of a restored vSMMU's caches failed", metadata: [
                 "command_index": "\(failure.index)", "cerror": "\(failure.queueError)", "message": "\(failure.message)",

@@ -330,9 +330,7 @@ extension VSMMUServer {
                                  "at most \(limit) commands per INVALIDATE")
         }
         let start = POSIX.monotonicNanoseconds()
-        let submission = served.engine.submit(commands)
-        let result = submission.wait()
-        served.engine.recycle(submission)
+        let result = served.engine.execute(commands)
         let latency = POSIX.monotonicNanoseconds() &- start
         served.statistics.withLock { stats in
             stats.invalidateRequests += 1

@@ -315,9 +315,7 @@ final class SharedQueueService: @unchecked Sendable {
                      pending: PendingFigures) -> SharedQueueBatchOutcome {
             slots.beginServing()
             let start = POSIX.monotonicNanoseconds()
-            let submission = engine.submit(batch)
-            let result = submission.wait()
-            engine.recycle(submission)
+            let result = engine.execute(batch)
             let latency = POSIX.monotonicNanoseconds() &- start
             slots.endServing()
             pending.value.commands &+= UInt64(result.consumed)

@@ -73,6 +73,9 @@ public final class RoutedBatch {
     /// The refused commands (at most one under ``RoutingPolicy/stopAtFirstError``).
     /// (`@exclusivity(unchecked)`: a `RoutedBatch` is used by one thread at a time, like the hot state.)
     @exclusivity(unchecked) public private(set) var errors: [RoutingError] = []
+    /// Whether the router refused a command of this batch: ``errors`` is not empty. Read through the hot
+    /// state, without the access check a class's stored array costs a caller in another module.
+    public var hasErrors: Bool { hot.pointee.hasErrors }
     /// How many guest commands were consumed: the batch's count, or the index of the command that
     /// stopped the queue.
     public var consumed: Int { hot.pointee.consumed }
@@ -87,6 +90,7 @@ public final class RoutedBatch {
         var unsynced = ViommuSet()
         var touched = ViommuSet()
         var consumed = 0
+        var hasErrors = false
         /// Per viommu slot, a region of `regionCapacity` commands and their guest indices.
         var commands: UnsafeMutablePointer<Command>
         var guestIndices: UnsafeMutablePointer<UInt32>
@@ -124,18 +128,28 @@ public final class RoutedBatch {
     /// The number of commands for one viommu.
     public func count(for viommu: ViommuIndex) -> Int { viommu.index < hot.pointee.slots ? counts[viommu.index] : 0 }
 
+    /// The commands for one viommu, in guest order, in the buffer's own memory: valid until the buffer is
+    /// routed into again or freed. Not generic, unlike ``withCommands(for:_:)``: the engine's data path
+    /// calls it from another module, where a generic call would pass its result through value witnesses.
+    public func commandBuffer(for viommu: ViommuIndex) -> UnsafeBufferPointer<Command> {
+        let n = count(for: viommu)
+        return UnsafeBufferPointer(start: n == 0 ? nil : hot.pointee.commands + viommu.index * hot.pointee.regionCapacity, count: n)
+    }
+
+    /// The guest indices of the commands for one viommu, as ``commandBuffer(for:)`` (same lifetime).
+    public func guestIndexBuffer(for viommu: ViommuIndex) -> UnsafeBufferPointer<UInt32> {
+        let n = count(for: viommu)
+        return UnsafeBufferPointer(start: n == 0 ? nil : hot.pointee.guestIndices + viommu.index * hot.pointee.regionCapacity, count: n)
+    }
+
     /// Calls `body` with the commands for one viommu, in guest order, without copying them.
     public func withCommands<R>(for viommu: ViommuIndex, _ body: (UnsafeBufferPointer<Command>) throws -> R) rethrows -> R {
-        let n = count(for: viommu)
-        let start = hot.pointee.commands + viommu.index * hot.pointee.regionCapacity
-        return try body(UnsafeBufferPointer(start: n == 0 ? nil : start, count: n))
+        try body(commandBuffer(for: viommu))
     }
 
     /// Calls `body` with the guest indices of the commands for one viommu.
     public func withGuestIndices<R>(for viommu: ViommuIndex, _ body: (UnsafeBufferPointer<UInt32>) throws -> R) rethrows -> R {
-        let n = count(for: viommu)
-        let start = hot.pointee.guestIndices + viommu.index * hot.pointee.regionCapacity
-        return try body(UnsafeBufferPointer(start: n == 0 ? nil : start, count: n))
+        try body(guestIndexBuffer(for: viommu))
     }
 
     /// The commands for one viommu, copied (empty if it received none).
@@ -165,7 +179,10 @@ public final class RoutedBatch {
         hot.pointee.syncCount = 0
         hot.pointee.fenceCount = 0
         hot.pointee.consumed = 0
-        if !errors.isEmpty { errors.removeAll(keepingCapacity: true) }
+        if hot.pointee.hasErrors {
+            errors.removeAll(keepingCapacity: true)
+            hot.pointee.hasErrors = false
+        }
         if batchCount > hot.pointee.regionCapacity || viommuSlots > hot.pointee.slots {
             var capacity = max(hot.pointee.regionCapacity, 64)
             while capacity < batchCount { capacity <<= 1 }
@@ -253,7 +270,10 @@ public final class RoutedBatch {
         hot.pointee.fenceCapacity = capacity
     }
 
-    func fail(_ error: RoutingError) { errors.append(error) }
+    func fail(_ error: RoutingError) {
+        errors.append(error)
+        hot.pointee.hasErrors = true
+    }
 
     func finish(consumed: Int, cursor: Cursor) {
         hot.pointee.consumed = consumed
