@@ -79,9 +79,12 @@ public final class RoutedBatch {
     /// How many guest commands were consumed: the batch's count, or the index of the command that
     /// stopped the queue.
     public var consumed: Int { hot.pointee.consumed }
-    /// The viommus that received commands after the last sync point.
+    /// The viommus that received commands after the last sync point, in this batch or in the batches
+    /// routed into this buffer before it: the next CMD_SYNC covers them (its fence for a viommu with no
+    /// command of its own batch has `end` 0, so it only waits for what that viommu has queued).
     public var unsynced: ViommuSet { hot.pointee.unsynced }
-    /// The viommus that received commands in this batch.
+    /// The viommus that received commands in this batch, and those one of its CMD_SYNCs covered for
+    /// commands of an earlier batch (``unsynced``).
     public var touched: ViommuSet { hot.pointee.touched }
 
     /// Everything the hot path writes, behind one pointer: writes through it need no dynamic
@@ -175,7 +178,8 @@ public final class RoutedBatch {
     func reset(viommuSlots: Int, batchCount: Int) {
         for v in hot.pointee.touched { counts[v.index] = 0 }
         hot.pointee.touched = ViommuSet()
-        hot.pointee.unsynced = ViommuSet()
+        // `unsynced` is kept: a CMD_SYNC covers every viommu that got commands since the previous
+        // CMD_SYNC, which may have been in an earlier batch (a VMM cuts the guest's queue where it likes).
         hot.pointee.syncCount = 0
         hot.pointee.fenceCount = 0
         hot.pointee.consumed = 0
@@ -278,7 +282,14 @@ public final class RoutedBatch {
     func finish(consumed: Int, cursor: Cursor) {
         hot.pointee.consumed = consumed
         hot.pointee.unsynced = ViommuSet(mask: cursor.unsynced)
-        hot.pointee.touched.mask |= cursor.unsynced
+        // Touched are the viommus with commands of this batch (and, through `sync`, those a CMD_SYNC
+        // covered); one carried unsynced from an earlier batch and not reached by this one is not.
+        var unsynced = cursor.unsynced
+        while unsynced != 0 {
+            let v = unsynced.trailingZeroBitCount
+            unsynced &= unsynced &- 1
+            if counts[v] > 0 { hot.pointee.touched.mask |= 1 &<< UInt64(v) }
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 import CommandRing
-import InvalidationEngine
+@testable import InvalidationEngine
 import PSMMU
 import SMMUv3
 import Testing
@@ -216,5 +216,38 @@ struct ThreePSMMUs {
         let result = setup.engine.submit([.tlbiNHAll(), .sync()]).wait()
         #expect(result.failure?.queueError == .abort)
         #expect(throws: EngineError.stopped) { try setup.engine.attachViommu(pSMMU: "x", backend: RecordingBackend(name: "x")) }
+    }
+
+    /// A VMM cuts the guest's queue where it likes (the shared queue at PROD or every 1,024 commands): a
+    /// CMD_SYNC must cover the commands an earlier batch sent without one. Before the router kept its
+    /// unsynced viommus across batches, `[.sync()]` covered no viommu and completed at once, while viommu
+    /// 1's TLBI still sat in its ring.
+    @Test func aCMDSYNCInTheNextBatchWaitsForTheCommandsTheBatchBeforeLeftWithoutOne() throws {
+        let setup = try ThreePSMMUs(policy: .inline)
+        defer { setup.engine.stop() }
+        let queue = try #require(setup.engine.queue(of: ViommuIndex(1)))
+        guard let role = queue.tryAcquireConsumerRole() else { Issue.record("the consumer role is held"); return }
+        let tail = setup.engine.submit([.tlbiNHASID(asid: 1)])
+        #expect(tail.wait() == SubmissionResult(consumed: 1, failure: nil, syncs: 0))
+        let sync = setup.engine.submit([.tlbiNHVA(asid: 3, address: 0x1000), .sync()])
+        #expect(!sync.isComplete, "the CMD_SYNC waits for viommu 1's TLBI of the batch before")
+        #expect(setup.executed(1).isEmpty)
+        queue.release(role)  // drains viommu 1's ring on this thread
+        #expect(sync.wait() == SubmissionResult(consumed: 2, failure: nil, syncs: 1))
+        #expect(setup.executed(1) == [.tlbiNHASID(asid: 1)])
+        // Covered once: the next CMD_SYNC has nothing left to wait for on viommu 1.
+        let next = setup.engine.submit([.sync()])
+        #expect(next.isComplete)
+    }
+
+    /// The same rule when the earlier batch's command failed: its failure is that later CMD_SYNC's.
+    @Test func aFailureOfACommandSentWithoutACMDSYNCIsReportedByTheNextBatchsCMDSYNC() throws {
+        let setup = try ThreePSMMUs(policy: .drainThread)
+        defer { setup.engine.stop() }
+        setup.backends[1].failing.withLock { $0 = { $0.opcode == .tlbiNHASID } }
+        #expect(setup.engine.submit([.tlbiNHASID(asid: 1)]).wait() == SubmissionResult(consumed: 1, failure: nil, syncs: 0))
+        let result = setup.engine.submit([.sync()]).wait()
+        #expect(result.failure?.index == 0 && result.failure?.origin == .backend(ViommuIndex(1)), "\(result)")
+        #expect(result.syncs == 0)
     }
 }

@@ -445,7 +445,8 @@ struct DifferentialHarness {
         if output.consumed != expected.consumed {
             problems.append("consumed: VSMMU \(output.consumed), model \(expected.consumed)")
         }
-        let touched = Set(expected.commands.filter { !$0.value.isEmpty }.keys)
+        // A viommu is touched by its commands, and by a CMD_SYNC covering what an earlier batch sent it.
+        let touched = Set(expected.commands.filter { !$0.value.isEmpty }.keys).union(expected.syncPoints.flatMap { $0.fences.keys })
         if Self.set(output.touched) != touched {
             problems.append("touched: VSMMU \(output.touched), model \(Self.show(touched))")
         }

@@ -286,9 +286,15 @@ struct ReferenceVSMMU {
         return nil
     }
 
+    /// The viommus that got commands since the last CMD_SYNC, which may be in an earlier batch: the
+    /// next CMD_SYNC covers them.
+    var unsyncedFromEarlierBatches: Set<Int> = []
+
     /// Routes `batch` in guest order under `policy`.
     mutating func route(_ batch: [Command], policy: RoutingPolicy) -> Routing {
         var out = Routing()
+        out.unsynced = unsyncedFromEarlierBatches
+        defer { unsyncedFromEarlierBatches = out.unsynced }
         let attached = Set(viommus.keys)
 
         func deliver(_ command: Command, to v: Int, from index: Int, counters: inout Counters) {
