@@ -88,15 +88,23 @@ func runPingPongPeer(_ arguments: [String]) {
     _ = write(1, "ready\n", 6)
     var last = line.loadProducer()
     var looks = 0
+    var idleLooks = 0
     while true {
         let ping = line.loadProducer()
         if ping != last {
             line.storeConsumer(ping)
             last = ping
+            idleLooks = 0
             continue
         }
         looks &+= 1
+        idleLooks &+= 1
         if looks & 0xFFFF == 0, line.loadErrorAcknowledgement() == 1 { exit(0) }
+        // Spin only while the ping-pong side runs (pings come back to back then): idle for ~1 ms of
+        // looks, sleep between looks. Spinning through the other sides' slices took one of the machine's
+        // two CPUs from the daemon and the VMM for the whole run: ~10 % of the queue's syncs missed the
+        // consumer's poll window and paid a kick and a wake-up. A slice's 10-ms warm-up wakes it.
+        if idleLooks > 1_000_000 { usleep(200) }
     }
 }
 
@@ -221,6 +229,15 @@ private func queueBenchEngine(stes: [StreamTableEntry], cds: [ContextDescriptor]
     return engine
 }
 
+/// The queue STATS `e2e-queue` prints per cell (the daemon's own account of its consumer's sleeps).
+let queueStatisticsKeys: [String] = ["syncs", "kicks", "calls", "polls caught", "polls missed"]
+
+/// The vSMMU's queue counters, in the order of ``queueStatisticsKeys``; `nil` if STATS failed.
+func queueStatistics(_ client: VSMMUClient, _ vsmmu: VSMMUID) -> [UInt64]? {
+    guard let stats = try? client.stats(vsmmu: vsmmu) else { return nil }
+    return [StatKey.queueSyncs, .queueKicks, .queueCalls, .queuePollsCaught, .queuePollsMissed].map { stats.value($0) ?? 0 }
+}
+
 /// One shared-queue sync: submits `batch` and waits for CONS to pass its CMD_SYNC; checks the outcome.
 func e2eQueueRoundTrip(_ queue: SharedCommandQueue, _ batch: [Command]) {
     do {
@@ -310,14 +327,20 @@ func runSharedQueueBenchmark(requestPollMicroseconds: Int, drainPolicy: String =
             },
             QueueSide(name: "engine", commandsPerRoundTrip: size, usesDaemon: false) { engineRoundTrip(engine, batch) },
         ]
-        if size == 1 {
+        // `VSMMUD_BENCH_SKIP=engine` or `=socket` leaves that side (and the ping-pong) out of the cells: to
+        // see what one side does to the others' tails.
+        let skip = ProcessInfo.processInfo.environment["VSMMUD_BENCH_SKIP"]
+        sides.removeAll { $0.name == skip }
+        if size == 1 && skip == nil {
             sides.append(QueueSide(name: "ping-pong", commandsPerRoundTrip: 0, usesDaemon: false) {
                 sequence &+= 1
                 line.storeProducer(sequence)
                 while line.loadConsumer() != sequence {}
             })
         }
+        let statsBefore = queueStatistics(queueClient, queue.vsmmu)
         let results = queueRunInterleaved(sides, seconds: cellSeconds, daemon: daemon.pid)
+        let statsAfter = queueStatistics(queueClient, queue.vsmmu)
         for (side, result) in zip(sides, results) {
             byBatch[size, default: [:]][side.name] = result
             let rate = side.commandsPerRoundTrip == 0 ? "-" : e2eRate(Double(result.samples.count * side.commandsPerRoundTrip) / result.seconds)
@@ -327,6 +350,10 @@ func runSharedQueueBenchmark(requestPollMicroseconds: Int, drainPolicy: String =
                 : "-"
             print(column("\(size)", 6) + column(side.name, 10) + column(us(result.p50), 8) + column(us(result.p99), 8) + column(rate, 11)
                   + column("\(result.samples.count)", 9) + cpu)
+        }
+        if let statsBefore, let statsAfter {
+            print("      queue STATS over the cell: " + zip(queueStatisticsKeys, zip(statsBefore, statsAfter))
+                .map { "\($0.0) \($0.1.1 &- $0.1.0)" }.joined(separator: ", "))
         }
     }
 
