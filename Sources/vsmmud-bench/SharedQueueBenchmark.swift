@@ -184,6 +184,7 @@ private struct QueueSideResult {
 
 /// Runs each side for `seconds / rounds` per round, `rounds` rounds, in turn; samples sorted.
 private func queueRunInterleaved(_ sides: [QueueSide], seconds: Double, rounds: Int = 5, daemon: Int32) -> [QueueSideResult] {
+    let printsSlices = ProcessInfo.processInfo.environment["VSMMUD_BENCH_SLICES"] == "1"
     var results = Array(repeating: QueueSideResult(), count: sides.count)
     let slice = UInt64(seconds / Double(rounds) * 1e9)
     for _ in 0..<rounds {
@@ -203,6 +204,11 @@ private func queueRunInterleaved(_ sides: [QueueSide], seconds: Double, rounds: 
             }
             let elapsed = benchNow() - start
             let after = processCPU(daemon)
+            // `VSMMUD_BENCH_SLICES=1`: each slice's p50, to tell a state of the whole run from one of a slice.
+            if printsSlices, !local.isEmpty {
+                let sorted = local.sorted()
+                print("      slice \(side.name): p50 \(us(Double(sorted[sorted.count / 2]) / 1000)) µs")
+            }
             results[i].samples += local
             results[i].seconds += Double(elapsed) / 1e9
             results[i].daemonStat += after.stat &- before.stat
