@@ -101,9 +101,11 @@ extension SimulatedSMMUState {
         /// ``badSubstream(_:_:)``.)
         func event(_ id: EventID) -> DMAOutcome {
             switch id {
-            case .badSTE, .streamDisabled:
+            case .streamDisabled:
                 return .fault(EventRecord(id: id, streamID: sid))
-            case .badCD:
+            case .badSTE, .badCD:
+                // C_BAD_STE carries SSV and the SubstreamID of the transaction (SMMUv3 §7.3.4; QEMU's
+                // `smmuv3_record_event` sets both from `c_bad_ste`), as C_BAD_CD does.
                 return .fault(EventRecord(id: id, streamID: sid, substreamID: substreamID))
             default:
                 var record = EventRecord(id: id, streamID: sid, substreamID: substreamID, inputAddress: address)

@@ -110,7 +110,7 @@ import Testing
 
         #expect(event.id == .badSTE)
         #expect(event.streamID == 0x101)
-        #expect(event.substreamID == nil, "C_BAD_STE records the StreamID only")
+        #expect(event.substreamID == 1, "C_BAD_STE records SSV and the SubstreamID (SMMUv3 §7.3.4)")
         #expect(event.inputAddress == 0)
     }
 

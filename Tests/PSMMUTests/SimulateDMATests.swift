@@ -178,7 +178,7 @@ final class FirstTime: @unchecked Sendable {
 
     // MARK: Configuration errors
 
-    @Test func aReservedS1FmtIsCBadSTEWithTheStreamIDOnly() throws {
+    @Test func aReservedS1FmtIsCBadSTEWithTheStreamIDAndTheTransactionsSubstreamIDLikeQEMUsRecordEvent() throws {
         let viommu = try guest(s1STE(cdMax: 2, format: S1Format(rawValue: 3)))
         let sink = RecordingSink()
         smmu.setEventSink(sink)
@@ -187,7 +187,7 @@ final class FirstTime: @unchecked Sendable {
 
         let record = try forwarded(sink, viommu)
         #expect(record.id == .badSTE)
-        #expect(record.substreamID == nil && record.inputAddress == 0)
+        #expect(record.substreamID == 1 && record.inputAddress == 0)
     }
 
     @Test func noSubstreamIDWithS1DSSTerminateIsFStreamDisabled() throws {
