@@ -142,7 +142,7 @@ public final class EventQueue {
             guard isMapped else { return EventQueuePoll(available: 0, overflow: false, state: EventQueueLayout.State.stopped.rawValue) }
             for _ in 0...spins {
                 let look = consumer.poll()
-                if look.hasNews { return try settled(look) }
+                if look.hasNews, let answer = try settled(look) { return answer }
             }
             guard consumer.prepareToSleep() else { continue }
             var fds = [pollfd(fd: readinessFD, events: Int16(POLLIN), revents: 0),
@@ -163,8 +163,9 @@ public final class EventQueue {
     }
 
     /// A look that found news: a STOPPED queue whose connection then closes too (the daemon stopping) is
-    /// recovered with a reconnect policy; otherwise the look is the answer.
-    private func settled(_ look: EventQueuePoll) throws(VSMMUClientError) -> EventQueuePoll {
+    /// recovered with a reconnect policy, and the wait goes on (`nil`), as after a lost connection;
+    /// otherwise the look is the answer.
+    private func settled(_ look: EventQueuePoll) throws(VSMMUClientError) -> EventQueuePoll? {
         guard look.isStopped, look.available == 0, client.reconnect != nil else { return look }
         var fds = [pollfd(fd: client.fileDescriptor, events: Int16(POLLIN), revents: 0)]
         let closing: Bool
@@ -173,7 +174,7 @@ public final class EventQueue {
         }
         guard closing else { return look }
         try connectionLost(.connectionClosed)
-        return consumer.poll()
+        return nil
     }
 
     /// The connection is gone: reconnect, resume and re-map with a policy (§9.7), else throw.

@@ -183,6 +183,81 @@ import Glibc
         #expect(events.isMapped)
     }
 
+    // MARK: A real daemon process: a waiter when the daemon goes
+
+    /// A daemon killed with SIGKILL writes no STOPPED: the sleeping waiter wakes on its socket's end of
+    /// stream and, without a reconnect policy, fails with `connectionClosed` (`EventQueue.wait`'s socket arm).
+    @Test(.enabled(if: KillNineRestartTests.enabled, "vsmmud was not built beside the tests"))
+    func aWaiterWithoutAReconnectPolicyFailsWithConnectionClosedWhenTheDaemonIsKilled() throws {
+        let socket = uniqueSocketPath("evwaitkill")
+        let directory = temporaryStateDirectory("evwaitkill")
+        defer { removeStateDirectory(directory) }
+        let daemon = try KillNineRestartTests().startDaemon(socket: socket, stateDirectory: directory)
+        defer { if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) } }
+        let client = try VSMMUClient(socketPath: socket)
+        try client.hello(name: "events-wait-kill")
+        let vsmmu = try Self.vsmmu(client)
+        let events = try client.mapEventQueue(vsmmu: vsmmu, log2Entries: 4)
+        let waiter = EventWaiter(events)
+        #expect(EventWaiter.waitUntilAsleep(events))
+        kill(daemon.processIdentifier, SIGKILL)
+        daemon.waitUntilExit()
+        try #require(waiter.join(), "the waiter did not return")
+        #expect(waiter.error == .connectionClosed, "\(String(describing: waiter.error))")
+        #expect(events.region.loadState() == EventQueueLayout.State.running.rawValue, "nobody wrote STOPPED")
+    }
+
+    /// A daemon that stops (SIGTERM) writes STOPPED, signals call and closes the connection. A waiter with a
+    /// reconnect policy takes the stop followed by the end of the connection as the daemon going (§9.7), not
+    /// as the end of the queue: it reconnects to the next daemon, which resumes the vSMMU and maps the same
+    /// memory again (`state` = RUNNING), and it goes back to sleep on the new call eventfd. The test sees
+    /// that in the shared memory only (it never uses the client while the waiter polls its socket), then
+    /// wakes the waiter the way a daemon would, and an event raised afterwards has the next sequence.
+    @Test(.enabled(if: KillNineRestartTests.enabled, "vsmmud was not built beside the tests"))
+    func aWaiterWithAReconnectPolicyRidesOutADaemonThatStopsAndSleepsOnTheNextOnesMapping() throws {
+        let socket = uniqueSocketPath("evwaitstop")
+        let directory = temporaryStateDirectory("evwaitstop")
+        defer { removeStateDirectory(directory) }
+        let restart = KillNineRestartTests()
+        let first = try restart.startDaemon(socket: socket, stateDirectory: directory)
+        defer { if first.isRunning { kill(first.processIdentifier, SIGKILL) } }
+        let client = try VSMMUClient(socketPath: socket, reconnect: KillNineRestartTests.reconnect)
+        try client.hello(name: "events-wait-stop")
+        let vsmmu = try Self.vsmmu(client)
+        let events = try client.mapEventQueue(vsmmu: vsmmu, log2Entries: 6)
+        _ = try Self.fault(client, vsmmu)
+        #expect(Self.arrives(events))
+        #expect(events.drain().map(\.sequence) == [1])
+        let waiter = EventWaiter(events)
+        #expect(EventWaiter.waitUntilAsleep(events))
+        kill(first.processIdentifier, SIGTERM)
+        first.waitUntilExit()
+        #expect(events.region.loadState() == EventQueueLayout.State.stopped.rawValue, "the stopping daemon wrote STOPPED")
+        #expect(!waiter.join(seconds: 0.5), "a stop followed by the connection's end is not the end of the wait")
+        #expect(events.region.loadVMMSleeping() == 0, "the waiter woke and is reconnecting")
+        let second = try restart.startDaemon(socket: socket, stateDirectory: directory)
+        defer { if second.isRunning { kill(second.processIdentifier, SIGKILL) } }
+        var remapped = false
+        eventually { remapped = events.region.loadState() == EventQueueLayout.State.running.rawValue; return remapped }
+        try #require(remapped, "the new daemon did not map the queue again")
+        #expect(EventWaiter.waitUntilAsleep(events), "the waiter sleeps again, on the new mapping")
+        #expect(!waiter.join(seconds: 0.2), "nothing to read yet: the wait goes on")
+        // Wake it as a daemon that ends the queue would: STOPPED, then call (the re-map's new eventfd).
+        events.region.storeState(.stopped)
+        EventQueueRegion.fullFence()
+        #expect(try SystemCall.writeEvent(events.readinessFD))
+        try #require(waiter.join(), "the waiter did not return")
+        #expect(waiter.error == nil, "\(String(describing: waiter.error))")
+        #expect(waiter.look?.isStopped == true)
+        #expect(client.reconnectCount == 1 && events.remapCount == 1 && events.isMapped)
+        let record = try #require(try Self.fault(client, vsmmu, page: 0x7F002))
+        #expect(Self.arrives(events))
+        let entry = try #require(events.next())
+        #expect(entry.record == record && entry.sequence == 2)
+        kill(second.processIdentifier, SIGTERM)
+        second.waitUntilExit()
+    }
+
     // MARK: A real daemon process: the re-map after a restart
 
     @Test(.enabled(if: KillNineRestartTests.enabled, "vsmmud was not built beside the tests"))
