@@ -6,6 +6,7 @@ import Testing
 import VSMMUClient
 import VSMMUProtocol
 import VSMMUSystem
+import VSMMUTestSupport
 
 #if canImport(Glibc)
 import Glibc
@@ -215,28 +216,15 @@ import Glibc
     /// wakes the waiter the way a daemon would, and an event raised afterwards has the next sequence.
     @Test(.enabled(if: KillNineRestartTests.enabled, "vsmmud was not built beside the tests"))
     func aWaiterWithAReconnectPolicyRidesOutADaemonThatStopsAndSleepsOnTheNextOnesMapping() throws {
-        let socket = uniqueSocketPath("evwaitstop")
-        let directory = temporaryStateDirectory("evwaitstop")
-        defer { removeStateDirectory(directory) }
-        let restart = KillNineRestartTests()
-        let first = try restart.startDaemon(socket: socket, stateDirectory: directory)
-        defer { if first.isRunning { kill(first.processIdentifier, SIGKILL) } }
-        let client = try VSMMUClient(socketPath: socket, reconnect: KillNineRestartTests.reconnect)
-        try client.hello(name: "events-wait-stop")
-        let vsmmu = try Self.vsmmu(client)
-        let events = try client.mapEventQueue(vsmmu: vsmmu, log2Entries: 6)
-        _ = try Self.fault(client, vsmmu)
-        #expect(Self.arrives(events))
-        #expect(events.drain().map(\.sequence) == [1])
+        let f = try RestartedEventQueue(label: "evwaitstop")
+        let (client, vsmmu, events) = (f.client, f.vsmmu, f.events)
         let waiter = EventWaiter(events)
         #expect(EventWaiter.waitUntilAsleep(events))
-        kill(first.processIdentifier, SIGTERM)
-        first.waitUntilExit()
+        f.endDaemon(SIGTERM)
         #expect(events.region.loadState() == EventQueueLayout.State.stopped.rawValue, "the stopping daemon wrote STOPPED")
         #expect(!waiter.join(seconds: 0.5), "a stop followed by the connection's end is not the end of the wait")
         #expect(events.region.loadVMMSleeping() == 0, "the waiter woke and is reconnecting")
-        let second = try restart.startDaemon(socket: socket, stateDirectory: directory)
-        defer { if second.isRunning { kill(second.processIdentifier, SIGKILL) } }
+        try f.startDaemon()
         var remapped = false
         eventually { remapped = events.region.loadState() == EventQueueLayout.State.running.rawValue; return remapped }
         try #require(remapped, "the new daemon did not map the queue again")
@@ -254,32 +242,18 @@ import Glibc
         #expect(Self.arrives(events))
         let entry = try #require(events.next())
         #expect(entry.record == record && entry.sequence == 2)
-        kill(second.processIdentifier, SIGTERM)
-        second.waitUntilExit()
+        f.endDaemon(SIGTERM)
     }
 
     // MARK: A real daemon process: the re-map after a restart
 
     @Test(.enabled(if: KillNineRestartTests.enabled, "vsmmud was not built beside the tests"))
     func afterADaemonKilledAndRestartedTheClientMapsTheSameMemoryAgainAndTheSequenceGoesOn() throws {
-        let socket = uniqueSocketPath("evswiftremap")
-        let directory = temporaryStateDirectory("evswiftremap")
-        defer { removeStateDirectory(directory) }
-        let restart = KillNineRestartTests()
-        let first = try restart.startDaemon(socket: socket, stateDirectory: directory)
-        defer { if first.isRunning { kill(first.processIdentifier, SIGKILL) } }
-        let client = try VSMMUClient(socketPath: socket, reconnect: KillNineRestartTests.reconnect)
-        try client.hello(name: "events-swift-remap")
-        let vsmmu = try Self.vsmmu(client)
-        let events = try client.mapEventQueue(vsmmu: vsmmu, log2Entries: 6)
-        _ = try Self.fault(client, vsmmu)
-        #expect(Self.arrives(events))
-        #expect(events.drain().map(\.sequence) == [1])
-        kill(first.processIdentifier, SIGKILL)
-        first.waitUntilExit()
-        unlink(socket)
-        let second = try restart.startDaemon(socket: socket, stateDirectory: directory)
-        defer { if second.isRunning { kill(second.processIdentifier, SIGKILL) } }
+        let f = try RestartedEventQueue(label: "evswiftremap")
+        let (client, vsmmu, events) = (f.client, f.vsmmu, f.events)
+        f.endDaemon(SIGKILL)
+        unlink(f.socket)
+        try f.startDaemon()
         // The next request finds the connection gone: the client reconnects, resumes the vSMMU and re-sends
         // MAP_EVENT_QUEUE with the same memfd and a fresh call eventfd; the new daemon goes on from PROD.
         let record = try #require(try Self.fault(client, vsmmu, page: 0x7F002))
@@ -289,8 +263,50 @@ import Glibc
         let entry = try #require(events.next())
         #expect(entry.record == record && entry.sequence == 2 && !entry.lostBefore)
         #expect(events.region.loadState() == EventQueueLayout.State.running.rawValue)
-        kill(second.processIdentifier, SIGTERM)
-        second.waitUntilExit()
+        f.endDaemon(SIGTERM)
+    }
+}
+
+/// The start of the Swift client's event-queue restart tests: a real `vsmmud` with a state directory of its
+/// own, a client with the reconnect policy, its vSMMU's event queue, and one fault read (sequence 1). The
+/// daemon in ``daemon`` is ended with ``endDaemon(_:)`` and replaced with ``startDaemon()``; whatever still
+/// runs is killed, and the directory removed, when the fixture goes.
+final class RestartedEventQueue {
+    let socket: String
+    let directory: String
+    private let restart = KillNineRestartTests()
+    private(set) var daemon: ChildProcess
+    let client: VSMMUClient
+    let vsmmu: VSMMUID
+    let events: EventQueue
+
+    init(label: String) throws {
+        socket = uniqueSocketPath(label)
+        directory = temporaryStateDirectory(label)
+        daemon = try restart.startDaemon(socket: socket, stateDirectory: directory)
+        client = try VSMMUClient(socketPath: socket, reconnect: KillNineRestartTests.reconnect)
+        try client.hello(name: label)
+        vsmmu = try SwiftClientEventTests.vsmmu(client)
+        events = try client.mapEventQueue(vsmmu: vsmmu, log2Entries: 6)
+        _ = try SwiftClientEventTests.fault(client, vsmmu)
+        #expect(SwiftClientEventTests.arrives(events))
+        #expect(events.drain().map(\.sequence) == [1])
+    }
+
+    /// Sends `signal` to the daemon and waits for it to exit.
+    func endDaemon(_ signal: Int32) {
+        kill(daemon.processIdentifier, signal)
+        daemon.waitUntilExit()
+    }
+
+    /// Starts the next daemon on the same socket and state directory.
+    func startDaemon() throws {
+        daemon = try restart.startDaemon(socket: socket, stateDirectory: directory)
+    }
+
+    deinit {
+        if daemon.isRunning { kill(daemon.processIdentifier, SIGKILL) }
+        removeStateDirectory(directory)
     }
 }
 
